@@ -1,0 +1,60 @@
+"""devpool: a zswap-style compressed memory pool whose bytes may live in GPU memory.
+
+Everything above storage reaches pool memory only by batched copy-in / copy-out on
+opaque handles. Public surface::
+
+    pool = devpool.open_pool(backend="auto" | "host" | "cuda" | "chaos", capacity_bytes=...)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version as _version
+
+from ._backends import available_backends, open_pool
+from ._errors import (
+    BackendUnavailableError,
+    BadInputError,
+    CorruptDataError,
+    DeviceError,
+    DevpoolError,
+    EntryNotFoundError,
+    InvalidHandleError,
+    InvalidSizeError,
+    PoolFullError,
+    UnknownCodecError,
+    WritebackError,
+)
+from ._pool import PAGE_SIZE, Pool
+
+try:
+    __version__ = _version("devpool")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0+unknown"
+
+__all__ = sorted([
+    "BackendUnavailableError",
+    "BadInputError",
+    "CorruptDataError",
+    "DeviceError",
+    "DevpoolError",
+    "EntryNotFoundError",
+    "InvalidHandleError",
+    "InvalidSizeError",
+    "PAGE_SIZE",
+    "Pool",
+    "PoolFullError",
+    "UnknownCodecError",
+    "WritebackError",
+    "available_backends",
+    "open_pool",
+])
+
+# Tracebacks and reprs show the public path, not the private module.
+for _name in __all__:
+    _obj = globals()[_name]
+    if hasattr(_obj, "__module__") and not isinstance(_obj, int):
+        try:
+            _obj.__module__ = "devpool"
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj

@@ -1,0 +1,80 @@
+"""Backend selection: which storage a pool gets, and why.
+
+``open_pool(backend=...)`` accepts ``"host"`` (RAM, always available), ``"cuda"`` (GPU
+device memory: a real GPU through CuPy, or numba's CUDA simulator when
+``NUMBA_ENABLE_CUDASIM=1``), ``"chaos"`` (hostile test storage) and ``"auto"`` (cuda
+when it works, host otherwise). Each probe says *why* a backend is unusable, so the
+error and ``devpool info`` can name what is missing.
+"""
+
+from __future__ import annotations
+
+from ._errors import BackendUnavailableError, BadInputError
+from ._pool import DEFAULT_SEGMENT_BYTES, PAGE_SIZE, Pool
+
+__all__ = ["BACKENDS", "available_backends", "open_pool", "probe_backend"]
+
+BACKENDS = ("host", "cuda", "chaos")
+DEFAULT_CAPACITY = 1 << 30
+
+
+def probe_backend(name: str) -> tuple[bool, str]:
+    """(usable, reason) for one backend; never raises for a known name."""
+    if name in ("host", "chaos"):
+        return True, "host RAM is always available"
+    if name == "cuda":
+        try:
+            from devpool import kernels
+        except Exception as exc:  # an import error anywhere in the CUDA stack
+            return False, f"devpool.kernels could not be imported: {exc}"
+        return kernels.probe()
+    raise BadInputError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """Every backend with (usable, reason)."""
+    return {name: probe_backend(name) for name in BACKENDS}
+
+
+def _make_storage(name: str, capacity_bytes: int, storage_options: dict):
+    if name == "host":
+        from devpool.host import HostStorage
+        return HostStorage(capacity_bytes, **storage_options)
+    if name == "chaos":
+        from ._chaos import ChaosStorage
+        return ChaosStorage(capacity_bytes, **storage_options)
+    from devpool.kernels import CudaStorage
+    return CudaStorage(capacity_bytes, **storage_options)
+
+
+def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
+              segment_bytes: int = DEFAULT_SEGMENT_BYTES, max_object_bytes: int = PAGE_SIZE,
+              **storage_options) -> Pool:
+    """Open a pool on ``backend`` with room for at most ``capacity_bytes``.
+
+    ``"auto"`` takes cuda when a GPU (or the simulator) works and host otherwise;
+    ``pool.stats()['backend']`` and ``['backend_reason']`` say which and why. Asking
+    for ``"cuda"`` where it cannot run raises :class:`~devpool.BackendUnavailableError`.
+    """
+    if not isinstance(backend, str):
+        raise BadInputError(f"backend must be a string, got {type(backend).__name__}")
+    if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
+        raise BadInputError(f"capacity_bytes must be a positive integer, got {capacity_bytes!r}")
+    segment_bytes = min(segment_bytes, max(4096, capacity_bytes // 4096 * 4096))
+    if backend == "auto":
+        ok, why = probe_backend("cuda")
+        name, reason = ("cuda", f"auto: {why}") if ok else ("host", f"auto: cuda unusable ({why})")
+    else:
+        ok, why = probe_backend(backend)
+        if not ok:
+            raise BackendUnavailableError(f"backend {backend!r} is unavailable: {why}")
+        name, reason = backend, why
+    if segment_bytes < max_object_bytes:
+        raise BadInputError(f"capacity_bytes ({capacity_bytes}) cannot hold one object of {max_object_bytes}")
+    storage = _make_storage(name, capacity_bytes, storage_options)
+    try:
+        return Pool(storage, segment_bytes=segment_bytes, max_object_bytes=max_object_bytes,
+                    backend_reason=reason)
+    except BaseException:
+        storage.close()
+        raise

@@ -1,0 +1,68 @@
+"""``ChaosStorage``: a hostile host storage that breaks any code relying on luck.
+
+On *every* public pool call it, before the call runs:
+
+- migrates a random share of live objects to fresh arena space through the allocator
+  (a real relocation: planned, copied, old space freed), and now and then runs a full
+  ``compact()``, so an address remembered across two calls is wrong;
+- poisons every byte it frees or moves away from with ``POISON``, so a stale read shows
+  garbage instead of yesterday's data;
+- scrambles handles: the pool XORs a per-pool random key into every handle it hands
+  out, so arithmetic on handles or reuse of another pool's handles fails loudly.
+
+Cost: a copy of a share of the pool per call — a test double, not a backend to run.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import numpy as np
+
+from devpool.host import HostStorage
+from devpool.host import _copy
+
+__all__ = ["ChaosStorage", "POISON"]
+
+POISON = 0xA5
+
+
+class ChaosStorage(HostStorage):
+    """Host arena that relocates objects, poisons freed bytes and scrambles handles."""
+
+    kind = "chaos"
+
+    def __init__(self, capacity_bytes: int, seed: int | None = None,
+                 move_fraction: float = 0.25, compact_every: int = 4):
+        super().__init__(capacity_bytes)
+        self.seed = secrets.randbits(32) if seed is None else seed
+        self.rng = np.random.default_rng(self.seed)
+        self.handle_key = int(self.rng.integers(1, 1 << 62))
+        self.move_fraction = move_fraction
+        self.compact_every = compact_every
+        self.calls = 0
+        self.relocated = 0
+
+    def before_call(self, pool) -> None:
+        self.calls += 1
+        self.relocated += pool.relocate_random(self.rng, self.move_fraction)
+        if self.compact_every and self.rng.integers(self.compact_every) == 0:
+            pool._compact(1.0)
+
+    def move(self, src_offsets, dst_offsets, lengths):
+        tmp = np.empty(int(lengths.sum()), dtype=np.uint8)
+        starts = _copy.packed_starts(lengths)
+        _copy.gather(self._arena, src_offsets, lengths, tmp, starts)
+        self.discard(src_offsets, lengths)          # moved-from bytes are poison now
+        _copy.scatter(self._arena, tmp, starts, dst_offsets, lengths)
+
+    def discard(self, offsets, lengths):
+        _poison(self._arena, offsets, lengths)
+
+    def describe(self) -> dict:
+        return {"backend": self.kind, "device": "host RAM (hostile)", "chaos_seed": self.seed}
+
+
+def _poison(arena: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+    for off, n in zip(offsets.tolist(), lengths.tolist()):
+        arena[off:off + n] = POISON

@@ -1,0 +1,86 @@
+"""Every error devpool raises, rooted at :class:`DevpoolError`.
+
+Each class also derives from the builtin a caller would already catch, so code written
+against plain Python keeps working::
+
+    DevpoolError                      catch-all for devpool
+    ├── InvalidHandleError (KeyError)     freed, stale, foreign or malformed handle
+    ├── InvalidSizeError (ValueError)     zero, negative or oversized allocation
+    ├── BadInputError (ValueError)        wrong length/dtype/shape/contiguity, read-only out=
+    ├── PoolFullError (MemoryError)       capacity reached, or device out of memory
+    ├── UnknownCodecError (ValueError)    get_codec() of an unregistered name
+    ├── CorruptDataError (ValueError)     a compressed block does not decode to one page
+    ├── BackendUnavailableError (RuntimeError)  no usable GPU / CUDA runtime / simulator
+    ├── DeviceError (RuntimeError)        a CUDA call or kernel failed (chained original)
+    ├── EntryNotFoundError (KeyError)     Zswap.load of an offset it does not hold
+    └── WritebackError (OSError)          the backing swap file could not be written/read
+
+Errors of numpy, numba, CuPy or the OS are translated where they cross into devpool
+(storage boundary, backing file) and chained with ``raise ... from``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BackendUnavailableError",
+    "BadInputError",
+    "CorruptDataError",
+    "DevpoolError",
+    "DeviceError",
+    "EntryNotFoundError",
+    "InvalidHandleError",
+    "InvalidSizeError",
+    "PoolFullError",
+    "UnknownCodecError",
+    "WritebackError",
+]
+
+
+class DevpoolError(Exception):
+    """Base of every devpool error: catch this to catch them all."""
+
+
+class InvalidHandleError(DevpoolError, KeyError):
+    """A handle that this pool did not hand out, or one already freed (stale)."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want plain text
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidSizeError(DevpoolError, ValueError):
+    """An allocation size that is zero, negative, or larger than the pool's maximum."""
+
+
+class BadInputError(DevpoolError, ValueError):
+    """Data of the wrong length, dtype, shape or layout, or an unwritable ``out=``."""
+
+
+class PoolFullError(DevpoolError, MemoryError):
+    """The pool cannot hold the request: capacity reached or device memory exhausted."""
+
+
+class UnknownCodecError(DevpoolError, ValueError):
+    """``get_codec`` was asked for a name nobody registered."""
+
+
+class CorruptDataError(DevpoolError, ValueError):
+    """A compressed block failed to decode to exactly one page."""
+
+
+class BackendUnavailableError(DevpoolError, RuntimeError):
+    """The requested backend cannot run here; the message names what is missing."""
+
+
+class DeviceError(DevpoolError, RuntimeError):
+    """A CUDA call or kernel failed; the original error is chained as ``__cause__``."""
+
+
+class EntryNotFoundError(DevpoolError, KeyError):
+    """``Zswap.load`` of a swap offset that is neither in the pool nor the backing file."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class WritebackError(DevpoolError, OSError):
+    """The backing swap file could not be written or read."""

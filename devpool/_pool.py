@@ -1,0 +1,344 @@
+"""The pool contract: opaque handles over allocator + storage, batch first.
+
+A :class:`Pool` joins the one :class:`~devpool._allocator.Allocator` (where objects
+live) with a :class:`~devpool._storage.Storage` (what memory holds them). Rules it keeps:
+
+1. Nothing it returns aliases pool memory: every read is a fresh copy, every write
+   copies in.
+2. Handles are opaque, generation-checked integers; a freed, stale or foreign handle
+   raises :class:`~devpool.InvalidHandleError` and never reads anyone's bytes.
+3. Objects may move between any two calls (compaction); handles stay valid.
+4. Every verb has a batch form costing O(1) storage calls; single forms are batches of
+   one.
+5. Bad input raises a :class:`~devpool.DevpoolError` naming the problem *before* any
+   state changes: every check runs first, the allocator commits last.
+
+Every public method holds one re-entrant lock, so a pool is safe to share between
+threads (the copies themselves run in numba or on the device, without the GIL).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+
+import numpy as np
+
+from ._allocator import Allocator, aligned
+from ._errors import BadInputError, DevpoolError, InvalidSizeError, PoolFullError
+from ._storage import Storage
+
+__all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
+
+PAGE_SIZE = 4096
+#: 256 KiB segments: the partly filled tail of each costs ~0.3 % of it at LZ4 page sizes
+DEFAULT_SEGMENT_BYTES = 256 * 1024
+
+
+def _locked(method):
+    """Serialise a public method and give the storage its per-call hook."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with self._lock:
+            if self._closed:
+                raise DevpoolError("the pool is closed")
+            self.storage.before_call(self)
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _as_bytes_array(data, what: str) -> np.ndarray:
+    """A read-only-OK, 1-D, C-contiguous uint8 view of caller data, or BadInputError."""
+    if isinstance(data, np.ndarray):
+        arr = data
+    else:
+        try:
+            arr = np.frombuffer(memoryview(data), dtype=np.uint8) if not isinstance(data, (list, tuple)) \
+                else None
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"{what} must be a bytes-like object or uint8 array: {exc}") from exc
+        if arr is None:
+            raise BadInputError(f"{what} must be a bytes-like object or uint8 array, got {type(data).__name__}")
+    if arr.dtype != np.uint8:
+        raise BadInputError(f"{what} must have dtype uint8, got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise BadInputError(f"{what} must be C-contiguous")
+    return arr.reshape(-1)
+
+
+def _check_out(out, nbytes: int) -> np.ndarray:
+    """The caller's copy-out buffer: writable, contiguous uint8 of exactly ``nbytes``."""
+    if not isinstance(out, np.ndarray):
+        try:
+            out = np.frombuffer(memoryview(out), dtype=np.uint8)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"out must be a writable uint8 buffer: {exc}") from exc
+    if out.dtype != np.uint8:
+        raise BadInputError(f"out must have dtype uint8, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise BadInputError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise BadInputError("out is read-only")
+    if out.size != nbytes:
+        raise BadInputError(f"out holds {out.size} bytes, the objects need {nbytes}")
+    return out.reshape(-1)
+
+
+def _as_handles(handles) -> np.ndarray:
+    try:
+        arr = np.asarray(handles)
+    except (OverflowError, ValueError, TypeError) as exc:
+        raise BadInputError(f"handles must be a 1-D sequence of integers: {exc}") from exc
+    if arr.ndim != 1:
+        raise BadInputError(f"handles must be a 1-D sequence, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu":
+        raise BadInputError(f"handles must be integers, got dtype {arr.dtype}")
+    return arr.astype(np.int64, copy=False)
+
+
+def _starts(lengths: np.ndarray) -> np.ndarray:
+    starts = np.zeros(lengths.shape[0], np.int64)
+    np.cumsum(lengths[:-1], out=starts[1:])
+    return starts
+
+
+class Pool:
+    """A compressed-object pool: opaque handles, batched copy-in / copy-out.
+
+    Build one with :func:`devpool.open_pool`. ``capacity_bytes`` is a ceiling: storage
+    grows in segments as objects arrive and gives segments back after compaction.
+    """
+
+    def __init__(self, storage: Storage, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 max_object_bytes: int = PAGE_SIZE, backend_reason: str = ""):
+        self.storage = storage
+        self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes)
+        self._key = np.int64(storage.handle_key)
+        self._lock = threading.RLock()
+        self._closed = False
+        self.backend_reason = backend_reason
+        self._counters = {"alloc_fail": 0, "compactions": 0}
+
+    # --- context manager -------------------------------------------------------------
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.alloc_.live_objects} objects"
+        return f"<devpool.Pool backend={self.storage.kind!r} {state}>"
+
+    @property
+    def backend(self) -> str:
+        return self.storage.kind
+
+    @property
+    def max_object_bytes(self) -> int:
+        return self.alloc_.max_object
+
+    # --- segments <-> storage --------------------------------------------------------
+    def _commit_segments(self, segs: np.ndarray) -> None:
+        """Ask storage for new segments; all or nothing."""
+        done = []
+        sb = self.alloc_.seg_bytes
+        try:
+            for s in segs.tolist():
+                self.storage.commit(s * sb, sb)
+                done.append(s)
+        except BaseException:
+            for s in done:
+                self.storage.release(s * sb, sb)
+            raise
+
+    def _release_segments(self, segs: np.ndarray) -> None:
+        sb = self.alloc_.seg_bytes
+        for s in segs.tolist():
+            self.storage.release(s * sb, sb)
+
+    # --- allocation ------------------------------------------------------------------
+    @_locked
+    def alloc_batch(self, sizes) -> np.ndarray:
+        """Allocate one object per size; returns their handles (int64 array).
+
+        Raises InvalidSizeError for a size outside 1..max_object_bytes and PoolFullError
+        when the batch does not fit even after cleaning; nothing is allocated then.
+        """
+        sizes = self.alloc_.check_sizes(sizes)
+        plan = self.alloc_.plan(sizes)
+        if plan is None:
+            self._compact(1.0)                 # clean under pressure, then retry once
+            plan = self.alloc_.plan(sizes)
+        if plan is None:
+            self._counters["alloc_fail"] += 1
+            raise PoolFullError(
+                f"pool full: {sizes.shape[0]} objects ({int(aligned(sizes).sum())} bytes) do not fit "
+                f"in capacity {self.alloc_.capacity} ({self.alloc_.live_bytes} bytes live)")
+        self._commit_segments(plan[3])         # fallible: device OOM -> PoolFullError
+        slots = self.alloc_.commit_alloc(sizes, plan)
+        return self.alloc_.handles(slots) ^ self._key
+
+    def alloc(self, nbytes: int) -> int:
+        """Allocate one object of ``nbytes``; returns its handle."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
+            raise InvalidSizeError(f"nbytes must be an integer, got {type(nbytes).__name__}")
+        return int(self.alloc_batch(np.array([nbytes], np.int64))[0])
+
+    # --- copy-in ---------------------------------------------------------------------
+    @_locked
+    def write_batch(self, handles, payload, lengths=None) -> None:
+        """Copy packed ``payload`` into the objects, ``lengths[i]`` bytes to ``handles[i]``.
+
+        ``payload`` is 1-D uint8 (or bytes-like) holding the objects back to back; each
+        length must equal its object's allocated size. ``lengths`` may be omitted when
+        the payload is exactly the objects' sizes in order.
+        """
+        hs = _as_handles(handles)
+        data = _as_bytes_array(payload, "payload")
+        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        offsets, sizes = self.alloc_.location(slots)
+        if lengths is not None:
+            lens = np.asarray(lengths)
+            if lens.shape != hs.shape:
+                raise BadInputError(f"lengths has shape {lens.shape}, handles {hs.shape}")
+            if lens.size and lens.dtype.kind not in "iu":
+                raise BadInputError(f"lengths must be integers, got dtype {lens.dtype}")
+            bad = np.flatnonzero(lens != sizes)
+            if bad.size:
+                i = int(bad[0])
+                raise BadInputError(f"length {int(lens[i])} at batch index {i} differs from the "
+                                    f"object's allocated size {int(sizes[i])}")
+        total = int(sizes.sum())
+        if data.size != total:
+            raise BadInputError(f"payload holds {data.size} bytes, the objects need {total}")
+        if hs.size:
+            self.storage.scatter(data, _starts(sizes), offsets, sizes)
+
+    def write(self, handle: int, data) -> None:
+        """Copy ``data`` (exactly the object's size) into the object."""
+        self.write_batch([handle], data)
+
+    # --- copy-out --------------------------------------------------------------------
+    @_locked
+    def read_batch(self, handles, out=None) -> tuple[np.ndarray, np.ndarray]:
+        """Copy objects out: returns ``(payload, lengths)``, payload packed back to back.
+
+        ``out`` may be a writable uint8 buffer of exactly the total size to fill instead.
+        """
+        hs = _as_handles(handles)
+        slots = self.alloc_.decode(hs, self._key)
+        offsets, sizes = self.alloc_.location(slots)
+        total = int(sizes.sum())
+        buf = np.empty(total, np.uint8) if out is None else _check_out(out, total)
+        if hs.size:
+            self.storage.gather(offsets, sizes, buf, _starts(sizes))
+        return buf, sizes.copy()
+
+    def read(self, handle: int, out=None) -> np.ndarray:
+        """Copy one object out (a new uint8 array, or ``out`` filled)."""
+        buf, _ = self.read_batch([handle], out)
+        return buf
+
+    @_locked
+    def size_of(self, handle: int) -> int:
+        """The allocated size of the object ``handle`` names."""
+        slots = self.alloc_.decode(_as_handles([handle]), self._key)
+        return int(self.alloc_.sizes[slots[0]])
+
+    # --- free ------------------------------------------------------------------------
+    @_locked
+    def free_batch(self, handles) -> None:
+        """Free every object; a stale, foreign or repeated handle frees none."""
+        hs = _as_handles(handles)
+        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        offsets, asz, released = self.alloc_.free(slots)
+        self.storage.discard(offsets, asz)
+        self._release_segments(released)
+
+    def free(self, handle: int) -> None:
+        """Free one object; its handle (and any copy of it) is stale from now on."""
+        self.free_batch([handle])
+
+    # --- compaction ------------------------------------------------------------------
+    def _compact(self, max_utilisation: float) -> int:
+        plan = self.alloc_.plan_compact(max_utilisation)
+        if plan is None:
+            return 0
+        slots, src, dst, a, victims, _, _ = plan
+        touched = np.unique(dst // self.alloc_.seg_bytes)
+        fresh = touched[~self.alloc_.seg_in_use[touched]]
+        self._commit_segments(fresh)
+        try:
+            self.storage.move(src, dst, a)
+        except BaseException:
+            self._release_segments(fresh)
+            raise
+        freed, _ = self.alloc_.commit_compact(plan)
+        self._release_segments(freed)
+        self._counters["compactions"] += 1
+        return int(freed.size) * self.alloc_.seg_bytes
+
+    @_locked
+    def compact(self, max_utilisation: float = 1.0) -> int:
+        """Clean segments less than ``max_utilisation`` full; returns bytes given back.
+
+        Live objects move (device-to-device on a GPU); every handle stays valid.
+        """
+        if not 0.0 < float(max_utilisation) <= 1.0:
+            raise BadInputError(f"max_utilisation must be in (0, 1], got {max_utilisation}")
+        return self._compact(float(max_utilisation))
+
+    def relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
+        """Move a random share of live objects to fresh space (chaos storage's tool).
+
+        A real migration through the allocator: new space is planned, committed and
+        copied into, then the old copies are freed. Skipped when there is no room.
+        """
+        live = np.flatnonzero(self.alloc_.locs >= 0)
+        if live.size == 0:
+            return 0
+        pick = live[rng.random(live.size) < fraction]
+        if pick.size == 0:
+            return 0
+        sizes = self.alloc_.sizes[pick]
+        plan = self.alloc_.plan(sizes)
+        if plan is None:
+            return 0
+        self._commit_segments(plan[3])
+        old = self.alloc_.locs[pick].copy()
+        self.storage.move(old, plan[0], aligned(sizes))
+        # allocate fresh slots for the new copies, then swap them with the old slots so
+        # the caller's handles now point at the moved bytes
+        new_slots = self.alloc_.commit_alloc(sizes, plan)
+        al = self.alloc_
+        al.locs[pick], al.locs[new_slots] = al.locs[new_slots].copy(), old
+        offsets, asz, released = al.free(new_slots)
+        self.storage.discard(offsets, asz)
+        self._release_segments(released)
+        return int(pick.size)
+
+    # --- figures and teardown --------------------------------------------------------
+    @_locked
+    def stats(self) -> dict:
+        """Pool figures (zsmalloc names where one exists) and the backend in use."""
+        st = self.alloc_.stats()
+        st["pool_total_size"] = self.storage.committed_bytes
+        st["pages_compacted"] = st["segments_compacted"] * (self.alloc_.seg_bytes // PAGE_SIZE)
+        st.update(self._counters)
+        st.update(self.storage.describe())
+        if self.backend_reason:
+            st["backend_reason"] = self.backend_reason
+        return st
+
+    def close(self) -> None:
+        """Free every object and give the arena back; idempotent."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self.storage.close()
+

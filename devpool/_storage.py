@@ -1,0 +1,87 @@
+"""The storage contract: the only layer that knows what kind of memory holds the bytes.
+
+A storage owns one *arena*: a linear range of byte offsets ``[0, capacity)`` in memory
+of its own kind (host RAM, GPU device memory, ...). It never sees a handle, a size class
+or a swap offset: the allocator above decides every offset, storage only moves bytes in
+bulk. Every verb takes a whole batch, so a device implementation costs O(1) transfers
+per call, and no verb ever returns a view of arena memory: data leaves as a copy.
+
+Verbs an implementation provides (all offsets/lengths are int64 numpy arrays):
+
+``commit(offset, nbytes)``
+    make ``[offset, offset+nbytes)`` usable (the arena grows in chunks; capacity is a
+    ceiling, not a preallocation). Raises :class:`~devpool.PoolFullError` when the memory
+    kind is exhausted, leaving earlier commits untouched.
+``release(offset, nbytes)``
+    give that range back to the memory kind (after compaction emptied it).
+``scatter(payload, src_starts, dst_offsets, lengths)``
+    copy-in: object ``i`` is ``payload[src_starts[i]:src_starts[i]+lengths[i]]`` (host
+    memory, packed) and lands at arena offset ``dst_offsets[i]``.
+``gather(offsets, lengths, out, out_starts)``
+    copy-out: the reverse, into the packed host array ``out``.
+``move(src_offsets, dst_offsets, lengths)``
+    compaction inside the arena; behaves as if every source were read before any
+    destination is written, so plans may overlap. Bytes never leave the arena's memory.
+``discard(offsets, lengths)``
+    the allocator freed these ranges; nothing may read them again (chaos poisons them).
+
+Two hooks exist for the hostile test storage and default to doing nothing:
+``handle_key`` (XORed into every handle the pool hands out) and ``before_call(pool)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["Storage"]
+
+
+class Storage:
+    """Base class of every storage; subclasses are named by where bytes live."""
+
+    #: short name shown in ``stats()['backend']``
+    kind = "abstract"
+    #: XORed into handles by the pool; only the chaos storage sets it
+    handle_key = 0
+
+    def __init__(self, capacity_bytes: int):
+        self.capacity_bytes = int(capacity_bytes)
+        self._committed = 0
+
+    # --- required verbs -------------------------------------------------------------
+    def commit(self, offset: int, nbytes: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement commit()")
+
+    def release(self, offset: int, nbytes: int) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement release()")
+
+    def scatter(self, payload: np.ndarray, src_starts: np.ndarray,
+                dst_offsets: np.ndarray, lengths: np.ndarray) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement scatter()")
+
+    def gather(self, offsets: np.ndarray, lengths: np.ndarray,
+               out: np.ndarray, out_starts: np.ndarray) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement gather()")
+
+    def move(self, src_offsets: np.ndarray, dst_offsets: np.ndarray,
+             lengths: np.ndarray) -> None:
+        raise NotImplementedError(f"{type(self).__name__} must implement move()")
+
+    # --- optional -------------------------------------------------------------------
+    def discard(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
+        """Freed ranges: nothing to do unless the storage wants to scrub them."""
+
+    def before_call(self, pool) -> None:
+        """Called by the pool at the start of every public operation."""
+
+    @property
+    def committed_bytes(self) -> int:
+        """Bytes of the memory kind this arena holds right now."""
+        return self._committed
+
+    def describe(self) -> dict:
+        """Facts for ``stats()`` / ``devpool info``: backend name, device, ..."""
+        return {"backend": self.kind}
+
+    def close(self) -> None:
+        """Give every byte back; the storage is unusable afterwards."""
