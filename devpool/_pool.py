@@ -35,18 +35,21 @@ PAGE_SIZE = 4096
 DEFAULT_SEGMENT_BYTES = 256 * 1024
 
 
-def _locked(method):
-    """Serialise a public method and give the storage its per-call hook."""
+def _locked(method=None, *, hook: bool = True):
+    """Serialise a public method; before an operation on objects, run the storage hook."""
 
-    @functools.wraps(method)
-    def wrapper(self, *args, **kwargs):
-        with self._lock:
-            if self._closed:
-                raise DevpoolError("the pool is closed")
-            self.storage.before_call(self)
-            return method(self, *args, **kwargs)
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with self._lock:
+                if self._closed:
+                    raise DevpoolError("the pool is closed")
+                if hook:
+                    self.storage.before_call(self)
+                return method(self, *args, **kwargs)
+        return wrapper
 
-    return wrapper
+    return decorate(method) if method is not None else decorate
 
 
 def _as_bytes_array(data, what: str) -> np.ndarray:
@@ -83,7 +86,7 @@ def _check_out(out, nbytes: int) -> np.ndarray:
         raise BadInputError("out is read-only")
     if out.size != nbytes:
         raise BadInputError(f"out holds {out.size} bytes, the objects need {nbytes}")
-    return out.reshape(-1)
+    return out if out.ndim == 1 else out.reshape(-1)
 
 
 def _as_handles(handles) -> np.ndarray:
@@ -323,7 +326,7 @@ class Pool:
         return int(pick.size)
 
     # --- figures and teardown --------------------------------------------------------
-    @_locked
+    @_locked(hook=False)      # reading figures is not an operation on objects
     def stats(self) -> dict:
         """Pool figures (zsmalloc names where one exists) and the backend in use."""
         st = self.alloc_.stats()

@@ -69,5 +69,11 @@ class HostStorage(Storage):
     def close(self) -> None:
         if self._map is not None:
             self._arena = None
-            self._map.close()
+            try:
+                self._map.close()
+            except BufferError:
+                # A transient view (e.g. a frame kept alive by a traceback) still exports
+                # the buffer: hand the memory back now; the mapping goes with the last ref.
+                self._map.madvise(mmap.MADV_DONTNEED, 0, self.capacity_bytes)
             self._map = None
+            self._committed = 0

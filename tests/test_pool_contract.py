@@ -1,0 +1,333 @@
+"""The pool contract, run once per backend (host, chaos, cuda)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import devpool
+from tests.pages import lz4_blobs, pack
+
+
+def snapshot(pool, handles):
+    """Everything a caller can observe: live figures and every object's bytes."""
+    st = pool.stats()
+    data, lengths = pool.read_batch(handles)
+    return st["obj_used"], st["payload_bytes"], data.tobytes(), lengths.tolist()
+
+
+def fill(pool, rng, n):
+    blobs = lz4_blobs(n, rng)
+    payload, lengths = pack(blobs)
+    hs = pool.alloc_batch(lengths)
+    pool.write_batch(hs, payload, lengths)
+    return hs, blobs
+
+
+# --- round trips --------------------------------------------------------------------
+def test_single_round_trip(make_pool, rng):
+    pool = make_pool()
+    data = rng.integers(0, 256, 1234, dtype=np.uint8)
+    h = pool.alloc(data.size)
+    assert isinstance(h, int)
+    pool.write(h, data)
+    assert pool.size_of(h) == 1234
+    np.testing.assert_array_equal(pool.read(h), data)
+
+
+def test_batch_round_trip_real_sizes(make_pool, rng):
+    pool = make_pool(capacity_bytes=4 << 20)
+    hs, blobs = fill(pool, rng, 40)
+    payload, lengths = pool.read_batch(hs)
+    assert lengths.tolist() == [len(b) for b in blobs]
+    assert payload.tobytes() == b"".join(blobs)
+    # a subset, in another order, into a caller's buffer
+    order = hs[::-3]
+    want = b"".join(blobs[i] for i in range(len(blobs))[::-3])
+    out = np.empty(len(want), np.uint8)
+    got, _ = pool.read_batch(order, out=out)
+    assert got is out and out.tobytes() == want
+
+
+def test_reads_are_copies_and_writes_copy_in(make_pool, rng):
+    pool = make_pool()
+    src = rng.integers(0, 256, 500, dtype=np.uint8)
+    h = pool.alloc(500)
+    pool.write(h, src)
+    src[:] = 0                                   # the caller's buffer is not the pool
+    first = pool.read(h)
+    assert first.any()
+    first[:] = 7                                 # neither is a returned copy
+    assert not (pool.read(h) == 7).all()
+    assert pool.read(h).base is None or not np.shares_memory(pool.read(h), first)
+
+
+def test_read_only_input_is_fine(make_pool):
+    pool = make_pool()
+    h = pool.alloc(5)
+    pool.write(h, b"hello")                      # bytes are read-only: accepted
+    assert pool.read(h).tobytes() == b"hello"
+
+
+def test_empty_batches(make_pool):
+    pool = make_pool()
+    hs = pool.alloc_batch([])
+    assert hs.size == 0
+    pool.write_batch(hs, b"", [])
+    data, lengths = pool.read_batch(hs)
+    assert data.size == 0 and lengths.size == 0
+    pool.free_batch(hs)
+
+
+# --- free, reuse, stale and foreign handles -----------------------------------------
+def test_free_and_reuse_keeps_others(make_pool, rng):
+    pool = make_pool()
+    hs, blobs = fill(pool, rng, 30)
+    pool.free_batch(hs[::2])
+    more, more_blobs = fill(pool, rng, 15)
+    keep = list(hs[1::2]) + list(more)
+    want = [blobs[i] for i in range(1, 30, 2)] + more_blobs
+    data, _ = pool.read_batch(keep)
+    assert data.tobytes() == b"".join(want)
+    assert pool.stats()["obj_used"] == len(keep)
+
+
+def test_stale_handle_after_slot_reuse(make_pool):
+    pool = make_pool()
+    h = pool.alloc(64)
+    pool.write(h, bytes(range(64)))
+    pool.free(h)
+    h2 = pool.alloc(64)                          # very likely the same slot
+    pool.write(h2, b"\x01" * 64)
+    assert h2 != h
+    with pytest.raises(devpool.InvalidHandleError, match="stale"):
+        pool.read(h)
+    with pytest.raises(KeyError):                # also a KeyError for plain callers
+        pool.free(h)
+    assert pool.read(h2).tobytes() == b"\x01" * 64
+
+
+def test_double_free_raises(make_pool):
+    pool = make_pool()
+    h = pool.alloc(10)
+    pool.free(h)
+    with pytest.raises(devpool.InvalidHandleError):
+        pool.free(h)
+
+
+def test_duplicate_in_free_batch_frees_nothing(make_pool, rng):
+    pool = make_pool()
+    hs, blobs = fill(pool, rng, 5)
+    before = snapshot(pool, hs)
+    with pytest.raises(devpool.InvalidHandleError, match="twice"):
+        pool.free_batch([hs[0], hs[1], hs[0]])
+    assert snapshot(pool, hs) == before
+
+
+def test_foreign_and_malformed_handles(make_pool, rng):
+    a, b = make_pool(), make_pool()
+    ha = a.alloc(100)
+    hb = b.alloc(100)
+    for bad in (hb, 0, -1, 12345, ha ^ 1, ha + (1 << 32)):
+        with pytest.raises(devpool.InvalidHandleError):
+            a.read(bad)
+    with pytest.raises(devpool.DevpoolError):
+        a.read_batch(np.array([ha, 1.5]))
+    a.read(ha)                                   # still fine
+
+
+def test_a_bad_handle_anywhere_in_a_batch_changes_nothing(make_pool, rng):
+    pool = make_pool()
+    hs, _ = fill(pool, rng, 6)
+    before = snapshot(pool, hs)
+    dead = pool.alloc(32)
+    pool.free(dead)
+    with pytest.raises(devpool.InvalidHandleError, match="batch index 3"):
+        pool.free_batch([hs[0], hs[1], hs[2], dead])
+    assert snapshot(pool, hs) == before
+
+
+# --- compaction ---------------------------------------------------------------------
+def test_compaction_keeps_bytes_and_handles_and_gives_memory_back(make_pool, rng):
+    pool = make_pool(capacity_bytes=8 << 20)
+    hs, blobs = fill(pool, rng, 120)
+    pool.free_batch(hs[::2])
+    before = pool.stats()["pool_total_size"]
+    pool.compact()
+    after = pool.stats()
+    data, _ = pool.read_batch(hs[1::2])
+    assert data.tobytes() == b"".join(blobs[1::2])
+    assert after["pool_total_size"] < before
+    assert after["pages_compacted"] > 0
+    # next-fit packing: a full segment wastes less than one object, the last its tail
+    n = after["segments_in_use"]
+    assert after["pool_total_size"] == n * after["segment_bytes"]
+    assert after["pool_total_size"] < after["arena_used_bytes"] + (n - 1) * 4096 + after["segment_bytes"]
+
+
+def test_free_everything_returns_all_memory(make_pool, rng):
+    pool = make_pool()
+    hs, _ = fill(pool, rng, 50)
+    assert pool.stats()["pool_total_size"] > 0
+    pool.free_batch(hs)
+    st = pool.stats()
+    assert st["pool_total_size"] == 0 and st["obj_used"] == 0
+
+
+def test_compact_rejects_bad_argument(make_pool):
+    pool = make_pool()
+    with pytest.raises(devpool.BadInputError):
+        pool.compact(max_utilisation=0)
+
+
+# --- capacity -----------------------------------------------------------------------
+def test_capacity_exhaustion_raises_and_changes_nothing(make_pool, rng):
+    pool = make_pool(capacity_bytes=64 * 1024, segment_bytes=16384)
+    hs = []
+    with pytest.raises(devpool.PoolFullError):
+        for _ in range(1000):
+            h = pool.alloc(3000)
+            pool.write(h, bytes([len(hs) % 256]) * 3000)
+            hs.append(h)
+    assert 16 <= len(hs) <= 21                   # 5 objects per 16 KiB segment, 4 segments
+    before = snapshot(pool, hs)
+    with pytest.raises(MemoryError):             # a PoolFullError is a MemoryError too
+        pool.alloc_batch([100] * 10 + [4000] * 10)
+    assert snapshot(pool, hs) == before
+    # freeing makes room again, and cleaning under pressure reuses dead space
+    pool.free_batch(hs[::2])
+    pool.alloc_batch([3000] * (len(hs) // 2))
+
+
+# --- bad input ----------------------------------------------------------------------
+@pytest.mark.parametrize("sizes", [[0], [-5], [4097], [10, 0, 10], [1 << 40], [1.5], [[1, 2]]])
+def test_bad_sizes_raise_and_allocate_nothing(make_pool, sizes):
+    pool = make_pool()
+    with pytest.raises(devpool.InvalidSizeError):
+        pool.alloc_batch(sizes)
+    assert pool.stats()["obj_used"] == 0 and pool.stats()["pool_total_size"] == 0
+
+
+def test_bad_single_size(make_pool):
+    pool = make_pool()
+    for bad in (0, -1, 4097, "12", 3.0, True):
+        with pytest.raises(devpool.InvalidSizeError):
+            pool.alloc(bad)
+    with pytest.raises(ValueError):
+        pool.alloc(0)
+
+
+def test_bad_writes_change_nothing(make_pool, rng):
+    pool = make_pool()
+    hs, blobs = fill(pool, rng, 4)
+    before = snapshot(pool, hs)
+    n0 = len(blobs[0])
+    cases = [
+        lambda: pool.write(hs[0], b"x" * (n0 + 1)),                         # too long
+        lambda: pool.write(hs[0], b"x" * (n0 - 1)),                         # too short
+        lambda: pool.write(hs[0], np.zeros(n0, np.uint16)),                 # dtype
+        lambda: pool.write(hs[0], np.zeros(2 * n0, np.uint8)[::2]),         # non-contiguous
+        lambda: pool.write(hs[0], [1, 2, 3]),                               # not bytes
+        lambda: pool.write_batch(hs[:2], b"x" * (len(blobs[0]) + len(blobs[1])),
+                                 [len(blobs[0])]),                          # lengths mismatch
+        lambda: pool.write_batch(hs[:2], b"x" * (len(blobs[0]) + len(blobs[1])),
+                                 [len(blobs[1]), len(blobs[0])]),           # swapped lengths
+        lambda: pool.write_batch([hs[0], hs[0]], b"x" * (2 * n0)),          # duplicate
+    ]
+    for i, case in enumerate(cases):
+        with pytest.raises(devpool.DevpoolError):
+            case()
+        assert snapshot(pool, hs) == before, f"case {i} changed the pool"
+
+
+def test_bad_out_buffers(make_pool, rng):
+    pool = make_pool()
+    h = pool.alloc(100)
+    pool.write(h, bytes(100))
+    ro = np.zeros(100, np.uint8)
+    ro.flags.writeable = False
+    for out, msg in [(ro, "read-only"), (bytes(100), "read-only"), (np.zeros(99, np.uint8), "99"),
+                     (np.zeros(100, np.int8), "dtype"), (np.zeros(200, np.uint8)[::2], "contiguous")]:
+        with pytest.raises(devpool.BadInputError, match=msg):
+            pool.read(h, out=out)
+    out = bytearray(100)
+    pool.read(h, out=out)                        # a writable bytearray is fine
+
+
+def test_bad_handle_containers(make_pool):
+    pool = make_pool()
+    with pytest.raises(devpool.BadInputError):
+        pool.read_batch([[1, 2]])
+    with pytest.raises(devpool.BadInputError):
+        pool.free_batch(["a"])
+
+
+def test_closed_pool_refuses_and_context_manager_closes(backend):
+    with devpool.open_pool(backend, 1 << 20, segment_bytes=16384) as pool:
+        h = pool.alloc(10)
+    with pytest.raises(devpool.DevpoolError, match="closed"):
+        pool.read(h)
+    pool.close()                                 # idempotent
+
+
+def test_stats_name_the_backend(make_pool, backend):
+    st = make_pool().stats()
+    assert st["backend"] == backend
+    for key in ("pool_total_size", "obj_used", "obj_allocated", "pages_compacted"):
+        assert key in st
+
+
+# --- concurrency --------------------------------------------------------------------
+def test_threads_share_a_pool(make_pool):
+    import threading
+    pool = make_pool(capacity_bytes=8 << 20)
+    errors = []
+
+    def worker(seed):
+        r = np.random.default_rng(seed)
+        try:
+            mine = {}
+            for _ in range(40):
+                sizes = r.integers(1, 4096, 8)
+                hs = pool.alloc_batch(sizes)
+                payload = r.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+                pool.write_batch(hs, payload, sizes)
+                for h, s, e in zip(hs, np.cumsum(sizes) - sizes, np.cumsum(sizes)):
+                    mine[int(h)] = payload[s:e].tobytes()
+                victims = list(mine)[: len(mine) // 3]
+                pool.free_batch(victims)
+                for v in victims:
+                    del mine[v]
+                if r.random() < 0.2:
+                    pool.compact()
+            data, _ = pool.read_batch(list(mine))
+            assert data.tobytes() == b"".join(mine.values())
+        except Exception as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert not errors, errors
+
+
+# --- selection ----------------------------------------------------------------------
+def test_unknown_backend_is_a_clear_error():
+    with pytest.raises(devpool.BadInputError, match="unknown backend"):
+        devpool.open_pool("tpu")
+
+
+@pytest.mark.parametrize("cap", [0, -1, "big", 1.5])
+def test_bad_capacity(cap):
+    with pytest.raises(devpool.BadInputError):
+        devpool.open_pool("host", cap)
+
+
+def test_auto_takes_a_working_backend_and_says_why():
+    with devpool.open_pool("auto", 1 << 20) as pool:
+        st = pool.stats()
+        assert st["backend"] in ("host", "cuda")
+        assert st["backend_reason"].startswith("auto:")
