@@ -6,9 +6,7 @@ opaque handles. Public surface::
     pool = devpool.open_pool(backend="auto" | "host" | "cuda" | "chaos", capacity_bytes=...)
 """
 
-from __future__ import annotations
-
-from importlib.metadata import PackageNotFoundError, version as _version
+import importlib.metadata as _metadata
 
 from ._backends import available_backends, open_pool
 from ._errors import (
@@ -27,8 +25,8 @@ from ._errors import (
 from ._pool import PAGE_SIZE, Pool
 
 try:
-    __version__ = _version("devpool")
-except PackageNotFoundError:  # running from a source tree without install
+    __version__ = _metadata.version("devpool")
+except _metadata.PackageNotFoundError:  # running from a source tree without install
     __version__ = "0+unknown"
 
 __all__ = sorted([
