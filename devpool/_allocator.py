@@ -109,27 +109,116 @@ def _decode(handles, key, tag, gens, locs, check_duplicates, seen):
 
 
 @numba.njit(cache=True, nogil=True)
-def _place(asizes, head, head_fill, free_segs, seg_bytes):
+def _next_segment(blocked, warm, want_warm, cursor):
+    """First segment at or after ``cursor`` that is not blocked and has warm == want_warm."""
+    n = blocked.shape[0]
+    while cursor < n:
+        if not blocked[cursor] and warm[cursor] == want_warm:
+            return cursor
+        cursor += 1
+    return -1
+
+
+@numba.njit(cache=True, nogil=True)
+def _place(asizes, head, head_fill, blocked, warm, seg_bytes):
     """Next-fit placement of a batch, no object straddling a segment.
 
-    Starts in segment ``head`` at ``head_fill`` (head < 0: none open), opening segments
-    from ``free_segs`` in order. Returns (offsets, new_head, new_head_fill, opened) or
-    opened = -1 when the free segments run out. Pure: it changes no allocator state.
+    Starts in segment ``head`` at ``head_fill`` (head < 0: none open) and opens
+    segments that are not ``blocked``: warm ones (still held by storage) first, then
+    cold ones, lowest index first. Returns (offsets, new head, its fill, opened
+    segments), or opened = None-like empty with head = -2 when it runs out of room.
+    Pure: it changes no allocator state.
     """
     n = asizes.shape[0]
     offsets = np.empty(n, dtype=np.int64)
-    opened = 0
+    opened = np.empty(n, dtype=np.int64)
+    n_opened = 0
+    warm_cursor = 0
+    cold_cursor = 0
     for i in range(n):
         a = asizes[i]
         if head < 0 or head_fill + a > seg_bytes:
-            if opened >= free_segs.shape[0]:
-                return offsets, head, head_fill, -1
-            head = free_segs[opened]
+            seg = -1
+            if warm_cursor >= 0:
+                seg = _next_segment(blocked, warm, True, warm_cursor)
+                warm_cursor = seg + 1 if seg >= 0 else -1
+            if seg < 0:
+                seg = _next_segment(blocked, warm, False, cold_cursor)
+                if seg < 0:
+                    return offsets, -2, 0, opened[:0]
+                cold_cursor = seg + 1
+            opened[n_opened] = seg
+            n_opened += 1
+            head = seg
             head_fill = 0
-            opened += 1
         offsets[i] = head * seg_bytes + head_fill
         head_fill += a
-    return offsets, head, head_fill, opened
+    return offsets, head, head_fill, opened[:n_opened]
+
+
+@numba.njit(cache=True, nogil=True)
+def _record(slots, sizes, asizes, offsets, opened, seg_bytes,
+            seg_fill, seg_live, seg_objs, seg_placed, in_use, locs, size_tab):
+    """Commit placed objects: segment figures and the slots' locations."""
+    for k in range(opened.shape[0]):
+        s = opened[k]
+        in_use[s] = True
+        seg_fill[s] = 0
+        seg_live[s] = 0
+        seg_objs[s] = 0
+        seg_placed[s] = 0
+    total = 0
+    for i in range(offsets.shape[0]):
+        off = offsets[i]
+        seg = off // seg_bytes
+        seg_live[seg] += asizes[i]
+        seg_objs[seg] += 1
+        seg_placed[seg] += 1
+        end = off - seg * seg_bytes + asizes[i]
+        if end > seg_fill[seg]:
+            seg_fill[seg] = end
+        locs[slots[i]] = off
+        size_tab[slots[i]] = sizes[i]
+        total += sizes[i]
+    return total
+
+
+@numba.njit(cache=True, nogil=True)
+def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_objs, seg_placed,
+            in_use, free_stack, n_free):
+    """Free validated slots: segment figures, generations, free-slot stack.
+
+    Returns (offsets, aligned sizes, emptied segments, new n_free, requested bytes).
+    """
+    n = slots.shape[0]
+    offsets = np.empty(n, dtype=np.int64)
+    asz = np.empty(n, dtype=np.int64)
+    emptied = np.empty(n, dtype=np.int64)
+    n_empty = 0
+    total = 0
+    for i in range(n):
+        slot = slots[i]
+        off = locs[slot]
+        size = size_tab[slot]
+        a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
+        seg = off // seg_bytes
+        seg_live[seg] -= a
+        seg_objs[seg] -= 1
+        if seg_objs[seg] == 0 and in_use[seg]:
+            in_use[seg] = False
+            seg_fill[seg] = 0
+            seg_placed[seg] = 0
+            emptied[n_empty] = seg
+            n_empty += 1
+        offsets[i] = off
+        asz[i] = a
+        total += size
+        locs[slot] = -1
+        g = gens[slot] + 1
+        gens[slot] = 1 if g > _GEN_MASK else g        # wrap, never 0
+        free_stack[n_free] = slot
+        n_free += 1
+    return offsets, asz, emptied[:n_empty], n_free, total
 
 
 class Allocator:
@@ -157,6 +246,7 @@ class Allocator:
         self.seg_objs = np.zeros(self.n_segs, np.int64)
         self.seg_placed = np.zeros(self.n_segs, np.int64)
         self.seg_in_use = np.zeros(self.n_segs, np.bool_)
+        self.seg_warm = np.zeros(self.n_segs, np.bool_)   # free but still held by storage
         self.head = -1
         # handle table: slot -> arena offset (-1: free), requested size, generation
         self.tag = secrets.randbelow(_TAG_MASK) + 1
@@ -205,36 +295,26 @@ class Allocator:
 
     # --- allocation ------------------------------------------------------------------
     def plan(self, sizes: np.ndarray):
-        """Where a batch would go, changing nothing; None when it does not fit."""
-        free = np.flatnonzero(~self.seg_in_use)
+        """Where a batch would go, changing nothing; None when it does not fit.
+
+        Returns (offsets, new head, head fill, segments it opens).
+        """
         offsets, head, fill, opened = _place(aligned(sizes), self.head,
                                              self.seg_fill[self.head] if self.head >= 0 else 0,
-                                             free, self.seg_bytes)
-        if opened < 0:
+                                             self.seg_in_use, self.seg_warm, self.seg_bytes)
+        if head == -2:
             return None
-        return offsets, head, fill, free[:opened]
+        return offsets, head, fill, opened
 
     def commit_alloc(self, sizes: np.ndarray, plan) -> np.ndarray:
         """Record a planned batch (the point of no return); returns its slots."""
         offsets, head, fill, opened = plan
-        n = sizes.shape[0]
-        slots = self._take_slots(n)          # may grow the table: before any mutation below
-        self.seg_in_use[opened] = True
-        self.seg_fill[opened] = 0
-        segs = offsets // self.seg_bytes
-        a = aligned(sizes)
-        np.add.at(self.seg_live, segs, a)
-        np.add.at(self.seg_objs, segs, 1)
-        np.add.at(self.seg_placed, segs, 1)
-        # a touched segment's fill is its last object's end (next-fit placement)
-        np.maximum.at(self.seg_fill, segs, offsets - segs * self.seg_bytes + a)
+        slots = self._take_slots(sizes.shape[0])   # may grow the table: before any mutation
+        self.live_bytes += _record(slots, sizes, aligned(sizes), offsets, opened, self.seg_bytes,
+                                   self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed,
+                                   self.seg_in_use, self.locs, self.sizes)
+        self.live_objects += sizes.shape[0]
         self.head = head
-        if head >= 0:
-            self.seg_fill[head] = fill
-        self.locs[slots] = offsets
-        self.sizes[slots] = sizes
-        self.live_objects += n
-        self.live_bytes += int(sizes.sum())
         return slots
 
     def _take_slots(self, n: int) -> np.ndarray:
@@ -245,12 +325,14 @@ class Allocator:
             self.sizes = np.concatenate([self.sizes, np.zeros(new - old, np.int64)])
             self.gens = np.concatenate([self.gens, np.ones(new - old, np.int64)])
             self._seen = np.zeros(new, np.uint8)
-            fresh = np.arange(new - 1, old - 1, -1, dtype=np.int64)   # lowest slot on top
-            stack = np.empty(self._n_free + fresh.size, np.int64)
-            stack[:fresh.size] = fresh
-            stack[fresh.size:] = self._free_slots[:self._n_free]
+            # the stack can hold every slot; fresh slots go under the old free ones,
+            # lowest fresh slot nearest the top
+            stack = np.empty(new, np.int64)
+            nf = new - old
+            stack[:nf] = np.arange(new - 1, old - 1, -1, dtype=np.int64)
+            stack[nf:nf + self._n_free] = self._free_slots[:self._n_free]
             self._free_slots = stack
-            self._n_free = stack.size
+            self._n_free += nf
         self._n_free -= n
         return self._free_slots[self._n_free:self._n_free + n][::-1].copy()
 
@@ -259,35 +341,15 @@ class Allocator:
 
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):
-        """Forget validated slots; returns (offsets, aligned sizes) and released segments."""
-        offsets = self.locs[slots].copy()
-        a = aligned(self.sizes[slots])
-        segs = offsets // self.seg_bytes
-        np.subtract.at(self.seg_live, segs, a)
-        np.subtract.at(self.seg_objs, segs, 1)
+        """Forget validated slots; returns (offsets, aligned sizes, emptied segments)."""
+        offsets, asz, emptied, self._n_free, total = _forget(
+            slots, self.locs, self.sizes, self.gens, self.seg_bytes, self.seg_fill, self.seg_live,
+            self.seg_objs, self.seg_placed, self.seg_in_use, self._free_slots, self._n_free)
         self.live_objects -= slots.shape[0]
-        self.live_bytes -= int(self.sizes[slots].sum())
-        self.locs[slots] = -1
-        g = self.gens[slots] + 1
-        g[g > _GEN_MASK] = 1                      # wrap, never 0
-        self.gens[slots] = g
-        self._push_slots(slots)
-        return offsets, a, self._release_empty(np.unique(segs))
-
-    def _push_slots(self, slots: np.ndarray) -> None:
-        n = slots.shape[0]
-        self._free_slots[self._n_free:self._n_free + n] = slots[::-1]
-        self._n_free += n
-
-    def _release_empty(self, segs: np.ndarray) -> np.ndarray:
-        """Segments among ``segs`` with no live object go back; returns them."""
-        empty = segs[(self.seg_objs[segs] == 0) & self.seg_in_use[segs]]
-        if self.head in empty:
+        self.live_bytes -= total
+        if self.head >= 0 and not self.seg_in_use[self.head]:
             self.head = -1
-        self.seg_in_use[empty] = False
-        self.seg_fill[empty] = 0
-        self.seg_placed[empty] = 0
-        return empty
+        return offsets, asz, emptied
 
     # --- cleaning --------------------------------------------------------------------
     def plan_compact(self, max_utilisation: float = 1.0):
@@ -307,10 +369,13 @@ class Allocator:
         slots = live[is_victim[self.locs[live] // self.seg_bytes]]
         slots = slots[np.argsort(self.locs[slots], kind="stable")]
         a = aligned(self.sizes[slots])
-        candidates = np.flatnonzero(is_victim | ~self.seg_in_use)
-        dst, head, fill, opened = _place(a, -1, 0, candidates, self.seg_bytes)
-        assert opened >= 0, "next-fit in arena order never needs more segments than before"
-        if opened >= victims.size:
+        # destinations: free segments and the victims themselves (storage.move reads
+        # every source before writing), lowest index first so the arena's top empties
+        blocked = self.seg_in_use & ~is_victim
+        no_warmth = np.zeros(self.n_segs, np.bool_)
+        dst, head, fill, opened = _place(a, -1, 0, blocked, no_warmth, self.seg_bytes)
+        assert head != -2, "next-fit in arena order never needs more segments than before"
+        if opened.size >= victims.size:
             return None   # nothing would be freed
         return slots, self.locs[slots], dst, a, victims, head, fill
 
@@ -321,14 +386,9 @@ class Allocator:
         self.seg_in_use[victims] = False
         for arr in (self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed):
             arr[victims] = 0
-        segs = dst // self.seg_bytes
-        self.seg_in_use[segs] = True
-        np.add.at(self.seg_live, segs, a)
-        np.add.at(self.seg_objs, segs, 1)
-        np.add.at(self.seg_placed, segs, 1)
-        ends = dst - segs * self.seg_bytes + a
-        np.maximum.at(self.seg_fill, segs, ends)
-        self.locs[slots] = dst
+        opened = np.unique(dst // self.seg_bytes)
+        _record(slots, self.sizes[slots], a, dst, opened, self.seg_bytes, self.seg_fill,
+                self.seg_live, self.seg_objs, self.seg_placed, self.seg_in_use, self.locs, self.sizes)
         # continue appending in the last packed segment; an old head that was not
         # cleaned keeps its unused tail until a later clean.
         if head >= 0:

@@ -125,6 +125,9 @@ class Pool:
         self._closed = False
         self.backend_reason = backend_reason
         self._counters = {"alloc_fail": 0, "compactions": 0}
+        #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB)
+        self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
+        self._n_spare = 0
 
     # --- context manager -------------------------------------------------------------
     def __enter__(self) -> "Pool":
@@ -146,23 +149,41 @@ class Pool:
         return self.alloc_.max_object
 
     # --- segments <-> storage --------------------------------------------------------
+    # Freed segments are kept as *spares* (still held by storage, counted in
+    # pool_total_size) up to a small budget before they are released: a pool under churn
+    # would otherwise give a segment back and fault it in again on every batch (measured:
+    # first-touch faults made host copy-in 5x slower). compact() releases every spare.
     def _commit_segments(self, segs: np.ndarray) -> None:
-        """Ask storage for new segments; all or nothing."""
-        done = []
+        """Make segments usable (a spare needs nothing); all or nothing."""
         sb = self.alloc_.seg_bytes
+        warm = self.alloc_.seg_warm
+        cold = segs[~warm[segs]]
+        done = []
+        self._n_spare -= segs.size - cold.size
         try:
-            for s in segs.tolist():
+            for s in cold.tolist():
                 self.storage.commit(s * sb, sb)
                 done.append(s)
         except BaseException:
             for s in done:
                 self.storage.release(s * sb, sb)
             raise
+        warm[segs] = False
 
-    def _release_segments(self, segs: np.ndarray) -> None:
+    def _release_segments(self, segs: np.ndarray, keep_spares: bool = True) -> None:
+        """Freed segments become spares; past the budget the highest go back to storage."""
         sb = self.alloc_.seg_bytes
-        for s in segs.tolist():
-            self.storage.release(s * sb, sb)
+        warm = self.alloc_.seg_warm
+        warm[segs] = True
+        self._n_spare += segs.size
+        budget = self._spare_budget // sb if keep_spares else 0
+        if self._n_spare > budget:
+            spares = np.flatnonzero(warm)
+            give = spares[budget:]                  # keep the lowest, return the top
+            for s in give.tolist():
+                self.storage.release(s * sb, sb)
+            warm[give] = False
+            self._n_spare = spares.size - give.size
 
     # --- allocation ------------------------------------------------------------------
     @_locked
@@ -294,7 +315,10 @@ class Pool:
         """
         if not 0.0 < float(max_utilisation) <= 1.0:
             raise BadInputError(f"max_utilisation must be in (0, 1], got {max_utilisation}")
-        return self._compact(float(max_utilisation))
+        before = self.storage.committed_bytes
+        self._compact(float(max_utilisation))
+        self._release_segments(np.zeros(0, np.int64), keep_spares=False)
+        return before - self.storage.committed_bytes
 
     def relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
         """Move a random share of live objects to fresh space (chaos storage's tool).
@@ -331,6 +355,7 @@ class Pool:
         """Pool figures (zsmalloc names where one exists) and the backend in use."""
         st = self.alloc_.stats()
         st["pool_total_size"] = self.storage.committed_bytes
+        st["spare_bytes"] = int(self.alloc_.seg_warm.sum()) * self.alloc_.seg_bytes
         st["pages_compacted"] = st["segments_compacted"] * (self.alloc_.seg_bytes // PAGE_SIZE)
         st.update(self._counters)
         st.update(self.storage.describe())

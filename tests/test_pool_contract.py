@@ -92,6 +92,23 @@ def test_free_and_reuse_keeps_others(make_pool, rng):
     assert pool.stats()["obj_used"] == len(keep)
 
 
+def test_handle_table_grows_and_recycles(make_pool, rng):
+    pool = make_pool(capacity_bytes=16 << 20)
+    sizes = rng.integers(1, 200, 5000)
+    for round_ in range(3):                      # grow past the first table, free, reuse
+        hs = pool.alloc_batch(sizes)
+        payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+        pool.write_batch(hs, payload, sizes)
+        keep = hs[::7]
+        pool.free_batch(np.setdiff1d(hs, keep))
+        data, lengths = pool.read_batch(keep)
+        ends = np.cumsum(sizes)
+        assert data.tobytes() == b"".join(payload[e - s:e].tobytes() for e, s in zip(ends[::7], sizes[::7]))
+        pool.free_batch(keep)
+        assert len(set(hs.tolist())) == hs.size
+    assert pool.stats()["obj_used"] == 0
+
+
 def test_stale_handle_after_slot_reuse(make_pool):
     pool = make_pool()
     h = pool.alloc(64)
@@ -171,7 +188,11 @@ def test_free_everything_returns_all_memory(make_pool, rng):
     assert pool.stats()["pool_total_size"] > 0
     pool.free_batch(hs)
     st = pool.stats()
-    assert st["pool_total_size"] == 0 and st["obj_used"] == 0
+    assert st["obj_used"] == 0
+    # freed segments wait as spares (counted, within budget) until compact() returns them
+    assert st["pool_total_size"] == st["spare_bytes"] <= (1 << 20) // 16
+    assert pool.compact() == st["pool_total_size"]
+    assert pool.stats()["pool_total_size"] == 0
 
 
 def test_compact_rejects_bad_argument(make_pool):
