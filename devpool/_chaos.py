@@ -20,7 +20,6 @@ import secrets
 import numpy as np
 
 from devpool.host import HostStorage
-from devpool.host import _copy
 
 __all__ = ["ChaosStorage", "POISON"]
 
@@ -49,12 +48,8 @@ class ChaosStorage(HostStorage):
         if self.compact_every and self.rng.integers(self.compact_every) == 0:
             pool._compact(1.0)
 
-    def move(self, src_offsets, dst_offsets, lengths):
-        tmp = np.empty(int(lengths.sum()), dtype=np.uint8)
-        starts = _copy.packed_starts(lengths)
-        _copy.gather(self._arena, src_offsets, lengths, tmp, starts)
-        self.discard(src_offsets, lengths)          # moved-from bytes are poison now
-        _copy.scatter(self._arena, tmp, starts, dst_offsets, lengths)
+    def _moved_from(self, offsets, lengths) -> None:
+        self.discard(offsets, lengths)              # moved-from bytes are poison now
 
     def discard(self, offsets, lengths):
         _poison(self._arena, offsets, lengths)

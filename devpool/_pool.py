@@ -25,6 +25,7 @@ import threading
 import numpy as np
 
 from ._allocator import Allocator, aligned
+from ._packed import packed_starts
 from ._errors import BadInputError, DevpoolError, InvalidSizeError, PoolFullError
 from ._storage import Storage
 
@@ -103,10 +104,7 @@ def _as_handles(handles) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-def _starts(lengths: np.ndarray) -> np.ndarray:
-    starts = np.zeros(lengths.shape[0], np.int64)
-    np.cumsum(lengths[:-1], out=starts[1:])
-    return starts
+_starts = packed_starts
 
 
 class Pool:

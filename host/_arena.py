@@ -17,7 +17,7 @@ import numpy as np
 from devpool._errors import PoolFullError
 from devpool._storage import Storage
 
-from . import _copy
+from devpool import _packed as _copy
 
 __all__ = ["HostStorage"]
 
@@ -61,7 +61,11 @@ class HostStorage(Storage):
         tmp = np.empty(int(lengths.sum()), dtype=np.uint8)
         starts = _copy.packed_starts(lengths)
         _copy.gather(self._arena, src_offsets, lengths, tmp, starts)
+        self._moved_from(src_offsets, lengths)
         _copy.scatter(self._arena, tmp, starts, dst_offsets, lengths)
+
+    def _moved_from(self, offsets, lengths) -> None:
+        """Sources of a move, read and not yet overwritten (chaos poisons them here)."""
 
     def describe(self) -> dict:
         return {"backend": self.kind, "device": "host RAM"}

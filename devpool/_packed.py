@@ -1,7 +1,10 @@
-"""numba-compiled bulk moves over a host arena (no GIL; ``prange`` over objects).
+"""Packed batches: many variable-length objects back to back in one uint8 array.
 
-One object per loop iteration; the slice copy compiles to a memcpy-like loop. Small
-batches run serially because waking the thread pool costs more than it saves.
+The pool, the codecs and the host arena all move objects as *(packed bytes, lengths)*.
+These numba-compiled range copies (no GIL; ``prange`` over objects for big batches)
+are the one implementation of "copy these ranges there" on the host. One object per
+loop iteration; the slice copy compiles to a memcpy-like loop. Small batches run
+serially because waking the thread pool costs more than it saves.
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def _gather_parallel(arena, offsets, lengths, out, out_starts):
 
 def scatter(arena: np.ndarray, payload: np.ndarray, src_starts: np.ndarray,
             dst_offsets: np.ndarray, lengths: np.ndarray) -> None:
-    """Copy packed ``payload`` pieces to arena offsets."""
+    """Copy ``payload[src_starts[i]:+lengths[i]]`` to ``arena[dst_offsets[i]:]``."""
     if payload.shape[0] >= PARALLEL_MIN_BYTES:
         _scatter_parallel(arena, payload, src_starts, dst_offsets, lengths)
     else:
@@ -61,7 +64,7 @@ def scatter(arena: np.ndarray, payload: np.ndarray, src_starts: np.ndarray,
 
 def gather(arena: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
            out: np.ndarray, out_starts: np.ndarray) -> None:
-    """Copy arena ranges into the packed host array ``out``."""
+    """Copy ``arena[offsets[i]:+lengths[i]]`` to ``out[out_starts[i]:]``."""
     if out.shape[0] >= PARALLEL_MIN_BYTES:
         _gather_parallel(arena, offsets, lengths, out, out_starts)
     else:
@@ -75,3 +78,12 @@ def packed_starts(lengths: np.ndarray) -> np.ndarray:
         starts[0] = 0
         np.cumsum(lengths[:-1], out=starts[1:])
     return starts
+
+
+def select(data: np.ndarray, lengths: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The objects ``index`` (a boolean mask or positions) of a packed batch, packed."""
+    starts = packed_starts(lengths)[index]
+    lens = lengths[index]
+    out = np.empty(int(lens.sum()), np.uint8)
+    gather(data, starts, lens, out, packed_starts(lens))
+    return out, lens
