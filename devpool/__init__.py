@@ -22,7 +22,11 @@ from ._errors import (
     UnknownCodecError,
     WritebackError,
 )
+from ._backing import BackingFile
+from ._capture import CaptureError, capture_pid, capture_workloads
+from ._codecs import Codec, get_codec, register_codec
 from ._pool import PAGE_SIZE, Pool
+from ._zswap import Zswap
 
 try:
     __version__ = _metadata.version("devpool")
@@ -31,7 +35,10 @@ except _metadata.PackageNotFoundError:  # running from a source tree without ins
 
 __all__ = sorted([
     "BackendUnavailableError",
+    "BackingFile",
     "BadInputError",
+    "CaptureError",
+    "Codec",
     "CorruptDataError",
     "DeviceError",
     "DevpoolError",
@@ -43,8 +50,13 @@ __all__ = sorted([
     "PoolFullError",
     "UnknownCodecError",
     "WritebackError",
+    "Zswap",
     "available_backends",
+    "capture_pid",
+    "capture_workloads",
+    "get_codec",
     "open_pool",
+    "register_codec",
 ])
 
 # Tracebacks and reprs show the public path, not the private module.

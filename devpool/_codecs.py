@@ -1,0 +1,214 @@
+"""Page codecs behind a small registry (after numcodecs' ``Codec`` / ``get_codec``).
+
+Contract a codec implements
+---------------------------
+``compress_batch(pages)``
+    ``pages`` is an (N, page_size) uint8 array. Returns ``(data, lengths)``: the N
+    compressed blocks packed back to back in one uint8 array and their int64 lengths.
+    A block that failed to compress has length ``-1`` and no bytes in ``data`` (the
+    frontend counts it as ``reject_compress_fail``); a block may be longer than a page
+    (incompressible data), the frontend decides what to do with it.
+``decompress_into(data, lengths, out)``
+    decode the packed blocks into ``out`` (N, page_size) and return a boolean array:
+    True where block ``i`` decoded to *exactly* one page. Never raises for corrupt data.
+``decompress_batch(data, lengths)``
+    convenience: a fresh (N, page_size) array, or :class:`~devpool.CorruptDataError`
+    naming the blocks that failed.
+
+Configuration is the public attributes (JSON-friendly) plus ``codec_id``;
+``get_config()`` / ``get_codec(config)`` round-trip. Codecs sharing an id family are
+byte-compatible: every ``lz4*`` codec reads and writes raw LZ4 blocks
+(``lz4.block`` with ``store_size=False``), so any of them decodes the others' output.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import lz4.block
+import numpy as np
+
+from ._errors import BadInputError, CorruptDataError, UnknownCodecError
+from ._packed import packed_starts
+
+__all__ = ["Codec", "Lz4", "Lz4HC", "Raw", "get_codec", "register_codec", "registered_codecs"]
+
+PAGE = 4096
+
+
+def check_pages(pages, page_size: int = PAGE) -> np.ndarray:
+    """(N, page_size) C-contiguous uint8, or BadInputError naming what is wrong."""
+    if not isinstance(pages, np.ndarray):
+        raise BadInputError(f"pages must be a numpy uint8 array, got {type(pages).__name__}")
+    if pages.dtype != np.uint8:
+        raise BadInputError(f"pages must have dtype uint8, got {pages.dtype}")
+    if pages.ndim == 1 and pages.shape[0] == page_size:
+        pages = pages.reshape(1, page_size)
+    if pages.ndim != 2 or pages.shape[1] != page_size:
+        raise BadInputError(f"pages must have shape (N, {page_size}), got {pages.shape}")
+    if not pages.flags.c_contiguous:
+        raise BadInputError("pages must be C-contiguous")
+    return pages
+
+
+class Codec:
+    """Base class: override ``compress_batch`` and ``decompress_into``."""
+
+    codec_id: str = "abstract"
+    page_size: int = PAGE
+
+    def compress_batch(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        raise NotImplementedError(f"{type(self).__name__} must implement compress_batch()")
+
+    def decompress_into(self, data: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement decompress_into()")
+
+    def decompress_batch(self, data, lengths) -> np.ndarray:
+        data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
+        lengths = np.asarray(lengths, np.int64)
+        if lengths.ndim != 1 or (lengths < 0).any() or int(lengths.sum()) != data.size:
+            raise BadInputError("lengths must be non-negative and add up to the data's size")
+        out = np.empty((lengths.shape[0], self.page_size), np.uint8)
+        ok = self.decompress_into(data, lengths, out)
+        if not ok.all():
+            bad = np.flatnonzero(~ok)
+            raise CorruptDataError(f"{bad.size} block(s) did not decode to one page: indices {bad[:8].tolist()}")
+        return out
+
+    # --- configuration (public attributes are config) ---------------------------------
+    def get_config(self) -> dict:
+        cfg = {k: v for k, v in vars(self).items() if not k.startswith("_")}
+        cfg["id"] = self.codec_id
+        return cfg
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Codec) and self.get_config() == other.get_config()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self.get_config().items())))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items() if k != "id")
+        return f"{type(self).__name__}({args})"
+
+
+def _pack_blocks(blocks: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.array([-1 if b is None else len(b) for b in blocks], np.int64)
+    data = np.frombuffer(b"".join(b for b in blocks if b is not None), np.uint8)
+    return data, lengths
+
+
+class _Lz4Block(Codec):
+    """Shared by lz4 and lz4hc: the python-lz4 binding, one call per page."""
+
+    def _compress_one(self, page: bytes) -> bytes:
+        raise NotImplementedError
+
+    def compress_batch(self, pages):
+        pages = check_pages(pages, self.page_size)
+        blocks = []
+        for p in pages:
+            try:
+                blocks.append(self._compress_one(p.tobytes()))
+            except Exception:        # a codec failure refuses the page, never loses it
+                blocks.append(None)
+        return _pack_blocks(blocks)
+
+    def decompress_into(self, data, lengths, out):
+        ok = np.zeros(lengths.shape[0], np.bool_)
+        starts = packed_starts(lengths)
+        for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+            try:
+                page = lz4.block.decompress(data[s:s + n], uncompressed_size=self.page_size)
+            except Exception:
+                continue
+            # lz4.block silently returns a short page for some corrupt blocks: a page of
+            # the wrong length is a failure, never a page
+            if len(page) == self.page_size:
+                out[i] = np.frombuffer(page, np.uint8)
+                ok[i] = True
+        return ok
+
+
+class Lz4(_Lz4Block):
+    """LZ4 raw blocks via ``lz4.block`` (default mode); ``acceleration`` trades ratio for speed."""
+
+    codec_id = "lz4"
+
+    def __init__(self, acceleration: int = 1):
+        if not isinstance(acceleration, int) or acceleration < 1:
+            raise BadInputError(f"acceleration must be an integer >= 1, got {acceleration!r}")
+        self.acceleration = acceleration
+
+    def _compress_one(self, page):
+        return lz4.block.compress(page, mode="fast" if self.acceleration > 1 else "default",
+                                  acceleration=self.acceleration, store_size=False)
+
+
+class Lz4HC(_Lz4Block):
+    """LZ4 high-compression raw blocks (``level`` 1..12); decodes like any LZ4 block."""
+
+    codec_id = "lz4hc"
+
+    def __init__(self, level: int = 9):
+        if not isinstance(level, int) or not 1 <= level <= 12:
+            raise BadInputError(f"lz4hc level must be an integer in 1..12, got {level!r}")
+        self.level = level
+
+    def _compress_one(self, page):
+        return lz4.block.compress(page, mode="high_compression", compression=self.level, store_size=False)
+
+
+class Raw(Codec):
+    """Store as-is: every block is the page itself (useful as a baseline and for tests)."""
+
+    codec_id = "raw"
+
+    def compress_batch(self, pages):
+        pages = check_pages(pages, self.page_size)
+        return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
+
+    def decompress_into(self, data, lengths, out):
+        ok = lengths == self.page_size
+        starts = packed_starts(lengths)[ok]
+        out[ok] = data[starts[:, None] + np.arange(self.page_size)]
+        return ok
+
+
+# --- registry ---------------------------------------------------------------------------
+_REGISTRY: dict[str, type[Codec]] = {}
+
+
+def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]:
+    """Make ``cls`` available to ``get_codec`` under its id; re-registering replaces."""
+    _REGISTRY[codec_id or cls.codec_id] = cls
+    return cls
+
+
+def registered_codecs() -> dict[str, type[Codec]]:
+    return dict(_REGISTRY)
+
+
+def get_codec(config: str | dict | Codec) -> Codec:
+    """A codec from a name (``"lz4"``), a config dict (``{"id": "lz4hc", "level": 4}``) or a codec."""
+    if isinstance(config, Codec):
+        return config
+    if isinstance(config, str):
+        config = {"id": config}
+    if not isinstance(config, dict) or "id" not in config:
+        raise UnknownCodecError(f"codec config must be a name or a dict with an 'id', got {config!r}")
+    config = copy.deepcopy(config)        # never mutate the caller's dict
+    codec_id = config.pop("id")
+    cls = _REGISTRY.get(codec_id)
+    if cls is None:
+        raise UnknownCodecError(f"unknown codec {codec_id!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    try:
+        return cls(**config)
+    except TypeError as exc:
+        raise BadInputError(f"bad options for codec {codec_id!r}: {exc}") from exc
+
+
+# The built-ins, one line each.
+register_codec(Lz4)
+register_codec(Lz4HC)
+register_codec(Raw)

@@ -1,0 +1,470 @@
+"""Zswap: a compressed cache for pages on their way to swap, over any devpool pool.
+
+What it is and when it pays (as mm/zswap.c puts it): pages being swapped out are
+compressed into a pool instead of going to the swap device; a later swap-in
+decompresses them, which is far cheaper than disk I/O. When the pool reaches its limit
+the oldest entries are written back to the real swap file. This frontend models Linux
+6.18's zswap, keeps its parameter and debugfs statistic names, and sees only the pool
+contract: handles, batched copy-in / copy-out, ``compact``, ``stats``. It never
+learns whether the pool lives in RAM or on a GPU.
+
+With a backing file, ``Zswap`` plays both zswap *and* the swap device: a page zswap
+refuses (limit hit, poor compression with writeback off, codec error) is written
+straight to the file, as the swap core does after a failed ``zswap_store``; ``store``
+returns False ("not cached") and ``load`` finds the page in the file. Without a
+backing file a refused page is not kept: the caller still owns it.
+
+A page is never lost: it is in the pool, in the backing file, or the store said it
+was refused (and, with a backing file whose write failed, raised).
+
+Reading order: statistics, tunables, entry table, limits, compress / decompress,
+writeback (second-chance LRU) and shrinking, then the main API (store, load,
+invalidate and their batch forms).
+"""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+
+from ._backing import BackingFile
+from ._codecs import Codec, check_pages, get_codec
+from ._errors import (
+    BadInputError,
+    CorruptDataError,
+    EntryNotFoundError,
+    PoolFullError,
+    WritebackError,
+)
+from ._packed import gather, packed_starts, select
+from ._pool import PAGE_SIZE, Pool
+
+__all__ = ["Zswap"]
+
+# --- entry states (one byte per swap offset) -------------------------------------------
+ABSENT = 0     # not held by zswap nor the backing file
+POOL = 1       # compressed (or, at length == PAGE_SIZE, stored as-is) in the pool
+SAME = 2       # same-filled page: only the 8-byte fill word is kept, no pool space
+FILE = 3       # in the backing swap file (written back, or refused by zswap)
+
+#: pages written back per round of the shrinker
+SHRINK_BATCH = 256
+
+
+class Zswap:
+    """zswap over a devpool pool.
+
+    ``max_pool_percent`` of the pool's capacity (or ``max_pool_bytes``) bounds the pool;
+    once hit, stores are refused until usage falls below ``accept_threshold_percent``
+    of the limit, and the shrinker writes back meanwhile. ``backing`` is a swap-file
+    path (created 0600), a :class:`BackingFile`, or None. ``writeback=False`` forbids
+    writeback (and, as in Linux, then refuses incompressible pages).
+    """
+
+    # --- statistics (debugfs names); one comment per counter -------------------------
+    _COUNTERS = (
+        "pool_limit_hit",          # a store found the pool at its limit
+        "reject_compress_fail",    # the codec failed on a page
+        "reject_compress_poor",    # a page did not compress below PAGE_SIZE, writeback off
+        "reject_alloc_fail",       # the pool could not allocate room
+        "reject_reclaim_fail",     # the shrinker's writeback failed while at the limit
+        "decompress_fail",         # a stored block failed to decode to one page
+        "written_back_pages",      # pages the shrinker / writeback() moved to the file
+        "writeback_fail",          # writeback I/O errors (entries stayed in the pool)
+        "same_filled_stores",      # stores satisfied by a fill word alone
+        "backing_direct_writes",   # refused pages written straight to the backing file
+        "loads_from_pool",         # loads served from the pool (or a fill word)
+        "loads_from_backing",      # loads served from the backing file
+    )
+
+    # --- tunables ----------------------------------------------------------------------
+    def __init__(self, pool: Pool, compressor: str | dict | Codec = "lz4", *,
+                 max_pool_percent: float = 20, max_pool_bytes: int | None = None,
+                 accept_threshold_percent: float = 90, backing=None, writeback: bool = True,
+                 nr_pages: int = 1 << 32):
+        if not isinstance(pool, Pool):
+            raise BadInputError(f"pool must be a devpool Pool, got {type(pool).__name__}")
+        if not 0 < float(max_pool_percent) <= 100:
+            raise BadInputError(f"max_pool_percent must be in (0, 100], got {max_pool_percent}")
+        if not 0 < float(accept_threshold_percent) <= 100:
+            raise BadInputError(f"accept_threshold_percent must be in (0, 100], got {accept_threshold_percent}")
+        if max_pool_bytes is not None and (not isinstance(max_pool_bytes, int) or max_pool_bytes <= 0):
+            raise BadInputError(f"max_pool_bytes must be a positive integer, got {max_pool_bytes!r}")
+        self.pool = pool
+        self.codec = get_codec(compressor)
+        self.max_pool_percent = float(max_pool_percent)
+        self.max_pool_bytes = max_pool_bytes
+        self.accept_threshold_percent = float(accept_threshold_percent)
+        self.nr_pages = int(nr_pages)
+        if backing is None or isinstance(backing, BackingFile):
+            self.backing = backing
+            self._own_backing = False
+        else:
+            self.backing = BackingFile(backing)
+            self._own_backing = True
+        self.writeback_enabled = bool(writeback) and self.backing is not None
+        self._lock = threading.RLock()
+        self._reached_full = False
+        self._counters = dict.fromkeys(self._COUNTERS, 0)
+        # --- entry table, indexed by swap offset, grown on demand ---------------------
+        self._state = np.zeros(0, np.uint8)
+        self._handle = np.zeros(0, np.int64)
+        self._length = np.zeros(0, np.int64)
+        self._fill = np.zeros(0, np.uint64)
+        self._seq = np.zeros(0, np.int64)          # LRU age: smaller is older
+        self._referenced = np.zeros(0, np.bool_)   # second chance before writeback
+        self._next_seq = 0
+
+    def __enter__(self) -> "Zswap":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Drop every entry from the pool (not the pool itself) and close an owned file."""
+        with self._lock:
+            self._invalidate_mask(self._state != ABSENT)
+            if self._own_backing and self.backing is not None:
+                self.backing.close()
+
+    def _grow(self, top: int) -> None:
+        size = self._state.shape[0]
+        if top < size:
+            return
+        new = max(top + 1, size * 2, 1024)
+        pad = new - size
+        self._state = np.concatenate([self._state, np.zeros(pad, np.uint8)])
+        self._handle = np.concatenate([self._handle, np.zeros(pad, np.int64)])
+        self._length = np.concatenate([self._length, np.zeros(pad, np.int64)])
+        self._fill = np.concatenate([self._fill, np.zeros(pad, np.uint64)])
+        self._seq = np.concatenate([self._seq, np.zeros(pad, np.int64)])
+        self._referenced = np.concatenate([self._referenced, np.zeros(pad, np.bool_)])
+
+    def _check_offsets(self, offsets, grow: bool) -> np.ndarray:
+        arr = np.asarray(offsets)
+        if arr.ndim == 0:
+            arr = arr.reshape(1)
+        if arr.ndim != 1:
+            raise BadInputError(f"offsets must be a 1-D sequence, got shape {arr.shape}")
+        if arr.size == 0:
+            return np.zeros(0, np.int64)
+        if arr.dtype.kind not in "iu" or arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+            raise BadInputError(f"offsets must be integers, got dtype {arr.dtype}")
+        arr = arr.astype(np.int64, copy=False)
+        bad = np.flatnonzero((arr < 0) | (arr >= self.nr_pages))
+        if bad.size:
+            raise BadInputError(f"swap offset {int(arr[bad[0]])} is outside 0..{self.nr_pages - 1}")
+        if np.unique(arr).size != arr.size:
+            raise BadInputError("offsets repeat within one batch")
+        if grow:
+            self._grow(int(arr.max()))
+        return arr
+
+    # --- limits ------------------------------------------------------------------------
+    def _limit_bytes(self) -> int:
+        if self.max_pool_bytes is not None:
+            return self.max_pool_bytes
+        return int(self.pool.stats()["capacity_bytes"] * self.max_pool_percent / 100)
+
+    def _accept_bytes(self) -> int:
+        return int(self._limit_bytes() * self.accept_threshold_percent / 100)
+
+    def _pool_size(self) -> int:
+        return self.pool.stats()["pool_total_size"]
+
+    def _headroom(self) -> int:
+        """Bytes a store may still add; 0 while the limit is hit (with hysteresis)."""
+        total = self._pool_size()
+        limit = self._limit_bytes()
+        if self._reached_full:
+            if total > self._accept_bytes():
+                return 0
+            self._reached_full = False
+        return max(0, limit - total)
+
+    # --- compress / decompress -----------------------------------------------------------
+    def _decompress(self, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Decode POOL entries ``offs``: (pages, ok mask); the entries stay."""
+        data, lens = self.pool.read_batch(self._handle[offs])
+        out = np.empty((offs.size, PAGE_SIZE), np.uint8)
+        ok = np.ones(offs.size, np.bool_)
+        raw = lens == PAGE_SIZE
+        starts = packed_starts(lens)
+        if raw.any():
+            rows = np.flatnonzero(raw)
+            out[rows] = data[starts[rows, None] + np.arange(PAGE_SIZE)]
+        comp = np.flatnonzero(~raw)
+        if comp.size:
+            sub, sub_lens = select(data, lens, comp)
+            pages = np.empty((comp.size, PAGE_SIZE), np.uint8)
+            ok[comp] = self.codec.decompress_into(sub, sub_lens, pages)
+            out[comp] = pages
+        self._counters["decompress_fail"] += int((~ok).sum())
+        return out, ok
+
+    # --- writeback and the shrinker ------------------------------------------------------
+    def _pick_lru(self, n: int) -> np.ndarray:
+        """Up to ``n`` oldest POOL entries, giving referenced ones a second chance."""
+        while True:
+            cand = np.flatnonzero(self._state == POOL)
+            if cand.size == 0:
+                return cand
+            k = min(n, cand.size)
+            oldest = cand[np.argpartition(self._seq[cand], k - 1)[:k]] if k < cand.size else cand
+            oldest = oldest[np.argsort(self._seq[oldest], kind="stable")]
+            ref = self._referenced[oldest]
+            if not ref.any():
+                return oldest
+            # rotate: clear the bit and move to the young end, then look again
+            rot = oldest[ref]
+            self._referenced[rot] = False
+            self._seq[rot] = self._next_seq + np.arange(rot.size)
+            self._next_seq += rot.size
+            if (~ref).any():
+                return oldest[~ref]
+
+    def _writeback(self, n: int) -> int:
+        if not self.writeback_enabled or n <= 0:
+            return 0
+        written = 0
+        failed = np.zeros(0, np.int64)
+        while written < n:
+            victims = self._pick_lru(n - written)
+            victims = victims[~np.isin(victims, failed)]
+            if victims.size == 0:
+                break
+            pages, ok = self._decompress(victims)
+            failed = np.concatenate([failed, victims[~ok]])
+            good = victims[ok]
+            if good.size == 0:
+                continue
+            try:
+                self.backing.write_pages(good, pages[ok])
+            except WritebackError:
+                self._counters["writeback_fail"] += good.size
+                raise                       # the entries stay in the pool
+            self.pool.free_batch(self._handle[good])
+            self._state[good] = FILE
+            written += good.size
+            self._counters["written_back_pages"] += good.size
+        return written
+
+    def _shrink(self) -> None:
+        """At the limit: compact first (no I/O), then write back down to the threshold."""
+        accept = self._accept_bytes()
+        if self._pool_size() > accept:
+            self.pool.compact()
+        try:
+            while self._pool_size() > accept and self.writeback_enabled:
+                if self._writeback(SHRINK_BATCH) == 0:
+                    break
+                self.pool.compact(0.9)
+        except WritebackError:
+            self._counters["reject_reclaim_fail"] += 1
+
+    # --- main API ------------------------------------------------------------------------
+    def store_batch(self, offsets, pages) -> np.ndarray:
+        """Store pages at swap offsets; returns a mask, True where zswap cached the page.
+
+        A False page was refused (limit, poor compression without writeback, codec
+        error, no pool room): with a backing file it is now in the file, else it is
+        not kept. Any previous entry at those offsets is replaced either way. Bad input
+        raises BadInputError and changes nothing. If a refused page's write to the
+        backing file fails, WritebackError is raised after everything else committed;
+        those offsets are then empty and the caller still owns the pages.
+        """
+        with self._lock:
+            offs = self._check_offsets(offsets, grow=True)
+            pages = check_pages(pages)
+            if pages.shape[0] != offs.size:
+                raise BadInputError(f"{offs.size} offsets but {pages.shape[0]} pages")
+            return self._store(offs, pages)
+
+    def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        n = offs.size
+        words = pages.view(np.uint64)
+        same = (words == words[:, :1]).all(axis=1) if n else np.zeros(0, np.bool_)
+        cached = same.copy()
+        # 1. fallible work first: compress, classify, allocate, copy in
+        todo = np.flatnonzero(~same)
+        data, lens = self.codec.compress_batch(pages[todo]) if todo.size else (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        ok = lens >= 0
+        self._counters["reject_compress_fail"] += int((~ok).sum())
+        poor = ok & (lens >= PAGE_SIZE)
+        if not self.writeback_enabled:
+            self._counters["reject_compress_poor"] += int(poor.sum())
+            ok &= ~poor
+            poor[:] = False
+        sizes = np.where(poor, PAGE_SIZE, lens)
+        # the limit: accept the prefix that fits in the headroom
+        want = np.flatnonzero(ok)
+        if want.size:
+            room = self._headroom()
+            fits = np.cumsum((sizes[want] + 15) // 16 * 16) <= room
+            if not fits.all():
+                self._counters["pool_limit_hit"] += 1
+                self._reached_full = True
+                want = want[fits]
+        handles = np.zeros(0, np.int64)
+        if want.size:
+            try:
+                handles = self.pool.alloc_batch(sizes[want])
+            except PoolFullError:
+                self._counters["reject_alloc_fail"] += want.size
+                want = want[:0]
+        if want.size:
+            try:
+                self.pool.write_batch(handles, self._payload(pages, todo, data, lens, want, poor),
+                                      sizes[want])
+            except BaseException:
+                self.pool.free_batch(handles)
+                raise
+        # 2. commit point: nothing below fails except the backing write of refused pages
+        self._invalidate_mask_at(offs)
+        stored = todo[want]
+        cached[stored] = True
+        so = offs[stored]
+        self._state[so] = POOL
+        self._handle[so] = handles
+        self._length[so] = sizes[want]
+        self._seq[so] = self._next_seq + np.arange(so.size)
+        self._next_seq += so.size
+        self._referenced[so] = True
+        sf = offs[same]
+        self._state[sf] = SAME
+        self._fill[sf] = words[same, 0]
+        self._counters["same_filled_stores"] += int(same.sum())
+        refused = np.flatnonzero(~cached)
+        if self._reached_full:
+            self._shrink()
+        if refused.size and self.backing is not None:
+            self.backing.write_pages(offs[refused], pages[refused])   # may raise: not kept
+            self._state[offs[refused]] = FILE
+            self._counters["backing_direct_writes"] += refused.size
+        return cached
+
+    @staticmethod
+    def _payload(pages, todo, data, lens, want, poor) -> np.ndarray:
+        """One packed payload for the accepted pages: their blocks, or the page itself."""
+        sizes = np.where(poor[want], PAGE_SIZE, lens[want])
+        out = np.empty(int(sizes.sum()), np.uint8)
+        starts = packed_starts(sizes)
+        comp = ~poor[want]
+        src_starts = packed_starts(np.maximum(lens, 0))
+        gather(data, src_starts[want[comp]], lens[want[comp]], out, starts[comp])
+        if (~comp).any():
+            raw_rows = todo[want[~comp]]
+            flat = pages.reshape(-1)
+            gather(flat, raw_rows * PAGE_SIZE, np.full(raw_rows.size, PAGE_SIZE, np.int64), out, starts[~comp])
+        return out
+
+    def store(self, offset: int, page) -> bool:
+        """Store one page; True if cached (see :meth:`store_batch`)."""
+        return bool(self.store_batch([offset], check_pages(page))[0])
+
+    def load_batch(self, offsets) -> np.ndarray:
+        """Load pages (N, 4096); exclusive: each leaves zswap and the backing file.
+
+        An offset held nowhere raises EntryNotFoundError; a block that fails to decode
+        raises CorruptDataError (``decompress_fail`` counted); a file read error raises
+        WritebackError. In every error case nothing is removed.
+        """
+        with self._lock:
+            offs = self._check_offsets(offsets, grow=False)
+            n = offs.size
+            known = offs < self._state.shape[0]
+            state = np.zeros(n, np.uint8)
+            state[known] = self._state[offs[known]]
+            missing = np.flatnonzero(state == ABSENT)
+            if missing.size:
+                raise EntryNotFoundError(f"swap offset {int(offs[missing[0]])} is not stored")
+            out = np.empty((n, PAGE_SIZE), np.uint8)
+            in_pool = np.flatnonzero(state == POOL)
+            if in_pool.size:
+                pages, ok = self._decompress(offs[in_pool])
+                if not ok.all():
+                    bad = offs[in_pool[~ok]]
+                    raise CorruptDataError(f"{bad.size} stored page(s) failed to decompress: offsets {bad[:8].tolist()}")
+                out[in_pool] = pages
+            same = np.flatnonzero(state == SAME)
+            if same.size:
+                out.view(np.uint64)[same] = self._fill[offs[same], None]
+            in_file = np.flatnonzero(state == FILE)
+            if in_file.size:
+                out[in_file] = self.backing.read_pages(offs[in_file])
+            # commit: exclusive load
+            self._counters["loads_from_pool"] += in_pool.size + same.size
+            self._counters["loads_from_backing"] += in_file.size
+            self._invalidate_mask_at(offs)
+            return out
+
+    def load(self, offset: int) -> np.ndarray:
+        """Load one page (4096,) uint8; see :meth:`load_batch`."""
+        return self.load_batch([offset])[0]
+
+    def _invalidate_mask_at(self, offs: np.ndarray) -> None:
+        offs = offs[offs < self._state.shape[0]]
+        pooled = offs[self._state[offs] == POOL]
+        if pooled.size:
+            self.pool.free_batch(self._handle[pooled])
+        self._state[offs] = ABSENT
+
+    def _invalidate_mask(self, mask: np.ndarray) -> None:
+        self._invalidate_mask_at(np.flatnonzero(mask))
+
+    def invalidate_batch(self, offsets) -> None:
+        """Forget these offsets (swap slots freed); absent ones are ignored."""
+        with self._lock:
+            self._invalidate_mask_at(self._check_offsets(offsets, grow=False))
+
+    def invalidate(self, offset: int) -> None:
+        """Forget one offset; a no-op when it is not stored."""
+        self.invalidate_batch([offset])
+
+    def invalidate_area(self) -> None:
+        """Forget every offset (swapoff of the whole area)."""
+        with self._lock:
+            self._invalidate_mask(self._state != ABSENT)
+
+    def writeback(self, n: int) -> int:
+        """Write up to ``n`` least-recently-stored pages to the backing file now.
+
+        Referenced entries get a second chance (rotated once). Returns the pages
+        written; 0 without a backing file or with writeback disabled. On an I/O error
+        the affected entries stay in the pool and WritebackError is raised.
+        """
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise BadInputError(f"n must be a non-negative integer, got {n!r}")
+        with self._lock:
+            return self._writeback(int(n))
+
+    def contains(self, offset: int) -> bool:
+        """True when ``offset`` is held in zswap or the backing file."""
+        with self._lock:
+            return 0 <= offset < self._state.shape[0] and self._state[offset] != ABSENT
+
+    def stats(self) -> dict:
+        """Kernel debugfs names, plus same-filled and backing counts and the ratio."""
+        with self._lock:
+            pst = self.pool.stats()
+            in_pool = self._state == POOL
+            compressed = int(self._length[in_pool].sum())
+            st = dict(self._counters)
+            st.update({
+                "stored_pages": int(in_pool.sum() + (self._state == SAME).sum()),
+                "same_filled_pages": int((self._state == SAME).sum()),
+                "stored_incompressible_pages": int((in_pool & (self._length == PAGE_SIZE)).sum()),
+                "backing_pages": int((self._state == FILE).sum()),
+                "pool_total_size": pst["pool_total_size"],
+                "stored_compressed_bytes": compressed,
+                "compression_ratio": (int(in_pool.sum()) * PAGE_SIZE / compressed) if compressed else 0.0,
+                "max_pool_bytes": self._limit_bytes(),
+                "accept_threshold_bytes": self._accept_bytes(),
+                "pool_limit_reached": self._reached_full,
+                "compressor": self.codec.codec_id,
+                "backend": pst["backend"],
+            })
+            return st
+
