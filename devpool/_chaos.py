@@ -3,8 +3,8 @@
 On *every* public pool call it, before the call runs:
 
 - migrates a random share of live objects to fresh arena space through the allocator
-  (a real relocation: planned, copied, old space freed), and now and then runs a full
-  ``compact()``, so an address remembered across two calls is wrong;
+  (a real relocation: planned, copied, old space freed), then cleans the arena (more
+  moves), so an address remembered across two calls is wrong;
 - poisons every byte it frees or moves away from with ``POISON``, so a stale read shows
   garbage instead of yesterday's data;
 - scrambles handles: the pool XORs a per-pool random key into every handle it hands
@@ -32,21 +32,21 @@ class ChaosStorage(HostStorage):
     kind = "chaos"
 
     def __init__(self, capacity_bytes: int, seed: int | None = None,
-                 move_fraction: float = 0.25, compact_every: int = 4):
+                 move_fraction: float = 0.25):
         super().__init__(capacity_bytes)
         self.seed = secrets.randbits(32) if seed is None else seed
         self.rng = np.random.default_rng(self.seed)
         self.handle_key = int(self.rng.integers(1, 1 << 62))
         self.move_fraction = move_fraction
-        self.compact_every = compact_every
         self.calls = 0
         self.relocated = 0
 
     def before_call(self, pool) -> None:
         self.calls += 1
         self.relocated += pool.relocate_random(self.rng, self.move_fraction)
-        if self.compact_every and self.rng.integers(self.compact_every) == 0:
-            pool._compact(1.0)
+        # clean up after ourselves (another move), so the dead copies left behind do not
+        # count against a caller's limits
+        pool._compact(1.0)
 
     def _moved_from(self, offsets, lengths) -> None:
         self.discard(offsets, lengths)              # moved-from bytes are poison now

@@ -1,0 +1,366 @@
+"""The zswap frontend over every backend (host, chaos, cuda)."""
+
+from __future__ import annotations
+
+import ast
+import os
+import stat
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import devpool
+from devpool._codecs import Codec, Lz4, register_codec
+from tests.pages import make_pages, random_page, same_page, text_page, zero_page
+
+KINDS = ("text", "struct", "random", "same", "zero")
+
+
+@pytest.fixture
+def zswap(make_pool, tmp_path):
+    made = []
+
+    def factory(backing=True, capacity_bytes=4 << 20, **kw):
+        pool = make_pool(capacity_bytes=capacity_bytes)
+        path = tmp_path / f"swap{len(made)}" if backing is True else backing or None
+        zs = devpool.Zswap(pool, backing=path, **kw)
+        made.append(zs)
+        return zs
+
+    yield factory
+    for zs in made:
+        zs.close()
+
+
+# --- store / load -------------------------------------------------------------------
+def test_round_trip_mixed_pages(zswap, rng):
+    zs = zswap()
+    pages = make_pages(40, rng, KINDS)
+    stored = zs.store_batch(np.arange(100, 140), pages)
+    assert stored.all()
+    st = zs.stats()
+    assert st["stored_pages"] == 40 and st["same_filled_pages"] == 16
+    assert st["stored_incompressible_pages"] == 8          # the random pages
+    got = zs.load_batch(np.arange(139, 99, -1))              # any order
+    np.testing.assert_array_equal(got, pages[::-1])
+
+
+def test_single_store_and_exclusive_load(zswap, rng):
+    zs = zswap()
+    page = text_page(rng)
+    assert zs.store(7, page) is True
+    np.testing.assert_array_equal(zs.load(7), page)
+    with pytest.raises(devpool.EntryNotFoundError):
+        zs.load(7)                                           # load is exclusive
+    assert zs.stats()["stored_pages"] == 0
+    assert zs.pool.stats()["obj_used"] == 0
+
+
+def test_store_replaces_present_offset(zswap, rng):
+    zs = zswap()
+    a, b = text_page(rng), make_pages(1, rng, ("struct",))[0]
+    zs.store(5, a)
+    zs.store(5, b)
+    assert zs.stats()["stored_pages"] == 1 and zs.pool.stats()["obj_used"] == 1
+    np.testing.assert_array_equal(zs.load(5), b)
+
+
+def test_same_filled_and_zero_pages_take_no_pool_space(zswap, rng):
+    zs = zswap()
+    pages = np.stack([zero_page(rng), same_page(rng), np.tile(np.arange(8, dtype=np.uint8), 512)])
+    assert zs.store_batch([1, 2, 3], pages).all()
+    assert zs.pool.stats()["obj_used"] == 0
+    assert zs.stats()["same_filled_pages"] == 3
+    np.testing.assert_array_equal(zs.load_batch([1, 2, 3]), pages)
+
+
+def test_incompressible_stored_as_is_with_writeback(zswap, rng):
+    zs = zswap()
+    page = random_page(rng)
+    assert zs.store(1, page)
+    assert zs.stats()["stored_incompressible_pages"] == 1
+    assert zs.pool.stats()["payload_bytes"] == 4096
+    np.testing.assert_array_equal(zs.load(1), page)
+
+
+@pytest.mark.parametrize("how", ["writeback_off", "no_backing"])
+def test_incompressible_rejected_without_writeback(zswap, rng, how):
+    zs = zswap(backing=(how == "writeback_off"), writeback=(how != "writeback_off"))
+    page = random_page(rng)
+    assert zs.store(1, page) is False
+    assert zs.stats()["reject_compress_poor"] == 1
+    if how == "writeback_off":                # the swap device got it
+        assert zs.stats()["backing_pages"] == 1
+        np.testing.assert_array_equal(zs.load(1), page)
+    else:                                     # not kept: the caller still owns it
+        assert not zs.contains(1)
+
+
+class FailingCodec(Lz4):
+    """lz4, except that pages starting with byte 0xEE fail to compress."""
+
+    codec_id = "test-failing"
+
+    def compress_batch(self, pages):
+        data, lengths = super().compress_batch(pages)
+        bad = pages[:, 0] == 0xEE
+        if bad.any():
+            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+            keep = np.concatenate([data[s:s + n] for s, n, b in zip(starts, lengths, bad) if not b] or
+                                  [np.zeros(0, np.uint8)])
+            lengths = np.where(bad, -1, lengths)
+            data = keep
+        return data, lengths
+
+
+register_codec(FailingCodec)
+
+
+def test_codec_failure_is_refused_not_lost(zswap, rng):
+    zs = zswap(compressor="test-failing")
+    pages = make_pages(4, rng, ("text",))
+    pages[2, 0] = 0xEE
+    stored = zs.store_batch([10, 11, 12, 13], pages)
+    assert stored.tolist() == [True, True, False, True]
+    assert zs.stats()["reject_compress_fail"] == 1
+    np.testing.assert_array_equal(zs.load_batch([10, 11, 12, 13]), pages)   # 12 from the file
+
+
+def test_corrupt_block_is_a_decompress_failure(zswap, rng):
+    zs = zswap()
+    page = text_page(rng)
+    zs.store(3, page)
+    h = int(zs._handle[3])
+    n = zs.pool.size_of(h)
+    zs.pool.write(h, np.full(n, 0xFF, np.uint8))             # corrupt it behind zswap's back
+    with pytest.raises(devpool.CorruptDataError):
+        zs.load(3)
+    assert zs.stats()["decompress_fail"] == 1
+    assert zs.contains(3)                                    # nothing removed
+
+
+# --- limits, writeback, LRU ---------------------------------------------------------
+def test_limit_hit_refuses_until_below_accept_threshold(zswap, rng):
+    zs = zswap(backing=False, max_pool_bytes=256 * 1024, accept_threshold_percent=50)
+    pages = make_pages(400, rng, ("text", "struct"))
+    stored = zs.store_batch(np.arange(400), pages)
+    st = zs.stats()
+    assert st["pool_limit_hit"] >= 1 and not stored.all() and stored.any()
+    assert st["pool_total_size"] <= 256 * 1024 + zs.pool.stats()["segment_bytes"]
+    assert zs.store(1000, pages[0]) is False                 # still above the threshold
+    # loads free space; below 50 % of the limit stores are accepted again
+    kept = np.flatnonzero(stored)
+    zs.load_batch(kept[: int(kept.size * 0.8)])
+    zs.pool.compact()
+    assert zs.store(1001, pages[1]) is True
+
+
+def test_limit_with_backing_writes_refused_pages_to_the_file(zswap, rng):
+    zs = zswap(max_pool_bytes=256 * 1024)
+    pages = make_pages(400, rng, ("text", "struct"))
+    stored = zs.store_batch(np.arange(400), pages)
+    st = zs.stats()
+    assert st["pool_limit_hit"] >= 1
+    assert st["backing_direct_writes"] == int((~stored).sum())
+    assert st["written_back_pages"] > 0                      # the shrinker ran
+    np.testing.assert_array_equal(zs.load_batch(np.arange(400)), pages)   # nothing lost
+
+
+def test_writeback_moves_oldest_to_file(zswap, rng, tmp_path):
+    zs = zswap()
+    pages = make_pages(10, rng, ("text",))
+    for i in range(10):
+        zs.store(i, pages[i])
+    assert zs.writeback(3) == 3
+    st = zs.stats()
+    assert st["written_back_pages"] == 3 and st["backing_pages"] == 3 and st["stored_pages"] == 7
+    assert [zs._state[i] for i in range(4)] == [3, 3, 3, 1]  # the three oldest went
+    np.testing.assert_array_equal(zs.load_batch(np.arange(10)), pages)
+    assert zs.stats()["loads_from_backing"] == 3
+
+
+def test_second_chance_rotates_referenced_entries(zswap, rng):
+    zs = zswap()
+    pages = make_pages(3, rng, ("text",))
+    zs.store_batch([0, 1], pages[:2])
+    zs.writeback(1)                  # 0 and 1 both referenced: rotated once, then 0 goes
+    zs.store(2, pages[2])            # new entry: referenced
+    # 1 lost its bit in the first pass; 2 still has it. Without the second chance
+    # the LRU would still pick 1 here, so look at the bits directly as well.
+    assert not zs._referenced[1] and zs._referenced[2]
+    assert zs.writeback(1) == 1 and zs._state[1] == 3 and zs._state[2] == 1
+
+
+def test_writeback_without_backing_is_zero(zswap, rng):
+    zs = zswap(backing=False)
+    zs.store(1, text_page(rng))
+    assert zs.writeback(5) == 0
+
+
+class BrokenBacking(devpool.BackingFile):
+    def write_pages(self, offsets, pages):
+        raise devpool.WritebackError("disk on fire")
+
+
+def test_writeback_io_error_keeps_entries(make_pool, rng, tmp_path):
+    zs = devpool.Zswap(make_pool(capacity_bytes=4 << 20), backing=BrokenBacking(tmp_path / "s"))
+    pages = make_pages(5, rng, ("text",))
+    zs.store_batch(np.arange(5), pages)
+    with pytest.raises(devpool.WritebackError):
+        zs.writeback(3)
+    st = zs.stats()
+    assert st["writeback_fail"] >= 1 and st["stored_pages"] == 5
+    np.testing.assert_array_equal(zs.load_batch(np.arange(5)), pages)
+
+
+def test_refused_page_with_failing_backing_raises_and_caller_keeps_it(make_pool, rng, tmp_path):
+    zs = devpool.Zswap(make_pool(), backing=BrokenBacking(tmp_path / "s"), writeback=False)
+    with pytest.raises(devpool.WritebackError):
+        zs.store(1, random_page(rng))                        # refused (poor) and unwritable
+    assert not zs.contains(1)
+
+
+# --- invalidate ---------------------------------------------------------------------
+def test_invalidate_forms(zswap, rng):
+    zs = zswap()
+    pages = make_pages(6, rng, KINDS)
+    zs.store_batch(np.arange(6), pages)
+    zs.writeback(1)
+    zs.invalidate(0)
+    zs.invalidate(12345)                                     # absent: no-op
+    zs.invalidate_batch([1, 2])
+    assert [zs.contains(i) for i in range(6)] == [False, False, False, True, True, True]
+    zs.invalidate_area()
+    assert zs.stats()["stored_pages"] == 0 and zs.pool.stats()["obj_used"] == 0
+
+
+# --- bad input ----------------------------------------------------------------------
+def test_bad_input_changes_nothing(zswap, rng):
+    zs = zswap()
+    pages = make_pages(3, rng, ("text",))
+    zs.store_batch([0, 1, 2], pages)
+    before = zs.stats()
+    cases = [
+        lambda: zs.store(5, np.zeros(4095, np.uint8)),                    # page size
+        lambda: zs.store(5, np.zeros(4096, np.uint16)),                   # dtype
+        lambda: zs.store(5, np.zeros((2, 2048), np.uint8)),               # shape
+        lambda: zs.store(5, np.zeros(8192, np.uint8)[::2]),               # non-contiguous
+        lambda: zs.store(-1, pages[0]),                                   # negative offset
+        lambda: zs.store(1 << 40, pages[0]),                              # out of range
+        lambda: zs.store_batch([3, 3], pages[:2]),                        # repeated offsets
+        lambda: zs.store_batch([3, 4, 5], pages[:2]),                     # count mismatch
+        lambda: zs.store_batch([3.5], pages[:1]),                         # float offset
+        lambda: zs.load_batch([0, 99]),                                   # 99 absent
+        lambda: zs.writeback(-1),
+    ]
+    for i, case in enumerate(cases):
+        with pytest.raises(devpool.DevpoolError):
+            case()
+        assert zs.stats() == before, f"case {i} changed state"
+    with pytest.raises(KeyError):                                         # a KeyError too
+        zs.load(77)
+    np.testing.assert_array_equal(zs.load_batch([0, 1, 2]), pages)
+
+
+def test_bad_tunables(make_pool):
+    pool = make_pool()
+    for kw in ({"max_pool_percent": 0}, {"max_pool_percent": 101}, {"accept_threshold_percent": -1},
+               {"max_pool_bytes": 0}, {"compressor": "zstd-9000"}):
+        with pytest.raises(devpool.DevpoolError):
+            devpool.Zswap(pool, **kw)
+    with pytest.raises(devpool.BadInputError):
+        devpool.Zswap("not a pool")
+
+
+# --- the backing file ---------------------------------------------------------------
+def test_backing_file_is_private(tmp_path, make_pool):
+    path = tmp_path / "swap"
+    zs = devpool.Zswap(make_pool(), backing=path)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    zs.close()
+    open_file = tmp_path / "shared-swap"
+    open_file.write_bytes(b"")
+    os.chmod(open_file, 0o644)
+    with pytest.raises(devpool.WritebackError, match="other users"):
+        devpool.Zswap(make_pool(), backing=open_file)
+
+
+def test_backing_slots_hold_their_own_offset(zswap, rng):
+    zs = zswap()
+    pages = make_pages(3, rng, ("text",))
+    zs.store_batch([4, 9, 5], pages)
+    zs.writeback(3)
+    data = Path(zs.backing.path).read_bytes()
+    for off, page in zip([4, 9, 5], pages):
+        assert data[off * 4096:(off + 1) * 4096] == page.tobytes()
+    np.testing.assert_array_equal(zs.load(9), pages[1])
+    with pytest.raises(devpool.EntryNotFoundError):
+        zs.load(6)                                           # an empty slot is not a page
+
+
+# --- the mission's claim ------------------------------------------------------------
+def test_frontend_imports_only_the_pool_contract():
+    src = Path(devpool.__file__).with_name("_zswap.py").read_text()
+    imported = set()
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, ast.Import):
+            imported |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            mod = ("." * node.level) + (node.module or "")
+            imported.add(mod)
+            imported |= {f"{mod}.{a.name}" for a in node.names}
+    forbidden = [m for m in imported if any(w in m.split(".") for w in
+                                            ("host", "kernels", "_chaos", "_storage", "_allocator",
+                                             "HostStorage", "ChaosStorage", "CudaStorage", "cupy", "numba"))]
+    assert not forbidden, f"the frontend imports storage: {forbidden}"
+
+
+# --- concurrency --------------------------------------------------------------------
+def test_threads_mix_store_load_invalidate_writeback(zswap, rng):
+    zs = zswap(capacity_bytes=16 << 20, max_pool_bytes=1 << 20)
+    shared = make_pages(16, rng, ("text", "struct"))
+    errors = []
+
+    def worker(tid):
+        r = np.random.default_rng(tid)
+        base = 1000 * (tid + 1)
+        mine = {}
+        try:
+            for step in range(30):
+                offs = base + r.choice(200, 8, replace=False)
+                pages = make_pages(8, r, KINDS)
+                zs.store_batch(offs, pages)
+                for o, p in zip(offs.tolist(), pages):
+                    mine[o] = p
+                act = r.integers(4)
+                if act == 0 and mine:
+                    o = list(mine)[r.integers(len(mine))]
+                    np.testing.assert_array_equal(zs.load(o), mine.pop(o))
+                elif act == 1 and mine:
+                    o = list(mine)[r.integers(len(mine))]
+                    zs.invalidate(o)
+                    del mine[o]
+                elif act == 2:
+                    zs.writeback(4)
+                else:
+                    zs.pool.compact()
+                zs.store(tid % 4, shared[tid % 16])          # shared offsets: last writer wins
+            got = zs.load_batch(list(mine))
+            for o, page in zip(mine, got):
+                np.testing.assert_array_equal(page, mine[o])
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    assert not any(t.is_alive() for t in threads), "deadlock"
+    assert not errors, errors
+    for o in range(4):                                       # a shared offset holds one writer's page
+        if zs.contains(o):
+            page = zs.load(o)
+            assert any((page == shared[t % 16]).all() for t in range(4))
