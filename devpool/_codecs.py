@@ -177,6 +177,9 @@ class Raw(Codec):
 
 # --- registry ---------------------------------------------------------------------------
 _REGISTRY: dict[str, type[Codec]] = {}
+#: codecs whose module registers them on import; loaded on first use so that importing
+#: devpool never compiles numba code or touches CUDA
+_LAZY = {"lz4-njit": "devpool.kernels.lz4", "lz4-device": "devpool.kernels.lz4_device"}
 
 
 def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]:
@@ -186,7 +189,22 @@ def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]
 
 
 def registered_codecs() -> dict[str, type[Codec]]:
+    """Every registered codec class by id (loading the lazily registered ones)."""
+    for codec_id in _LAZY:
+        _load_lazy(codec_id)
     return dict(_REGISTRY)
+
+
+def _load_lazy(codec_id: str) -> None:
+    if codec_id in _LAZY and codec_id not in _REGISTRY:
+        import importlib
+        try:
+            importlib.import_module(_LAZY[codec_id])
+        except Exception as exc:   # e.g. no CUDA stack: the codec is simply not there
+            _LAZY_ERRORS[codec_id] = f"{type(exc).__name__}: {exc}"
+
+
+_LAZY_ERRORS: dict[str, str] = {}
 
 
 def get_codec(config: str | dict | Codec) -> Codec:
@@ -199,9 +217,12 @@ def get_codec(config: str | dict | Codec) -> Codec:
         raise UnknownCodecError(f"codec config must be a name or a dict with an 'id', got {config!r}")
     config = copy.deepcopy(config)        # never mutate the caller's dict
     codec_id = config.pop("id")
+    _load_lazy(codec_id)
     cls = _REGISTRY.get(codec_id)
     if cls is None:
-        raise UnknownCodecError(f"unknown codec {codec_id!r}; registered: {', '.join(sorted(_REGISTRY))}")
+        why = f" ({_LAZY_ERRORS[codec_id]})" if codec_id in _LAZY_ERRORS else ""
+        known = sorted(set(_REGISTRY) | set(_LAZY))
+        raise UnknownCodecError(f"unknown codec {codec_id!r}{why}; known: {', '.join(known)}")
     try:
         return cls(**config)
     except TypeError as exc:

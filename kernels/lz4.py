@@ -182,7 +182,11 @@ def _drivers(compress_block, decompress_block, jit_parallel):
 def _build(checked: bool, hash5: bool):
     helpers = _cpu_helpers(checked)
     comp, decomp = core.build(numba.njit(boundscheck=checked, nogil=True), *helpers, hash5=hash5)
+    _blocks[checked] = (comp, decomp)
     return _drivers(comp, decomp, numba.njit(parallel=True, nogil=True, boundscheck=checked))
+
+
+_blocks: dict[bool, tuple] = {}
 
 
 #: lz4.block.compress (via LZ4_compress_fast_continue) uses a byU32 table: 5-byte hash,
@@ -202,6 +206,29 @@ def build_checked():
 
 def table_entries(hash5: bool = HASH5) -> int:
     return 1 << (core.HASH_U32_LOG if hash5 else core.HASH_U16_LOG)
+
+
+def compress_bytes(data: bytes, checked: bool = False) -> bytes:
+    """One raw LZ4 block of any length (tests, tools); same bytes as lz4.block."""
+    if checked:
+        build_checked()
+    comp, _ = _blocks[checked]
+    src = np.frombuffer(data, np.uint8)
+    n = src.size
+    dst = np.empty(n + n // 255 + 16, np.uint8)
+    written = comp(src, 0, n, dst, 0, np.zeros(table_entries(), np.int32))
+    return dst[:written].tobytes()
+
+
+def decompress_bytes(block: bytes, size: int, checked: bool = False) -> bytes | None:
+    """Decode one block into exactly ``size`` bytes; None if it is corrupt or differs."""
+    if checked:
+        build_checked()
+    _, decomp = _blocks[checked]
+    src = np.frombuffer(block, np.uint8)
+    dst = np.empty(size, np.uint8)
+    got = decomp(src, 0, src.size, dst, 0, size)
+    return dst.tobytes() if got == size else None
 
 
 class Lz4Njit(Codec):

@@ -1,0 +1,241 @@
+"""Codecs: shared checks over every codec x a page corpus (after numcodecs' tests/common.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lz4.block
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import devpool
+from devpool._codecs import Codec, _LAZY, registered_codecs
+from tests.pages import make_pages
+
+FIXTURES = Path(__file__).with_name("fixtures")
+CONFIGS = [{"id": "lz4"}, {"id": "lz4", "acceleration": 4}, {"id": "lz4hc", "level": 4},
+           {"id": "raw"}, {"id": "lz4-njit"}]
+LZ4_FAMILY = [c for c in CONFIGS if c["id"].startswith("lz4")]
+CORPUS = {k: (k,) for k in ("text", "struct", "random", "same", "zero")}
+CORPUS["mixed"] = ("text", "struct", "random", "same", "zero")
+
+
+def ids(cfg):
+    return "-".join(str(v) for v in cfg.values())
+
+
+def unpack(data, lengths):
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    return [data[starts[i]:starts[i + 1]].tobytes() for i in range(len(lengths))]
+
+
+# --- shared checks ---------------------------------------------------------------------
+def check_roundtrip(codec: Codec, pages: np.ndarray) -> None:
+    data, lengths = codec.compress_batch(pages)
+    assert data.dtype == np.uint8 and data.ndim == 1 and lengths.dtype == np.int64
+    assert int(lengths.sum()) == data.size and (lengths > 0).all()
+    np.testing.assert_array_equal(codec.decompress_batch(data, lengths), pages)
+    out = np.empty_like(pages)
+    assert codec.decompress_into(data, lengths, out).all()
+    np.testing.assert_array_equal(out, pages)
+
+
+def check_batch_matches_single(codec: Codec, pages: np.ndarray) -> None:
+    data, lengths = codec.compress_batch(pages)
+    blocks = unpack(data, lengths)
+    for i in range(0, len(pages), 3):
+        d1, l1 = codec.compress_batch(pages[i:i + 1])
+        assert d1.tobytes() == blocks[i]
+
+
+def check_config(codec: Codec) -> None:
+    cfg = codec.get_config()
+    again = devpool.get_codec(json.loads(json.dumps(cfg)))
+    assert again == codec and repr(again) == repr(codec)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=ids)
+@pytest.mark.parametrize("corpus", sorted(CORPUS))
+def test_roundtrip(config, corpus, rng):
+    codec = devpool.get_codec(config)
+    pages = make_pages(9, rng, CORPUS[corpus])
+    check_roundtrip(codec, pages)
+    check_batch_matches_single(codec, pages)
+    check_config(codec)
+
+
+@pytest.mark.parametrize("config", LZ4_FAMILY, ids=ids)
+def test_golden_blocks_from_liblz4_decode_exactly(config):
+    """Blocks lz4.block made (committed as fixtures) decode exactly with every LZ4 codec."""
+    codec = devpool.get_codec(config)
+    gold = np.load(FIXTURES / "lz4_golden.npz")
+    for kind in ("default", "hc9"):
+        got = codec.decompress_batch(gold[f"{kind}_data"], gold[f"{kind}_lengths"])
+        np.testing.assert_array_equal(got, gold["pages"])
+
+
+def test_lz4_njit_emits_liblz4s_bytes():
+    gold = np.load(FIXTURES / "lz4_golden.npz")
+    data, lengths = devpool.get_codec("lz4-njit").compress_batch(gold["pages"])
+    np.testing.assert_array_equal(lengths, gold["default_lengths"])
+    assert data.tobytes() == gold["default_data"].tobytes()
+
+
+# --- byte compatibility and hostile input (lz4-njit, and its bounds-checked twin) ---------
+def _padded(head: bytes, fill: int) -> bytes:
+    return (head + bytes([fill]) * 4096)[:4096]
+
+
+def _random(seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+
+
+pages_strategy = st.one_of(
+    st.builds(_padded, st.binary(max_size=200), st.integers(0, 255)),
+    st.builds(_random, st.integers(0, 2**32 - 1)),
+    st.builds(lambda seed, alphabet, run: _structured(seed, alphabet, run),
+              st.integers(0, 2**32 - 1), st.integers(1, 256), st.integers(1, 600)),
+)
+
+
+def _structured(seed, alphabet, run):
+    """Repetitive pages: runs of a few symbols, long matches, short periods."""
+    r = np.random.default_rng(seed)
+    out = np.empty(4096, np.uint8)
+    i = 0
+    while i < 4096:
+        n = int(r.integers(1, run + 1))
+        if r.random() < 0.5:
+            out[i:i + n] = r.integers(0, alphabet)
+        else:
+            period = int(r.integers(1, 9))
+            pat = r.integers(0, alphabet, period).astype(np.uint8)
+            out[i:i + n] = np.resize(pat, min(n, 4096 - i))
+        i += n
+    return out.tobytes()
+
+
+@settings(max_examples=120, deadline=None)
+@given(page=pages_strategy)
+def test_lz4_njit_is_byte_compatible_both_ways(page):
+    from devpool.kernels.lz4 import build_checked
+    codec = devpool.get_codec("lz4-njit")
+    arr = np.frombuffer(page, np.uint8).reshape(1, 4096).copy()
+    data, lengths = codec.compress_batch(arr)
+    ref = lz4.block.compress(page, store_size=False)
+    assert data.tobytes() == ref                                  # identical bytes
+    assert lz4.block.decompress(data.tobytes(), uncompressed_size=4096) == page
+    hc = lz4.block.compress(page, mode="high_compression", compression=12, store_size=False)
+    for blob in (ref, hc):
+        np.testing.assert_array_equal(codec.decompress_batch(np.frombuffer(blob, np.uint8), [len(blob)])[0], arr[0])
+    # the bounds-checked twin agrees
+    cp, dp = build_checked()
+    out = np.empty((1, 4200), np.uint8)
+    lens = np.empty(1, np.int64)
+    from devpool.kernels.lz4 import table_entries
+    cp(arr, out, lens, np.zeros((1, table_entries()), np.int32))
+    assert out[0, :lens[0]].tobytes() == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(page=pages_strategy, cuts=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), max_size=6),
+       trunc=st.integers(0, 64))
+def test_hardened_decoder_never_overruns_and_never_returns_a_short_page(page, cuts, trunc):
+    from devpool.kernels.lz4 import build_checked
+    blob = bytearray(lz4.block.compress(page, store_size=False))
+    for pos, val in cuts:                                         # flip bytes
+        if blob:
+            blob[pos % len(blob)] = val
+    if trunc and len(blob) > trunc:
+        blob = blob[:-trunc]
+    data = np.frombuffer(bytes(blob), np.uint8)
+    _, dp = build_checked()                                       # IndexError = out of bounds
+    out = np.zeros((1, 4096), np.uint8)
+    ok = np.zeros(1, np.bool_)
+    dp(data, np.zeros(1, np.int64), np.array([len(blob)], np.int64), out, ok)
+    try:
+        ref = lz4.block.decompress(bytes(blob), uncompressed_size=4096)
+    except lz4.block.LZ4BlockError:
+        ref = None
+    if ok[0]:
+        # whatever we accept, liblz4 accepts too and decodes identically
+        assert ref == out[0].tobytes()
+    # the production codec reports the same verdict
+    codec = devpool.get_codec("lz4-njit")
+    out2 = np.zeros((1, 4096), np.uint8)
+    assert codec.decompress_into(data, np.array([len(blob)]), out2)[0] == ok[0]
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.one_of(st.binary(max_size=300), st.builds(lambda p, n: p[:n], pages_strategy, st.integers(0, 4096))))
+def test_any_length_block_matches_liblz4(data):
+    """Edge cases of the block format: empty, 1 byte, < 13 bytes (all literals), the
+    end-of-block literal rules, long runs: same bytes as liblz4 and back again."""
+    from devpool.kernels.lz4 import compress_bytes, decompress_bytes
+    ref = lz4.block.compress(data, store_size=False)
+    assert compress_bytes(data, checked=True) == ref
+    assert decompress_bytes(ref, len(data), checked=True) == data
+    if data:
+        assert decompress_bytes(ref, len(data) - 1, checked=True) is None   # no room: error
+
+
+def test_short_page_from_liblz4_is_a_decompress_failure():
+    """lz4.block can return a short page for a corrupt block; we never do."""
+    page = make_pages(1, np.random.default_rng(5), ("text",))[0]
+    blob = lz4.block.compress(page.tobytes(), store_size=False)
+    # a block that decodes to fewer bytes: drop the tail literals and fix the last token
+    short = lz4.block.compress(page.tobytes()[:3900], store_size=False)
+    assert len(lz4.block.decompress(short, uncompressed_size=4096)) == 3900   # liblz4: short
+    for cfg in LZ4_FAMILY:
+        codec = devpool.get_codec(cfg)
+        out = np.empty((2, 4096), np.uint8)
+        data = np.frombuffer(short + blob, np.uint8)
+        ok = codec.decompress_into(data, np.array([len(short), len(blob)]), out)
+        assert ok.tolist() == [False, True], cfg
+        with pytest.raises(devpool.CorruptDataError):
+            codec.decompress_batch(np.frombuffer(short, np.uint8), [len(short)])
+
+
+# --- registry ---------------------------------------------------------------------------
+def test_unknown_codec():
+    with pytest.raises(devpool.UnknownCodecError, match="zstd"):
+        devpool.get_codec("zstd")
+    with pytest.raises(ValueError):
+        devpool.get_codec({"no": "id"})
+
+
+def test_get_codec_leaves_callers_dict_alone():
+    cfg = {"id": "lz4hc", "level": 3}
+    devpool.get_codec(cfg)
+    assert cfg == {"id": "lz4hc", "level": 3}
+
+
+def test_bad_codec_options():
+    for cfg in ({"id": "lz4hc", "level": 0}, {"id": "lz4", "acceleration": 0}, {"id": "lz4", "nope": 1}):
+        with pytest.raises(devpool.BadInputError):
+            devpool.get_codec(cfg)
+
+
+def test_every_codec_subclass_is_registered():
+    reg = registered_codecs()
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    for cls in subclasses(Codec):
+        if cls.__name__.startswith("_") or cls.__module__.startswith("tests."):
+            continue
+        assert reg.get(cls.codec_id) is cls, cls
+    assert set(_LAZY) - {"lz4-device"} <= set(reg)
+
+
+def test_bad_pages():
+    codec = devpool.get_codec("lz4")
+    for bad in (np.zeros((2, 4095), np.uint8), np.zeros((2, 4096), np.int8), [b"x" * 4096],
+                np.zeros((2, 8192), np.uint8)[:, ::2]):
+        with pytest.raises(devpool.BadInputError):
+            codec.compress_batch(bad)
