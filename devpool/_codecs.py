@@ -2,15 +2,17 @@
 
 Contract a codec implements
 ---------------------------
-``compress_batch(pages)``
-    ``pages`` is an (N, page_size) uint8 array. Returns ``(data, lengths)``: the N
-    compressed blocks packed back to back in one uint8 array and their int64 lengths.
+``compress_batch(pages, rows=None)``
+    ``pages`` is an (N, page_size) uint8 array; ``rows`` optionally picks which pages
+    to compress (no copy of the rest). Returns ``(data, lengths)``: the compressed
+    blocks packed back to back in one uint8 array and their int64 lengths.
     A block that failed to compress has length ``-1`` and no bytes in ``data`` (the
     frontend counts it as ``reject_compress_fail``); a block may be longer than a page
     (incompressible data), the frontend decides what to do with it.
-``decompress_into(data, lengths, out)``
-    decode the packed blocks into ``out`` (N, page_size) and return a boolean array:
-    True where block ``i`` decoded to *exactly* one page. Never raises for corrupt data.
+``decompress_into(data, lengths, out, rows=None)``
+    decode packed block ``i`` into ``out[rows[i]]`` (``rows`` defaults to 0..N-1) and
+    return a boolean array: True where block ``i`` decoded to *exactly* one page.
+    Never raises for corrupt data.
 ``decompress_batch(data, lengths)``
     convenience: a fresh (N, page_size) array, or :class:`~devpool.CorruptDataError`
     naming the blocks that failed.
@@ -29,7 +31,7 @@ import lz4.block
 import numpy as np
 
 from ._errors import BadInputError, CorruptDataError, UnknownCodecError
-from ._packed import packed_starts
+from ._packed import gather, packed_starts
 
 __all__ = ["Codec", "Lz4", "Lz4HC", "Raw", "get_codec", "register_codec", "registered_codecs"]
 
@@ -57,10 +59,11 @@ class Codec:
     codec_id: str = "abstract"
     page_size: int = PAGE
 
-    def compress_batch(self, pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def compress_batch(self, pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError(f"{type(self).__name__} must implement compress_batch()")
 
-    def decompress_into(self, data: np.ndarray, lengths: np.ndarray, out: np.ndarray) -> np.ndarray:
+    def decompress_into(self, data: np.ndarray, lengths: np.ndarray, out: np.ndarray,
+                        rows: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement decompress_into()")
 
     def decompress_batch(self, data, lengths) -> np.ndarray:
@@ -104,20 +107,21 @@ class _Lz4Block(Codec):
     def _compress_one(self, page: bytes) -> bytes:
         raise NotImplementedError
 
-    def compress_batch(self, pages):
+    def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
         blocks = []
-        for p in pages:
+        for p in (pages if rows is None else pages[rows]):
             try:
                 blocks.append(self._compress_one(p.tobytes()))
             except Exception:        # a codec failure refuses the page, never loses it
                 blocks.append(None)
         return _pack_blocks(blocks)
 
-    def decompress_into(self, data, lengths, out):
+    def decompress_into(self, data, lengths, out, rows=None):
         ok = np.zeros(lengths.shape[0], np.bool_)
         starts = packed_starts(lengths)
-        for i, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist())):
+        rows = range(lengths.shape[0]) if rows is None else np.asarray(rows).tolist()
+        for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
             try:
                 page = lz4.block.decompress(data[s:s + n], uncompressed_size=self.page_size)
             except Exception:
@@ -125,7 +129,7 @@ class _Lz4Block(Codec):
             # lz4.block silently returns a short page for some corrupt blocks: a page of
             # the wrong length is a failure, never a page
             if len(page) == self.page_size:
-                out[i] = np.frombuffer(page, np.uint8)
+                out[r] = np.frombuffer(page, np.uint8)
                 ok[i] = True
         return ok
 
@@ -164,14 +168,17 @@ class Raw(Codec):
 
     codec_id = "raw"
 
-    def compress_batch(self, pages):
+    def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
+        if rows is not None:
+            pages = pages[rows]
         return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
 
-    def decompress_into(self, data, lengths, out):
+    def decompress_into(self, data, lengths, out, rows=None):
         ok = lengths == self.page_size
-        starts = packed_starts(lengths)[ok]
-        out[ok] = data[starts[:, None] + np.arange(self.page_size)]
+        rows = np.arange(lengths.shape[0]) if rows is None else np.asarray(rows, np.int64)
+        flat = out.reshape(-1)
+        gather(data, packed_starts(lengths)[ok], lengths[ok], flat, rows[ok] * self.page_size)
         return ok
 
 

@@ -87,3 +87,35 @@ def select(data: np.ndarray, lengths: np.ndarray, index: np.ndarray) -> tuple[np
     out = np.empty(int(lens.sum()), np.uint8)
     gather(data, starts, lens, out, packed_starts(lens))
     return out, lens
+
+
+@numba.njit(cache=True, nogil=True)
+def _same_filled(words, mask, fill):
+    for i in range(words.shape[0]):
+        w0 = words[i, 0]
+        same = True
+        for k in range(1, words.shape[1]):
+            if words[i, k] != w0:        # most pages differ within the first words
+                same = False
+                break
+        mask[i] = same
+        fill[i] = w0
+
+
+def same_filled(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which (N, 4096) pages repeat one 8-byte word, and that word (zswap's same-filled)."""
+    words = pages.view(np.uint64)
+    mask = np.empty(pages.shape[0], np.bool_)
+    fill = np.empty(pages.shape[0], np.uint64)
+    _same_filled(words, mask, fill)
+    return mask, fill
+
+
+@numba.njit(cache=True, nogil=True)
+def has_duplicates(values):
+    """True when a 1-D int array repeats a value (sort-based, no Python loop)."""
+    s = np.sort(values)
+    for i in range(1, s.shape[0]):
+        if s[i] == s[i - 1]:
+            return True
+    return False

@@ -146,6 +146,16 @@ class Pool:
     def max_object_bytes(self) -> int:
         return self.alloc_.max_object
 
+    @property
+    def capacity_bytes(self) -> int:
+        """The ceiling the pool may grow to."""
+        return self.alloc_.capacity
+
+    @property
+    def total_bytes(self) -> int:
+        """``pool_total_size`` without building the whole stats dict (a hot-path read)."""
+        return self.storage.committed_bytes
+
     # --- segments <-> storage --------------------------------------------------------
     # Freed segments are kept as *spares* (still held by storage, counted in
     # pool_total_size) up to a small budget before they are released: a pool under churn

@@ -37,7 +37,7 @@ from ._errors import (
     PoolFullError,
     WritebackError,
 )
-from ._packed import gather, packed_starts, select
+from ._packed import gather, has_duplicates, packed_starts, same_filled, select
 from ._pool import PAGE_SIZE, Pool
 
 __all__ = ["Zswap"]
@@ -156,7 +156,7 @@ class Zswap:
         bad = np.flatnonzero((arr < 0) | (arr >= self.nr_pages))
         if bad.size:
             raise BadInputError(f"swap offset {int(arr[bad[0]])} is outside 0..{self.nr_pages - 1}")
-        if np.unique(arr).size != arr.size:
+        if arr.size > 1 and has_duplicates(arr):
             raise BadInputError("offsets repeat within one batch")
         if grow:
             self._grow(int(arr.max()))
@@ -166,13 +166,13 @@ class Zswap:
     def _limit_bytes(self) -> int:
         if self.max_pool_bytes is not None:
             return self.max_pool_bytes
-        return int(self.pool.stats()["capacity_bytes"] * self.max_pool_percent / 100)
+        return int(self.pool.capacity_bytes * self.max_pool_percent / 100)
 
     def _accept_bytes(self) -> int:
         return int(self._limit_bytes() * self.accept_threshold_percent / 100)
 
     def _pool_size(self) -> int:
-        return self.pool.stats()["pool_total_size"]
+        return self.pool.total_bytes
 
     def _headroom(self) -> int:
         """Bytes a store may still add; 0 while the limit is hit (with hysteresis)."""
@@ -185,24 +185,29 @@ class Zswap:
         return max(0, limit - total)
 
     # --- compress / decompress -----------------------------------------------------------
-    def _decompress(self, offs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Decode POOL entries ``offs``: (pages, ok mask); the entries stay."""
+    def _decompress_into(self, offs: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Decode POOL entries ``offs`` into ``out[rows]``; returns the ok mask.
+
+        One batched copy-out from the pool, then the codec writes each page straight
+        into its row; a page stored as-is (length == PAGE_SIZE) is copied over. The
+        entries stay in the pool.
+        """
         data, lens = self.pool.read_batch(self._handle[offs])
-        out = np.empty((offs.size, PAGE_SIZE), np.uint8)
         ok = np.ones(offs.size, np.bool_)
         raw = lens == PAGE_SIZE
         starts = packed_starts(lens)
         if raw.any():
-            rows = np.flatnonzero(raw)
-            out[rows] = data[starts[rows, None] + np.arange(PAGE_SIZE)]
+            gather(data, starts[raw], lens[raw], out.reshape(-1), rows[raw] * PAGE_SIZE)
+        if raw.all():
+            return ok
         comp = np.flatnonzero(~raw)
-        if comp.size:
+        if comp.size == offs.size:
+            ok = self.codec.decompress_into(data, lens, out, rows)
+        else:
             sub, sub_lens = select(data, lens, comp)
-            pages = np.empty((comp.size, PAGE_SIZE), np.uint8)
-            ok[comp] = self.codec.decompress_into(sub, sub_lens, pages)
-            out[comp] = pages
+            ok[comp] = self.codec.decompress_into(sub, sub_lens, out, rows[comp])
         self._counters["decompress_fail"] += int((~ok).sum())
-        return out, ok
+        return ok
 
     # --- writeback and the shrinker ------------------------------------------------------
     def _pick_lru(self, n: int) -> np.ndarray:
@@ -235,7 +240,8 @@ class Zswap:
             victims = victims[~np.isin(victims, failed)]
             if victims.size == 0:
                 break
-            pages, ok = self._decompress(victims)
+            pages = np.empty((victims.size, PAGE_SIZE), np.uint8)
+            ok = self._decompress_into(victims, pages, np.arange(victims.size))
             failed = np.concatenate([failed, victims[~ok]])
             good = victims[ok]
             if good.size == 0:
@@ -284,12 +290,11 @@ class Zswap:
 
     def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
         n = offs.size
-        words = pages.view(np.uint64)
-        same = (words == words[:, :1]).all(axis=1) if n else np.zeros(0, np.bool_)
+        same, fill = same_filled(pages)
         cached = same.copy()
         # 1. fallible work first: compress, classify, allocate, copy in
         todo = np.flatnonzero(~same)
-        data, lens = self.codec.compress_batch(pages[todo]) if todo.size else (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        data, lens = self.codec.compress_batch(pages, todo) if todo.size else (np.zeros(0, np.uint8), np.zeros(0, np.int64))
         ok = lens >= 0
         self._counters["reject_compress_fail"] += int((~ok).sum())
         poor = ok & (lens >= PAGE_SIZE)
@@ -334,7 +339,7 @@ class Zswap:
         self._referenced[so] = True
         sf = offs[same]
         self._state[sf] = SAME
-        self._fill[sf] = words[same, 0]
+        self._fill[sf] = fill[same]
         self._counters["same_filled_stores"] += int(same.sum())
         refused = np.flatnonzero(~cached)
         if self._reached_full:
@@ -348,6 +353,8 @@ class Zswap:
     @staticmethod
     def _payload(pages, todo, data, lens, want, poor) -> np.ndarray:
         """One packed payload for the accepted pages: their blocks, or the page itself."""
+        if want.size == lens.size and not poor.any():
+            return data                      # every block accepted as compressed: as is
         sizes = np.where(poor[want], PAGE_SIZE, lens[want])
         out = np.empty(int(sizes.sum()), np.uint8)
         starts = packed_starts(sizes)
@@ -383,11 +390,10 @@ class Zswap:
             out = np.empty((n, PAGE_SIZE), np.uint8)
             in_pool = np.flatnonzero(state == POOL)
             if in_pool.size:
-                pages, ok = self._decompress(offs[in_pool])
+                ok = self._decompress_into(offs[in_pool], out, in_pool)
                 if not ok.all():
                     bad = offs[in_pool[~ok]]
                     raise CorruptDataError(f"{bad.size} stored page(s) failed to decompress: offsets {bad[:8].tolist()}")
-                out[in_pool] = pages
             same = np.flatnonzero(state == SAME)
             if same.size:
                 out.view(np.uint64)[same] = self._fill[offs[same], None]

@@ -71,12 +71,14 @@ def build(jit, read32, read64, count_match, copy_forward, get, put, hash5: bool)
         return op + 1
 
     @jit
-    def compress_block(src, s0, n, dst, d0, table):
+    def compress_block(src, s0, n, dst, d0, table, base):
         """Compress ``src[s0:s0+n]`` into ``dst[d0:]`` (room for LZ4_compressBound(n)).
 
-        ``table`` (int32, 4096 or 8192 entries) must be all zero. Returns bytes written.
-        Positions are relative to ``s0``; an empty table slot means position 0, as in
-        liblz4's freshly reset state.
+        ``table`` (int32, 4096 or 8192 entries) holds ``base + position``; a slot below
+        ``base`` is empty and means position 0, as in liblz4's freshly reset state. So a
+        caller compressing many blocks raises ``base`` past the last block instead of
+        clearing 16 KiB per block (it clears once when ``base`` nears 2**31).
+        Returns the bytes written.
         """
         op = d0
         anchor = 0
@@ -84,7 +86,7 @@ def build(jit, read32, read64, count_match, copy_forward, get, put, hash5: bool)
         mflimit_plus_one = iend - MFLIMIT + 1
         match_limit = iend - LASTLITERALS
         if n >= MFLIMIT + 1:
-            put(table, hash_at(src, s0), 0)
+            put(table, hash_at(src, s0), base)
             ip = 1
             forward_h = hash_at(src, s0 + ip)
             while True:
@@ -97,7 +99,9 @@ def build(jit, read32, read64, count_match, copy_forward, get, put, hash5: bool)
                 while True:
                     h = forward_h
                     current = forward_ip
-                    match = np.int64(get(table, h))
+                    match = np.int64(get(table, h)) - base
+                    if match < 0:
+                        match = 0
                     ip = forward_ip
                     forward_ip += step
                     step = search >> SKIP_TRIGGER
@@ -105,7 +109,7 @@ def build(jit, read32, read64, count_match, copy_forward, get, put, hash5: bool)
                     if forward_ip > mflimit_plus_one:
                         break
                     forward_h = hash_at(src, s0 + forward_ip)
-                    put(table, h, current)
+                    put(table, h, base + current)
                     if match + MAX_DISTANCE < current:
                         continue
                     if read32(src, s0 + match) == read32(src, s0 + ip):
@@ -144,10 +148,12 @@ def build(jit, read32, read64, count_match, copy_forward, get, put, hash5: bool)
                     anchor = ip
                     if ip >= mflimit_plus_one:
                         break
-                    put(table, hash_at(src, s0 + ip - 2), ip - 2)
+                    put(table, hash_at(src, s0 + ip - 2), base + ip - 2)
                     h = hash_at(src, s0 + ip)
-                    match = np.int64(get(table, h))
-                    put(table, h, ip)
+                    match = np.int64(get(table, h)) - base
+                    if match < 0:
+                        match = 0
+                    put(table, h, base + ip)
                     if match + MAX_DISTANCE >= ip and read32(src, s0 + match) == read32(src, s0 + ip):
                         token = op
                         put(dst, op, 0)

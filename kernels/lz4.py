@@ -12,6 +12,8 @@ so an out-of-bounds access there is an IndexError rather than silent corruption.
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
 from llvmlite import ir
@@ -159,22 +161,34 @@ def _cpu_helpers(checked: bool):
 
 
 def _drivers(compress_block, decompress_block, jit_parallel):
+    # Pages are dealt round-robin to the workers: a batch is often ordered (one
+    # process's heap, then another's), and numba's static prange schedule over
+    # contiguous halves left one core idle while the other finished the costly half.
     @jit_parallel
-    def compress_pages(pages, out, lengths, tables):
-        n = pages.shape[0]
-        nchunks = tables.shape[0]
-        per = (n + nchunks - 1) // nchunks
-        for c in numba.prange(nchunks):
-            table = tables[c]
-            for i in range(c * per, min(n, (c + 1) * per)):
-                table[:] = 0
-                lengths[i] = compress_block(pages[i], 0, pages.shape[1], out[i], 0, table)
+    def compress_pages(pages, rows, out, lengths, tables):
+        """Page ``rows[i]`` compresses into ``out[i]``, ``lengths[i]`` bytes."""
+        n = rows.shape[0]
+        workers = tables.shape[0]
+        size = pages.shape[1]
+        for w in numba.prange(workers):
+            table = tables[w]
+            table[:] = 0
+            base = 0
+            for i in range(w, n, workers):
+                if base > 2_000_000_000 - size:
+                    table[:] = 0
+                    base = 0
+                lengths[i] = compress_block(pages[rows[i]], 0, size, out[i], 0, table, base)
+                base += size + 1
 
     @jit_parallel
-    def decompress_pages(data, starts, lengths, out, ok):
-        for i in numba.prange(lengths.shape[0]):
-            got = decompress_block(data, starts[i], lengths[i], out[i], 0, out.shape[1])
-            ok[i] = got == out.shape[1]
+    def decompress_pages(data, starts, lengths, out, rows, ok, workers):
+        """Block ``i`` decodes into ``out[rows[i]]``; ``ok[i]`` when it made one page."""
+        n = lengths.shape[0]
+        for w in numba.prange(workers):
+            for i in range(w, n, workers):
+                got = decompress_block(data, starts[i], lengths[i], out[rows[i]], 0, out.shape[1])
+                ok[i] = got == out.shape[1]
 
     return compress_pages, decompress_pages
 
@@ -216,7 +230,7 @@ def compress_bytes(data: bytes, checked: bool = False) -> bytes:
     src = np.frombuffer(data, np.uint8)
     n = src.size
     dst = np.empty(n + n // 255 + 16, np.uint8)
-    written = comp(src, 0, n, dst, 0, np.zeros(table_entries(), np.int32))
+    written = comp(src, 0, n, dst, 0, np.zeros(table_entries(), np.int32), 0)
     return dst[:written].tobytes()
 
 
@@ -236,23 +250,43 @@ class Lz4Njit(Codec):
 
     codec_id = "lz4-njit"
 
-    def compress_batch(self, pages):
-        pages = check_pages(pages, self.page_size)
-        n = pages.shape[0]
-        out = np.empty((n, core.PAGE_BOUND), np.uint8)
-        lengths = np.empty(n, np.int64)
-        if n:
-            nchunks = min(n, 4 * numba.get_num_threads())
-            tables = np.empty((nchunks, table_entries()), np.int32)
-            compress_pages(pages, out, lengths, tables)
-        return _pack_rows(out, lengths), lengths
+    def __init__(self):
+        # per-thread scratch rows and hash tables, reused: fresh multi-MiB buffers per
+        # batch cost a page fault per 4 KiB on first touch (measured ~20 % of a batch)
+        self._scratch = threading.local()
 
-    def decompress_into(self, data, lengths, out):
+    def _buffers(self, n: int, workers: int):
+        sc = self._scratch
+        if getattr(sc, "rows", None) is None or sc.rows.shape[0] < n:
+            sc.rows = np.empty((max(n, 64), core.PAGE_BOUND), np.uint8)
+        if getattr(sc, "tables", None) is None or sc.tables.shape[0] < workers:
+            sc.tables = np.empty((workers, table_entries()), np.int32)
+        return sc.rows[:n], sc.tables[:workers]
+
+    def get_config(self) -> dict:
+        return {"id": self.codec_id}
+
+    def compress_batch(self, pages, rows=None):
+        pages = check_pages(pages, self.page_size)
+        rows = np.arange(pages.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        n = rows.shape[0]
+        lengths = np.empty(n, np.int64)
+        if not n:
+            return np.zeros(0, np.uint8), lengths
+        workers = min(n, numba.get_num_threads())
+        scratch, tables = self._buffers(n, workers)
+        compress_pages(pages, rows, scratch, lengths, tables)
+        return _pack_rows(scratch, lengths), lengths
+
+    def decompress_into(self, data, lengths, out, rows=None):
         data = np.ascontiguousarray(data, dtype=np.uint8)
         lengths = np.asarray(lengths, np.int64)
-        ok = np.zeros(lengths.shape[0], np.bool_)
-        if lengths.shape[0]:
-            decompress_pages(data, packed_starts(lengths), lengths, out, ok)
+        n = lengths.shape[0]
+        rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        ok = np.zeros(n, np.bool_)
+        if n:
+            decompress_pages(data, packed_starts(lengths), lengths, out, rows, ok,
+                             min(n, numba.get_num_threads()))
         return ok
 
 

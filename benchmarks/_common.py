@@ -1,0 +1,68 @@
+"""What every benchmark shares: the machine's name, the pages, best-of timing, the header.
+
+These machines are shared and noisy, so each figure is the best of several runs and
+every benchmark times its baseline in the same process, interleaved with the subject,
+and reports the ratio.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def load_pages(path: str | None, max_pages: int | None = None) -> tuple[np.ndarray, str]:
+    """Pages from an .npy file, or captured from freshly spawned built-in workloads."""
+    from devpool import capture_workloads
+    if path:
+        pages = np.load(path)
+        source = path
+    else:
+        pages = capture_workloads()
+        source = "devpool.capture_workloads() (python heap, sqlite, numeric workloads)"
+    if max_pages and pages.shape[0] > max_pages:
+        pages = pages[np.linspace(0, pages.shape[0] - 1, max_pages).astype(np.int64)]
+    return np.ascontiguousarray(pages), source
+
+
+class BestOf:
+    """Interleaved best-of-N timing of several named callables."""
+
+    def __init__(self):
+        self.best: dict[str, float] = {}
+
+    def time(self, name: str, fn, *args) -> float:
+        t = time.perf_counter()
+        fn(*args)
+        dt = time.perf_counter() - t
+        self.best[name] = min(self.best.get(name, float("inf")), dt)
+        return dt
+
+
+def header(name: str, **extra) -> dict:
+    import numba
+    return {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": cpu_name(),
+            "cores": numba.config.NUMBA_NUM_THREADS, "python": sys.version.split()[0],
+            "command": "python benchmarks/" + Path(sys.argv[0]).name + " " + " ".join(sys.argv[1:]),
+            **extra}
+
+
+def save(result: dict, path: str | None) -> None:
+    if path:
+        Path(path).write_text(json.dumps(result, indent=2, default=float))
