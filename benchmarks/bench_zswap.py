@@ -51,7 +51,7 @@ def main(argv=None) -> dict:
 
     def load_all():
         for lo in range(0, n, args.batch):
-            got[lo:lo + args.batch] = zs.load_batch(offsets[lo:lo + args.batch])
+            zs.load_batch(offsets[lo:lo + args.batch], out=got[lo:lo + args.batch])
 
     def lz4_compress_loop():
         for p in pages:

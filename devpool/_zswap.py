@@ -115,6 +115,7 @@ class Zswap:
         self._seq = np.zeros(0, np.int64)          # LRU age: smaller is older
         self._referenced = np.zeros(0, np.bool_)   # second chance before writeback
         self._next_seq = 0
+        self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
 
     def __enter__(self) -> "Zswap":
         return self
@@ -192,7 +193,10 @@ class Zswap:
         into its row; a page stored as-is (length == PAGE_SIZE) is copied over. The
         entries stay in the pool.
         """
-        data, lens = self.pool.read_batch(self._handle[offs])
+        total = int(self._length[offs].sum())
+        if self._scratch.size < total:       # reused: a fresh buffer faults in per batch
+            self._scratch = np.empty(max(total, 2 * self._scratch.size), np.uint8)
+        data, lens = self.pool.read_batch(self._handle[offs], out=self._scratch[:total])
         ok = np.ones(offs.size, np.bool_)
         raw = lens == PAGE_SIZE
         starts = packed_starts(lens)
@@ -371,23 +375,30 @@ class Zswap:
         """Store one page; True if cached (see :meth:`store_batch`)."""
         return bool(self.store_batch([offset], check_pages(page))[0])
 
-    def load_batch(self, offsets) -> np.ndarray:
+    def load_batch(self, offsets, out=None) -> np.ndarray:
         """Load pages (N, 4096); exclusive: each leaves zswap and the backing file.
 
+        ``out`` may be a writable (N, 4096) uint8 array to fill instead of a new one.
         An offset held nowhere raises EntryNotFoundError; a block that fails to decode
         raises CorruptDataError (``decompress_fail`` counted); a file read error raises
-        WritebackError. In every error case nothing is removed.
+        WritebackError. In every error case nothing is removed (``out`` may have been
+        partly written).
         """
         with self._lock:
             offs = self._check_offsets(offsets, grow=False)
             n = offs.size
+            if out is not None:
+                if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (n, PAGE_SIZE)
+                        or not out.flags.c_contiguous or not out.flags.writeable):
+                    raise BadInputError(f"out must be a writable C-contiguous ({n}, {PAGE_SIZE}) uint8 array")
             known = offs < self._state.shape[0]
             state = np.zeros(n, np.uint8)
             state[known] = self._state[offs[known]]
             missing = np.flatnonzero(state == ABSENT)
             if missing.size:
                 raise EntryNotFoundError(f"swap offset {int(offs[missing[0]])} is not stored")
-            out = np.empty((n, PAGE_SIZE), np.uint8)
+            if out is None:
+                out = np.empty((n, PAGE_SIZE), np.uint8)
             in_pool = np.flatnonzero(state == POOL)
             if in_pool.size:
                 ok = self._decompress_into(offs[in_pool], out, in_pool)
