@@ -48,6 +48,8 @@ POOL = 1       # compressed (or, at length == PAGE_SIZE, stored as-is) in the po
 SAME = 2       # same-filled page: only the 8-byte fill word is kept, no pool space
 FILE = 3       # in the backing swap file (written back, or refused by zswap)
 
+_KIND_NAMES = {ABSENT: None, POOL: "pool", SAME: "same_filled", FILE: "backing"}
+
 #: pages written back per round of the shrinker
 SHRINK_BATCH = 256
 
@@ -144,6 +146,13 @@ class Zswap:
         self._referenced = np.concatenate([self._referenced, np.zeros(pad, np.bool_)])
 
     def _check_offsets(self, offsets, grow: bool) -> np.ndarray:
+        if type(offsets) is list and len(offsets) == 1 and type(offsets[0]) is int:
+            o = offsets[0]                    # the single-page fast path
+            if not 0 <= o < self.nr_pages:
+                raise BadInputError(f"swap offset {o} is outside 0..{self.nr_pages - 1}")
+            if grow:
+                self._grow(o)
+            return np.array([o], np.int64)
         arr = np.asarray(offsets)
         if arr.ndim == 0:
             arr = arr.reshape(1)
@@ -456,6 +465,13 @@ class Zswap:
             raise BadInputError(f"n must be a non-negative integer, got {n!r}")
         with self._lock:
             return self._writeback(int(n))
+
+    def entry_kind(self, offset: int) -> str | None:
+        """Where ``offset``'s page is: "pool", "same_filled", "backing", or None."""
+        with self._lock:
+            if not 0 <= offset < self._state.shape[0]:
+                return None
+            return _KIND_NAMES[int(self._state[offset])]
 
     def contains(self, offset: int) -> bool:
         """True when ``offset`` is held in zswap or the backing file."""

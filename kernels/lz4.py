@@ -208,6 +208,21 @@ _blocks: dict[bool, tuple] = {}
 HASH5 = True
 compress_pages, decompress_pages = _build(checked=False, hash5=HASH5)
 _checked = None
+_serial = None
+#: below this many pages a batch runs on the calling thread: waking numba's worker
+#: threads costs more than one page takes
+SERIAL_BELOW = 8
+
+
+def _drivers_for(n: int):
+    """The parallel drivers, or for a small batch the serial ones (built on first use)."""
+    global _serial
+    if n >= SERIAL_BELOW:
+        return compress_pages, decompress_pages
+    if _serial is None:
+        comp, decomp = _blocks[False]
+        _serial = _drivers(comp, decomp, numba.njit(nogil=True))
+    return _serial
 
 
 def build_checked():
@@ -273,9 +288,9 @@ class Lz4Njit(Codec):
         lengths = np.empty(n, np.int64)
         if not n:
             return np.zeros(0, np.uint8), lengths
-        workers = min(n, numba.get_num_threads())
+        workers = min(n, numba.get_num_threads()) if n >= SERIAL_BELOW else 1
         scratch, tables = self._buffers(n, workers)
-        compress_pages(pages, rows, scratch, lengths, tables)
+        _drivers_for(n)[0](pages, rows, scratch, lengths, tables)
         return _pack_rows(scratch, lengths), lengths
 
     def decompress_into(self, data, lengths, out, rows=None):
@@ -285,8 +300,8 @@ class Lz4Njit(Codec):
         rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         ok = np.zeros(n, np.bool_)
         if n:
-            decompress_pages(data, packed_starts(lengths), lengths, out, rows, ok,
-                             min(n, numba.get_num_threads()))
+            _drivers_for(n)[1](data, packed_starts(lengths), lengths, out, rows, ok,
+                               min(n, numba.get_num_threads()) if n >= SERIAL_BELOW else 1)
         return ok
 
 

@@ -1,0 +1,166 @@
+"""``devpool bench``: every page through Zswap and back, checked, with its baseline.
+
+The baseline is a single-threaded ``lz4.block`` compress / decompress loop over the same
+pages, timed in the same run (these machines are shared and noisy: ratios, not
+absolute times, are the figures to compare). Throughput is the best of a few passes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+
+import lz4.block
+import numpy as np
+
+from ._backends import open_pool
+from ._errors import DevpoolError
+from ._zswap import Zswap
+
+__all__ = ["run_bench"]
+
+PASSES = 3
+
+
+def _stores_and_loads(zs: Zswap, pages: np.ndarray, batch: int, progress) -> tuple[float, float]:
+    n = pages.shape[0]
+    offsets = np.arange(n)
+    got = np.empty_like(pages)
+    t = time.perf_counter()
+    for lo in progress(range(0, n, batch), "store"):
+        zs.store_batch(offsets[lo:lo + batch], pages[lo:lo + batch])
+    t_store = time.perf_counter() - t
+    stats = zs.stats()
+    t = time.perf_counter()
+    for lo in progress(range(0, n, batch), "load"):
+        zs.load_batch(offsets[lo:lo + batch], out=got[lo:lo + batch])
+    t_load = time.perf_counter() - t
+    if not np.array_equal(got, pages):
+        bad = int(np.flatnonzero((got != pages).any(axis=1))[0])
+        raise DevpoolError(f"page {bad} came back different from what was stored")
+    return t_store, t_load, stats
+
+
+def run_bench(args, pages: np.ndarray, source: str) -> int:
+    from ._cli import _progress
+    quiet = args.quiet
+    n = pages.shape[0]
+
+    def progress(it, desc):
+        return _progress(it, desc, total=len(it) if hasattr(it, "__len__") else None, quiet=quiet)
+
+    tmp = tempfile.TemporaryDirectory(prefix="devpool-bench-")
+    pool = open_pool(args.backend, capacity_bytes=max(64 << 20, 2 * pages.nbytes))
+    try:
+        zs = Zswap(pool, compressor=args.compressor, max_pool_percent=100,
+                   backing=os.path.join(tmp.name, "swap"))
+        st0 = pool.stats()
+        backend, device = st0["backend"], st0.get("device", st0["backend"])
+        if not quiet:
+            print(f"devpool bench: {n} pages from {source} on {backend} ({device}), "
+                  f"compressor {zs.codec.codec_id}", file=sys.stderr)
+        zs.store_batch(np.arange(min(n, 64)), pages[:min(n, 64)])          # warm-up: compile
+        zs.load_batch(np.arange(min(n, 64)))
+        blobs = [lz4.block.compress(p.tobytes(), store_size=False) for p in pages[:64]]
+        best = {"store": np.inf, "load": np.inf, "lz4_c": np.inf, "lz4_d": np.inf}
+        for _ in progress(range(PASSES), "passes"):
+            t = time.perf_counter()
+            blobs = [lz4.block.compress(p.tobytes(), store_size=False) for p in pages]
+            best["lz4_c"] = min(best["lz4_c"], time.perf_counter() - t)
+            t = time.perf_counter()
+            for b in blobs:
+                lz4.block.decompress(b, uncompressed_size=4096)
+            best["lz4_d"] = min(best["lz4_d"], time.perf_counter() - t)
+            ts, tl, stats = _stores_and_loads(zs, pages, args.batch, lambda it, d: it)
+            best["store"] = min(best["store"], ts)
+            best["load"] = min(best["load"], tl)
+        # pool efficiency with every page stored
+        zs.store_batch(np.arange(n), pages)
+        zst = zs.stats()
+        pst = pool.stats()
+        efficiency = pst["pool_total_size"] / max(1, pst["payload_bytes"])
+        zs.invalidate_area()
+        # single-page latency
+        lat_s, lat_l = [], []
+        for i in progress(range(min(n, 1000)), "latency"):
+            t0 = time.perf_counter()
+            zs.store(i, pages[i])
+            t1 = time.perf_counter()
+            page = zs.load(i)
+            lat_s.append(t1 - t0)
+            lat_l.append(time.perf_counter() - t1)
+            if not np.array_equal(page, pages[i]):
+                raise DevpoolError(f"page {i} came back different from what was stored")
+        # throughput against batch size (the plot)
+        sweep = []
+        for b in progress([int(x) for x in args.sweep.split(",") if x], "sweep"):
+            sub = pages[: max(b, min(n, 64 * b))]
+            ts, tl, _ = _stores_and_loads(zs, sub, b, lambda it, d: it)
+            sweep.append({"batch": b, "store_pages_per_s": sub.shape[0] / ts, "load_pages_per_s": sub.shape[0] / tl})
+        zs.close()
+    finally:
+        pool.close()
+        tmp.cleanup()
+
+    res = {
+        "backend": backend, "device": device, "compressor": args.compressor, "pages": n, "source": source,
+        "batch": args.batch,
+        "store_pages_per_s": n / best["store"], "load_pages_per_s": n / best["load"],
+        "lz4_loop_compress_pages_per_s": n / best["lz4_c"], "lz4_loop_decompress_pages_per_s": n / best["lz4_d"],
+        "store_vs_lz4_loop": best["lz4_c"] / best["store"], "load_vs_lz4_loop": best["lz4_d"] / best["load"],
+        "compression_ratio": zst["compression_ratio"], "pool_efficiency": efficiency,
+        "same_filled_pages": zst["same_filled_pages"], "incompressible_pages": zst["stored_incompressible_pages"],
+        "store_p50_us": float(np.percentile(lat_s, 50) * 1e6), "store_p99_us": float(np.percentile(lat_s, 99) * 1e6),
+        "load_p50_us": float(np.percentile(lat_l, 50) * 1e6), "load_p99_us": float(np.percentile(lat_l, 99) * 1e6),
+        "sweep": sweep,
+    }
+    _print_table(res)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    if args.plot:
+        _plot(res, args.plot)
+    return 0
+
+
+def _print_table(r: dict) -> None:
+    gb = 4096 / 1e9
+    print(f"devpool bench — backend {r['backend']} ({r['device']}), compressor {r['compressor']}, "
+          f"{r['pages']} pages from {r['source']}, batch {r['batch']}; every page verified")
+    print(f"  {'':30}{'pages/s':>10}{'GB/s':>8}{'x lz4.block loop':>18}")
+    print(f"  {'store_batch':30}{r['store_pages_per_s']:>10.0f}{r['store_pages_per_s'] * gb:>8.2f}"
+          f"{r['store_vs_lz4_loop']:>18.2f}")
+    print(f"  {'load_batch':30}{r['load_pages_per_s']:>10.0f}{r['load_pages_per_s'] * gb:>8.2f}"
+          f"{r['load_vs_lz4_loop']:>18.2f}")
+    print(f"  {'lz4.block.compress loop (1 thread)':30}{r['lz4_loop_compress_pages_per_s']:>10.0f}"
+          f"{r['lz4_loop_compress_pages_per_s'] * gb:>8.2f}{1:>18.2f}")
+    print(f"  {'lz4.block.decompress loop':30}{r['lz4_loop_decompress_pages_per_s']:>10.0f}"
+          f"{r['lz4_loop_decompress_pages_per_s'] * gb:>8.2f}{1:>18.2f}")
+    print(f"  compression ratio {r['compression_ratio']:.2f}   pool efficiency (pool_total_size / payload) "
+          f"{r['pool_efficiency']:.3f}   same-filled {r['same_filled_pages']}   incompressible {r['incompressible_pages']}")
+    print(f"  single page: store p50 {r['store_p50_us']:.0f} us  p99 {r['store_p99_us']:.0f} us;  "
+          f"load p50 {r['load_p50_us']:.0f} us  p99 {r['load_p99_us']:.0f} us")
+
+
+def _plot(r: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    b = [s["batch"] for s in r["sweep"]]
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(b, [s["store_pages_per_s"] for s in r["sweep"]], "o-", label=f"store ({r['backend']})")
+    ax.plot(b, [s["load_pages_per_s"] for s in r["sweep"]], "s-", label=f"load ({r['backend']})")
+    ax.axhline(r["lz4_loop_compress_pages_per_s"], ls="--", c="gray", label="lz4.block compress loop")
+    ax.axhline(r["lz4_loop_decompress_pages_per_s"], ls=":", c="gray", label="lz4.block decompress loop")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("pages per batch")
+    ax.set_ylabel("pages / s")
+    ax.set_title(f"devpool Zswap throughput — {r['device']}, {r['compressor']}")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,174 @@
+"""``devpool replay``: memory pressure played on real pages.
+
+A working set larger than a RAM budget is touched in some pattern; resident pages form
+an LRU list, and when RAM is over budget the coldest are evicted (in batches, as
+kswapd does) into :class:`Zswap`, which has a pool limit and a backing swap file, so
+writeback happens too. A touch of a non-resident page is a fault: it is served from
+zswap (a hit), from the backing file, or is a first touch. Every page that comes back
+is checked byte for byte. These are the kernel zswap selftests' scenarios — usage
+grows under a small memory limit, pages come back from zswap, writeback happens at the
+limit, incompressible data is handled — on real data.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from ._backends import open_pool
+from ._errors import BadInputError, DevpoolError
+from ._zswap import Zswap
+
+__all__ = ["make_trace", "run_replay"]
+
+EVICT_BATCH = 32
+SAMPLES = 200
+
+
+def make_trace(pattern: str, working_set: int, ram_pages: int, accesses: int,
+               rng: np.random.Generator) -> np.ndarray:
+    """Page numbers to touch: seq (repeated scans), loop (a cycle just over RAM),
+    zipf (a hot set), or a file of page numbers (.npy or whitespace-separated text)."""
+    if pattern == "seq":
+        return np.arange(accesses) % working_set
+    if pattern == "loop":
+        span = min(working_set, max(2, int(ram_pages * 1.25)))
+        return np.arange(accesses) % span
+    if pattern == "zipf":
+        # bounded Zipf over the working set, exponent 0.9: a hot set plus a long tail
+        weights = 1.0 / np.arange(1, working_set + 1) ** 0.9
+        ranks = rng.choice(working_set, size=accesses, p=weights / weights.sum())
+        return rng.permutation(working_set)[ranks]
+    if os.path.exists(pattern):
+        try:
+            trace = np.load(pattern) if pattern.endswith(".npy") else np.loadtxt(pattern, dtype=np.int64, ndmin=1)
+        except ValueError as exc:
+            raise BadInputError(f"{pattern}: not a trace of page numbers ({exc})") from exc
+        trace = np.asarray(trace).reshape(-1)
+        if trace.dtype.kind not in "iu" or (trace < 0).any():
+            raise BadInputError(f"{pattern}: a trace holds non-negative integer page numbers")
+        return trace.astype(np.int64)
+    raise BadInputError(f"unknown pattern {pattern!r}: use seq, loop, zipf or a trace file")
+
+
+def run_replay(args, pages: np.ndarray, source: str) -> int:
+    from ._cli import _progress
+    rng = np.random.default_rng(args.seed)
+    if args.ram_pages <= 0 or args.working_set <= 0 or args.accesses <= 0 or args.pool_limit_pages <= 0:
+        raise BadInputError("--working-set, --ram-pages, --accesses and --pool-limit-pages must be positive")
+    trace = make_trace(args.pattern, args.working_set, args.ram_pages, args.accesses, rng)
+    ws = int(trace.max()) + 1
+    content = pages[np.arange(ws) % pages.shape[0]]
+    if args.incompressible:
+        noisy = rng.random(ws) < args.incompressible
+        content[noisy] = rng.integers(0, 256, (int(noisy.sum()), 4096), dtype=np.uint8)
+
+    tmp = tempfile.TemporaryDirectory(prefix="devpool-replay-")
+    pool = open_pool(args.backend, capacity_bytes=max(16 << 20, 4 * args.pool_limit_pages * 4096))
+    zs = Zswap(pool, compressor=args.compressor, max_pool_bytes=args.pool_limit_pages * 4096,
+               backing=os.path.join(tmp.name, "swap"))
+    # warm-up (compiles the codec) on an offset the trace cannot reach
+    spare = ws + 1
+    zs.store_batch([spare], content[:1])
+    zs.load(spare)
+    resident: collections.OrderedDict[int, None] = collections.OrderedDict()
+    counts = collections.Counter()
+    lat = {"zswap": [], "backing": []}
+    timeline = []
+    every = max(1, trace.size // SAMPLES)
+    try:
+        for i, p in enumerate(_progress(trace.tolist(), "replay", total=trace.size, quiet=args.quiet)):
+            if p in resident:
+                resident.move_to_end(p)
+                counts["ram_hits"] += 1
+            else:
+                kind = zs.entry_kind(p)
+                if kind is None:
+                    counts["first_touch"] += 1
+                else:
+                    t = time.perf_counter()
+                    page = zs.load(p)
+                    dt = time.perf_counter() - t
+                    src = "backing" if kind == "backing" else "zswap"
+                    counts[f"{src}_hits"] += 1
+                    lat[src].append(dt)
+                    if not np.array_equal(page, content[p]):
+                        raise DevpoolError(f"page {p} came back different from what was evicted")
+                resident[p] = None
+                if len(resident) > args.ram_pages:
+                    victims = [resident.popitem(last=False)[0]
+                               for _ in range(min(len(resident), len(resident) - args.ram_pages + EVICT_BATCH - 1))]
+                    v = np.array(victims, np.int64)
+                    zs.store_batch(v, content[v])
+                    counts["evicted"] += v.size
+            if i % every == 0:
+                st = zs.stats()
+                faults = counts["zswap_hits"] + counts["backing_hits"]
+                timeline.append((i, st["pool_total_size"], counts["zswap_hits"] / faults if faults else 0.0,
+                                 st["written_back_pages"]))
+        st = zs.stats()
+    finally:
+        zs.close()
+        pool.close()
+        tmp.cleanup()
+
+    def pct(xs, q):
+        return float(np.percentile(xs, q) * 1e6) if xs else 0.0
+
+    swap_faults = counts["zswap_hits"] + counts["backing_hits"]
+    res = {
+        "pattern": args.pattern, "working_set": ws, "ram_pages": args.ram_pages, "accesses": int(trace.size),
+        "pool_limit_pages": args.pool_limit_pages, "backend": st["backend"], "compressor": st["compressor"],
+        "source": source, "faults": swap_faults + counts["first_touch"], "first_touch": counts["first_touch"],
+        "zswap_hits": counts["zswap_hits"], "backing_reads": counts["backing_hits"], "ram_hits": counts["ram_hits"],
+        "evicted": counts["evicted"], "zswap_hit_rate": counts["zswap_hits"] / swap_faults if swap_faults else 0.0,
+        "written_back_pages": st["written_back_pages"], "pool_limit_hit": st["pool_limit_hit"],
+        "backing_direct_writes": st["backing_direct_writes"], "reject_compress_poor": st["reject_compress_poor"],
+        "stored_incompressible_pages": st["stored_incompressible_pages"],
+        "zswap_fault_p50_us": pct(lat["zswap"], 50), "zswap_fault_p99_us": pct(lat["zswap"], 99),
+        "backing_fault_p50_us": pct(lat["backing"], 50), "backing_fault_p99_us": pct(lat["backing"], 99),
+        "timeline": timeline,
+    }
+    print(f"devpool replay — {res['pattern']}: {res['accesses']} accesses over {ws} pages, RAM {args.ram_pages} pages, "
+          f"zswap limit {args.pool_limit_pages} pages, backend {res['backend']}, {res['compressor']}")
+    print(f"  faults {res['faults']} (first touch {res['first_touch']}, from zswap {res['zswap_hits']}, "
+          f"from backing file {res['backing_reads']}); zswap hit rate {100 * res['zswap_hit_rate']:.1f} %")
+    print(f"  evicted {res['evicted']}, written back {res['written_back_pages']}, pool limit hit "
+          f"{res['pool_limit_hit']}x, refused straight to file {res['backing_direct_writes']}")
+    print(f"  fault latency: zswap p50 {res['zswap_fault_p50_us']:.0f} us p99 {res['zswap_fault_p99_us']:.0f} us; "
+          f"backing p50 {res['backing_fault_p50_us']:.0f} us p99 {res['backing_fault_p99_us']:.0f} us")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=2)
+    if args.plot:
+        _plot(res, args.plot)
+    return 0
+
+
+def _plot(r: dict, path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    t = np.array(r["timeline"], dtype=float)
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    ax.plot(t[:, 0], t[:, 1] / 2**20, label="pool_total_size (MiB)", c="tab:blue")
+    ax.axhline(r["pool_limit_pages"] * 4096 / 2**20, ls="--", c="tab:blue", alpha=0.5, label="zswap limit")
+    ax.set_xlabel("access")
+    ax.set_ylabel("MiB")
+    ax2 = ax.twinx()
+    ax2.plot(t[:, 0], 100 * t[:, 2], c="tab:orange", label="zswap hit rate (%)")
+    ax2.set_ylabel("zswap hits / swap faults (%)")
+    ax2.set_ylim(0, 105)
+    lines = ax.get_legend_handles_labels()[0] + ax2.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + ax2.get_legend_handles_labels()[1]
+    ax.legend(lines, labels, loc="lower right")
+    ax.set_title(f"devpool replay: {r['pattern']}, RAM {r['ram_pages']} pages, limit {r['pool_limit_pages']} pages")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,162 @@
+"""The command line, through the installed ``devpool`` entry point."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.pages import make_pages
+
+DEVPOOL = str(Path(sys.executable).with_name("devpool"))
+
+
+def run(*args, timeout=300):
+    env = dict(os.environ)
+    return subprocess.run([DEVPOOL, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def pages_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("cli") / "pages.npy"
+    np.save(path, make_pages(96, np.random.default_rng(1), ("text", "struct", "struct", "random", "zero")))
+    return path
+
+
+def assert_clean_failure(proc, *words):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, proc.stderr
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def test_info():
+    p = run("info")
+    assert p.returncode == 0, p.stderr
+    assert "backend host" in p.stdout and "backend cuda" in p.stdout and "auto ->" in p.stdout
+
+
+def test_bench_runs_checks_and_writes_json_and_plot(pages_file, tmp_path):
+    out, png = tmp_path / "r.json", tmp_path / "r.png"
+    p = run("bench", "--backend", "host", "--compressor", "lz4", "--pages", str(pages_file), "--quiet",
+            "--sweep", "1,16,64", "--json", str(out), "--plot", str(png))
+    assert p.returncode == 0, p.stderr
+    assert "every page verified" in p.stdout and "x lz4.block loop" in p.stdout
+    r = json.loads(out.read_text())
+    assert r["pages"] == 96 and r["backend"] == "host" and r["store_pages_per_s"] > 0
+    assert r["same_filled_pages"] >= 19 and [s["batch"] for s in r["sweep"]] == [1, 16, 64]
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_on_chaos(pages_file):
+    p = run("bench", "--backend", "chaos", "--compressor", "lz4", "--pages", str(pages_file), "--quiet",
+            "--sweep", "16")
+    assert p.returncode == 0, p.stderr
+    assert "backend chaos" in p.stdout
+
+
+def test_replay_reports_and_plots(pages_file, tmp_path):
+    png, out = tmp_path / "replay.png", tmp_path / "replay.json"
+    p = run("replay", "--backend", "host", "--compressor", "lz4", "--pages", str(pages_file), "--quiet",
+            "--pattern", "loop", "--working-set", "600", "--ram-pages", "200", "--accesses", "3000",
+            "--pool-limit-pages", "40", "--plot", str(png), "--json", str(out))
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    # a loop just larger than RAM faults on every revisit: pages come back from zswap and
+    # from the file, the pool limit forces writeback
+    assert r["zswap_hits"] > 0 and r["backing_reads"] > 0 and r["written_back_pages"] > 0
+    assert r["pool_limit_hit"] > 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_replay_trace_file(pages_file, tmp_path):
+    trace = tmp_path / "trace.txt"
+    trace.write_text(" ".join(str(i % 50) for i in range(400)))
+    p = run("replay", "--compressor", "lz4", "--pages", str(pages_file), "--quiet", "--pattern", str(trace),
+            "--ram-pages", "20", "--pool-limit-pages", "8")
+    assert p.returncode == 0, p.stderr
+    assert "faults" in p.stdout
+
+
+def test_capture_summary(tmp_path):
+    out = tmp_path / "cap.npy"
+    p = run("capture", "-o", str(out), "--max-pages", "500", "--quiet")
+    assert p.returncode == 0, p.stderr
+    pages = np.load(out)
+    assert pages.shape == (500, 4096) and pages.dtype == np.uint8
+    assert "LZ4 ratio" in p.stdout and "500 pages" in p.stdout
+
+
+def test_capture_own_child_by_pid(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import sys; x = bytearray(b'devpool' * 200000); sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        out = tmp_path / "c.npy"
+        import time
+        time.sleep(0.5)
+        p = run("capture", "--pid", str(child.pid), "-o", str(out), "--quiet")
+        assert p.returncode == 0, p.stderr
+        assert b"devpool" * 10 in np.load(out).tobytes()
+    finally:
+        child.stdin.close()
+        child.wait()
+
+
+# --- bad input: one clear line, non-zero exit, no traceback -------------------------------
+def test_unknown_backend(pages_file):
+    assert_clean_failure(run("bench", "--backend", "tpu", "--pages", str(pages_file), "--quiet"), "unknown backend")
+
+
+def test_cuda_backend_runs_or_says_why(pages_file):
+    import devpool
+    ok, _ = devpool.available_backends()["cuda"]
+    env_run = subprocess.run([DEVPOOL, "bench", "--backend", "cuda", "--compressor", "lz4", "--pages",
+                              str(pages_file), "--quiet", "--max-pages", "8", "--sweep", "4"],
+                             capture_output=True, text=True, timeout=600,
+                             env={**os.environ, "NUMBA_ENABLE_CUDASIM": os.environ.get("NUMBA_ENABLE_CUDASIM", "0")})
+    if ok:
+        assert env_run.returncode == 0, env_run.stderr
+    else:
+        assert_clean_failure(env_run, "cuda")
+
+
+def test_unknown_codec(pages_file):
+    assert_clean_failure(run("bench", "--compressor", "zstd-42", "--pages", str(pages_file), "--quiet"),
+                         "unknown codec")
+
+
+def test_unreadable_pid():
+    assert_clean_failure(run("capture", "--pid", "999999999", "-o", "/tmp/x.npy"), "999999999")
+
+
+@pytest.mark.parametrize("content", ["dtype", "shape", "garbage"])
+def test_malformed_npy(tmp_path, content):
+    f = tmp_path / "bad.npy"
+    if content == "dtype":
+        np.save(f, np.zeros((3, 4096), np.float32))
+    elif content == "shape":
+        np.save(f, np.zeros((3, 100), np.uint8))
+    else:
+        f.write_bytes(b"this is not numpy")
+    assert_clean_failure(run("bench", "--pages", str(f), "--quiet"), "bad.npy")
+
+
+def test_missing_pages_file():
+    assert_clean_failure(run("bench", "--pages", "/nonexistent/pages.npy", "--quiet"), "/nonexistent/pages.npy")
+
+
+def test_unwritable_output(pages_file):
+    assert_clean_failure(run("bench", "--pages", str(pages_file), "--json", "/nonexistent/dir/r.json", "--quiet"),
+                         "/nonexistent/dir/r.json")
+    assert_clean_failure(run("capture", "-o", "/nonexistent/dir/c.npy"), "/nonexistent/dir/c.npy")
+
+
+def test_bad_replay_pattern(pages_file):
+    assert_clean_failure(run("replay", "--pages", str(pages_file), "--pattern", "spiral", "--quiet"), "spiral")
