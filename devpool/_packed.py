@@ -1,5 +1,10 @@
 """Packed batches: many variable-length objects back to back in one uint8 array.
 
+Each object is copied by an index loop over two slice views, which LLVM vectorises
+(measured 22 GB/s); numba's slice assignment ``a[x:y] = b[u:v]`` took a generic
+strided path (1.7 GB/s), and indexing the whole arrays with ``d + k`` kept a
+wraparound branch per byte (0.7 GB/s).
+
 The pool, the codecs and the host arena all move objects as *(packed bytes, lengths)*.
 These numba-compiled range copies (no GIL; ``prange`` over objects for big batches)
 are the one implementation of "copy these ranges there" on the host. One object per
@@ -17,40 +22,38 @@ import numpy as np
 PARALLEL_MIN_BYTES = 1 << 20
 
 
+@numba.njit(cache=True, nogil=True, inline="always")
+def _copy(dst, src):
+    for k in range(dst.shape[0]):
+        dst[k] = src[k]
+
+
 @numba.njit(cache=True, nogil=True)
 def _scatter_serial(arena, payload, src_starts, dst_offsets, lengths):
     for i in range(lengths.shape[0]):
-        s = src_starts[i]
-        d = dst_offsets[i]
-        n = lengths[i]
-        arena[d:d + n] = payload[s:s + n]
+        _copy(arena[dst_offsets[i]:dst_offsets[i] + lengths[i]],
+              payload[src_starts[i]:src_starts[i] + lengths[i]])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _scatter_parallel(arena, payload, src_starts, dst_offsets, lengths):
     for i in numba.prange(lengths.shape[0]):
-        s = src_starts[i]
-        d = dst_offsets[i]
-        n = lengths[i]
-        arena[d:d + n] = payload[s:s + n]
+        _copy(arena[dst_offsets[i]:dst_offsets[i] + lengths[i]],
+              payload[src_starts[i]:src_starts[i] + lengths[i]])
 
 
 @numba.njit(cache=True, nogil=True)
 def _gather_serial(arena, offsets, lengths, out, out_starts):
     for i in range(lengths.shape[0]):
-        s = offsets[i]
-        d = out_starts[i]
-        n = lengths[i]
-        out[d:d + n] = arena[s:s + n]
+        _copy(out[out_starts[i]:out_starts[i] + lengths[i]],
+              arena[offsets[i]:offsets[i] + lengths[i]])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
 def _gather_parallel(arena, offsets, lengths, out, out_starts):
     for i in numba.prange(lengths.shape[0]):
-        s = offsets[i]
-        d = out_starts[i]
-        n = lengths[i]
-        out[d:d + n] = arena[s:s + n]
+        _copy(out[out_starts[i]:out_starts[i] + lengths[i]],
+              arena[offsets[i]:offsets[i] + lengths[i]])
 
 
 def scatter(arena: np.ndarray, payload: np.ndarray, src_starts: np.ndarray,
