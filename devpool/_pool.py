@@ -190,6 +190,7 @@ class Pool:
             give = spares[budget:]                  # keep the lowest, return the top
             for s in give.tolist():
                 self.storage.release(s * sb, sb)
+            self.storage.trim()
             warm[give] = False
             self._n_spare = spares.size - give.size
 

@@ -74,6 +74,9 @@ class Storage:
     def before_call(self, pool) -> None:
         """Called by the pool at the start of every public operation."""
 
+    def trim(self) -> None:
+        """After a run of ``release`` calls: give back what can only go in bulk."""
+
     @property
     def committed_bytes(self) -> int:
         """Bytes of the memory kind this arena holds right now."""

@@ -92,9 +92,9 @@ def test_free_and_reuse_keeps_others(make_pool, rng):
     assert pool.stats()["obj_used"] == len(keep)
 
 
-def test_handle_table_grows_and_recycles(make_pool, rng):
+def test_handle_table_grows_and_recycles(make_pool, rng, backend):
     pool = make_pool(capacity_bytes=16 << 20)
-    sizes = rng.integers(1, 200, 5000)
+    sizes = rng.integers(1, 200, 1500 if backend == "cuda" else 5000)   # the table starts at 1024
     for round_ in range(3):                      # grow past the first table, free, reuse
         hs = pool.alloc_batch(sizes)
         payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
@@ -179,6 +179,8 @@ def test_compaction_keeps_bytes_and_handles_and_gives_memory_back(make_pool, rng
     # next-fit packing: a full segment wastes less than one object, the last its tail
     n = after["segments_in_use"]
     assert after["pool_total_size"] == n * after["segment_bytes"]
+    if "arena_bytes" in after:          # a device arena shrinks to its top: low segments are used
+        assert after["arena_bytes"] <= n * after["segment_bytes"] * 9 // 8 + after["segment_bytes"]
     assert after["pool_total_size"] < after["arena_used_bytes"] + (n - 1) * 4096 + after["segment_bytes"]
 
 
@@ -300,7 +302,7 @@ def test_stats_name_the_backend(make_pool, backend):
 
 
 # --- concurrency --------------------------------------------------------------------
-def test_threads_share_a_pool(make_pool):
+def test_threads_share_a_pool(make_pool, backend):
     import threading
     pool = make_pool(capacity_bytes=8 << 20)
     errors = []
@@ -309,7 +311,7 @@ def test_threads_share_a_pool(make_pool):
         r = np.random.default_rng(seed)
         try:
             mine = {}
-            for _ in range(40):
+            for _ in range(10 if backend == "cuda" else 40):    # the simulator is slow
                 sizes = r.integers(1, 4096, 8)
                 hs = pool.alloc_batch(sizes)
                 payload = r.integers(0, 256, int(sizes.sum()), dtype=np.uint8)

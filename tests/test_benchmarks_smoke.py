@@ -1,0 +1,22 @@
+"""The device benchmark runs end to end on the CPU (simulator, tiny sizes), so CI
+notices when it breaks; real figures come from a GPU run (benchmarks/results/)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_bench_device_smoke(tmp_path):
+    out = tmp_path / "dev.json"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    p = subprocess.run([sys.executable, str(BENCH / "bench_device.py"), "--smoke", "--json", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=BENCH)
+    assert p.returncode == 0, p.stderr
+    import json
+    r = json.loads(out.read_text())
+    assert [row["batch"] for row in r["rows"]] == [1, 4, 16]
+    assert all(row["write_pages_per_s"] > 0 and row["read_vs_raw"] > 0 for row in r["rows"])
+    assert "simulator" in r["device"]

@@ -1,0 +1,139 @@
+"""The device backend's own parts: kernel logic compiled for the CPU, staging, faults.
+
+The contract and frontend suites already run on the cuda backend (the simulator here,
+a GPU with ``--gpu``); these tests cover what only the device storage has.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import devpool
+from devpool.kernels import _copy_kernels as K
+
+CUDA_OK, CUDA_WHY = devpool.available_backends()["cuda"]
+
+
+@pytest.mark.parametrize("index_dtype", [np.int64, np.int32, np.uint32, np.uint64])
+@pytest.mark.parametrize("threads", [1, 3, 32])
+def test_kernel_logic_compiled_with_njit(index_dtype, threads):
+    """The scatter/gather kernels' per-object loop, compiled by numba for the CPU with
+    bounds checks, over every index dtype a caller might hand it (the simulator does
+    not reproduce numba's integer typing)."""
+    rng = np.random.default_rng(3)
+    lengths = rng.integers(1, 300, 40).astype(index_dtype)
+    starts = np.concatenate([[0], np.cumsum(lengths.astype(np.int64))[:-1]]).astype(index_dtype)
+    offsets = (np.arange(40) * 320 + 16).astype(index_dtype)
+    payload = rng.integers(0, 256, int(lengths.astype(np.int64).sum()), dtype=np.uint8)
+    arena = np.zeros(40 * 320 + 64, np.uint8)
+    K.cpu_scatter(arena, payload, starts, offsets, lengths, threads)
+    for s, o, n in zip(starts.astype(np.int64), offsets.astype(np.int64), lengths.astype(np.int64)):
+        assert arena[o:o + n].tobytes() == payload[s:s + n].tobytes()
+    out = np.zeros_like(payload)
+    K.cpu_gather(arena, offsets, lengths, out, starts, threads)
+    assert out.tobytes() == payload.tobytes()
+    with pytest.raises(IndexError):            # bounds-checked: an overrun is caught
+        K.cpu_scatter(arena[:100], payload, starts, offsets, lengths, threads)
+
+
+needs_cuda = pytest.mark.skipif(not CUDA_OK, reason=f"cuda backend unusable: {CUDA_WHY}")
+
+
+@needs_cuda
+def test_staging_is_allocated_once_and_grown(rng):
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    st = pool.storage
+    sizes = rng.integers(100, 2000, 6)
+    hs = pool.alloc_batch(sizes)
+    payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+    pool.write_batch(hs, payload, sizes)
+    pinned = st._pinned
+    for _ in range(3):                           # same size: the same pinned buffer
+        pool.write_batch(hs, payload, sizes)
+        pool.read_batch(hs)
+        assert st._pinned is pinned
+    big = pool.alloc_batch([4096] * 40)          # bigger batch: grown once
+    pool.write_batch(big, np.zeros(4096 * 40, np.uint8))
+    assert st._pinned.size >= 4096 * 40 and st._pinned is not pinned
+    pool.close()
+
+
+@needs_cuda
+def test_pipelined_copy_in_keeps_every_byte(rng, monkeypatch):
+    from devpool.kernels import _device
+    monkeypatch.setattr(_device, "PIPELINE_CHUNK", 5000)    # force many chunks
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    sizes = rng.integers(500, 3000, 12)
+    hs = pool.alloc_batch(sizes)
+    payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+    pool.write_batch(hs, payload, sizes)
+    data, _ = pool.read_batch(hs)
+    assert data.tobytes() == payload.tobytes()
+    pool.close()
+
+
+@needs_cuda
+def test_device_oom_while_growing_is_pool_full_and_changes_nothing(rng, monkeypatch):
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    hs = pool.alloc_batch([3000] * 4)
+    payload = rng.integers(0, 256, 12000, dtype=np.uint8)
+    pool.write_batch(hs, payload)
+    before = pool.stats()
+
+    def oom(n):
+        raise MemoryError("simulated device OOM")
+    monkeypatch.setattr(pool.storage.mem, "device_empty", oom)
+    with pytest.raises(devpool.PoolFullError, match="device out of memory"):
+        pool.alloc_batch([4000] * 40)            # needs the arena to grow
+    after = pool.stats()
+    assert after["obj_used"] == before["obj_used"] and after["pool_total_size"] == before["pool_total_size"]
+    monkeypatch.undo()
+    assert pool.read_batch(hs)[0].tobytes() == payload.tobytes()
+    pool.close()
+
+
+@needs_cuda
+def test_kernel_failure_is_a_device_error_with_context(rng, monkeypatch):
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    h = pool.alloc(100)
+
+    class Broken:
+        __name__ = "scatter_kernel"
+
+        def __getitem__(self, cfg):
+            def launch(*args):
+                raise RuntimeError("an illegal memory access was encountered")
+            return launch
+    from devpool.kernels import _device
+    monkeypatch.setattr(_device.K, "scatter_kernel", Broken())
+    with pytest.raises(devpool.DeviceError, match="scatter_kernel over 1 objects failed") as info:
+        pool.write(h, bytes(100))
+    assert isinstance(info.value.__cause__, RuntimeError)
+    pool.close()
+
+
+def test_cuda_unavailable_is_a_clear_devpool_error():
+    """Without a GPU and without the simulator, asking for cuda names what is missing."""
+    code = ("import devpool\n"
+            "ok, why = devpool.available_backends()['cuda']\n"
+            "try:\n"
+            "    devpool.open_pool('cuda', 1 << 20)\n"
+            "    print('OPENED', why)\n"
+            "except devpool.BackendUnavailableError as e:\n"
+            "    assert isinstance(e, RuntimeError) and 'cuda' in str(e)\n"
+            "    print('REFUSED', e)\n"
+            "p = devpool.open_pool('auto', 1 << 20)\n"
+            "print('AUTO', p.stats()['backend'], p.stats()['backend_reason'])\n")
+    env = {k: v for k, v in os.environ.items() if k != "NUMBA_ENABLE_CUDASIM"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "Traceback" not in out.stderr
+    if "REFUSED" in out.stdout:                   # no GPU here: auto falls back to host and says why
+        assert "AUTO host auto: cuda unusable" in out.stdout
+    else:                                         # a real GPU: auto takes it
+        assert "AUTO cuda" in out.stdout
