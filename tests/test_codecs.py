@@ -242,3 +242,28 @@ def test_bad_pages():
                 np.zeros((2, 8192), np.uint8)[:, ::2]):
         with pytest.raises(devpool.BadInputError):
             codec.compress_batch(bad)
+
+
+# --- lz4-device: the same algorithm compiled for the GPU (simulator in CI) ---------------
+def _device_ok():
+    return devpool.available_backends()["cuda"][0]
+
+
+@pytest.mark.skipif(not _device_ok(), reason="no CUDA device and no simulator")
+def test_lz4_device_is_byte_identical_and_decodes_liblz4(rng):
+    codec = devpool.get_codec("lz4-device")
+    pages = make_pages(5, rng, ("text", "struct", "random", "same", "zero"))
+    check_roundtrip(codec, pages)
+    check_config(codec)
+    data, lengths = codec.compress_batch(pages)
+    assert data.tobytes() == b"".join(lz4.block.compress(p.tobytes(), store_size=False) for p in pages)
+    gold = np.load(FIXTURES / "lz4_golden.npz")
+    sel = slice(20, 26)                                       # real pages, hc and default blocks
+    for kind in ("default", "hc9"):
+        blocks = unpack(gold[f"{kind}_data"], gold[f"{kind}_lengths"])[sel]
+        got = codec.decompress_batch(np.frombuffer(b"".join(blocks), np.uint8), [len(b) for b in blocks])
+        np.testing.assert_array_equal(got, gold["pages"][sel])
+    # a corrupt block is a failure, not a page
+    bad = bytearray(lz4.block.compress(pages[0].tobytes(), store_size=False))[:-7]
+    out = np.zeros((1, 4096), np.uint8)
+    assert not codec.decompress_into(np.frombuffer(bytes(bad), np.uint8), np.array([len(bad)]), out)[0]

@@ -381,3 +381,12 @@ def test_every_codec_behind_the_frontend(zswap, rng, compressor):
     if compressor == "raw":                      # stored as-is: incompressible by definition
         assert zs.stats()["stored_incompressible_pages"] == 12
     np.testing.assert_array_equal(zs.load_batch(np.arange(20)), pages)
+
+
+def test_device_codec_behind_the_frontend(zswap, rng):
+    if not devpool.available_backends()["cuda"][0]:
+        pytest.skip("no CUDA device and no simulator")
+    zs = zswap(compressor="lz4-device")
+    pages = make_pages(3, rng, ("text", "struct", "zero"))
+    zs.store_batch([5, 6, 7], pages)
+    np.testing.assert_array_equal(zs.load_batch([5, 6, 7]), pages)
