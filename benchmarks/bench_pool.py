@@ -20,30 +20,15 @@ are the objects. Figures:
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import sys
 import time
-from pathlib import Path
 
 import lz4.block
 import numpy as np
 
 import devpool
-from devpool._capture import capture_workloads
+from _common import header, load_pages, save
 
 PAGE = 4096
-
-
-def cpu_name() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def compress_all(pages: np.ndarray) -> tuple[list[bytes], float]:
@@ -166,19 +151,14 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
 
     rng = np.random.default_rng(0)
-    pages = np.load(args.pages) if args.pages else capture_workloads()
+    pages, source = load_pages(args.pages)
     blobs, lz4_per_page = compress_all(pages)
     _, lz4_per_page2 = compress_all(pages)          # second pass: warm caches, take the best
     lz4_per_page = min(lz4_per_page, lz4_per_page2)
     sizes = np.array([len(b) for b in blobs])
-    head = {
-        "benchmark": "bench_pool", "date": datetime.date.today().isoformat(),
-        "machine": cpu_name(), "backend": args.backend, "python": sys.version.split()[0],
-        "pages": len(pages), "pages_source": args.pages or "capture_workloads()",
-        "mean_object_bytes": float(sizes.mean()), "lz4_ratio": float(pages.size / sizes.sum()),
-        "lz4_compress_us_per_page": lz4_per_page * 1e6,
-        "command": "python benchmarks/bench_pool.py " + " ".join(argv or sys.argv[1:]),
-    }
+    head = header("bench_pool", backend=args.backend, pages=len(pages), pages_source=source,
+                  mean_object_bytes=float(sizes.mean()), lz4_ratio=float(pages.size / sizes.sum()),
+                  lz4_compress_us_per_page=lz4_per_page * 1e6)
     print(f"# bench_pool  {head['date']}  {head['machine']}  backend={args.backend}")
     print(f"# {head['pages']} pages from {head['pages_source']}, mean object {sizes.mean():.0f} B, "
           f"lz4.block.compress {lz4_per_page * 1e6:.2f} us/page (baseline)")
@@ -201,8 +181,7 @@ def main(argv=None) -> dict:
     print(f"\nsingle object ({lat['object_bytes']} B) write + read: p50 {lat['p50_us']:.1f} us, "
           f"p99 {lat['p99_us']:.1f} us")
     result = {**head, "cost": cost, "efficiency": eff, "latency": lat}
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2))
+    save(result, args.json)
     return result
 
 

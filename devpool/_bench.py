@@ -7,7 +7,6 @@ absolute times, are the figures to compare). Throughput is the best of a few pas
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -45,7 +44,7 @@ def _stores_and_loads(zs: Zswap, pages: np.ndarray, batch: int, progress) -> tup
 
 
 def run_bench(args, pages: np.ndarray, source: str) -> int:
-    from ._cli import _progress
+    from ._cli import _progress, write_outputs
     quiet = args.quiet
     n = pages.shape[0]
 
@@ -118,11 +117,7 @@ def run_bench(args, pages: np.ndarray, source: str) -> int:
         "sweep": sweep,
     }
     _print_table(res)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-    if args.plot:
-        _plot(res, args.plot)
+    write_outputs(res, args, _plot)
     return 0
 
 

@@ -60,9 +60,14 @@ def _pages(args) -> tuple[np.ndarray, str]:
     return pages, source
 
 
-def _device_name(pool) -> str:
-    st = pool.stats()
-    return st.get("device", st["backend"])
+def write_outputs(result: dict, args, plot) -> None:
+    """``--json`` and ``--plot`` for bench and replay (paths were checked up front)."""
+    if getattr(args, "json", None):
+        import json
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+    if getattr(args, "plot", None):
+        plot(result, args.plot)
 
 
 # --- info ---------------------------------------------------------------------------------

@@ -13,7 +13,6 @@ limit, incompressible data is handled — on real data.
 from __future__ import annotations
 
 import collections
-import json
 import os
 import sys
 import tempfile
@@ -58,7 +57,7 @@ def make_trace(pattern: str, working_set: int, ram_pages: int, accesses: int,
 
 
 def run_replay(args, pages: np.ndarray, source: str) -> int:
-    from ._cli import _progress
+    from ._cli import _progress, write_outputs
     rng = np.random.default_rng(args.seed)
     if args.ram_pages <= 0 or args.working_set <= 0 or args.accesses <= 0 or args.pool_limit_pages <= 0:
         raise BadInputError("--working-set, --ram-pages, --accesses and --pool-limit-pages must be positive")
@@ -143,11 +142,7 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
           f"{res['pool_limit_hit']}x, refused straight to file {res['backing_direct_writes']}")
     print(f"  fault latency: zswap p50 {res['zswap_fault_p50_us']:.0f} us p99 {res['zswap_fault_p99_us']:.0f} us; "
           f"backing p50 {res['backing_fault_p50_us']:.0f} us p99 {res['backing_fault_p99_us']:.0f} us")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(res, f, indent=2)
-    if args.plot:
-        _plot(res, args.plot)
+    write_outputs(res, args, _plot)
     return 0
 
 

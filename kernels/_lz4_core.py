@@ -45,6 +45,45 @@ HASH_U32_LOG = 12           # byU32 tables: LZ4_HASHLOG (LZ4_MEMORY_USAGE 14)
 HASH_U16_LOG = 13           # byU16 tables (inputs < 64 KiB in one-shot mode)
 
 
+# --- the plain helpers: byte loads and plain indexing. The GPU compiles these (a
+# misaligned word load faults there) and so does the CPU's bounds-checked twin.
+def plain_read32(buf, i):
+    return (np.uint32(buf[i]) | (np.uint32(buf[i + 1]) << np.uint32(8))
+            | (np.uint32(buf[i + 2]) << np.uint32(16)) | (np.uint32(buf[i + 3]) << np.uint32(24)))
+
+
+def plain_count_match(buf, p, m, limit):
+    start = p
+    while p < limit and buf[p] == buf[m]:
+        p += 1
+        m += 1
+    return p - start
+
+
+def plain_copy_forward(dst, d, src, s, n):
+    for k in range(n):
+        dst[d + k] = src[s + k]
+
+
+def plain_get(buf, i):
+    return buf[i]
+
+
+def plain_put(buf, i, v):
+    buf[i] = v
+
+
+def plain_helpers(jit):
+    """The plain helpers compiled with ``jit``: (read32, read64, count_match, copy_forward, get, put)."""
+    read32 = jit(plain_read32)
+
+    def plain_read64(buf, i):
+        return np.uint64(read32(buf, i)) | (np.uint64(read32(buf, i + 4)) << np.uint64(32))
+
+    return (read32, jit(plain_read64), jit(plain_count_match), jit(plain_copy_forward),
+            jit(plain_get), jit(plain_put))
+
+
 def build(jit, read32, read64, count_match, copy_forward, get, put, hash5: bool):
     """Compile the LZ4 block codec for one target; returns (compress, decompress)."""
     u32 = np.uint64(0xFFFFFFFF)

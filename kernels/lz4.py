@@ -91,39 +91,7 @@ def _cpu_helpers(checked: bool):
     """Fast helpers (unaligned loads) or, for the checked twin, plain indexed ones."""
     jit = numba.njit(inline="always", boundscheck=checked)
     if checked:
-        @jit
-        def read32(buf, i):
-            return (np.uint32(buf[i]) | (np.uint32(buf[i + 1]) << np.uint32(8))
-                    | (np.uint32(buf[i + 2]) << np.uint32(16)) | (np.uint32(buf[i + 3]) << np.uint32(24)))
-
-        @jit
-        def read64(buf, i):
-            v = np.uint64(0)
-            for k in range(8):
-                v |= np.uint64(buf[i + k]) << np.uint64(8 * k)
-            return v
-
-        @jit
-        def count_match(buf, p, m, limit):
-            start = p
-            while p < limit and buf[p] == buf[m]:
-                p += 1
-                m += 1
-            return p - start
-
-        @jit
-        def copy_forward(dst, d, src, s, n):
-            for k in range(n):
-                dst[d + k] = src[s + k]
-
-        @jit
-        def get(buf, i):
-            return buf[i]
-
-        @jit
-        def put(buf, i, v):
-            buf[i] = v
-        return read32, read64, count_match, copy_forward, get, put
+        return core.plain_helpers(jit)
 
     @jit
     def read32(buf, i):

@@ -32,47 +32,9 @@ PAGE = 4096
 TABLE = 1 << core.HASH_U32_LOG
 
 
-# --- the GPU's per-target helpers: byte loads only ---------------------------------------
-@cuda.jit(device=True)
-def _read32(buf, i):
-    return (np.uint32(buf[i]) | (np.uint32(buf[i + 1]) << np.uint32(8))
-            | (np.uint32(buf[i + 2]) << np.uint32(16)) | (np.uint32(buf[i + 3]) << np.uint32(24)))
-
-
-@cuda.jit(device=True)
-def _read64(buf, i):
-    lo = np.uint64(_read32(buf, i))
-    hi = np.uint64(_read32(buf, i + 4))
-    return lo | (hi << np.uint64(32))
-
-
-@cuda.jit(device=True)
-def _count_match(buf, p, m, limit):
-    start = p
-    while p < limit and buf[p] == buf[m]:
-        p += 1
-        m += 1
-    return p - start
-
-
-@cuda.jit(device=True)
-def _copy_forward(dst, d, src, s, n):
-    for k in range(n):
-        dst[d + k] = src[s + k]
-
-
-@cuda.jit(device=True)
-def _get(buf, i):
-    return buf[i]
-
-
-@cuda.jit(device=True)
-def _put(buf, i, v):
-    buf[i] = v
-
-
+# the GPU's helpers are the plain ones (byte loads: a misaligned word load faults there)
 _compress_block, _decompress_block = core.build(
-    cuda.jit(device=True), _read32, _read64, _count_match, _copy_forward, _get, _put, hash5=True)
+    cuda.jit(device=True), *core.plain_helpers(cuda.jit(device=True)), hash5=True)
 
 
 @cuda.jit
