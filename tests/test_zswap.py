@@ -390,3 +390,17 @@ def test_device_codec_behind_the_frontend(zswap, rng):
     pages = make_pages(3, rng, ("text", "struct", "zero"))
     zs.store_batch([5, 6, 7], pages)
     np.testing.assert_array_equal(zs.load_batch([5, 6, 7]), pages)
+
+
+def test_pool_allocation_failure_is_refused_not_lost(make_pool, rng, tmp_path):
+    """The pool fills before zswap's limit does: reject_alloc_fail, and with a backing
+    file the refused pages land there; nothing is lost."""
+    pool = make_pool(capacity_bytes=64 * 1024)
+    zs = devpool.Zswap(pool, max_pool_bytes=10 << 20, backing=tmp_path / "swap")   # limit > capacity
+    pages = make_pages(120, rng, ("text", "struct"))
+    stored = np.concatenate([zs.store_batch(np.arange(i, i + 8), pages[i:i + 8]) for i in range(0, 120, 8)])
+    st = zs.stats()
+    assert not stored.all() and st["reject_alloc_fail"] > 0 and st["pool_limit_hit"] == 0
+    assert st["backing_direct_writes"] == int((~stored).sum())
+    np.testing.assert_array_equal(zs.load_batch(np.arange(120)), pages)
+    zs.close()
