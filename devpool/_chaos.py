@@ -43,7 +43,7 @@ class ChaosStorage(HostStorage):
 
     def before_call(self, pool) -> None:
         self.calls += 1
-        self.relocated += pool.relocate_random(self.rng, self.move_fraction)
+        self.relocated += pool._relocate_random(self.rng, self.move_fraction)
         # clean up after ourselves (another move), so the dead copies left behind do not
         # count against a caller's limits
         pool._clean(1.0)

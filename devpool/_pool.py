@@ -333,7 +333,7 @@ class Pool:
         self._release_segments(np.zeros(0, np.int64), keep_spares=False)
         return before - self.storage.committed_bytes
 
-    def relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
+    def _relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
         """Move a random share of live objects to fresh space (chaos storage's tool).
 
         A real migration through the allocator: new space is planned, committed and
