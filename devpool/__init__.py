@@ -8,6 +8,10 @@ opaque handles. Public surface::
 
 import importlib.metadata as _metadata
 
+from ._numba_setup import ensure_cache_dir as _ensure_cache_dir
+
+_ensure_cache_dir()   # before any module compiles with cache=True
+
 from ._backends import available_backends, open_pool
 from ._errors import (
     BackendUnavailableError,

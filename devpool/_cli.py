@@ -7,6 +7,7 @@ file, unwritable output) ends as one line on stderr and a non-zero exit, no trac
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 import numpy as np
@@ -29,10 +30,30 @@ def _progress(iterable, desc: str, total: int | None = None, quiet: bool = False
 
 
 def _check_writable(path: str | None) -> None:
-    """Fail before the work, not after it, when an output path cannot be written."""
+    """Fail before the work, not after it, when an output path cannot be written.
+
+    Leaves nothing behind: a file created only to test the path is removed again.
+    """
     if path:
+        existed = os.path.exists(path)
         with open(path, "ab"):
             pass
+        if not existed:
+            os.unlink(path)
+
+
+def _save_atomically(path: str, pages: np.ndarray) -> None:
+    """Write the .npy beside its final name and rename it into place: a failure or a
+    crash never leaves a partial file that looks complete."""
+    tmp = f"{path}.partial-{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            np.save(f, pages)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 def _load_pages_file(path: str) -> np.ndarray:
@@ -90,7 +111,7 @@ def cmd_capture(args) -> int:
     _check_writable(args.output)
     args.pages = None
     pages, source = _pages(args)
-    np.save(args.output, pages)
+    _save_atomically(args.output, pages)
     s = page_summary(pages)
     print(f"{args.output}: {s['pages']} pages from {source}; zero {s['zero_pages']} "
           f"({100 * s['zero_pages'] / s['pages']:.1f} %), same-filled {s['same_filled_pages']} "

@@ -160,3 +160,38 @@ def test_unwritable_output(pages_file):
 
 def test_bad_replay_pattern(pages_file):
     assert_clean_failure(run("replay", "--pages", str(pages_file), "--pattern", "spiral", "--quiet"), "spiral")
+
+
+def test_capture_refused_by_the_os_is_one_line_and_leaves_no_file(tmp_path, monkeypatch, capsys):
+    """ptrace rules refuse /proc/PID/mem (simulated here: the tests run as root, who may
+    read anything): one clear line, exit 1, and no output file at all."""
+    import builtins
+
+    from devpool import _capture, _cli
+
+    def guarded_open(path, *a, **k):
+        if str(path).endswith("/mem"):
+            raise PermissionError(13, "Permission denied", str(path))
+        return builtins.open(path, *a, **k)
+
+    monkeypatch.setattr(_capture, "open", guarded_open, raising=False)
+    out = tmp_path / "never.npy"
+    rc = _cli.main(["capture", "--pid", str(os.getpid()), "-o", str(out), "--quiet"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "not permitted" in err[0] and str(os.getpid()) in err[0]
+    assert not out.exists() and not list(tmp_path.iterdir())
+
+
+def test_process_exiting_mid_capture_is_a_clear_error(tmp_path, monkeypatch, capsys):
+    from devpool import _capture, _cli
+    import builtins
+
+    def vanished(path, *a, **k):
+        if str(path).endswith("/pagemap"):
+            raise ProcessLookupError(3, "No such process")
+        return builtins.open(path, *a, **k)
+
+    monkeypatch.setattr(_capture, "open", vanished, raising=False)
+    rc = _cli.main(["capture", "--pid", str(os.getpid()), "-o", str(tmp_path / "x.npy"), "--quiet"])
+    assert rc == 1 and "exited during capture" in capsys.readouterr().err
+    assert not (tmp_path / "x.npy").exists()
