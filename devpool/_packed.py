@@ -14,8 +14,15 @@ serially because waking the thread pool costs more than it saves.
 
 from __future__ import annotations
 
+import threading
+
 import numba
 import numpy as np
+
+#: One parallel region at a time. numba's workqueue threading layer (the fallback where
+#: no OpenMP/TBB is installed) aborts the process on concurrent launches from several
+#: Python threads; a region uses every core anyway, so serialising them costs little.
+PARALLEL_LOCK = threading.Lock()
 
 # Below this many bytes a batch is copied on one thread: numba's parallel launch costs
 # tens of microseconds, about what 1 MiB of memcpy costs.
@@ -60,7 +67,8 @@ def scatter(arena: np.ndarray, payload: np.ndarray, src_starts: np.ndarray,
             dst_offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Copy ``payload[src_starts[i]:+lengths[i]]`` to ``arena[dst_offsets[i]:]``."""
     if payload.shape[0] >= PARALLEL_MIN_BYTES:
-        _scatter_parallel(arena, payload, src_starts, dst_offsets, lengths)
+        with PARALLEL_LOCK:
+            _scatter_parallel(arena, payload, src_starts, dst_offsets, lengths)
     else:
         _scatter_serial(arena, payload, src_starts, dst_offsets, lengths)
 
@@ -69,7 +77,8 @@ def gather(arena: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
            out: np.ndarray, out_starts: np.ndarray) -> None:
     """Copy ``arena[offsets[i]:+lengths[i]]`` to ``out[out_starts[i]:]``."""
     if out.shape[0] >= PARALLEL_MIN_BYTES:
-        _gather_parallel(arena, offsets, lengths, out, out_starts)
+        with PARALLEL_LOCK:
+            _gather_parallel(arena, offsets, lengths, out, out_starts)
     else:
         _gather_serial(arena, offsets, lengths, out, out_starts)
 

@@ -21,7 +21,7 @@ from numba.core import cgutils, types
 from numba.extending import intrinsic
 
 from devpool._codecs import Codec, check_pages, register_codec
-from devpool._packed import gather, packed_starts
+from devpool._packed import PARALLEL_LOCK, gather, packed_starts
 
 from . import _lz4_core as core
 
@@ -193,11 +193,22 @@ _serial = None
 SERIAL_BELOW = 8
 
 
+def _locked(fn):
+    def call(*args):
+        with PARALLEL_LOCK:
+            return fn(*args)
+    return call
+
+
+_parallel = (_locked(compress_pages), _locked(decompress_pages))
+
+
 def _drivers_for(n: int):
-    """The parallel drivers, or for a small batch the serial ones (built on first use)."""
+    """The parallel drivers (one region at a time), or for a small batch the serial ones
+    (built on first use)."""
     global _serial
     if n >= SERIAL_BELOW:
-        return compress_pages, decompress_pages
+        return _parallel
     if _serial is None:
         comp, decomp = _blocks[False]
         _serial = _drivers(comp, decomp, numba.njit(nogil=True))

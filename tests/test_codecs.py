@@ -267,3 +267,54 @@ def test_lz4_device_is_byte_identical_and_decodes_liblz4(rng):
     bad = bytearray(lz4.block.compress(pages[0].tobytes(), store_size=False))[:-7]
     out = np.zeros((1, 4096), np.uint8)
     assert not codec.decompress_into(np.frombuffer(bytes(bad), np.uint8), np.array([len(bad)]), out)[0]
+
+
+def test_lz4_njit_from_many_threads_at_once(rng):
+    """Parallel numba regions launched from several Python threads at once stay correct
+    (and never abort, whatever threading layer numba found)."""
+    import threading
+    codec = devpool.get_codec("lz4-njit")
+    pages = make_pages(64, rng, ("text", "struct", "random", "zero"))
+    want_data, want_len = codec.compress_batch(pages)
+    errors = []
+
+    def work():
+        try:
+            for _ in range(5):
+                data, lengths = codec.compress_batch(pages)
+                assert data.tobytes() == want_data.tobytes()
+                np.testing.assert_array_equal(codec.decompress_batch(data, lengths), pages)
+        except Exception as exc:
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and not any(t.is_alive() for t in threads)
+
+
+def test_concurrent_parallel_regions_survive_the_workqueue_layer():
+    """numba's fallback threading layer aborts the process on concurrent parallel
+    launches; devpool serialises its regions, so this must exit cleanly."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import threading, numpy as np, devpool\n"
+        "from devpool._packed import gather\n"
+        "c = devpool.get_codec('lz4-njit')\n"
+        "p = np.random.default_rng(0).integers(0, 4, (64, 4096), dtype=np.uint8)\n"
+        "big = np.zeros(4 << 20, np.uint8); L = np.full(1024, 4096, np.int64)\n"
+        "S = np.arange(1024, dtype=np.int64) * 4096\n"
+        "def w():\n"
+        "    for _ in range(5):\n"
+        "        d, l = c.compress_batch(p); c.decompress_batch(d, l)\n"
+        "        gather(big, S, L, np.empty(4 << 20, np.uint8), S)\n"
+        "ts = [threading.Thread(target=w) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import numba; print('layer', numba.threading_layer())\n")
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "layer workqueue" in out.stdout
