@@ -30,7 +30,7 @@ def cpu_name() -> str:
 def load_pages(path: str | None, max_pages: int | None = None) -> tuple[np.ndarray, str]:
     """Pages from an .npy file, or captured from freshly spawned built-in workloads."""
     from devpool import capture_workloads
-    if path:
+    if path:                                   # "" (unset) means capture
         pages = np.load(path)
         source = path
     else:
