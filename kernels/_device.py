@@ -135,15 +135,13 @@ class _CupyMemory(_NumbaMemory):
         import cupy
         self.cp = cupy
         self.oom = (cupy.cuda.memory.OutOfMemoryError, MemoryError)
-        self._pinned_blocks = []
 
     def device_empty(self, n: int):
         return self.cp.empty(max(n, 1), self.cp.uint8)
 
     def pinned_empty(self, n: int) -> np.ndarray:
         mem = self.cp.cuda.alloc_pinned_memory(max(n, 1))
-        self._pinned_blocks.append(mem)          # keep it alive as long as its view
-        return np.frombuffer(mem, np.uint8, max(n, 1))
+        return np.frombuffer(mem, np.uint8, max(n, 1))  # the array's base keeps ``mem`` alive
 
     def stream(self):
         return self.cp.cuda.Stream(non_blocking=True)
