@@ -167,7 +167,6 @@ class Pool:
         warm = self.alloc_.seg_warm
         cold = segs[~warm[segs]]
         done = []
-        self._n_spare -= segs.size - cold.size
         try:
             for s in cold.tolist():
                 self.storage.commit(s * sb, sb)
@@ -175,7 +174,9 @@ class Pool:
         except BaseException:
             for s in done:
                 self.storage.release(s * sb, sb)
+            self.storage.trim()
             raise
+        self._n_spare -= segs.size - cold.size     # only once the commit stands
         warm[segs] = False
 
     def _release_segments(self, segs: np.ndarray, keep_spares: bool = True) -> None:

@@ -355,3 +355,43 @@ def test_auto_takes_a_working_backend_and_says_why():
         st = pool.stats()
         assert st["backend"] in ("host", "cuda")
         assert st["backend_reason"].startswith("auto:")
+
+
+class FlakyStorage:
+    """Wraps a pool's storage so that the k-th commit fails like a device OOM."""
+
+    def __init__(self, storage, fail_at):
+        self._s, self._n, self._fail_at = storage, 0, fail_at
+
+    def commit(self, offset, nbytes):
+        self._n += 1
+        if self._n == self._fail_at:
+            raise devpool.PoolFullError("simulated out-of-memory while growing")
+        return self._s.commit(offset, nbytes)
+
+    def __getattr__(self, name):
+        return getattr(self._s, name)
+
+
+def test_failed_growth_leaves_the_pool_exactly_as_it_was(make_pool, rng, backend):
+    """A commit failing midway through a batch's new segments: the ones already
+    committed are given back, spares stay spares, and the pool works on. (Chaos moves
+    and cleans on every call by design, so there only the contents must match.)"""
+    pool = make_pool(capacity_bytes=1 << 20, segment_bytes=16384)
+    hs, blobs = fill(pool, rng, 30)
+    pool.free_batch(hs[:10])                       # leave some spare segments behind
+
+    def state():
+        st = pool.stats()
+        sizes = () if backend == "chaos" else (st["pool_total_size"], st["spare_bytes"])
+        return snapshot(pool, hs[10:]) + sizes
+    before = state()
+    real = pool.storage
+    pool.storage = FlakyStorage(real, fail_at=2)
+    with pytest.raises(devpool.PoolFullError):
+        pool.alloc_batch([4000] * 40)              # needs several new segments
+    pool.storage = real
+    assert state() == before
+    more = pool.alloc_batch([4000] * 20)           # and it still works
+    pool.write_batch(more, np.zeros(80000, np.uint8))
+    assert pool._n_spare == int(pool.alloc_.seg_warm.sum())
