@@ -151,10 +151,13 @@ def spawned_workloads(names=None):
                 p.kill()
 
 
-def capture_workloads(max_pages: int | None = None, names=None) -> np.ndarray:
-    """Pages from freshly spawned built-in workloads (no input files needed)."""
+def capture_workloads(max_pages: int | None = None, names=None, progress=None) -> np.ndarray:
+    """Pages from freshly spawned built-in workloads (no input files needed).
+
+    ``progress`` optionally wraps the iteration over the workloads (a tqdm, say).
+    """
     with spawned_workloads(names) as pids:
-        parts = [capture_pid(pid) for pid in pids]
+        parts = [capture_pid(pid) for pid in (progress(pids) if progress else pids)]
     pages = np.concatenate(parts)
     if max_pages is not None and pages.shape[0] > max_pages:
         # keep a spread over every workload rather than the first one only

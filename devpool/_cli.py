@@ -75,7 +75,8 @@ def _pages(args) -> tuple[np.ndarray, str]:
     else:
         if not args.quiet:
             print("capturing pages from built-in workloads (python heap, sqlite, numeric) ...", file=sys.stderr)
-        pages, source = capture_workloads(), "built-in workloads"
+        pages = capture_workloads(progress=lambda pids: _progress(pids, "capture", quiet=args.quiet))
+        source = "built-in workloads"
     if args.max_pages and pages.shape[0] > args.max_pages:
         pages = pages[np.linspace(0, pages.shape[0] - 1, args.max_pages).astype(np.int64)]
     return pages, source
