@@ -174,7 +174,8 @@ def _drivers(compress_block, decompress_block, jit_parallel):
 
 def _build(checked: bool, hash5: bool):
     helpers = _cpu_helpers(checked)
-    comp, decomp = core.build(numba.njit(boundscheck=checked, nogil=True), *helpers, hash5=hash5)
+    comp, decomp = core.build(numba.njit(boundscheck=checked, nogil=True, error_model="numpy"), *helpers,
+                              hash5=hash5)
     _blocks[checked] = (comp, decomp)
     return _drivers(comp, decomp, numba.njit(parallel=True, nogil=True, boundscheck=checked))
 
