@@ -346,8 +346,20 @@ class CudaStorage(Storage):
         m = self.mem.view64(dev[:meta]).reshape(4, n)
         tmp = dev[meta:need]                            # device temporary: no PCIe round trip
         self._launch(K.gather_kernel, n, self._arena, m[0], m[1], tmp, m[2])
-        self._launch(K.scatter_kernel, n, self._arena, tmp, m[2], m[3], m[1])
-        self._sync("move")
+        self._sync("move (gather)")
+        try:
+            self._launch(K.scatter_kernel, n, self._arena, tmp, m[2], m[3], m[1])
+            self._sync("move (scatter)")
+        except DeviceError as exc:
+            # destinations may overlap sources that the allocator still points at: put
+            # every source back from the temporary before reporting the failure
+            try:
+                self._launch(K.scatter_kernel, n, self._arena, tmp, m[2], m[0], m[1])
+                self._sync("move (restore)")
+            except DeviceError as again:
+                raise DeviceError(f"{exc}; restoring the moved objects failed too ({again}): "
+                                  f"the device arena may be corrupt") from exc
+            raise
 
     def describe(self) -> dict:
         return {"backend": self.kind, "device": self.mem.device_name(), "memory": self.mem.name,

@@ -137,3 +137,37 @@ def test_cuda_unavailable_is_a_clear_devpool_error():
         assert "AUTO host auto: cuda unusable" in out.stdout
     else:                                         # a real GPU: auto takes it
         assert "AUTO cuda" in out.stdout
+
+
+@needs_cuda
+def test_failed_compaction_scatter_restores_every_object(rng, monkeypatch):
+    """The scatter of a compaction fails after overwriting part of the arena: every
+    object is put back from the device temporary, and the pool still reads right."""
+    from devpool.kernels import _device
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    sizes = rng.integers(500, 3000, 24)
+    hs = pool.alloc_batch(sizes)
+    payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+    pool.write_batch(hs, payload, sizes)
+    pool.free_batch(hs[::2])
+    want = pool.read_batch(hs[1::2])[0].tobytes()
+    real = _device.K.scatter_kernel
+    calls = {"n": 0}
+
+    class HalfDone:
+        def __getitem__(self, cfg):
+            def launch(arena, staging, src, dst, lengths):
+                calls["n"] += 1
+                if calls["n"] == 1:                  # the compaction's scatter: copy some, then fail
+                    real[cfg](arena, staging, src[:3], dst[:3], lengths[:3])
+                    raise RuntimeError("simulated kernel fault")
+                return real[cfg](arena, staging, src, dst, lengths)
+            return launch
+    monkeypatch.setattr(_device.K, "scatter_kernel", HalfDone())
+    with pytest.raises(devpool.DeviceError, match="simulated kernel fault"):
+        pool.compact()
+    monkeypatch.setattr(_device.K, "scatter_kernel", real)
+    assert pool.read_batch(hs[1::2])[0].tobytes() == want
+    pool.compact()                                   # and compaction works afterwards
+    assert pool.read_batch(hs[1::2])[0].tobytes() == want
+    pool.close()
