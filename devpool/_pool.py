@@ -147,6 +147,11 @@ class Pool:
         return self.alloc_.max_object
 
     @property
+    def segment_bytes(self) -> int:
+        """The unit the pool grows and shrinks by."""
+        return self.alloc_.seg_bytes
+
+    @property
     def capacity_bytes(self) -> int:
         """The ceiling the pool may grow to."""
         return self.alloc_.capacity
@@ -216,6 +221,21 @@ class Pool:
         self._commit_segments(plan[3])         # fallible: device OOM -> PoolFullError
         slots = self.alloc_.commit_alloc(sizes, plan)
         return self.alloc_.handles(slots) ^ self._key
+
+    @_locked(hook=False)      # a question about placement, not an operation on objects
+    def growth_for(self, sizes) -> int:
+        """Bytes by which ``pool_total_size`` would grow if ``sizes`` were allocated now.
+
+        Counts whole segments, tails included (0 when the batch fits in open or spare
+        segments); a batch that would need cleaning or does not fit answers more than
+        the capacity. Changes nothing.
+        """
+        sizes = self.alloc_.check_sizes(sizes)
+        plan = self.alloc_.plan(sizes)
+        if plan is None:
+            return self.alloc_.capacity + 1
+        opened = plan[3]
+        return int((~self.alloc_.seg_warm[opened]).sum()) * self.alloc_.seg_bytes
 
     def alloc(self, nbytes: int) -> int:
         """Allocate one object of ``nbytes``; returns its handle."""

@@ -69,7 +69,11 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
         content[noisy] = rng.integers(0, 256, (int(noisy.sum()), 4096), dtype=np.uint8)
 
     tmp = tempfile.TemporaryDirectory(prefix="devpool-replay-")
-    pool = open_pool(args.backend, capacity_bytes=max(16 << 20, 4 * args.pool_limit_pages * 4096))
+    limit = args.pool_limit_pages * 4096
+    # segments of at most an eighth of the limit (16..256 KiB), so the limit is felt in
+    # fine steps rather than whole 256 KiB segments
+    segment = min(256 << 10, max(16 << 10, 1 << max(12, (limit // 8).bit_length() - 1)))
+    pool = open_pool(args.backend, capacity_bytes=max(16 << 20, 4 * limit), segment_bytes=segment)
     zs = Zswap(pool, compressor=args.compressor, max_pool_bytes=args.pool_limit_pages * 4096,
                backing=os.path.join(tmp.name, "swap"))
     # warm-up (compiles the codec) on an offset the trace cannot reach

@@ -106,6 +106,11 @@ class Zswap:
             self.backing = BackingFile(backing)
             self._own_backing = True
         self.writeback_enabled = bool(writeback) and self.backing is not None
+        if self._limit_bytes() < pool.segment_bytes:
+            raise BadInputError(
+                f"the zswap limit ({self._limit_bytes()} bytes) is smaller than one pool segment "
+                f"({pool.segment_bytes} bytes): nothing could ever be stored; open the pool with "
+                f"a smaller segment_bytes or raise the limit")
         self._lock = threading.RLock()
         self._reached_full = False
         self._counters = dict.fromkeys(self._COUNTERS, 0)
@@ -193,6 +198,23 @@ class Zswap:
                 return 0
             self._reached_full = False
         return max(0, limit - total)
+
+    def _fitting_prefix(self, sizes: np.ndarray, room: int) -> int:
+        """How many of ``sizes`` (in order) the pool can take without growing past
+        ``room`` bytes, segment tails included: one placement query when all fit, a
+        binary search over prefixes when not."""
+        if room <= 0:
+            return 0
+        if self.pool.growth_for(sizes) <= room:
+            return sizes.size
+        lo, hi = 0, sizes.size - 1          # lo fits, hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self.pool.growth_for(sizes[:mid]) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
 
     # --- compress / decompress -----------------------------------------------------------
     def _decompress_into(self, offs: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
@@ -316,15 +338,14 @@ class Zswap:
             ok &= ~poor
             poor[:] = False
         sizes = np.where(poor, PAGE_SIZE, lens)
-        # the limit: accept the prefix that fits in the headroom
+        # the limit: accept the longest prefix whose allocation keeps the pool within it
         want = np.flatnonzero(ok)
         if want.size:
-            room = self._headroom()
-            fits = np.cumsum((sizes[want] + 15) // 16 * 16) <= room
-            if not fits.all():
+            keep = self._fitting_prefix(sizes[want], self._headroom())
+            if keep < want.size:
                 self._counters["pool_limit_hit"] += 1
                 self._reached_full = True
-                want = want[fits]
+                want = want[:keep]
         handles = np.zeros(0, np.int64)
         if want.size:
             try:

@@ -395,3 +395,20 @@ def test_failed_growth_leaves_the_pool_exactly_as_it_was(make_pool, rng, backend
     more = pool.alloc_batch([4000] * 20)           # and it still works
     pool.write_batch(more, np.zeros(80000, np.uint8))
     assert pool._n_spare == int(pool.alloc_.seg_warm.sum())
+
+
+def test_growth_for_predicts_pool_total_size(make_pool, rng, backend):
+    pool = make_pool(capacity_bytes=1 << 20, segment_bytes=16384)
+    assert pool.growth_for([100]) == 16384                 # the first object opens a segment
+    hs, _ = fill(pool, rng, 20)
+    for n in (1, 5, 40, 120):
+        sizes = rng.integers(100, 4096, n)
+        if backend != "chaos":                          # chaos moves things before each call
+            grow = pool.growth_for(sizes)
+            before = pool.stats()["pool_total_size"]
+            new = pool.alloc_batch(sizes)
+            assert pool.stats()["pool_total_size"] - before == grow
+            pool.free_batch(new)
+    assert pool.growth_for([4096] * 1000) > pool.stats()["capacity_bytes"]   # cannot fit
+    with pytest.raises(devpool.InvalidSizeError):
+        pool.growth_for([0])

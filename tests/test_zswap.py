@@ -404,3 +404,10 @@ def test_pool_allocation_failure_is_refused_not_lost(make_pool, rng, tmp_path):
     assert st["backing_direct_writes"] == int((~stored).sum())
     np.testing.assert_array_equal(zs.load_batch(np.arange(120)), pages)
     zs.close()
+
+
+def test_a_limit_below_one_segment_is_refused_up_front(make_pool):
+    pool = make_pool(capacity_bytes=1 << 20, segment_bytes=16384)
+    with pytest.raises(devpool.BadInputError, match="smaller than one pool segment"):
+        devpool.Zswap(pool, max_pool_bytes=8192)
+    devpool.Zswap(pool, max_pool_bytes=16384)              # one segment is enough
