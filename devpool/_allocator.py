@@ -27,7 +27,7 @@ A handle names a *slot* of the handle table; the slot holds the object's current
 offset and size. Compaction re-points the slot (``record_obj`` in zsmalloc), so a
 caller's handle stays valid while the bytes move. Each slot has a generation counter,
 bumped on free: a stale handle's generation no longer matches and it is refused, never
-read. Bit layout, known only to :func:`_encode` and :func:`_decode`::
+read. Bit layout, known only to :meth:`Allocator.handles` and :func:`_decode`::
 
     bit 63      0
     bits 62..48 pool tag (random per pool, never 0): a handle of another pool is foreign
@@ -261,7 +261,8 @@ class Allocator:
         self.segments_compacted = 0
 
     # --- handle encoding: the only place that knows the bit layout -------------------
-    def _encode(self, slots: np.ndarray) -> np.ndarray:
+    def handles(self, slots: np.ndarray) -> np.ndarray:
+        """The (unscrambled) handles of these slots."""
         return (np.int64(self.tag) << _TAG_SHIFT) | (self.gens[slots] << _SLOT_BITS) | slots
 
     def decode(self, handles: np.ndarray, key: int, check_duplicates: bool = False) -> np.ndarray:
@@ -335,9 +336,6 @@ class Allocator:
             self._n_free += nf
         self._n_free -= n
         return self._free_slots[self._n_free:self._n_free + n][::-1].copy()
-
-    def handles(self, slots: np.ndarray) -> np.ndarray:
-        return self._encode(slots)
 
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):

@@ -104,9 +104,6 @@ def _as_handles(handles) -> np.ndarray:
     return arr.astype(np.int64, copy=False)
 
 
-_starts = packed_starts
-
-
 class Pool:
     """A compressed-object pool: opaque handles, batched copy-in / copy-out.
 
@@ -271,7 +268,7 @@ class Pool:
         if data.size != total:
             raise BadInputError(f"payload holds {data.size} bytes, the objects need {total}")
         if hs.size:
-            self.storage.scatter(data, _starts(sizes), offsets, sizes)
+            self.storage.scatter(data, packed_starts(sizes), offsets, sizes)
 
     def write(self, handle: int, data) -> None:
         """Copy ``data`` (exactly the object's size) into the object."""
@@ -290,7 +287,7 @@ class Pool:
         total = int(sizes.sum())
         buf = np.empty(total, np.uint8) if out is None else _check_out(out, total)
         if hs.size:
-            self.storage.gather(offsets, sizes, buf, _starts(sizes))
+            self.storage.gather(offsets, sizes, buf, packed_starts(sizes))
         return buf, sizes.copy()
 
     def read(self, handle: int, out=None) -> np.ndarray:
