@@ -31,6 +31,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--compressor", default="lz4-njit")
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--latency-pages", type=int, default=2000, help="single-page store+load rounds")
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
@@ -73,14 +74,15 @@ def main(argv=None) -> dict:
 
     # single-page latency
     lat_s, lat_l = [], []
-    for i in range(2000):
+    for i in range(args.latency_pages):
         p = pages[i % n]
         t = time.perf_counter(); zs.store(i % n, p); t1 = time.perf_counter()
         zs.load(i % n); t2 = time.perf_counter()
         lat_s.append(t1 - t); lat_l.append(t2 - t1)
     b = bo.best
-    res = header("bench_zswap", backend=args.backend, compressor=args.compressor, batch=args.batch,
-                 pages=n, pages_source=source)
+    pst = pool.stats()
+    res = header("bench_zswap", backend=args.backend, device=pst.get("device"), compressor=args.compressor,
+                 blocks_on_device=st["blocks_on_device"], batch=args.batch, pages=n, pages_source=source)
     res.update({
         "store_pages_per_s": n / b["store_batch"], "load_pages_per_s": n / b["load_batch"],
         "lz4_loop_compress_pages_per_s": n / b["lz4_compress_loop"],
@@ -93,7 +95,8 @@ def main(argv=None) -> dict:
         "load_p50_us": float(np.percentile(lat_l, 50) * 1e6), "load_p99_us": float(np.percentile(lat_l, 99) * 1e6),
     })
     print(f"# bench_zswap {res['date']} {res['machine']} ({res['cores']} cores) backend={args.backend} "
-          f"compressor={args.compressor} batch={args.batch}")
+          f"({res['device']}) compressor={args.compressor} batch={args.batch} "
+          f"blocks_on_device={res['blocks_on_device']}")
     print(f"# {n} pages from {source}")
     print(f"{'':24}{'pages/s':>12}{'GB/s':>8}{'x lz4 loop':>12}")
     for name, pps, ratio in (("store_batch", res["store_pages_per_s"], res["store_vs_lz4_loop"]),

@@ -27,5 +27,11 @@ $py benchmarks/bench_device.py --pages "${PAGES:-}" --json "$OUT/bench_device-$g
     | tee "$OUT/bench_device-$gpu-$day.txt"
 $py benchmarks/bench_lz4.py --device --max-pages 4096 --json "$OUT/bench_lz4-device-$gpu-$day.json" 2>&1 \
     | tee "$OUT/bench_lz4-device-$gpu-$day.txt"
+# zswap on the GPU pool: lz4-device keeps blocks on the device (pages cross PCIe raw),
+# lz4-njit compresses on the host CPUs and ships blocks; each against the lz4.block loop
+for c in lz4-device lz4-njit; do
+    $py benchmarks/bench_zswap.py --backend cuda --compressor $c --max-pages 16384 --batch 4096 \
+        --json "$OUT/bench_zswap-cuda-$c-$gpu-$day.json" 2>&1 | tee "$OUT/bench_zswap-cuda-$c-$gpu-$day.txt"
+done
 $py -m devpool._cli bench --backend cuda --quiet --json "$OUT/devpool-bench-$gpu-$day.json" \
     --plot "$OUT/devpool-bench-$gpu-$day.png" 2>&1 | tee "$OUT/devpool-bench-$gpu-$day.txt"

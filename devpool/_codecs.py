@@ -17,6 +17,15 @@ Contract a codec implements
     convenience: a fresh (N, page_size) array, or :class:`~devpool.CorruptDataError`
     naming the blocks that failed.
 
+A codec that computes on a device may also keep its blocks there (``device_resident``):
+
+``compress_to_device(pages, rows=None)``
+    returns ``(data, starts, lengths)`` with ``data`` a uint8 buffer in device memory and
+    block ``i`` at ``data[starts[i]:starts[i]+lengths[i]]`` (``starts``/``lengths`` on the
+    host); a pool in device memory copies the blocks in device to device.
+``decompress_into`` then also accepts ``data`` in device memory (packed, as
+``Pool.read_batch(device=True)`` returns it).
+
 Configuration is the public attributes (JSON-friendly) plus ``codec_id``;
 ``get_config()`` / ``get_codec(config)`` round-trip. Codecs sharing an id family are
 byte-compatible: every ``lz4*`` codec reads and writes raw LZ4 blocks
@@ -58,6 +67,8 @@ class Codec:
 
     codec_id: str = "abstract"
     page_size: int = PAGE
+    #: True when ``compress_to_device`` exists and ``decompress_into`` reads device buffers
+    device_resident: bool = False
 
     def compress_batch(self, pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         raise NotImplementedError(f"{type(self).__name__} must implement compress_batch()")
@@ -65,6 +76,9 @@ class Codec:
     def decompress_into(self, data: np.ndarray, lengths: np.ndarray, out: np.ndarray,
                         rows: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement decompress_into()")
+
+    def compress_to_device(self, pages: np.ndarray, rows: np.ndarray | None = None):
+        raise NotImplementedError(f"{type(self).__name__} does not keep blocks in device memory")
 
     def decompress_batch(self, data, lengths) -> np.ndarray:
         data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data

@@ -154,6 +154,12 @@ class Pool:
         return self.alloc_.capacity
 
     @property
+    def device_resident(self) -> bool:
+        """True when the bytes live in device memory and device buffers may be written
+        and read directly (``write_batch`` with a device payload, ``read_batch(device=True)``)."""
+        return self.storage.device_resident
+
+    @property
     def total_bytes(self) -> int:
         """``pool_total_size`` without building the whole stats dict (a hot-path read)."""
         return self.storage.committed_bytes
@@ -241,16 +247,32 @@ class Pool:
         return int(self.alloc_batch(np.array([nbytes], np.int64))[0])
 
     # --- copy-in ---------------------------------------------------------------------
-    @_locked
-    def write_batch(self, handles, payload, lengths=None) -> None:
-        """Copy packed ``payload`` into the objects, ``lengths[i]`` bytes to ``handles[i]``.
+    def _payload(self, payload) -> tuple[object, int]:
+        """(buffer, bytes) of a write's source: host bytes, or a device buffer the
+        storage's memory can read directly."""
+        if not isinstance(payload, np.ndarray) and self.storage.is_device_buffer(payload):
+            if payload.dtype != np.uint8 or len(payload.shape) != 1:
+                raise BadInputError(f"a device payload must be 1-D uint8, got {payload.dtype} {payload.shape}")
+            return payload, int(payload.shape[0])
+        if not isinstance(payload, np.ndarray) and (hasattr(payload, "__cuda_array_interface__")
+                                                    or hasattr(payload, "copy_to_host")):
+            raise BadInputError(f"payload is in device memory, but this pool's storage "
+                                f"({self.storage.kind}) holds host memory: copy it to the host first")
+        data = _as_bytes_array(payload, "payload")
+        return data, data.size
 
-        ``payload`` is 1-D uint8 (or bytes-like) holding the objects back to back; each
-        length must equal its object's allocated size. ``lengths`` may be omitted when
-        the payload is exactly the objects' sizes in order.
+    @_locked
+    def write_batch(self, handles, payload, lengths=None, *, src_starts=None) -> None:
+        """Copy ``payload`` into the objects, ``lengths[i]`` bytes to ``handles[i]``.
+
+        ``payload`` is 1-D uint8 (or bytes-like) holding the objects back to back, or at
+        ``src_starts[i]`` when given (ranges may be anywhere, in any order). Each length
+        must equal its object's allocated size; ``lengths`` may be omitted. On a pool
+        whose storage is device memory (``device_resident``), ``payload`` may be a
+        device buffer: it is copied device to device.
         """
         hs = _as_handles(handles)
-        data = _as_bytes_array(payload, "payload")
+        data, nbytes = self._payload(payload)
         slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
         offsets, sizes = self.alloc_.location(slots)
         if lengths is not None:
@@ -264,11 +286,28 @@ class Pool:
                 i = int(bad[0])
                 raise BadInputError(f"length {int(lens[i])} at batch index {i} differs from the "
                                     f"object's allocated size {int(sizes[i])}")
-        total = int(sizes.sum())
-        if data.size != total:
-            raise BadInputError(f"payload holds {data.size} bytes, the objects need {total}")
-        if hs.size:
-            self.storage.scatter(data, packed_starts(sizes), offsets, sizes)
+        if src_starts is None:
+            total = int(sizes.sum())
+            if nbytes != total:
+                raise BadInputError(f"payload holds {nbytes} bytes, the objects need {total}")
+            starts = packed_starts(sizes)
+        else:
+            starts = np.asarray(src_starts)
+            if starts.shape != hs.shape or (starts.size and starts.dtype.kind not in "iu"):
+                raise BadInputError(f"src_starts must be integers shaped like handles {hs.shape}, "
+                                    f"got {starts.dtype} {starts.shape}")
+            starts = starts.astype(np.int64, copy=False)
+            bad = np.flatnonzero((starts < 0) | (starts + sizes > nbytes))
+            if bad.size:
+                i = int(bad[0])
+                raise BadInputError(f"object {i} at src_starts {int(starts[i])} (+{int(sizes[i])} bytes) "
+                                    f"lies outside the {nbytes}-byte payload")
+        if not hs.size:
+            return
+        if isinstance(data, np.ndarray):
+            self.storage.scatter(data, starts, offsets, sizes)
+        else:
+            self.storage.scatter_device(data, starts, offsets, sizes)
 
     def write(self, handle: int, data) -> None:
         """Copy ``data`` (exactly the object's size) into the object."""
@@ -276,14 +315,24 @@ class Pool:
 
     # --- copy-out --------------------------------------------------------------------
     @_locked
-    def read_batch(self, handles, out=None) -> tuple[np.ndarray, np.ndarray]:
+    def read_batch(self, handles, out=None, *, device: bool = False) -> tuple[object, np.ndarray]:
         """Copy objects out: returns ``(payload, lengths)``, payload packed back to back.
 
         ``out`` may be a writable uint8 buffer of exactly the total size to fill instead.
+        ``device=True`` (only where ``device_resident``) returns the payload as a fresh
+        buffer in device memory, for a device decoder: nothing crosses PCIe but metadata.
         """
         hs = _as_handles(handles)
+        if device:
+            if not self.storage.device_resident:
+                raise BadInputError(f"read_batch(device=True) needs a pool in device memory; "
+                                    f"this pool's storage is {self.storage.kind}")
+            if out is not None:
+                raise BadInputError("read_batch(device=True) returns a fresh device buffer; out must be None")
         slots = self.alloc_.decode(hs, self._key)
         offsets, sizes = self.alloc_.location(slots)
+        if device:
+            return self.storage.gather_device(offsets, sizes), sizes.copy()
         total = int(sizes.sum())
         buf = np.empty(total, np.uint8) if out is None else _check_out(out, total)
         if hs.size:

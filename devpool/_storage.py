@@ -25,6 +25,14 @@ Verbs an implementation provides (all offsets/lengths are int64 numpy arrays):
 ``discard(offsets, lengths)``
     the allocator freed these ranges; nothing may read them again (chaos poisons them).
 
+Device memory may also take and give device buffers directly (``device_resident``):
+
+``scatter_device(payload, src_starts, dst_offsets, lengths)``
+    copy-in from a buffer already in the arena's memory (device to device), so blocks a
+    device codec produced never cross PCIe.
+``gather_device(offsets, lengths)``
+    copy-out into a fresh packed buffer in the arena's memory (a copy, never a view).
+
 Two hooks exist for the hostile test storage and default to doing nothing:
 ``handle_key`` (XORed into every handle the pool hands out) and ``before_call(pool)``.
 """
@@ -43,6 +51,8 @@ class Storage:
     kind = "abstract"
     #: XORed into handles by the pool; only the chaos storage sets it
     handle_key = 0
+    #: True when the arena is device memory that implements the ``*_device`` verbs
+    device_resident = False
 
     def __init__(self, capacity_bytes: int):
         self.capacity_bytes = int(capacity_bytes)
@@ -68,6 +78,17 @@ class Storage:
         raise NotImplementedError(f"{type(self).__name__} must implement move()")
 
     # --- optional -------------------------------------------------------------------
+    def is_device_buffer(self, obj) -> bool:
+        """True when ``obj`` is a buffer in this storage's memory (never, for host RAM)."""
+        return False
+
+    def scatter_device(self, payload, src_starts: np.ndarray, dst_offsets: np.ndarray,
+                       lengths: np.ndarray) -> None:
+        raise NotImplementedError(f"{type(self).__name__} holds no device memory")
+
+    def gather_device(self, offsets: np.ndarray, lengths: np.ndarray):
+        raise NotImplementedError(f"{type(self).__name__} holds no device memory")
+
     def discard(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Freed ranges: nothing to do unless the storage wants to scrub them."""
 

@@ -95,6 +95,9 @@ class Zswap:
             raise BadInputError(f"max_pool_bytes must be a positive integer, got {max_pool_bytes!r}")
         self.pool = pool
         self.codec = get_codec(compressor)
+        # a device codec over a pool in device memory keeps blocks on the device: they
+        # go into the arena device to device and are decoded there on load
+        self._blocks_on_device = bool(self.codec.device_resident and pool.device_resident)
         self.max_pool_percent = float(max_pool_percent)
         self.max_pool_bytes = max_pool_bytes
         self.accept_threshold_percent = float(accept_threshold_percent)
@@ -221,15 +224,26 @@ class Zswap:
         """Decode POOL entries ``offs`` into ``out[rows]``; returns the ok mask.
 
         One batched copy-out from the pool, then the codec writes each page straight
-        into its row; a page stored as-is (length == PAGE_SIZE) is copied over. The
+        into its row; a page stored as-is (length == PAGE_SIZE) is copied over. With
+        blocks on the device, the compressed ones are copied out into device memory and
+        decoded there (a second copy-out brings any as-is pages to the host). The
         entries stay in the pool.
         """
+        raw = self._length[offs] == PAGE_SIZE
+        if self._blocks_on_device and not raw.all():
+            ok = np.ones(offs.size, np.bool_)
+            if raw.any():
+                self._decompress_into(offs[raw], out, rows[raw])        # as-is pages only
+            comp = np.flatnonzero(~raw)
+            data, lens = self.pool.read_batch(self._handle[offs[comp]], device=True)
+            ok[comp] = self.codec.decompress_into(data, lens, out, rows[comp])
+            self._counters["decompress_fail"] += int((~ok).sum())
+            return ok
         total = int(self._length[offs].sum())
         if self._scratch.size < total:       # reused: a fresh buffer faults in per batch
             self._scratch = np.empty(max(total, 2 * self._scratch.size), np.uint8)
         data, lens = self.pool.read_batch(self._handle[offs], out=self._scratch[:total])
         ok = np.ones(offs.size, np.bool_)
-        raw = lens == PAGE_SIZE
         starts = packed_starts(lens)
         if raw.any():
             gather(data, starts[raw], lens[raw], out.reshape(-1), rows[raw] * PAGE_SIZE)
@@ -329,7 +343,7 @@ class Zswap:
         cached = same.copy()
         # 1. fallible work first: compress, classify, allocate, copy in
         todo = np.flatnonzero(~same)
-        data, lens = self.codec.compress_batch(pages, todo) if todo.size else (np.zeros(0, np.uint8), np.zeros(0, np.int64))
+        data, starts, lens = self._compress(pages, todo)
         ok = lens >= 0
         self._counters["reject_compress_fail"] += int((~ok).sum())
         poor = ok & (lens >= PAGE_SIZE)
@@ -355,8 +369,7 @@ class Zswap:
                 want = want[:0]
         if want.size:
             try:
-                self.pool.write_batch(handles, self._payload(pages, todo, data, lens, want, poor),
-                                      sizes[want])
+                self._write(handles, pages, todo, data, starts, sizes, want, poor)
             except BaseException:
                 self.pool.free_batch(handles)
                 raise
@@ -384,22 +397,27 @@ class Zswap:
             self._counters["backing_direct_writes"] += refused.size
         return cached
 
-    @staticmethod
-    def _payload(pages, todo, data, lens, want, poor) -> np.ndarray:
-        """One packed payload for the accepted pages: their blocks, or the page itself."""
-        if want.size == lens.size and not poor.any():
-            return data                      # every block accepted as compressed: as is
-        sizes = np.where(poor[want], PAGE_SIZE, lens[want])
-        out = np.empty(int(sizes.sum()), np.uint8)
-        starts = packed_starts(sizes)
-        comp = ~poor[want]
-        src_starts = packed_starts(np.maximum(lens, 0))
-        gather(data, src_starts[want[comp]], lens[want[comp]], out, starts[comp])
-        if (~comp).any():
-            raw_rows = todo[want[~comp]]
-            flat = pages.reshape(-1)
-            gather(flat, raw_rows * PAGE_SIZE, np.full(raw_rows.size, PAGE_SIZE, np.int64), out, starts[~comp])
-        return out
+    def _compress(self, pages: np.ndarray, todo: np.ndarray):
+        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``."""
+        if not todo.size:
+            return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if self._blocks_on_device:
+            return self.codec.compress_to_device(pages, todo)
+        data, lens = self.codec.compress_batch(pages, todo)
+        return data, packed_starts(np.maximum(lens, 0)), lens
+
+    def _write(self, handles, pages, todo, data, starts, sizes, want, poor) -> None:
+        """Copy the accepted pages in: their blocks from ``data`` where they are (no
+        repacking), pages stored as-is from ``pages``; one pool call for each kind."""
+        raw = poor[want]
+        if not raw.any():
+            self.pool.write_batch(handles, data, sizes[want], src_starts=starts[want])
+            return
+        comp = ~raw
+        if comp.any():
+            self.pool.write_batch(handles[comp], data, sizes[want[comp]], src_starts=starts[want[comp]])
+        self.pool.write_batch(handles[raw], pages.reshape(-1), sizes[want[raw]],
+                              src_starts=todo[want[raw]] * PAGE_SIZE)
 
     def store(self, offset: int, page) -> bool:
         """Store one page; True if cached (see :meth:`store_batch`)."""
@@ -518,6 +536,7 @@ class Zswap:
                 "accept_threshold_bytes": self._accept_bytes(),
                 "pool_limit_reached": self._reached_full,
                 "compressor": self.codec.codec_id,
+                "blocks_on_device": self._blocks_on_device,
                 "backend": pst["backend"],
             })
             return st

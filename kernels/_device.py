@@ -14,6 +14,10 @@ Mechanism and cost, per verb:
   the host unpacks into the caller's buffer.
 - compaction (``move``): gather into a device temporary, scatter back: device to
   device, nothing crosses PCIe.
+- device-resident blocks (``scatter_device`` / ``gather_device``): a device codec's
+  output is scattered into the arena straight from device memory, and loads gather into
+  a fresh device buffer for a device decoder; only the int64 metadata (24 bytes per
+  object) crosses PCIe.
 - growth: the arena is one device allocation sized to the highest committed segment
   (plus 1/8 headroom when it grows, within capacity); ``trim`` shrinks it to the top
   once an eighth is free there. Growing or shrinking allocates the new size and
@@ -181,6 +185,7 @@ class CudaStorage(Storage):
     """Arena in GPU device memory; only batched copies in, out and within."""
 
     kind = "cuda"
+    device_resident = True
 
     def __init__(self, capacity_bytes: int):
         super().__init__(capacity_bytes)
@@ -360,6 +365,41 @@ class CudaStorage(Storage):
                 raise DeviceError(f"{exc}; restoring the moved objects failed too ({again}): "
                                   f"the device arena may be corrupt") from exc
             raise
+
+    # --- device-resident blocks ------------------------------------------------------------
+    def is_device_buffer(self, obj) -> bool:
+        from numba import cuda
+        return hasattr(obj, "__cuda_array_interface__") or cuda.devicearray.is_cuda_ndarray(obj)
+
+    def _device_meta(self, *columns: np.ndarray):
+        """int64 columns in device staging (one small host-to-device copy)."""
+        n = columns[0].shape[0]
+        pinned, dev = self._stage(8 * n * len(columns))
+        meta = self._meta(pinned, *columns)
+        try:
+            self.mem.h2d(pinned[:meta], dev[:meta], self.stream)
+        except Exception as exc:
+            raise DeviceError(f"host-to-device copy of {meta} bytes of metadata failed: {exc}") from exc
+        return self.mem.view64(dev[:meta]).reshape(len(columns), n)
+
+    def scatter_device(self, payload, src_starts, dst_offsets, lengths):
+        n = lengths.shape[0]
+        m = self._device_meta(src_starts, dst_offsets, lengths)
+        self._launch(K.scatter_kernel, n, self._arena, payload, m[0], m[1], m[2])
+        self._sync("scatter from device memory")
+
+    def gather_device(self, offsets, lengths):
+        n = lengths.shape[0]
+        total = int(lengths.sum())
+        try:
+            out = self.mem.device_empty(total)
+        except self.mem.oom as exc:
+            raise DeviceError(f"device out of memory for a {total}-byte copy-out buffer") from exc
+        if n:
+            m = self._device_meta(offsets, lengths, packed_starts(lengths))
+            self._launch(K.gather_kernel, n, self._arena, m[0], m[1], out, m[2])
+            self._sync("gather into device memory")
+        return out[:total]
 
     def describe(self) -> dict:
         return {"backend": self.kind, "device": self.mem.device_name(), "memory": self.mem.name,

@@ -7,9 +7,11 @@ to the device raw (one copy per batch), a kernel compresses or decodes each page
 its own thread with its own 16 KiB hash table, and blocks come back in one copy. The
 output is byte-identical to ``lz4.block`` and ``lz4-njit``.
 
-Not done yet: compressing straight into the device arena (so that compressed blocks
-never cross PCIe) needs a pool verb that takes pages and a codec; today the blocks
-return to the host and are written to the pool like any codec's.
+Over a pool in device memory (``Pool.device_resident``) the frontend asks for
+``compress_to_device``: the blocks stay on the device and the pool copies them into
+the arena device to device; a load gathers blocks into device memory and decodes them
+there. Only raw pages (host to device on store, device to host on load) and int64
+metadata cross PCIe. Over a host pool, ``compress_batch`` brings the blocks back.
 """
 
 from __future__ import annotations
@@ -65,6 +67,7 @@ class Lz4Device(Codec):
     """LZ4 raw blocks compressed and decoded on the GPU (byte-compatible with lz4)."""
 
     codec_id = "lz4-device"
+    device_resident = True
 
     def __init__(self):
         usable, why = probe()
@@ -78,41 +81,64 @@ class Lz4Device(Codec):
     def _grid(self, n: int) -> int:
         return max(1, -(-n // self._threads))
 
-    def compress_batch(self, pages, rows=None):
+    def _compress_on_device(self, pages, rows):
+        """Pages in (one host-to-device copy), one kernel; returns (device blocks, lengths).
+
+        Block ``i`` is row ``i`` of an (N, PAGE_BOUND) device array; only the lengths
+        come back to the host."""
         pages = check_pages(pages, self.page_size)
         if rows is not None:
             pages = pages[np.asarray(rows, np.int64)]
         n = pages.shape[0]
-        if n == 0:
-            return np.zeros(0, np.uint8), np.zeros(0, np.int64)
-        workers = min(n, 4096)
+        workers = max(1, min(n, 4096))
         try:
             with warnings.catch_warnings():          # the simulator's numpy scalars warn on wraparound
                 warnings.simplefilter("ignore", RuntimeWarning)
-                d_pages = cuda.to_device(pages)
-                d_out = cuda.device_array((n, core.PAGE_BOUND), np.uint8)
-                d_len = cuda.device_array(n, np.int64)
+                d_pages = cuda.to_device(pages if n else np.zeros((1, PAGE), np.uint8))
+                d_out = cuda.device_array((max(n, 1), core.PAGE_BOUND), np.uint8)
+                d_len = cuda.device_array(max(n, 1), np.int64)
                 d_tab = cuda.device_array((workers, TABLE), np.int32)
-                compress_kernel[self._grid(workers), self._threads](d_pages, d_out, d_len, d_tab)
-                lengths = d_len.copy_to_host()
-                rows_out = d_out.copy_to_host()
+                if n:
+                    compress_kernel[self._grid(workers), self._threads](d_pages, d_out, d_len, d_tab)
+                lengths = d_len.copy_to_host()[:n]
         except Exception as exc:
             raise DeviceError(f"device LZ4 compression of {n} pages failed: {exc}") from exc
+        return d_out, lengths
+
+    def compress_batch(self, pages, rows=None):
+        d_out, lengths = self._compress_on_device(pages, rows)
+        n = lengths.shape[0]
+        try:
+            rows_out = d_out.copy_to_host()
+        except Exception as exc:
+            raise DeviceError(f"copying {n} device LZ4 blocks to the host failed: {exc}") from exc
         data = np.empty(int(lengths.sum()), np.uint8)
         gather(rows_out.reshape(-1), np.arange(n, dtype=np.int64) * core.PAGE_BOUND, lengths, data,
                packed_starts(lengths))
         return data, lengths
 
+    def compress_to_device(self, pages, rows=None):
+        """Blocks left in device memory: ``(device data, starts, lengths)``."""
+        d_out, lengths = self._compress_on_device(pages, rows)
+        starts = np.arange(lengths.shape[0], dtype=np.int64) * core.PAGE_BOUND
+        return d_out.reshape(d_out.shape[0] * core.PAGE_BOUND), starts, lengths
+
     def decompress_into(self, data, lengths, out, rows=None):
+        """Decode on the device; ``data`` may be host bytes or already in device memory."""
         lengths = np.asarray(lengths, np.int64)
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n == 0:
             return ok
+        on_device = not isinstance(data, np.ndarray)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                d_data = cuda.to_device(np.ascontiguousarray(data, np.uint8) if data.size else np.zeros(1, np.uint8))
+                if on_device:
+                    d_data = data
+                else:
+                    d_data = cuda.to_device(np.ascontiguousarray(data, np.uint8) if data.size
+                                            else np.zeros(1, np.uint8))
                 d_starts = cuda.to_device(packed_starts(lengths))
                 d_len = cuda.to_device(lengths)
                 d_out = cuda.device_array((n, PAGE), np.uint8)

@@ -20,3 +20,24 @@ def test_bench_device_smoke(tmp_path):
     assert [row["batch"] for row in r["rows"]] == [1, 4, 16]
     assert all(row["write_pages_per_s"] > 0 and row["read_vs_raw"] > 0 for row in r["rows"])
     assert "simulator" in r["device"]
+
+
+def test_bench_zswap_with_blocks_on_the_device_smoke(tmp_path):
+    """The GPU session's zswap benchmark (lz4-device over the cuda pool) runs end to end."""
+    import json
+
+    import numpy as np
+    sys.path.insert(0, str(BENCH.parent))
+    from tests.pages import make_pages
+    pages = tmp_path / "pages.npy"
+    np.save(pages, make_pages(6, np.random.default_rng(1)))
+    out = tmp_path / "zswap.json"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    p = subprocess.run([sys.executable, str(BENCH / "bench_zswap.py"), "--backend", "cuda",
+                        "--compressor", "lz4-device", "--pages", str(pages), "--batch", "3",
+                        "--repeats", "1", "--latency-pages", "1", "--json", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=BENCH)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert r["blocks_on_device"] is True and r["pages"] == 6 and r["store_pages_per_s"] > 0
+    assert "simulator" in r["device"]

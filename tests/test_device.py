@@ -171,3 +171,82 @@ def test_failed_compaction_scatter_restores_every_object(rng, monkeypatch):
     pool.compact()                                   # and compaction works afterwards
     assert pool.read_batch(hs[1::2])[0].tobytes() == want
     pool.close()
+
+
+@needs_cuda
+def test_lz4_device_blocks_never_leave_the_device(rng, tmp_path, monkeypatch):
+    """Zswap with lz4-device over a device pool: pages go in raw, blocks are compressed
+    into the arena device to device (byte-identical to lz4.block), loads decode on the
+    device; the host copy paths carry only pages stored as-is."""
+    import lz4.block
+
+    from tests.pages import make_pages
+    pool = devpool.open_pool("cuda", 1 << 22, segment_bytes=16384)
+    zs = devpool.Zswap(pool, "lz4-device", max_pool_percent=100, backing=tmp_path / "swap")
+    assert zs.stats()["blocks_on_device"]
+    st = pool.storage
+    host_in, host_out, dev_in, dev_out = [], [], [], []
+
+    def spy(log, real, arg):                          # log each call's lengths
+        def wrapper(*args):
+            log.append(args[arg].copy())
+            return real(*args)
+        return wrapper
+    monkeypatch.setattr(st, "scatter", spy(host_in, st.scatter, 3))
+    monkeypatch.setattr(st, "gather", spy(host_out, st.gather, 1))
+    monkeypatch.setattr(st, "scatter_device", spy(dev_in, st.scatter_device, 3))
+    monkeypatch.setattr(st, "gather_device", spy(dev_out, st.gather_device, 1))
+
+    def no_host_blocks(*a, **k):
+        raise AssertionError("blocks were brought back to the host")
+    monkeypatch.setattr(zs.codec, "compress_batch", no_host_blocks)
+
+    pages = make_pages(7, rng, ("text", "struct", "random", "same", "struct", "text", "random"))
+    offsets = np.arange(100, 107)
+    assert zs.store_batch(offsets, pages).all()
+    compressed = [0, 1, 4, 5]                          # text, struct, struct, text
+    assert [x.tolist() for x in dev_in] == \
+        [[len(lz4.block.compress(pages[i].tobytes(), store_size=False)) for i in compressed]]
+    assert [x.tolist() for x in host_in] == [[4096, 4096]]          # the two random pages, as-is
+    for i in compressed:                                             # the arena holds lz4's bytes
+        blob = pool.read(zs._handle[offsets[i]])
+        assert blob.tobytes() == lz4.block.compress(pages[i].tobytes(), store_size=False)
+    host_out.clear()
+    zs.writeback(1)                                   # oldest entry: decoded on the device, to the file
+    assert zs.entry_kind(100) == "backing" and len(dev_out) == 1 and host_out == []
+    got = zs.load_batch(offsets)
+    np.testing.assert_array_equal(got, pages)
+    assert [x.tolist() for x in host_out] == [[4096, 4096]]          # only the as-is pages
+    assert len(dev_out) == 2 and dev_out[1].size == 3                # rows 1, 4, 5 on the device
+    st_ = zs.stats()
+    assert st_["stored_pages"] == 0 and st_["decompress_fail"] == 0
+    zs.close()
+    pool.close()
+
+
+@needs_cuda
+def test_device_path_faults_lose_no_page(rng, monkeypatch):
+    """With blocks on the device: a failed device-to-device copy-in leaves the old
+    entries in place, and a corrupt block is a counted decompress failure, not a page."""
+    from tests.pages import make_pages
+    pool = devpool.open_pool("cuda", 1 << 22, segment_bytes=16384)
+    zs = devpool.Zswap(pool, "lz4-device", max_pool_percent=100)
+    old = make_pages(3, rng, ("text", "struct"))
+    zs.store_batch([1, 2, 3], old)
+    used = pool.stats()["obj_used"]
+
+    def broken(*args):
+        raise devpool.DeviceError("simulated fault in the device scatter")
+    monkeypatch.setattr(pool.storage, "scatter_device", broken)
+    with pytest.raises(devpool.DeviceError, match="simulated"):
+        zs.store_batch([2, 3, 4], make_pages(3, rng, ("struct",)))
+    monkeypatch.undo()
+    assert pool.stats()["obj_used"] == used and zs.entry_kind(4) is None
+    h = zs._handle[2]
+    pool.write(h, np.full(pool.size_of(h), 0xFF, np.uint8))        # corrupt one block in place
+    with pytest.raises(devpool.CorruptDataError, match="offsets \\[2\\]"):
+        zs.load_batch([1, 2, 3])
+    assert zs.stats()["decompress_fail"] == 1 and zs.entry_kind(1) == "pool"
+    np.testing.assert_array_equal(zs.load_batch([1, 3]), old[[0, 2]])
+    zs.close()
+    pool.close()

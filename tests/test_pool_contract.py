@@ -264,6 +264,72 @@ def test_bad_writes_change_nothing(make_pool, rng):
         assert snapshot(pool, hs) == before, f"case {i} changed the pool"
 
 
+def test_write_from_anywhere_in_a_payload(make_pool, rng):
+    """``src_starts`` picks each object's bytes out of a larger buffer, in any order,
+    even overlapping: no repacking needed before a write."""
+    pool = make_pool()
+    src = rng.integers(0, 256, 20000, dtype=np.uint8)
+    sizes = np.array([700, 1500, 33, 4096, 700])
+    starts = np.array([19000, 0, 5000, 8000, 18900])        # out of order, two overlap
+    hs = pool.alloc_batch(sizes)
+    pool.write_batch(hs, src, sizes, src_starts=starts)
+    data, lens = pool.read_batch(hs)
+    want = b"".join(src[s:s + n].tobytes() for s, n in zip(starts, sizes))
+    assert data.tobytes() == want and lens.tolist() == sizes.tolist()
+
+
+def test_bad_src_starts_change_nothing(make_pool, rng):
+    pool = make_pool()
+    hs, blobs = fill(pool, rng, 3)
+    before = snapshot(pool, hs)
+    sizes = [len(b) for b in blobs]
+    src = np.zeros(10000, np.uint8)
+    for starts, msg in [([0, 0, 10000 - sizes[2] + 1], "outside"), ([-1, 0, 0], "outside"),
+                        ([0, 0], "shaped like"), ([0.0, 1.0, 2.0], "integers")]:
+        with pytest.raises(devpool.BadInputError, match=msg):
+            pool.write_batch(hs, src, sizes, src_starts=starts)
+        assert snapshot(pool, hs) == before
+
+
+def _device_buffer(data: np.ndarray):
+    from numba import cuda
+    return cuda.to_device(data)
+
+
+def _to_host(buf) -> np.ndarray:
+    return buf.get() if hasattr(buf, "get") else buf.copy_to_host()
+
+
+def test_device_buffers_only_where_the_pool_is_device_memory(make_pool, rng, backend):
+    """A pool in device memory takes a device payload and hands out device copies; a
+    host pool refuses both with a clear error and changes nothing."""
+    pool = make_pool()
+    hs, blobs = fill(pool, rng, 3)
+    sizes = np.array([len(b) for b in blobs])
+    ok, _ = devpool.available_backends()["cuda"]
+    if not pool.device_resident:
+        before = snapshot(pool, hs)
+        if ok:                                    # a device buffer exists to be refused
+            with pytest.raises(devpool.BadInputError, match="device memory"):
+                pool.write_batch(hs, _device_buffer(np.zeros(int(sizes.sum()), np.uint8)), sizes)
+        with pytest.raises(devpool.BadInputError, match="device memory"):
+            pool.read_batch(hs, device=True)
+        assert snapshot(pool, hs) == before
+        return
+    src = rng.integers(0, 256, 3 * 4096, dtype=np.uint8)
+    starts = np.array([8192, 0, 4096])
+    pool.write_batch(hs, _device_buffer(src), sizes, src_starts=starts)
+    want = b"".join(src[s:s + n].tobytes() for s, n in zip(starts, sizes))
+    assert pool.read_batch(hs)[0].tobytes() == want
+    dev, lens = pool.read_batch(hs, device=True)
+    assert _to_host(dev).tobytes() == want and lens.tolist() == sizes.tolist()
+    with pytest.raises(devpool.BadInputError, match="1-D uint8"):
+        pool.write_batch(hs, _device_buffer(np.zeros((2, 8192), np.uint8)), sizes)
+    with pytest.raises(devpool.BadInputError, match="out must be None"):
+        pool.read_batch(hs, out=np.zeros(int(sizes.sum()), np.uint8), device=True)
+    assert pool.read_batch(hs)[0].tobytes() == want
+
+
 def test_bad_out_buffers(make_pool, rng):
     pool = make_pool()
     h = pool.alloc(100)
