@@ -17,6 +17,13 @@ Contract a codec implements
     convenience: a fresh (N, page_size) array, or :class:`~devpool.CorruptDataError`
     naming the blocks that failed.
 
+``compress_blocks(pages, rows=None)``
+    like ``compress_batch`` but returns ``(data, starts, lengths)``: block ``i`` is at
+    ``data[starts[i]:starts[i]+lengths[i]]``, so a codec may hand out its own output
+    rows without packing them (the frontend copies them into the pool at once). The
+    default packs via ``compress_batch``. ``data`` may be the codec's scratch, valid
+    until the codec's next call from the same thread.
+
 A codec that computes on a device may also keep its blocks there (``device_resident``):
 
 ``compress_to_device(pages, rows=None)``
@@ -76,6 +83,10 @@ class Codec:
     def decompress_into(self, data: np.ndarray, lengths: np.ndarray, out: np.ndarray,
                         rows: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement decompress_into()")
+
+    def compress_blocks(self, pages: np.ndarray, rows: np.ndarray | None = None):
+        data, lengths = self.compress_batch(pages, rows)
+        return data, packed_starts(np.maximum(lengths, 0)), lengths
 
     def compress_to_device(self, pages: np.ndarray, rows: np.ndarray | None = None):
         raise NotImplementedError(f"{type(self).__name__} does not keep blocks in device memory")

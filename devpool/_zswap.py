@@ -403,8 +403,7 @@ class Zswap:
             return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
         if self._blocks_on_device:
             return self.codec.compress_to_device(pages, todo)
-        data, lens = self.codec.compress_batch(pages, todo)
-        return data, packed_starts(np.maximum(lens, 0)), lens
+        return self.codec.compress_blocks(pages, todo)
 
     def _write(self, handles, pages, todo, data, starts, sizes, want, poor) -> None:
         """Copy the accepted pages in: their blocks from ``data`` where they are (no

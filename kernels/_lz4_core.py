@@ -241,8 +241,8 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                 # overwritten by the sequences that follow (op + 40 <= oend here)
                 copy_forward(dst, op, src, ip, 16)
                 ip += lit
+                off = np.int64(read32(src, ip) & np.uint32(0xFFFF))   # ip + 4 <= iend here
                 op += lit
-                off = np.int64(get(src, ip)) | (np.int64(get(src, ip + 1)) << 8)
                 ml = token & 15
                 if ml < ML_MASK and off >= 8 and off <= op - d0:
                     ip += 2

@@ -51,6 +51,8 @@ def check_batch_matches_single(codec: Codec, pages: np.ndarray) -> None:
     rows = np.arange(len(pages))[::-2]                # a subset, picked by rows
     d2, l2 = codec.compress_batch(pages, rows)
     assert unpack(d2, l2) == [blocks[i] for i in rows]
+    d3, s3, l3 = codec.compress_blocks(pages, rows)  # unpacked form: the same blocks
+    assert [d3[s:s + n].tobytes() for s, n in zip(s3, l3)] == [blocks[i] for i in rows]
 
 
 def check_config(codec: Codec) -> None:
