@@ -9,10 +9,10 @@ Contract a codec implements
     A block that failed to compress has length ``-1`` and no bytes in ``data`` (the
     frontend counts it as ``reject_compress_fail``); a block may be longer than a page
     (incompressible data), the frontend decides what to do with it.
-``decompress_into(data, lengths, out, rows=None)``
-    decode packed block ``i`` into ``out[rows[i]]`` (``rows`` defaults to 0..N-1) and
-    return a boolean array: True where block ``i`` decoded to *exactly* one page.
-    Never raises for corrupt data.
+``decompress_into(data, lengths, out, rows=None, starts=None)``
+    decode block ``i`` (packed, or at ``data[starts[i]:]`` when ``starts`` is given)
+    into ``out[rows[i]]`` (``rows`` defaults to 0..N-1) and return a boolean array:
+    True where block ``i`` decoded to *exactly* one page. Never raises for corrupt data.
 ``decompress_batch(data, lengths)``
     convenience: a fresh (N, page_size) array, or :class:`~devpool.CorruptDataError`
     naming the blocks that failed.
@@ -81,7 +81,7 @@ class Codec:
         raise NotImplementedError(f"{type(self).__name__} must implement compress_batch()")
 
     def decompress_into(self, data: np.ndarray, lengths: np.ndarray, out: np.ndarray,
-                        rows: np.ndarray | None = None) -> np.ndarray:
+                        rows: np.ndarray | None = None, starts: np.ndarray | None = None) -> np.ndarray:
         raise NotImplementedError(f"{type(self).__name__} must implement decompress_into()")
 
     def compress_blocks(self, pages: np.ndarray, rows: np.ndarray | None = None):
@@ -142,9 +142,9 @@ class _Lz4Block(Codec):
                 blocks.append(None)
         return _pack_blocks(blocks)
 
-    def decompress_into(self, data, lengths, out, rows=None):
+    def decompress_into(self, data, lengths, out, rows=None, starts=None):
         ok = np.zeros(lengths.shape[0], np.bool_)
-        starts = packed_starts(lengths)
+        starts = packed_starts(lengths) if starts is None else starts
         rows = range(lengths.shape[0]) if rows is None else np.asarray(rows).tolist()
         for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
             try:
@@ -199,11 +199,12 @@ class Raw(Codec):
             pages = pages[rows]
         return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
 
-    def decompress_into(self, data, lengths, out, rows=None):
+    def decompress_into(self, data, lengths, out, rows=None, starts=None):
         ok = lengths == self.page_size
+        starts = packed_starts(lengths) if starts is None else np.asarray(starts, np.int64)
         rows = np.arange(lengths.shape[0]) if rows is None else np.asarray(rows, np.int64)
         flat = out.reshape(-1)
-        gather(data, packed_starts(lengths)[ok], lengths[ok], flat, rows[ok] * self.page_size)
+        gather(data, starts[ok], lengths[ok], flat, rows[ok] * self.page_size)
         return ok
 
 

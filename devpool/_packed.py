@@ -92,15 +92,6 @@ def packed_starts(lengths: np.ndarray) -> np.ndarray:
     return starts
 
 
-def select(data: np.ndarray, lengths: np.ndarray, index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The objects ``index`` (a boolean mask or positions) of a packed batch, packed."""
-    starts = packed_starts(lengths)[index]
-    lens = lengths[index]
-    out = np.empty(int(lens.sum()), np.uint8)
-    gather(data, starts, lens, out, packed_starts(lens))
-    return out, lens
-
-
 @numba.njit(cache=True, nogil=True)
 def _same_filled(words, mask, fill):
     for i in range(words.shape[0]):

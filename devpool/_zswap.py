@@ -37,7 +37,7 @@ from ._errors import (
     PoolFullError,
     WritebackError,
 )
-from ._packed import gather, has_duplicates, packed_starts, same_filled, select
+from ._packed import gather, has_duplicates, packed_starts, same_filled
 from ._pool import PAGE_SIZE, Pool
 
 __all__ = ["Zswap"]
@@ -252,9 +252,8 @@ class Zswap:
         comp = np.flatnonzero(~raw)
         if comp.size == offs.size:
             ok = self.codec.decompress_into(data, lens, out, rows)
-        else:
-            sub, sub_lens = select(data, lens, comp)
-            ok[comp] = self.codec.decompress_into(sub, sub_lens, out, rows[comp])
+        else:                                # the compressed blocks where they lie: no copy
+            ok[comp] = self.codec.decompress_into(data, lens[comp], out, rows[comp], starts[comp])
         self._counters["decompress_fail"] += int((~ok).sum())
         return ok
 

@@ -305,14 +305,15 @@ class Lz4Njit(Codec):
         gather(data, starts, lengths, out, packed_starts(lengths))
         return out, lengths
 
-    def decompress_into(self, data, lengths, out, rows=None):
+    def decompress_into(self, data, lengths, out, rows=None, starts=None):
         data = np.ascontiguousarray(data, dtype=np.uint8)
         lengths = np.asarray(lengths, np.int64)
         n = lengths.shape[0]
         rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         ok = np.zeros(n, np.bool_)
         if n:
-            _drivers_for(n)[1](data, packed_starts(lengths), lengths, out, rows, ok,
+            starts = packed_starts(lengths) if starts is None else np.asarray(starts, np.int64)
+            _drivers_for(n)[1](data, starts, lengths, out, rows, ok,
                                min(n, numba.get_num_threads()) if n >= SERIAL_BELOW else 1)
         return ok
 

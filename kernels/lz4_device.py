@@ -123,7 +123,7 @@ class Lz4Device(Codec):
         starts = np.arange(lengths.shape[0], dtype=np.int64) * core.PAGE_BOUND
         return d_out.reshape(d_out.shape[0] * core.PAGE_BOUND), starts, lengths
 
-    def decompress_into(self, data, lengths, out, rows=None):
+    def decompress_into(self, data, lengths, out, rows=None, starts=None):
         """Decode on the device; ``data`` may be host bytes or already in device memory."""
         lengths = np.asarray(lengths, np.int64)
         n = lengths.shape[0]
@@ -139,7 +139,8 @@ class Lz4Device(Codec):
                 else:
                     d_data = cuda.to_device(np.ascontiguousarray(data, np.uint8) if data.size
                                             else np.zeros(1, np.uint8))
-                d_starts = cuda.to_device(packed_starts(lengths))
+                d_starts = cuda.to_device(packed_starts(lengths) if starts is None
+                                          else np.asarray(starts, np.int64))
                 d_len = cuda.to_device(lengths)
                 d_out = cuda.device_array((n, PAGE), np.uint8)
                 d_ok = cuda.device_array(n, np.bool_)

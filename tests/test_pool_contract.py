@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -478,3 +480,27 @@ def test_growth_for_predicts_pool_total_size(make_pool, rng, backend):
     assert pool.growth_for([4096] * 1000) > pool.stats()["capacity_bytes"]   # cannot fit
     with pytest.raises(devpool.InvalidSizeError):
         pool.growth_for([0])
+
+
+def _memory_kib(field: str) -> int:
+    with open("/proc/self/smaps_rollup") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/smaps_rollup"), reason="needs Linux /proc")
+def test_host_release_gives_memory_back_to_the_kernel(rng):
+    """Freed segments leave the process's memory (at once, or lazily: MADV_FREE pages
+    count as LazyFree until the kernel takes them), and pool_total_size drops."""
+    pool = devpool.open_pool("host", 64 << 20, segment_bytes=1 << 20)
+    hs = pool.alloc_batch([4096] * 2048)                      # 8 MiB
+    pool.write_batch(hs, rng.integers(1, 256, 4096 * 2048, dtype=np.uint8))
+    rss, lazy = _memory_kib("Rss"), _memory_kib("LazyFree")
+    pool.free_batch(hs)
+    pool.compact()                                           # spares go back too
+    gone = (rss - _memory_kib("Rss")) + (_memory_kib("LazyFree") - lazy)
+    assert pool.stats()["pool_total_size"] == 0
+    assert gone >= 6 * 1024, f"only {gone} KiB of 8 MiB left the process"
+    pool.close()
