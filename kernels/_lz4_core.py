@@ -118,13 +118,12 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
         return op + 1
 
     @jit
-    def compress_block(src, s0, n, dst, d0, table, base):
+    def compress_block(src, s0, n, dst, d0, table):
         """Compress ``src[s0:s0+n]`` into ``dst[d0:]`` (room for LZ4_compressBound(n)).
 
-        ``table`` (int32, 4096 or 8192 entries) holds ``base + position``; a slot below
-        ``base`` is empty and means position 0, as in liblz4's freshly reset state. So a
-        caller compressing many blocks raises ``base`` past the last block instead of
-        clearing 16 KiB per block (it clears once when ``base`` nears 2**31).
+        ``table`` (int32, 4096 or 8192 entries) must be all zero, liblz4's freshly reset
+        state (an empty slot means position 0); it holds positions afterwards. Clearing
+        16 KiB per block costs less than an offset check on every probe (measured).
         Returns the bytes written.
         """
         op = d0
@@ -133,7 +132,7 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
         mflimit_plus_one = iend - MFLIMIT + 1
         match_limit = iend - LASTLITERALS
         if n >= MFLIMIT + 1:
-            put(table, hash_at(src, s0), base)
+            put(table, hash_at(src, s0), 0)
             ip = 1
             forward_h = hash_at(src, s0 + ip)
             while True:
@@ -146,9 +145,7 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                 while True:
                     h = forward_h
                     current = forward_ip
-                    match = np.int64(get(table, h)) - base
-                    if match < 0:
-                        match = 0
+                    match = np.int64(get(table, h))
                     ip = forward_ip
                     forward_ip += step
                     step = search >> SKIP_TRIGGER
@@ -156,7 +153,7 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                     if forward_ip > mflimit_plus_one:
                         break
                     forward_h = hash_at(src, s0 + forward_ip)
-                    put(table, h, base + current)
+                    put(table, h, current)
                     if match + MAX_DISTANCE < current:
                         continue
                     if read32(src, s0 + match) == read32(src, s0 + ip):
@@ -195,12 +192,10 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                     anchor = ip
                     if ip >= mflimit_plus_one:
                         break
-                    put(table, hash_at(src, s0 + ip - 2), base + ip - 2)
+                    put(table, hash_at(src, s0 + ip - 2), ip - 2)
                     h = hash_at(src, s0 + ip)
-                    match = np.int64(get(table, h)) - base
-                    if match < 0:
-                        match = 0
-                    put(table, h, base + ip)
+                    match = np.int64(get(table, h))
+                    put(table, h, ip)
                     if match + MAX_DISTANCE >= ip and read32(src, s0 + match) == read32(src, s0 + ip):
                         token = op
                         put(dst, op, 0)
@@ -239,14 +234,20 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                 # fast path (LZ4's shortcut): far from both ends, copy 16 literal bytes
                 # and 24 match bytes (ml <= 18) in whole words; the extra bytes are
                 # overwritten by the sequences that follow (op + 40 <= oend here)
-                copy_forward(dst, op, src, ip, 16)
+                copy_disjoint(dst, op, src, ip, 16)
                 ip += lit
                 off = np.int64(read32(src, ip) & np.uint32(0xFFFF))   # ip + 4 <= iend here
                 op += lit
                 ml = token & 15
                 if ml < ML_MASK and off >= 8 and off <= op - d0:
                     ip += 2
-                    copy_forward(dst, op, dst, op - off, 24)     # 3 whole words; ml <= 18
+                    # ml + 4 <= 18 bytes: two whole words, then two single bytes (a
+                    # third word would straddle the two just stored when off < 24 and
+                    # stall store-to-load forwarding; single bytes are forwarded)
+                    m = op - off
+                    copy_forward(dst, op, dst, m, 16)
+                    put(dst, op + 16, get(dst, m + 16))
+                    put(dst, op + 17, get(dst, m + 17))
                     op += ml + MINMATCH
                     continue
                 # a long or short-period match: the general path from the offset on

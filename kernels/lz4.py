@@ -61,6 +61,21 @@ def _store64(typingctx, arr, idx, val):
 
 
 @intrinsic
+def _copy16(typingctx, dst, d, src, s):
+    """16 bytes ``src[s:s+16]`` -> ``dst[d:d+16]`` as one unaligned vector load and store
+    (a later load inside those 16 bytes is forwarded from the store; one spanning two
+    8-byte stores stalls)."""
+    def codegen(context, builder, sig, args):
+        vec = ir.VectorType(ir.IntType(8), 16)
+        src_p = _pointer(context, builder, sig.args[2], args[2], args[3], 8)
+        dst_p = _pointer(context, builder, sig.args[0], args[0], args[1], 8)
+        v = builder.load(builder.bitcast(src_p, vec.as_pointer()), align=1)
+        builder.store(v, builder.bitcast(dst_p, vec.as_pointer()), align=1)
+        return context.get_dummy_value()
+    return types.void(dst, d, src, s), codegen
+
+
+@intrinsic
 def _get(typingctx, arr, idx):
     """arr[idx] without numba's negative-index wraparound (the core never uses it)."""
     def codegen(context, builder, sig, args):
@@ -78,6 +93,22 @@ def _put(typingctx, arr, idx, val):
         builder.store(v, builder.gep(ary.data, [args[1]]))
         return context.get_dummy_value()
     return types.void(arr, idx, val), codegen
+
+
+@intrinsic
+def _borrow(typingctx, arr):
+    """The same array without its memory manager (meminfo = NULL): numba's reference
+    counting on it becomes a null check instead of an atomic on a cache line that all
+    worker threads share. Only for use while the original is alive (inside a driver)."""
+    def codegen(context, builder, sig, args):
+        src = context.make_array(sig.args[0])(context, builder, args[0])
+        dst = context.make_array(sig.return_type)(context, builder)
+        for field in ("nitems", "itemsize", "data", "shape", "strides"):
+            setattr(dst, field, getattr(src, field))
+        dst.meminfo = cgutils.get_null_value(dst.meminfo.type)
+        dst.parent = cgutils.get_null_value(dst.parent.type)
+        return dst._getvalue()
+    return arr(arr), codegen
 
 
 @intrinsic
@@ -133,8 +164,7 @@ def _cpu_helpers(checked: bool):
         # worker thread shares (measured: it cost most of the second core's speed-up)
         k = 0
         while k + 16 <= n:
-            _store64(dst, d + k, _load64(src, s + k))
-            _store64(dst, d + k + 8, _load64(src, s + k + 8))
+            _copy16(dst, d + k, src, s + k)
             k += 16
         while k + 8 <= n:
             _store64(dst, d + k, _load64(src, s + k))
@@ -149,9 +179,10 @@ def _drivers(compress_block, decompress_block, jit_parallel):
     # Pages are dealt round-robin to the workers: a batch is often ordered (one
     # process's heap, then another's), and numba's static prange schedule over
     # contiguous halves left one core idle while the other finished the costly half.
-    # Blocks are addressed by offsets into flat arrays, never by per-page views: each
-    # view's reference count is an atomic on a cache line every worker shares, and
-    # that contention cost up to half of the second core (measured 1.3x -> 1.9x).
+    # Blocks are addressed by offsets into flat arrays, never by per-page views, and
+    # each worker borrows the arrays without their memory manager: numba counts
+    # references to an array on every view and helper call, an atomic on a cache line
+    # that every worker shares, and that contention cost much of the second core.
     @jit_parallel
     def compress_pages(pages, rows, out, lengths, tables):
         """Page ``rows[i]`` compresses into ``out[i]``, ``lengths[i]`` bytes."""
@@ -159,28 +190,24 @@ def _drivers(compress_block, decompress_block, jit_parallel):
         workers = tables.shape[0]
         size = pages.shape[1]
         bound = out.shape[1]
-        src = pages.reshape(-1)
-        dst = out.reshape(-1)
         for w in numba.prange(workers):
-            table = tables[w]
-            table[:] = 0
-            base = 0
+            src = _borrow(pages.reshape(-1))
+            dst = _borrow(out.reshape(-1))
+            table = _borrow(tables[w])
             for i in range(w, n, workers):
-                if base > 2_000_000_000 - size:
-                    table[:] = 0
-                    base = 0
-                lengths[i] = compress_block(src, rows[i] * size, size, dst, i * bound, table, base)
-                base += size + 1
+                table[:] = 0
+                lengths[i] = compress_block(src, rows[i] * size, size, dst, i * bound, table)
 
     @jit_parallel
     def decompress_pages(data, starts, lengths, out, rows, ok, workers):
         """Block ``i`` decodes into ``out[rows[i]]``; ``ok[i]`` when it made one page."""
         n = lengths.shape[0]
         size = out.shape[1]
-        dst = out.reshape(-1)
         for w in numba.prange(workers):
+            src = _borrow(data)
+            dst = _borrow(out.reshape(-1))
             for i in range(w, n, workers):
-                got = decompress_block(data, starts[i], lengths[i], dst, rows[i] * size, size)
+                got = decompress_block(src, starts[i], lengths[i], dst, rows[i] * size, size)
                 ok[i] = got == size
 
     return compress_pages, decompress_pages
@@ -250,7 +277,7 @@ def compress_bytes(data: bytes, checked: bool = False) -> bytes:
     src = np.frombuffer(data, np.uint8)
     n = src.size
     dst = np.empty(n + n // 255 + 16, np.uint8)
-    written = comp(src, 0, n, dst, 0, np.zeros(table_entries(), np.int32), 0)
+    written = comp(src, 0, n, dst, 0, np.zeros(table_entries(), np.int32))
     return dst[:written].tobytes()
 
 

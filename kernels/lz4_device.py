@@ -51,7 +51,7 @@ def compress_kernel(pages, out, lengths, tables):
     while i < pages.shape[0]:
         for k in range(table.shape[0]):
             table[k] = 0
-        lengths[i] = _compress_block(pages[i], 0, pages.shape[1], out[i], 0, table, 0)
+        lengths[i] = _compress_block(pages[i], 0, pages.shape[1], out[i], 0, table)
         i += stride
 
 
