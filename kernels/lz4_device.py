@@ -16,6 +16,7 @@ metadata cross PCIe. Over a host pool, ``compress_batch`` brings the blocks back
 
 from __future__ import annotations
 
+import threading
 import warnings
 
 import numpy as np
@@ -74,6 +75,19 @@ class Lz4Device(Codec):
         if not usable:
             raise DeviceError(f"lz4-device needs a CUDA device (or the simulator): {why}")
         self._threads = 32 if not simulated() else 1
+        # device buffers per thread, grown geometrically and reused: a fresh cudaMalloc
+        # per batch costs more than a small batch's kernel
+        self._local = threading.local()
+
+    def _buffer(self, name: str, rows: int, width: int | None, dtype):
+        """A device array of ``rows`` (x ``width``) elements, a view of a reused one."""
+        bufs = self._local.__dict__.setdefault("bufs", {})
+        have = bufs.get(name)
+        if have is None or have.shape[0] < rows:
+            cap = max(rows, 2 * (have.shape[0] if have is not None else 0), 16)
+            have = cuda.device_array((cap,) if width is None else (cap, width), dtype)
+            bufs[name] = have
+        return have[:rows]
 
     def get_config(self) -> dict:
         return {"id": self.codec_id}
@@ -94,11 +108,12 @@ class Lz4Device(Codec):
         try:
             with warnings.catch_warnings():          # the simulator's numpy scalars warn on wraparound
                 warnings.simplefilter("ignore", RuntimeWarning)
-                d_pages = cuda.to_device(pages if n else np.zeros((1, PAGE), np.uint8))
-                d_out = cuda.device_array((max(n, 1), core.PAGE_BOUND), np.uint8)
-                d_len = cuda.device_array(max(n, 1), np.int64)
-                d_tab = cuda.device_array((workers, TABLE), np.int32)
+                d_pages = self._buffer("pages", max(n, 1), PAGE, np.uint8)
+                d_out = self._buffer("blocks", max(n, 1), core.PAGE_BOUND, np.uint8)
+                d_len = self._buffer("lengths", max(n, 1), None, np.int64)
+                d_tab = self._buffer("tables", workers, TABLE, np.int32)
                 if n:
+                    d_pages.copy_to_device(pages)                 # the batch's one copy in
                     compress_kernel[self._grid(workers), self._threads](d_pages, d_out, d_len, d_tab)
                 lengths = d_len.copy_to_host()[:n]
         except Exception as exc:
@@ -137,13 +152,17 @@ class Lz4Device(Codec):
                 if on_device:
                     d_data = data
                 else:
-                    d_data = cuda.to_device(np.ascontiguousarray(data, np.uint8) if data.size
-                                            else np.zeros(1, np.uint8))
-                d_starts = cuda.to_device(packed_starts(lengths) if starts is None
-                                          else np.asarray(starts, np.int64))
-                d_len = cuda.to_device(lengths)
-                d_out = cuda.device_array((n, PAGE), np.uint8)
-                d_ok = cuda.device_array(n, np.bool_)
+                    host = np.ascontiguousarray(data, np.uint8).reshape(-1)
+                    d_data = self._buffer("data", max(host.size, 1), None, np.uint8)
+                    if host.size:
+                        d_data[:host.size].copy_to_device(host)
+                d_starts = self._buffer("starts", n, None, np.int64)
+                d_starts.copy_to_device(packed_starts(lengths) if starts is None
+                                        else np.ascontiguousarray(starts, np.int64))
+                d_len = self._buffer("lengths", n, None, np.int64)
+                d_len.copy_to_device(lengths)
+                d_out = self._buffer("pages", n, PAGE, np.uint8)
+                d_ok = self._buffer("ok", n, None, np.bool_)
                 decompress_kernel[self._grid(n), self._threads](d_data, d_starts, d_len, d_out, d_ok)
                 ok = d_ok.copy_to_host()
                 pages = d_out.copy_to_host()
