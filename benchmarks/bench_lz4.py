@@ -18,6 +18,7 @@ import numba
 import numpy as np
 
 import devpool
+from devpool._bench import lz4_blocks, lz4_compress_loop, lz4_decompress_loop
 from _common import BestOf, header, load_pages, save
 
 
@@ -32,7 +33,7 @@ def main(argv=None) -> dict:
     pages, source = load_pages(args.pages, args.max_pages)
     n = pages.shape[0]
     njit = devpool.get_codec("lz4-njit")
-    ref = [lz4.block.compress(p.tobytes(), store_size=False) for p in pages]
+    ref = lz4_blocks(pages)
     ref_data = np.frombuffer(b"".join(ref), np.uint8)
     ref_len = np.array([len(r) for r in ref], np.int64)
     data, lengths = njit.compress_batch(pages)                # warm-up (compile)
@@ -43,24 +44,16 @@ def main(argv=None) -> dict:
         codecs["lz4-device"] = devpool.get_codec("lz4-device")
         codecs["lz4-device"].compress_batch(pages[:2])
 
-    # the baseline loops discard each result, as bench_zswap's do: the fastest such a
-    # loop runs, its output always in cache. A loop that keeps every page (as a load
-    # must: each lands in its own, cold, page) is reported too, for scale.
+    # the shared baseline (devpool._bench): a loop that discards each result; a loop
+    # that keeps every page (as a load must: each lands in its own, cold, page) is
+    # reported too, for scale
     def loop_decompress_kept():
         return [lz4.block.decompress(b, uncompressed_size=4096) for b in ref]
 
-    def loop_compress():
-        for p in pages:
-            lz4.block.compress(p.tobytes(), store_size=False)
-
-    def loop_decompress():
-        for b in ref:
-            lz4.block.decompress(b, uncompressed_size=4096)
-
     bo = BestOf()
     for _ in range(args.repeats):
-        bo.time("loop_compress", loop_compress)
-        bo.time("loop_decompress", loop_decompress)
+        bo.time("loop_compress", lz4_compress_loop, pages)
+        bo.time("loop_decompress", lz4_decompress_loop, ref)
         bo.time("loop_decompress_kept", loop_decompress_kept)
         for name, c in codecs.items():
             bo.time(f"{name}_compress", c.compress_batch, pages)

@@ -45,7 +45,7 @@ import secrets
 import numba
 import numpy as np
 
-from ._errors import InvalidHandleError, InvalidSizeError, PoolFullError
+from ._errors import InvalidHandleError, InvalidSizeError
 
 __all__ = ["Allocator", "ALIGN"]
 

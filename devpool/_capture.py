@@ -16,7 +16,6 @@ benchmarks run on (no input files needed).
 from __future__ import annotations
 
 import contextlib
-import os
 import subprocess
 import sys
 

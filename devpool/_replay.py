@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import collections
 import os
-import sys
 import tempfile
 import time
 

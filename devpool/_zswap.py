@@ -337,7 +337,6 @@ class Zswap:
             return self._store(offs, pages)
 
     def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
-        n = offs.size
         same, fill = same_filled(pages)
         cached = same.copy()
         # 1. fallible work first: compress, classify, allocate, copy in

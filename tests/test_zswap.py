@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import devpool
-from devpool._codecs import Codec, Lz4, register_codec
+from devpool._codecs import Lz4, register_codec
 from tests.pages import make_pages, random_page, same_page, text_page, zero_page
 
 KINDS = ("text", "struct", "random", "same", "zero")
