@@ -143,14 +143,14 @@ def _print_table(r: dict) -> None:
     gb = 4096 / 1e9
     print(f"devpool bench — backend {r['backend']} ({r['device']}), compressor {r['compressor']}, "
           f"{r['pages']} pages from {r['source']}, batch {r['batch']}; every page verified")
-    print(f"  {'':30}{'pages/s':>10}{'GB/s':>8}{'x lz4.block loop':>18}")
-    print(f"  {'store_batch':30}{r['store_pages_per_s']:>10.0f}{r['store_pages_per_s'] * gb:>8.2f}"
+    print(f"  {'':36}{'pages/s':>10}{'GB/s':>8}{'x lz4.block loop':>18}")
+    print(f"  {'store_batch':36}{r['store_pages_per_s']:>10.0f}{r['store_pages_per_s'] * gb:>8.2f}"
           f"{r['store_vs_lz4_loop']:>18.2f}")
-    print(f"  {'load_batch':30}{r['load_pages_per_s']:>10.0f}{r['load_pages_per_s'] * gb:>8.2f}"
+    print(f"  {'load_batch':36}{r['load_pages_per_s']:>10.0f}{r['load_pages_per_s'] * gb:>8.2f}"
           f"{r['load_vs_lz4_loop']:>18.2f}")
-    print(f"  {'lz4.block.compress loop (1 thread)':30}{r['lz4_loop_compress_pages_per_s']:>10.0f}"
+    print(f"  {'lz4.block.compress loop (1 thread)':36}{r['lz4_loop_compress_pages_per_s']:>10.0f}"
           f"{r['lz4_loop_compress_pages_per_s'] * gb:>8.2f}{1:>18.2f}")
-    print(f"  {'lz4.block.decompress loop':30}{r['lz4_loop_decompress_pages_per_s']:>10.0f}"
+    print(f"  {'lz4.block.decompress loop':36}{r['lz4_loop_decompress_pages_per_s']:>10.0f}"
           f"{r['lz4_loop_decompress_pages_per_s'] * gb:>8.2f}{1:>18.2f}")
     print(f"  compression ratio {r['compression_ratio']:.2f}   pool efficiency (pool_total_size / payload) "
           f"{r['pool_efficiency']:.3f}   same-filled {r['same_filled_pages']}   incompressible {r['incompressible_pages']}")
