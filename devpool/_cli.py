@@ -103,6 +103,10 @@ def cmd_info(args) -> int:
     with devpool.open_pool("auto", 1 << 20) as pool:
         st = pool.stats()
         print(f"  auto -> {st['backend']} ({st.get('device', '')})")
+    from ._codecs import registered_codecs
+    names = [cid + (" (on the device; blocks stay there over a cuda pool)" if cls.device_resident else "")
+             for cid, cls in registered_codecs().items()]
+    print(f"  codecs: {', '.join(names)}")
     return 0
 
 

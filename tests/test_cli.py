@@ -41,6 +41,8 @@ def test_info():
     p = run("info")
     assert p.returncode == 0, p.stderr
     assert "backend host" in p.stdout and "backend cuda" in p.stdout and "auto ->" in p.stdout
+    codecs = next(line for line in p.stdout.splitlines() if "codecs:" in line)
+    assert "lz4-njit" in codecs and "lz4hc" in codecs
 
 
 def test_bench_runs_checks_and_writes_json_and_plot(pages_file, tmp_path):
