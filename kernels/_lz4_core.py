@@ -232,8 +232,8 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
             lit = token >> 4
             if lit < RUN_MASK and ip + 32 <= iend and op + 40 <= oend:
                 # fast path (LZ4's shortcut): far from both ends, copy 16 literal bytes
-                # and 24 match bytes (ml <= 18) in whole words; the extra bytes are
-                # overwritten by the sequences that follow (op + 40 <= oend here)
+                # and 18 match bytes (ml <= 18); the extra bytes are overwritten by the
+                # sequences that follow (op + 40 <= oend here)
                 copy_disjoint(dst, op, src, ip, 16)
                 ip += lit
                 off = np.int64(read32(src, ip) & np.uint32(0xFFFF))   # ip + 4 <= iend here
@@ -241,39 +241,39 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                 ml = token & 15
                 if ml < ML_MASK and off >= 8 and off <= op - d0:
                     ip += 2
-                    # ml + 4 <= 18 bytes: two whole words, then two single bytes (a
-                    # third word would straddle the two just stored when off < 24 and
-                    # stall store-to-load forwarding; single bytes are forwarded)
+                    # two whole words, then two single bytes (a third word would
+                    # straddle the two just stored when off < 24 and stall
+                    # store-to-load forwarding; single bytes are forwarded)
                     m = op - off
                     copy_forward(dst, op, dst, m, 16)
                     put(dst, op + 16, get(dst, m + 16))
                     put(dst, op + 17, get(dst, m + 17))
                     op += ml + MINMATCH
                     continue
-                # a long or short-period match: the general path from the offset on
-                ip -= lit
-                op -= lit
-            if lit == RUN_MASK:
-                while True:
-                    if ip >= iend:
-                        return -1
-                    b = np.int64(get(src, ip))
-                    ip += 1
-                    lit += b
-                    if b != 255:
-                        break
-            if ip + lit > iend or op + lit > oend:
-                return -1
-            if op + lit > oend - MFLIMIT or ip + lit > iend - (2 + 1 + LASTLITERALS):
-                # only the block's last sequence may come this close to either end
-                if ip + lit != iend:
+                # a long or short-period match: the literals are done (and were far
+                # from both ends), the match takes the general path below
+            else:
+                if lit == RUN_MASK:
+                    while True:
+                        if ip >= iend:
+                            return -1
+                        b = np.int64(get(src, ip))
+                        ip += 1
+                        lit += b
+                        if b != 255:
+                            break
+                if ip + lit > iend or op + lit > oend:
                     return -1
+                if op + lit > oend - MFLIMIT or ip + lit > iend - (2 + 1 + LASTLITERALS):
+                    # only the block's last sequence may come this close to either end
+                    if ip + lit != iend:
+                        return -1
+                    copy_disjoint(dst, op, src, ip, lit)
+                    return op + lit - d0
                 copy_disjoint(dst, op, src, ip, lit)
-                return op + lit - d0
-            copy_disjoint(dst, op, src, ip, lit)
-            ip += lit
-            op += lit
-            off = np.int64(get(src, ip)) | (np.int64(get(src, ip + 1)) << 8)
+                ip += lit
+                op += lit
+                off = np.int64(get(src, ip)) | (np.int64(get(src, ip + 1)) << 8)
             ip += 2
             if off == 0 or off > op - d0:
                 return -1
