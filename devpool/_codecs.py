@@ -69,6 +69,49 @@ def check_pages(pages, page_size: int = PAGE) -> np.ndarray:
     return pages
 
 
+def check_rows(rows, n_pages: int) -> np.ndarray:
+    """Row indices into a batch of ``n_pages`` (all of them when None), or BadInputError."""
+    if rows is None:
+        return np.arange(n_pages, dtype=np.int64)
+    rows = np.asarray(rows)
+    if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
+        raise BadInputError(f"rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
+    rows = rows.astype(np.int64, copy=False)
+    if rows.size and (rows.min() < 0 or rows.max() >= n_pages):
+        raise BadInputError(f"rows must lie in 0..{n_pages - 1}")
+    return rows
+
+
+def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE):
+    """``decompress_into``'s arguments, normalised, or BadInputError before anything is
+    written: a compiled decoder trusts them (a block outside ``data`` or a row outside
+    ``out`` would be an out-of-bounds access, not corrupt data)."""
+    lengths = np.asarray(lengths)
+    if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
+        raise BadInputError(f"lengths must be a 1-D integer array, got {lengths.dtype} {lengths.shape}")
+    lengths = lengths.astype(np.int64, copy=False)
+    n = lengths.shape[0]
+    if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2
+            or out.shape[1] != page_size or not out.flags.c_contiguous or not out.flags.writeable):
+        raise BadInputError(f"out must be a writable C-contiguous (N, {page_size}) uint8 array")
+    rows = check_rows(rows, out.shape[0])
+    if rows.shape[0] != n:
+        raise BadInputError(f"{n} blocks but {rows.shape[0]} rows")
+    if starts is None:
+        starts = packed_starts(np.maximum(lengths, 0))
+    else:
+        starts = np.asarray(starts)
+        if starts.shape != (n,) or (n and starts.dtype.kind not in "iu"):
+            raise BadInputError(f"starts must be {n} integers, got {starts.dtype} {starts.shape}")
+        starts = starts.astype(np.int64, copy=False)
+    size = int(data.shape[0]) if len(data.shape) == 1 else -1
+    if size < 0:
+        raise BadInputError(f"data must be 1-D, got shape {data.shape}")
+    if n and ((lengths < 0).any() or starts.min() < 0 or int((starts + lengths).max()) > size):
+        raise BadInputError(f"a block lies outside the {size}-byte data")
+    return lengths, rows, starts
+
+
 class Codec:
     """Base class: override ``compress_batch`` and ``decompress_into``."""
 
@@ -135,7 +178,7 @@ class _Lz4Block(Codec):
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
         blocks = []
-        for p in (pages if rows is None else pages[rows]):
+        for p in pages[check_rows(rows, pages.shape[0])]:
             try:
                 blocks.append(self._compress_one(p.tobytes()))
             except Exception:        # a codec failure refuses the page, never loses it
@@ -143,9 +186,10 @@ class _Lz4Block(Codec):
         return _pack_blocks(blocks)
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
         ok = np.zeros(lengths.shape[0], np.bool_)
-        starts = packed_starts(lengths) if starts is None else starts
-        rows = range(lengths.shape[0]) if rows is None else np.asarray(rows).tolist()
+        rows = rows.tolist()
         for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
             try:
                 page = lz4.block.decompress(data[s:s + n], uncompressed_size=self.page_size)
@@ -195,14 +239,13 @@ class Raw(Codec):
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
-        if rows is not None:
-            pages = pages[rows]
+        pages = pages[check_rows(rows, pages.shape[0])]
         return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
         ok = lengths == self.page_size
-        starts = packed_starts(lengths) if starts is None else np.asarray(starts, np.int64)
-        rows = np.arange(lengths.shape[0]) if rows is None else np.asarray(rows, np.int64)
         flat = out.reshape(-1)
         gather(data, starts[ok], lengths[ok], flat, rows[ok] * self.page_size)
         return ok

@@ -20,7 +20,7 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from devpool._codecs import Codec, check_pages, register_codec
+from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, register_codec
 from devpool._packed import PARALLEL_LOCK, gather, packed_starts
 
 from . import _lz4_core as core
@@ -31,10 +31,28 @@ PAGE = 4096
 
 
 # --- the CPU's per-target helpers -------------------------------------------------------
-def _pointer(context, builder, arr_t, arr, idx, width):
-    ary = context.make_array(arr_t)(context, builder, arr)
-    ptr = builder.gep(ary.data, [idx])
-    return builder.bitcast(ptr, ir.IntType(width).as_pointer())
+# The fast twin's buffers are raw pointers (``_data``), not arrays: numba counts
+# references to every array a helper receives, and those calls inside the codec's loops
+# made LLVM spill the loop's live values to the stack (perf: the output position made a
+# round trip through memory on every sequence). Pointers carry no reference count. The
+# helpers below take either, so the bounds-checked twin still runs on arrays.
+def _element(context, builder, buf_t, buf, idx):
+    """Address of element ``idx`` of a pointer or an array."""
+    if isinstance(buf_t, types.CPointer):
+        return builder.gep(buf, [idx])
+    return builder.gep(context.make_array(buf_t)(context, builder, buf).data, [idx])
+
+
+def _pointer(context, builder, buf_t, buf, idx, width):
+    return builder.bitcast(_element(context, builder, buf_t, buf, idx), ir.IntType(width).as_pointer())
+
+
+@intrinsic
+def _data(typingctx, arr):
+    """An array's data pointer (valid while the array is alive: inside a driver)."""
+    def codegen(context, builder, sig, args):
+        return context.make_array(sig.args[0])(context, builder, args[0]).data
+    return types.CPointer(arr.dtype)(arr), codegen
 
 
 def _make_load(width, nbtype):
@@ -79,8 +97,7 @@ def _copy16(typingctx, dst, d, src, s):
 def _get(typingctx, arr, idx):
     """arr[idx] without numba's negative-index wraparound (the core never uses it)."""
     def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
-        return builder.load(builder.gep(ary.data, [args[1]]))
+        return builder.load(_element(context, builder, sig.args[0], args[0], args[1]))
     return arr.dtype(arr, idx), codegen
 
 
@@ -88,9 +105,8 @@ def _get(typingctx, arr, idx):
 def _put(typingctx, arr, idx, val):
     """arr[idx] = val, cast to the element type, without wraparound."""
     def codegen(context, builder, sig, args):
-        ary = context.make_array(sig.args[0])(context, builder, args[0])
         v = context.cast(builder, args[2], sig.args[2], sig.args[0].dtype)
-        builder.store(v, builder.gep(ary.data, [args[1]]))
+        builder.store(v, _element(context, builder, sig.args[0], args[0], args[1]))
         return context.get_dummy_value()
     return types.void(arr, idx, val), codegen
 
@@ -170,14 +186,26 @@ def _cpu_helpers(checked: bool):
     return read32, read64, count_match, copy_forward, copy_disjoint, _get, _put
 
 
-def _drivers(compress_block, decompress_block, jit_parallel):
+@numba.njit(inline="always")
+def _flat(arr):
+    """The checked twin's buffers: the array itself, flat and borrowed."""
+    return _borrow(arr.reshape(-1))
+
+
+@numba.njit(inline="always")
+def _raw(arr):
+    """The fast twin's buffers: the data pointer."""
+    return _data(arr)
+
+
+def _drivers(compress_block, decompress_block, jit_parallel, data_of):
     # Pages are dealt round-robin to the workers: a batch is often ordered (one
     # process's heap, then another's), and numba's static prange schedule over
     # contiguous halves left one core idle while the other finished the costly half.
-    # Blocks are addressed by offsets into flat arrays, never by per-page views, and
-    # each worker borrows the arrays without their memory manager: numba counts
-    # references to an array on every view and helper call, an atomic on a cache line
-    # that every worker shares, and that contention cost much of the second core.
+    # Blocks are addressed by offsets into flat buffers, never by per-page views, and
+    # no buffer is reference-counted per page: numba counts references to an array on
+    # every view and helper call, an atomic on a cache line that every worker shares,
+    # and that contention cost much of the second core.
     @jit_parallel
     def compress_pages(pages, rows, out, lengths, tables):
         """Page ``rows[i]`` compresses into ``out[i]``, ``lengths[i]`` bytes."""
@@ -186,11 +214,12 @@ def _drivers(compress_block, decompress_block, jit_parallel):
         size = pages.shape[1]
         bound = out.shape[1]
         for w in numba.prange(workers):
-            src = _borrow(pages.reshape(-1))
-            dst = _borrow(out.reshape(-1))
-            table = _borrow(tables[w])
+            src = data_of(pages)
+            dst = data_of(out)
+            table_w = _borrow(tables[w])
+            table = data_of(table_w)
             for i in range(w, n, workers):
-                table[:] = 0
+                table_w[:] = 0
                 lengths[i] = compress_block(src, rows[i] * size, size, dst, i * bound, table)
 
     @jit_parallel
@@ -199,8 +228,8 @@ def _drivers(compress_block, decompress_block, jit_parallel):
         n = lengths.shape[0]
         size = out.shape[1]
         for w in numba.prange(workers):
-            src = _borrow(data)
-            dst = _borrow(out.reshape(-1))
+            src = data_of(data)
+            dst = data_of(out)
             for i in range(w, n, workers):
                 got = decompress_block(src, starts[i], lengths[i], dst, rows[i] * size, size)
                 ok[i] = got == size
@@ -213,7 +242,8 @@ def _build(checked: bool, hash5: bool):
     comp, decomp = core.build(numba.njit(boundscheck=checked, nogil=True, error_model="numpy"), *helpers,
                               hash5=hash5)
     _blocks[checked] = (comp, decomp)
-    return _drivers(comp, decomp, numba.njit(parallel=True, nogil=True, boundscheck=checked))
+    return _drivers(comp, decomp, numba.njit(parallel=True, nogil=True, boundscheck=checked),
+                    _flat if checked else _raw)
 
 
 _blocks: dict[bool, tuple] = {}
@@ -248,7 +278,7 @@ def _drivers_for(n: int):
         return _parallel
     if _serial is None:
         comp, decomp = _blocks[False]
-        _serial = _drivers(comp, decomp, numba.njit(nogil=True))
+        _serial = _drivers(comp, decomp, numba.njit(nogil=True), _raw)
     return _serial
 
 
@@ -311,7 +341,7 @@ class Lz4Njit(Codec):
     def compress_blocks(self, pages, rows=None):
         """Blocks left in this thread's scratch rows (no packing): ``(data, starts, lengths)``."""
         pages = check_pages(pages, self.page_size)
-        rows = np.arange(pages.shape[0], dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
+        rows = check_rows(rows, pages.shape[0])           # the driver trusts them
         n = rows.shape[0]
         lengths = np.empty(n, np.int64)
         if not n:
@@ -328,13 +358,11 @@ class Lz4Njit(Codec):
         return out, lengths
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data = np.ascontiguousarray(data, dtype=np.uint8)
-        lengths = np.asarray(lengths, np.int64)
+        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
+        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
         n = lengths.shape[0]
-        rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, np.int64)
         ok = np.zeros(n, np.bool_)
         if n:
-            starts = packed_starts(lengths) if starts is None else np.asarray(starts, np.int64)
             _drivers_for(n)[1](data, starts, lengths, out, rows, ok,
                                min(n, numba.get_num_threads()) if n >= SERIAL_BELOW else 1)
         return ok

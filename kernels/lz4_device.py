@@ -22,7 +22,7 @@ import warnings
 import numpy as np
 from numba import cuda
 
-from devpool._codecs import Codec, check_pages, register_codec
+from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, register_codec
 from devpool._errors import DeviceError
 from devpool._packed import gather, packed_starts
 
@@ -102,7 +102,7 @@ class Lz4Device(Codec):
         come back to the host."""
         pages = check_pages(pages, self.page_size)
         if rows is not None:
-            pages = pages[np.asarray(rows, np.int64)]
+            pages = pages[check_rows(rows, pages.shape[0])]
         n = pages.shape[0]
         workers = max(1, min(n, 4096))
         try:
@@ -140,25 +140,25 @@ class Lz4Device(Codec):
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
         """Decode on the device; ``data`` may be host bytes or already in device memory."""
-        lengths = np.asarray(lengths, np.int64)
+        on_device = not isinstance(data, np.ndarray)
+        if not on_device:
+            data = np.ascontiguousarray(data, np.uint8).reshape(-1)
+        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n == 0:
             return ok
-        on_device = not isinstance(data, np.ndarray)
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 if on_device:
                     d_data = data
                 else:
-                    host = np.ascontiguousarray(data, np.uint8).reshape(-1)
-                    d_data = self._buffer("data", max(host.size, 1), None, np.uint8)
-                    if host.size:
-                        d_data[:host.size].copy_to_device(host)
+                    d_data = self._buffer("data", max(data.size, 1), None, np.uint8)
+                    if data.size:
+                        d_data[:data.size].copy_to_device(data)
                 d_starts = self._buffer("starts", n, None, np.int64)
-                d_starts.copy_to_device(packed_starts(lengths) if starts is None
-                                        else np.ascontiguousarray(starts, np.int64))
+                d_starts.copy_to_device(np.ascontiguousarray(starts))
                 d_len = self._buffer("lengths", n, None, np.int64)
                 d_len.copy_to_device(lengths)
                 d_out = self._buffer("pages", n, PAGE, np.uint8)
@@ -168,8 +168,7 @@ class Lz4Device(Codec):
                 pages = d_out.copy_to_host()
         except Exception as exc:
             raise DeviceError(f"device LZ4 decompression of {n} blocks failed: {exc}") from exc
-        dst = np.arange(n) if rows is None else np.asarray(rows, np.int64)
-        out[dst[ok]] = pages[ok]
+        out[rows[ok]] = pages[ok]
         return ok
 
 

@@ -251,6 +251,39 @@ def test_bad_pages():
             codec.compress_batch(bad)
 
 
+@pytest.mark.parametrize("config", CONFIGS, ids=ids)
+def test_bad_arguments_are_refused_before_anything_is_written(config, rng):
+    """A compiled decoder trusts its arguments, so every codec checks them first: a block
+    outside the data or a row outside ``out`` is a BadInputError, and ``out`` is untouched."""
+    check_bad_arguments(devpool.get_codec(config), rng)
+
+
+def check_bad_arguments(codec, rng):
+    pages = make_pages(3, rng)
+    data, lengths = codec.compress_batch(pages)
+    out = np.zeros_like(pages)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    cases = [
+        dict(rows=[0, 1, 3]),                                    # row outside out
+        dict(rows=[0, -1, 2]),
+        dict(rows=[0, 1]),                                       # too few rows
+        dict(starts=starts + 1),                                 # last block runs past data
+        dict(starts=[0, -5, 0]),
+        dict(out=np.zeros((3, 4095), np.uint8)),
+        dict(out=np.zeros((3, 8192), np.uint8)[:, ::2]),
+        dict(out=np.zeros((3, 4096), np.int8)),
+    ]
+    for kw in cases:
+        target = kw.pop("out", out)
+        with pytest.raises(devpool.BadInputError):
+            codec.decompress_into(data, lengths, target, **kw)
+        assert not out.any(), f"{kw} wrote into out"
+    with pytest.raises(devpool.BadInputError, match="rows"):
+        codec.compress_batch(pages, [0, 3])
+    with pytest.raises(devpool.BadInputError):
+        codec.decompress_into(data, np.append(lengths[:-1], -1), out)
+
+
 # --- lz4-device: the same algorithm compiled for the GPU (simulator in CI) ---------------
 def _device_ok():
     return devpool.available_backends()["cuda"][0]
@@ -274,6 +307,11 @@ def test_lz4_device_is_byte_identical_and_decodes_liblz4(rng):
     bad = bytearray(lz4.block.compress(pages[0].tobytes(), store_size=False))[:-7]
     out = np.zeros((1, 4096), np.uint8)
     assert not codec.decompress_into(np.frombuffer(bytes(bad), np.uint8), np.array([len(bad)]), out)[0]
+
+
+@pytest.mark.skipif(not _device_ok(), reason="no CUDA device and no simulator")
+def test_lz4_device_refuses_bad_arguments(rng):
+    check_bad_arguments(devpool.get_codec("lz4-device"), rng)
 
 
 def test_lz4_njit_from_many_threads_at_once(rng):
