@@ -36,51 +36,37 @@ def _copy(dst, src):
 
 
 @numba.njit(cache=True, nogil=True)
-def _scatter_serial(arena, payload, src_starts, dst_offsets, lengths):
+def _copy_ranges_serial(dst, dst_starts, src, src_starts, lengths):
     for i in range(lengths.shape[0]):
-        _copy(arena[dst_offsets[i]:dst_offsets[i] + lengths[i]],
-              payload[src_starts[i]:src_starts[i] + lengths[i]])
+        _copy(dst[dst_starts[i]:dst_starts[i] + lengths[i]], src[src_starts[i]:src_starts[i] + lengths[i]])
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _scatter_parallel(arena, payload, src_starts, dst_offsets, lengths):
+def _copy_ranges_parallel(dst, dst_starts, src, src_starts, lengths):
     for i in numba.prange(lengths.shape[0]):
-        _copy(arena[dst_offsets[i]:dst_offsets[i] + lengths[i]],
-              payload[src_starts[i]:src_starts[i] + lengths[i]])
+        _copy(dst[dst_starts[i]:dst_starts[i] + lengths[i]], src[src_starts[i]:src_starts[i] + lengths[i]])
 
 
-@numba.njit(cache=True, nogil=True)
-def _gather_serial(arena, offsets, lengths, out, out_starts):
-    for i in range(lengths.shape[0]):
-        _copy(out[out_starts[i]:out_starts[i] + lengths[i]],
-              arena[offsets[i]:offsets[i] + lengths[i]])
-
-
-@numba.njit(cache=True, nogil=True, parallel=True)
-def _gather_parallel(arena, offsets, lengths, out, out_starts):
-    for i in numba.prange(lengths.shape[0]):
-        _copy(out[out_starts[i]:out_starts[i] + lengths[i]],
-              arena[offsets[i]:offsets[i] + lengths[i]])
+def copy_ranges(dst: np.ndarray, dst_starts: np.ndarray, src: np.ndarray, src_starts: np.ndarray,
+                lengths: np.ndarray) -> None:
+    """``dst[dst_starts[i]:+lengths[i]] = src[src_starts[i]:+lengths[i]]`` for every ``i``."""
+    if lengths.shape[0] > 1 and int(lengths.sum()) >= PARALLEL_MIN_BYTES:
+        with PARALLEL_LOCK:
+            _copy_ranges_parallel(dst, dst_starts, src, src_starts, lengths)
+    else:
+        _copy_ranges_serial(dst, dst_starts, src, src_starts, lengths)
 
 
 def scatter(arena: np.ndarray, payload: np.ndarray, src_starts: np.ndarray,
             dst_offsets: np.ndarray, lengths: np.ndarray) -> None:
     """Copy ``payload[src_starts[i]:+lengths[i]]`` to ``arena[dst_offsets[i]:]``."""
-    if payload.shape[0] >= PARALLEL_MIN_BYTES:
-        with PARALLEL_LOCK:
-            _scatter_parallel(arena, payload, src_starts, dst_offsets, lengths)
-    else:
-        _scatter_serial(arena, payload, src_starts, dst_offsets, lengths)
+    copy_ranges(arena, dst_offsets, payload, src_starts, lengths)
 
 
 def gather(arena: np.ndarray, offsets: np.ndarray, lengths: np.ndarray,
            out: np.ndarray, out_starts: np.ndarray) -> None:
     """Copy ``arena[offsets[i]:+lengths[i]]`` to ``out[out_starts[i]:]``."""
-    if out.shape[0] >= PARALLEL_MIN_BYTES:
-        with PARALLEL_LOCK:
-            _gather_parallel(arena, offsets, lengths, out, out_starts)
-    else:
-        _gather_serial(arena, offsets, lengths, out, out_starts)
+    copy_ranges(out, out_starts, arena, offsets, lengths)
 
 
 def packed_starts(lengths: np.ndarray) -> np.ndarray:
