@@ -279,6 +279,19 @@ class CudaStorage(Storage):
             row[:] = col
         return 8 * n * len(columns)
 
+    def _device_meta(self, *columns: np.ndarray, room: int = 0):
+        """int64 columns in device staging (one small host-to-device copy), followed by
+        ``room`` bytes of device staging; returns (columns on the device, pinned, device
+        staging, bytes of metadata)."""
+        n = columns[0].shape[0]
+        pinned, dev = self._stage(8 * n * len(columns) + room)
+        meta = self._meta(pinned, *columns)
+        try:
+            self.mem.h2d(pinned[:meta], dev[:meta], self.stream)
+        except Exception as exc:
+            raise DeviceError(f"host-to-device copy of {meta} bytes of metadata failed: {exc}") from exc
+        return self.mem.view64(dev[:meta]).reshape(len(columns), n), pinned, dev, meta
+
     # --- verbs ----------------------------------------------------------------------------
     def scatter(self, payload, src_starts, dst_offsets, lengths):
         n = lengths.shape[0]
@@ -321,14 +334,8 @@ class CudaStorage(Storage):
         n = lengths.shape[0]
         total = int(lengths.sum())
         packed = packed_starts(lengths)
-        need = 24 * n + total
-        pinned, dev = self._stage(need)
-        meta = self._meta(pinned, offsets, lengths, packed)
-        try:
-            self.mem.h2d(pinned[:meta], dev[:meta], self.stream)
-        except Exception as exc:
-            raise DeviceError(f"host-to-device copy of {meta} bytes of metadata failed: {exc}") from exc
-        m = self.mem.view64(dev[:meta]).reshape(3, n)
+        m, pinned, dev, meta = self._device_meta(offsets, lengths, packed, room=total)
+        need = meta + total
         self._launch(K.gather_kernel, n, self._arena, m[0], m[1], dev[meta:need], m[2])
         try:
             self.mem.d2h(dev[meta:need], pinned[meta:need], self.stream)   # the batch's one D2H copy
@@ -341,15 +348,8 @@ class CudaStorage(Storage):
         n = lengths.shape[0]
         total = int(lengths.sum())
         packed = packed_starts(lengths)
-        need = 32 * n + total
-        pinned, dev = self._stage(need)
-        meta = self._meta(pinned, src_offsets, lengths, packed, dst_offsets)
-        try:
-            self.mem.h2d(pinned[:meta], dev[:meta], self.stream)
-        except Exception as exc:
-            raise DeviceError(f"host-to-device copy of move metadata failed: {exc}") from exc
-        m = self.mem.view64(dev[:meta]).reshape(4, n)
-        tmp = dev[meta:need]                            # device temporary: no PCIe round trip
+        m, _, dev, meta = self._device_meta(src_offsets, lengths, packed, dst_offsets, room=total)
+        tmp = dev[meta:meta + total]                            # device temporary: no PCIe round trip
         self._launch(K.gather_kernel, n, self._arena, m[0], m[1], tmp, m[2])
         self._sync("move (gather)")
         try:
@@ -371,20 +371,9 @@ class CudaStorage(Storage):
         from numba import cuda
         return hasattr(obj, "__cuda_array_interface__") or cuda.devicearray.is_cuda_ndarray(obj)
 
-    def _device_meta(self, *columns: np.ndarray):
-        """int64 columns in device staging (one small host-to-device copy)."""
-        n = columns[0].shape[0]
-        pinned, dev = self._stage(8 * n * len(columns))
-        meta = self._meta(pinned, *columns)
-        try:
-            self.mem.h2d(pinned[:meta], dev[:meta], self.stream)
-        except Exception as exc:
-            raise DeviceError(f"host-to-device copy of {meta} bytes of metadata failed: {exc}") from exc
-        return self.mem.view64(dev[:meta]).reshape(len(columns), n)
-
     def scatter_device(self, payload, src_starts, dst_offsets, lengths):
         n = lengths.shape[0]
-        m = self._device_meta(src_starts, dst_offsets, lengths)
+        m, *_ = self._device_meta(src_starts, dst_offsets, lengths)
         self._launch(K.scatter_kernel, n, self._arena, payload, m[0], m[1], m[2])
         self._sync("scatter from device memory")
 
@@ -396,7 +385,7 @@ class CudaStorage(Storage):
         except self.mem.oom as exc:
             raise DeviceError(f"device out of memory for a {total}-byte copy-out buffer") from exc
         if n:
-            m = self._device_meta(offsets, lengths, packed_starts(lengths))
+            m, *_ = self._device_meta(offsets, lengths, packed_starts(lengths))
             self._launch(K.gather_kernel, n, self._arena, m[0], m[1], out, m[2])
             self._sync("gather into device memory")
         return out[:total]
