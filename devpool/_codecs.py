@@ -82,10 +82,15 @@ def check_rows(rows, n_pages: int) -> np.ndarray:
     return rows
 
 
-def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE):
-    """``decompress_into``'s arguments, normalised, or BadInputError before anything is
+def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, device_ok: bool = False):
+    """``decompress_into``'s arguments, normalised (``data`` as flat contiguous uint8
+    unless ``device_ok`` and it is a device buffer), or BadInputError before anything is
     written: a compiled decoder trusts them (a block outside ``data`` or a row outside
-    ``out`` would be an out-of-bounds access, not corrupt data)."""
+    ``out`` would be an out-of-bounds access, not corrupt data). Returns
+    ``(data, lengths, rows, starts)``."""
+    if not (device_ok and on_device(data)):
+        data = np.ascontiguousarray(np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview))
+                                    else data, dtype=np.uint8).reshape(-1)
     lengths = np.asarray(lengths)
     if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
         raise BadInputError(f"lengths must be a 1-D integer array, got {lengths.dtype} {lengths.shape}")
@@ -109,7 +114,19 @@ def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE):
         raise BadInputError(f"data must be 1-D, got shape {data.shape}")
     if n and ((lengths < 0).any() or starts.min() < 0 or int((starts + lengths).max()) > size):
         raise BadInputError(f"a block lies outside the {size}-byte data")
-    return lengths, rows, starts
+    return data, lengths, rows, starts
+
+
+def on_device(data) -> bool:
+    """True for a buffer in device memory (anything array-like that numpy does not hold)."""
+    return not isinstance(data, (np.ndarray, bytes, bytearray, memoryview)) and hasattr(data, "shape")
+
+
+def pack_blocks(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Blocks ``data[starts[i]:+lengths[i]]`` back to back in one new array."""
+    out = np.empty(int(lengths.sum()), np.uint8)
+    gather(data, starts, lengths, out, packed_starts(lengths))
+    return out
 
 
 class Codec:
@@ -177,8 +194,10 @@ class _Lz4Block(Codec):
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
+        if rows is not None:
+            pages = pages[check_rows(rows, pages.shape[0])]
         blocks = []
-        for p in pages[check_rows(rows, pages.shape[0])]:
+        for p in pages:
             try:
                 blocks.append(self._compress_one(p.tobytes()))
             except Exception:        # a codec failure refuses the page, never loses it
@@ -186,8 +205,7 @@ class _Lz4Block(Codec):
         return _pack_blocks(blocks)
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
         ok = np.zeros(lengths.shape[0], np.bool_)
         rows = rows.tolist()
         for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
@@ -239,12 +257,12 @@ class Raw(Codec):
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
-        pages = pages[check_rows(rows, pages.shape[0])]
+        if rows is not None:
+            pages = pages[check_rows(rows, pages.shape[0])]
         return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
         ok = lengths == self.page_size
         flat = out.reshape(-1)
         gather(data, starts[ok], lengths[ok], flat, rows[ok] * self.page_size)

@@ -20,8 +20,8 @@ from llvmlite import ir
 from numba.core import cgutils, types
 from numba.extending import intrinsic
 
-from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, register_codec
-from devpool._packed import PARALLEL_LOCK, gather, packed_starts
+from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, pack_blocks, register_codec
+from devpool._packed import PARALLEL_LOCK
 
 from . import _lz4_core as core
 
@@ -353,13 +353,10 @@ class Lz4Njit(Codec):
 
     def compress_batch(self, pages, rows=None):
         data, starts, lengths = self.compress_blocks(pages, rows)
-        out = np.empty(int(lengths.sum()), np.uint8)
-        gather(data, starts, lengths, out, packed_starts(lengths))
-        return out, lengths
+        return pack_blocks(data, starts, lengths), lengths
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data = np.ascontiguousarray(data, dtype=np.uint8).reshape(-1)
-        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n:

@@ -22,9 +22,9 @@ import warnings
 import numpy as np
 from numba import cuda
 
-from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, register_codec
+from devpool._codecs import (Codec, check_decode_args, check_pages, check_rows, on_device, pack_blocks,
+                             register_codec)
 from devpool._errors import DeviceError
-from devpool._packed import gather, packed_starts
 
 from . import _lz4_core as core
 from ._device import probe, simulated
@@ -127,10 +127,8 @@ class Lz4Device(Codec):
             rows_out = d_out.copy_to_host()
         except Exception as exc:
             raise DeviceError(f"copying {n} device LZ4 blocks to the host failed: {exc}") from exc
-        data = np.empty(int(lengths.sum()), np.uint8)
-        gather(rows_out.reshape(-1), np.arange(n, dtype=np.int64) * core.PAGE_BOUND, lengths, data,
-               packed_starts(lengths))
-        return data, lengths
+        return pack_blocks(rows_out.reshape(-1), np.arange(n, dtype=np.int64) * core.PAGE_BOUND,
+                           lengths), lengths
 
     def compress_to_device(self, pages, rows=None):
         """Blocks left in device memory: ``(device data, starts, lengths)``."""
@@ -140,10 +138,8 @@ class Lz4Device(Codec):
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
         """Decode on the device; ``data`` may be host bytes or already in device memory."""
-        on_device = not isinstance(data, np.ndarray)
-        if not on_device:
-            data = np.ascontiguousarray(data, np.uint8).reshape(-1)
-        lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size,
+                                                        device_ok=True)
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n == 0:
@@ -151,7 +147,7 @@ class Lz4Device(Codec):
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
-                if on_device:
+                if on_device(data):
                     d_data = data
                 else:
                     d_data = self._buffer("data", max(data.size, 1), None, np.uint8)
