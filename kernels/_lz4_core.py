@@ -118,6 +118,20 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
         return op + 1
 
     @jit
+    def read_length(src, ip, limit, n):
+        """``n`` plus the 255-run continuation bytes of a length field at ``src[ip:]``
+        (put_length's reverse); returns (length, position after) or (n, -1) if the
+        field runs to ``limit``."""
+        while True:
+            if ip >= limit:
+                return n, -1
+            b = np.int64(get(src, ip))
+            ip += 1
+            n += b
+            if b != 255:
+                return n, ip
+
+    @jit
     def compress_block(src, s0, n, dst, d0, table):
         """Compress ``src[s0:s0+n]`` into ``dst[d0:]`` (room for LZ4_compressBound(n)).
 
@@ -254,14 +268,9 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                 # from both ends), the match takes the general path below
             else:
                 if lit == RUN_MASK:
-                    while True:
-                        if ip >= iend:
-                            return -1
-                        b = np.int64(get(src, ip))
-                        ip += 1
-                        lit += b
-                        if b != 255:
-                            break
+                    lit, ip = read_length(src, ip, iend, lit)
+                    if ip < 0:
+                        return -1
                 if ip + lit > iend or op + lit > oend:
                     return -1
                 if op + lit > oend - MFLIMIT or ip + lit > iend - (2 + 1 + LASTLITERALS):
@@ -279,14 +288,9 @@ def build(jit, read32, read64, count_match, copy_forward, copy_disjoint, get, pu
                 return -1
             ml = token & 15
             if ml == ML_MASK:
-                while True:
-                    if ip >= iend - LASTLITERALS + 1:
-                        return -1
-                    b = np.int64(get(src, ip))
-                    ip += 1
-                    ml += b
-                    if b != 255:
-                        break
+                ml, ip = read_length(src, ip, iend - LASTLITERALS + 1, ml)
+                if ip < 0:
+                    return -1
             ml += MINMATCH
             if op + ml > oend - LASTLITERALS:
                 return -1
