@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 import devpool
 from devpool._codecs import Codec, _LAZY, registered_codecs
 from tests.pages import make_pages
+from tests.threads import run_in_threads
 
 FIXTURES = Path(__file__).with_name("fixtures")
 CONFIGS = [{"id": "lz4"}, {"id": "lz4", "acceleration": 4}, {"id": "lz4hc", "level": 4},
@@ -317,26 +318,17 @@ def test_lz4_device_refuses_bad_arguments(rng):
 def test_lz4_njit_from_many_threads_at_once(rng):
     """Parallel numba regions launched from several Python threads at once stay correct
     (and never abort, whatever threading layer numba found)."""
-    import threading
     codec = devpool.get_codec("lz4-njit")
     pages = make_pages(64, rng, ("text", "struct", "random", "zero"))
     want_data, want_len = codec.compress_batch(pages)
-    errors = []
 
-    def work():
-        try:
-            for _ in range(5):
-                data, lengths = codec.compress_batch(pages)
-                assert data.tobytes() == want_data.tobytes()
-                np.testing.assert_array_equal(codec.decompress_batch(data, lengths), pages)
-        except Exception as exc:
-            errors.append(exc)
-    threads = [threading.Thread(target=work) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
-    assert not errors and not any(t.is_alive() for t in threads)
+    def work(_):
+        for _ in range(5):
+            data, lengths = codec.compress_batch(pages)
+            assert data.tobytes() == want_data.tobytes()
+            np.testing.assert_array_equal(codec.decompress_batch(data, lengths), pages)
+
+    run_in_threads(work, 4, timeout=60)
 
 
 def test_concurrent_parallel_regions_survive_the_workqueue_layer():

@@ -9,6 +9,7 @@ import pytest
 
 import devpool
 from tests.pages import lz4_blobs, pack
+from tests.threads import run_in_threads
 
 
 def snapshot(pool, handles):
@@ -371,39 +372,28 @@ def test_stats_name_the_backend(make_pool, backend):
 
 # --- concurrency --------------------------------------------------------------------
 def test_threads_share_a_pool(make_pool, backend):
-    import threading
     pool = make_pool(capacity_bytes=8 << 20)
-    errors = []
 
     def worker(seed):
         r = np.random.default_rng(seed)
-        try:
-            mine = {}
-            for _ in range(10 if backend == "cuda" else 40):    # the simulator is slow
-                sizes = r.integers(1, 4096, 8)
-                hs = pool.alloc_batch(sizes)
-                payload = r.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
-                pool.write_batch(hs, payload, sizes)
-                for h, s, e in zip(hs, np.cumsum(sizes) - sizes, np.cumsum(sizes)):
-                    mine[int(h)] = payload[s:e].tobytes()
-                victims = list(mine)[: len(mine) // 3]
-                pool.free_batch(victims)
-                for v in victims:
-                    del mine[v]
-                if r.random() < 0.2:
-                    pool.compact()
-            data, _ = pool.read_batch(list(mine))
-            assert data.tobytes() == b"".join(mine.values())
-        except Exception as exc:  # surfaced below
-            errors.append(exc)
+        mine = {}
+        for _ in range(10 if backend == "cuda" else 40):    # the simulator is slow
+            sizes = r.integers(1, 4096, 8)
+            hs = pool.alloc_batch(sizes)
+            payload = r.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+            pool.write_batch(hs, payload, sizes)
+            for h, s, e in zip(hs, np.cumsum(sizes) - sizes, np.cumsum(sizes)):
+                mine[int(h)] = payload[s:e].tobytes()
+            victims = list(mine)[: len(mine) // 3]
+            pool.free_batch(victims)
+            for v in victims:
+                del mine[v]
+            if r.random() < 0.2:
+                pool.compact()
+        data, _ = pool.read_batch(list(mine))
+        assert data.tobytes() == b"".join(mine.values())
 
-    threads = [threading.Thread(target=worker, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(t.is_alive() for t in threads), "deadlock"
-    assert not errors, errors
+    run_in_threads(worker, 4, timeout=120)
 
 
 # --- selection ----------------------------------------------------------------------

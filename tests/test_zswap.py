@@ -5,7 +5,6 @@ from __future__ import annotations
 import ast
 import os
 import stat
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +13,7 @@ import pytest
 import devpool
 from devpool._codecs import Lz4, register_codec
 from tests.pages import make_pages, random_page, same_page, text_page, zero_page
+from tests.threads import run_in_threads
 
 KINDS = ("text", "struct", "random", "same", "zero")
 
@@ -327,45 +327,35 @@ def test_frontend_imports_only_the_pool_contract():
 def test_threads_mix_store_load_invalidate_writeback(zswap, rng, backend):
     zs = zswap(capacity_bytes=16 << 20, max_pool_bytes=1 << 20)
     shared = make_pages(16, rng, ("text", "struct"))
-    errors = []
 
     def worker(tid):
         r = np.random.default_rng(tid)
         base = 1000 * (tid + 1)
         mine = {}
-        try:
-            for step in range(8 if backend == "cuda" else 30):     # the simulator is slow
-                offs = base + r.choice(200, 8, replace=False)
-                pages = make_pages(8, r, KINDS)
-                zs.store_batch(offs, pages)
-                for o, p in zip(offs.tolist(), pages):
-                    mine[o] = p
-                act = r.integers(4)
-                if act == 0 and mine:
-                    o = list(mine)[r.integers(len(mine))]
-                    np.testing.assert_array_equal(zs.load(o), mine.pop(o))
-                elif act == 1 and mine:
-                    o = list(mine)[r.integers(len(mine))]
-                    zs.invalidate(o)
-                    del mine[o]
-                elif act == 2:
-                    zs.writeback(4)
-                else:
-                    zs.pool.compact()
-                zs.store(tid % 4, shared[tid % 16])          # shared offsets: last writer wins
-            got = zs.load_batch(list(mine))
-            for o, page in zip(mine, got):
-                np.testing.assert_array_equal(page, mine[o])
-        except Exception as exc:
-            errors.append(exc)
+        for step in range(8 if backend == "cuda" else 30):     # the simulator is slow
+            offs = base + r.choice(200, 8, replace=False)
+            pages = make_pages(8, r, KINDS)
+            zs.store_batch(offs, pages)
+            for o, p in zip(offs.tolist(), pages):
+                mine[o] = p
+            act = r.integers(4)
+            if act == 0 and mine:
+                o = list(mine)[r.integers(len(mine))]
+                np.testing.assert_array_equal(zs.load(o), mine.pop(o))
+            elif act == 1 and mine:
+                o = list(mine)[r.integers(len(mine))]
+                zs.invalidate(o)
+                del mine[o]
+            elif act == 2:
+                zs.writeback(4)
+            else:
+                zs.pool.compact()
+            zs.store(tid % 4, shared[tid % 16])          # shared offsets: last writer wins
+        got = zs.load_batch(list(mine))
+        for o, page in zip(mine, got):
+            np.testing.assert_array_equal(page, mine[o])
 
-    threads = [threading.Thread(target=worker, args=(t,)) for t in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=300)
-    assert not any(t.is_alive() for t in threads), "deadlock"
-    assert not errors, errors
+    run_in_threads(worker, 4, timeout=300)
     for o in range(4):                                       # a shared offset holds one writer's page
         if zs.contains(o):
             page = zs.load(o)
