@@ -41,3 +41,26 @@ def test_bench_zswap_with_blocks_on_the_device_smoke(tmp_path):
     r = json.loads(out.read_text())
     assert r["blocks_on_device"] is True and r["pages"] == 6 and r["store_pages_per_s"] > 0
     assert "simulator" in r["device"]
+
+
+def test_bench_scaling_smoke(tmp_path):
+    """The scaling probe runs every workload in 1 and 2 worker processes and in numba
+    threads, and reports a positive rate and ratio for each."""
+    import json
+
+    import numpy as np
+    sys.path.insert(0, str(BENCH.parent))
+    from tests.pages import make_pages
+    pages = tmp_path / "pages.npy"
+    np.save(pages, make_pages(16, np.random.default_rng(2)))
+    out = tmp_path / "scaling.json"
+    p = subprocess.run([sys.executable, str(BENCH / "bench_scaling.py"), "--pages", str(pages), "--procs", "2",
+                        "--window", "0.05", "--repeats", "2", "--json", str(out)],
+                       capture_output=True, text=True, timeout=600, cwd=BENCH)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    modes = {(row["workload"], row["mode"]) for row in r["rows"]}
+    assert ("lz4.block compress", "processes") in modes and ("lz4-njit decompress", "threads") in modes
+    assert len(modes) == 7
+    assert all(row["one_median"] > 0 and row["many_median"] > 0 and row["scaling_median"] > 0 for row in r["rows"])
+    assert r["compress_per_core_vs_loop"] > 0 and r["decompress_processes_vs_loop"] > 0

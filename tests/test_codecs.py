@@ -315,6 +315,29 @@ def test_lz4_device_refuses_bad_arguments(rng):
     check_bad_arguments(devpool.get_codec("lz4-device"), rng)
 
 
+@pytest.mark.parametrize("extra", [-1, 0, 1, 5])
+@pytest.mark.parametrize("claims", [1, 2, 5])
+def test_lz4_njit_workers_claim_every_page_once(claims, extra, rng):
+    """The drivers' workers claim runs of CLAIM pages from a shared counter: for batches
+    on and around those runs' edges, every page is compressed once, into its own slot
+    (liblz4's exact block), and every block decodes into its own row."""
+    from devpool.kernels.lz4 import CLAIM
+    n = claims * CLAIM + extra
+    codec = devpool.get_codec("lz4-njit")
+    pages = make_pages(n + 3, rng, ("text", "struct", "random", "zero"))
+    rows = rng.permutation(n + 3)[:n]
+    data, lengths = codec.compress_batch(pages, rows)
+    want = [lz4.block.compress(pages[r].tobytes(), store_size=False) for r in rows]
+    assert lengths.tolist() == [len(w) for w in want]
+    assert data.tobytes() == b"".join(want)
+    out = np.zeros_like(pages)
+    back = rng.permutation(n + 3)[:n]
+    assert codec.decompress_into(data, lengths, out, back).all()
+    np.testing.assert_array_equal(out[back], pages[rows])
+    untouched = np.setdiff1d(np.arange(n + 3), back)
+    assert not out[untouched].any()
+
+
 def test_lz4_njit_from_many_threads_at_once(rng):
     """Parallel numba regions launched from several Python threads at once stay correct
     (and never abort, whatever threading layer numba found)."""
