@@ -1,8 +1,8 @@
 """What every benchmark shares: the machine's name, the pages, best-of timing, the header.
 
-These machines are shared and noisy, so each figure is the best of several runs and
-every benchmark times its baseline in the same process, interleaved with the subject,
-and reports the ratio.
+These machines are shared and noisy, so every benchmark times its baseline in the same
+process, interleaved with the subject, pass by pass, and reports the median of the
+per-pass ratios (``devpool._bench.Passes`` says why the median, not best-of-N).
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import datetime
 import json
 import platform
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -39,20 +38,6 @@ def load_pages(path: str | None, max_pages: int | None = None) -> tuple[np.ndarr
     if max_pages and pages.shape[0] > max_pages:
         pages = pages[np.linspace(0, pages.shape[0] - 1, max_pages).astype(np.int64)]
     return np.ascontiguousarray(pages), source
-
-
-class BestOf:
-    """Interleaved best-of-N timing of several named callables."""
-
-    def __init__(self):
-        self.best: dict[str, float] = {}
-
-    def time(self, name: str, fn, *args) -> float:
-        t = time.perf_counter()
-        fn(*args)
-        dt = time.perf_counter() - t
-        self.best[name] = min(self.best.get(name, float("inf")), dt)
-        return dt
 
 
 def header(name: str, **extra) -> dict:

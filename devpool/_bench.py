@@ -19,10 +19,46 @@ from ._backends import open_pool
 from ._errors import DevpoolError
 from ._zswap import Zswap
 
-__all__ = ["run_bench", "lz4_blocks", "lz4_compress_loop", "lz4_decompress_loop",
+__all__ = ["run_bench", "Passes", "format_ratio", "lz4_blocks", "lz4_compress_loop", "lz4_decompress_loop",
            "lz4_compress_loop_kept", "lz4_decompress_loop_kept"]
 
 PASSES = 3
+
+
+# --- how every benchmark times and compares --------------------------------------------
+class Passes:
+    """Named callables timed once per pass, interleaved, every time kept.
+
+    The headline ratio is the **median over passes of the per-pass ratio** (baseline
+    and subject timed back to back): on this shared machine a single-threaded loop
+    now and then runs on a vCPU that is briefly uncontended (measured: bursts 1.3-1.6x
+    its median), and best-of-N keeps exactly those bursts, while a run on every core
+    needs all of them uncontended at once. Best-of against best-of therefore leans
+    against the subject that uses more cores; it is reported beside the median.
+    """
+
+    def __init__(self):
+        self.times: dict[str, list[float]] = {}
+
+    def time(self, name: str, fn, *args) -> float:
+        t = time.perf_counter()
+        fn(*args)
+        dt = time.perf_counter() - t
+        self.times.setdefault(name, []).append(dt)
+        return dt
+
+    def add(self, name: str, seconds: float) -> None:
+        self.times.setdefault(name, []).append(seconds)
+
+    def best(self, name: str) -> float:
+        return min(self.times[name])
+
+    def ratio(self, base: str, subject: str) -> dict:
+        """How many times faster ``subject`` ran than ``base``: per-pass median, lowest,
+        highest, and best-of against best-of."""
+        r = np.array(self.times[base]) / np.array(self.times[subject])
+        return {"median": float(np.median(r)), "low": float(r.min()), "high": float(r.max()),
+                "best_vs_best": self.best(base) / self.best(subject)}
 
 
 # --- the baseline every benchmark shares ------------------------------------------------
@@ -92,18 +128,16 @@ def run_bench(args, pages: np.ndarray, source: str) -> int:
                   f"compressor {zs.codec.codec_id}", file=sys.stderr)
         zs.store_batch(np.arange(min(n, 64)), pages[:min(n, 64)])          # warm-up: compile
         zs.load_batch(np.arange(min(n, 64)))
+        zs.store(0, pages[0])                                                # and the single-page drivers
+        zs.load(0)
         blobs = lz4_blocks(pages)
-        best = {"store": np.inf, "load": np.inf, "lz4_c": np.inf, "lz4_d": np.inf}
+        passes = Passes()
         for _ in progress(range(PASSES), "passes"):
-            t = time.perf_counter()
-            lz4_compress_loop(pages)
-            best["lz4_c"] = min(best["lz4_c"], time.perf_counter() - t)
-            t = time.perf_counter()
-            lz4_decompress_loop(blobs)
-            best["lz4_d"] = min(best["lz4_d"], time.perf_counter() - t)
+            passes.time("lz4_c", lz4_compress_loop, pages)
+            passes.time("lz4_d", lz4_decompress_loop, blobs)
             ts, tl, stats = _stores_and_loads(zs, pages, args.batch, lambda it, d: it)
-            best["store"] = min(best["store"], ts)
-            best["load"] = min(best["load"], tl)
+            passes.add("store", ts)
+            passes.add("load", tl)
         # pool efficiency with every page stored
         zs.store_batch(np.arange(n), pages)
         zst = zs.stats()
@@ -135,9 +169,11 @@ def run_bench(args, pages: np.ndarray, source: str) -> int:
     res = {
         "backend": backend, "device": device, "compressor": args.compressor, "pages": n, "source": source,
         "batch": args.batch,
-        "store_pages_per_s": n / best["store"], "load_pages_per_s": n / best["load"],
-        "lz4_loop_compress_pages_per_s": n / best["lz4_c"], "lz4_loop_decompress_pages_per_s": n / best["lz4_d"],
-        "store_vs_lz4_loop": best["lz4_c"] / best["store"], "load_vs_lz4_loop": best["lz4_d"] / best["load"],
+        "passes": PASSES,
+        "store_pages_per_s": n / passes.best("store"), "load_pages_per_s": n / passes.best("load"),
+        "lz4_loop_compress_pages_per_s": n / passes.best("lz4_c"),
+        "lz4_loop_decompress_pages_per_s": n / passes.best("lz4_d"),
+        "store_vs_lz4_loop": passes.ratio("lz4_c", "store"), "load_vs_lz4_loop": passes.ratio("lz4_d", "load"),
         "compression_ratio": zst["compression_ratio"], "pool_efficiency": efficiency,
         "same_filled_pages": zst["same_filled_pages"], "incompressible_pages": zst["stored_incompressible_pages"],
         "store_p50_us": float(np.percentile(lat_s, 50) * 1e6), "store_p99_us": float(np.percentile(lat_s, 99) * 1e6),
@@ -149,19 +185,25 @@ def run_bench(args, pages: np.ndarray, source: str) -> int:
     return 0
 
 
+def format_ratio(r: dict | None) -> str:
+    """``1.83x (1.61-1.97; best 1.70x)`` for a :meth:`Passes.ratio`; the baseline's own row
+    (None) reads ``1.00x``."""
+    if r is None:
+        return "1.00x"
+    return f"{r['median']:.2f}x ({r['low']:.2f}-{r['high']:.2f}; best {r['best_vs_best']:.2f}x)"
+
+
 def _print_table(r: dict) -> None:
     gb = 4096 / 1e9
     print(f"devpool bench — backend {r['backend']} ({r['device']}), compressor {r['compressor']}, "
           f"{r['pages']} pages from {r['source']}, batch {r['batch']}; every page verified")
-    print(f"  {'':36}{'pages/s':>10}{'GB/s':>8}{'x lz4.block loop':>18}")
-    print(f"  {'store_batch':36}{r['store_pages_per_s']:>10.0f}{r['store_pages_per_s'] * gb:>8.2f}"
-          f"{r['store_vs_lz4_loop']:>18.2f}")
-    print(f"  {'load_batch':36}{r['load_pages_per_s']:>10.0f}{r['load_pages_per_s'] * gb:>8.2f}"
-          f"{r['load_vs_lz4_loop']:>18.2f}")
-    print(f"  {'lz4.block.compress loop (1 thread)':36}{r['lz4_loop_compress_pages_per_s']:>10.0f}"
-          f"{r['lz4_loop_compress_pages_per_s'] * gb:>8.2f}{1:>18.2f}")
-    print(f"  {'lz4.block.decompress loop':36}{r['lz4_loop_decompress_pages_per_s']:>10.0f}"
-          f"{r['lz4_loop_decompress_pages_per_s'] * gb:>8.2f}{1:>18.2f}")
+    print(f"  {'':36}{'pages/s':>10}{'GB/s':>8}  x lz4.block loop: median of {r['passes']} passes "
+          f"(range; best vs best)")
+    for name, key, ratio in (("store_batch", "store_pages_per_s", r["store_vs_lz4_loop"]),
+                             ("load_batch", "load_pages_per_s", r["load_vs_lz4_loop"]),
+                             ("lz4.block.compress loop (1 thread)", "lz4_loop_compress_pages_per_s", None),
+                             ("lz4.block.decompress loop", "lz4_loop_decompress_pages_per_s", None)):
+        print(f"  {name:36}{r[key]:>10.0f}{r[key] * gb:>8.2f}  {format_ratio(ratio)}")
     print(f"  compression ratio {r['compression_ratio']:.2f}   pool efficiency (pool_total_size / payload) "
           f"{r['pool_efficiency']:.3f}   same-filled {r['same_filled_pages']}   incompressible {r['incompressible_pages']}")
     print(f"  single page: store p50 {r['store_p50_us']:.0f} us  p99 {r['store_p99_us']:.0f} us;  "
