@@ -64,3 +64,6 @@ def test_bench_scaling_smoke(tmp_path):
     assert len(modes) == 7
     assert all(row["one_median"] > 0 and row["many_median"] > 0 and row["scaling_median"] > 0 for row in r["rows"])
     assert r["compress_per_core_vs_loop"] > 0 and r["decompress_processes_vs_loop"] > 0
+    assert {(b["workload"], b["cpu"]) for b in r["bursts"]} == {
+        (w, c) for w in ("lz4.block compress", "lz4.block decompress") for c in os.sched_getaffinity(0)}
+    assert all(b["fastest"] >= b["median"] > 0 for b in r["bursts"])
