@@ -1,11 +1,18 @@
-"""The device storage's kernels: scatter (copy-in), gather (copy-out), both for moves.
+"""The device storage's one kernel: copy many byte ranges (scatter, gather and moves).
+
+``copy_kernel(dst, dst_starts, src, src_starts, lengths)`` copies object ``i`` from
+``src[src_starts[i]:+lengths[i]]`` to ``dst[dst_starts[i]:]``. A scatter (copy-in) is a
+copy into the arena, a gather (copy-out) a copy out of it, a compaction a gather into a
+device temporary and a scatter back: the storage names which when it launches, so an
+error still says which step failed. This is :func:`devpool._packed.copy_ranges` for
+device memory.
 
 One CUDA block per object; its threads stride over the object's bytes, so neighbouring
 threads touch neighbouring bytes (coalesced) and a batch of any size is one launch.
 The per-object loop is a device function written once and also compiled with
-``numba.njit`` (``cpu_scatter`` / ``cpu_gather``): numba's CUDA simulator runs kernels
-as plain Python and does not reproduce numba's integer typing, so the compiled twin is
-what catches a typing mistake on the CPU.
+``numba.njit`` (``cpu_copy``): numba's CUDA simulator runs kernels as plain Python and
+does not reproduce numba's integer typing, so the compiled twin is what catches a typing
+mistake on the CPU.
 
 Launch geometry: ``THREADS`` per block on a GPU; the simulator runs one Python thread
 per CUDA thread, so it gets a handful.
@@ -16,7 +23,7 @@ from __future__ import annotations
 import numba
 from numba import cuda
 
-__all__ = ["cpu_gather", "cpu_scatter", "gather_kernel", "scatter_kernel", "threads_per_block"]
+__all__ = ["copy_kernel", "cpu_copy", "threads_per_block"]
 
 
 def _copy_part(dst, d, src, s, n, first, step):
@@ -32,37 +39,20 @@ _copy_part_cpu = numba.njit(inline="always")(_copy_part)
 
 
 @cuda.jit
-def scatter_kernel(arena, staging, src_starts, dst_offsets, lengths):
-    """Object ``blockIdx.x``: ``staging[src_starts[i]:+lengths[i]]`` -> ``arena[dst_offsets[i]:]``."""
+def copy_kernel(dst, dst_starts, src, src_starts, lengths):
+    """Object ``blockIdx.x``: ``src[src_starts[i]:+lengths[i]]`` -> ``dst[dst_starts[i]:]``."""
     i = cuda.blockIdx.x
     if i < lengths.shape[0]:
-        _copy_part_device(arena, dst_offsets[i], staging, src_starts[i], lengths[i],
-                          cuda.threadIdx.x, cuda.blockDim.x)
-
-
-@cuda.jit
-def gather_kernel(arena, offsets, lengths, staging, out_starts):
-    """Object ``blockIdx.x``: ``arena[offsets[i]:+lengths[i]]`` -> ``staging[out_starts[i]:]``."""
-    i = cuda.blockIdx.x
-    if i < lengths.shape[0]:
-        _copy_part_device(staging, out_starts[i], arena, offsets[i], lengths[i],
+        _copy_part_device(dst, dst_starts[i], src, src_starts[i], lengths[i],
                           cuda.threadIdx.x, cuda.blockDim.x)
 
 
 @numba.njit(boundscheck=True)
-def cpu_scatter(arena, staging, src_starts, dst_offsets, lengths, threads):
-    """The scatter kernel's logic on the CPU: every (block, thread) in turn."""
+def cpu_copy(dst, dst_starts, src, src_starts, lengths, threads):
+    """The copy kernel's logic on the CPU: every (block, thread) in turn."""
     for i in range(lengths.shape[0]):
         for t in range(threads):
-            _copy_part_cpu(arena, dst_offsets[i], staging, src_starts[i], lengths[i], t, threads)
-
-
-@numba.njit(boundscheck=True)
-def cpu_gather(arena, offsets, lengths, staging, out_starts, threads):
-    """The gather kernel's logic on the CPU: every (block, thread) in turn."""
-    for i in range(lengths.shape[0]):
-        for t in range(threads):
-            _copy_part_cpu(staging, out_starts[i], arena, offsets[i], lengths[i], t, threads)
+            _copy_part_cpu(dst, dst_starts[i], src, src_starts[i], lengths[i], t, threads)
 
 
 def threads_per_block(simulated: bool) -> int:

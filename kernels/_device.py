@@ -257,12 +257,12 @@ class CudaStorage(Storage):
             self._dev_stage_size = size
         return self._pinned, self._dev_stage
 
-    def _launch(self, kernel, nobj: int, *args) -> None:
+    def _launch(self, what: str, nobj: int, dst, dst_starts, src, src_starts, lengths) -> None:
+        """The copy kernel over ``nobj`` objects; ``what`` (scatter, gather) names it in errors."""
         try:
-            kernel[nobj, self.threads, self._kstream](*args)
+            K.copy_kernel[nobj, self.threads, self._kstream](dst, dst_starts, src, src_starts, lengths)
         except Exception as exc:
-            raise DeviceError(f"{kernel.__name__ if hasattr(kernel, '__name__') else 'kernel'} "
-                              f"over {nobj} objects failed: {exc}") from exc
+            raise DeviceError(f"{what} kernel over {nobj} objects failed: {exc}") from exc
 
     def _sync(self, what: str) -> None:
         try:
@@ -326,7 +326,7 @@ class CudaStorage(Storage):
         except Exception as exc:
             raise DeviceError(f"host-to-device copy of {need} bytes failed: {exc}") from exc
         m = self.mem.view64(d[:meta]).reshape(3, n) if n else None
-        self._launch(K.scatter_kernel, n, self._arena, d[meta:], m[0], m[1], m[2])
+        self._launch("scatter", n, self._arena, m[1], d[meta:], m[0], m[2])
         if half is not None:
             self._events[half].record(self.stream)
 
@@ -336,7 +336,7 @@ class CudaStorage(Storage):
         packed = packed_starts(lengths)
         m, pinned, dev, meta = self._device_meta(offsets, lengths, packed, room=total)
         need = meta + total
-        self._launch(K.gather_kernel, n, self._arena, m[0], m[1], dev[meta:need], m[2])
+        self._launch("gather", n, dev[meta:need], m[2], self._arena, m[0], m[1])
         try:
             self.mem.d2h(dev[meta:need], pinned[meta:need], self.stream)   # the batch's one D2H copy
         except Exception as exc:
@@ -350,16 +350,16 @@ class CudaStorage(Storage):
         packed = packed_starts(lengths)
         m, _, dev, meta = self._device_meta(src_offsets, lengths, packed, dst_offsets, room=total)
         tmp = dev[meta:meta + total]                            # device temporary: no PCIe round trip
-        self._launch(K.gather_kernel, n, self._arena, m[0], m[1], tmp, m[2])
+        self._launch("gather", n, tmp, m[2], self._arena, m[0], m[1])
         self._sync("move (gather)")
         try:
-            self._launch(K.scatter_kernel, n, self._arena, tmp, m[2], m[3], m[1])
+            self._launch("scatter", n, self._arena, m[3], tmp, m[2], m[1])
             self._sync("move (scatter)")
         except DeviceError as exc:
             # destinations may overlap sources that the allocator still points at: put
             # every source back from the temporary before reporting the failure
             try:
-                self._launch(K.scatter_kernel, n, self._arena, tmp, m[2], m[0], m[1])
+                self._launch("scatter", n, self._arena, m[0], tmp, m[2], m[1])
                 self._sync("move (restore)")
             except DeviceError as again:
                 raise DeviceError(f"{exc}; restoring the moved objects failed too ({again}): "
@@ -374,7 +374,7 @@ class CudaStorage(Storage):
     def scatter_device(self, payload, src_starts, dst_offsets, lengths):
         n = lengths.shape[0]
         m, *_ = self._device_meta(src_starts, dst_offsets, lengths)
-        self._launch(K.scatter_kernel, n, self._arena, payload, m[0], m[1], m[2])
+        self._launch("scatter", n, self._arena, m[1], payload, m[0], m[2])
         self._sync("scatter from device memory")
 
     def gather_device(self, offsets, lengths):
@@ -386,7 +386,7 @@ class CudaStorage(Storage):
             raise DeviceError(f"device out of memory for a {total}-byte copy-out buffer") from exc
         if n:
             m, *_ = self._device_meta(offsets, lengths, packed_starts(lengths))
-            self._launch(K.gather_kernel, n, self._arena, m[0], m[1], out, m[2])
+            self._launch("gather", n, out, m[2], self._arena, m[0], m[1])
             self._sync("gather into device memory")
         return out[:total]
 

@@ -22,23 +22,23 @@ CUDA_OK, CUDA_WHY = devpool.available_backends()["cuda"]
 @pytest.mark.parametrize("index_dtype", [np.int64, np.int32, np.uint32, np.uint64])
 @pytest.mark.parametrize("threads", [1, 3, 32])
 def test_kernel_logic_compiled_with_njit(index_dtype, threads):
-    """The scatter/gather kernels' per-object loop, compiled by numba for the CPU with
-    bounds checks, over every index dtype a caller might hand it (the simulator does
-    not reproduce numba's integer typing)."""
+    """The copy kernel's per-object loop, compiled by numba for the CPU with bounds
+    checks, both ways (scatter into an arena, gather out of it), over every index dtype
+    a caller might hand it (the simulator does not reproduce numba's integer typing)."""
     rng = np.random.default_rng(3)
     lengths = rng.integers(1, 300, 40).astype(index_dtype)
     starts = np.concatenate([[0], np.cumsum(lengths.astype(np.int64))[:-1]]).astype(index_dtype)
     offsets = (np.arange(40) * 320 + 16).astype(index_dtype)
     payload = rng.integers(0, 256, int(lengths.astype(np.int64).sum()), dtype=np.uint8)
     arena = np.zeros(40 * 320 + 64, np.uint8)
-    K.cpu_scatter(arena, payload, starts, offsets, lengths, threads)
+    K.cpu_copy(arena, offsets, payload, starts, lengths, threads)           # scatter
     for s, o, n in zip(starts.astype(np.int64), offsets.astype(np.int64), lengths.astype(np.int64)):
         assert arena[o:o + n].tobytes() == payload[s:s + n].tobytes()
     out = np.zeros_like(payload)
-    K.cpu_gather(arena, offsets, lengths, out, starts, threads)
+    K.cpu_copy(out, starts, arena, offsets, lengths, threads)               # gather
     assert out.tobytes() == payload.tobytes()
     with pytest.raises(IndexError):            # bounds-checked: an overrun is caught
-        K.cpu_scatter(arena[:100], payload, starts, offsets, lengths, threads)
+        K.cpu_copy(arena[:100], offsets, payload, starts, lengths, threads)
 
 
 needs_cuda = pytest.mark.skipif(not CUDA_OK, reason=f"cuda backend unusable: {CUDA_WHY}")
@@ -103,15 +103,13 @@ def test_kernel_failure_is_a_device_error_with_context(rng, monkeypatch):
     h = pool.alloc(100)
 
     class Broken:
-        __name__ = "scatter_kernel"
-
         def __getitem__(self, cfg):
             def launch(*args):
                 raise RuntimeError("an illegal memory access was encountered")
             return launch
     from devpool.kernels import _device
-    monkeypatch.setattr(_device.K, "scatter_kernel", Broken())
-    with pytest.raises(devpool.DeviceError, match="scatter_kernel over 1 objects failed") as info:
+    monkeypatch.setattr(_device.K, "copy_kernel", Broken())
+    with pytest.raises(devpool.DeviceError, match="scatter kernel over 1 objects failed") as info:
         pool.write(h, bytes(100))
     assert isinstance(info.value.__cause__, RuntimeError)
     pool.close()
@@ -151,22 +149,25 @@ def test_failed_compaction_scatter_restores_every_object(rng, monkeypatch):
     pool.write_batch(hs, payload, sizes)
     pool.free_batch(hs[::2])
     want = pool.read_batch(hs[1::2])[0].tobytes()
-    real = _device.K.scatter_kernel
-    calls = {"n": 0}
+    real = _device.K.copy_kernel
+    arena = pool.storage._arena
+    scatters = {"n": 0}
 
     class HalfDone:
         def __getitem__(self, cfg):
-            def launch(arena, staging, src, dst, lengths):
-                calls["n"] += 1
-                if calls["n"] == 1:                  # the compaction's scatter: copy some, then fail
-                    real[cfg](arena, staging, src[:3], dst[:3], lengths[:3])
-                    raise RuntimeError("simulated kernel fault")
-                return real[cfg](arena, staging, src, dst, lengths)
+            def launch(dst, dst_starts, src, src_starts, lengths):
+                if dst is arena:                     # a scatter: into the arena
+                    scatters["n"] += 1
+                    if scatters["n"] == 1:           # the compaction's scatter: copy some, then fail
+                        real[cfg](dst, dst_starts[:3], src, src_starts[:3], lengths[:3])
+                        raise RuntimeError("simulated kernel fault")
+                return real[cfg](dst, dst_starts, src, src_starts, lengths)
             return launch
-    monkeypatch.setattr(_device.K, "scatter_kernel", HalfDone())
-    with pytest.raises(devpool.DeviceError, match="simulated kernel fault"):
+    monkeypatch.setattr(_device.K, "copy_kernel", HalfDone())
+    with pytest.raises(devpool.DeviceError, match="scatter kernel over .* failed: simulated kernel fault"):
         pool.compact()
-    monkeypatch.setattr(_device.K, "scatter_kernel", real)
+    assert scatters["n"] == 2                        # the failed scatter, then the restore
+    monkeypatch.setattr(_device.K, "copy_kernel", real)
     assert pool.read_batch(hs[1::2])[0].tobytes() == want
     pool.compact()                                   # and compaction works afterwards
     assert pool.read_batch(hs[1::2])[0].tobytes() == want
