@@ -213,6 +213,13 @@ def _claim(typingctx, counter, n):
 CLAIM = 16
 
 
+@numba.njit(inline="always")
+def _claimed(counter, n):
+    """This worker's next run of pages ``[lo, hi)``; empty (``lo >= n``) when none is left."""
+    lo = _claim(counter, CLAIM)
+    return lo, min(lo + CLAIM, n)
+
+
 def _drivers(compress_block, decompress_block, jit_parallel, data_of):
     # Workers claim runs of CLAIM pages from a shared counter until none are left. A
     # static split (numba's prange schedule, or pages dealt round-robin) makes every
@@ -236,13 +243,12 @@ def _drivers(compress_block, decompress_block, jit_parallel, data_of):
             dst = data_of(out)
             table_w = _borrow(tables[w])
             table = data_of(table_w)
-            while True:
-                lo = _claim(counter, CLAIM)
-                if lo >= n:
-                    break
-                for i in range(lo, min(lo + CLAIM, n)):
+            lo, hi = _claimed(counter, n)
+            while lo < n:
+                for i in range(lo, hi):
                     table_w[:] = 0
                     lengths[i] = compress_block(src, rows[i] * size, size, dst, i * bound, table)
+                lo, hi = _claimed(counter, n)
 
     @jit_parallel
     def decompress_pages(data, starts, lengths, out, rows, ok, workers):
@@ -253,13 +259,12 @@ def _drivers(compress_block, decompress_block, jit_parallel, data_of):
         for w in numba.prange(workers):
             src = data_of(data)
             dst = data_of(out)
-            while True:
-                lo = _claim(counter, CLAIM)
-                if lo >= n:
-                    break
-                for i in range(lo, min(lo + CLAIM, n)):
+            lo, hi = _claimed(counter, n)
+            while lo < n:
+                for i in range(lo, hi):
                     got = decompress_block(src, starts[i], lengths[i], dst, rows[i] * size, size)
                     ok[i] = got == size
+                lo, hi = _claimed(counter, n)
 
     return compress_pages, decompress_pages
 
