@@ -55,6 +55,21 @@ def test_bench_runs_checks_and_writes_json_and_plot(pages_file, tmp_path):
     assert r["pages"] == 96 and r["backend"] == "host" and r["store_pages_per_s"] > 0
     assert r["same_filled_pages"] >= 19 and [s["batch"] for s in r["sweep"]] == [1, 16, 64]
     assert png.read_bytes()[:4] == b"\x89PNG"
+    ratio = r["store_vs_lz4_loop"]
+    assert r["passes"] == 5 and ratio["low"] <= ratio["median"] <= ratio["high"] and ratio["best_vs_best"] > 0
+
+
+def test_passes_report_the_median_of_paired_ratios():
+    """Benchmarks' ratios pair each pass's baseline with the same pass's subject."""
+    from devpool._bench import Passes, format_ratio
+    p = Passes()
+    for base, subject in [(2.0, 1.0), (1.0, 1.0), (3.0, 1.0), (4.0, 0.5), (1.0, 2.0)]:
+        p.add("loop", base)
+        p.add("ours", subject)
+    r = p.ratio("loop", "ours")
+    assert r == {"median": 2.0, "low": 0.5, "high": 8.0, "best_vs_best": 2.0}   # best: 1.0 / 0.5
+    assert format_ratio(r) == "2.00x (0.50-8.00; best 2.00x)" and format_ratio(None) == "1.00x"
+    assert p.time("sleep", lambda: None) >= 0 and p.best("sleep") == p.times["sleep"][0]
 
 
 def test_bench_on_chaos(pages_file):
