@@ -22,19 +22,22 @@ day=$(date +%F)
 nvidia-smi > "$OUT/nvidia-smi-$gpu-$day.txt" || true
 $py -m devpool._cli info | tee "$OUT/info-$gpu-$day.txt"
 set +e
-# each step has its own time limit (they add up to < 560 s, under the device tool's
-# 600 s per command), so one slow step cannot take the others' results with it
-timeout 230 $py -m pytest --gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest-gpu-$gpu-$day.txt"
-timeout 80 $py benchmarks/bench_device.py --pages "${PAGES:-}" --json "$OUT/bench_device-$gpu-$day.json" 2>&1 \
+# each step has its own time limit (they add up to 495 s, under the device tool's 600 s
+# per command with the setup above), so one slow step cannot take the others' results
+# with it; the figures issue 6 asks for come first
+timeout 55 $py benchmarks/bench_lz4_device.py --json "$OUT/bench_lz4_device-$gpu-$day.json" 2>&1 \
+    | tee "$OUT/bench_lz4_device-$gpu-$day.txt"
+timeout 55 $py benchmarks/bench_device.py --pages "${PAGES:-}" --json "$OUT/bench_device-$gpu-$day.json" 2>&1 \
     | tee "$OUT/bench_device-$gpu-$day.txt"
-timeout 80 $py benchmarks/bench_lz4.py --device --max-pages 4096 --repeats 3 \
+timeout 210 $py -m pytest --gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest-gpu-$gpu-$day.txt"
+timeout 45 $py benchmarks/bench_lz4.py --device --max-pages 4096 --repeats 3 \
     --json "$OUT/bench_lz4-device-$gpu-$day.json" 2>&1 | tee "$OUT/bench_lz4-device-$gpu-$day.txt"
 # zswap on the GPU pool: lz4-device keeps blocks on the device (pages cross PCIe raw),
 # lz4-njit compresses on the host CPUs and ships blocks; each against the lz4.block loop
 for c in lz4-device lz4-njit; do
-    timeout 70 $py benchmarks/bench_zswap.py --backend cuda --compressor $c --max-pages 8192 --batch 4096 \
+    timeout 45 $py benchmarks/bench_zswap.py --backend cuda --compressor $c --max-pages 8192 --batch 4096 \
         --repeats 3 --latency-pages 200 --json "$OUT/bench_zswap-cuda-$c-$gpu-$day.json" 2>&1 \
         | tee "$OUT/bench_zswap-cuda-$c-$gpu-$day.txt"
 done
-timeout 60 $py -m devpool._cli bench --backend cuda --quiet --max-pages 8192 --json "$OUT/devpool-bench-$gpu-$day.json" \
+timeout 40 $py -m devpool._cli bench --backend cuda --quiet --max-pages 8192 --json "$OUT/devpool-bench-$gpu-$day.json" \
     --plot "$OUT/devpool-bench-$gpu-$day.png" 2>&1 | tee "$OUT/devpool-bench-$gpu-$day.txt"

@@ -67,3 +67,19 @@ def test_bench_scaling_smoke(tmp_path):
     assert {(b["workload"], b["cpu"]) for b in r["bursts"]} == {
         (w, c) for w in ("lz4.block compress", "lz4.block decompress") for c in os.sched_getaffinity(0)}
     assert all(b["fastest"] >= b["median"] > 0 for b in r["bursts"])
+
+
+def test_bench_lz4_device_smoke(tmp_path):
+    """The device-LZ4 kernel benchmark runs end to end on the simulator: every block it
+    times is checked against lz4.block and every decoded page against the original."""
+    import json
+    out = tmp_path / "lz4dev.json"
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
+    p = subprocess.run([sys.executable, str(BENCH / "bench_lz4_device.py"), "--smoke", "--json", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=BENCH)
+    assert p.returncode == 0, p.stderr
+    r = json.loads(out.read_text())
+    assert [(row["kernel"], row["workers"]) for row in r["rows"]] == [("compress", 2), ("compress", 4),
+                                                                       ("decompress", 4)]
+    assert all(row["GBps"] > 0 and row["vs_raw_h2d"] > 0 for row in r["rows"])
+    assert r["raw_h2d_GBps"] > 0 and "simulator" in r["device"]
