@@ -214,14 +214,14 @@ def test_process_exiting_mid_capture_is_a_clear_error(tmp_path, monkeypatch, cap
     assert not (tmp_path / "x.npy").exists()
 
 
-def test_bench_check_catches_a_load_that_writes_nothing():
+def test_bench_check_catches_a_load_that_writes_nothing(tmp_path):
     """devpool bench reuses one destination across passes; it is poisoned before each
     pass, so a load that leaves it untouched is caught, not passed on stale pages."""
     import devpool
     from devpool._bench import _stores_and_loads
     pages = make_pages(32, np.random.default_rng(4))
     got = pages.copy()                                  # what a previous pass left there
-    zs = devpool.Zswap(devpool.open_pool("host", 16 << 20), max_pool_percent=100)
+    zs = devpool.Zswap(devpool.open_pool("host", 16 << 20), max_pool_percent=100, backing=str(tmp_path / "swap"))
     _stores_and_loads(zs, pages, 8, lambda it, d: it, got)       # a real pass passes
     zs.load_batch = lambda offsets, out=None: out                 # now loads write nothing
     with pytest.raises(devpool.DevpoolError, match="came back different"):
