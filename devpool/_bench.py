@@ -100,7 +100,7 @@ def _stores_and_loads(zs: Zswap, pages: np.ndarray, batch: int, progress,
     offsets = np.arange(n)
     if got is None:
         got = np.empty_like(pages)
-    got[:, :8] = 0x5A                   # poison (a page no store could leave): a load that
+    got[:, :8] = 0x5A                   # poison (a pattern no real page matches): a load that
     got[:, 8:] = 0xA5                   # writes nothing fails the check below
     t = time.perf_counter()
     for lo in progress(range(0, n, batch), "store"):
