@@ -22,12 +22,12 @@ day=$(date +%F)
 nvidia-smi > "$OUT/nvidia-smi-$gpu-$day.txt" || true
 $py -m devpool._cli info | tee "$OUT/info-$gpu-$day.txt"
 set +e
-# each step has its own time limit (they add up to 495 s, under the device tool's 600 s
+# each step has its own time limit (they add up to 500 s, under the device tool's 600 s
 # per command with the setup above), so one slow step cannot take the others' results
 # with it; the figures issue 6 asks for come first
-timeout 55 $py benchmarks/bench_lz4_device.py --json "$OUT/bench_lz4_device-$gpu-$day.json" 2>&1 \
+timeout 70 $py benchmarks/bench_lz4_device.py --json "$OUT/bench_lz4_device-$gpu-$day.json" 2>&1 \
     | tee "$OUT/bench_lz4_device-$gpu-$day.txt"
-timeout 55 $py benchmarks/bench_device.py --pages "${PAGES:-}" --json "$OUT/bench_device-$gpu-$day.json" 2>&1 \
+timeout 45 $py benchmarks/bench_device.py --pages "${PAGES:-}" --json "$OUT/bench_device-$gpu-$day.json" 2>&1 \
     | tee "$OUT/bench_device-$gpu-$day.txt"
 timeout 210 $py -m pytest --gpu -q -p no:cacheprovider 2>&1 | tee "$OUT/pytest-gpu-$gpu-$day.txt"
 timeout 45 $py benchmarks/bench_lz4.py --device --max-pages 4096 --repeats 3 \
