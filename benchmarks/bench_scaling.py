@@ -39,7 +39,7 @@ BATCH = 1024
 CHAIN_STEPS = 1 << 20           # one unit of the integer chain's work
 
 
-# --- the workloads: each returns (setup, one unit of work, pages per unit) ---------------
+# --- the workloads: each is (one unit of work, pages or steps per unit) -------------------
 def _workload(name: str, pages: np.ndarray):
     import devpool
     from devpool._bench import lz4_blocks, lz4_compress_loop, lz4_decompress_loop
@@ -76,7 +76,7 @@ def _chain(n):
 
 
 def _run_window(work, per_unit: int, window: float, start_at: float) -> float:
-    """Units of work done from ``start_at`` for ``window`` seconds, as pages per second."""
+    """Work done from ``start_at`` for ``window`` seconds, per second (pages or steps)."""
     while time.time() < start_at:
         time.sleep(0.001)
     t0 = time.perf_counter()
@@ -132,7 +132,8 @@ class Workers:
             p.join(10)
 
 
-def _in_process(name: str, work, per_unit: int, nthreads: int, window: float) -> float:
+def _in_process(work, per_unit: int, nthreads: int, window: float) -> float:
+    """Rate of ``work`` in this process on ``nthreads`` numba threads."""
     before = numba.get_num_threads()
     numba.set_num_threads(nthreads)
     try:
@@ -199,8 +200,8 @@ def main(argv=None) -> dict:
                                                       workers.run(name, k, args.window)))
                 for name, (work, per_unit) in local.items():
                     runs.setdefault(name + " threads", []).append(
-                        (_in_process(name, work, per_unit, 1, args.window),
-                         _in_process(name, work, per_unit, nthreads, args.window)))
+                        (_in_process(work, per_unit, 1, args.window),
+                         _in_process(work, per_unit, nthreads, args.window)))
         finally:
             workers.close()
     print(f"# bench_scaling {res['date']} {res['machine']}; {n} pages from {source}; "
