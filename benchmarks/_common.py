@@ -1,4 +1,4 @@
-"""What every benchmark shares: the machine's name, the pages, best-of timing, the header.
+"""What every benchmark shares: the machine's name, the pages, the header.
 
 These machines are shared and noisy, so every benchmark times its baseline in the same
 process, interleaved with the subject, pass by pass, and reports the median of the
