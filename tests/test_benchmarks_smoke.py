@@ -1,22 +1,40 @@
-"""The device benchmark runs end to end on the CPU (simulator, tiny sizes), so CI
-notices when it breaks; real figures come from a GPU run (benchmarks/results/)."""
+"""Every benchmark runs end to end on the CPU (tiny sizes; the device ones under numba's
+CUDA simulator), so CI notices when one breaks; real figures come from full runs
+(benchmarks/results/)."""
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
+from tests.pages import make_pages
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-def test_bench_device_smoke(tmp_path):
-    out = tmp_path / "dev.json"
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    p = subprocess.run([sys.executable, str(BENCH / "bench_device.py"), "--smoke", "--json", str(out)],
+def run_bench(tmp_path, script: str, *args: str, simulator: bool = False) -> dict:
+    """Run ``benchmarks/<script>`` with ``args`` and ``--json``; its exit status must be 0;
+    returns the JSON it wrote."""
+    out = tmp_path / (Path(script).stem + ".json")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"} if simulator else None
+    p = subprocess.run([sys.executable, str(BENCH / script), *args, "--json", str(out)],
                        capture_output=True, text=True, env=env, timeout=600, cwd=BENCH)
     assert p.returncode == 0, p.stderr
-    import json
-    r = json.loads(out.read_text())
+    return json.loads(out.read_text())
+
+
+def pages_file(tmp_path, n: int, seed: int) -> str:
+    """``n`` synthetic pages saved as .npy (what ``--pages`` reads)."""
+    path = tmp_path / "pages.npy"
+    np.save(path, make_pages(n, np.random.default_rng(seed)))
+    return str(path)
+
+
+def test_bench_device_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_device.py", "--smoke", simulator=True)
     assert [row["batch"] for row in r["rows"]] == [1, 4, 16]
     assert all(row["write_pages_per_s"] > 0 and row["read_vs_raw"] > 0 for row in r["rows"])
     assert "simulator" in r["device"]
@@ -24,21 +42,9 @@ def test_bench_device_smoke(tmp_path):
 
 def test_bench_zswap_with_blocks_on_the_device_smoke(tmp_path):
     """The GPU session's zswap benchmark (lz4-device over the cuda pool) runs end to end."""
-    import json
-
-    import numpy as np
-    sys.path.insert(0, str(BENCH.parent))
-    from tests.pages import make_pages
-    pages = tmp_path / "pages.npy"
-    np.save(pages, make_pages(6, np.random.default_rng(1)))
-    out = tmp_path / "zswap.json"
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    p = subprocess.run([sys.executable, str(BENCH / "bench_zswap.py"), "--backend", "cuda",
-                        "--compressor", "lz4-device", "--pages", str(pages), "--batch", "3",
-                        "--repeats", "1", "--latency-pages", "1", "--json", str(out)],
-                       capture_output=True, text=True, env=env, timeout=600, cwd=BENCH)
-    assert p.returncode == 0, p.stderr
-    r = json.loads(out.read_text())
+    r = run_bench(tmp_path, "bench_zswap.py", "--backend", "cuda", "--compressor", "lz4-device",
+                  "--pages", pages_file(tmp_path, 6, 1), "--batch", "3", "--repeats", "1",
+                  "--latency-pages", "1", simulator=True)
     assert r["blocks_on_device"] is True and r["pages"] == 6 and r["store_pages_per_s"] > 0
     assert "simulator" in r["device"]
 
@@ -46,19 +52,8 @@ def test_bench_zswap_with_blocks_on_the_device_smoke(tmp_path):
 def test_bench_scaling_smoke(tmp_path):
     """The scaling probe runs every workload in 1 and 2 worker processes and in numba
     threads, and reports a positive rate and ratio for each."""
-    import json
-
-    import numpy as np
-    sys.path.insert(0, str(BENCH.parent))
-    from tests.pages import make_pages
-    pages = tmp_path / "pages.npy"
-    np.save(pages, make_pages(16, np.random.default_rng(2)))
-    out = tmp_path / "scaling.json"
-    p = subprocess.run([sys.executable, str(BENCH / "bench_scaling.py"), "--pages", str(pages), "--procs", "2",
-                        "--window", "0.05", "--repeats", "2", "--json", str(out)],
-                       capture_output=True, text=True, timeout=600, cwd=BENCH)
-    assert p.returncode == 0, p.stderr
-    r = json.loads(out.read_text())
+    r = run_bench(tmp_path, "bench_scaling.py", "--pages", pages_file(tmp_path, 16, 2), "--procs", "2",
+                  "--window", "0.05", "--repeats", "2")
     modes = {(row["workload"], row["mode"]) for row in r["rows"]}
     assert ("lz4.block compress", "processes") in modes and ("lz4-njit decompress", "threads") in modes
     assert len(modes) == 7
@@ -72,13 +67,7 @@ def test_bench_scaling_smoke(tmp_path):
 def test_bench_lz4_device_smoke(tmp_path):
     """The device-LZ4 kernel benchmark runs end to end on the simulator: every block it
     times is checked against lz4.block and every decoded page against the original."""
-    import json
-    out = tmp_path / "lz4dev.json"
-    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    p = subprocess.run([sys.executable, str(BENCH / "bench_lz4_device.py"), "--smoke", "--json", str(out)],
-                       capture_output=True, text=True, env=env, timeout=600, cwd=BENCH)
-    assert p.returncode == 0, p.stderr
-    r = json.loads(out.read_text())
+    r = run_bench(tmp_path, "bench_lz4_device.py", "--smoke", simulator=True)
     assert [(row["kernel"], row["workers"]) for row in r["rows"]] == [("compress", 2), ("compress", 4),
                                                                        ("decompress", 4)]
     assert all(row["GBps"] > 0 and row["vs_raw_h2d"] > 0 for row in r["rows"])
