@@ -302,6 +302,11 @@ def _locked(fn):
 _parallel = (_locked(compress_pages), _locked(decompress_pages))
 
 
+def _workers(n: int) -> int:
+    """Workers for a batch of ``n`` pages: one per thread, or one for a small batch."""
+    return min(n, numba.get_num_threads()) if n >= SERIAL_BELOW else 1
+
+
 def _drivers_for(n: int):
     """The parallel drivers (one region at a time), or for a small batch the serial ones
     (built on first use)."""
@@ -378,8 +383,7 @@ class Lz4Njit(Codec):
         lengths = np.empty(n, np.int64)
         if not n:
             return np.zeros(0, np.uint8), np.zeros(0, np.int64), lengths
-        workers = min(n, numba.get_num_threads()) if n >= SERIAL_BELOW else 1
-        scratch, tables = self._buffers(n, workers)
+        scratch, tables = self._buffers(n, _workers(n))
         _drivers_for(n)[0](pages, rows, scratch, lengths, tables)
         return scratch.reshape(-1), np.arange(n, dtype=np.int64) * scratch.shape[1], lengths
 
@@ -392,8 +396,7 @@ class Lz4Njit(Codec):
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n:
-            _drivers_for(n)[1](data, starts, lengths, out, rows, ok,
-                               min(n, numba.get_num_threads()) if n >= SERIAL_BELOW else 1)
+            _drivers_for(n)[1](data, starts, lengths, out, rows, ok, _workers(n))
         return ok
 
 
