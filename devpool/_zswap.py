@@ -407,14 +407,12 @@ class Zswap:
         """Copy the accepted pages in: their blocks from ``data`` where they are (no
         repacking), pages stored as-is from ``pages``; one pool call for each kind."""
         raw = poor[want]
-        if not raw.any():
-            self.pool.write_batch(handles, data, sizes[want], src_starts=starts[want])
-            return
         comp = ~raw
         if comp.any():
             self.pool.write_batch(handles[comp], data, sizes[want[comp]], src_starts=starts[want[comp]])
-        self.pool.write_batch(handles[raw], pages.reshape(-1), sizes[want[raw]],
-                              src_starts=todo[want[raw]] * PAGE_SIZE)
+        if raw.any():
+            self.pool.write_batch(handles[raw], pages.reshape(-1), sizes[want[raw]],
+                                  src_starts=todo[want[raw]] * PAGE_SIZE)
 
     def store(self, offset: int, page) -> bool:
         """Store one page; True if cached (see :meth:`store_batch`)."""
