@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import time
 
-import lz4.block
 import numpy as np
 
 import devpool
+from devpool._bench import lz4_blocks
 from _common import header, load_pages, save
 
 
@@ -56,7 +56,7 @@ def main(argv=None) -> dict:
         source = "synthetic (smoke)"
     else:
         pages, source = load_pages(args.pages)
-    blobs = [lz4.block.compress(p.tobytes(), store_size=False)[:4096] for p in pages]
+    blobs = [b[:4096] for b in lz4_blocks(pages)]
     need = max(batches)
     reps = -(-need // len(blobs))
     blobs = (blobs * reps)[:need]

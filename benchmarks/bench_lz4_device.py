@@ -21,11 +21,12 @@ import argparse
 import time
 import warnings
 
-import lz4.block
 import numpy as np
 from numba import cuda
 
 import devpool
+from devpool._bench import lz4_blocks
+from devpool._packed import packed_starts
 from _common import header, load_pages, save
 from bench_device import raw_bandwidth
 
@@ -68,10 +69,10 @@ def main(argv=None) -> dict:
         pages = np.ascontiguousarray(np.tile(pages, (reps, 1))[:args.max_pages])
     n = pages.shape[0]
     nbytes = pages.size
-    ref = [lz4.block.compress(p.tobytes(), store_size=False) for p in pages]
+    ref = lz4_blocks(pages)
     ref_len = np.array([len(b) for b in ref], np.int64)
     ref_data = np.frombuffer(b"".join(ref), np.uint8)
-    ref_starts = np.concatenate([[0], np.cumsum(ref_len)[:-1]]).astype(np.int64)
+    ref_starts = packed_starts(ref_len)
 
     pool = devpool.open_pool("cuda", capacity_bytes=max(64 << 20, 2 * nbytes))
     st = pool.stats()
