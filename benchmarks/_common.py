@@ -40,6 +40,14 @@ def load_pages(path: str | None, max_pages: int | None = None) -> tuple[np.ndarr
     return np.ascontiguousarray(pages), source
 
 
+def pack(blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blocks back to back: ``(data, lengths, bounds)``, block ``i`` at
+    ``data[bounds[i]:bounds[i + 1]]`` (``bounds[:-1]`` are the starts)."""
+    blocks = list(blocks)
+    lengths = np.array([len(b) for b in blocks], np.int64)
+    return np.frombuffer(b"".join(blocks), np.uint8), lengths, np.concatenate([[0], np.cumsum(lengths)])
+
+
 def header(name: str, **extra) -> dict:
     import numba
     return {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": cpu_name(),

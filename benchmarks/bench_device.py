@@ -20,7 +20,7 @@ import numpy as np
 
 import devpool
 from devpool._bench import lz4_blocks
-from _common import header, load_pages, save
+from _common import header, load_pages, pack, save
 
 
 def raw_bandwidth(storage, nbytes: int, repeats: int) -> tuple[float, float]:
@@ -60,9 +60,7 @@ def main(argv=None) -> dict:
     need = max(batches)
     reps = -(-need // len(blobs))
     blobs = (blobs * reps)[:need]
-    sizes = np.array([len(b) for b in blobs], np.int64)
-    payload = np.frombuffer(b"".join(blobs), np.uint8)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
+    payload, sizes, starts = pack(blobs)
 
     pool = devpool.open_pool("cuda", capacity_bytes=int(max(64 << 20, 3 * payload.size)))
     st = pool.stats()

@@ -19,7 +19,7 @@ import numpy as np
 import devpool
 from devpool._bench import (Passes, format_ratio, lz4_blocks, lz4_compress_loop, lz4_compress_loop_kept,
                             lz4_decompress_loop, lz4_decompress_loop_kept)
-from _common import header, load_pages, save
+from _common import header, load_pages, pack, save
 
 
 def main(argv=None) -> dict:
@@ -36,8 +36,7 @@ def main(argv=None) -> dict:
     n = pages.shape[0]
     njit = devpool.get_codec("lz4-njit")
     ref = lz4_blocks(pages)
-    ref_data = np.frombuffer(b"".join(ref), np.uint8)
-    ref_len = np.array([len(r) for r in ref], np.int64)
+    ref_data, ref_len, starts = pack(ref)
     data, lengths = njit.compress_batch(pages)                # warm-up (compile)
     out = np.empty_like(pages)
     njit.decompress_into(ref_data, ref_len, out)
@@ -51,7 +50,6 @@ def main(argv=None) -> dict:
     # the codec is called per batch, as Zswap calls it: its scratch stays in cache
     step = args.batch or n
     cuts = [(lo, min(lo + step, n)) for lo in range(0, n, step)]
-    starts = np.concatenate([[0], np.cumsum(ref_len)])
 
     def compress(codec):
         for lo, hi in cuts:

@@ -26,8 +26,7 @@ from numba import cuda
 
 import devpool
 from devpool._bench import lz4_blocks
-from devpool._packed import packed_starts
-from _common import header, load_pages, save
+from _common import header, load_pages, pack, save
 from bench_device import raw_bandwidth
 
 
@@ -70,9 +69,8 @@ def main(argv=None) -> dict:
     n = pages.shape[0]
     nbytes = pages.size
     ref = lz4_blocks(pages)
-    ref_len = np.array([len(b) for b in ref], np.int64)
-    ref_data = np.frombuffer(b"".join(ref), np.uint8)
-    ref_starts = packed_starts(ref_len)
+    ref_data, ref_len, bounds = pack(ref)
+    ref_starts = bounds[:-1]
 
     pool = devpool.open_pool("cuda", capacity_bytes=max(64 << 20, 2 * nbytes))
     st = pool.stats()

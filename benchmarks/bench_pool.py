@@ -26,7 +26,7 @@ import numpy as np
 
 import devpool
 from devpool._bench import lz4_blocks, lz4_compress_loop
-from _common import header, load_pages, save
+from _common import header, load_pages, pack, save
 
 PAGE = 4096
 
@@ -60,9 +60,7 @@ def zsmalloc_bytes(sizes: np.ndarray, pages_per_zspage=(4,)) -> int:
 
 def pool_cost(backend: str, blobs: list[bytes], batch: int, resident: int, repeats: int) -> float:
     """Seconds per object for alloc + write + read + free in batches of ``batch``."""
-    sizes = np.array([len(b) for b in blobs], np.int64)
-    payload = np.frombuffer(b"".join(blobs), np.uint8)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
+    payload, sizes, starts = pack(blobs)
     with devpool.open_pool(backend, 4 << 30) as pool:
         # a realistic resident population, so free/alloc work on a used pool
         for i in range(0, resident, 4096):
@@ -88,9 +86,7 @@ def pool_cost(backend: str, blobs: list[bytes], batch: int, resident: int, repea
 
 def efficiency(backend: str, blobs: list[bytes], n_objects: int, rng) -> dict:
     pick = rng.integers(0, len(blobs), n_objects)
-    sizes = np.array([len(blobs[i]) for i in pick], np.int64)
-    payload = np.frombuffer(b"".join(blobs[i] for i in pick), np.uint8)
-    starts = np.concatenate([[0], np.cumsum(sizes)])
+    payload, sizes, starts = pack(blobs[i] for i in pick)
     with devpool.open_pool(backend, 4 << 30) as pool:
         handles = []
         for lo in range(0, n_objects, 1024):

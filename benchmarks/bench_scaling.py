@@ -33,7 +33,7 @@ import time
 import numba
 import numpy as np
 
-from _common import header, load_pages, save
+from _common import header, load_pages, pack, save
 
 BATCH = 1024
 CHAIN_STEPS = 1 << 20           # one unit of the integer chain's work
@@ -55,10 +55,7 @@ def _workload(name: str, pages: np.ndarray):
     if name == "lz4-njit compress":
         return lambda: [codec.compress_blocks(pages[lo:hi]) for lo, hi in cuts], pages.shape[0]
     assert name == "lz4-njit decompress", name
-    blocks = lz4_blocks(pages)
-    data = np.frombuffer(b"".join(blocks), np.uint8)
-    lengths = np.array([len(b) for b in blocks], np.int64)
-    starts = np.concatenate([[0], np.cumsum(lengths)])
+    data, lengths, starts = pack(lz4_blocks(pages))
     out = np.empty((BATCH, pages.shape[1]), np.uint8)
 
     def decode():
