@@ -44,7 +44,7 @@ class Passes:
         t = time.perf_counter()
         fn(*args)
         dt = time.perf_counter() - t
-        self.times.setdefault(name, []).append(dt)
+        self.add(name, dt)
         return dt
 
     def add(self, name: str, seconds: float) -> None:
