@@ -33,6 +33,8 @@ import time
 import numba
 import numpy as np
 
+import devpool
+from devpool._bench import lz4_blocks, lz4_compress_loop, lz4_decompress_loop
 from _common import header, load_pages, pack, save
 
 BATCH = 1024
@@ -41,8 +43,6 @@ CHAIN_STEPS = 1 << 20           # one unit of the integer chain's work
 
 # --- the workloads: each is (one unit of work, pages or steps per unit) -------------------
 def _workload(name: str, pages: np.ndarray):
-    import devpool
-    from devpool._bench import lz4_blocks, lz4_compress_loop, lz4_decompress_loop
     if name == "lz4.block compress":
         return lambda: lz4_compress_loop(pages), pages.shape[0]
     if name == "lz4.block decompress":
