@@ -25,6 +25,15 @@ Verbs an implementation provides (all offsets/lengths are int64 numpy arrays):
 ``discard(offsets, lengths)``
     the allocator freed these ranges; nothing may read them again (chaos poisons them).
 
+Single objects (a swap-in fault is one page) have their own verbs, so one page costs one
+copy and no batch metadata; the defaults fall back on the batch verbs:
+
+``write_one(offset, data)``
+    copy-in of one object: ``data`` (1-D host uint8) lands at arena ``offset``.
+``read_one(offset, out)``
+    copy-out of one object: ``out.size`` bytes from arena ``offset`` into ``out`` (1-D
+    host uint8, writable).
+
 Device memory may also take and give device buffers directly (``device_resident``):
 
 ``scatter_device(payload, src_starts, dst_offsets, lengths)``
@@ -76,6 +85,17 @@ class Storage:
     def move(self, src_offsets: np.ndarray, dst_offsets: np.ndarray,
              lengths: np.ndarray) -> None:
         raise NotImplementedError(f"{type(self).__name__} must implement move()")
+
+    # --- single objects: one copy each (defaults: a batch of one) --------------------
+    def write_one(self, offset: int, data: np.ndarray) -> None:
+        """Copy ``data`` (1-D uint8, host) to arena ``offset``."""
+        self.scatter(data, np.zeros(1, np.int64), np.array([offset], np.int64),
+                     np.array([data.size], np.int64))
+
+    def read_one(self, offset: int, out: np.ndarray) -> None:
+        """Copy ``out.size`` bytes at arena ``offset`` into ``out`` (1-D uint8, host)."""
+        self.gather(np.array([offset], np.int64), np.array([out.size], np.int64), out,
+                    np.zeros(1, np.int64))
 
     # --- optional -------------------------------------------------------------------
     def is_device_buffer(self, obj) -> bool:
