@@ -1,0 +1,54 @@
+"""Argument checks shared by every public entry point.
+
+One rule for scalars across devpool: an integer argument accepts Python ``int`` and numpy
+integers alike, and refuses ``bool`` (``True`` is not a size), floats (``1.7`` pages),
+strings and anything else with :class:`~devpool.BadInputError` naming the argument, its
+value and the range it must lie in. A real-valued argument (a percentage) accepts ints
+and floats, refuses bools, NaN and infinities. Checks run before anything changes.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import numpy as np
+
+from ._errors import BadInputError
+
+__all__ = ["check_int", "check_real"]
+
+
+def _range_text(lo, hi) -> str:
+    if lo is not None and hi is not None:
+        return f" in {lo}..{hi}"
+    if lo is not None:
+        return f" >= {lo}"
+    if hi is not None:
+        return f" <= {hi}"
+    return ""
+
+
+def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None,
+              error: type[Exception] = BadInputError) -> int:
+    """``value`` as a Python int, or ``error`` (BadInputError) naming ``name``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise error(f"{name} must be an integer{_range_text(lo, hi)}, got {value!r} "
+                    f"({type(value).__name__})")
+    v = int(value)
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise error(f"{name} must be an integer{_range_text(lo, hi)}, got {v}")
+    return v
+
+
+def check_real(value, name: str, *, lo: float | None = None, hi: float | None = None,
+               lo_open: bool = False) -> float:
+    """``value`` as a finite float within ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise BadInputError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+    v = float(value)
+    low_bad = lo is not None and (v <= lo if lo_open else v < lo)
+    if not math.isfinite(v) or low_bad or (hi is not None and v > hi):
+        left = "(" if lo_open else "["
+        raise BadInputError(f"{name} must be in {left}{lo}, {hi}], got {value!r}")
+    return v
