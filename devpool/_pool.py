@@ -25,6 +25,7 @@ import threading
 import numpy as np
 
 from ._allocator import Allocator, aligned
+from ._checks import first_range_outside
 from ._packed import packed_starts
 from ._errors import BadInputError, DevpoolError, InvalidSizeError, PoolFullError
 from ._storage import Storage
@@ -297,9 +298,8 @@ class Pool:
                 raise BadInputError(f"src_starts must be integers shaped like handles {hs.shape}, "
                                     f"got {starts.dtype} {starts.shape}")
             starts = starts.astype(np.int64, copy=False)
-            bad = np.flatnonzero((starts < 0) | (starts + sizes > nbytes))
-            if bad.size:
-                i = int(bad[0])
+            i = first_range_outside(starts, sizes, nbytes)
+            if i >= 0:
                 raise BadInputError(f"object {i} at src_starts {int(starts[i])} (+{int(sizes[i])} bytes) "
                                     f"lies outside the {nbytes}-byte payload")
         if not hs.size:
