@@ -24,6 +24,18 @@ Contract a codec implements
     default packs via ``compress_batch``. ``data`` may be the codec's scratch, valid
     until the codec's next call from the same thread.
 
+One page at a time (a swap-in fault is one page; a batch of one would pay a batch's
+set-up), every codec also offers:
+
+``compress_page(page)``
+    ``page`` is one C-contiguous (page_size,) uint8 array; returns ``(buffer, length)``,
+    the block being ``buffer[:length]`` (length -1: compression failed). ``buffer`` may
+    be the codec's scratch, valid until its next call from the same thread, or the page
+    itself (``raw``). The defaults go through the batch verbs; fast codecs override.
+``decompress_page(block, out)``
+    decode one block (1-D uint8) into ``out`` (a writable (page_size,) uint8 array);
+    True when it made exactly one page. Never raises for corrupt data.
+
 A codec that computes on a device may also keep its blocks there (``device_resident``):
 
 ``compress_to_device(pages, rows=None)``
@@ -120,6 +132,19 @@ def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, d
     return data, lengths, rows, starts
 
 
+def check_page_args(page, out=None, page_size: int = PAGE) -> None:
+    """``compress_page`` / ``decompress_page`` arguments, or BadInputError (cheap: the
+    single-page paths call it on every page)."""
+    for what, arr in (("page", page), ("out", out)):
+        if arr is None:
+            continue
+        if (type(arr) is not np.ndarray or arr.dtype != np.uint8 or arr.shape != (page_size,)
+                or not arr.flags.c_contiguous):
+            raise BadInputError(f"{what} must be a C-contiguous ({page_size},) uint8 array")
+    if out is not None and not out.flags.writeable:
+        raise BadInputError("out is read-only")
+
+
 def on_device(data) -> bool:
     """True for a buffer in device memory (anything array-like that numpy does not hold)."""
     return not isinstance(data, (np.ndarray, bytes, bytearray, memoryview)) and hasattr(data, "shape")
@@ -153,6 +178,37 @@ class Codec:
 
     def compress_to_device(self, pages: np.ndarray, rows: np.ndarray | None = None):
         raise NotImplementedError(f"{type(self).__name__} does not keep blocks in device memory")
+
+    def compress_page(self, page: np.ndarray) -> tuple[np.ndarray, int]:
+        """One page -> ``(buffer, length)``, the block being ``buffer[:length]``."""
+        check_page_args(page, None, self.page_size)
+        return self._compress_page(page)
+
+    def decompress_page(self, block, out: np.ndarray) -> bool:
+        """Decode one block into ``out`` (page_size,); True when it made one page."""
+        check_page_args(None, out, self.page_size)
+        if not (type(block) is np.ndarray and block.dtype == np.uint8 and block.ndim == 1):
+            try:
+                block = np.ascontiguousarray(np.frombuffer(block, np.uint8))
+            except (TypeError, ValueError) as exc:
+                raise BadInputError(f"block must be a bytes-like object or 1-D uint8 array: {exc}") from exc
+        return self._decompress_page(block, out) is not None
+
+    # What a codec overrides for one page: the arguments are checked already (a
+    # (page_size,) C-contiguous uint8 page; a 1-D uint8 block and a writable out), so a
+    # frontend that checked them at its own edge calls these directly.
+    # ``_decompress_page`` returns the page (``out``, or a new array when ``out`` is
+    # None: a codec whose library returns a fresh buffer hands it over uncopied) or None
+    # when the block did not make exactly one page.
+    def _compress_page(self, page: np.ndarray) -> tuple[np.ndarray, int]:
+        data, starts, lengths = self.compress_blocks(page.reshape(1, -1))
+        n, s = int(lengths[0]), int(starts[0])
+        return data[s:s + max(n, 0)], n
+
+    def _decompress_page(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+        out = np.empty(self.page_size, np.uint8) if out is None else out
+        ok = self.decompress_into(block, np.array([block.size], np.int64), out.reshape(1, -1))[0]
+        return out if ok else None
 
     def decompress_batch(self, data, lengths) -> np.ndarray:
         data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
@@ -189,6 +245,9 @@ def _pack_blocks(blocks: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     return data, lengths
 
 
+_NO_BYTES = np.zeros(0, np.uint8)
+
+
 class _Lz4Block(Codec):
     """Shared by lz4 and lz4hc: the python-lz4 binding, one call per page."""
 
@@ -202,10 +261,29 @@ class _Lz4Block(Codec):
         blocks = []
         for p in pages:
             try:
-                blocks.append(self._compress_one(p.tobytes()))
+                blocks.append(self._compress_one(p))
             except Exception:        # a codec failure refuses the page, never loses it
                 blocks.append(None)
         return _pack_blocks(blocks)
+
+    def _compress_page(self, page):
+        try:
+            block = self._compress_one(page)
+        except Exception:            # a codec failure refuses the page, never loses it
+            return _NO_BYTES, -1
+        return np.frombuffer(block, np.uint8), len(block)
+
+    def _decompress_page(self, block, out=None):
+        try:
+            page = lz4.block.decompress(block, uncompressed_size=self.page_size, return_bytearray=True)
+        except Exception:
+            return None
+        if len(page) != self.page_size:       # a short page is a failure (see below)
+            return None
+        if out is None:                       # the library's fresh buffer is the page
+            return np.frombuffer(page, np.uint8)
+        out[:] = np.frombuffer(page, np.uint8)
+        return out
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
         data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
@@ -263,6 +341,17 @@ class Raw(Codec):
         if rows is not None:
             pages = pages[check_rows(rows, pages.shape[0])]
         return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
+
+    def _compress_page(self, page):
+        return page, self.page_size           # the page itself: the pool copies it in
+
+    def _decompress_page(self, block, out=None):
+        if block.size != self.page_size:
+            return None
+        if out is None:
+            return block.copy()
+        out[:] = block
+        return out
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
         data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)

@@ -151,6 +151,10 @@ class Pool:
         return f"<devpool.Pool backend={self.storage.kind!r} {state}>"
 
     @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
     def backend(self) -> str:
         return self.storage.kind
 
@@ -255,11 +259,37 @@ class Pool:
         opened = plan[3]
         return int((~self.alloc_.seg_warm[opened]).sum()) * self.alloc_.seg_bytes
 
-    def alloc(self, nbytes: int) -> int:
-        """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`)."""
+    def growth_for_one(self, size: int) -> int:
+        """:meth:`growth_for` of one object of ``size`` (a valid size)."""
+        with self._lock:
+            placed = self.alloc_.place_one(size)
+            if placed is None:
+                return self.alloc_.capacity + 1
+            seg = placed[1]
+            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0
+
+    def alloc(self, nbytes: int, *, data=None) -> int:
+        """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
+
+        With ``data`` (exactly ``nbytes`` of host bytes) the object is also written: one
+        call instead of ``alloc`` + ``write``, and nothing is allocated when ``data`` is bad.
+        """
+        if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
+                                     and data.ndim == 1 and data.flags.c_contiguous):
+            data = _as_bytes_array(data, "data")
         with self._lock:
             self._enter()
-            return self._alloc_one(self.alloc_.check_size(nbytes))
+            size = self.alloc_.check_size(nbytes)
+            if data is not None and data.size != size:
+                raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
+            handle = self._alloc_one(size)
+            if data is not None:
+                try:
+                    self.storage.write_one(self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))[0], data)
+                except BaseException:
+                    self._free_one(self.alloc_.decode_one(handle, self._ikey))
+                    raise
+            return handle
 
     def _alloc_one(self, size: int) -> int:
         al = self.alloc_
@@ -384,17 +414,25 @@ class Pool:
             self.storage.gather(offsets, sizes, buf, packed_starts(sizes))
         return buf, sizes.copy()
 
-    def read(self, handle: int, out=None) -> np.ndarray:
-        """Copy one object out (a new uint8 array, or ``out`` filled): one storage copy."""
+    def read(self, handle: int, out=None, *, free: bool = False) -> np.ndarray:
+        """Copy one object out (a new uint8 array, or ``out`` filled): one storage copy.
+
+        ``free=True`` frees the object once it is copied out (an exclusive load, as
+        zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
+        freed.
+        """
         with self._lock:
             self._enter()
-            offset, size = self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))
+            slot = self.alloc_.decode_one(handle, self._ikey)
+            offset, size = self.alloc_.where(slot)
             if out is None:
                 out = np.empty(size, np.uint8)
             elif not (type(out) is np.ndarray and out.dtype == np.uint8 and out.ndim == 1
                       and out.flags.c_contiguous and out.flags.writeable and out.size == size):
                 out = _check_out(out, size)
             self.storage.read_one(offset, out)
+            if free:
+                self._free_one(slot)
             return out
 
     @_locked
