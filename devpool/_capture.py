@@ -93,6 +93,8 @@ def capture_pid(pid: int, max_pages: int | None = None) -> np.ndarray:
     count = 0
     try:
         regions = _anonymous_regions(pid)
+        if not regions:                  # a kernel thread, or a process with no private memory
+            raise CaptureError(f"process {pid} has no anonymous memory to capture")
         with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm, \
                 open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
             for start, end in regions:
