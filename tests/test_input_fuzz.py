@@ -66,10 +66,8 @@ trace_texts = st.lists(st.one_of(st.integers(-5, 2**70).map(str), st.sampled_fro
                        max_size=20).map(" ".join)
 
 
-@FUZZ
-@given(text=trace_texts)
-def test_text_traces_load_or_are_refused(text):
-    path = _write(text.encode(), ".txt")
+def _check_trace(data: bytes, suffix: str) -> None:
+    path = _write(data, suffix)
     try:
         trace = load_trace(path)
     except devpool.BadInputError:
@@ -81,16 +79,15 @@ def test_text_traces_load_or_are_refused(text):
 
 
 @FUZZ
+@given(text=trace_texts)
+def test_text_traces_load_or_are_refused(text):
+    _check_trace(text.encode(), ".txt")
+
+
+@FUZZ
 @given(data=npy_files)
 def test_npy_traces_load_or_are_refused(data):
-    path = _write(data, ".npy")
-    try:
-        trace = load_trace(path)
-    except devpool.BadInputError:
-        return
-    finally:
-        os.unlink(path)
-    assert trace.dtype == np.int64 and 1 <= trace.size and 0 <= trace.min() and trace.max() < MAX_WORKING_SET
+    _check_trace(data, ".npy")
 
 
 numbers = st.one_of(st.integers(-2**70, 2**70).map(str), st.floats(allow_nan=True).map(str),
