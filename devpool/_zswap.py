@@ -132,12 +132,15 @@ class Zswap:
         self._next_seq = 0                         # LRU age of the next entry stored
         self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
         self._block = np.empty(PAGE_SIZE, np.uint8)   # one page's block, copied out
-        if backing is None or isinstance(backing, BackingFile):
-            self.backing = backing
-            self._own_backing = False
-        else:
-            self.backing = BackingFile(backing)
-            self._own_backing = True
+        self._own_backing = not (backing is None or isinstance(backing, BackingFile))
+        self.backing = BackingFile(backing) if self._own_backing else backing
+        if self.backing is not None:
+            try:
+                self.backing.attach(self)           # one swap file, one owner
+            except BaseException:
+                if self._own_backing:
+                    self.backing.close(remove_created=True)
+                raise
         self.writeback_enabled = bool(writeback) and self.backing is not None
 
     def __enter__(self) -> "Zswap":
@@ -162,8 +165,10 @@ class Zswap:
                 if not self.pool.closed:
                     self._drop_idx(self._t.present())
             finally:
-                if self._own_backing and self.backing is not None:
-                    self.backing.close()
+                if self.backing is not None:
+                    self.backing.detach(self)
+                    if self._own_backing:
+                        self.backing.close()
 
     def _check_open(self) -> None:
         if self._closed:

@@ -53,7 +53,7 @@ def test_zswap_over_a_symlink_writes_no_page_through_it(tmp_path):
     victim.write_bytes(b"x" * PAGE)
     os.chmod(victim, 0o600)
     (tmp_path / "swap").symlink_to(victim)
-    with devpool.open_pool("host", 1 << 20) as pool:
+    with devpool.open_pool("host", 1 << 20, segment_bytes=16384) as pool:
         with pytest.raises(WritebackError):
             devpool.Zswap(pool, backing=str(tmp_path / "swap"))
     assert victim.read_bytes() == b"x" * PAGE

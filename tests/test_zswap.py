@@ -402,3 +402,13 @@ def test_a_limit_below_one_segment_is_refused_up_front(make_pool):
     with pytest.raises(devpool.BadInputError, match="smaller than one pool segment"):
         devpool.Zswap(pool, max_pool_bytes=8192)
     devpool.Zswap(pool, max_pool_bytes=16384)              # one segment is enough
+
+
+def test_one_backing_file_object_has_one_zswap(make_pool, tmp_path):
+    bf = devpool.BackingFile(tmp_path / "swap")
+    zs = devpool.Zswap(make_pool(), backing=bf)
+    with pytest.raises(devpool.WritebackError, match="one owner"):
+        devpool.Zswap(make_pool(), backing=bf)
+    zs.close()
+    devpool.Zswap(make_pool(), backing=bf).close()         # free again once the first closed
+    bf.close()
