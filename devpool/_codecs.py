@@ -58,7 +58,7 @@ import copy
 import lz4.block
 import numpy as np
 
-from ._checks import first_range_outside
+from ._checks import check_int, first_range_outside
 from ._errors import BadInputError, CorruptDataError, UnknownCodecError
 from ._packed import gather, packed_starts
 
@@ -71,6 +71,8 @@ def check_pages(pages, page_size: int = PAGE) -> np.ndarray:
     """(N, page_size) C-contiguous uint8, or BadInputError naming what is wrong."""
     if not isinstance(pages, np.ndarray):
         raise BadInputError(f"pages must be a numpy uint8 array, got {type(pages).__name__}")
+    if type(pages) is not np.ndarray:        # np.matrix and friends: plain array semantics
+        pages = pages.view(np.ndarray)
     if pages.dtype != np.uint8:
         raise BadInputError(f"pages must have dtype uint8, got {pages.dtype}")
     if pages.ndim == 1 and pages.shape[0] == page_size:
@@ -95,6 +97,32 @@ def check_rows(rows, n_pages: int) -> np.ndarray:
     return rows
 
 
+def as_block_data(data) -> np.ndarray:
+    """Compressed data as a flat C-contiguous uint8 array: a uint8 array or a bytes-like
+    object; anything else (a list, a str, float or int16 arrays, which a cast would
+    silently turn into other bytes) is BadInputError."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise BadInputError(f"data must have dtype uint8, got {data.dtype}")
+        return np.ascontiguousarray(data).reshape(-1)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, np.uint8)
+    raise BadInputError(f"data must be a uint8 array or bytes-like, got {type(data).__name__}")
+
+
+def as_lengths(lengths) -> np.ndarray:
+    """Block lengths as a 1-D int64 array; floats (even whole ones), NaN, bools are refused."""
+    try:
+        arr = np.asarray(lengths)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadInputError(f"lengths must be a 1-D sequence of integers: {exc}") from exc
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise BadInputError(f"lengths must be a 1-D integer array, got {arr.dtype} {arr.shape}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise BadInputError("lengths must fit in int64")
+    return arr.astype(np.int64, copy=False)
+
+
 def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, device_ok: bool = False):
     """``decompress_into``'s arguments, normalised (``data`` as flat contiguous uint8
     unless ``device_ok`` and it is a device buffer), or BadInputError before anything is
@@ -102,12 +130,8 @@ def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, d
     ``out`` would be an out-of-bounds access, not corrupt data). Returns
     ``(data, lengths, rows, starts)``."""
     if not (device_ok and on_device(data)):
-        data = np.ascontiguousarray(np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview))
-                                    else data, dtype=np.uint8).reshape(-1)
-    lengths = np.asarray(lengths)
-    if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
-        raise BadInputError(f"lengths must be a 1-D integer array, got {lengths.dtype} {lengths.shape}")
-    lengths = lengths.astype(np.int64, copy=False)
+        data = as_block_data(data)
+    lengths = as_lengths(lengths)
     n = lengths.shape[0]
     if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2
             or out.shape[1] != page_size or not out.flags.c_contiguous or not out.flags.writeable):
@@ -211,9 +235,9 @@ class Codec:
         return out if ok else None
 
     def decompress_batch(self, data, lengths) -> np.ndarray:
-        data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
-        lengths = np.asarray(lengths, np.int64)
-        if lengths.ndim != 1 or (lengths < 0).any() or int(lengths.sum()) != data.size:
+        data = as_block_data(data)
+        lengths = as_lengths(lengths)
+        if (lengths < 0).any() or int(lengths.sum()) != data.size:
             raise BadInputError("lengths must be non-negative and add up to the data's size")
         out = np.empty((lengths.shape[0], self.page_size), np.uint8)
         ok = self.decompress_into(data, lengths, out)
@@ -308,9 +332,7 @@ class Lz4(_Lz4Block):
     codec_id = "lz4"
 
     def __init__(self, acceleration: int = 1):
-        if not isinstance(acceleration, int) or acceleration < 1:
-            raise BadInputError(f"acceleration must be an integer >= 1, got {acceleration!r}")
-        self.acceleration = acceleration
+        self.acceleration = check_int(acceleration, "acceleration", lo=1, hi=1 << 16)
 
     def _compress_one(self, page):
         return lz4.block.compress(page, mode="fast" if self.acceleration > 1 else "default",
@@ -323,9 +345,7 @@ class Lz4HC(_Lz4Block):
     codec_id = "lz4hc"
 
     def __init__(self, level: int = 9):
-        if not isinstance(level, int) or not 1 <= level <= 12:
-            raise BadInputError(f"lz4hc level must be an integer in 1..12, got {level!r}")
-        self.level = level
+        self.level = check_int(level, "lz4hc level", lo=1, hi=12)
 
     def _compress_one(self, page):
         return lz4.block.compress(page, mode="high_compression", compression=self.level, store_size=False)
@@ -403,6 +423,8 @@ def get_codec(config: str | dict | Codec) -> Codec:
         raise UnknownCodecError(f"codec config must be a name or a dict with an 'id', got {config!r}")
     config = copy.deepcopy(config)        # never mutate the caller's dict
     codec_id = config.pop("id")
+    if not isinstance(codec_id, str):
+        raise UnknownCodecError(f"a codec id is a name, got {codec_id!r}")
     _load_lazy(codec_id)
     cls = _REGISTRY.get(codec_id)
     if cls is None:

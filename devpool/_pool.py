@@ -26,7 +26,7 @@ import threading
 import numpy as np
 
 from ._allocator import Allocator, aligned
-from ._checks import first_range_outside
+from ._checks import check_real, first_range_outside
 from ._packed import packed_starts
 from ._errors import BadInputError, InvalidSizeError, PoolClosedError, PoolFullError
 from ._storage import Storage
@@ -487,9 +487,7 @@ class Pool:
 
         Live objects move (device-to-device on a GPU); every handle stays valid.
         """
-        if not 0.0 < float(max_utilisation) <= 1.0:
-            raise BadInputError(f"max_utilisation must be in (0, 1], got {max_utilisation}")
-        return self._clean(float(max_utilisation))
+        return self._clean(check_real(max_utilisation, "max_utilisation", lo=0, hi=1, lo_open=True))
 
     def _clean(self, max_utilisation: float) -> int:
         """Compact, then give every spare segment back; returns bytes released."""
