@@ -309,6 +309,12 @@ class Allocator:
         self._table_views()
         self.live_objects = 0
         self.live_bytes = 0            # requested bytes of live objects (payload)
+        self.live_aligned = 0          # arena bytes they occupy (Σ seg_live)
+        self.segs_in_use = 0           # seg_in_use.sum(), kept as objects come and go
+        # cleaning figures (zsmalloc explains compaction through its stats; so do we)
+        self.clean_steps = 0
+        self.cleaned_segments = 0      # segments emptied by cleaning (steps and compact)
+        self.cleaned_bytes_moved = 0   # live bytes cleaning copied
         self.segments_compacted = 0
 
     def _table_views(self) -> None:
@@ -420,10 +426,13 @@ class Allocator:
         """Record a planned batch (the point of no return); returns its slots."""
         offsets, head, fill, opened = plan
         slots = self._take_slots(sizes.shape[0])   # may grow the table: before any mutation
-        self.live_bytes += _record(slots, sizes, aligned(sizes), offsets, opened, self.seg_bytes,
+        a = aligned(sizes)
+        self.live_bytes += _record(slots, sizes, a, offsets, opened, self.seg_bytes,
                                    self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed,
                                    self.seg_in_use, self.locs, self.sizes)
         self.live_objects += sizes.shape[0]
+        self.live_aligned += int(a.sum())
+        self.segs_in_use += opened.size
         self.head = head
         return slots
 
@@ -457,6 +466,7 @@ class Allocator:
             self._m_in_use[seg] = True
             self._m_live[seg] = self._m_objs[seg] = self._m_placed[seg] = 0
             self.head = seg
+            self.segs_in_use += 1
         self._m_live[seg] += a
         self._m_objs[seg] += 1
         self._m_placed[seg] += 1
@@ -465,6 +475,7 @@ class Allocator:
         self._m_sizes[slot] = size
         self.live_bytes += size
         self.live_objects += 1
+        self.live_aligned += a
         return slot
 
     def _take_slots(self, n: int) -> np.ndarray:
@@ -511,6 +522,8 @@ class Allocator:
             self._ring_count, self.head)
         self.live_objects -= slots.shape[0]
         self.live_bytes -= total
+        self.live_aligned -= int(asz.sum())
+        self.segs_in_use -= emptied.size
         return offsets, asz, emptied
 
     def free_one(self, slot: int):
@@ -528,6 +541,7 @@ class Allocator:
             if seg != self.head:
                 self._m_in_use[seg] = False
                 emptied = seg
+                self.segs_in_use -= 1
         self._m_locs[slot] = -1
         g = self._m_gens[slot] + 1
         self._m_gens[slot] = 1 if g > _GEN_MASK else g
@@ -535,18 +549,41 @@ class Allocator:
         self._ring_count += 1
         self.live_objects -= 1
         self.live_bytes -= size
+        self.live_aligned -= a
         return off, a, emptied
 
     # --- cleaning --------------------------------------------------------------------
+    @property
+    def dead_bytes(self) -> int:
+        """Bytes of in-use segments no live object occupies (freed objects, tails)."""
+        return self.segs_in_use * self.seg_bytes - self.live_aligned
+
     def plan_compact(self, max_utilisation: float = 1.0):
         """Plan cleaning of every in-use segment whose live share is below the bar.
 
-        Returns (slots, src offsets, dst offsets, aligned sizes, victims) or None when
-        cleaning would free nothing. Live objects keep their arena order, packed next-fit
-        into the lowest-numbered candidate segments (free ones and the victims).
+        Returns (slots, src offsets, dst offsets, aligned sizes, victims, head, fill) or
+        None when cleaning would free nothing. Live objects keep their arena order, packed
+        next-fit into the lowest-numbered candidate segments (free ones and the victims).
         """
         used = np.flatnonzero(self.seg_in_use)
-        victims = used[self.seg_live[used] < max_utilisation * self.seg_bytes]
+        return self._plan_victims(used[self.seg_live[used] < max_utilisation * self.seg_bytes])
+
+    def plan_clean(self, want_bytes: int, max_victims: int):
+        """Plan one bounded cleaning step (as RAMCloud's cleaner, greedy): the fewest of
+        the least-utilised segments (never the open head) whose dead space adds up to
+        ``want_bytes`` plus a segment (packing them then frees at least that much), at
+        most ``max_victims`` of them. None when even those would free nothing."""
+        used = np.flatnonzero(self.seg_in_use)
+        if self.head >= 0:
+            used = used[used != self.head]
+        if used.size < 2:
+            return None
+        order = used[np.argsort(self.seg_live[used], kind="stable")][:max_victims]
+        room = np.cumsum(self.seg_bytes - self.seg_live[order])
+        k = min(int(np.searchsorted(room, max(want_bytes, self.seg_bytes) + self.seg_bytes)) + 1, order.size)
+        return self._plan_victims(order[:k])
+
+    def _plan_victims(self, victims: np.ndarray):
         if victims.size == 0:
             return None
         live = np.flatnonzero(self.locs >= 0)
@@ -557,12 +594,13 @@ class Allocator:
         a = aligned(self.sizes[slots])
         # destinations: free segments and the victims themselves (storage.move reads
         # every source before writing), lowest index first so the arena's top empties
+        # (a device arena shrinks to its highest segment in use)
         blocked = self.seg_in_use & ~is_victim
         no_warmth = np.zeros(self.n_segs, np.bool_)
         dst, head, fill, opened = _place(a, -1, 0, blocked, no_warmth, self.seg_bytes)
         assert head != -2, "next-fit in arena order never needs more segments than before"
-        if opened.size >= victims.size:
-            return None   # nothing would be freed
+        if opened.size >= victims.size and (opened.size == 0 or opened.max() >= victims.max()):
+            return None   # nothing would be freed, nor would the arena's top come down
         return slots, self.locs[slots], dst, a, victims, head, fill
 
     def commit_compact(self, plan) -> tuple[np.ndarray, np.ndarray]:
@@ -584,19 +622,26 @@ class Allocator:
         freed = np.flatnonzero(before & ~self.seg_in_use)
         grown = np.flatnonzero(~before & self.seg_in_use)
         self.segments_compacted += freed.size
+        self.cleaned_segments += freed.size
+        self.cleaned_bytes_moved += int(a.sum())
+        self.segs_in_use = int(self.seg_in_use.sum())
         return freed, grown
 
     # --- figures ---------------------------------------------------------------------
     def stats(self) -> dict:
-        in_use = int(self.seg_in_use.sum())
+        in_use = self.segs_in_use
         return {
             "obj_used": self.live_objects,
             "obj_allocated": int(self.seg_placed.sum()),
             "payload_bytes": self.live_bytes,
-            "arena_used_bytes": int(self.seg_live.sum()),
+            "arena_used_bytes": self.live_aligned,
+            "dead_bytes": self.dead_bytes,
+            "clean_steps": self.clean_steps,
+            "cleaned_segments": self.cleaned_segments,
+            "cleaned_bytes_moved": self.cleaned_bytes_moved,
             "segments_in_use": in_use,
             "segment_bytes": self.seg_bytes,
             "segments_compacted": self.segments_compacted,
-            "compactable_bytes": in_use * self.seg_bytes - int(self.seg_live.sum()),
+            "compactable_bytes": self.dead_bytes,
             "capacity_bytes": self.capacity,
         }
