@@ -427,13 +427,15 @@ class Pool:
         freed.
         """
         with self._lock:
-            self._enter()
-            slot = self.alloc_.decode_one(handle, self._ikey)
-            offset, size = self.alloc_.where(slot)
+            if self._closed or self._hook is not None:
+                self._enter()
+            al = self.alloc_
+            slot = al.decode_one(handle, self._ikey)
+            offset, size = al.where(slot)
             if out is None:
                 out = np.empty(size, np.uint8)
-            elif not (type(out) is np.ndarray and out.dtype == np.uint8 and out.ndim == 1
-                      and out.flags.c_contiguous and out.flags.writeable and out.size == size):
+            elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
+                      and (flags := out.flags).c_contiguous and flags.writeable):
                 out = _check_out(out, size)
             self.storage.read_one(offset, out)
             if free:
@@ -484,9 +486,9 @@ class Pool:
 
     def _maybe_clean(self) -> None:
         al = self.alloc_
-        dead = al.dead_bytes
-        limit = al.live_aligned * self.CLEAN_TRIGGER
-        if dead > self._clean_floor and dead > 2 * al.seg_bytes and dead > limit:
+        dead = al.segs_in_use * al.seg_bytes - al.live_aligned        # al.dead_bytes, inline
+        if dead > self._clean_floor and dead > 2 * al.seg_bytes and dead > al.live_aligned * self.CLEAN_TRIGGER:
+            limit = al.live_aligned * self.CLEAN_TRIGGER
             t0 = time.perf_counter()
             plan = al.plan_clean(int(dead - limit * 3 / 4), self.CLEAN_STEP_SEGMENTS)
             if plan is None:

@@ -664,9 +664,10 @@ class Zswap:
 
     def load(self, offset: int) -> np.ndarray:
         """Load one page (4096,) uint8 (the rules of :meth:`load_batch`, one page)."""
-        o = self._offset(offset)
+        o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             t = self._t
             i = t.find_one(o)
             state = t.m_state[i] if i >= 0 else ABSENT
