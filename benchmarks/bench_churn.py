@@ -51,7 +51,7 @@ def pool_churn(blocks, live: int, churn: int, batch: int, rng, backend: str) -> 
     nb = len(blocks)
     sizes = np.array([b.size for b in blocks], np.int64)
     cap = int(sizes.mean() * live * 4) + (64 << 20)
-    pool = devpool.open_pool(backend, cap)
+    pool = devpool.open_pool(backend, cap, segment_bytes=256 << 10 if live >= 5000 else 16 << 10)
     handles = np.zeros(live, np.int64)
     kind = np.zeros(live, np.int64)                 # which block each live object holds
     pick = rng.integers(0, nb, live)
@@ -124,16 +124,18 @@ def zswap_churn(pages: np.ndarray, live: int, rounds: int, batch: int, rng, back
     new); paired with the same store batches into a fresh pool for throughput."""
     npages = pages.shape[0]
     pick = rng.integers(0, npages, live)
-    blocks = sum(min(len(lz4.block.compress(pages[k], store_size=False)), PAGE) for k in pick[:2000])
-    payload = blocks / 2000 * live
+    sample = pick[:2000]
+    blocks = sum(min(len(lz4.block.compress(pages[k], store_size=False)), PAGE) for k in sample)
+    payload = blocks / sample.size * live
     capacity = int(payload * 2 / 0.20)                 # live payload about half the 20 % limit
-    pool = devpool.open_pool(backend, capacity)
+    segment = 256 << 10 if capacity * 0.2 >= 16 * (256 << 10) else 16 << 10   # small runs: small segments
+    pool = devpool.open_pool(backend, capacity, segment_bytes=segment)
     tmp = tempfile.TemporaryDirectory(prefix="devpool-churn-")
     zs = devpool.Zswap(pool, compressor=compressor, max_pool_percent=20,
                        backing=os.path.join(tmp.name, "swap"))   # incompressible pages kept as-is
     for lo in range(0, live, batch):
         zs.store_batch(np.arange(lo, min(live, lo + batch)), pages[pick[lo:lo + batch]])
-    fresh_pool = devpool.open_pool(backend, capacity)
+    fresh_pool = devpool.open_pool(backend, capacity, segment_bytes=segment)
     fresh = devpool.Zswap(fresh_pool, compressor=compressor, max_pool_percent=100,
                           backing=os.path.join(tmp.name, "fresh"))
     timeline, ratios = [], []

@@ -126,9 +126,10 @@ def main() -> None:
         for codec in args.codecs.split(","):
             with devpool.open_pool(backend, 256 << 20) as pool, \
                     devpool.Zswap(pool, compressor=codec, max_pool_percent=100) as zs:
-                zs.store_batch(np.arange(64), pages[:64])             # warm-up: compile
-                zs.load_batch(np.arange(64))
-                for i in range(200):
+                w = min(64, pages.shape[0])
+                zs.store_batch(np.arange(w), pages[:w])               # warm-up: compile
+                zs.load_batch(np.arange(w))
+                for i in range(min(200, pages.shape[0])):
                     zs.store(i, pages[i])
                     zs.load(i)
                 res = single_page_ratios(zs, pages, args.passes)
