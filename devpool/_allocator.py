@@ -56,6 +56,7 @@ import threading
 import numba
 import numpy as np
 
+from ._checks import as_int_array
 from ._errors import InvalidHandleError, InvalidSizeError, PoolFullError
 
 __all__ = ["Allocator", "ALIGN"]
@@ -382,15 +383,7 @@ class Allocator:
 
     def check_sizes(self, sizes) -> np.ndarray:
         """Sizes as int64, or InvalidSizeError naming the first bad one."""
-        arr = np.asarray(sizes)
-        if arr.ndim != 1:
-            raise InvalidSizeError(f"sizes must be a 1-D sequence, got shape {arr.shape}")
-        if arr.size and arr.dtype.kind not in "iu":
-            raise InvalidSizeError(f"sizes must be integers, got dtype {arr.dtype}")
-        if arr.dtype == np.uint64 and arr.size and arr.max() > self.max_object:
-            i = int(np.argmax(arr > self.max_object))
-            raise InvalidSizeError(f"size {int(arr[i])} at batch index {i} is outside 1..{self.max_object}")
-        arr = arr.astype(np.int64, copy=False)
+        arr = as_int_array(sizes, "sizes", error=InvalidSizeError)
         bad = np.flatnonzero((arr <= 0) | (arr > self.max_object))
         if bad.size:
             i = int(bad[0])

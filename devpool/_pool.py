@@ -27,14 +27,13 @@ import time
 import numpy as np
 
 from ._allocator import Allocator, aligned
-from ._checks import check_real, first_range_outside
+from ._checks import PAGE_SIZE, as_int_array, check_real, first_range_outside
 from ._packed import packed_starts
 from ._errors import BadInputError, InvalidSizeError, PoolClosedError, PoolFullError
 from ._storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
 
-PAGE_SIZE = 4096
 #: 256 KiB segments: the partly filled tail of each costs ~0.3 % of it at LZ4 page sizes
 DEFAULT_SEGMENT_BYTES = 256 * 1024
 
@@ -96,17 +95,7 @@ def _check_out(out, nbytes: int) -> np.ndarray:
 
 
 def _as_handles(handles) -> np.ndarray:
-    try:
-        arr = np.asarray(handles)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise BadInputError(f"handles must be a 1-D sequence of integers: {exc}") from exc
-    if arr.ndim != 1:
-        raise BadInputError(f"handles must be a 1-D sequence, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if arr.dtype.kind not in "iu":
-        raise BadInputError(f"handles must be integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
+    return as_int_array(handles, "handles")
 
 
 class Pool:
@@ -341,11 +330,9 @@ class Pool:
         slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
         offsets, sizes = self.alloc_.location(slots)
         if lengths is not None:
-            lens = np.asarray(lengths)
+            lens = as_int_array(lengths, "lengths")
             if lens.shape != hs.shape:
                 raise BadInputError(f"lengths has shape {lens.shape}, handles {hs.shape}")
-            if lens.size and lens.dtype.kind not in "iu":
-                raise BadInputError(f"lengths must be integers, got dtype {lens.dtype}")
             bad = np.flatnonzero(lens != sizes)
             if bad.size:
                 i = int(bad[0])
@@ -357,11 +344,9 @@ class Pool:
                 raise BadInputError(f"payload holds {nbytes} bytes, the objects need {total}")
             starts = packed_starts(sizes)
         else:
-            starts = np.asarray(src_starts)
-            if starts.shape != hs.shape or (starts.size and starts.dtype.kind not in "iu"):
-                raise BadInputError(f"src_starts must be integers shaped like handles {hs.shape}, "
-                                    f"got {starts.dtype} {starts.shape}")
-            starts = starts.astype(np.int64, copy=False)
+            starts = as_int_array(src_starts, "src_starts")
+            if starts.shape != hs.shape:
+                raise BadInputError(f"src_starts must be shaped like handles {hs.shape}, got {starts.shape}")
             i = first_range_outside(starts, sizes, nbytes)
             if i >= 0:
                 raise BadInputError(f"object {i} at src_starts {int(starts[i])} (+{int(sizes[i])} bytes) "
