@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import threading
+from typing import NamedTuple
 
 import numba
 import numpy as np
@@ -59,7 +60,7 @@ import numpy as np
 from ._checks import as_int_array
 from ._errors import InvalidHandleError, InvalidSizeError, PoolFullError
 
-__all__ = ["Allocator", "ALIGN"]
+__all__ = ["Allocator", "ALIGN", "CleaningPlan", "Placement"]
 
 #: every object starts on a 16-byte boundary (device copies stay aligned)
 ALIGN = 16
@@ -74,6 +75,25 @@ _GEN_MASK = (1 << _GEN_BITS) - 1
 MAX_SLOTS = 1 << _SLOT_BITS
 #: freed slots wait behind at least this many others before reuse (see the docstring)
 MIN_FREE_SLOTS = 1 << 14
+
+class Placement(NamedTuple):
+    """Where a batch would go (:meth:`Allocator.plan`); nothing is changed yet."""
+    offsets: np.ndarray     # arena offset of each object
+    head: int               # the head segment after the batch
+    head_fill: int          # its bump pointer then
+    opened: np.ndarray      # segments the batch opens (fresh or spare)
+
+
+class CleaningPlan(NamedTuple):
+    """Which live objects move where (:meth:`Allocator.plan_compact` / ``plan_clean``)."""
+    slots: np.ndarray       # the objects, in arena order
+    src: np.ndarray         # where they are
+    dst: np.ndarray         # where they go (packed next-fit)
+    asizes: np.ndarray      # their aligned sizes: the bytes each move copies
+    victims: np.ndarray     # the segments cleaned (all emptied unless reused as dst)
+    head: int               # the last packed segment: appends continue there (-1: none)
+    head_fill: int          # its bump pointer
+
 
 # --- pool ids: unique among open pools ---------------------------------------------------
 _ids_lock = threading.Lock()
@@ -403,19 +423,16 @@ class Allocator:
         return n
 
     # --- allocation ------------------------------------------------------------------
-    def plan(self, sizes: np.ndarray):
-        """Where a batch would go, changing nothing; None when it does not fit.
-
-        Returns (offsets, new head, head fill, segments it opens).
-        """
+    def plan(self, sizes: np.ndarray) -> Placement | None:
+        """Where a batch would go, changing nothing; None when it does not fit."""
         offsets, head, fill, opened = _place(aligned(sizes), self.head,
                                              self.seg_fill[self.head] if self.head >= 0 else 0,
                                              self.seg_in_use, self.seg_warm, self.seg_bytes)
         if head == -2:
             return None
-        return offsets, head, fill, opened
+        return Placement(offsets, head, fill, opened)
 
-    def commit_alloc(self, sizes: np.ndarray, plan) -> np.ndarray:
+    def commit_alloc(self, sizes: np.ndarray, plan: Placement) -> np.ndarray:
         """Record a planned batch (the point of no return); returns its slots."""
         offsets, head, fill, opened = plan
         slots = self._take_slots(sizes.shape[0])   # may grow the table: before any mutation
@@ -442,7 +459,7 @@ class Allocator:
         plan = self.plan(np.array([size], np.int64))
         if plan is None:
             return None
-        return int(plan[0][0]), int(plan[3][0])
+        return int(plan.offsets[0]), int(plan.opened[0])
 
     def commit_one(self, size: int, offset: int, opened: int) -> int:
         """Record one placed object (the point of no return); returns its slot.
@@ -552,12 +569,10 @@ class Allocator:
         return self.segs_in_use * self.seg_bytes - self.live_aligned
 
     def plan_compact(self, max_utilisation: float = 1.0):
-        """Plan cleaning of every in-use segment whose live share is below the bar.
-
-        Returns (slots, src offsets, dst offsets, aligned sizes, victims, head, fill) or
-        None when cleaning would free nothing. Live objects keep their arena order, packed
-        next-fit into the lowest-numbered candidate segments (free ones and the victims).
-        """
+        """Plan cleaning of every in-use segment whose live share is below the bar: a
+        :class:`CleaningPlan`, or None when cleaning would free nothing. Live objects keep
+        their arena order, packed next-fit into the lowest-numbered candidate segments
+        (free ones and the victims)."""
         used = np.flatnonzero(self.seg_in_use)
         return self._plan_victims(used[self.seg_live[used] < max_utilisation * self.seg_bytes])
 
@@ -594,11 +609,11 @@ class Allocator:
         assert head != -2, "next-fit in arena order never needs more segments than before"
         if opened.size >= victims.size and (opened.size == 0 or opened.max() >= victims.max()):
             return None   # nothing would be freed, nor would the arena's top come down
-        return slots, self.locs[slots], dst, a, victims, head, fill
+        return CleaningPlan(slots, self.locs[slots], dst, a, victims, int(head), int(fill))
 
-    def commit_compact(self, plan) -> tuple[np.ndarray, np.ndarray]:
+    def commit_compact(self, plan: CleaningPlan) -> tuple[np.ndarray, np.ndarray]:
         """Re-point moved slots and rebuild segment figures; returns (freed, newly used)."""
-        slots, _src, dst, a, victims, head, fill = plan
+        slots, dst, a, victims, head = plan.slots, plan.dst, plan.asizes, plan.victims, plan.head
         before = self.seg_in_use.copy()
         self.seg_in_use[victims] = False
         for arr in (self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed):

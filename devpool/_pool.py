@@ -234,7 +234,7 @@ class Pool:
             raise PoolFullError(
                 f"pool full: {sizes.shape[0]} objects ({int(aligned(sizes).sum())} bytes) do not fit "
                 f"in capacity {self.alloc_.capacity} ({self.alloc_.live_bytes} bytes live)")
-        self._commit_segments(plan[3])         # fallible: device OOM -> PoolFullError
+        self._commit_segments(plan.opened)     # fallible: device OOM -> PoolFullError
         slots = self.alloc_.commit_alloc(sizes, plan)
         return self.alloc_.handles(slots) ^ self._key
 
@@ -250,8 +250,7 @@ class Pool:
         plan = self.alloc_.plan(sizes)
         if plan is None:
             return self.alloc_.capacity + 1
-        opened = plan[3]
-        return int((~self.alloc_.seg_warm[opened]).sum()) * self.alloc_.seg_bytes
+        return int((~self.alloc_.seg_warm[plan.opened]).sum()) * self.alloc_.seg_bytes
 
     def growth_for_one(self, size: int) -> int:
         """:meth:`growth_for` of one object of ``size`` (a valid size)."""
@@ -495,7 +494,7 @@ class Pool:
         slots, give emptied segments back; returns bytes freed."""
         if plan is None:
             return 0
-        slots, src, dst, a, victims, _, _ = plan
+        src, dst, a = plan.src, plan.dst, plan.asizes
         touched = np.unique(dst // self.alloc_.seg_bytes)
         fresh = touched[~self.alloc_.seg_in_use[touched]]
         self._commit_segments(fresh)
@@ -540,9 +539,9 @@ class Pool:
         plan = self.alloc_.plan(sizes)
         if plan is None:
             return 0
-        self._commit_segments(plan[3])
+        self._commit_segments(plan.opened)
         old = self.alloc_.locs[pick].copy()
-        self.storage.move(old, plan[0], aligned(sizes))
+        self.storage.move(old, plan.offsets, aligned(sizes))
         # allocate fresh slots for the new copies, then swap them with the old slots so
         # the caller's handles now point at the moved bytes
         new_slots = self.alloc_.commit_alloc(sizes, plan)
