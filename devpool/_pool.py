@@ -29,7 +29,7 @@ import numpy as np
 from ._allocator import Allocator, aligned
 from ._checks import PAGE_SIZE, as_int_array, check_real, first_range_outside
 from ._packed import packed_starts
-from ._errors import BadInputError, InvalidSizeError, PoolClosedError, PoolFullError
+from ._errors import BadInputError, PoolClosedError, PoolFullError
 from ._storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
