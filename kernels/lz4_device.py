@@ -20,13 +20,14 @@ import threading
 import warnings
 
 import numpy as np
-from numba import cuda
+from numba import types
 
 from devpool._codecs import (Codec, check_decode_args, check_pages, check_rows, on_device, pack_blocks,
                              register_codec)
 from devpool._errors import DeviceError
 
 from . import _lz4_core as core
+from ._cuda import cuda, device_function, kernel, launch
 from ._device import probe, simulated
 
 __all__ = ["Lz4Device"]
@@ -36,15 +37,21 @@ TABLE = 1 << core.HASH_U32_LOG
 
 
 # the GPU's helpers are the plain ones (byte loads: a misaligned word load faults there)
-_compress_block, _decompress_block = core.build(
-    cuda.jit(device=True), *core.plain_helpers(cuda.jit(device=True)), hash5=True)
+_compress_block, _decompress_block = core.build(device_function, *core.plain_helpers(device_function), hash5=True)
+
+_u8_2d = types.uint8[:, ::1]
+_i64 = types.int64[::1]
+#: threads per block on a GPU
+THREADS = 32
 
 
-@cuda.jit
+@kernel((_u8_2d, _u8_2d, _i64, types.int32[:, ::1]), threads=THREADS)
 def compress_kernel(pages, out, lengths, tables):
-    """Grid-stride over pages; thread t uses hash table ``tables[t]``."""
+    """Grid-stride over pages; thread t uses hash table ``tables[t]``. The stride is the
+    number of workers (tables), not the grid: threads past the last table return, so a
+    stride of the whole grid would skip the pages between them."""
     t = cuda.grid(1)
-    stride = cuda.gridsize(1)
+    stride = min(cuda.gridsize(1), tables.shape[0])
     if t >= tables.shape[0]:
         return
     table = tables[t]
@@ -56,7 +63,7 @@ def compress_kernel(pages, out, lengths, tables):
         i += stride
 
 
-@cuda.jit
+@kernel((types.uint8[::1], _i64, _i64, _u8_2d, types.boolean[::1]), threads=THREADS)
 def decompress_kernel(data, starts, lengths, out, ok):
     i = cuda.grid(1)
     if i < lengths.shape[0]:
@@ -74,7 +81,7 @@ class Lz4Device(Codec):
         usable, why = probe()
         if not usable:
             raise DeviceError(f"lz4-device needs a CUDA device (or the simulator): {why}")
-        self._threads = 32 if not simulated() else 1
+        self._threads = THREADS if not simulated() else 1
         # device buffers per thread, grown geometrically and reused: a fresh cudaMalloc
         # per batch costs more than a small batch's kernel
         self._local = threading.local()
@@ -114,7 +121,7 @@ class Lz4Device(Codec):
                 d_tab = self._buffer("tables", workers, TABLE, np.int32)
                 if n:
                     d_pages.copy_to_device(pages)                 # the batch's one copy in
-                    compress_kernel[self._grid(workers), self._threads](d_pages, d_out, d_len, d_tab)
+                    launch(compress_kernel, self._grid(workers), self._threads, None, d_pages, d_out, d_len, d_tab)
                 lengths = d_len.copy_to_host()[:n]
         except Exception as exc:
             raise DeviceError(f"device LZ4 compression of {n} pages failed: {exc}") from exc
@@ -159,7 +166,7 @@ class Lz4Device(Codec):
                 d_len.copy_to_device(lengths)
                 d_out = self._buffer("pages", n, PAGE, np.uint8)
                 d_ok = self._buffer("ok", n, None, np.bool_)
-                decompress_kernel[self._grid(n), self._threads](d_data, d_starts, d_len, d_out, d_ok)
+                launch(decompress_kernel, self._grid(n), self._threads, None, d_data, d_starts, d_len, d_out, d_ok)
                 ok = d_ok.copy_to_host()
                 pages = d_out.copy_to_host()
         except Exception as exc:
