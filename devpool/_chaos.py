@@ -54,6 +54,9 @@ class ChaosStorage(HostStorage):
     def discard(self, offsets, lengths):
         _poison(self._arena, offsets, lengths)
 
+    def discard_one(self, offset, nbytes):
+        self._arena[offset:offset + nbytes] = POISON
+
     def describe(self) -> dict:
         return {"backend": self.kind, "device": "host RAM (hostile)", "chaos_seed": self.seed}
 

@@ -46,6 +46,7 @@ import copy
 import lz4.block
 import numpy as np
 
+from ._checks import first_range_outside
 from ._errors import BadInputError, CorruptDataError, UnknownCodecError
 from ._packed import gather, packed_starts
 
@@ -112,8 +113,10 @@ def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, d
     size = int(data.shape[0]) if len(data.shape) == 1 else -1
     if size < 0:
         raise BadInputError(f"data must be 1-D, got shape {data.shape}")
-    if n and ((lengths < 0).any() or starts.min() < 0 or int((starts + lengths).max()) > size):
-        raise BadInputError(f"a block lies outside the {size}-byte data")
+    bad = first_range_outside(starts, lengths, size) if n else -1
+    if bad >= 0:
+        raise BadInputError(f"block {bad} (start {int(starts[bad])}, {int(lengths[bad])} bytes) "
+                            f"lies outside the {size}-byte data")
     return data, lengths, rows, starts
 
 
