@@ -25,16 +25,17 @@ from _common import header, load_pages, pack, save
 
 def raw_bandwidth(storage, nbytes: int, repeats: int) -> tuple[float, float]:
     """Seconds for one pinned H2D and one D2H copy of ``nbytes`` (best of ``repeats``)."""
-    pinned, dev = storage._stage(nbytes)
+    storage._stage(nbytes)
+    mem, pinned, dev, stream = storage.mem, storage._pinned, storage._dev, storage.stream
     h2d = d2h = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        storage.mem.h2d(pinned[:nbytes], dev[:nbytes], storage.stream)
-        storage.stream.synchronize()
+        mem.h2d(dev, 0, pinned, 0, nbytes, stream)
+        mem.sync(stream)
         h2d = min(h2d, time.perf_counter() - t)
         t = time.perf_counter()
-        storage.mem.d2h(dev[:nbytes], pinned[:nbytes], storage.stream)
-        storage.stream.synchronize()
+        mem.d2h(pinned, 0, dev, 0, nbytes, stream)
+        mem.sync(stream)
         d2h = min(d2h, time.perf_counter() - t)
     return h2d, d2h
 

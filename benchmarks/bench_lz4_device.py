@@ -47,6 +47,7 @@ def timed(launch, repeats: int) -> list[float]:
 
 def main(argv=None) -> dict:
     from devpool.kernels import _lz4_core as core
+    from devpool.kernels._cuda import launch
     from devpool.kernels.lz4_device import TABLE, compress_kernel, decompress_kernel
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -99,7 +100,8 @@ def main(argv=None) -> dict:
     for workers in sorted({min(int(w), n) for w in args.workers.split(",")}):
         d_tab = cuda.device_array((workers, TABLE), np.int32)
         grid = -(-workers // args.threads)
-        times = timed(lambda: compress_kernel[grid, args.threads](d_pages, d_out, d_len, d_tab), args.repeats)
+        times = timed(lambda: launch(compress_kernel, grid, args.threads, None, d_pages, d_out, d_len, d_tab),
+                      args.repeats)
         lengths = d_len.copy_to_host()
         assert (lengths == ref_len).all(), "a device block's length differs from lz4.block's"
         check = min(n, 256)                          # bytes of the first blocks, exactly
@@ -112,7 +114,7 @@ def main(argv=None) -> dict:
     d_pages_out = cuda.device_array((n, 4096), np.uint8)
     d_ok = cuda.device_array(n, np.bool_)
     grid = -(-n // args.threads)
-    times = timed(lambda: decompress_kernel[grid, args.threads](d_data, d_starts, d_lens, d_pages_out, d_ok),
+    times = timed(lambda: launch(decompress_kernel, grid, args.threads, None, d_data, d_starts, d_lens, d_pages_out, d_ok),
                   args.repeats)
     assert d_ok.copy_to_host().all() and (d_pages_out.copy_to_host() == pages).all(), "a decoded page differs"
     report("decompress, one thread per page", "decompress", times, workers=n)
