@@ -276,7 +276,8 @@ class Raw(Codec):
 _REGISTRY: dict[str, type[Codec]] = {}
 #: codecs whose module registers them on import; loaded on first use so that importing
 #: devpool never compiles numba code or touches CUDA
-_LAZY = {"lz4-njit": "devpool.kernels.lz4", "lz4-device": "devpool.kernels.lz4_device"}
+_LAZY = {"lz4-njit": "devpool.kernels.lz4", "lz4-device": "devpool.kernels.lz4_device",
+         "zstd": "devpool._zstd", "nvcomp-lz4": "devpool.kernels.nvcomp"}
 
 
 def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]:
