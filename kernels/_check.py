@@ -74,7 +74,12 @@ def _declared():
     from ._cuda import KERNELS, cuda
     undeclared = []
     for info in pkgutil.iter_modules(pkg.__path__):
-        mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        try:
+            mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
+        except ModuleNotFoundError as exc:      # an optional package (nvCOMP): no kernels of ours
+            if (exc.name or "").startswith("devpool"):
+                raise
+            continue
         for name, obj in vars(mod).items():
             is_kernel = (type(obj).__name__ == "CUDADispatcher" and not obj.targetoptions.get("device", False))
             if is_kernel and not hasattr(obj, "_devpool_kernel") and obj.py_func.__module__ == mod.__name__:
