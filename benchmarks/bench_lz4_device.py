@@ -57,7 +57,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--pages")
     ap.add_argument("--max-pages", type=int, default=65536)
     ap.add_argument("--workers", default="4096,16384,65536", help="compression worker threads to try")
-    ap.add_argument("--threads", type=int, default=32, help="threads per block")
+    ap.add_argument("--threads", type=int, default=128, help="threads per block")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (for the CUDA simulator)")
     ap.add_argument("--json")
@@ -101,9 +101,9 @@ def main(argv=None) -> dict:
     d_out = cuda.device_array((n, core.PAGE_BOUND), np.uint8)
     d_len = cuda.device_array(n, np.int64)
     for workers in sorted({min(int(w), n) for w in args.workers.split(",")}):
-        d_tab = cuda.device_array((workers, TABLE), np.int32)
+        d_tab = cuda.device_array(workers * TABLE, np.int32)
         grid = -(-workers // args.threads)
-        times = timed(lambda: launch(compress_kernel, grid, args.threads, None, d_pages, d_out, d_len, d_tab),
+        times = timed(lambda: launch(compress_kernel, grid, args.threads, None, d_pages, d_out, d_len, d_tab, workers),
                       args.repeats)
         lengths = d_len.copy_to_host()
         assert (lengths == ref_len).all(), "a device block's length differs from lz4.block's"

@@ -94,7 +94,7 @@ EOF
 
 # --- the figures, most important first ----------------------------------------------------
 [ "${DRYRUN:-0}" = 1 ] || step check-kernels 120 env -u NUMBA_ENABLE_CUDASIM $PY -m devpool._cli check-kernels --arch sm_90
-step pytest-cuda 240 $PY -m pytest $GPU_FLAG -q -p no:cacheprovider -x --deselect \
+step pytest-cuda 240 $PY -m pytest $GPU_FLAG -q -p no:cacheprovider --deselect \
     tests/test_packaging.py::test_wheel_maps_top_level_folders_into_the_package
 SMOKE=""; [ "${DRYRUN:-0}" = 1 ] && SMOKE="--smoke"
 step bench_device 60 $PY benchmarks/bench_device.py $SMOKE --json "$R/bench_device.json"

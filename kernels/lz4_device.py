@@ -4,7 +4,8 @@
 bytes one at a time (a misaligned word load faults on a GPU, and numba's simulator
 runs plain Python, so nothing target-specific may hide in the shared code). Pages go
 to the device raw (one copy per batch), a kernel compresses or decodes each page in
-its own thread with its own 16 KiB hash table, and blocks come back in one copy. The
+its own thread with its own 16 KiB hash table (interleaved with its neighbours', so
+clearing it is coalesced), and blocks come back in one copy. The
 output is byte-identical to ``lz4.block`` and ``lz4-njit``.
 
 Over a pool in device memory (``Pool.device_resident``) the frontend asks for
@@ -41,20 +42,22 @@ _compress_block, _decompress_block = core.build(device_function, *core.plain_hel
 
 _u8_2d = types.uint8[:, ::1]
 _i64 = types.int64[::1]
-#: threads per block on a GPU
-THREADS = 32
+#: threads per block on a GPU (four warps: one-warp blocks capped a GPU at 32 per SM)
+THREADS = 128
 
 
-@kernel((_u8_2d, _u8_2d, _i64, types.int32[:, ::1]), threads=THREADS)
-def compress_kernel(pages, out, lengths, tables):
-    """Grid-stride over pages; thread t uses hash table ``tables[t]``. The stride is the
-    number of workers (tables), not the grid: threads past the last table return, so a
+@kernel((_u8_2d, _u8_2d, _i64, types.int32[::1], types.int64), threads=THREADS)
+def compress_kernel(pages, out, lengths, tables, workers):
+    """Grid-stride over pages with ``workers`` threads; thread t's hash table is entries
+    ``t, t + workers, t + 2*workers, ...`` of ``tables`` (TABLE of them): interleaved, so
+    the 32 lanes of a warp clearing entry k write one contiguous 128-byte line. The stride
+    is the number of workers, not the grid: threads past the last worker return, so a
     stride of the whole grid would skip the pages between them."""
     t = cuda.grid(1)
-    stride = min(cuda.gridsize(1), tables.shape[0])
-    if t >= tables.shape[0]:
+    stride = min(cuda.gridsize(1), workers)
+    if t >= workers:
         return
-    table = tables[t]
+    table = tables[t:TABLE * workers:workers]
     i = t
     while i < pages.shape[0]:
         for k in range(table.shape[0]):
@@ -118,10 +121,11 @@ class Lz4Device(Codec):
                 d_pages = self._buffer("pages", max(n, 1), PAGE, np.uint8)
                 d_out = self._buffer("blocks", max(n, 1), core.PAGE_BOUND, np.uint8)
                 d_len = self._buffer("lengths", max(n, 1), None, np.int64)
-                d_tab = self._buffer("tables", workers, TABLE, np.int32)
+                d_tab = self._buffer("tables", workers * TABLE, None, np.int32)
                 if n:
                     d_pages.copy_to_device(pages)                 # the batch's one copy in
-                    launch(compress_kernel, self._grid(workers), self._threads, None, d_pages, d_out, d_len, d_tab)
+                    launch(compress_kernel, self._grid(workers), self._threads, None, d_pages, d_out, d_len, d_tab,
+                           workers)
                 lengths = d_len.copy_to_host()[:n]
         except Exception as exc:
             raise DeviceError(f"device LZ4 compression of {n} pages failed: {exc}") from exc

@@ -389,3 +389,28 @@ def test_device_path_faults_lose_no_page(rng, monkeypatch):
     np.testing.assert_array_equal(zs.load_batch([1, 3]), old[[0, 2]])
     zs.close()
     pool.close()
+
+
+@needs_cuda
+def test_lz4_compress_kernel_strides_by_workers_with_interleaved_tables(rng):
+    """More threads than workers (a grid rounded up to whole blocks): each worker strides
+    by the number of workers, so no page is skipped, and the interleaved tables give
+    every page liblz4's bytes."""
+    import lz4.block
+
+    from devpool.kernels import _lz4_core as core
+    from devpool.kernels._cuda import cuda, launch
+    from devpool.kernels.lz4_device import TABLE, compress_kernel
+    from tests.pages import make_pages
+    pages = make_pages(7, rng, ("text", "struct", "zero", "random"))
+    d_pages = cuda.to_device(pages)
+    d_out = cuda.device_array((7, core.PAGE_BOUND), np.uint8)
+    lengths = np.full(7, -1, np.int64)
+    d_len = cuda.to_device(lengths)
+    workers = 3
+    d_tab = cuda.to_device(np.full(workers * TABLE, 12345, np.int32))   # dirty: cleared per page
+    launch(compress_kernel, 2, 4, None, d_pages, d_out, d_len, d_tab, workers)     # 8 threads, 3 workers
+    got, rows = d_len.copy_to_host(), d_out.copy_to_host()
+    for i in range(7):
+        want = lz4.block.compress(pages[i].tobytes(), store_size=False)
+        assert got[i] == len(want) and rows[i, :got[i]].tobytes() == want, i
