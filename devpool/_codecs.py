@@ -190,10 +190,13 @@ def _pack_blocks(blocks: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
 
 
 class _Lz4Block(Codec):
-    """Shared by lz4 and lz4hc: the python-lz4 binding, one call per page."""
+    """Shared by lz4, lz4hc (and zstd): a binding's call per page, both ways."""
 
     def _compress_one(self, page: bytes) -> bytes:
         raise NotImplementedError
+
+    def _decompress_one(self, block: np.ndarray) -> bytes:
+        return lz4.block.decompress(block, uncompressed_size=self.page_size)
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
@@ -213,7 +216,7 @@ class _Lz4Block(Codec):
         rows = rows.tolist()
         for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
             try:
-                page = lz4.block.decompress(data[s:s + n], uncompressed_size=self.page_size)
+                page = self._decompress_one(data[s:s + n])
             except Exception:
                 continue
             # lz4.block silently returns a short page for some corrupt blocks: a page of
