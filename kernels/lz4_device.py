@@ -12,7 +12,8 @@ Over a pool in device memory (``Pool.device_resident``) the frontend asks for
 ``compress_to_device``: the blocks stay on the device and the pool copies them into
 the arena device to device; a load gathers blocks into device memory and decodes them
 there. Only raw pages (host to device on store, device to host on load) and int64
-metadata cross PCIe. Over a host pool, ``compress_batch`` brings the blocks back.
+metadata cross PCIe. Over a host pool, ``compress_batch`` packs the blocks on the device
+(the storage's copy kernel) and brings back exactly their bytes.
 """
 
 from __future__ import annotations
@@ -23,10 +24,11 @@ import warnings
 import numpy as np
 from numba import types
 
-from devpool._codecs import (Codec, check_decode_args, check_pages, check_rows, on_device, pack_blocks,
-                             register_codec)
+from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, on_device, register_codec
 from devpool._errors import DeviceError
+from devpool._packed import packed_starts
 
+from . import _copy_kernels as _copy
 from . import _lz4_core as core
 from ._cuda import cuda, device_function, kernel, launch
 from ._device import probe, simulated
@@ -132,14 +134,27 @@ class Lz4Device(Codec):
         return d_out, lengths
 
     def compress_batch(self, pages, rows=None):
+        """Blocks packed on the device by the storage's copy kernel, then one copy of
+        exactly their bytes to the host (not every 4 KiB row)."""
         d_out, lengths = self._compress_on_device(pages, rows)
         n = lengths.shape[0]
+        if n == 0:
+            return np.zeros(0, np.uint8), lengths
+        packed = packed_starts(lengths)
+        total = int(lengths.sum())
+        meta = np.concatenate([np.arange(n, dtype=np.int64) * core.PAGE_BOUND, packed, lengths])
         try:
-            rows_out = d_out.copy_to_host()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                d_meta = self._buffer("meta", 3 * n, None, np.int64)
+                d_meta.copy_to_device(meta)
+                d_packed = self._buffer("packed", total, None, np.uint8)
+                launch(_copy.copy_kernel, n, _copy.threads_per_block(simulated()), None, d_packed,
+                       d_out.reshape(n * core.PAGE_BOUND), d_meta, 0, n, 2 * n, n, 0, 0)
+                data = d_packed.copy_to_host()
         except Exception as exc:
-            raise DeviceError(f"copying {n} device LZ4 blocks to the host failed: {exc}") from exc
-        return pack_blocks(rows_out.reshape(-1), np.arange(n, dtype=np.int64) * core.PAGE_BOUND,
-                           lengths), lengths
+            raise DeviceError(f"packing and copying {n} device LZ4 blocks to the host failed: {exc}") from exc
+        return data, lengths
 
     def compress_to_device(self, pages, rows=None):
         """Blocks left in device memory: ``(device data, starts, lengths)``."""
