@@ -261,10 +261,13 @@ _NO_BYTES = np.zeros(0, np.uint8)
 
 
 class _Lz4Block(Codec):
-    """Shared by lz4 and lz4hc: the python-lz4 binding, one call per page."""
+    """Shared by lz4, lz4hc (and zstd): a binding's call per page, both ways."""
 
     def _compress_one(self, page: bytes) -> bytes:
         raise NotImplementedError
+
+    def _decompress_one(self, block: np.ndarray) -> bytes:
+        return lz4.block.decompress(block, uncompressed_size=self.page_size)
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
@@ -303,7 +306,7 @@ class _Lz4Block(Codec):
         rows = rows.tolist()
         for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
             try:
-                page = lz4.block.decompress(data[s:s + n], uncompressed_size=self.page_size)
+                page = self._decompress_one(data[s:s + n])
             except Exception:
                 continue
             # lz4.block silently returns a short page for some corrupt blocks: a page of
@@ -373,7 +376,8 @@ class Raw(Codec):
 _REGISTRY: dict[str, type[Codec]] = {}
 #: codecs whose module registers them on import; loaded on first use so that importing
 #: devpool never compiles numba code or touches CUDA
-_LAZY = {"lz4-njit": "devpool.kernels.lz4", "lz4-device": "devpool.kernels.lz4_device"}
+_LAZY = {"lz4-njit": "devpool.kernels.lz4", "lz4-device": "devpool.kernels.lz4_device",
+         "zstd": "devpool._zstd", "nvcomp-lz4": "devpool.kernels.nvcomp"}
 
 
 def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]:
