@@ -266,8 +266,9 @@ class _Lz4Block(Codec):
     def _compress_one(self, page: bytes) -> bytes:
         raise NotImplementedError
 
-    def _decompress_one(self, block: np.ndarray) -> bytes:
-        return lz4.block.decompress(block, uncompressed_size=self.page_size)
+    def _decompress_one(self, block: np.ndarray) -> bytes | bytearray:
+        # a bytearray: a single-page load hands it over as the page, uncopied
+        return lz4.block.decompress(block, uncompressed_size=self.page_size, return_bytearray=True)
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
@@ -290,14 +291,15 @@ class _Lz4Block(Codec):
 
     def _decompress_page(self, block, out=None):
         try:
-            page = lz4.block.decompress(block, uncompressed_size=self.page_size, return_bytearray=True)
+            page = self._decompress_one(block)
         except Exception:
             return None
         if len(page) != self.page_size:       # a short page is a failure (see below)
             return None
+        arr = np.frombuffer(page, np.uint8)
         if out is None:                       # the library's fresh buffer is the page
-            return np.frombuffer(page, np.uint8)
-        out[:] = np.frombuffer(page, np.uint8)
+            return arr if arr.flags.writeable else arr.copy()
+        out[:] = arr
         return out
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):

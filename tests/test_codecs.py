@@ -61,6 +61,25 @@ def check_batch_matches_single(codec: Codec, pages: np.ndarray) -> None:
     assert [d3[s:s + n].tobytes() for s, n in zip(s3, l3)] == [blocks[i] for i in rows]
 
 
+def check_single_page(codec: Codec, pages: np.ndarray) -> None:
+    """The one-page verbs make the batch's blocks and decode every block, both ways;
+    a cut block is a failure (False / None), never a page."""
+    data, lengths = codec.compress_batch(pages)
+    blocks = unpack(data, lengths)
+    for page, block in zip(pages, blocks):
+        buf, n = codec.compress_page(page)
+        assert n == len(block) and buf[:n].tobytes() == block
+        out = np.zeros(page.size, np.uint8)
+        assert codec.decompress_page(np.frombuffer(block, np.uint8), out)
+        np.testing.assert_array_equal(out, page)
+        fresh = codec._decompress_page(np.frombuffer(block, np.uint8).copy())   # the frontend's form
+        np.testing.assert_array_equal(fresh, page)
+        assert fresh.flags.writeable
+        if len(block) > 8:
+            cut = np.frombuffer(block[:len(block) // 2], np.uint8)
+            assert not codec.decompress_page(cut, out)
+
+
 def check_config(codec: Codec) -> None:
     cfg = codec.get_config()
     again = devpool.get_codec(json.loads(json.dumps(cfg)))
@@ -74,6 +93,7 @@ def test_roundtrip(config, corpus, rng):
     pages = make_pages(9, rng, CORPUS[corpus])
     check_roundtrip(codec, pages)
     check_batch_matches_single(codec, pages)
+    check_single_page(codec, pages)
     check_config(codec)
 
 
