@@ -187,6 +187,8 @@ class Pool:
         warm = self.alloc_.seg_warm
         cold = segs[~warm[segs]]
         done = []
+        if cold.size:
+            self.storage.reserve((int(cold.max()) + 1) * sb)   # one growth for the batch
         try:
             for s in cold.tolist():
                 self.storage.commit(s * sb, sb)
