@@ -523,6 +523,48 @@ class Allocator:
         self._ring_count = queued.size + new - old
         self._table_views()
 
+    # --- segments and storage: in use, spare, or given back ----------------------------
+    # A freed segment becomes a *spare*: still held by storage (counted in
+    # pool_total_size), reused first, because giving a segment back and faulting it in
+    # again on the next batch made host copy-in 5x slower under churn. Past a budget the
+    # highest spares go back. The allocator decides; the pool tells storage.
+    def cold(self, segs: np.ndarray) -> np.ndarray:
+        """Of ``segs`` about to be used, those storage must commit (the others are spares)."""
+        return segs[~self.seg_warm[segs]]
+
+    def held(self, segs: np.ndarray) -> None:
+        """``segs`` are committed and in use now: spares among them are spares no longer."""
+        self.seg_warm[segs] = False
+
+    def retire(self, segs: np.ndarray, budget: int) -> np.ndarray:
+        """Freed ``segs`` become spares; returns the spares past ``budget`` (the highest:
+        the arena's top empties) that storage must take back, cold from now on."""
+        self.seg_warm[segs] = True
+        spares = np.flatnonzero(self.seg_warm)
+        give = spares[budget:]
+        self.seg_warm[give] = False
+        return give
+
+    @property
+    def spare_segments(self) -> int:
+        return int(self.seg_warm.sum())
+
+    # --- relocation (migration): objects move, handles stay -------------------------------
+    def plan_relocation(self, slots: np.ndarray) -> Placement | None:
+        """Fresh space for these live objects (``slots``), as a migration needs; None
+        when there is no room. Changes nothing."""
+        return self.plan(self.sizes[slots])
+
+    def commit_relocation(self, slots: np.ndarray, plan: Placement):
+        """The objects now live at ``plan.offsets`` (their bytes copied there already):
+        re-point the slots, free the old space. Returns (old offsets, aligned sizes,
+        emptied segments) as :meth:`free` does."""
+        sizes = self.sizes[slots]
+        old = self.locs[slots].copy()
+        temp = self.commit_alloc(sizes, plan)      # the new places, under borrowed slots
+        self.locs[slots], self.locs[temp] = self.locs[temp].copy(), old
+        return self.free(temp)                     # which now name the old places
+
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):
         """Forget validated slots; returns (offsets, aligned sizes, emptied segments)."""

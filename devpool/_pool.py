@@ -121,7 +121,6 @@ class Pool:
         #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
-        self._n_spare = 0
         self._clean_floor = 0          # see _maybe_clean
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
@@ -176,16 +175,11 @@ class Pool:
         """``pool_total_size`` without building the whole stats dict (a hot-path read)."""
         return self.storage.committed_bytes
 
-    # --- segments <-> storage --------------------------------------------------------
-    # Freed segments are kept as *spares* (still held by storage, counted in
-    # pool_total_size) up to a small budget before they are released: a pool under churn
-    # would otherwise give a segment back and fault it in again on every batch (measured:
-    # first-touch faults made host copy-in 5x slower). compact() releases every spare.
+    # --- segments <-> storage (the allocator decides which; the pool tells storage) -----
     def _commit_segments(self, segs: np.ndarray) -> None:
         """Make segments usable (a spare needs nothing); all or nothing."""
         sb = self.alloc_.seg_bytes
-        warm = self.alloc_.seg_warm
-        cold = segs[~warm[segs]]
+        cold = self.alloc_.cold(segs)
         done = []
         if cold.size:
             self.storage.reserve((int(cold.max()) + 1) * sb)   # one growth for the batch
@@ -198,25 +192,18 @@ class Pool:
                 self.storage.release(s * sb, sb)
             self.storage.trim()
             raise
-        self._n_spare -= segs.size - cold.size     # only once the commit stands
-        warm[segs] = False
+        self.alloc_.held(segs)                     # only once the commit stands
 
     def _release_segments(self, segs: np.ndarray, keep_spares: bool = True) -> None:
         """Freed segments become spares; past the budget the highest go back to storage."""
         sb = self.alloc_.seg_bytes
-        warm = self.alloc_.seg_warm
-        warm[segs] = True
-        self._n_spare += segs.size
         budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
                   if keep_spares else 0)
-        if self._n_spare > budget:
-            spares = np.flatnonzero(warm)
-            give = spares[budget:]                  # keep the lowest, return the top
+        give = self.alloc_.retire(segs, budget)
+        if give.size:
             for s in give.tolist():
                 self.storage.release(s * sb, sb)
             self.storage.trim()
-            warm[give] = False
-            self._n_spare = spares.size - give.size
 
     # --- allocation ------------------------------------------------------------------
     @_locked
@@ -252,7 +239,7 @@ class Pool:
         plan = self.alloc_.plan(sizes)
         if plan is None:
             return self.alloc_.capacity + 1
-        return int((~self.alloc_.seg_warm[plan.opened]).sum()) * self.alloc_.seg_bytes
+        return self.alloc_.cold(plan.opened).size * self.alloc_.seg_bytes
 
     def growth_for_one(self, size: int) -> int:
         """:meth:`growth_for` of one object of ``size`` (a valid size)."""
@@ -260,8 +247,8 @@ class Pool:
             placed = self.alloc_.place_one(size)
             if placed is None:
                 return self.alloc_.capacity + 1
-            seg = placed[1]
-            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0
+            seg = placed[1]                         # opened, or -1: the head had room
+            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0  # a spare costs 0
 
     def alloc(self, nbytes: int, *, data=None) -> int:
         """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
@@ -528,28 +515,20 @@ class Pool:
     def _relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
         """Move a random share of live objects to fresh space (chaos storage's tool).
 
-        A real migration through the allocator: new space is planned, committed and
-        copied into, then the old copies are freed. Skipped when there is no room.
+        A real migration through the allocator's verbs: new space is planned, committed
+        and copied into, then the old copies are freed; handles stay valid. Skipped when
+        there is no room.
         """
         live = np.flatnonzero(self.alloc_.locs >= 0)
-        if live.size == 0:
-            return 0
         pick = live[rng.random(live.size) < fraction]
         if pick.size == 0:
             return 0
-        sizes = self.alloc_.sizes[pick]
-        plan = self.alloc_.plan(sizes)
+        plan = self.alloc_.plan_relocation(pick)
         if plan is None:
             return 0
         self._commit_segments(plan.opened)
-        old = self.alloc_.locs[pick].copy()
-        self.storage.move(old, plan.offsets, aligned(sizes))
-        # allocate fresh slots for the new copies, then swap them with the old slots so
-        # the caller's handles now point at the moved bytes
-        new_slots = self.alloc_.commit_alloc(sizes, plan)
-        al = self.alloc_
-        al.locs[pick], al.locs[new_slots] = al.locs[new_slots].copy(), old
-        offsets, asz, released = al.free(new_slots)
+        self.storage.move(self.alloc_.locs[pick], plan.offsets, aligned(self.alloc_.sizes[pick]))
+        offsets, asz, released = self.alloc_.commit_relocation(pick, plan)
         self.storage.discard(offsets, asz)
         self._release_segments(released)
         return int(pick.size)
@@ -560,7 +539,7 @@ class Pool:
         """Pool figures (zsmalloc names where one exists) and the backend in use."""
         st = self.alloc_.stats()
         st["pool_total_size"] = self.storage.committed_bytes
-        st["spare_bytes"] = int(self.alloc_.seg_warm.sum()) * self.alloc_.seg_bytes
+        st["spare_bytes"] = self.alloc_.spare_segments * self.alloc_.seg_bytes
         st["pages_compacted"] = st["segments_compacted"] * (self.alloc_.seg_bytes // PAGE_SIZE)
         st["clean_seconds"] = self._clean_seconds
         st.update(self._counters)
