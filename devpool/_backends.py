@@ -2,8 +2,8 @@
 
 ``open_pool(backend=...)`` accepts ``"host"`` (RAM, always available), ``"cuda"`` (GPU
 device memory: a real GPU through CuPy, or numba's CUDA simulator when
-``NUMBA_ENABLE_CUDASIM=1``), ``"chaos"`` (hostile test storage) and ``"auto"`` (cuda
-when it works, host otherwise). Each probe says *why* a backend is unusable, so the
+``NUMBA_ENABLE_CUDASIM=1``), ``"chaos"`` and ``"chaos-cuda"`` (the hostile test policy
+over host or device storage) and ``"auto"`` (cuda when it works, host otherwise). Each probe says *why* a backend is unusable, so the
 error and ``devpool info`` can name what is missing.
 """
 
@@ -17,13 +17,17 @@ from ._pool import DEFAULT_SEGMENT_BYTES, PAGE_SIZE, Pool
 
 __all__ = ["BACKENDS", "available_backends", "open_pool", "probe_backend"]
 
-BACKENDS = ("host", "cuda", "chaos")
+BACKENDS = ("host", "cuda", "chaos", "chaos-cuda")
+#: the hostile policy's backends and the storage each wraps
+CHAOS_UPSTREAM = {"chaos": "host", "chaos-cuda": "cuda"}
 DEFAULT_CAPACITY = 1 << 30
 
 
 def probe_backend(name: str) -> tuple[bool, str]:
     """(usable, reason) for one backend; never raises for a known name."""
-    if name in ("host", "chaos"):
+    if name in CHAOS_UPSTREAM:
+        return probe_backend(CHAOS_UPSTREAM[name])
+    if name == "host":
         return True, "host RAM is always available"
     if name == "cuda":
         try:
@@ -43,7 +47,7 @@ def _storage_class(name: str):
     if name == "host":
         from devpool.host import HostStorage
         return HostStorage
-    if name == "chaos":
+    if name in CHAOS_UPSTREAM:
         from ._chaos import ChaosStorage
         return ChaosStorage
     from devpool.kernels import CudaStorage
@@ -53,7 +57,7 @@ def _storage_class(name: str):
 def _check_options(name: str, cls, storage_options: dict) -> None:
     """Refuse a keyword the backend's storage does not take, naming those it does."""
     params = inspect.signature(cls.__init__).parameters
-    accepted = [p for p, v in params.items() if p not in ("self", "capacity_bytes")
+    accepted = [p for p, v in params.items() if p not in ("self", "capacity_bytes", "upstream")
                 and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
     unknown = sorted(set(storage_options) - set(accepted))
     if unknown:
@@ -89,7 +93,10 @@ def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
         raise BadInputError(f"capacity_bytes ({capacity_bytes}) cannot hold one object of {max_object_bytes}")
     cls = _storage_class(name)
     _check_options(name, cls, storage_options)
-    storage = cls(capacity_bytes, **storage_options)
+    if name in CHAOS_UPSTREAM:                # the policy over its upstream storage
+        storage = cls(_storage_class(CHAOS_UPSTREAM[name])(capacity_bytes), **storage_options)
+    else:
+        storage = cls(capacity_bytes, **storage_options)
     try:
         return Pool(storage, segment_bytes=segment_bytes, max_object_bytes=max_object_bytes,
                     backend_reason=reason)

@@ -86,11 +86,7 @@ class HostStorage(Storage):
         tmp = self._move_tmp[:total]
         starts = _copy.packed_starts(lengths)
         _copy.gather(self._arena, src_offsets, lengths, tmp, starts, parallel=False)
-        self._moved_from(src_offsets, lengths)
         _copy.scatter(self._arena, tmp, starts, dst_offsets, lengths, parallel=False)
-
-    def _moved_from(self, offsets, lengths) -> None:
-        """Sources of a move, read and not yet overwritten (chaos poisons them here)."""
 
     def describe(self) -> dict:
         return {"backend": self.kind, "device": "host RAM"}

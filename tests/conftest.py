@@ -1,8 +1,14 @@
 """Shared fixtures: every contract and frontend test runs once per backend.
 
-Backends: ``host``, ``chaos`` (hostile storage) and ``cuda`` — the cuda backend runs on
-a real GPU with ``--gpu`` and otherwise under numba's CUDA simulator, which CI enables
-by setting ``NUMBA_ENABLE_CUDASIM=1`` before numba.cuda is imported (done here).
+Backends: ``host``, ``cuda``, and the hostile policy over each, ``chaos`` and
+``chaos-cuda``. The cuda ones run on a real GPU with ``--gpu`` and otherwise under
+numba's CUDA simulator, which CI enables by setting ``NUMBA_ENABLE_CUDASIM=1`` before
+numba.cuda is imported (done here).
+
+Capability flags, computed once, say *why* a test sizes or checks something
+differently, instead of branching on a backend's name: ``simulated`` (kernels run as
+Python under the simulator: keep sizes small) and ``hostile`` (the chaos policy moves
+objects and cleans the arena before every call).
 """
 
 from __future__ import annotations
@@ -23,20 +29,64 @@ def pytest_configure(config):
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
 
 
+_CUDA_USABLE: tuple[bool, str] | None = None
+
+
+def cuda_usable() -> tuple[bool, str]:
+    """(usable, why) for the cuda backend, probed once per session."""
+    global _CUDA_USABLE
+    if _CUDA_USABLE is None:
+        import devpool
+        _CUDA_USABLE = devpool.available_backends()["cuda"]
+    return _CUDA_USABLE
+
+
 def _backends(config) -> list[str]:
-    import devpool
     names = ["host", "chaos"]
-    ok, why = devpool.available_backends()["cuda"]
+    ok, why = cuda_usable()
     if config.getoption("--gpu") and not ok:
         raise pytest.UsageError(f"--gpu given but the cuda backend is unusable: {why}")
     if ok:
-        names.append("cuda")
+        names += ["cuda", "chaos-cuda"]
     return names
+
+
+#: the suites that also run on chaos over cuda (the contract, the frontend, the models):
+#: the proof that nothing above storage assumes linear RAM, on device storage too. The
+#: simulator runs each relocation's kernels as Python, so the rest stay at chaos over host.
+CHAOS_CUDA_SUITES = {"test_pool_contract", "test_zswap", "test_pool_stateful", "test_zswap_stateful"}
 
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
-        metafunc.parametrize("backend", _backends(metafunc.config))
+        names = _backends(metafunc.config)
+        if metafunc.module.__name__.rsplit(".", 1)[-1] not in CHAOS_CUDA_SUITES:
+            names = [n for n in names if n != "chaos-cuda"]
+        metafunc.parametrize("backend", names)
+
+
+@pytest.fixture
+def simulated(backend, request) -> bool:
+    """The backend's kernels run under numba's CUDA simulator (slow: keep sizes small)."""
+    return backend.endswith("cuda") and not request.config.getoption("--gpu")
+
+
+@pytest.fixture
+def hostile(backend) -> bool:
+    """The chaos policy relocates objects and cleans the arena before every call."""
+    return backend.startswith("chaos")
+
+
+@pytest.fixture
+def sized(simulated, hostile):
+    """``sized(full, small, tiny)``: how much work a test does here: ``full`` on host and
+    chaos, ``small`` under the simulator, ``tiny`` for chaos under the simulator (every
+    call relocates and cleans with simulated kernels; ``small`` when not given)."""
+    def pick(full, small, tiny=None):
+        if simulated:
+            return tiny if hostile and tiny is not None else small
+        return full
+    return pick
 
 
 @pytest.fixture

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tests.pages import make_pages
+from tests.conftest import cuda_usable
 
 DEVPOOL = str(Path(sys.executable).with_name("devpool"))
 
@@ -133,8 +134,7 @@ def test_unknown_backend(pages_file):
 
 
 def test_cuda_backend_runs_or_says_why(pages_file):
-    import devpool
-    ok, _ = devpool.available_backends()["cuda"]
+    ok, _ = cuda_usable()
     env_run = subprocess.run([DEVPOOL, "bench", "--backend", "cuda", "--compressor", "lz4", "--pages",
                               str(pages_file), "--quiet", "--max-pages", "8", "--sweep", "4"],
                              capture_output=True, text=True, timeout=600,

@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 import devpool
+from tests.conftest import cuda_usable
 from devpool._codecs import Codec, _LAZY, registered_codecs
 from tests.pages import make_pages
 from tests.threads import run_in_threads
@@ -308,7 +309,7 @@ def check_bad_arguments(codec, rng):
 
 # --- lz4-device: the same algorithm compiled for the GPU (simulator in CI) ---------------
 def _device_ok():
-    return devpool.available_backends()["cuda"][0]
+    return cuda_usable()[0]
 
 
 @pytest.mark.skipif(not _device_ok(), reason="no CUDA device and no simulator")

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import devpool
+from tests.conftest import cuda_usable
 from devpool.kernels import _copy_kernels as K
 
-CUDA_OK, CUDA_WHY = devpool.available_backends()["cuda"]
+CUDA_OK, CUDA_WHY = cuda_usable()
 
 
 @pytest.mark.parametrize("threads", [1, 3, 32])

@@ -58,12 +58,12 @@ def test_rows_are_reused_after_churn_over_far_offsets(rng):
 
 # --- the limit ----------------------------------------------------------------------------
 @pytest.mark.parametrize("segments", [1, 2])
-def test_the_last_segment_under_the_limit_is_used(backend, rng, segments):
+def test_the_last_segment_under_the_limit_is_used(backend, rng, segments, simulated):
     """Headroom counted from pool_total_size refused every store once the committed
     segments reached the limit: with a one-segment limit, 1 of 3 000 pages was stored."""
     seg = 16384
     pool, zs = _zs(backend, segment=seg, max_pool_bytes=segments * seg)
-    pages = make_pages(60 if backend == "cuda" else 200, rng, ("text",))
+    pages = make_pages(60 if simulated else 200, rng, ("text",))
     stored = 0
     for i, p in enumerate(pages):
         stored += zs.store(i, p)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import devpool
+from tests.conftest import cuda_usable
 from tests.pages import lz4_blobs, pack
 from tests.threads import run_in_threads
 
@@ -95,9 +96,9 @@ def test_free_and_reuse_keeps_others(make_pool, rng):
     assert pool.stats()["obj_used"] == len(keep)
 
 
-def test_handle_table_grows_and_recycles(make_pool, rng, backend):
+def test_handle_table_grows_and_recycles(make_pool, rng, sized):
     pool = make_pool(capacity_bytes=16 << 20)
-    sizes = rng.integers(1, 200, 1500 if backend == "cuda" else 5000)   # the table starts at 1024
+    sizes = rng.integers(1, 200, sized(5000, 1500, 1100))     # the table starts at 1024
     for round_ in range(3):                      # grow past the first table, free, reuse
         hs = pool.alloc_batch(sizes)
         payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
@@ -187,7 +188,7 @@ def test_compaction_keeps_bytes_and_handles_and_gives_memory_back(make_pool, rng
     assert after["pool_total_size"] < after["arena_used_bytes"] + (n - 1) * 4096 + after["segment_bytes"]
 
 
-def test_free_everything_returns_all_memory(make_pool, rng, backend):
+def test_free_everything_returns_all_memory(make_pool, rng, hostile):
     pool = make_pool()
     hs, _ = fill(pool, rng, 50)
     assert pool.stats()["pool_total_size"] > 0
@@ -199,7 +200,7 @@ def test_free_everything_returns_all_memory(make_pool, rng, backend):
     assert st["spare_bytes"] <= (1 << 20) // 16
     assert st["spare_bytes"] <= st["pool_total_size"] <= st["spare_bytes"] + st["segment_bytes"]
     released = pool.compact()      # (chaos already cleaned in its per-call hook)
-    assert released == st["pool_total_size"] or (backend == "chaos" and released == 0)
+    assert released == st["pool_total_size"] or (hostile and released == 0)
     assert pool.stats()["pool_total_size"] == 0
 
 
@@ -311,7 +312,7 @@ def test_device_buffers_only_where_the_pool_is_device_memory(make_pool, rng, bac
     pool = make_pool()
     hs, blobs = fill(pool, rng, 3)
     sizes = np.array([len(b) for b in blobs])
-    ok, _ = devpool.available_backends()["cuda"]
+    ok, _ = cuda_usable()
     if not pool.device_resident:
         before = snapshot(pool, hs)
         if ok:                                    # a device buffer exists to be refused
@@ -373,13 +374,13 @@ def test_stats_name_the_backend(make_pool, backend):
 
 
 # --- concurrency --------------------------------------------------------------------
-def test_threads_share_a_pool(make_pool, backend):
+def test_threads_share_a_pool(make_pool, sized):
     pool = make_pool(capacity_bytes=8 << 20)
 
     def worker(seed):
         r = np.random.default_rng(seed)
         mine = {}
-        for _ in range(10 if backend == "cuda" else 40):    # the simulator is slow
+        for _ in range(sized(40, 10, 3)):           # the simulator is slow
             sizes = r.integers(1, 4096, 8)
             hs = pool.alloc_batch(sizes)
             payload = r.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
@@ -433,7 +434,7 @@ class FlakyStorage:
         return getattr(self._s, name)
 
 
-def test_failed_growth_leaves_the_pool_exactly_as_it_was(make_pool, rng, backend):
+def test_failed_growth_leaves_the_pool_exactly_as_it_was(make_pool, rng, hostile):
     """A commit failing midway through a batch's new segments: the ones already
     committed are given back, spares stay spares, and the pool works on. (Chaos moves
     and cleans on every call by design, so there only the contents must match.)"""
@@ -443,7 +444,7 @@ def test_failed_growth_leaves_the_pool_exactly_as_it_was(make_pool, rng, backend
 
     def state():
         st = pool.stats()
-        sizes = () if backend == "chaos" else (st["pool_total_size"], st["spare_bytes"])
+        sizes = () if hostile else (st["pool_total_size"], st["spare_bytes"])
         return snapshot(pool, hs[10:]) + sizes
     before = state()
     real = pool.storage
@@ -456,13 +457,13 @@ def test_failed_growth_leaves_the_pool_exactly_as_it_was(make_pool, rng, backend
     pool.write_batch(more, np.zeros(80000, np.uint8))
 
 
-def test_growth_for_predicts_pool_total_size(make_pool, rng, backend):
+def test_growth_for_predicts_pool_total_size(make_pool, rng, hostile):
     pool = make_pool(capacity_bytes=1 << 20, segment_bytes=16384)
     assert pool.growth_for([100]) == 16384                 # the first object opens a segment
     hs, _ = fill(pool, rng, 20)
     for n in (1, 5, 40, 120):
         sizes = rng.integers(100, 4096, n)
-        if backend != "chaos":                          # chaos moves things before each call
+        if not hostile:                                 # chaos moves things before each call
             grow = pool.growth_for(sizes)
             before = pool.stats()["pool_total_size"]
             new = pool.alloc_batch(sizes)
@@ -498,14 +499,14 @@ def test_host_release_gives_memory_back_to_the_kernel(rng):
 
 
 # --- handle identity over long lifetimes -------------------------------------------------
-def test_a_stale_handle_never_aliases_over_many_reuse_cycles(make_pool, backend):
+def test_a_stale_handle_never_aliases_over_many_reuse_cycles(make_pool, hostile, simulated):
     """16-bit generations reused last in, first out aliased after 65 535 alloc/free cycles
     of one object; now the slot is not even reused within them."""
     pool = make_pool()
     first = pool.alloc(64)
     pool.write(first, np.full(64, 1, np.uint8))
     pool.free(first)
-    cycles = 70_000 if backend == "host" else 2_000
+    cycles = 2_000 if hostile or simulated else 70_000    # past 65 535 where it is cheap
     seen = set()
     for i in range(cycles):
         h = pool.alloc(64)
@@ -523,9 +524,9 @@ def test_a_stale_handle_never_aliases_over_many_reuse_cycles(make_pool, backend)
         pool.read_batch([first])
 
 
-def test_handles_of_every_other_open_pool_are_foreign(backend):
+def test_handles_of_every_other_open_pool_are_foreign(backend, simulated):
     """With 15-bit random tags, two of 115 pools shared one; ids are now unique among open pools."""
-    n = 200 if backend != "cuda" else 20
+    n = 20 if simulated else 200
     pools = [devpool.open_pool(backend, 1 << 16, segment_bytes=16384) for _ in range(n)]
     try:
         handles = []

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import devpool
+from tests.conftest import cuda_usable
 from devpool._codecs import Lz4, register_codec
 from tests.pages import make_pages, random_page, same_page, text_page, zero_page
 from tests.threads import run_in_threads
@@ -325,7 +326,7 @@ def test_frontend_imports_only_the_pool_contract():
 
 
 # --- concurrency --------------------------------------------------------------------
-def test_threads_mix_store_load_invalidate_writeback(zswap, rng, backend):
+def test_threads_mix_store_load_invalidate_writeback(zswap, rng, sized):
     zs = zswap(capacity_bytes=16 << 20, max_pool_bytes=1 << 20)
     shared = make_pages(16, rng, ("text", "struct"))
 
@@ -333,7 +334,7 @@ def test_threads_mix_store_load_invalidate_writeback(zswap, rng, backend):
         r = np.random.default_rng(tid)
         base = 1000 * (tid + 1)
         mine = {}
-        for step in range(8 if backend == "cuda" else 30):     # the simulator is slow
+        for step in range(sized(30, 8, 3)):            # the simulator is slow
             offs = base + r.choice(200, 8, replace=False)
             pages = make_pages(8, r, KINDS)
             zs.store_batch(offs, pages)
@@ -375,7 +376,7 @@ def test_every_codec_behind_the_frontend(zswap, rng, compressor):
 
 
 def test_device_codec_behind_the_frontend(zswap, rng):
-    if not devpool.available_backends()["cuda"][0]:
+    if not cuda_usable()[0]:
         pytest.skip("no CUDA device and no simulator")
     zs = zswap(compressor="lz4-device")
     pages = make_pages(3, rng, ("text", "struct", "zero"))
