@@ -372,12 +372,20 @@ class SwapRegion:
     def _check_usable(self) -> None:
         if self._closed:
             raise DevpoolError("the swap region is closed")
+        if os.getpid() != self._res.owner:
+            raise DevpoolError(f"this swap region belongs to process {self._res.owner} (a fork()ed child "
+                               f"has no mapping of it)")
         if self._dead is None:
             code = self._res.handler.poll()
             if code is not None:
-                self._dead = f"the region's handler process {self._res.handler.pid} died (exit status {code})"
+                self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
+                              f"its evicted pages are lost")
+            elif self._res.guard.poll() is not None:
+                # the region still works, but a later handler death would hang its faults
+                self._dead = (f"the region's guard process {self._res.guard.pid} died (exit status "
+                              f"{self._res.guard.returncode}): a handler death could no longer be made loud")
         if self._dead is not None:
-            raise DevpoolError(f"{self._dead}; its evicted pages are lost: close() the region")
+            raise DevpoolError(f"{self._dead}; close() the region")
 
     def _request(self, *req):
         with self._lock:
@@ -393,8 +401,9 @@ class SwapRegion:
                         code = self._res.handler.wait(2.0)
                     except subprocess.TimeoutExpired:
                         code = "still running"
-                self._dead = f"the region's handler process {self._res.handler.pid} died (exit status {code})"
-                raise DevpoolError(f"{self._dead}; its evicted pages are lost: close() the region") from exc
+                self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
+                              f"its evicted pages are lost")
+                raise DevpoolError(f"{self._dead}; close() the region") from exc
             if kind == "ok":
                 return rest[0]
             _raise_remote(rest[0], rest[1])

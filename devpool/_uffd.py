@@ -223,46 +223,43 @@ def ioctl_allowed(mask: int, nr: int) -> bool:
 # space changed under the call, retry the rest).
 
 _COPY = struct.Struct("QQQQq")
-_ZERO = struct.Struct("QQQq")
+_ZERO = struct.Struct("QQQq")         # uffdio_zeropage and uffdio_poison alike
 _WP = struct.Struct("QQQ")
 _RANGE = struct.Struct("QQ")
-_POISON = struct.Struct("QQQq")
+
+
+def _retrying(fd: int, request: int, fmt: struct.Struct, fields: list, done_at: int,
+              advance: tuple, length_at: int) -> None:
+    """One filling ioctl; on EAGAIN (the address space changed under it) the kernel has
+    written how many bytes it did at ``fields[done_at]``: move the ``advance`` addresses
+    past them and retry the rest. EEXIST and every other error are raised."""
+    while True:
+        buf = bytearray(fmt.pack(*fields))
+        try:
+            fcntl.ioctl(fd, request, buf, True)
+            return
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+            done = fmt.unpack(buf)[done_at]
+            if done > 0:
+                for i in advance:
+                    fields[i] += done
+                fields[length_at] -= done
+                if fields[length_at] <= 0:
+                    return
 
 
 def copy(fd: int, dst: int, src: int, length: int, mode: int = 0) -> None:
     """UFFDIO_COPY ``length`` bytes from ``src`` (this process) to ``dst`` (the
-    registered process) and wake the faulting threads. EAGAIN is retried for the part
-    not yet copied; EEXIST (already mapped) is raised for the caller to WAKE."""
-    while True:
-        buf = bytearray(_COPY.pack(dst, src, length, mode, 0))
-        try:
-            fcntl.ioctl(fd, UFFDIO_COPY, buf, True)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise
-            done = _COPY.unpack(buf)[4]
-            if done > 0:
-                dst, src, length = dst + done, src + done, length - done
-                if length <= 0:
-                    return
+    registered process) and wake the faulting threads; EEXIST (already mapped) is raised
+    for the caller to WAKE."""
+    _retrying(fd, UFFDIO_COPY, _COPY, [dst, src, length, mode, 0], 4, (0, 1), 2)
 
 
 def zeropage(fd: int, start: int, length: int, mode: int = 0) -> None:
-    """UFFDIO_ZEROPAGE: map zero-filled pages; EAGAIN retried, EEXIST raised."""
-    while True:
-        buf = bytearray(_ZERO.pack(start, length, mode, 0))
-        try:
-            fcntl.ioctl(fd, UFFDIO_ZEROPAGE, buf, True)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise
-            done = _ZERO.unpack(buf)[3]
-            if done > 0:
-                start, length = start + done, length - done
-                if length <= 0:
-                    return
+    """UFFDIO_ZEROPAGE: map zero-filled pages and wake the faulting threads."""
+    _retrying(fd, UFFDIO_ZEROPAGE, _ZERO, [start, length, mode, 0], 3, (0,), 1)
 
 
 def wake(fd: int, start: int, length: int) -> None:
@@ -283,19 +280,7 @@ def writeprotect(fd: int, start: int, length: int, protect: bool, wake_: bool = 
 
 def poison(fd: int, start: int, length: int) -> None:
     """UFFDIO_POISON: accesses to these (unmapped) pages raise SIGBUS from now on."""
-    while True:
-        buf = bytearray(_POISON.pack(start, length, 0, 0))
-        try:
-            fcntl.ioctl(fd, UFFDIO_POISON, buf, True)
-            return
-        except OSError as exc:
-            if exc.errno != errno.EAGAIN:
-                raise
-            done = _POISON.unpack(buf)[3]
-            if done > 0:
-                start, length = start + done, length - done
-                if length <= 0:
-                    return
+    _retrying(fd, UFFDIO_POISON, _ZERO, [start, length, 0, 0], 3, (0,), 1)
 
 
 _MSG = struct.Struct("B7xQQ8x")      # event, pagefault.flags, pagefault.address

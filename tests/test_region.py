@@ -88,7 +88,7 @@ def _join(threads):
 
 
 # --- bad input -------------------------------------------------------------------------------
-@pytest.mark.parametrize("nbytes", [0, -P, P + 1, 100, 1.5 * P, True, "4096"])
+@pytest.mark.parametrize("nbytes", [0, -P, P + 1, 100, 1.5 * P, True, "4096", 1 << 62, np.int64(P + 1)])
 def test_bad_nbytes(nbytes):
     with pytest.raises(devpool.BadInputError):
         devpool.swap_region(nbytes, resident_bytes=P)
@@ -374,6 +374,16 @@ def _resident(a: np.ndarray, p: int) -> bool:
     vec = (ctypes.c_ubyte * 1)()
     libc.mincore(ctypes.c_void_p(a.ctypes.data + p * P), ctypes.c_size_t(P), vec)
     return bool(vec[0] & 1)
+
+
+def test_guard_death_is_reported(region):
+    """Without its guard a later handler death would hang faults: the region says so."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 1
+    os.kill(r._res.guard.pid, signal.SIGKILL)
+    r._res.guard.wait(10)
+    with pytest.raises(DevpoolError, match="guard process .* died"):
+        r.stats()
 
 
 _DEATH_SCRIPT = textwrap.dedent("""
