@@ -157,6 +157,7 @@ def run_subject(name: str, opts: dict, content: np.ndarray, trace: np.ndarray, b
         "faults_per_s_in_faults": float(lat.size / (lat.sum() / 1e9)) if lat.size else 0.0,
         "touches_per_s": float(trace.size / elapsed), "elapsed_s": elapsed,
         "handler_service_p50_us": st["fault_p50_us"], "evicted": st["evicted_pages"] - before["evicted_pages"],
+        "store_load_per_page_p50_us": st["store_load_per_page_p50_us"],
         "fault_around_pages": st["fault_around_pages"] - before["fault_around_pages"],
         "resident_pages": st["resident_pages"], "bytes_ok": ok,
     }
@@ -181,7 +182,7 @@ def main(argv=None) -> dict:
     n = args.region_pages
     budget = max(1, int(n / args.ratio))
     content = pages[np.arange(n) % pages.shape[0]]
-    tmp = tempfile.TemporaryDirectory(prefix="devpool-bench-region-", dir=os.getcwd() if os.access(os.getcwd(), os.W_OK) else None)
+    tmp = tempfile.TemporaryDirectory(prefix="devpool-bench-region-")   # the swap files (on disk here)
     no_zram = "--no-zram given" if args.no_zram else zram_reason()
     base = {"backend": args.backend, "compressor": args.compressor}
     subjects = {
@@ -221,7 +222,8 @@ def main(argv=None) -> dict:
                 row.update(pattern=pattern, pass_=ps)
                 rows.append(row)
                 print(f"  {pattern:6} pass {ps} {name:14} faults {row['faults']:6}  p50 {row['p50_us']:7.1f} us  "
-                      f"p99 {row['p99_us']:8.1f} us  ok {row['bytes_ok']}", flush=True)
+                      f"p99 {row['p99_us']:8.1f} us  (Zswap.load_batch per page p50 "
+                      f"{row['store_load_per_page_p50_us']:.1f} us)  ok {row['bytes_ok']}", flush=True)
     # the victim policy (fault counts on a longer zipfian trace) and fault-around, zswap
     # only, interleaved pass by pass like the subjects above
     extra = []

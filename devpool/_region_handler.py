@@ -236,17 +236,15 @@ class Handler:
                 send(self.ctl, ("ok", None))
                 return False
             if op == "evict":
-                n = req[1]
-                if n is None:
-                    n = max(0, self.nres - self.budget)
-                    out = self.evict(n, keep_recent=KEEP_RECENT) if n else 0
-                else:
-                    out = 0
-                    while out < n:
-                        got = self.evict(min(n - out, MAX_BATCH), keep_recent=0)
-                        if got == 0:
-                            break
-                        out += got
+                n, keep = req[1], 0
+                if n is None:                   # down to the budget, as the loop would
+                    n, keep = max(0, self.nres - self.budget), KEEP_RECENT
+                out = 0
+                while out < n:
+                    got = self.evict(min(n - out, MAX_BATCH), keep_recent=keep)
+                    if got == 0:
+                        break
+                    out += got
                 send(self.ctl, ("ok", out))
             elif op == "stats":
                 send(self.ctl, ("ok", self.stats()))
@@ -505,7 +503,7 @@ class Handler:
         lat = self.lat[:min(self.nlat, LAT_RING)]
         st.update({
             "resident_pages": int(self.nres),
-            "evicted_resident_budget_pages": self.budget,
+            "resident_budget_pages": self.budget,
             "stored_region_pages": int((self.state == EVICTED).sum()),
             "fault_p50_us": float(np.percentile(lat, 50) / 1e3) if lat.size else 0.0,
             "fault_p99_us": float(np.percentile(lat, 99) / 1e3) if lat.size else 0.0,
