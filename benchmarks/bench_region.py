@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import ctypes
-import fcntl
 import os
 import tempfile
 import time
@@ -39,72 +38,11 @@ import numpy as np
 import devpool
 from devpool._replay import make_trace
 from _common import header, load_pages, save
+from _zram import DEV as ZRAM_DEV, why_not as zram_why_not, zram_device
 
 P = devpool.PAGE_SIZE
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-
-ZRAM = "/sys/block/zram0"
-
-
-def zram_reason() -> str | None:
-    """Why zram cannot be used here, or None."""
-    if os.geteuid() != 0:
-        return "not root"
-    if not os.path.exists("/dev/zram0"):
-        return "no /dev/zram0"
-    try:
-        if open(f"{ZRAM}/disksize").read().strip() != "0":
-            return "/dev/zram0 is in use (disksize is not 0)"
-    except OSError as exc:
-        return f"cannot read {ZRAM}/disksize: {exc}"
-    return None
-
-
-class Zram:
-    """/dev/zram0 set up for one subject (lz4), reset on exit whatever happens; the
-    machine's other users of zram are kept out by ``/tmp/devpool-zram.lock`` (flock),
-    and a device found in use (disksize not 0) is left alone (``__enter__`` -> None)."""
-
-    LOCK = "/tmp/devpool-zram.lock"
-
-    def __init__(self, nbytes: int):
-        self.nbytes = nbytes
-        self.lock = None
-        self.armed = False
-
-    def __enter__(self):
-        self.lock = open(self.LOCK, "a")
-        fcntl.flock(self.lock, fcntl.LOCK_EX)
-        try:
-            if open(f"{ZRAM}/disksize").read().strip() != "0":
-                self._unlock()
-                return None
-            self.armed = True
-            with open(f"{ZRAM}/comp_algorithm", "w") as f:
-                f.write("lz4")
-            with open(f"{ZRAM}/disksize", "w") as f:
-                f.write(str(self.nbytes))
-        except BaseException:
-            self.__exit__()
-            raise
-        return "/dev/zram0"
-
-    def __exit__(self, *exc):
-        try:
-            if self.armed:
-                with open(f"{ZRAM}/reset", "w") as f:
-                    f.write("1")
-                self.armed = False
-        finally:
-            self._unlock()
-
-    def _unlock(self):
-        if self.lock is not None:
-            fcntl.flock(self.lock, fcntl.LOCK_UN)
-            self.lock.close()
-            self.lock = None
-
 
 def touch_loop(a: np.ndarray, trace: np.ndarray, write_every: int, shadow: np.ndarray | None, seed: int):
     """Touch each page of ``trace`` once; returns (fault latencies ns, elapsed s)."""
@@ -183,7 +121,7 @@ def main(argv=None) -> dict:
     budget = max(1, int(n / args.ratio))
     content = pages[np.arange(n) % pages.shape[0]]
     tmp = tempfile.TemporaryDirectory(prefix="devpool-bench-region-")   # the swap files (on disk here)
-    no_zram = "--no-zram given" if args.no_zram else zram_reason()
+    no_zram = "--no-zram given" if args.no_zram else zram_why_not()
     base = {"backend": args.backend, "compressor": args.compressor}
     subjects = {
         "zswap": dict(base, backing=os.path.join(tmp.name, "zswap-backing")),
@@ -192,7 +130,7 @@ def main(argv=None) -> dict:
         "file O_DIRECT": dict(base, serve="file", file=os.path.join(tmp.name, "swapfile-direct"), file_direct=True),
     }
     if not no_zram:
-        subjects["zram"] = dict(base, serve="file", file="/dev/zram0", file_direct=True)
+        subjects["zram"] = dict(base, serve="file", file=ZRAM_DEV, file_direct=True)
     res = header("bench_region", source=source, region_pages=n, resident_pages=budget, accesses=args.accesses,
                  passes=args.passes, backend=args.backend, compressor=args.compressor,
                  zram=("measured" if not no_zram else f"skipped: {no_zram}"),
@@ -211,11 +149,12 @@ def main(argv=None) -> dict:
                 opts = dict(subjects[name])
                 check = name != "zero page"
                 if name == "zram":
-                    with Zram(n * P + (1 << 20)) as dev:
-                        if dev is None:
-                            print(f"  {pattern:6} pass {ps} zram: skipped, /dev/zram0 in use by someone else")
+                    # set up (lz4), locked against the project's other benchmarks, reset
+                    # after; the handler drives the device with its own O_DIRECT descriptor
+                    with zram_device(n * P + (1 << 20)) as dev:
+                        if not dev:
+                            print(f"  {pattern:6} pass {ps} zram: skipped ({dev.why})")
                             continue
-                        opts["file"] = dev
                         row = run_subject(name, opts, content, trace, budget, ps, check)
                 else:
                     row = run_subject(name, opts, content, trace, budget, ps, check)

@@ -8,8 +8,9 @@ live) with a :class:`~devpool._storage.Storage` (what memory holds them). Rules 
 2. Handles are opaque, generation-checked integers; a freed, stale or foreign handle
    raises :class:`~devpool.InvalidHandleError` and never reads anyone's bytes.
 3. Objects may move between any two calls (compaction); handles stay valid.
-4. Every verb has a batch form costing O(1) storage calls; single forms are batches of
-   one.
+4. Every verb has a batch form costing O(1) storage calls, and a single-object form
+   that is not a batch of one: one handle decode, one bump placement, one storage copy
+   (``write_one`` / ``read_one``), a few scalar updates. Both obey the same rules.
 5. Bad input raises a :class:`~devpool.DevpoolError` naming the problem *before* any
    state changes: every check runs first, the allocator commits last.
 
@@ -21,32 +22,35 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 
 import numpy as np
 
 from ._allocator import Allocator, aligned
+from ._checks import PAGE_SIZE, as_int_array, check_real, first_range_outside
 from ._packed import packed_starts
-from ._errors import BadInputError, DevpoolError, InvalidSizeError, PoolFullError
+from ._errors import BadInputError, InvalidSizeError, PoolClosedError, PoolFullError
 from ._storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
 
-PAGE_SIZE = 4096
 #: 256 KiB segments: the partly filled tail of each costs ~0.3 % of it at LZ4 page sizes
 DEFAULT_SEGMENT_BYTES = 256 * 1024
 
 
 def _locked(method=None, *, hook: bool = True):
-    """Serialise a public method; before an operation on objects, run the storage hook."""
+    """Serialise a public method; before an operation on objects, run the storage hook.
+    (The single-object verbs do the same inline: a decorator's extra call is a tenth of
+    their cost.)"""
 
     def decorate(method):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             with self._lock:
                 if self._closed:
-                    raise DevpoolError("the pool is closed")
-                if hook:
-                    self.storage.before_call(self)
+                    raise PoolClosedError("the pool is closed")
+                if hook and self._hook is not None:
+                    self._hook(self)
                 return method(self, *args, **kwargs)
         return wrapper
 
@@ -91,17 +95,7 @@ def _check_out(out, nbytes: int) -> np.ndarray:
 
 
 def _as_handles(handles) -> np.ndarray:
-    try:
-        arr = np.asarray(handles)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise BadInputError(f"handles must be a 1-D sequence of integers: {exc}") from exc
-    if arr.ndim != 1:
-        raise BadInputError(f"handles must be a 1-D sequence, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if arr.dtype.kind not in "iu":
-        raise BadInputError(f"handles must be integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
+    return as_int_array(handles, "handles")
 
 
 class Pool:
@@ -116,13 +110,27 @@ class Pool:
         self.storage = storage
         self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes)
         self._key = np.int64(storage.handle_key)
+        self._ikey = int(storage.handle_key)        # the same key as a Python int
+        # the storage's per-call hook, or None where it is the base's no-op
+        self._hook = (None if type(storage).before_call is Storage.before_call
+                      else storage.before_call)
         self._lock = threading.RLock()
         self._closed = False
         self.backend_reason = backend_reason
         self._counters = {"alloc_fail": 0, "compactions": 0}
-        #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB)
+        #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
+        #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._n_spare = 0
+        self._clean_floor = 0          # see _maybe_clean
+        self._clean_seconds = 0.0      # time spent in cleaning steps
+
+    def _enter(self) -> None:
+        """What ``_locked`` does after taking the lock, for the inline single verbs."""
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        if self._hook is not None:
+            self._hook(self)
 
     # --- context manager -------------------------------------------------------------
     def __enter__(self) -> "Pool":
@@ -134,6 +142,10 @@ class Pool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.alloc_.live_objects} objects"
         return f"<devpool.Pool backend={self.storage.kind!r} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def backend(self) -> str:
@@ -193,7 +205,8 @@ class Pool:
         warm = self.alloc_.seg_warm
         warm[segs] = True
         self._n_spare += segs.size
-        budget = self._spare_budget // sb if keep_spares else 0
+        budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
+                  if keep_spares else 0)
         if self._n_spare > budget:
             spares = np.flatnonzero(warm)
             give = spares[budget:]                  # keep the lowest, return the top
@@ -240,11 +253,52 @@ class Pool:
         opened = plan[3]
         return int((~self.alloc_.seg_warm[opened]).sum()) * self.alloc_.seg_bytes
 
-    def alloc(self, nbytes: int) -> int:
-        """Allocate one object of ``nbytes``; returns its handle."""
-        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
-            raise InvalidSizeError(f"nbytes must be an integer, got {type(nbytes).__name__}")
-        return int(self.alloc_batch(np.array([nbytes], np.int64))[0])
+    def growth_for_one(self, size: int) -> int:
+        """:meth:`growth_for` of one object of ``size`` (a valid size)."""
+        with self._lock:
+            placed = self.alloc_.place_one(size)
+            if placed is None:
+                return self.alloc_.capacity + 1
+            seg = placed[1]
+            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0
+
+    def alloc(self, nbytes: int, *, data=None) -> int:
+        """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
+
+        With ``data`` (exactly ``nbytes`` of host bytes) the object is also written: one
+        call instead of ``alloc`` + ``write``, and nothing is allocated when ``data`` is bad.
+        """
+        if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
+                                     and data.ndim == 1 and data.flags.c_contiguous):
+            data = _as_bytes_array(data, "data")
+        with self._lock:
+            self._enter()
+            size = self.alloc_.check_size(nbytes)
+            if data is not None and data.size != size:
+                raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
+            handle = self._alloc_one(size)
+            if data is not None:
+                try:
+                    self.storage.write_one(self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))[0], data)
+                except BaseException:
+                    self._free_one(self.alloc_.decode_one(handle, self._ikey))
+                    raise
+            return handle
+
+    def _alloc_one(self, size: int) -> int:
+        al = self.alloc_
+        placed = al.place_one(size)
+        if placed is None:
+            self._compact(1.0)                 # clean under pressure, then retry once
+            placed = al.place_one(size)
+        if placed is None:
+            self._counters["alloc_fail"] += 1
+            raise PoolFullError(f"pool full: an object of {size} bytes does not fit in capacity "
+                                f"{al.capacity} ({al.live_bytes} bytes live)")
+        offset, opened = placed
+        if opened >= 0:
+            self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
+        return al.handle_of(al.commit_one(size, offset, opened)) ^ self._ikey
 
     # --- copy-in ---------------------------------------------------------------------
     def _payload(self, payload) -> tuple[object, int]:
@@ -276,11 +330,9 @@ class Pool:
         slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
         offsets, sizes = self.alloc_.location(slots)
         if lengths is not None:
-            lens = np.asarray(lengths)
+            lens = as_int_array(lengths, "lengths")
             if lens.shape != hs.shape:
                 raise BadInputError(f"lengths has shape {lens.shape}, handles {hs.shape}")
-            if lens.size and lens.dtype.kind not in "iu":
-                raise BadInputError(f"lengths must be integers, got dtype {lens.dtype}")
             bad = np.flatnonzero(lens != sizes)
             if bad.size:
                 i = int(bad[0])
@@ -292,14 +344,11 @@ class Pool:
                 raise BadInputError(f"payload holds {nbytes} bytes, the objects need {total}")
             starts = packed_starts(sizes)
         else:
-            starts = np.asarray(src_starts)
-            if starts.shape != hs.shape or (starts.size and starts.dtype.kind not in "iu"):
-                raise BadInputError(f"src_starts must be integers shaped like handles {hs.shape}, "
-                                    f"got {starts.dtype} {starts.shape}")
-            starts = starts.astype(np.int64, copy=False)
-            bad = np.flatnonzero((starts < 0) | (starts + sizes > nbytes))
-            if bad.size:
-                i = int(bad[0])
+            starts = as_int_array(src_starts, "src_starts")
+            if starts.shape != hs.shape:
+                raise BadInputError(f"src_starts must be shaped like handles {hs.shape}, got {starts.shape}")
+            i = first_range_outside(starts, sizes, nbytes)
+            if i >= 0:
                 raise BadInputError(f"object {i} at src_starts {int(starts[i])} (+{int(sizes[i])} bytes) "
                                     f"lies outside the {nbytes}-byte payload")
         if not hs.size:
@@ -309,9 +358,25 @@ class Pool:
         else:
             self.storage.scatter_device(data, starts, offsets, sizes)
 
+    def _write_device(self, slots, data) -> None:
+        offsets, sizes = self.alloc_.location(np.asarray(slots, np.int64))
+        if int(sizes.sum()) != int(data.shape[0]):
+            raise BadInputError(f"payload holds {int(data.shape[0])} bytes, the objects need {int(sizes.sum())}")
+        self.storage.scatter_device(data, np.zeros(1, np.int64), offsets, sizes)
+
     def write(self, handle: int, data) -> None:
-        """Copy ``data`` (exactly the object's size) into the object."""
-        self.write_batch([handle], data)
+        """Copy ``data`` (exactly the object's size) into the object: one storage copy."""
+        if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
+            data = self._payload(data)[0]
+        with self._lock:
+            self._enter()
+            slot = self.alloc_.decode_one(handle, self._ikey)
+            if not isinstance(data, np.ndarray):       # a device buffer
+                return self._write_device([slot], data)
+            offset, size = self.alloc_.where(slot)
+            if data.size != size:
+                raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
+            self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
 
     # --- copy-out --------------------------------------------------------------------
     @_locked
@@ -339,16 +404,33 @@ class Pool:
             self.storage.gather(offsets, sizes, buf, packed_starts(sizes))
         return buf, sizes.copy()
 
-    def read(self, handle: int, out=None) -> np.ndarray:
-        """Copy one object out (a new uint8 array, or ``out`` filled)."""
-        buf, _ = self.read_batch([handle], out)
-        return buf
+    def read(self, handle: int, out=None, *, free: bool = False) -> np.ndarray:
+        """Copy one object out (a new uint8 array, or ``out`` filled): one storage copy.
+
+        ``free=True`` frees the object once it is copied out (an exclusive load, as
+        zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
+        freed.
+        """
+        with self._lock:
+            if self._closed or self._hook is not None:
+                self._enter()
+            al = self.alloc_
+            slot = al.decode_one(handle, self._ikey)
+            offset, size = al.where(slot)
+            if out is None:
+                out = np.empty(size, np.uint8)
+            elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
+                      and (flags := out.flags).c_contiguous and flags.writeable):
+                out = _check_out(out, size)
+            self.storage.read_one(offset, out)
+            if free:
+                self._free_one(slot)
+            return out
 
     @_locked
     def size_of(self, handle: int) -> int:
         """The allocated size of the object ``handle`` names."""
-        slots = self.alloc_.decode(_as_handles([handle]), self._key)
-        return int(self.alloc_.sizes[slots[0]])
+        return self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))[1]
 
     # --- free ------------------------------------------------------------------------
     @_locked
@@ -359,14 +441,58 @@ class Pool:
         offsets, asz, released = self.alloc_.free(slots)
         self.storage.discard(offsets, asz)
         self._release_segments(released)
+        self._maybe_clean()
 
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
-        self.free_batch([handle])
+        with self._lock:
+            self._enter()
+            self._free_one(self.alloc_.decode_one(handle, self._ikey))
+
+    def _free_one(self, slot: int) -> None:
+        offset, asize, emptied = self.alloc_.free_one(slot)
+        self.storage.discard_one(offset, asize)
+        if emptied >= 0:
+            self._release_segments(np.array([emptied], np.int64))
+        self._maybe_clean()
+
+    # --- cleaning as you go -----------------------------------------------------------
+    # A log-structured arena keeps freed bytes dead until their segment is cleaned; under
+    # churn (zswap frees and stores all day) they would pile up: 5.86 bytes held per live
+    # byte were measured before this. So every free checks, in O(1), whether dead space
+    # has passed CLEAN_TRIGGER of the live bytes (plus two segments of slack for the
+    # head's tail) and if so runs one *bounded* cleaning step: the emptiest segments,
+    # enough to bring dead space down to half the trigger, at most CLEAN_STEP_SEGMENTS of
+    # them, packed with one bulk move. No single call pays for a whole pass.
+    #: dead bytes that start a cleaning step, as a share of live arena bytes
+    CLEAN_TRIGGER = 1 / 16
+    #: the most segments one cleaning step packs (bounds the work one free pays)
+    CLEAN_STEP_SEGMENTS = 64
+
+    def _maybe_clean(self) -> None:
+        al = self.alloc_
+        dead = al.segs_in_use * al.seg_bytes - al.live_aligned        # al.dead_bytes, inline
+        if dead > self._clean_floor and dead > 2 * al.seg_bytes and dead > al.live_aligned * self.CLEAN_TRIGGER:
+            limit = al.live_aligned * self.CLEAN_TRIGGER
+            t0 = time.perf_counter()
+            plan = al.plan_clean(int(dead - limit * 3 / 4), self.CLEAN_STEP_SEGMENTS)
+            if plan is None:
+                # nothing packs into fewer segments yet: wait for another segment's worth
+                # of dead bytes before planning again (a plan scans the handle table)
+                self._clean_floor = dead + al.seg_bytes
+            else:
+                self._clean_floor = 0
+                self._execute_clean(plan)
+                al.clean_steps += 1
+            self._clean_seconds += time.perf_counter() - t0
 
     # --- compaction ------------------------------------------------------------------
     def _compact(self, max_utilisation: float) -> int:
-        plan = self.alloc_.plan_compact(max_utilisation)
+        return self._execute_clean(self.alloc_.plan_compact(max_utilisation))
+
+    def _execute_clean(self, plan) -> int:
+        """Carry out a cleaning plan: commit destinations, one bulk move, re-point the
+        slots, give emptied segments back; returns bytes freed."""
         if plan is None:
             return 0
         slots, src, dst, a, victims, _, _ = plan
@@ -389,9 +515,7 @@ class Pool:
 
         Live objects move (device-to-device on a GPU); every handle stays valid.
         """
-        if not 0.0 < float(max_utilisation) <= 1.0:
-            raise BadInputError(f"max_utilisation must be in (0, 1], got {max_utilisation}")
-        return self._clean(float(max_utilisation))
+        return self._clean(check_real(max_utilisation, "max_utilisation", lo=0, hi=1, lo_open=True))
 
     def _clean(self, max_utilisation: float) -> int:
         """Compact, then give every spare segment back; returns bytes released."""
@@ -437,6 +561,7 @@ class Pool:
         st["pool_total_size"] = self.storage.committed_bytes
         st["spare_bytes"] = int(self.alloc_.seg_warm.sum()) * self.alloc_.seg_bytes
         st["pages_compacted"] = st["segments_compacted"] * (self.alloc_.seg_bytes // PAGE_SIZE)
+        st["clean_seconds"] = self._clean_seconds
         st.update(self._counters)
         st.update(self.storage.describe())
         if self.backend_reason:
@@ -448,5 +573,8 @@ class Pool:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self.storage.close()
+                try:
+                    self.storage.close()
+                finally:
+                    self.alloc_.close()
 

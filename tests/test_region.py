@@ -254,8 +254,9 @@ def test_syscalls_read_and_write_evicted_pages(region, rng, tmp_path):
 
 
 def test_backing_file_takes_refused_pages(region, rng, tmp_path):
-    """Incompressible pages with a backing file: evicted all the same, back from the file."""
-    npages = 32
+    """Incompressible pages beyond the pool limit, with a backing file: evicted all the
+    same (written to the file), and back from it byte for byte."""
+    npages = 160                             # 640 KiB of random bytes over a 256 KiB limit
     r = region(npages, 4, backend="host", backing=tmp_path / "swap", max_pool_bytes=256 << 10)
     a = r.array
     want = rng.integers(0, 256, npages * P, dtype=np.uint8)
@@ -263,7 +264,7 @@ def test_backing_file_takes_refused_pages(region, rng, tmp_path):
     r.evict(npages)
     assert np.array_equal(a, want)
     st = r.stats()
-    assert st["loads_from_backing"] > 0
+    assert st["loads_from_backing"] > 0 and st["loads_from_pool"] > 0
     assert st["refused_pages"] == 0
 
 
