@@ -262,6 +262,13 @@ class Handler:
         store loaded with one batch call, the others zero-filled or woken."""
         t0 = time.monotonic_ns()
         base, npages, state = self.base, self.npages, self.state
+        if len(faults) == 1 and self.mode == "zswap":       # the common case, kept short
+            addr, flags = faults[0]
+            p = (addr - base) >> SHIFT
+            if (not flags & uffd.UFFD_PAGEFAULT_FLAG_WP and 0 <= p < npages and state[p] == EVICTED
+                    and self.fault_around <= 1 and self._fill_one(p, t0)):
+                self.evict_blocked = False
+                return
         missing = {}
         wp = []
         for addr, flags in faults:

@@ -254,7 +254,12 @@ def copy(fd: int, dst: int, src: int, length: int, mode: int = 0) -> None:
     """UFFDIO_COPY ``length`` bytes from ``src`` (this process) to ``dst`` (the
     registered process) and wake the faulting threads; EEXIST (already mapped) is raised
     for the caller to WAKE."""
-    _retrying(fd, UFFDIO_COPY, _COPY, [dst, src, length, mode, 0], 4, (0, 1), 2)
+    try:                                 # first try without the retry machinery: a fault's hot path
+        fcntl.ioctl(fd, UFFDIO_COPY, bytearray(_COPY.pack(dst, src, length, mode, 0)), True)
+    except OSError as exc:
+        if exc.errno != errno.EAGAIN:
+            raise
+        _retrying(fd, UFFDIO_COPY, _COPY, [dst, src, length, mode, 0], 4, (0, 1), 2)
 
 
 def zeropage(fd: int, start: int, length: int, mode: int = 0) -> None:
