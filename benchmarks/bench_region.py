@@ -161,7 +161,7 @@ def main(argv=None) -> dict:
                 row.update(pattern=pattern, pass_=ps)
                 rows.append(row)
                 print(f"  {pattern:6} pass {ps} {name:14} faults {row['faults']:6}  p50 {row['p50_us']:7.1f} us  "
-                      f"p99 {row['p99_us']:8.1f} us  (Zswap.load_batch per page p50 "
+                      f"p99 {row['p99_us']:8.1f} us  (store load per page p50 "
                       f"{row['store_load_per_page_p50_us']:.1f} us)  ok {row['bytes_ok']}", flush=True)
     # the victim policy (fault counts on a longer zipfian trace) and fault-around, zswap
     # only, interleaved pass by pass like the subjects above

@@ -6,8 +6,8 @@ its page faults to a handler process that owns a :class:`~devpool.Zswap` and its
 array over that memory: numpy, C code and syscalls load and store it directly. Pages
 beyond the resident budget are evicted into Zswap and come back, byte for byte, on the
 next access; pages never written read as zeros and take no pool space. The region is a
-client of Zswap as Zswap is a client of the pool: it calls only ``store_batch`` /
-``load_batch`` / ``stats`` / ``close``.
+client of Zswap as Zswap is a client of the pool: it calls only ``store_batch``,
+``load`` (one faulting page) / ``load_batch`` (several), ``stats`` and ``close``.
 
 Which process does what (the handler's module, ``_region_handler.py``, draws it): this
 process maps the memory (a memfd, ``MAP_SHARED``), creates the userfaultfd, registers
