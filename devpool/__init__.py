@@ -4,6 +4,8 @@ Everything above storage reaches pool memory only by batched copy-in / copy-out 
 opaque handles. Public surface::
 
     pool = devpool.open_pool(backend="auto" | "host" | "cuda" | "chaos", capacity_bytes=...)
+    zs = devpool.Zswap(pool, compressor=..., backing=...)
+    region = devpool.swap_region(nbytes, resident_bytes=...)   # real memory, faults served from a Zswap
 """
 
 import importlib.metadata as _metadata
@@ -32,6 +34,7 @@ from ._backing import BackingFile
 from ._capture import CaptureError, capture_pid, capture_workloads
 from ._codecs import Codec, get_codec, register_codec
 from ._pool import PAGE_SIZE, Pool
+from ._region import SwapRegion, swap_region
 from ._zswap import Zswap
 
 try:
@@ -56,6 +59,7 @@ __all__ = sorted([
     "Pool",
     "PoolClosedError",
     "PoolFullError",
+    "SwapRegion",
     "UnknownCodecError",
     "WritebackError",
     "Zswap",
@@ -65,6 +69,7 @@ __all__ = sorted([
     "get_codec",
     "open_pool",
     "register_codec",
+    "swap_region",
 ])
 
 # Tracebacks and reprs show the public path, not the private module.

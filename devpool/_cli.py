@@ -199,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--incompressible", type=_share_arg, default=None,
                    help="share of pages replaced by random (incompressible) data")
     p.add_argument("--seed", type=_int_arg(0), default=0)
+    p.add_argument("--real", action="store_true",
+                   help="also play the trace on real memory (swap_region: userfaultfd, faults served from zswap)")
     p.add_argument("--json", metavar="F")
     p.add_argument("--plot", metavar="F.png", help="pool size and hit rate over time")
     page_source(p)

@@ -189,6 +189,10 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
           f"{res['pool_limit_hit']}x, refused straight to file {res['backing_direct_writes']}")
     print(f"  fault latency: zswap p50 {res['zswap_fault_p50_us']:.0f} us p99 {res['zswap_fault_p99_us']:.0f} us; "
           f"backing p50 {res['backing_fault_p50_us']:.0f} us p99 {res['backing_fault_p99_us']:.0f} us")
+    if getattr(args, "real", False):
+        from ._region import print_replay_real, replay_real
+        res["real"] = replay_real(args, trace, content)
+        print_replay_real(res["real"])
     write_outputs(res, args, _plot)
     return 0
 

@@ -1,0 +1,493 @@
+"""A region of this process's memory swapped into a devpool pool through userfaultfd.
+
+``swap_region(nbytes, resident_bytes=...)`` maps ``nbytes`` of real memory and hands
+its page faults to a handler process that owns a :class:`~devpool.Zswap` and its pool
+(on the host or in GPU memory). ``region.array`` is a plain writable numpy ``uint8``
+array over that memory: numpy, C code and syscalls load and store it directly. Pages
+beyond the resident budget are evicted into Zswap and come back, byte for byte, on the
+next access; pages never written read as zeros and take no pool space. The region is a
+client of Zswap as Zswap is a client of the pool: it calls only ``store_batch``,
+``load`` (one faulting page) / ``load_batch`` (several), ``stats`` and ``close``.
+
+Which process does what (the handler's module, ``_region_handler.py``, draws it): this
+process maps the memory (a memfd, ``MAP_SHARED``), creates the userfaultfd, registers
+the range for missing and write-protect faults, and starts two processes: the handler
+and a small guard that turns a handler's death into loud failures (SIGBUS / EFAULT on
+lost pages, :class:`~devpool.DevpoolError` from every call here) instead of a hang or
+zeros. No thread of this process ever serves a fault, so a numpy pass that holds the GIL
+while it faults cannot deadlock.
+
+Costs: a fault is a round trip to another process (tens of microseconds from Python,
+see ``benchmarks/bench_region.py``) plus a Zswap load; eviction runs in batches in the
+handler, between faults. Linux only, x86_64; needs userfaultfd permission (root,
+``/dev/userfaultfd`` access, or ``vm.unprivileged_userfaultfd=1``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import mmap
+import os
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+
+import numpy as np
+
+from . import _errors, _uffd
+from ._checks import check_int, check_real
+from ._errors import BackendUnavailableError, BadInputError, DevpoolError
+from ._region_handler import recv, send
+
+__all__ = ["SwapRegion", "swap_region"]
+
+PAGE_SIZE = mmap.PAGESIZE
+
+#: features the region needs from the kernel's userfaultfd
+FEATURES = (_uffd.UFFD_FEATURE_MISSING_SHMEM | _uffd.UFFD_FEATURE_PAGEFAULT_FLAG_WP
+            | _uffd.UFFD_FEATURE_WP_HUGETLBFS_SHMEM | _uffd.UFFD_FEATURE_POISON)
+#: ioctls the registered range must allow
+IOCTLS = (_uffd._UFFDIO_WAKE, _uffd._UFFDIO_COPY, _uffd._UFFDIO_ZEROPAGE,
+          _uffd._UFFDIO_WRITEPROTECT, _uffd._UFFDIO_POISON)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_HANDLER_MAIN = "import sys; from devpool._region_handler import handler_main; sys.exit(handler_main(sys.argv[1:]))"
+#: the handler keeps 18 bytes of state per page: a 1 TiB region costs it 4.5 GiB
+MAX_NBYTES = 1 << 40
+MADV_DONTFORK = 10          # a fork()ed child gets no mapping: it could fill holes with zeros
+MADV_NOHUGEPAGE = 15        # faults and evictions go a page at a time
+
+
+def swap_region(nbytes: int, *, resident_bytes: int, backend: str = "auto", compressor: str = "lz4",
+                capacity_bytes: int | None = None, backing=None, max_pool_percent: float = 100,
+                max_pool_bytes: int | None = None, accept_threshold_percent: float = 90,
+                writeback: bool = True, policy: str = "lfu", fault_around: int = 0,
+                spin_us: float = 100, start_timeout: float = 120.0, **options) -> "SwapRegion":
+    """Map ``nbytes`` of memory whose pages beyond ``resident_bytes`` live in a Zswap.
+
+    Use it as a context manager (or call ``close()``)::
+
+        with devpool.swap_region(64 << 20, resident_bytes=16 << 20) as r:
+            a = r.array                 # np.uint8, writable, len nbytes
+            a[:] = 1                    # faults; pages beyond 16 MiB are evicted
+            r.stats()["evicted_pages"]
+
+    ``backend``, ``compressor``, ``backing`` (a path: refused and written-back pages go
+    there), ``max_pool_percent``, ``max_pool_bytes``, ``accept_threshold_percent`` and
+    ``writeback`` are those of :class:`~devpool.Zswap` and :func:`~devpool.open_pool`;
+    the pool holds ``capacity_bytes`` (default: 5/4 of ``nbytes``, at least 4 MiB) and,
+    unlike a shared Zswap, the limit defaults to all of it. ``policy`` picks victims:
+    ``"lfu"`` (fault frequency with aging, the default) or ``"fifo"``. ``fault_around``
+    (0 or a power of two) brings back the evicted pages of the aligned window of that
+    many pages around a faulting one. ``spin_us``: how long the handler keeps polling
+    after a fault before it sleeps.
+
+    Raises BadInputError for bad sizes, BackendUnavailableError (naming the fix) where
+    userfaultfd cannot be used, and whatever opening the pool raises, from the handler.
+    """
+    return SwapRegion(nbytes, resident_bytes=resident_bytes, backend=backend, compressor=compressor,
+                      capacity_bytes=capacity_bytes, backing=backing, max_pool_percent=max_pool_percent,
+                      max_pool_bytes=max_pool_bytes, accept_threshold_percent=accept_threshold_percent,
+                      writeback=writeback, policy=policy, fault_around=fault_around, spin_us=spin_us,
+                      start_timeout=start_timeout, **options)
+
+
+class _Resources:
+    """Everything a region holds outside Python's heap, released exactly once (by
+    ``close()``, or by a finalizer when a region is dropped unclosed)."""
+
+    def __init__(self):
+        self.fds: list[int] = []
+        self.socks: list[socket.socket] = []
+        self.handler: subprocess.Popen | None = None
+        self.guard: subprocess.Popen | None = None
+        self.handler_sock: socket.socket | None = None
+        self.guard_sock: socket.socket | None = None
+        self.addr = 0
+        self.length = 0
+        self.keep_reserved = False
+        self.owner = os.getpid()
+
+    def release(self, timeout: float = 30.0) -> None:
+        if os.getpid() != self.owner:
+            return          # a fork()ed child exiting: the region is its parent's to close
+        # 1. the guard first: from here on the handler's exit is not a death
+        if self.guard is not None:
+            try:
+                self.guard_sock.send(b"close")
+            except OSError:
+                pass
+            _wait_or_kill(self.guard, 5.0)
+            self.guard = None
+        # 2. the handler frees its pool and exits
+        if self.handler is not None:
+            if self.handler.poll() is None:
+                try:
+                    self.handler_sock.settimeout(timeout)
+                    send(self.handler_sock, ("close",))
+                    recv(self.handler_sock)
+                except (OSError, EOFError):
+                    pass
+            _wait_or_kill(self.handler, 10.0)
+            self.handler = None
+        # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
+        # no access, so a stale array faults instead of reading someone else's mapping
+        if self.addr:
+            if self.keep_reserved:
+                got = _libc.mmap(self.addr, self.length, 0,                      # PROT_NONE
+                                 mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x10 | 0x4000, -1, 0)  # FIXED, NORESERVE
+                if got in (None, _MAP_FAILED):
+                    _libc.munmap(self.addr, self.length)
+            else:
+                _libc.munmap(self.addr, self.length)
+            self.addr = 0
+        for s in self.socks:
+            s.close()
+        self.socks.clear()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+
+
+def _wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+class SwapRegion:
+    """``nbytes`` of this process's memory whose cold pages live in a Zswap.
+
+    ``array`` is the memory; ``evict(n)`` pushes pages out now; ``stats()`` reports the
+    region's counters with the Zswap's under ``"zswap"``; ``close()`` stops the handler,
+    frees the pool and unmaps the memory. Thread-safe: any thread may touch the array
+    (faults are served whoever holds the GIL) and call the methods.
+    """
+
+    def __init__(self, nbytes: int, *, resident_bytes: int, backend: str = "auto", compressor: str = "lz4",
+                 capacity_bytes: int | None = None, backing=None, max_pool_percent: float = 100,
+                 max_pool_bytes: int | None = None, accept_threshold_percent: float = 90,
+                 writeback: bool = True, policy: str = "lfu", fault_around: int = 0,
+                 spin_us: float = 100, start_timeout: float = 120.0, serve: str = "zswap",
+                 file=None, file_direct: bool = False, pool_options: dict | None = None):
+        nbytes = check_int(nbytes, "nbytes", lo=1, hi=MAX_NBYTES)
+        if nbytes % PAGE_SIZE:
+            raise BadInputError(f"nbytes must be a multiple of the page size ({PAGE_SIZE}), got {nbytes}")
+        resident_bytes = check_int(resident_bytes, "resident_bytes", lo=0)
+        if resident_bytes < PAGE_SIZE:
+            raise BadInputError(f"resident_bytes must be at least one page ({PAGE_SIZE} bytes), got {resident_bytes}")
+        if policy not in ("lfu", "fifo"):
+            raise BadInputError(f"policy must be 'lfu' or 'fifo', got {policy!r}")
+        fault_around = check_int(fault_around, "fault_around", lo=0, hi=1 << 20)
+        if fault_around & (fault_around - 1):
+            raise BadInputError(f"fault_around must be 0 or a power of two, got {fault_around}")
+        if serve not in ("zswap", "zero", "file"):
+            raise BadInputError(f"serve must be 'zswap', 'zero' or 'file', got {serve!r}")
+        if serve == "file" and file is None:
+            raise BadInputError("serve='file' needs file= (a path for the plain swap file)")
+        if backing is not None and not isinstance(backing, (str, os.PathLike)):
+            raise BadInputError("backing must be a path (the handler process opens the file)")
+        if capacity_bytes is None:
+            capacity_bytes = max(nbytes * 5 // 4, 4 << 20)
+        capacity_bytes = check_int(capacity_bytes, "capacity_bytes", lo=1)
+        spin_us = check_real(spin_us, "spin_us", lo=0, hi=1e6)
+        start_timeout = check_real(start_timeout, "start_timeout", lo=0, lo_open=True)
+        self.nbytes = nbytes
+        self.resident_bytes = resident_bytes
+        self._lock = threading.RLock()
+        self._closed = False
+        self._dead: str | None = None
+        self._res = res = _Resources()
+        self._finalizer = weakref.finalize(self, res.release)
+        cfg = {
+            "npages": nbytes // PAGE_SIZE, "resident_pages": resident_bytes // PAGE_SIZE,
+            "serve": serve, "policy": policy, "fault_around": fault_around, "spin_us": spin_us,
+            "backend": backend, "compressor": compressor, "capacity_bytes": capacity_bytes,
+            "backing": os.fspath(backing) if backing is not None else None,
+            "file": os.fspath(file) if file is not None else None, "file_direct": bool(file_direct),
+            "pool_options": dict(pool_options or {}),
+            "zswap_options": {"max_pool_percent": max_pool_percent, "max_pool_bytes": max_pool_bytes,
+                              "accept_threshold_percent": accept_threshold_percent,
+                              "writeback": writeback},
+        }
+        try:
+            self._open(cfg, start_timeout)
+        except BaseException:
+            self._finalizer()
+            raise
+
+    # --- construction ------------------------------------------------------------------
+    def _open(self, cfg: dict, start_timeout: float) -> None:
+        res = self._res
+        try:
+            fd = _uffd.open_uffd()
+            res.fds.append(fd)
+            _uffd.api(fd, FEATURES)
+        except _uffd.UffdUnavailable as exc:
+            raise BackendUnavailableError(f"swap_region: {exc.strerror}") from exc
+        self._uffd = fd
+        memfd = os.memfd_create("devpool-region", os.MFD_CLOEXEC)
+        res.fds.append(memfd)
+        try:
+            os.ftruncate(memfd, self.nbytes)
+        except OSError as exc:
+            raise DevpoolError(f"swap_region: cannot size the region's memory to {self.nbytes} bytes: "
+                               f"{exc.strerror}") from exc
+        addr = _libc.mmap(None, self.nbytes, mmap.PROT_READ | mmap.PROT_WRITE,
+                          mmap.MAP_SHARED | 0x4000, memfd, 0)          # MAP_NORESERVE
+        if addr in (None, _MAP_FAILED):
+            err = ctypes.get_errno()
+            raise DevpoolError(f"swap_region: mmap of {self.nbytes} bytes failed: {os.strerror(err)}")
+        res.addr, res.length = addr, self.nbytes
+        _libc.madvise(addr, self.nbytes, MADV_DONTFORK)
+        _libc.madvise(addr, self.nbytes, MADV_NOHUGEPAGE)
+        try:
+            allowed = _uffd.register(fd, addr, self.nbytes,
+                                     _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
+        except OSError as exc:
+            raise BackendUnavailableError(f"swap_region: UFFDIO_REGISTER of shared memory failed "
+                                          f"({exc.strerror}); Linux 6.6 or later is needed") from exc
+        lacking = [nr for nr in IOCTLS if not _uffd.ioctl_allowed(allowed, nr)]
+        if lacking:
+            raise BackendUnavailableError(f"swap_region: this kernel does not allow userfaultfd ioctls "
+                                          f"{lacking} on shared memory; Linux 6.6 or later is needed")
+        cfg["base"] = addr
+        # the handler: owns the Zswap and its pool
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        res.socks += [mine, theirs]
+        res.handler_sock = mine
+        res.handler = subprocess.Popen(
+            [sys.executable, "-c", _HANDLER_MAIN, str(fd), str(memfd), str(theirs.fileno())],
+            pass_fds=(fd, memfd, theirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
+        theirs.close()
+        res.socks.remove(theirs)
+        mine.settimeout(start_timeout)
+        send(mine, cfg)
+        try:
+            kind, *info = recv(mine)
+        except (OSError, EOFError) as exc:
+            raise DevpoolError(f"swap_region: the handler process did not start "
+                               f"(exit code {res.handler.poll()}): {exc}") from exc
+        if kind != "ready":
+            _raise_remote(info[0], info[1])
+        self._handler_info = info[0]
+        # the guard: turns the handler's death into loud failures
+        pidfd = os.pidfd_open(res.handler.pid)
+        res.fds.append(pidfd)
+        gmine, gtheirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        res.socks.append(gmine)
+        res.guard_sock = gmine
+        guard_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_region_handler.py")
+        res.guard = subprocess.Popen(
+            [sys.executable, "-I", "-S", guard_file, "guard", str(fd), str(pidfd), str(gtheirs.fileno()),
+             str(addr), str(self.nbytes)],
+            pass_fds=(fd, pidfd, gtheirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
+        gtheirs.close()
+        gmine.settimeout(30)
+        try:
+            if gmine.recv(16) != b"ready":
+                raise OSError("no greeting")
+        except OSError as exc:
+            raise DevpoolError(f"swap_region: the guard process did not start: {exc}") from exc
+        mine.settimeout(None)
+        self._cbuf = (ctypes.c_uint8 * self.nbytes).from_address(addr)
+        self._array = np.ctypeslib.as_array(self._cbuf)
+
+    # --- the public surface ----------------------------------------------------------------
+    @property
+    def array(self) -> np.ndarray:
+        """The region's memory as a writable ``uint8`` array of ``nbytes`` elements."""
+        self._check_usable()
+        return self._array
+
+    @property
+    def handler_pid(self) -> int:
+        """Process id of the handler (the process that owns the pool)."""
+        return self._handler_info["pid"]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def evict(self, n: int | None = None) -> int:
+        """Push pages out now: those beyond the resident budget (``n=None``) or ``n``
+        resident pages chosen by the policy. Returns the pages evicted (pages Zswap
+        refuses stay resident)."""
+        if n is not None:
+            n = check_int(n, "n", lo=0)
+        return self._request("evict", n)
+
+    def stats(self) -> dict:
+        """Counters: faults, zero_fills, loads_from_pool, loads_from_backing, evicted_pages,
+        resident_pages, fault_p50_us / fault_p99_us (service time in the handler), ...,
+        and the Zswap's own statistics under ``"zswap"``."""
+        st = self._request("stats")
+        st["nbytes"] = self.nbytes
+        st["resident_bytes"] = self.resident_bytes
+        return st
+
+    def close(self) -> None:
+        """Stop the handler and its guard, free the pool, unmap the memory. Idempotent.
+
+        An array taken from ``.array`` must not be used afterwards: if one is still
+        referenced, its address range stays reserved without access (an access faults),
+        so it can never read or write another mapping.
+        """
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            res = self._res
+            arr = self.__dict__.pop("_array", None)
+            cbuf = self.__dict__.pop("_cbuf", None)
+            # referenced elsewhere: more than our local name and getrefcount's argument
+            res.keep_reserved = ((arr is not None and sys.getrefcount(arr) > 2)
+                                 or (cbuf is not None and sys.getrefcount(cbuf) > 3))
+            del arr, cbuf
+            self._finalizer()
+
+    def __enter__(self) -> "SwapRegion":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("handler dead" if self._dead else "open")
+        return f"<SwapRegion {self.nbytes} bytes, resident budget {self.resident_bytes}, {state}>"
+
+    # --- talking to the handler --------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise DevpoolError("the swap region is closed")
+        if os.getpid() != self._res.owner:
+            raise DevpoolError(f"this swap region belongs to process {self._res.owner} (a fork()ed child "
+                               f"has no mapping of it)")
+        if self._dead is None:
+            code = self._res.handler.poll()
+            if code is not None:
+                self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
+                              f"its evicted pages are lost")
+            elif self._res.guard.poll() is not None:
+                # the region still works, but a later handler death would hang its faults
+                self._dead = (f"the region's guard process {self._res.guard.pid} died (exit status "
+                              f"{self._res.guard.returncode}): a handler death could no longer be made loud")
+        if self._dead is not None:
+            raise DevpoolError(f"{self._dead}; close() the region")
+
+    def _request(self, *req):
+        with self._lock:
+            self._check_usable()
+            sock = self._res.handler_sock
+            try:
+                send(sock, req)
+                kind, *rest = recv(sock)
+            except (OSError, EOFError) as exc:
+                code = self._res.handler.poll()
+                if code is None:
+                    try:
+                        code = self._res.handler.wait(2.0)
+                    except subprocess.TimeoutExpired:
+                        code = "still running"
+                self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
+                              f"its evicted pages are lost")
+                raise DevpoolError(f"{self._dead}; close() the region") from exc
+            if kind == "ok":
+                return rest[0]
+            _raise_remote(rest[0], rest[1])
+
+
+def _raise_remote(name: str, message: str):
+    cls = getattr(_errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, DevpoolError):
+        raise cls(message)
+    raise DevpoolError(f"region handler: {name}: {message}")
+
+
+# --- devpool replay --real -------------------------------------------------------------------
+def replay_real(args, trace: np.ndarray, content: np.ndarray) -> dict:
+    """Play ``trace`` on a real region (``devpool replay --real``): the same working set,
+    RAM budget, zswap limit, backend and codec as the simulation, but the touches are
+    loads and stores of real memory and the faults are the kernel's.
+
+    A page's first touch writes its content; every later touch reads the whole page back
+    and checks it (a mismatch raises DevpoolError). Fault latency is timed in the
+    touching thread, for touches that ``mincore`` (outside the timer) found non-resident.
+    """
+    import tempfile
+    import time
+    ws = content.shape[0]
+    mincore = _libc.mincore
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    vec = (ctypes.c_ubyte * 1)()
+    limit = args.pool_limit_pages * PAGE_SIZE
+    lat = []
+    touched = np.zeros(ws, np.bool_)
+    with tempfile.TemporaryDirectory(prefix="devpool-replay-real-") as tmp:
+        with swap_region(ws * PAGE_SIZE, resident_bytes=args.ram_pages * PAGE_SIZE, backend=args.backend,
+                         compressor=args.compressor, capacity_bytes=max(16 << 20, 4 * limit),
+                         max_pool_bytes=limit, backing=os.path.join(tmp, "swap")) as region:
+            a = region.array
+            pages = a.reshape(ws, PAGE_SIZE)
+            base = a.ctypes.data
+            clock = time.perf_counter_ns
+            t_all = time.perf_counter()
+            for p in trace.tolist():
+                mincore(base + p * PAGE_SIZE, PAGE_SIZE, vec)
+                resident = vec[0] & 1
+                if not touched[p]:
+                    t = clock()
+                    pages[p] = content[p]
+                    dt = clock() - t
+                    touched[p] = True
+                else:
+                    t = clock()
+                    same = np.array_equal(pages[p], content[p])
+                    dt = clock() - t
+                    if not same:
+                        raise DevpoolError(f"real region: page {p} came back different from what was written")
+                if not resident:
+                    lat.append(dt)
+            elapsed = time.perf_counter() - t_all
+            st = region.stats()
+    lat = np.array(lat, np.int64)
+
+    def pct(q):
+        return float(np.percentile(lat, q) / 1e3) if lat.size else 0.0
+
+    zst = st["zswap"]
+    swap_faults = st["loads_from_pool"] + st["loads_from_backing"]
+    return {
+        "faults": st["faults"], "first_touch": st["zero_fills"], "zswap_hits": st["loads_from_pool"],
+        "backing_reads": st["loads_from_backing"], "evicted": st["evicted_pages"],
+        "zswap_hit_rate": st["loads_from_pool"] / swap_faults if swap_faults else 0.0,
+        "written_back_pages": zst["written_back_pages"], "pool_limit_hit": zst["pool_limit_hit"],
+        "backing_direct_writes": zst["backing_direct_writes"], "resident_pages": st["resident_pages"],
+        "fault_p50_us": pct(50), "fault_p99_us": pct(99),
+        "handler_service_p50_us": st["fault_p50_us"], "handler_service_p99_us": st["fault_p99_us"],
+        "touches_per_s": trace.size / elapsed, "policy": st["policy"],
+    }
+
+
+def print_replay_real(real: dict) -> None:
+    print(f"  real region (userfaultfd, policy {real['policy']}): faults {real['faults']} (first touch "
+          f"{real['first_touch']}, from zswap {real['zswap_hits']}, from backing file {real['backing_reads']}); "
+          f"zswap hit rate {100 * real['zswap_hit_rate']:.1f} %")
+    print(f"    evicted {real['evicted']}, written back {real['written_back_pages']}, pool limit hit "
+          f"{real['pool_limit_hit']}x, refused straight to file {real['backing_direct_writes']}; "
+          f"every page checked on every touch")
+    print(f"    fault latency in the touching thread: p50 {real['fault_p50_us']:.0f} us p99 "
+          f"{real['fault_p99_us']:.0f} us (handler service p50 {real['handler_service_p50_us']:.0f} us); "
+          f"{real['touches_per_s']:.0f} touches/s")

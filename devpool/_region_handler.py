@@ -1,0 +1,679 @@
+"""The processes behind a swap region: the fault handler and its guard.
+
+What runs where, and what crosses between them::
+
+    client process (yours)            handler process                  guard process
+    ----------------------            ---------------                  -------------
+    region memory: a MAP_SHARED       Zswap + its pool (host RAM, or   holds a pidfd of the
+      memfd mapping, .array           the GPU and its CUDA context)    handler and a copy of
+    creates the userfaultfd and       reads fault messages, fills      the userfaultfd; sleeps
+      registers the range (MISSING    pages (UFFDIO_COPY/ZEROPAGE),    until the handler dies,
+      + WP): only the creating        evicts (write-protect, pread     then makes every fault
+      process can register its        the memfd, store, punch a hole)  fail loudly (SIGBUS /
+      own ranges                      runs the victim policy           EFAULT), never zeros
+    spawns both, passing the          owns every decision about        stdlib only: it runs
+      descriptors (uffd, memfd,       pages; never touches the         this file as a script
+      one socket each)                client's Python objects          (`python -I -S`)
+
+Crossing the boundary: the userfaultfd (to both), the memfd (to the handler, which reads
+victims with ``pread`` and drops them with ``fallocate(PUNCH_HOLE)``; it never maps the
+file, because touching a hole through a mapping would put a zero page there), and one
+SOCK_SEQPACKET socket each carrying pickled requests and replies (evict, stats, close).
+Page bytes never cross a socket: they go client memory -> memfd -> handler by ``pread``
+and handler -> client memory by ``UFFDIO_COPY``.
+
+Why another process: a thread that faults while holding the GIL (a numpy pass over the
+region) could never be served by a Python thread of its own process. The handler holds
+no lock the client can hold, so no fault can wait on the client.
+
+Eviction never loses a write: victims are write-protected first (``UFFDIO_WRITEPROTECT``,
+which flushes the TLBs before it returns), then read, stored and punched out. A thread
+writing a victim meanwhile blocks in a write-protect fault; the handler answers it after
+the batch, by waking it (the page is gone, so it retries, faults MISSING and gets its
+page back from the pool with every earlier write) or by lifting the protection (the page
+stayed).
+
+Handler death: its pool is gone with it, so evicted pages are lost. The guard lifts all
+write protection, wakes every waiting thread (also those whose messages the dead handler
+had read) and from then on answers each fault with ``UFFDIO_POISON``: the access raises
+SIGBUS, as the kernel does for a swap-in that fails, and a syscall gets EFAULT. No thread
+waits forever and no page reads as zeros; the client's own calls raise DevpoolError.
+"""
+
+from __future__ import annotations
+
+import errno
+import mmap
+import os
+import pickle
+import select
+import socket
+import sys
+import time
+
+if __package__:                      # the handler: python -m devpool._region_handler
+    import numpy as np
+
+    from . import _uffd as uffd
+else:                                # the guard: python -I -S .../_region_handler.py guard ...
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import _uffd as uffd             # noqa: E402  (stdlib only; no numpy, no devpool)
+
+PAGE = uffd.PAGE_SIZE
+SHIFT = PAGE.bit_length() - 1
+
+# --- page states (one byte per page of the region) ---------------------------------------
+UNTOUCHED = 0    # a hole never filled: a fault gets a zero page, no pool space
+RESIDENT = 1     # mapped in the client
+EVICTED = 2      # in Zswap (pool, fill word or backing file), or in the plain file
+LOST = 3         # the store failed to give it back: poisoned (an access raises SIGBUS)
+
+#: most fault messages read at once
+MAX_MSGS = 256
+#: largest batch of pages one fill or one eviction round moves
+MAX_BATCH = 1024
+#: the most recently faulted pages are never victims: an instruction touching several
+#: pages of the region (a copy across a page boundary) must find them all resident
+KEEP_RECENT = 4
+#: fault service latencies kept for the p50/p99 (a ring)
+LAT_RING = 1 << 16
+
+
+def send(sock: socket.socket, obj) -> None:
+    sock.send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def recv(sock: socket.socket, bufsize: int = 1 << 20):
+    data = sock.recv(bufsize)
+    if not data:
+        raise EOFError("peer closed")
+    return pickle.loads(data)
+
+
+# =========================================================================================
+# the handler
+# =========================================================================================
+class Handler:
+    """Serves the faults of one region from a Zswap (or, for baselines, from zero pages
+    or a plain file) and evicts pages beyond the resident budget.
+
+    ``serve`` modes: ``"zswap"`` (the region), ``"zero"`` (every fault gets a zero page,
+    evicted bytes are dropped: the floor of a userfaultfd round trip, benchmarks only),
+    ``"file"`` (evicted pages go to a plain swap file, no compression).
+
+    Victim policy ``"lfu"``: the handler sees faults, not accesses (a resident page's
+    loads and stores never reach it), so it ranks resident pages by how often they have
+    faulted in, halving every count each 8 x budget faults so that old heat fades, and
+    evicts the coldest, oldest first. On a zipfian trace this faults 16 % less than
+    ``"fifo"`` (benchmarks/bench_region.py measures both).
+    """
+
+    def __init__(self, uffd_fd: int, memfd: int, ctl: socket.socket, cfg: dict):
+        self.uffd = uffd_fd
+        self.memfd = memfd
+        self.ctl = ctl
+        self.base = int(cfg["base"])
+        self.npages = int(cfg["npages"])
+        self.budget = max(1, int(cfg["resident_pages"]))
+        self.mode = cfg.get("serve", "zswap")
+        self.policy = cfg.get("policy", "lfu")
+        self.fault_around = int(cfg.get("fault_around", 0))
+        self.spin_ns = int(cfg.get("spin_us", 100) * 1000)
+        self.slack = max(1, min(self.budget // 16, 256))
+        n = self.npages
+        self.state = np.zeros(n, np.uint8)
+        self.hits = np.zeros(n, np.int64)         # fault-ins, halved as they age
+        self.seq = np.zeros(n, np.int64)          # when the page last came in
+        self.refused = np.zeros(n, np.bool_)      # zswap refused it; retried once written
+        self.next_seq = 1
+        self.nres = 0
+        self.faults_since_aging = 0
+        self.evict_blocked = False
+        # page-aligned (an anonymous mapping), as O_DIRECT reads and writes need
+        self._buf_map = mmap.mmap(-1, MAX_BATCH * PAGE)
+        self.buf = np.frombuffer(self._buf_map, np.uint8).reshape(MAX_BATCH, PAGE)
+        self.buf_addr = self.buf.ctypes.data
+        self.one = np.empty((1, PAGE), np.uint8)       # for loading pages one at a time
+        self.lat = np.zeros(LAT_RING, np.int64)
+        self.nlat = 0
+        self.evict_lat = []
+        self.load_lat = []          # Zswap.load_batch time per page, for the breakdown
+        self.c = dict.fromkeys((
+            "faults",               # missing faults served (a page counted once per fill)
+            "zero_fills",           # pages never written, answered with a zero page
+            "fills_from_store",     # pages brought back from zswap (or the plain file)
+            "fault_around_pages",   # evicted neighbours brought back with a faulting page
+            "wp_faults",            # writes that met a page under (or refused) eviction
+            "duplicate_faults",     # a second thread faulting on a page already filled
+            "evicted_pages",        # pages pushed out to zswap (or the file)
+            "eviction_rounds",      # batches of victims
+            "refused_pages",        # victims zswap refused: they stay resident
+            "fill_errors",          # pages that could not be brought back (poisoned)
+            "copy_eexist",          # UFFDIO_COPY found a page already there (woken)
+        ), 0)
+        self.zs = self.pool = self.file = None
+        if self.mode == "zswap":
+            self._open_zswap(cfg)
+        elif self.mode == "file":
+            self.file = _PageFile(cfg["file"], bool(cfg.get("file_direct")))
+        elif self.mode != "zero":
+            raise ValueError(f"unknown serve mode {self.mode!r}")
+
+    def _open_zswap(self, cfg: dict) -> None:
+        from ._backends import open_pool
+        from ._zswap import Zswap
+        self.pool = open_pool(cfg["backend"], capacity_bytes=int(cfg["capacity_bytes"]),
+                              **cfg.get("pool_options", {}))
+        try:
+            self.zs = Zswap(self.pool, compressor=cfg["compressor"], backing=cfg.get("backing"),
+                            **cfg.get("zswap_options", {}))
+            # compile / warm the codec now, on an offset the region cannot use
+            scratch = np.zeros((1, PAGE), np.uint8)
+            scratch[0, ::7] = 1
+            self.zs.store_batch([self.npages], scratch)
+            self.zs.load_batch([self.npages], out=scratch)
+        except BaseException:
+            self.pool.close()
+            raise
+
+    def close(self) -> None:
+        if self.zs is not None:
+            self.zs.close()
+            self.pool.close()
+            self.zs = None
+        if self.file is not None:
+            self.file.close()
+            self.file = None
+
+    # --- the loop ----------------------------------------------------------------------
+    def run(self) -> None:
+        """Serve until the client says close or goes away.
+
+        Adaptive spinning: after a fault the handler keeps reading the (non-blocking)
+        descriptor for ``spin_us``, since waking a sleeping process costs far more than
+        the fault itself here; then it sleeps in ``poll``.
+        """
+        poller = select.poll()
+        poller.register(self.uffd, select.POLLIN)
+        poller.register(self.ctl.fileno(), select.POLLIN)
+        ctl_fd = self.ctl.fileno()
+        last_fault = 0
+        next_ctl = 0
+        clock = time.monotonic_ns
+        while True:
+            faults = uffd.read_faults(self.uffd, MAX_MSGS)
+            if faults:
+                self.serve(faults)
+                if self.nres >= self.budget + self.slack and not self.evict_blocked:
+                    # a steady stream of faults leaves no idle moment: evict between them
+                    self.evict(self.nres - self.budget + self.slack - 1)
+                last_fault = clock()
+                if last_fault < next_ctl:
+                    continue
+            elif self.nres > self.budget and not self.evict_blocked:
+                self.evict(self.nres - self.budget + self.slack - 1)
+                continue
+            now = clock()
+            spinning = now - last_fault < self.spin_ns
+            if spinning and now < next_ctl:
+                continue
+            events = poller.poll(0 if spinning else 1000)
+            next_ctl = clock() + 1_000_000
+            for fd, ev in events:
+                if fd == ctl_fd and not self.control():
+                    return
+
+    def control(self) -> bool:
+        """Answer one request; False when the handler should stop."""
+        try:
+            req = recv(self.ctl)
+        except (EOFError, ConnectionError):
+            return False                               # the client went away
+        op = req[0]
+        try:
+            if op == "close":
+                self.close()
+                send(self.ctl, ("ok", None))
+                return False
+            if op == "evict":
+                n, keep = req[1], 0
+                if n is None:                   # down to the budget, as the loop would
+                    n, keep = max(0, self.nres - self.budget), KEEP_RECENT
+                out = 0
+                while out < n:
+                    got = self.evict(min(n - out, MAX_BATCH), keep_recent=keep)
+                    if got == 0:
+                        break
+                    out += got
+                send(self.ctl, ("ok", out))
+            elif op == "stats":
+                send(self.ctl, ("ok", self.stats()))
+            elif op == "ping":
+                send(self.ctl, ("ok", os.getpid()))
+            else:
+                send(self.ctl, ("err", "BadInputError", f"unknown request {op!r}"))
+        except Exception as exc:                       # reported, the handler goes on
+            send(self.ctl, ("err", type(exc).__name__, str(exc)))
+        return True
+
+    # --- fault service -----------------------------------------------------------------
+    def serve(self, faults: list) -> None:
+        """Answer every message read at once: duplicates dropped, missing pages of the
+        store loaded with one batch call, the others zero-filled or woken."""
+        t0 = time.monotonic_ns()
+        base, npages, state = self.base, self.npages, self.state
+        if len(faults) == 1 and self.mode == "zswap":       # the common case, kept short
+            addr, flags = faults[0]
+            p = (addr - base) >> SHIFT
+            if (not flags & uffd.UFFD_PAGEFAULT_FLAG_WP and 0 <= p < npages and state[p] == EVICTED
+                    and self.fault_around <= 1 and self._fill_one(p, t0)):
+                self.evict_blocked = False
+                return
+        missing = {}
+        wp = []
+        for addr, flags in faults:
+            p = (addr - base) >> SHIFT
+            if not 0 <= p < npages:
+                continue
+            if flags & uffd.UFFD_PAGEFAULT_FLAG_WP:
+                wp.append(p)
+            else:
+                missing[p] = None
+        stored = []
+        for p in missing:
+            st = state[p]
+            if st == EVICTED:
+                stored.append(p)
+            elif st == UNTOUCHED:
+                try:
+                    uffd.zeropage(self.uffd, base + (p << SHIFT), PAGE)
+                except OSError as exc:
+                    if exc.errno != errno.EEXIST:
+                        raise
+                    self.c["copy_eexist"] += 1
+                    uffd.wake(self.uffd, base + (p << SHIFT), PAGE)
+                self._came_in(p, 1)
+                self.c["zero_fills"] += 1
+                self.c["faults"] += 1
+                self._lat(t0)
+            else:                               # already there: another thread's fault
+                self.c["duplicate_faults"] += 1
+                uffd.wake(self.uffd, base + (p << SHIFT), PAGE)
+        if stored:
+            self.fill(stored, t0)
+        for p in wp:
+            self.c["wp_faults"] += 1
+            addr = base + (p << SHIFT)
+            if state[p] == RESIDENT:
+                self.refused[p] = False         # written: worth trying to evict again
+                uffd.writeprotect(self.uffd, addr, PAGE, False)     # lifts and wakes
+            else:
+                uffd.wake(self.uffd, addr, PAGE)    # evicted meanwhile: retry, fault MISSING
+        self.evict_blocked = False
+
+    def _came_in(self, p: int, heat: int) -> None:
+        self.state[p] = RESIDENT
+        self.hits[p] += heat
+        self.seq[p] = self.next_seq
+        self.next_seq += 1
+        self.nres += 1
+        self.faults_since_aging += heat
+        if self.faults_since_aging >= 8 * self.budget:
+            self.hits >>= 1
+            self.faults_since_aging = 0
+
+    def _lat(self, t0: int, n: int = 1) -> None:
+        dt = time.monotonic_ns() - t0
+        for _ in range(n):
+            self.lat[self.nlat % LAT_RING] = dt
+            self.nlat += 1
+
+    def fill(self, faulted: list, t0: int) -> None:
+        """Bring back evicted pages (and, with fault-around, their evicted neighbours)
+        with one load from the store, then one UFFDIO_COPY per run of adjacent pages."""
+        pages = faulted
+        if self.fault_around > 1:
+            k = self.fault_around
+            extra = set()
+            for p in faulted:
+                lo = p & ~(k - 1)
+                win = np.arange(lo, min(lo + k, self.npages))
+                extra.update(win[self.state[win] == EVICTED].tolist())
+            pages = sorted(extra)
+        elif len(pages) > 1:
+            pages = sorted(pages)
+        if len(pages) == 1 and self.mode == "zswap" and self._fill_one(pages[0], t0):
+            return
+        for lo in range(0, len(pages), MAX_BATCH):
+            chunk = pages[lo:lo + MAX_BATCH]
+            ok = self._load(chunk)
+            self._copy_runs(chunk, ok)
+            want = set(faulted)
+            for p, good in zip(chunk, ok):
+                if not good:
+                    continue
+                if p in want:
+                    self._came_in(p, 1)
+                    self.c["faults"] += 1
+                    self._lat(t0)
+                else:
+                    self._came_in(p, 0)
+                    self.c["fault_around_pages"] += 1
+            self.c["fills_from_store"] += int(sum(ok))
+
+    def _fill_one(self, p: int, t0: int) -> bool:
+        """One page, the common case: Zswap's single-page load (a tenth of a batch of
+        one) and UFFDIO_COPY straight from the page it returns. False: the load failed,
+        let the batch path sort it out (it poisons what cannot be loaded)."""
+        try:
+            t = time.monotonic_ns()
+            page = self.zs.load(p)
+            self._note_load(time.monotonic_ns() - t)
+        except Exception:
+            return False
+        dst = self.base + (p << SHIFT)
+        try:
+            uffd.copy(self.uffd, dst, page.ctypes.data, PAGE)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            self.c["copy_eexist"] += 1
+            uffd.wake(self.uffd, dst, PAGE)
+        self._came_in(p, 1)
+        self.c["faults"] += 1
+        self.c["fills_from_store"] += 1
+        self._lat(t0)
+        return True
+
+    def _note_load(self, ns: float) -> None:
+        self.load_lat.append(ns)
+        if len(self.load_lat) > 8192:
+            del self.load_lat[:4096]
+
+    def _load(self, chunk: list) -> list:
+        """Load ``chunk`` into ``buf`` rows; per page True, or False where the store
+        failed (those pages are poisoned: the access raises SIGBUS, never reads zeros)."""
+        n = len(chunk)
+        out = self.buf[:n]
+        if self.mode == "zero":
+            return [True] * n
+        try:
+            if self.mode == "file":
+                self.file.read_into(chunk, out)
+            else:
+                t = time.monotonic_ns()
+                self.zs.load_batch(chunk, out=out)
+                self._note_load((time.monotonic_ns() - t) / n)
+            return [True] * n
+        except Exception:
+            pass
+        ok = []                             # one at a time, to find the bad ones
+        for i, p in enumerate(chunk):
+            try:
+                if self.mode == "file":
+                    self.file.read_into([p], out[i:i + 1])
+                else:
+                    self.zs.load_batch([p], out=self.one)
+                    out[i] = self.one[0]
+                ok.append(True)
+            except Exception as exc:
+                sys.stderr.write(f"devpool region handler: page {p} could not be loaded ({exc}); "
+                                 f"poisoning it\n")
+                self.c["fill_errors"] += 1
+                try:
+                    uffd.poison(self.uffd, self.base + (p << SHIFT), PAGE)
+                except OSError:
+                    pass
+                self.state[p] = LOST
+                ok.append(False)
+        return ok
+
+    def _copy_runs(self, chunk: list, ok: list) -> None:
+        base, fd = self.base, self.uffd
+        i, n = 0, len(chunk)
+        while i < n:
+            if not ok[i]:
+                i += 1
+                continue
+            j = i + 1
+            while j < n and ok[j] and chunk[j] == chunk[j - 1] + 1:
+                j += 1
+            dst = base + (chunk[i] << SHIFT)
+            try:
+                if self.mode == "zero":
+                    uffd.zeropage(fd, dst, (j - i) * PAGE)
+                else:
+                    uffd.copy(fd, dst, self.buf_addr + i * PAGE, (j - i) * PAGE)
+            except OSError as exc:
+                if exc.errno != errno.EEXIST:
+                    raise
+                # cannot happen while this handler alone fills the region; if it did, the
+                # pages already there are newer than ours: wake their waiters
+                self.c["copy_eexist"] += 1
+                uffd.wake(fd, dst, (j - i) * PAGE)
+            i = j
+
+    # --- eviction ----------------------------------------------------------------------
+    def pick(self, n: int, keep_recent: int) -> np.ndarray:
+        """Up to ``n`` victims, sorted by page number."""
+        cand = np.flatnonzero((self.state == RESIDENT) & ~self.refused)
+        if keep_recent:
+            cand = cand[self.seq[cand] < self.next_seq - keep_recent]
+        if cand.size == 0:
+            return cand
+        if self.policy == "fifo":
+            key = self.seq[cand]
+        else:
+            key = (np.minimum(self.hits[cand], (1 << 22) - 1) << 40) | self.seq[cand]
+        if n < cand.size:
+            cand = cand[np.argpartition(key, n - 1)[:n]]
+        cand.sort()
+        return cand
+
+    def evict(self, n: int, keep_recent: int = KEEP_RECENT) -> int:
+        """Push up to ``n`` resident pages out; returns how many left.
+
+        1. write-protect the victims (a writer now blocks in a WP fault),
+        2. read their bytes from the memfd, 3. store them (one batch),
+        4. punch the stored ones out of the memfd, lift protection from refused ones.
+        Messages that arrive meanwhile are answered after the batch (see ``serve``).
+        """
+        victims = self.pick(min(n, MAX_BATCH), keep_recent)
+        if victims.size == 0:
+            self.evict_blocked = True
+            return 0
+        t0 = time.monotonic_ns()
+        base, fd = self.base, self.uffd
+        runs = _runs(victims)
+        for lo, hi in runs:
+            uffd.writeprotect(fd, base + (int(victims[lo]) << SHIFT), (hi - lo) * PAGE, True)
+        k = victims.size
+        pages = self.buf[:k]
+        if self.mode != "zero":
+            for lo, hi in runs:
+                want = (hi - lo) * PAGE
+                got = os.preadv(self.memfd, [pages[lo:hi]], int(victims[lo]) << SHIFT)
+                if got != want:
+                    raise OSError(errno.EIO, f"short read of the region ({got} of {want} bytes)")
+        kept = self._store(victims, pages)
+        gone = victims[kept]
+        for lo, hi in _runs(gone):
+            uffd.punch_hole(self.memfd, int(gone[lo]) << SHIFT, (hi - lo) * PAGE)
+        stay = victims[~kept]
+        if stay.size:
+            # refused pages stay resident *and* write-protected: the first write lifts it
+            # and makes them candidates again (until then, trying them again is wasted)
+            self.refused[stay] = True
+            self.c["refused_pages"] += int(stay.size)
+        self.state[gone] = EVICTED
+        self.nres -= int(gone.size)
+        self.c["evicted_pages"] += int(gone.size)
+        self.c["eviction_rounds"] += 1
+        self.evict_lat.append((time.monotonic_ns() - t0) / k)
+        if len(self.evict_lat) > 4096:
+            del self.evict_lat[:2048]
+        if gone.size == 0:
+            self.evict_blocked = True
+        return int(gone.size)
+
+    def _store(self, victims: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        """Hand the victims to the store; per page True where it is kept there."""
+        if self.mode == "zero":
+            return np.ones(victims.size, np.bool_)
+        if self.mode == "file":
+            self.file.write_from(victims, pages)
+            return np.ones(victims.size, np.bool_)
+        from ._errors import WritebackError
+        try:
+            cached = self.zs.store_batch(victims, pages)
+        except WritebackError as exc:      # refused pages whose file write failed: not kept
+            sys.stderr.write(f"devpool region handler: {exc}\n")
+            return np.array([self.zs.contains(int(v)) for v in victims], np.bool_)
+        if self.zs.backing is not None:
+            return np.ones(victims.size, np.bool_)  # refused ones went to the file
+        return cached
+
+    # --- statistics --------------------------------------------------------------------
+    def stats(self) -> dict:
+        st = dict(self.c)
+        lat = self.lat[:min(self.nlat, LAT_RING)]
+        st.update({
+            "resident_pages": int(self.nres),
+            "resident_budget_pages": self.budget,
+            "stored_region_pages": int((self.state == EVICTED).sum()),
+            "fault_p50_us": float(np.percentile(lat, 50) / 1e3) if lat.size else 0.0,
+            "fault_p99_us": float(np.percentile(lat, 99) / 1e3) if lat.size else 0.0,
+            "evict_per_page_p50_us": float(np.percentile(self.evict_lat, 50) / 1e3) if self.evict_lat else 0.0,
+            "store_load_per_page_p50_us": float(np.percentile(self.load_lat, 50) / 1e3) if self.load_lat else 0.0,
+            "serve": self.mode,
+            "policy": self.policy,
+            "fault_around": self.fault_around,
+            "handler_pid": os.getpid(),
+        })
+        if self.zs is not None:
+            zst = self.zs.stats()
+            st["loads_from_pool"] = zst["loads_from_pool"] - 1          # less the warm-up
+            st["loads_from_backing"] = zst["loads_from_backing"]
+            st["zswap"] = zst
+        else:
+            st["loads_from_pool"] = 0
+            st["loads_from_backing"] = st["fills_from_store"] if self.mode == "file" else 0
+        return st
+
+
+class _PageFile:
+    """The plain swap file of the baselines: page ``p`` at ``p * PAGE``, no compression;
+    ``direct`` opens it O_DIRECT (no page cache, as a swap device is read; also how the
+    kernel's zram block device is driven). Runs of adjacent pages move in one call."""
+
+    def __init__(self, path: str, direct: bool):
+        flags = os.O_RDWR | os.O_CLOEXEC | (os.O_DIRECT if direct else 0)
+        if not path.startswith("/dev/"):
+            flags |= os.O_CREAT
+        self.fd = os.open(path, flags, 0o600)
+
+    def write_from(self, pages_sorted: np.ndarray, rows: np.ndarray) -> None:
+        for lo, hi in _runs(pages_sorted):
+            want = (hi - lo) * PAGE
+            if os.pwritev(self.fd, [rows[lo:hi]], int(pages_sorted[lo]) << SHIFT) != want:
+                raise OSError(errno.EIO, "short write to the swap file")
+
+    def read_into(self, pages_sorted: list, out: np.ndarray) -> None:
+        arr = np.asarray(pages_sorted, np.int64)
+        for lo, hi in _runs(arr):
+            want = (hi - lo) * PAGE
+            if os.preadv(self.fd, [out[lo:hi]], int(arr[lo]) << SHIFT) != want:
+                raise OSError(errno.EIO, "short read from the swap file")
+
+    def close(self) -> None:
+        os.close(self.fd)
+
+
+def _runs(sorted_pages) -> list:
+    """(lo, hi) index ranges of runs of consecutive page numbers."""
+    if len(sorted_pages) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(sorted_pages) != 1) + 1
+    bounds = [0, *breaks.tolist(), len(sorted_pages)]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def handler_main(argv: list) -> int:
+    uffd_fd, memfd, ctl_fd = (int(x) for x in argv[:3])
+    ctl = socket.socket(fileno=ctl_fd)
+    try:
+        cfg = recv(ctl)
+        handler = Handler(uffd_fd, memfd, ctl, cfg)
+    except BaseException as exc:
+        try:
+            send(ctl, ("err", type(exc).__name__, str(exc)))
+        except OSError:
+            pass
+        return 1
+    send(ctl, ("ready", {"pid": os.getpid(), "backend": handler.pool.stats()["backend"] if handler.pool else None}))
+    try:
+        handler.run()
+    except OSError as exc:
+        if exc.errno in (errno.ESRCH, errno.ENOENT, errno.EFAULT, errno.EBADF):
+            return 0                        # the client's memory is gone: nothing left to serve
+        raise
+    finally:
+        handler.close()
+    return 0
+
+
+# =========================================================================================
+# the guard
+# =========================================================================================
+def guard_main(argv: list) -> int:
+    """Wait for the handler to die (pidfd readable) or the client to go (socket closed
+    or 'close'); after a death, fail every fault of the region loudly until told to go.
+    """
+    uffd_fd, pidfd, ctl_fd, base, length = (int(x) for x in argv[:5])
+    ctl = socket.socket(fileno=ctl_fd)
+    poller = select.poll()
+    poller.register(pidfd, select.POLLIN)
+    poller.register(ctl_fd, select.POLLIN)
+    ctl.send(b"ready")
+    dead = False
+    while not dead:
+        for fd, _ in poller.poll():
+            if fd == ctl_fd:
+                return 0                     # told to stand down, or the client is gone
+            dead = True
+    sys.stderr.write("devpool: the swap region's handler process died; its pool (the evicted "
+                     "pages) is lost: accesses to pages not resident now raise SIGBUS "
+                     "(syscalls EFAULT) and the region's calls raise DevpoolError\n")
+    try:
+        uffd.writeprotect(uffd_fd, base, length, False)     # let writers of resident pages go
+    except OSError:
+        pass
+    try:
+        uffd.wake(uffd_fd, base, length)   # waiters whose messages the dead handler had read
+    except OSError:
+        pass
+    poller.unregister(pidfd)
+    poller.register(uffd_fd, select.POLLIN)
+    while True:
+        for fd, _ in poller.poll(1000):
+            if fd == ctl_fd:
+                return 0
+        for addr, flags in uffd.read_faults(uffd_fd, MAX_MSGS):
+            page = addr & ~(PAGE - 1)
+            try:
+                if flags & uffd.UFFD_PAGEFAULT_FLAG_WP:
+                    uffd.writeprotect(uffd_fd, page, PAGE, False)
+                else:
+                    uffd.poison(uffd_fd, page, PAGE)
+            except OSError as exc:
+                if exc.errno == errno.EEXIST:
+                    uffd.wake(uffd_fd, page, PAGE)
+                elif exc.errno in (errno.ESRCH, errno.ENOENT):
+                    return 0
+                else:
+                    raise
+
+
+if __name__ == "__main__":
+    role, rest = sys.argv[1], sys.argv[2:]
+    sys.exit(handler_main(rest) if role == "handler" else guard_main(rest))

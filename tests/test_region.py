@@ -1,0 +1,506 @@
+"""swap_region: real memory whose faults are served from a Zswap in another process.
+
+Every wait here is bounded: threads are joined with a timeout and subprocesses run
+under one, so a deadlock fails a test instead of hanging the suite. Each region is
+closed by its test (context manager), and the fixture below checks that no handler or
+guard process outlives it.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import devpool
+from devpool import DevpoolError
+from devpool._region import PAGE_SIZE
+
+P = PAGE_SIZE
+JOIN = 120          # seconds any worker thread may take before the test fails
+
+
+def _usable() -> tuple[bool, str]:
+    from devpool import _uffd
+    try:
+        os.close(_uffd.open_uffd())
+        return True, ""
+    except OSError as exc:
+        return False, str(exc)
+
+
+_ok, _why = _usable()
+pytestmark = pytest.mark.skipif(not _ok, reason=f"userfaultfd unusable here: {_why}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return "\nState:\tZ" not in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def _sizes(backend: str) -> tuple[int, int]:
+    """(pages, resident pages): the CUDA simulator costs milliseconds per page."""
+    return (24, 6) if backend == "cuda" else (96, 12)
+
+
+@pytest.fixture
+def region():
+    """Factory; every region is closed and its processes are checked gone afterwards."""
+    made = []
+
+    def factory(npages, resident, **kw):
+        r = devpool.swap_region(npages * P, resident_bytes=resident * P, **kw)
+        made.append((r, r.handler_pid, r._res.guard.pid))
+        return r
+
+    yield factory
+    for r, hpid, gpid in made:
+        r.close()
+        deadline = time.monotonic() + 10
+        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(hpid) and not _alive(gpid), "a region process outlived close()"
+
+
+def _page(rng) -> np.ndarray:
+    """A page LZ4 compresses (random bytes, then zeros), so zswap never refuses it."""
+    v = np.zeros(P, np.uint8)
+    k = int(rng.integers(1, P // 2))
+    v[:k] = rng.integers(0, 256, k, dtype=np.uint8)
+    return v
+
+
+def _join(threads):
+    for t in threads:
+        t.join(JOIN)
+    assert not any(t.is_alive() for t in threads), "a thread is stuck (deadlock?)"
+
+
+# --- bad input -------------------------------------------------------------------------------
+@pytest.mark.parametrize("nbytes", [0, -P, P + 1, 100, 1.5 * P, True, "4096", 1 << 62, np.int64(P + 1)])
+def test_bad_nbytes(nbytes):
+    with pytest.raises(devpool.BadInputError):
+        devpool.swap_region(nbytes, resident_bytes=P)
+
+
+@pytest.mark.parametrize("resident", [0, P - 1, -1, None, 2.0 * P])
+def test_budget_under_one_page(resident):
+    with pytest.raises(devpool.BadInputError):
+        devpool.swap_region(16 * P, resident_bytes=resident)
+
+
+def test_bad_options():
+    with pytest.raises(devpool.BadInputError):
+        devpool.swap_region(16 * P, resident_bytes=P, policy="lru")
+    with pytest.raises(devpool.BadInputError):
+        devpool.swap_region(16 * P, resident_bytes=P, fault_around=3)
+
+
+def test_bad_backend_raises_from_the_handler(region):
+    with pytest.raises(devpool.BadInputError, match="unknown backend"):
+        region(16, 4, backend="nonsense")
+
+
+# --- contents --------------------------------------------------------------------------------
+def test_never_written_pages_read_zero_and_take_no_pool_space(region):
+    r = region(64, 8, backend="host")
+    a = r.array
+    assert a.sum() == 0                      # 64 faults, 56 evictions of zero pages
+    assert not a.any()
+    st = r.stats()
+    assert st["zero_fills"] == 64
+    assert st["resident_pages"] <= 8
+    assert st["zswap"]["stored_compressed_bytes"] == 0     # zero pages are fill words
+    assert st["zswap"]["pool_total_size"] <= 256 << 10    # at most the spare segment
+
+
+def test_shadow_copy_under_threads_and_eviction(region, backend, rng):
+    """Several threads read and write random bytes of their own pages while another
+    thread keeps evicting; every read and, at the end, every byte matches a shadow."""
+    npages, resident = _sizes(backend)
+    r = region(npages, resident, backend=backend)
+    a = r.array
+    shadow = np.zeros(npages * P, np.uint8)
+    nthreads, steps = 3, (40 if backend == "cuda" else 400)
+    errors = []
+    done = threading.Event()
+
+    def worker(t):
+        g = np.random.default_rng(rng.integers(1 << 30) + t)
+        mine = np.arange(t, npages, nthreads)
+        try:
+            for _ in range(steps):
+                p = int(g.choice(mine))
+                lo = p * P + int(g.integers(0, P))
+                hi = min(p * P + P, lo + int(g.integers(1, 2 * P)))
+                if g.random() < 0.5:
+                    data = g.integers(0, 4, hi - lo, dtype=np.uint8)
+                    a[lo:hi] = data
+                    shadow[lo:hi] = data
+                elif not np.array_equal(a[lo:hi], shadow[lo:hi]):
+                    errors.append(f"thread {t}: page {p} differs")
+        except Exception as exc:          # noqa: BLE001 - reported below
+            errors.append(repr(exc))
+
+    def evictor():
+        g = np.random.default_rng(7)
+        while not done.is_set():
+            r.evict(int(g.integers(1, npages)))
+
+    workers = [threading.Thread(target=worker, args=(t,)) for t in range(nthreads)]
+    ev = threading.Thread(target=evictor)
+    for t in workers + [ev]:
+        t.start()
+    _join(workers)
+    done.set()
+    _join([ev])
+    assert not errors, errors[:5]
+    assert np.array_equal(a, shadow)
+    r.evict(npages)
+    assert np.array_equal(a, shadow)
+    st = r.stats()
+    assert st["evicted_pages"] > 0 and st["fills_from_store"] > 0
+    assert st["fill_errors"] == 0
+
+
+def test_gil_holding_numpy_pass_over_an_evicted_region(region, backend, rng):
+    """One numpy call (the GIL held throughout) faults on every page: it completes."""
+    npages, resident = _sizes(backend)
+    r = region(npages, resident, backend=backend)
+    a = r.array
+    want = np.stack([_page(rng) for _ in range(npages)]).reshape(-1)
+    a[:] = want                              # one call writing every page
+    r.evict(npages)
+    st = r.stats()
+    assert st["resident_pages"] == 0, str({k: v for k, v in st.items() if k != "zswap"})
+    out = {}
+    t = threading.Thread(target=lambda: out.update(sum=int(a.sum(dtype=np.uint64)),
+                                                   copy=a.copy()))
+    t.start()
+    _join([t])
+    assert out["sum"] == int(want.sum(dtype=np.uint64))
+    assert np.array_equal(out["copy"], want)
+
+
+def test_write_during_eviction_is_never_lost(region):
+    """Counters incremented in a tight loop on pages that are evicted over and over:
+    every increment survives (write protection closes the copy / drop window)."""
+    npages = 8
+    r = region(npages, npages, backend="host")
+    words = r.array.view(np.int64)
+    slots = [p * (P // 8) + 5 for p in range(npages)]
+    n = 20000
+    done = threading.Event()
+    rounds = []
+
+    def writer():
+        for i in range(n):
+            for s in slots:
+                words[s] += 1
+            if i % 50 == 0:
+                time.sleep(0)                # let the evicting thread in
+
+    def evictor():
+        while not done.is_set():
+            rounds.append(r.evict(npages))
+
+    w, e = threading.Thread(target=writer), threading.Thread(target=evictor)
+    e.start()
+    w.start()
+    _join([w])
+    done.set()
+    _join([e])
+    assert [int(words[s]) for s in slots] == [n] * npages
+    st = r.stats()
+    assert sum(rounds) > 10 * npages, "eviction did not run during the writes"
+    assert st["fills_from_store"] > 10 * npages
+
+
+def test_syscalls_read_and_write_evicted_pages(region, rng, tmp_path):
+    """Faults the kernel takes on the process's behalf are served too."""
+    npages = 32
+    r = region(npages, 4, backend="host")
+    a = r.array
+    want = np.stack([_page(rng) for _ in range(npages)]).reshape(-1)
+    a[:] = want
+    r.evict(npages)
+    # the kernel reads the region: write() to a file, np.save
+    path = tmp_path / "out.bin"
+    with open(path, "wb") as f:
+        assert os.write(f.fileno(), a[: 8 * P]) == 8 * P
+    assert np.array_equal(np.fromfile(path, np.uint8), want[: 8 * P])
+    r.evict(npages)
+    np.save(tmp_path / "a.npy", a)
+    assert np.array_equal(np.load(tmp_path / "a.npy"), want)
+    # the kernel writes the region: readinto an evicted range
+    r.evict(npages)
+    src = rng.integers(0, 256, 3 * P, dtype=np.uint8)
+    src.tofile(tmp_path / "in.bin")
+    with open(tmp_path / "in.bin", "rb") as f:
+        assert f.readinto(memoryview(a)[5 * P + 100: 8 * P + 100]) == 3 * P
+    want[5 * P + 100: 8 * P + 100] = src
+    assert np.array_equal(a, want)
+
+
+def test_backing_file_takes_refused_pages(region, rng, tmp_path):
+    """Incompressible pages beyond the pool limit, with a backing file: evicted all the
+    same (written to the file), and back from it byte for byte."""
+    npages = 160                             # 640 KiB of random bytes over a 256 KiB limit
+    r = region(npages, 4, backend="host", backing=tmp_path / "swap", max_pool_bytes=256 << 10)
+    a = r.array
+    want = rng.integers(0, 256, npages * P, dtype=np.uint8)
+    a[:] = want
+    r.evict(npages)
+    assert np.array_equal(a, want)
+    st = r.stats()
+    assert st["loads_from_backing"] > 0 and st["loads_from_pool"] > 0
+    assert st["refused_pages"] == 0
+
+
+def test_refused_pages_stay_resident_without_a_backing_file(region, rng):
+    """Without a backing file zswap refuses incompressible pages: they stay (intact)."""
+    r = region(16, 2, backend="host")
+    a = r.array
+    want = rng.integers(0, 256, 16 * P, dtype=np.uint8)
+    a[:] = want
+    assert r.evict(16) == 0
+    st = r.stats()
+    assert st["refused_pages"] >= 16 - 2 and st["resident_pages"] == 16
+    assert np.array_equal(a, want)
+    a[3 * P] ^= 1                            # a write makes page 3 a candidate again
+    want[3 * P] ^= 1
+    assert np.array_equal(a, want)
+
+
+def test_fault_around_brings_neighbours(region, rng):
+    r = region(64, 64, backend="host", fault_around=8)
+    a = r.array
+    want = np.stack([_page(rng) for _ in range(64)]).reshape(-1)
+    a[:] = want
+    r.evict(64)
+    assert a[9 * P] == want[9 * P]
+    st = r.stats()
+    assert st["fault_around_pages"] == 7     # the rest of the aligned window 8..15
+    assert np.array_equal(a, want)
+
+
+def test_stats_names(region):
+    r = region(16, 4, backend="host")
+    r.array[:] = 1
+    st = r.stats()
+    for key in ("faults", "zero_fills", "loads_from_pool", "loads_from_backing", "evicted_pages",
+                "resident_pages", "fault_p50_us", "fault_p99_us", "zswap"):
+        assert key in st
+    assert st["zswap"]["same_filled_pages"] == st["evicted_pages"] - st["loads_from_pool"]
+
+
+# --- close -----------------------------------------------------------------------------------
+def test_close_frees_everything_and_later_use_is_an_error(region):
+    r = region(16, 4, backend="host")
+    r.array[:] = 3
+    r.close()
+    r.close()                                # idempotent
+    assert r.closed
+    with pytest.raises(DevpoolError, match="closed"):
+        r.array[0] = 1
+    with pytest.raises(DevpoolError, match="closed"):
+        r.evict()
+    with pytest.raises(DevpoolError, match="closed"):
+        r.stats()
+
+
+def test_dropped_region_is_cleaned_up():
+    r = devpool.swap_region(16 * P, resident_bytes=4 * P, backend="host")
+    hpid, gpid = r.handler_pid, r._res.guard.pid
+    del r
+    import gc
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(hpid) and not _alive(gpid)
+
+
+# --- handler death ---------------------------------------------------------------------------
+def test_handler_death_raises_and_nothing_hangs(region, rng):
+    r = region(16, 16, backend="host")
+    a = r.array
+    a[:] = 9
+    r.evict(8)                               # pages 0..7 or so live only in the handler now
+    evicted = [p for p in range(16) if not _resident(a, p)]
+    assert evicted
+    os.kill(r.handler_pid, signal.SIGKILL)
+    with pytest.raises(DevpoolError, match="died"):
+        r.stats()
+    with pytest.raises(DevpoolError, match="died"):
+        r.array
+    with pytest.raises(DevpoolError):
+        r.evict()
+    # a syscall touching a lost page fails (EFAULT) instead of hanging or reading zeros
+    rd, wr = os.pipe()
+    got = {}
+
+    def syscall():
+        try:
+            got["n"] = os.write(wr, a[evicted[0] * P: evicted[0] * P + 64])
+        except OSError as exc:
+            got["errno"] = exc.errno
+
+    t = threading.Thread(target=syscall)
+    t.start()
+    _join([t])
+    os.close(rd)
+    os.close(wr)
+    assert got == {"errno": errno.EFAULT}
+    resident = [p for p in range(16) if p not in evicted]
+    if resident:                             # pages still mapped keep their bytes
+        assert a[resident[0] * P] == 9
+
+
+def _resident(a: np.ndarray, p: int) -> bool:
+    """Whether page ``p`` is in memory (mincore), without touching it."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    vec = (ctypes.c_ubyte * 1)()
+    libc.mincore(ctypes.c_void_p(a.ctypes.data + p * P), ctypes.c_size_t(P), vec)
+    return bool(vec[0] & 1)
+
+
+def test_guard_death_is_reported(region):
+    """Without its guard a later handler death would hang faults: the region says so."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 1
+    os.kill(r._res.guard.pid, signal.SIGKILL)
+    r._res.guard.wait(10)
+    with pytest.raises(DevpoolError, match="guard process .* died"):
+        r.stats()
+
+
+_DEATH_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=16 * 4096, backend="host")
+    a = r.array
+    a[:] = 5
+    r.evict(16)
+    print(r.handler_pid, r._res.guard.pid, flush=True)
+    sys.stdin.readline()
+    a.sum()                # faults while holding the GIL: the handler is stopped
+    print("returned", flush=True)
+""")
+
+
+def test_thread_blocked_in_a_fault_when_the_handler_dies_is_not_left_hanging():
+    """The faulting thread holds the GIL, so nothing in its process can help it; the
+    guard process wakes it and its access fails loudly (SIGBUS) within seconds."""
+    proc = subprocess.Popen([sys.executable, "-c", _DEATH_SCRIPT], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        hpid, gpid = (int(x) for x in proc.stdout.readline().split())
+        os.kill(hpid, signal.SIGSTOP)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        time.sleep(0.5)
+        assert proc.poll() is None           # blocked in the fault
+        os.kill(hpid, signal.SIGKILL)
+        code = proc.wait(30)
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert code == -signal.SIGBUS, (code, err)
+    assert "returned" not in out
+    assert "handler process died" in err
+    deadline = time.monotonic() + 10
+    while _alive(gpid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(gpid)
+
+
+# --- permission ------------------------------------------------------------------------------
+def test_without_permission_the_error_names_the_fix():
+    with open("/proc/sys/vm/unprivileged_userfaultfd") as f:
+        if f.read().strip() != "0":
+            pytest.skip("unprivileged userfaultfd is allowed here")
+    if os.getuid() != 0:
+        pytest.skip("needs root to drop to an unprivileged user")
+    rd, wr = os.pipe()
+    pid = os.fork()
+    if pid == 0:                             # child: drop root, try, report, exit
+        try:
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            try:
+                devpool.swap_region(16 * P, resident_bytes=4 * P)
+                msg = "no error"
+            except devpool.BackendUnavailableError as exc:
+                msg = "BackendUnavailableError: " + str(exc)
+            except BaseException as exc:     # noqa: BLE001
+                msg = f"{type(exc).__name__}: {exc}"
+            os.write(wr, msg.encode()[:4000])
+        finally:
+            os._exit(0)
+    os.close(wr)
+    msg = b""
+    while chunk := os.read(rd, 4096):
+        msg += chunk
+    os.close(rd)
+    os.waitpid(pid, 0)
+    msg = msg.decode()
+    assert msg.startswith("BackendUnavailableError"), msg
+    assert "unprivileged_userfaultfd" in msg and "/dev/userfaultfd" in msg
+
+
+# --- the command line and the benchmark ------------------------------------------------------
+def test_replay_real_plays_the_trace_on_real_memory(tmp_path):
+    import json
+
+    from devpool._cli import main
+    from tests.pages import make_pages
+    np.save(tmp_path / "pages.npy", make_pages(32, np.random.default_rng(3)))
+    out = tmp_path / "replay.json"
+    code = main(["replay", "--real", "--pages", str(tmp_path / "pages.npy"), "--backend", "host",
+                 "--compressor", "lz4", "--working-set", "64", "--ram-pages", "16", "--accesses", "600",
+                 "--pool-limit-pages", "64", "--quiet", "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    real = res["real"]
+    assert real["first_touch"] == res["first_touch"] > 32    # each page of the trace written once
+    assert real["zswap_hits"] + real["backing_reads"] > 0    # and came back from the pool
+    assert real["evicted"] > 0 and real["resident_pages"] <= 16
+    assert res["faults"] > 0                                 # the simulation ran beside it
+
+
+def test_bench_region_smoke(tmp_path):
+    import json
+    from pathlib import Path
+
+    from tests.pages import make_pages
+    np.save(tmp_path / "pages.npy", make_pages(16, np.random.default_rng(4)))
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, str(bench / "bench_region.py"), "--pages", str(tmp_path / "pages.npy"),
+                        "--region-pages", "48", "--accesses", "200", "--policy-accesses", "200", "--passes", "1", "--no-zram",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=bench)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert [line["pattern"] for line in res["summary"]] == ["seq", "zipf", "random"]
+    for line in res["summary"]:
+        assert {"zswap", "zero page", "file", "file O_DIRECT"} <= set(line)
+        assert all(line[k]["bytes_ok"] for k in ("zswap", "file", "file O_DIRECT"))
+        assert line["zswap"]["faults"] > 0
+    assert "skipped" in res["zram"]
+    assert {row.get("policy") for row in res["policy_and_fault_around"]} >= {"lfu", "fifo"}
