@@ -90,3 +90,8 @@ def test_bench_churn_smoke(tmp_path):
     assert r["pool"]["held_per_live_after_compact"] < r["pool"]["held_per_live_max"] + 1e-9
     assert r["pool"]["clean_steps"] >= 0 and r["zswap"]["pool_limit_hit"] == 0
     assert r["zram"] == {"skipped": "--no-zram"}
+
+
+def test_bench_first_store_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_first_store.py", "--runs", "2")
+    assert len(r["runs"]) == 2 and all(x["import_and_first_store_s"] > 0 for x in r["runs"])
