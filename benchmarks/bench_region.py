@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 import devpool
-from devpool._replay import make_trace
+from devpool.cli.replay import make_trace
 from _common import header, load_pages, save
 from _zram import DEV as ZRAM_DEV, why_not as zram_why_not, zram_device
 

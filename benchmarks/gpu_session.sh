@@ -62,7 +62,7 @@ cp -r devpool "$RUN"/devpool && cp -r kernels "$RUN"/devpool/kernels && cp -r ho
 export PYTHONPATH="$RUN:/tmp/site${PYTHONPATH:+:$PYTHONPATH}"
 # the CLI tests start the `devpool` script beside the interpreter
 BIN=$(dirname "$($PY -c 'import sys; print(sys.executable)')")
-[ -e "$BIN/devpool" ] || printf '#!/bin/sh\nexec %s -m devpool._cli "$@"\n' "$BIN/python3" > "$BIN/devpool" \
+[ -e "$BIN/devpool" ] || printf '#!/bin/sh\nexec %s -m devpool.cli "$@"\n' "$BIN/python3" > "$BIN/devpool" \
     && chmod +x "$BIN/devpool" 2>/dev/null
 cd "$RUN"
 { nvidia-smi 2>&1 || true; $PY -m pip list 2>/dev/null | grep -iE "numpy|numba|cupy|cuda|nvcomp|lz4|zstandard|pytest"; } \
@@ -95,7 +95,7 @@ print("SMOKE OK", pool.stats()["device"])
 EOF
 
 # --- the figures, most important first (step limits add up to 8 minutes with the smoke) ---
-[ "${DRYRUN:-0}" = 1 ] || step check-kernels 45 env -u NUMBA_ENABLE_CUDASIM $PY -m devpool._cli check-kernels --arch sm_90
+[ "${DRYRUN:-0}" = 1 ] || step check-kernels 45 env -u NUMBA_ENABLE_CUDASIM $PY -m devpool.cli check-kernels --arch sm_90
 step pytest-cuda 180 $PY -m pytest $GPU_FLAG -q -p no:cacheprovider --deselect \
     tests/test_packaging.py::test_wheel_maps_top_level_folders_into_the_package
 SMOKE=""; [ "${DRYRUN:-0}" = 1 ] && SMOKE="--smoke"
@@ -105,7 +105,7 @@ if [ -f benchmarks/bench_latency.py ]; then
     step bench_latency 30 $PY benchmarks/bench_latency.py --backend cuda --json "$R/bench_latency.json"
 fi
 MAXP=8192; [ "${DRYRUN:-0}" = 1 ] && MAXP=64
-step devpool-bench 40 $PY -m devpool._cli bench --backend cuda --quiet --max-pages $MAXP --sweep 1,16,256 \
+step devpool-bench 40 $PY -m devpool.cli bench --backend cuda --quiet --max-pages $MAXP --sweep 1,16,256 \
     --json "$R/devpool-bench.json" --plot "$R/devpool-bench.png"
 if [ -f benchmarks/bench_region.py ]; then
     step bench_region 25 $PY benchmarks/bench_region.py --backend cuda --json "$R/bench_region.json"

@@ -33,7 +33,7 @@ MEASURE = r"""
 import json, resource, sys
 import numpy as np
 from devpool import capture_pid
-from devpool._cli import main
+from devpool.cli import main
 pid, max_pages, out = int(sys.argv[1]), (int(sys.argv[2]) or None), sys.argv[3]
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if out:

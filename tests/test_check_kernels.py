@@ -41,7 +41,7 @@ def _rows(stdout: str) -> dict[tuple[str, str], list[str]]:
 
 @needs_nvvm
 def test_every_kernel_compiles_for_each_architecture():
-    out = _run("import sys; from devpool._cli import main; sys.exit(main(['check-kernels', '--arch', 'sm_80,sm_90']))")
+    out = _run("import sys; from devpool.cli import main; sys.exit(main(['check-kernels', '--arch', 'sm_80,sm_90']))")
     assert out.returncode == 0, out.stdout + out.stderr
     rows = _rows(out.stdout)
     for kernel in ("_copy_kernels.copy_kernel", "lz4_device.compress_kernel", "lz4_device.decompress_kernel"):
@@ -71,7 +71,7 @@ def stray(a):
     a[0] = 1
 stray.__module__ = mod.__name__
 mod.stray = cuda.jit(stray)
-from devpool._cli import main
+from devpool.cli import main
 rc = main(['check-kernels', '--arch', 'sm_90'])
 assert not hasattr(np, 'row_stack'), 'the shim must leave numpy as it was'
 sys.exit(rc)

@@ -63,7 +63,7 @@ def test_bench_runs_checks_and_writes_json_and_plot(pages_file, tmp_path):
 
 def test_passes_report_the_median_of_paired_ratios():
     """Benchmarks' ratios pair each pass's baseline with the same pass's subject."""
-    from devpool._bench import Passes, format_ratio
+    from devpool._measure import Passes, format_ratio
     p = Passes()
     for base, subject in [(2.0, 1.0), (1.0, 1.0), (3.0, 1.0), (4.0, 0.5), (1.0, 2.0)]:
         p.add("loop", base)
@@ -185,7 +185,8 @@ def test_capture_refused_by_the_os_is_one_line_and_leaves_no_file(tmp_path, monk
     read anything): one clear line, exit 1, and no output file at all."""
     import builtins
 
-    from devpool import _capture, _cli
+    from devpool import _capture
+    from devpool.cli import main as cli_main
 
     def guarded_open(path, *a, **k):
         if str(path).endswith("/mem"):
@@ -194,14 +195,15 @@ def test_capture_refused_by_the_os_is_one_line_and_leaves_no_file(tmp_path, monk
 
     monkeypatch.setattr(_capture, "open", guarded_open, raising=False)
     out = tmp_path / "never.npy"
-    rc = _cli.main(["capture", "--pid", str(os.getpid()), "-o", str(out), "--quiet"])
+    rc = cli_main(["capture", "--pid", str(os.getpid()), "-o", str(out), "--quiet"])
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "not permitted" in err[0] and str(os.getpid()) in err[0]
     assert not out.exists() and not list(tmp_path.iterdir())
 
 
 def test_process_exiting_mid_capture_is_a_clear_error(tmp_path, monkeypatch, capsys):
-    from devpool import _capture, _cli
+    from devpool import _capture
+    from devpool.cli import main as cli_main
     import builtins
 
     def vanished(path, *a, **k):
@@ -210,7 +212,7 @@ def test_process_exiting_mid_capture_is_a_clear_error(tmp_path, monkeypatch, cap
         return builtins.open(path, *a, **k)
 
     monkeypatch.setattr(_capture, "open", vanished, raising=False)
-    rc = _cli.main(["capture", "--pid", str(os.getpid()), "-o", str(tmp_path / "x.npy"), "--quiet"])
+    rc = cli_main(["capture", "--pid", str(os.getpid()), "-o", str(tmp_path / "x.npy"), "--quiet"])
     assert rc == 1 and "exited during capture" in capsys.readouterr().err
     assert not (tmp_path / "x.npy").exists()
 
@@ -219,7 +221,7 @@ def test_bench_check_catches_a_load_that_writes_nothing(tmp_path):
     """devpool bench reuses one destination across passes; it is poisoned before each
     pass, so a load that leaves it untouched is caught, not passed on stale pages."""
     import devpool
-    from devpool._bench import _stores_and_loads
+    from devpool.cli.bench import _stores_and_loads
     pages = make_pages(32, np.random.default_rng(4))
     got = pages.copy()                                  # what a previous pass left there
     zs = devpool.Zswap(devpool.open_pool("host", 16 << 20), max_pool_percent=100, backing=str(tmp_path / "swap"))
@@ -232,7 +234,7 @@ def test_bench_check_catches_a_load_that_writes_nothing(tmp_path):
 # --- hardening: every bad argument is one line, checked before the run --------------------
 def cli(capsys, *args) -> tuple[int, str, str]:
     """``devpool ARGS`` in this process: (exit status, stdout, stderr)."""
-    from devpool._cli import main
+    from devpool.cli import main
     try:
         rc = main(list(args))
     except SystemExit as exc:          # the parser's own exit
@@ -312,7 +314,7 @@ def test_a_header_claiming_a_billion_pages_is_refused_without_allocating(capsys,
 
 
 def test_pages_file_with_max_pages_reads_a_spread(tmp_path):
-    from devpool._cli_io import load_pages_file
+    from devpool.cli.io import load_pages_file
     pages = np.repeat(np.arange(50, dtype=np.uint8)[:, None], 4096, axis=1)
     np.save(tmp_path / "p.npy", pages)
     np.save(tmp_path / "f.npy", np.asfortranarray(pages))
@@ -408,7 +410,7 @@ SMALL_REPLAY = ["--quiet", "--compressor", "lz4", "--pattern", "loop", "--workin
 
 def test_a_json_that_cannot_be_written_names_the_file_and_leaves_nothing(capsys, tmp_path, pages_file, monkeypatch):
     """ENOSPC while writing --json (simulated; the tmpfs test below does it for real)."""
-    from devpool import _cli_io
+    from devpool.cli import io as _cli_io
 
     real = _cli_io.os.fsync
 

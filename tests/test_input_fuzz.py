@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import devpool
-from devpool._cli import build_parser
-from devpool._cli_io import load_pages_file
-from devpool._replay import MAX_ACCESSES, MAX_WORKING_SET, load_trace
+from devpool.cli.main import build_parser
+from devpool.cli.io import load_pages_file
+from devpool.cli.replay import MAX_ACCESSES, MAX_WORKING_SET, load_trace
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

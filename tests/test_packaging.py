@@ -21,4 +21,4 @@ def test_wheel_maps_top_level_folders_into_the_package(tmp_path):
                    "devpool/py.typed"):
         assert module in names
     meta = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "devpool = devpool._cli:main" in zipfile.ZipFile(wheel).read(meta).decode()
+    assert "devpool = devpool.cli:main" in zipfile.ZipFile(wheel).read(meta).decode()

@@ -468,7 +468,7 @@ def test_without_permission_the_error_names_the_fix():
 def test_replay_real_plays_the_trace_on_real_memory(tmp_path):
     import json
 
-    from devpool._cli import main
+    from devpool.cli import main
     from tests.pages import make_pages
     np.save(tmp_path / "pages.npy", make_pages(32, np.random.default_rng(3)))
     out = tmp_path / "replay.json"

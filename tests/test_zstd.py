@@ -37,7 +37,7 @@ def test_devpool_bench_runs_with_zstd(tmp_path):
     pages = tmp_path / "p.npy"
     np.save(pages, make_pages(48, np.random.default_rng(2), ("text", "struct", "random", "zero")))
     report = tmp_path / "r.json"
-    proc = subprocess.run([sys.executable, "-m", "devpool._cli", "bench", "--backend", "host", "--compressor", "zstd",
+    proc = subprocess.run([sys.executable, "-m", "devpool.cli", "bench", "--backend", "host", "--compressor", "zstd",
                            "--pages", str(pages), "--quiet", "--sweep", "1,16", "--json", str(report)],
                           capture_output=True, text=True, timeout=300, env=dict(os.environ))
     assert proc.returncode == 0, proc.stderr

@@ -27,7 +27,7 @@ import tempfile
 
 import numpy as np
 
-from ._errors import BadInputError, DevpoolError
+from .._errors import BadInputError, DevpoolError
 
 __all__ = ["OutputError", "check_output_path", "check_plot_path", "load_pages_file", "open_npy",
            "open_regular_file", "progress", "save_pages", "write_atomically", "write_outputs"]

@@ -3,7 +3,7 @@
 Every failure a user can cause (a bad argument, unknown backend or codec, unreadable
 pid, bad input file, unwritable output) ends as one line on stderr and a non-zero exit,
 no traceback: arguments are checked by the parser, paths before the run (see
-``_cli_io``), and what the run raises is caught in :func:`main`.
+``cli.io``), and what the run raises is caught in :func:`main`.
 """
 
 from __future__ import annotations
@@ -13,20 +13,15 @@ import sys
 
 import numpy as np
 
-from ._cli_io import (  # noqa: F401  (the old names, for code that imports them from here)
-    _check_writable,
-    _load_pages_file,
-    _progress,
-    _save_atomically,
+from .io import (
     check_output_path,
     check_plot_path,
     load_pages_file,
     progress,
     save_pages,
-    write_outputs,
 )
-from ._errors import DevpoolError
-from ._replay import MAX_ACCESSES, MAX_WORKING_SET
+from .._errors import BadInputError, DevpoolError
+from .replay import MAX_ACCESSES, MAX_WORKING_SET
 
 __all__ = ["main"]
 
@@ -75,7 +70,7 @@ def _share_arg(text: str) -> float:
 
 
 def _pages(args) -> tuple[np.ndarray, str]:
-    from ._capture import capture_pid, capture_workloads
+    from .._capture import capture_pid, capture_workloads
     if args.pages:
         pages, source = load_pages_file(args.pages, args.max_pages), args.pages
     elif args.pid is not None:
@@ -100,7 +95,7 @@ def cmd_info(args) -> int:
     with devpool.open_pool("auto", 1 << 20) as pool:
         st = pool.stats()
         print(f"  auto -> {st['backend']} ({st.get('device', '')})")
-    from ._codecs import registered_codecs
+    from .._codecs import registered_codecs
     names = [cid + (" (on the device; blocks stay there over a cuda pool)" if cls.device_resident else "")
              for cid, cls in registered_codecs().items()]
     print(f"  codecs: {', '.join(names)}")
@@ -109,7 +104,7 @@ def cmd_info(args) -> int:
 
 # --- capture ------------------------------------------------------------------------------
 def cmd_capture(args) -> int:
-    from ._capture import page_summary
+    from .._capture import page_summary
     check_output_path(args.output)
     args.pages = None
     pages, source = _pages(args)
@@ -124,7 +119,7 @@ def cmd_capture(args) -> int:
 
 # --- bench (the main job) -------------------------------------------------------------------
 def cmd_bench(args) -> int:
-    from ._bench import run_bench
+    from .bench import run_bench
     check_output_path(args.json)
     check_plot_path(args.plot)
     pages, source = _pages(args)
@@ -133,7 +128,7 @@ def cmd_bench(args) -> int:
 
 # --- replay -------------------------------------------------------------------------------
 def cmd_replay(args) -> int:
-    from ._replay import run_replay
+    from .replay import run_replay
     check_output_path(args.json)
     check_plot_path(args.plot)
     pages, source = _pages(args)
@@ -144,7 +139,7 @@ def cmd_replay(args) -> int:
 def cmd_check_kernels(args) -> int:
     """Compile every CUDA kernel to machine code per architecture (no GPU needed)."""
     try:
-        from .kernels._check import check_kernels, format_rows, parse_archs
+        from ..kernels._check import check_kernels, format_rows, parse_archs
         archs = parse_archs(args.arch)
     except ValueError as exc:
         raise BadInputError(str(exc)) from exc
