@@ -65,6 +65,9 @@ __all__ = ["Allocator", "ALIGN", "CleaningPlan", "Placement"]
 #: every object starts on a 16-byte boundary (device copies stay aligned)
 ALIGN = 16
 
+# the handle's fields (the docstring says why these widths: 2**28 live objects is a
+# 139 GB GPU arena of 0.5 KiB objects; 25-bit generations and FIFO reuse outlive 5.5e11
+# allocations; 10 bits of pool id are 1023 pools open at once)
 _SLOT_BITS = 28
 _GEN_BITS = 25
 _ID_BITS = 10

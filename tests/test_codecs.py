@@ -317,6 +317,8 @@ def test_lz4_device_is_byte_identical_and_decodes_liblz4(rng):
     codec = devpool.get_codec("lz4-device")
     pages = make_pages(5, rng, ("text", "struct", "random", "same", "zero"))
     check_roundtrip(codec, pages)
+    check_batch_matches_single(codec, pages)          # the shared checks, as every codec
+    check_single_page(codec, pages[:2])
     check_config(codec)
     data, lengths = codec.compress_batch(pages)
     assert data.tobytes() == b"".join(lz4.block.compress(p.tobytes(), store_size=False) for p in pages)

@@ -120,11 +120,18 @@ class FailingCodec(Lz4):
         return data, lengths
 
 
-register_codec(FailingCodec)
+@pytest.fixture
+def failing_codec():
+    """Registers the failing test codec for one test, and takes it out of the registry
+    again afterwards (the registry is process-wide)."""
+    from devpool import _codecs
+    register_codec(FailingCodec)
+    yield FailingCodec.codec_id
+    _codecs._REGISTRY.pop(FailingCodec.codec_id, None)
 
 
-def test_codec_failure_is_refused_not_lost(zswap, rng):
-    zs = zswap(compressor="test-failing")
+def test_codec_failure_is_refused_not_lost(zswap, rng, failing_codec):
+    zs = zswap(compressor=failing_codec)
     pages = make_pages(4, rng, ("text",))
     pages[2, 0] = 0xEE
     stored = zs.store_batch([10, 11, 12, 13], pages)

@@ -29,7 +29,10 @@ from .._zswap import Zswap
 
 __all__ = ["MAX_ACCESSES", "MAX_WORKING_SET", "load_trace", "make_trace", "run_replay"]
 
+#: pages evicted together once RAM is over budget: a store_batch per fault would model
+#: no batching at all, a large one evicts pages that are about to be touched again
 EVICT_BATCH = 32
+#: points of the pool-size / hit-rate timeline (the plot), whatever the trace's length
 SAMPLES = 200
 #: the largest working set, in pages: its contents are held in memory (4 GiB at this size)
 MAX_WORKING_SET = 1 << 20
