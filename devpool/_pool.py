@@ -255,9 +255,11 @@ class Pool:
         return int((~self.alloc_.seg_warm[plan.opened]).sum()) * self.alloc_.seg_bytes
 
     def growth_for_one(self, size: int) -> int:
-        """:meth:`growth_for` of one object of ``size`` (a valid size)."""
+        """:meth:`growth_for` of one object of ``size``."""
         with self._lock:
-            placed = self.alloc_.place_one(size)
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            placed = self.alloc_.place_one(self.alloc_.check_size(size))
             if placed is None:
                 return self.alloc_.capacity + 1
             seg = placed[1]
