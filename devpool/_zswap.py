@@ -165,6 +165,8 @@ class Zswap:
                 if not self.pool.closed:
                     self._drop_idx(self._t.present())
             finally:
+                # a closed pool took its objects with it: the entries name nothing now
+                self._t.set_state(self._t.present(), ABSENT)
                 if self.backing is not None:
                     self.backing.detach(self)
                     if self._own_backing:

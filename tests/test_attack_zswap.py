@@ -1,0 +1,142 @@
+"""Adversarial checks of Zswap's single-page verbs against its batch verbs, and of its
+lifecycle (close, a closed pool, threads)."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+
+import devpool
+
+SEG = 8192
+
+
+def _pages(n: int, rng) -> np.ndarray:
+    """Zero, same-filled, incompressible, compressible and half-compressible pages."""
+    out = []
+    for i in range(n):
+        k = i % 5
+        if k == 0:
+            p = np.zeros(4096, np.uint8)
+        elif k == 1:
+            p = np.full(512, 0x1122334455667788 + i, np.uint64).view(np.uint8)
+        elif k == 2:
+            p = rng.integers(0, 256, 4096, dtype=np.uint8)
+        elif k == 3:
+            p = np.frombuffer((b"hello world %d " % i) * 300, np.uint8)[:4096]
+        else:
+            p = rng.integers(0, 256, 4096, dtype=np.uint8)
+            p[:1500] = 7
+        out.append(p)
+    return np.stack(out)
+
+
+def test_close_over_a_closed_pool_forgets_every_entry(tmp_path, rng):
+    """The pool's close took the objects: a closed Zswap used to keep naming them
+    (entry_kind said "pool", contains said True) though nothing holds those pages."""
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=SEG)
+    zs = devpool.Zswap(pool, max_pool_percent=100, backing=tmp_path / "swap")
+    pages = _pages(5, rng)
+    zs.store_batch(np.arange(5), pages)
+    assert zs.entry_kind(3) == "pool" and zs.entry_kind(2) == "pool" and zs.contains(0)
+    pool.close()
+    zs.close()
+    assert [zs.entry_kind(i) for i in range(5)] == [None] * 5
+    assert not zs.contains(3)
+
+
+@pytest.mark.parametrize("cfg", [
+    dict(backing=True), dict(backing=True, writeback=False), dict(),
+    dict(max_object_bytes=2048, backing=True), dict(limit=6 * SEG, backing=True), dict(limit=6 * SEG),
+])
+@pytest.mark.parametrize("codec", ["lz4", "raw", "zstd"])
+def test_single_and_batch_verbs_agree(cfg, codec, tmp_path, rng):
+    """Every page stored by ``store`` in one Zswap and by ``store_batch`` of one in
+    another: same verdicts, same counters, same figures; then the same for loads."""
+    pages = _pages(40, rng)
+
+    def make(name):
+        pool = devpool.open_pool("host", 64 * SEG, segment_bytes=SEG,
+                                 max_object_bytes=cfg.get("max_object_bytes", 4096))
+        return devpool.Zswap(pool, codec, max_pool_bytes=cfg.get("limit", 64 * SEG),
+                             backing=tmp_path / name if cfg.get("backing") else None,
+                             writeback=cfg.get("writeback", True))
+
+    a, b = make("a"), make("b")
+    try:
+        for i, p in enumerate(pages):
+            assert a.store(i, p) == bool(b.store_batch([i], p[None])[0]), i
+        assert a.stats() == b.stats()
+        for i, p in enumerate(pages):
+            if a.entry_kind(i) is None:
+                for load in (a.load, lambda o: b.load_batch([o])):
+                    with pytest.raises(devpool.EntryNotFoundError):
+                        load(i)
+            else:
+                assert (a.load(i) == p).all() and (b.load_batch([i])[0] == p).all()
+        assert a.stats() == b.stats()
+    finally:
+        for z in (a, b):
+            z.close()
+            z.pool.close()
+
+
+@pytest.mark.parametrize("kind", ["host", "chaos"])
+def test_two_threads_single_and_batch_lose_nothing(kind, tmp_path):
+    """One thread on single verbs, one on batch verbs, over one Zswap at its limit (so
+    the shrinker writes back meanwhile), each on its own offsets plus a shared few: every
+    page comes back as stored, and the only error is EntryNotFoundError on the shared."""
+    pool = devpool.open_pool(kind, 64 * SEG, segment_bytes=SEG)
+    zs = devpool.Zswap(pool, "lz4", max_pool_bytes=8 * SEG, backing=tmp_path / "swap")
+    errors = []
+
+    def worker(tid, single):
+        try:
+            r = np.random.default_rng(tid)
+            pages = r.integers(0, 256, (100, 4096), dtype=np.uint8)
+            pages[:, :3000] = r.integers(0, 4, (100, 1))
+            pages[::7] = 0
+            base, held = tid * 1000, {}
+            for _ in range(150):
+                op = r.integers(0, 4)
+                if op < 2:
+                    offs = base + r.choice(100, r.integers(1, 6), replace=False)
+                    if single:
+                        for o in offs.tolist():
+                            zs.store(o, pages[o - base])
+                    else:
+                        zs.store_batch(offs, pages[offs - base])
+                    held.update({o: o - base for o in offs.tolist()})
+                elif op == 2 and held:
+                    ks = list(held)[:3]
+                    got = [zs.load(o) for o in ks] if single else zs.load_batch(ks)
+                    for g, o in zip(got, ks):
+                        assert (g == pages[held.pop(o)]).all(), o
+                elif held:
+                    o = held.popitem()[0]
+                    zs.invalidate(o) if single else zs.invalidate_batch([o])
+                shared = 50000 + int(r.integers(0, 4))
+                try:
+                    if r.random() < 0.5:
+                        zs.store(shared, pages[0]) if single else zs.store_batch([shared], pages[:1])
+                    else:
+                        zs.load(shared) if single else zs.load_batch([shared])
+                except devpool.EntryNotFoundError:
+                    pass
+            for o, i in held.items():
+                assert (zs.load(o) == pages[i]).all(), o
+        except BaseException as exc:      # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i, i == 0)) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    assert zs.stats()["written_back_pages"] > 0       # the shrinker ran meanwhile
+    zs.close()
+    pool.close()
