@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 from typing import NamedTuple
 
 import numba
@@ -317,6 +318,10 @@ class Allocator:
         self.head = -1
         # handle table: slot -> arena offset (-1: free), requested size, generation
         self.pool_id = _take_pool_id()
+        # a pool dropped without close() gives its id back when collected: ids are few
+        # (1023), and a process that leaked them could open no pool at all
+        self._id_back = weakref.finalize(self, _give_pool_id, self.pool_id)
+        self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
         self.locs = np.full(0, -1, np.int64)
         self.sizes = np.zeros(0, np.int64)
@@ -347,7 +352,7 @@ class Allocator:
     def close(self) -> None:
         """Give the pool id back (reused last); idempotent."""
         if self.pool_id:
-            _give_pool_id(self.pool_id)
+            self._id_back()              # gives the id back, once
             self.pool_id = 0
 
     # --- handle encoding: the only place that knows the bit layout -------------------

@@ -278,3 +278,16 @@ def test_a_failed_cleaning_step_does_not_fail_the_free(verb):
     assert all(pool.read(h).tobytes() == d for h, d in data.items())
     assert pool.stats()["segments_in_use"] * 4096 < 160 * 1024
     pool.close()
+
+
+def test_pools_dropped_without_close_give_their_ids_back():
+    """Pool ids are few (1023): a pool dropped unclosed kept its id for good, and after
+    1023 of them the process could open no pool at all (PoolFullError)."""
+    import gc
+    gc.collect()                      # pools other tests left in reference cycles
+    for _ in range(1100):
+        pool = devpool.open_pool("host", 1 << 16, segment_bytes=4096)
+        pool.alloc(16)
+        del pool
+    with devpool.open_pool("host", 1 << 16, segment_bytes=4096) as pool:
+        assert pool.read(pool.alloc(8, data=b"12345678")).tobytes() == b"12345678"
