@@ -201,3 +201,24 @@ def test_single_and_batch_agree_over_random_sequences(seed, tmp_path):
         for z in zz:
             z.close()
             z.pool.close()
+
+
+def test_tunables_refuse_a_limit_below_one_segment_like_the_constructor():
+    """The constructor refuses a limit smaller than one pool segment (nothing could ever
+    be stored); an assignment took it silently. Now refused, and nothing changes."""
+    with devpool.open_pool("host", 1 << 20, segment_bytes=SEG) as pool:
+        zs = devpool.Zswap(pool, max_pool_percent=50)
+        before = zs.stats()
+        for name, value in (("max_pool_bytes", 1), ("max_pool_bytes", SEG - 1),
+                            ("max_pool_percent", 0.1)):
+            with pytest.raises(devpool.BadInputError, match="smaller than one pool segment"):
+                setattr(zs, name, value)
+            assert (zs.max_pool_bytes, zs.max_pool_percent) == (None, 50) and zs.stats() == before
+        zs.max_pool_bytes = SEG                    # one segment: allowed
+        zs.max_pool_percent = 0.1                  # overridden by max_pool_bytes: allowed
+        with pytest.raises(devpool.BadInputError):
+            zs.max_pool_bytes = None               # would leave the 0.1 % limit
+        assert zs.max_pool_bytes == SEG and zs.stats()["max_pool_bytes"] == SEG
+        # the order of the constructor's arguments does not matter either
+        assert devpool.Zswap(pool, max_pool_percent=0.001, max_pool_bytes=SEG).stats()["max_pool_bytes"] == SEG
+        zs.close()
