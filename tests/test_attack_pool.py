@@ -34,6 +34,11 @@ def _figures(pool: devpool.Pool) -> dict:
     return out
 
 
+def _top(pool: devpool.Pool) -> int:
+    used = np.flatnonzero(pool.alloc_.seg_in_use)
+    return int(used.max()) if used.size else -1
+
+
 class SingleVsBatch(RuleBasedStateMachine):
     """Pool ``a`` only ever sees single verbs; pool ``b`` the same operations, each
     through the single or the batch verb (hypothesis chooses). Their figures must agree."""
@@ -113,8 +118,13 @@ class SingleVsBatch(RuleBasedStateMachine):
 
     @rule(u=st.sampled_from([0.5, 1.0]))
     def compact(self, u):
+        top = _top(self.a)
         self.a.compact(u)
         self.b.compact(u)
+        assert _top(self.a) <= top                  # cleaning never raises the arena's top
+        again = _figures(self.a)
+        assert self.a.compact(u) == 0               # a fixpoint: nothing moves twice
+        assert all(np.array_equal(again[k], v) for k, v in _figures(self.a).items())
 
     @invariant()
     def same_figures(self):
@@ -291,3 +301,42 @@ def test_pools_dropped_without_close_give_their_ids_back():
         del pool
     with devpool.open_pool("host", 1 << 16, segment_bytes=4096) as pool:
         assert pool.read(pool.alloc(8, data=b"12345678")).tobytes() == b"12345678"
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_generation_wraps_to_one_never_zero(batch):
+    """A slot freed at the top generation (2**25 - 1) comes back at generation 1 on both
+    paths; its stale handle stays refused and the new one works."""
+    with devpool.open_pool("host", CAP, segment_bytes=SEG) as pool:
+        al = pool.alloc_
+        h = pool.alloc(32)
+        slot = al.decode_one(h, pool._ikey)
+        al.gens[slot] = _GEN_MASK
+        h = al.handle_of(slot) ^ pool._ikey               # the same object, top generation
+        pool.free_batch([h]) if batch else pool.free(h)
+        assert al.gens[slot] == 1
+        al._ring[al._ring_head] = slot                    # hand that slot out next
+        h2 = pool.alloc(48)
+        assert al.decode_one(h2, pool._ikey) == slot and pool.size_of(h2) == 48
+        for verb in (pool.size_of, pool.free):
+            with pytest.raises(devpool.InvalidHandleError, match="stale"):
+                verb(h)
+
+
+@pytest.mark.parametrize("batch", [False, True])
+def test_a_freed_slot_waits_behind_min_free_others(batch):
+    """First in, first out with at least _min_free slots queued: under one-at-a-time
+    churn a slot comes back no sooner than _min_free + 1 allocations after its free."""
+    with devpool.open_pool("host", 1 << 16, segment_bytes=4096) as pool:
+        al = pool.alloc_
+        last_free, gap = {}, []
+        keep = [pool.alloc(16) for _ in range(5)]
+        for step in range(3 * al._min_free):
+            h = int(pool.alloc_batch([16])[0]) if batch else pool.alloc(16)
+            slot = al.decode_one(h, pool._ikey)
+            if slot in last_free:
+                gap.append(step - last_free[slot])
+            pool.free_batch([h]) if batch else pool.free(h)
+            last_free[slot] = step
+        assert gap and min(gap) >= al._min_free + 1
+        assert all(pool.size_of(k) == 16 for k in keep)
