@@ -377,7 +377,9 @@ class Allocator:
         """Validate one handle (an int or numpy integer) and return its slot; the rules
         of ``_decode``, checked on Python ints."""
         if type(handle) is not int:
-            if not isinstance(handle, np.integer):    # bools are np.bool_ or int subclasses
+            # numpy integers and int subclasses (an IntEnum) are integers, as in a batch;
+            # bools are not (True is an int subclass, np.bool_ is no np.integer)
+            if isinstance(handle, bool) or not isinstance(handle, (int, np.integer)):
                 raise InvalidHandleError(f"handle {handle!r} is not an integer")
             handle = int(handle)
         h = handle ^ key

@@ -340,3 +340,18 @@ def test_a_freed_slot_waits_behind_min_free_others(batch):
             last_free[slot] = step
         assert gap and min(gap) >= al._min_free + 1
         assert all(pool.size_of(k) == 16 for k in keep)
+
+
+def test_an_int_subclass_is_a_handle_as_in_a_batch():
+    """read_batch([MyInt(h)]) worked while size_of(MyInt(h)) said "not an integer"."""
+    class MyInt(int):
+        pass
+
+    with devpool.open_pool("host", CAP, segment_bytes=SEG) as pool:
+        h = pool.alloc(10, data=b"0123456789")
+        assert pool.read_batch([MyInt(h)])[1].tolist() == [10]
+        assert pool.size_of(MyInt(h)) == 10
+        assert pool.read(MyInt(h)).tobytes() == b"0123456789"
+        pool.free(MyInt(h))
+        with pytest.raises(devpool.InvalidHandleError):
+            pool.size_of(h)
