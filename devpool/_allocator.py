@@ -97,7 +97,9 @@ class CleaningPlan(NamedTuple):
 
 
 # --- pool ids: unique among open pools ---------------------------------------------------
-_ids_lock = threading.Lock()
+# re-entrant: a pool dropped unclosed gives its id back from a garbage-collection pass,
+# which may run in any thread at any allocation, also inside these locked sections
+_ids_lock = threading.RLock()
 _free_ids = collections.deque(range(1, 1 << _ID_BITS))   # first in, first out
 
 

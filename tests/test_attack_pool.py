@@ -9,6 +9,8 @@ batch at random, and compares every allocator figure after each step.
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, event, settings, strategies as st
@@ -355,3 +357,24 @@ def test_an_int_subclass_is_a_handle_as_in_a_batch():
         pool.free(MyInt(h))
         with pytest.raises(devpool.InvalidHandleError):
             pool.size_of(h)
+
+
+def test_an_id_given_back_from_inside_the_registry_lock_does_not_deadlock():
+    """A garbage-collection pass can run a dropped pool's finalizer in a thread that
+    holds the id registry's lock (its error path allocates); with a plain Lock that
+    thread waited on itself forever."""
+    from devpool import _allocator
+
+    pool = devpool.open_pool("host", 1 << 16, segment_bytes=4096)
+    done = threading.Event()
+
+    def collect_inside_the_lock():
+        with _allocator._ids_lock:
+            pool.alloc_._id_back()             # what gc would run for a dropped pool
+        done.set()
+
+    t = threading.Thread(target=collect_inside_the_lock, daemon=True)
+    t.start()
+    t.join(timeout=10)
+    assert done.is_set(), "deadlocked giving a pool id back under the registry lock"
+    pool.close()
