@@ -107,9 +107,10 @@ class Zswap:
             raise ClosedError("the pool is closed")
         self.pool = pool
         self._max_pool_bytes = self._max_pool_percent = self._accept_percent = None
-        self.max_pool_bytes = max_pool_bytes                # checked by the setters; the
-        self.max_pool_percent = max_pool_percent            # limits are worked out (and
-        self.accept_threshold_percent = accept_threshold_percent   # checked) on the last
+        # checked by the setters; the limits are worked out (and checked) once all are set
+        self.max_pool_bytes = max_pool_bytes
+        self.max_pool_percent = max_pool_percent
+        self.accept_threshold_percent = accept_threshold_percent
         self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
         self.codec = get_codec(compressor)
         if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
