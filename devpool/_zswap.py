@@ -692,8 +692,8 @@ class Zswap:
                     block = self.pool.read(handle, out=self._block[:n], free=True)
                     page = self.codec._decompress_page(block)
                     if page is None:
-                        self._restore_corrupt(i, block)
-                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+                        fate = self._restore_corrupt(i, block)
+                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress{fate}")
                 self._counters["loads_from_pool"] += 1
             elif state == SAME:
                 page = np.empty(PAGE_SIZE, np.uint8)
@@ -705,16 +705,19 @@ class Zswap:
             t.set_state_one(i, ABSENT)       # commit: exclusive load
             return page
 
-    def _restore_corrupt(self, i: int, block: np.ndarray) -> None:
+    def _restore_corrupt(self, i: int, block: np.ndarray) -> str:
         """A load freed a block that then failed to decode: put the very same bytes back
-        under a new handle, so a failed load removes nothing (the room it just freed is
-        there to take them). Only if even that fails is the entry dropped."""
+        under a new handle, so a failed load removes nothing. In a full pool that can
+        fail (freed bytes stay dead until cleaned: the room is not there to take them);
+        then the entry is dropped (its page was undecodable anyway) and the load still
+        raises CorruptDataError, never the pool's error. Returns that fate for the message."""
         self._counters["decompress_fail"] += 1
         try:
             self._t.m_handle[i] = self.pool.alloc(block.size, data=block)
-        except DevpoolError:
+            return ""
+        except DevpoolError as exc:
             self._t.set_state_one(i, ABSENT)
-            raise
+            return f"; its block could not be put back ({exc}), the entry is dropped"
 
     def invalidate_batch(self, offsets) -> None:
         """Forget these offsets (swap slots freed); absent ones are ignored."""

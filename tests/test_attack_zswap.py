@@ -222,3 +222,34 @@ def test_tunables_refuse_a_limit_below_one_segment_like_the_constructor():
         # the order of the constructor's arguments does not matter either
         assert devpool.Zswap(pool, max_pool_percent=0.001, max_pool_bytes=SEG).stats()["max_pool_bytes"] == SEG
         zs.close()
+
+
+@pytest.mark.parametrize("kind", ["host", "chaos"])
+def test_a_corrupt_block_in_a_full_pool_still_raises_corrupt_data(kind):
+    """load() frees a block before decoding it and puts it back if it is corrupt; in a
+    full pool the put-back fails (freed bytes are dead until cleaned) and load() raised
+    the pool's PoolFullError. It raises CorruptDataError, and no other page is touched."""
+    pool = devpool.open_pool(kind, 4 * SEG, segment_bytes=SEG)
+    zs = devpool.Zswap(pool, "lz4", max_pool_percent=100)
+    r = np.random.default_rng(0)
+    stored = {}
+    while True:
+        page = r.integers(0, 256, 4096, dtype=np.uint8)
+        page[:2500] = 1
+        if not zs.store(len(stored), page):
+            break
+        stored[len(stored)] = page
+    victim = len(stored) // 2
+    h = zs._handle_of(victim)
+    pool.write(h, np.full(pool.size_of(h), 0xFF, np.uint8))
+    with pytest.raises(devpool.CorruptDataError):
+        zs.load(victim)
+    assert zs.stats()["decompress_fail"] == 1
+    if zs.contains(victim):                       # put back: it fails the same way again
+        with pytest.raises(devpool.CorruptDataError):
+            zs.load(victim)
+    del stored[victim]
+    for o, page in stored.items():
+        assert (zs.load(o) == page).all()
+    zs.close()
+    pool.close()
