@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import collections
 import threading
+import weakref
 from typing import NamedTuple
 
 import numba
@@ -99,7 +100,9 @@ class CleaningPlan(NamedTuple):
 
 
 # --- pool ids: unique among open pools ---------------------------------------------------
-_ids_lock = threading.Lock()
+# re-entrant: a pool dropped unclosed gives its id back from a garbage-collection pass,
+# which may run in any thread at any allocation, also inside these locked sections
+_ids_lock = threading.RLock()
 _free_ids = collections.deque(range(1, 1 << _ID_BITS))   # first in, first out
 
 
@@ -320,6 +323,10 @@ class Allocator:
         self.head = -1
         # handle table: slot -> arena offset (-1: free), requested size, generation
         self.pool_id = _take_pool_id()
+        # a pool dropped without close() gives its id back when collected: ids are few
+        # (1023), and a process that leaked them could open no pool at all
+        self._id_back = weakref.finalize(self, _give_pool_id, self.pool_id)
+        self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
         self.locs = np.full(0, -1, np.int64)
         self.sizes = np.zeros(0, np.int64)
@@ -350,7 +357,7 @@ class Allocator:
     def close(self) -> None:
         """Give the pool id back (reused last); idempotent."""
         if self.pool_id:
-            _give_pool_id(self.pool_id)
+            self._id_back()              # gives the id back, once
             self.pool_id = 0
 
     # --- handle encoding: the only place that knows the bit layout -------------------
@@ -375,7 +382,9 @@ class Allocator:
         """Validate one handle (an int or numpy integer) and return its slot; the rules
         of ``_decode``, checked on Python ints."""
         if type(handle) is not int:
-            if not isinstance(handle, np.integer):    # bools are np.bool_ or int subclasses
+            # numpy integers and int subclasses (an IntEnum) are integers, as in a batch;
+            # bools are not (True is an int subclass, np.bool_ is no np.integer)
+            if isinstance(handle, bool) or not isinstance(handle, (int, np.integer)):
                 raise InvalidHandleError(f"handle {handle!r} is not an integer")
             handle = int(handle)
         h = handle ^ key

@@ -49,7 +49,10 @@ def check_real(value, name: str, *, lo: float | None = None, hi: float | None = 
     """``value`` as a finite float within ``[lo, hi]`` (``(lo, hi]`` when ``lo_open``)."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
         raise BadInputError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:            # an int beyond any float (10**400) is out of range too
+        v = math.inf if value > 0 else -math.inf
     low_bad = lo is not None and (v <= lo if lo_open else v < lo)
     if not math.isfinite(v) or low_bad or (hi is not None and v > hi):
         left = "(" if lo_open else "["

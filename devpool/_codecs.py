@@ -199,9 +199,12 @@ class Codec:
     def decompress_page(self, block, out: np.ndarray) -> bool:
         """Decode one block into ``out`` (page_size,); True when it made one page."""
         check_page_args(None, out, self.page_size)
-        if not (type(block) is np.ndarray and block.dtype == np.uint8 and block.ndim == 1):
+        if not (type(block) is np.ndarray and block.dtype == np.uint8 and block.ndim == 1
+                and block.flags.c_contiguous):      # the bindings take contiguous buffers only
             try:
-                block = np.ascontiguousarray(np.frombuffer(block, np.uint8))
+                block = (np.ascontiguousarray(block).reshape(-1)
+                         if isinstance(block, np.ndarray) and block.dtype == np.uint8
+                         else np.ascontiguousarray(np.frombuffer(block, np.uint8)))
             except (TypeError, ValueError) as exc:
                 raise BadInputError(f"block must be a bytes-like object or 1-D uint8 array: {exc}") from exc
         return self._decompress_page(block, out) is not None

@@ -29,7 +29,7 @@ import numpy as np
 from ._allocator import Allocator, aligned
 from ._checks import PAGE_SIZE, as_int_array, check_real, first_range_outside
 from ._packed import packed_starts
-from ._errors import BadInputError, PoolClosedError, PoolFullError
+from ._errors import BadInputError, DevpoolError, PoolClosedError, PoolFullError
 from ._storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
@@ -117,7 +117,7 @@ class Pool:
         self._lock = threading.RLock()
         self._closed = False
         self.backend_reason = backend_reason
-        self._counters = {"alloc_fail": 0, "compactions": 0}
+        self._counters = {"alloc_fail": 0, "compactions": 0, "clean_fail": 0}
         #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
@@ -242,9 +242,11 @@ class Pool:
         return self.alloc_.cold(plan.opened).size * self.alloc_.seg_bytes
 
     def growth_for_one(self, size: int) -> int:
-        """:meth:`growth_for` of one object of ``size`` (a valid size)."""
+        """:meth:`growth_for` of one object of ``size``."""
         with self._lock:
-            placed = self.alloc_.place_one(size)
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            placed = self.alloc_.place_one(self.alloc_.check_size(size))
             if placed is None:
                 return self.alloc_.capacity + 1
             seg = placed[1]                         # opened, or -1: the head had room
@@ -469,9 +471,18 @@ class Pool:
                 # of dead bytes before planning again (a plan scans the handle table)
                 self._clean_floor = dead + al.seg_bytes
             else:
-                self._clean_floor = 0
-                self._execute_clean(plan)
-                al.clean_steps += 1
+                # the free that got here has committed: a failed step (device OOM for a
+                # destination, a failed move) changes nothing and must not make that
+                # free look failed (a load that frees would lose its page); it waits
+                # for another segment's worth of dead bytes, as above
+                try:
+                    self._execute_clean(plan)
+                except DevpoolError:
+                    self._counters["clean_fail"] += 1
+                    self._clean_floor = dead + al.seg_bytes
+                else:
+                    self._clean_floor = 0
+                    al.clean_steps += 1
             self._clean_seconds += time.perf_counter() - t0
 
     # --- compaction ------------------------------------------------------------------

@@ -15,7 +15,7 @@ import threading
 import zstandard
 
 from ._codecs import _Lz4Block, register_codec
-from ._errors import BadInputError
+from ._checks import check_int
 
 __all__ = ["Zstd"]
 
@@ -26,9 +26,7 @@ class Zstd(_Lz4Block):
     codec_id = "zstd"
 
     def __init__(self, level: int = 3):
-        if isinstance(level, bool) or not isinstance(level, int) or not 1 <= level <= 22:
-            raise BadInputError(f"zstd level must be an integer in 1..22, got {level!r}")
-        self.level = level
+        self.level = check_int(level, "zstd level", lo=1, hi=22)
         self._local = threading.local()
 
     def _contexts(self):

@@ -107,20 +107,16 @@ class Zswap:
             raise ClosedError("the pool is closed")
         self.pool = pool
         self._max_pool_bytes = self._max_pool_percent = self._accept_percent = None
-        self.max_pool_percent = max_pool_percent            # checked by the setters
-        self.accept_threshold_percent = accept_threshold_percent
+        # checked by the setters; the limits are worked out (and checked) once all are set
         self.max_pool_bytes = max_pool_bytes
+        self.max_pool_percent = max_pool_percent
+        self.accept_threshold_percent = accept_threshold_percent
         self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
         self.codec = get_codec(compressor)
         if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
             raise BadInputError(f"backing must be a path, a BackingFile or None, got {type(backing).__name__}")
         if isinstance(backing, (str, bytes)) and ("\0" in backing if isinstance(backing, str) else b"\0" in backing):
             raise BadInputError("backing path contains a NUL byte")
-        if self._limit_bytes() < pool.segment_bytes:
-            raise BadInputError(
-                f"the zswap limit ({self._limit_bytes()} bytes) is smaller than one pool segment "
-                f"({pool.segment_bytes} bytes): nothing could ever be stored; open the pool with "
-                f"a smaller segment_bytes or raise the limit")
         # a device codec over a pool in device memory keeps blocks on the device: they
         # go into the arena device to device and are decoded there on load
         self._blocks_on_device = bool(self.codec.device_resident and pool.device_resident)
@@ -165,6 +161,8 @@ class Zswap:
                 if not self.pool.closed:
                     self._drop_idx(self._t.present())
             finally:
+                # a closed pool took its objects with it: the entries name nothing now
+                self._t.set_state(self._t.present(), ABSENT)
                 if self.backing is not None:
                     self.backing.detach(self)
                     if self._own_backing:
@@ -213,8 +211,7 @@ class Zswap:
 
     @max_pool_percent.setter
     def max_pool_percent(self, value) -> None:
-        self._max_pool_percent = check_real(value, "max_pool_percent", lo=0, hi=100, lo_open=True)
-        self._set_limits()
+        self._tune("_max_pool_percent", check_real(value, "max_pool_percent", lo=0, hi=100, lo_open=True))
 
     @property
     def max_pool_bytes(self) -> int | None:
@@ -223,8 +220,7 @@ class Zswap:
 
     @max_pool_bytes.setter
     def max_pool_bytes(self, value) -> None:
-        self._max_pool_bytes = None if value is None else check_int(value, "max_pool_bytes", lo=1)
-        self._set_limits()
+        self._tune("_max_pool_bytes", None if value is None else check_int(value, "max_pool_bytes", lo=1))
 
     @property
     def accept_threshold_percent(self) -> float:
@@ -232,15 +228,31 @@ class Zswap:
 
     @accept_threshold_percent.setter
     def accept_threshold_percent(self, value) -> None:
-        self._accept_percent = check_real(value, "accept_threshold_percent", lo=0, hi=100, lo_open=True)
-        self._set_limits()
+        self._tune("_accept_percent", check_real(value, "accept_threshold_percent", lo=0, hi=100, lo_open=True))
+
+    def _tune(self, field: str, value) -> None:
+        """Set a checked tunable and work the limits out again; a limit that could hold
+        nothing is refused (BadInputError) and the tunable keeps its old value."""
+        old = getattr(self, field)
+        setattr(self, field, value)
+        try:
+            self._set_limits()
+        except BadInputError:
+            setattr(self, field, old)
+            raise
 
     def _set_limits(self) -> None:
         if self._max_pool_percent is None or self._accept_percent is None:
             return                                   # still constructing
-        self._limit = (self._max_pool_bytes if self._max_pool_bytes is not None
-                       else int(self.pool.capacity_bytes * self._max_pool_percent / 100))
-        self._accept = int(self._limit * self._accept_percent / 100)
+        limit = (self._max_pool_bytes if self._max_pool_bytes is not None
+                 else int(self.pool.capacity_bytes * self._max_pool_percent / 100))
+        if limit < self.pool.segment_bytes:
+            raise BadInputError(
+                f"the zswap limit ({limit} bytes) is smaller than one pool segment "
+                f"({self.pool.segment_bytes} bytes): nothing could ever be stored; open the pool "
+                f"with a smaller segment_bytes or raise the limit")
+        self._limit = limit
+        self._accept = int(limit * self._accept_percent / 100)
 
     def _limit_bytes(self) -> int:
         return self._limit
@@ -680,8 +692,8 @@ class Zswap:
                     block = self.pool.read(handle, out=self._block[:n], free=True)
                     page = self.codec._decompress_page(block)
                     if page is None:
-                        self._restore_corrupt(i, block)
-                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+                        fate = self._restore_corrupt(i, block)
+                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress{fate}")
                 self._counters["loads_from_pool"] += 1
             elif state == SAME:
                 page = np.empty(PAGE_SIZE, np.uint8)
@@ -693,16 +705,19 @@ class Zswap:
             t.set_state_one(i, ABSENT)       # commit: exclusive load
             return page
 
-    def _restore_corrupt(self, i: int, block: np.ndarray) -> None:
+    def _restore_corrupt(self, i: int, block: np.ndarray) -> str:
         """A load freed a block that then failed to decode: put the very same bytes back
-        under a new handle, so a failed load removes nothing (the room it just freed is
-        there to take them). Only if even that fails is the entry dropped."""
+        under a new handle, so a failed load removes nothing. In a full pool that can
+        fail (freed bytes stay dead until cleaned: the room is not there to take them);
+        then the entry is dropped (its page was undecodable anyway) and the load still
+        raises CorruptDataError, never the pool's error. Returns that fate for the message."""
         self._counters["decompress_fail"] += 1
         try:
             self._t.m_handle[i] = self.pool.alloc(block.size, data=block)
-        except DevpoolError:
+            return ""
+        except DevpoolError as exc:
             self._t.set_state_one(i, ABSENT)
-            raise
+            return f"; its block could not be put back ({exc}), the entry is dropped"
 
     def invalidate_batch(self, offsets) -> None:
         """Forget these offsets (swap slots freed); absent ones are ignored."""

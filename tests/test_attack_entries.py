@@ -1,0 +1,55 @@
+"""The sparse entry table against a dict model: batch and single verbs mixed, offsets
+clustered, spread and near the top of the swap area (2**51)."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings, strategies as st
+
+from devpool._entries import ABSENT, CHUNK, EntryTable
+
+_TOP = 1 << 51
+_offsets = st.one_of(st.integers(0, 300), st.integers(_TOP - 300, _TOP - 1), st.integers(0, _TOP - 1))
+_ops = st.lists(st.tuples(st.booleans(), st.lists(_offsets, min_size=1, max_size=6, unique=True),
+                          st.integers(0, 3)), min_size=1, max_size=60)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_ops)
+def test_entry_table_matches_a_dict(ops):
+    t = EntryTable()
+    model: dict[int, int] = {}
+    for single, offs, state in ops:
+        if single:
+            for o in offs:
+                i = t.find_one(o, create=state != ABSENT)
+                if i >= 0:
+                    t.set_state_one(i, state)
+                    t.m_handle[i] = o
+        else:
+            arr = np.array(offs, np.int64)
+            idx = t.find(arr, create=state != ABSENT)
+            ok = idx >= 0
+            t.set_state(idx[ok], state)
+            t.handle[idx[ok]] = arr[ok]
+        for o in offs:
+            if state == ABSENT:
+                model.pop(o, None)
+            else:
+                model[o] = state
+        # every offset agrees in both lookups; rows follow the entries stored
+        for o in {o for _, os_, _ in ops for o in os_}:
+            i = t.find_one(o)
+            j = int(t.find(np.array([o], np.int64))[0])
+            assert i == j
+            assert (t.m_state[i] if i >= 0 else ABSENT) == model.get(o, ABSENT)
+            if o in model:
+                assert t.m_handle[i] == o
+                assert int(t.offsets_of(np.array([i]))[0]) == o
+        chunks = {o // CHUNK for o in model}
+        assert set(t._dir) == chunks
+        assert len(t._dir) + len(t._free_rows) == t._row_chunk.size
+        assert int((t._row_chunk >= 0).sum()) == len(chunks)
+        for c, row in t._dir.items():
+            assert t._row_used[row] == sum(1 for o in model if o // CHUNK == c)
+        assert sorted(t.offsets_of(t.present()).tolist()) == sorted(model)
