@@ -32,7 +32,7 @@ def _figures(pool: devpool.Pool) -> dict:
     out = {name: getattr(al, name).copy() for name in _FIGURES}
     out.update({name: getattr(al, name) for name in _SCALARS})
     out["committed"] = pool.storage.committed_bytes
-    out["n_spare"] = pool._n_spare
+    out["n_spare"] = al.spare_segments
     return out
 
 
