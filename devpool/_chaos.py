@@ -10,6 +10,11 @@ On *every* public pool call it, before the call runs:
 - scrambles handles: the pool XORs a per-pool random key into every handle it hands
   out, so arithmetic on handles or reuse of another pool's handles fails loudly.
 
+Counters (read by the tests that prove the storage hostile, and shown by ``stats()``):
+``calls`` (hooks run), ``relocated`` (objects migrated), ``poisoned_bytes`` (every byte
+overwritten with ``POISON``), of which ``freed_poisoned_bytes`` were freed by the
+allocator and ``moved_from_poisoned_bytes`` were left behind by a move.
+
 Cost: a copy of a share of the pool per call — a test double, not a backend to run.
 """
 
@@ -40,6 +45,8 @@ class ChaosStorage(HostStorage):
         self.move_fraction = move_fraction
         self.calls = 0
         self.relocated = 0
+        self.freed_poisoned_bytes = 0
+        self.moved_from_poisoned_bytes = 0
 
     def before_call(self, pool) -> None:
         self.calls += 1
@@ -49,15 +56,27 @@ class ChaosStorage(HostStorage):
         pool._clean(1.0)
 
     def _moved_from(self, offsets, lengths) -> None:
-        self.discard(offsets, lengths)              # moved-from bytes are poison now
+        # moved-from bytes are poison now
+        self.moved_from_poisoned_bytes += _poison(self._arena, offsets, lengths)
 
     def discard(self, offsets, lengths):
-        _poison(self._arena, offsets, lengths)
+        self.freed_poisoned_bytes += _poison(self._arena, offsets, lengths)
+
+    @property
+    def poisoned_bytes(self) -> int:
+        """Every byte this storage overwrote with ``POISON`` so far."""
+        return self.freed_poisoned_bytes + self.moved_from_poisoned_bytes
 
     def describe(self) -> dict:
-        return {"backend": self.kind, "device": "host RAM (hostile)", "chaos_seed": self.seed}
+        return {"backend": self.kind, "device": "host RAM (hostile)", "chaos_seed": self.seed,
+                "chaos_calls": self.calls, "chaos_relocated": self.relocated,
+                "chaos_poisoned_bytes": self.poisoned_bytes}
 
 
-def _poison(arena: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> None:
+def _poison(arena: np.ndarray, offsets: np.ndarray, lengths: np.ndarray) -> int:
+    """Overwrite each range with ``POISON``; returns the bytes written."""
+    done = 0
     for off, n in zip(offsets.tolist(), lengths.tolist()):
         arena[off:off + n] = POISON
+        done += n
+    return done
