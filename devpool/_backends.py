@@ -9,6 +9,9 @@ error and ``devpool info`` can name what is missing.
 
 from __future__ import annotations
 
+import inspect
+
+from ._checks import check_int
 from ._errors import BackendUnavailableError, BadInputError
 from ._pool import DEFAULT_SEGMENT_BYTES, PAGE_SIZE, Pool
 
@@ -36,15 +39,27 @@ def available_backends() -> dict[str, tuple[bool, str]]:
     return {name: probe_backend(name) for name in BACKENDS}
 
 
-def _make_storage(name: str, capacity_bytes: int, storage_options: dict):
+def _storage_class(name: str):
     if name == "host":
         from devpool.host import HostStorage
-        return HostStorage(capacity_bytes, **storage_options)
+        return HostStorage
     if name == "chaos":
         from ._chaos import ChaosStorage
-        return ChaosStorage(capacity_bytes, **storage_options)
+        return ChaosStorage
     from devpool.kernels import CudaStorage
-    return CudaStorage(capacity_bytes, **storage_options)
+    return CudaStorage
+
+
+def _check_options(name: str, cls, storage_options: dict) -> None:
+    """Refuse a keyword the backend's storage does not take, naming those it does."""
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p, v in params.items() if p not in ("self", "capacity_bytes")
+                and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    unknown = sorted(set(storage_options) - set(accepted))
+    if unknown:
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no storage options"
+        raise BadInputError(f"open_pool() got an unknown option {', '.join(map(repr, unknown))} "
+                            f"for backend {name!r}: {takes}")
 
 
 def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
@@ -58,8 +73,9 @@ def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
     """
     if not isinstance(backend, str):
         raise BadInputError(f"backend must be a string, got {type(backend).__name__}")
-    if isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int) or capacity_bytes <= 0:
-        raise BadInputError(f"capacity_bytes must be a positive integer, got {capacity_bytes!r}")
+    capacity_bytes = check_int(capacity_bytes, "capacity_bytes", lo=1)
+    segment_bytes = check_int(segment_bytes, "segment_bytes", lo=1)
+    max_object_bytes = check_int(max_object_bytes, "max_object_bytes", lo=1)
     segment_bytes = min(segment_bytes, max(4096, capacity_bytes // 4096 * 4096))
     if backend == "auto":
         ok, why = probe_backend("cuda")
@@ -71,7 +87,9 @@ def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
         name, reason = backend, why
     if segment_bytes < max_object_bytes:
         raise BadInputError(f"capacity_bytes ({capacity_bytes}) cannot hold one object of {max_object_bytes}")
-    storage = _make_storage(name, capacity_bytes, storage_options)
+    cls = _storage_class(name)
+    _check_options(name, cls, storage_options)
+    storage = cls(capacity_bytes, **storage_options)
     try:
         return Pool(storage, segment_bytes=segment_bytes, max_object_bytes=max_object_bytes,
                     backend_reason=reason)

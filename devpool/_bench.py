@@ -16,7 +16,10 @@ import lz4.block
 import numpy as np
 
 from ._backends import open_pool
-from ._errors import DevpoolError
+from ._checks import check_int
+from ._cli_io import progress as _progress
+from ._cli_io import write_outputs
+from ._errors import BadInputError, DevpoolError
 from ._zswap import Zswap
 
 __all__ = ["run_bench", "Passes", "format_ratio", "lz4_blocks", "lz4_compress_loop", "lz4_decompress_loop",
@@ -117,10 +120,26 @@ def _stores_and_loads(zs: Zswap, pages: np.ndarray, batch: int, progress,
     return t_store, t_load, stats
 
 
+def _sweep_sizes(sweep) -> list[int]:
+    """``--sweep`` as batch sizes: the parser's list, or a "1,16,256" string."""
+    text = sweep
+    if isinstance(sweep, str):
+        try:
+            sweep = [int(x) for x in sweep.split(",") if x.strip()]
+        except ValueError:
+            sweep = []
+    if not sweep:
+        raise BadInputError(f"--sweep must be comma-separated batch sizes such as 1,16,256, got {text!r}")
+    return [check_int(b, "--sweep batch size", lo=1) for b in sweep]
+
+
 def run_bench(args, pages: np.ndarray, source: str) -> int:
-    from ._cli import _progress, write_outputs
     quiet = args.quiet
     n = pages.shape[0]
+    check_int(args.batch, "--batch", lo=1)          # a batch of 0 or -5 would store nothing
+    sweep_sizes = _sweep_sizes(args.sweep)
+    if n == 0:
+        raise BadInputError("no pages to bench")
 
     def progress(it, desc):
         return _progress(it, desc, total=len(it) if hasattr(it, "__len__") else None, quiet=quiet)
@@ -167,7 +186,7 @@ def run_bench(args, pages: np.ndarray, source: str) -> int:
                 raise DevpoolError(f"page {i} came back different from what was stored")
         # throughput against batch size (the plot)
         sweep = []
-        for b in progress([int(x) for x in args.sweep.split(",") if x], "sweep"):
+        for b in progress(sweep_sizes, "sweep"):
             sub = pages[: max(b, min(n, 64 * b))]
             ts, tl, _ = _stores_and_loads(zs, sub, b, lambda it, d: it, got[:sub.shape[0]])
             sweep.append({"batch": b, "store_pages_per_s": sub.shape[0] / ts, "load_pages_per_s": sub.shape[0] / tl})
@@ -220,7 +239,8 @@ def _print_table(r: dict) -> None:
           f"load p50 {r['load_p50_us']:.0f} us  p99 {r['load_p99_us']:.0f} us")
 
 
-def _plot(r: dict, path: str) -> None:
+def _plot(r: dict, f, fmt: str) -> None:
+    """The throughput-against-batch-size figure, written to the open file ``f`` as ``fmt``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -237,5 +257,5 @@ def _plot(r: dict, path: str) -> None:
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(f, format=fmt, dpi=110)
     plt.close(fig)

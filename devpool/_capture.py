@@ -21,12 +21,15 @@ import sys
 
 import numpy as np
 
+from ._checks import check_int
 from ._errors import DevpoolError
 
 __all__ = ["CaptureError", "capture_pid", "capture_workloads", "page_summary", "WORKLOADS"]
 
 PAGE = 4096
 _PRESENT = 1 << 63
+#: pagemap entries read at once (8 bytes each: 512 KiB), whatever the region's size
+_CHUNK_PAGES = 1 << 16
 
 
 class CaptureError(DevpoolError, OSError):
@@ -49,31 +52,65 @@ def _anonymous_regions(pid: int) -> list[tuple[int, int]]:
     return regions
 
 
+def _read_present(mem, base: int, idx: np.ndarray) -> np.ndarray:
+    """The pages at ``base + idx * PAGE`` (``idx`` sorted), read one run of consecutive
+    pages at a time; a page unmapped since the pagemap said it was there is skipped."""
+    out = np.empty((idx.size, PAGE), np.uint8)
+    kept = 0
+    breaks = np.flatnonzero(np.diff(idx) != 1) + 1
+    for run in np.split(idx, breaks):
+        k = run.size
+        dst = out[kept:kept + k]
+        mem.seek(base + int(run[0]) * PAGE)
+        try:
+            got = mem.readinto(memoryview(dst).cast("B"))
+        except OSError:
+            got = 0
+        if got == k * PAGE:
+            kept += k
+            continue
+        for j in run.tolist():                   # part of the run went away: page by page
+            mem.seek(base + j * PAGE)
+            try:
+                got = mem.readinto(memoryview(out[kept]).cast("B"))
+            except OSError:
+                continue
+            if got == PAGE:
+                kept += 1
+    return out[:kept]
+
+
 def capture_pid(pid: int, max_pages: int | None = None) -> np.ndarray:
-    """Resident anonymous pages of process ``pid`` as an (N, 4096) uint8 array."""
-    if isinstance(pid, bool) or not isinstance(pid, int) or pid <= 0:
-        raise CaptureError(f"pid must be a positive integer, got {pid!r}")
+    """Resident anonymous pages of process ``pid`` as an (N, 4096) uint8 array.
+
+    Streams: the pagemap is read ``_CHUNK_PAGES`` entries at a time (a 16 TiB mapping
+    costs no more memory than a small one), and the capture stops at ``max_pages``
+    (the first pages found, in address order).
+    """
+    pid = check_int(pid, "pid", lo=1, error=CaptureError)
+    limit = sys.maxsize if max_pages is None else check_int(max_pages, "max_pages", lo=1)
+    parts: list[np.ndarray] = []
+    count = 0
     try:
         regions = _anonymous_regions(pid)
-        pages: list[bytes] = []
-        with open(f"/proc/{pid}/pagemap", "rb") as pm, open(f"/proc/{pid}/mem", "rb") as mem:
+        if not regions:                  # a kernel thread, or a process with no private memory
+            raise CaptureError(f"process {pid} has no anonymous memory to capture")
+        with open(f"/proc/{pid}/pagemap", "rb", buffering=0) as pm, \
+                open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
             for start, end in regions:
-                n = (end - start) // PAGE
-                pm.seek(start // PAGE * 8)
-                entries = np.frombuffer(pm.read(n * 8), dtype=np.uint64)
-                present = np.flatnonzero(entries & np.uint64(_PRESENT))
-                for idx in present.tolist():
-                    mem.seek(start + idx * PAGE)
-                    try:
-                        data = mem.read(PAGE)
-                    except OSError:
-                        continue          # unmapped between pagemap and read: skip page
-                    if len(data) == PAGE:
-                        pages.append(data)
-                    if max_pages is not None and len(pages) >= max_pages:
+                first, last = start // PAGE, end // PAGE
+                for lo in range(first, last, _CHUNK_PAGES):
+                    if count >= limit:
                         break
-                if max_pages is not None and len(pages) >= max_pages:
-                    break
+                    n = min(_CHUNK_PAGES, last - lo)
+                    pm.seek(lo * 8)
+                    raw = pm.read(n * 8) or b""
+                    entries = np.frombuffer(raw[: len(raw) // 8 * 8], dtype=np.uint64)
+                    present = np.flatnonzero(entries & np.uint64(_PRESENT))[: limit - count]
+                    if present.size:
+                        got = _read_present(mem, lo * PAGE, present)
+                        parts.append(got)
+                        count += got.shape[0]
     except FileNotFoundError as exc:
         raise CaptureError(f"process {pid} does not exist (or exited during capture)") from exc
     except PermissionError as exc:
@@ -82,9 +119,9 @@ def capture_pid(pid: int, max_pages: int | None = None) -> np.ndarray:
             f"run as its owner or root, or check /proc/sys/kernel/yama/ptrace_scope)") from exc
     except ProcessLookupError as exc:
         raise CaptureError(f"process {pid} exited during capture") from exc
-    if not pages:
+    if not count:
         raise CaptureError(f"process {pid} has no resident anonymous pages to capture")
-    return np.frombuffer(b"".join(pages), dtype=np.uint8).reshape(-1, PAGE).copy()
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 # Each workload builds realistic data, prints "ready", then waits on stdin.

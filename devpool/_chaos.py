@@ -26,6 +26,8 @@ import numpy as np
 
 from devpool.host import HostStorage
 
+from ._checks import check_int, check_real
+
 __all__ = ["ChaosStorage", "POISON"]
 
 POISON = 0xA5
@@ -38,11 +40,11 @@ class ChaosStorage(HostStorage):
 
     def __init__(self, capacity_bytes: int, seed: int | None = None,
                  move_fraction: float = 0.25):
+        self.seed = secrets.randbits(32) if seed is None else check_int(seed, "seed", lo=0)
+        self.move_fraction = check_real(move_fraction, "move_fraction", lo=0, hi=1)
         super().__init__(capacity_bytes)
-        self.seed = secrets.randbits(32) if seed is None else seed
         self.rng = np.random.default_rng(self.seed)
         self.handle_key = int(self.rng.integers(1, 1 << 62))
-        self.move_fraction = move_fraction
         self.calls = 0
         self.relocated = 0
         self.freed_poisoned_bytes = 0
@@ -66,6 +68,9 @@ class ChaosStorage(HostStorage):
     def poisoned_bytes(self) -> int:
         """Every byte this storage overwrote with ``POISON`` so far."""
         return self.freed_poisoned_bytes + self.moved_from_poisoned_bytes
+
+    def discard_one(self, offset, nbytes):
+        self._arena[offset:offset + nbytes] = POISON
 
     def describe(self) -> dict:
         return {"backend": self.kind, "device": "host RAM (hostile)", "chaos_seed": self.seed,

@@ -52,3 +52,13 @@ def check_real(value, name: str, *, lo: float | None = None, hi: float | None = 
         left = "(" if lo_open else "["
         raise BadInputError(f"{name} must be in {left}{lo}, {hi}], got {value!r}")
     return v
+
+
+def first_range_outside(starts: np.ndarray, lengths: np.ndarray, size: int) -> int:
+    """Index of the first range ``[starts[i], starts[i] + lengths[i])`` that does not lie
+    inside ``[0, size)``, or -1. Overflow-proof: caller integers near 2**63 would wrap a
+    sum ``starts + lengths`` in int64 and pass, so each start is compared with the room
+    left after its length instead (both sides stay within int64)."""
+    bad = (lengths < 0) | (lengths > size) | (starts < 0) | (starts > size - lengths)
+    idx = np.flatnonzero(bad)
+    return int(idx[0]) if idx.size else -1

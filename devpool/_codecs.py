@@ -24,6 +24,18 @@ Contract a codec implements
     default packs via ``compress_batch``. ``data`` may be the codec's scratch, valid
     until the codec's next call from the same thread.
 
+One page at a time (a swap-in fault is one page; a batch of one would pay a batch's
+set-up), every codec also offers:
+
+``compress_page(page)``
+    ``page`` is one C-contiguous (page_size,) uint8 array; returns ``(buffer, length)``,
+    the block being ``buffer[:length]`` (length -1: compression failed). ``buffer`` may
+    be the codec's scratch, valid until its next call from the same thread, or the page
+    itself (``raw``). The defaults go through the batch verbs; fast codecs override.
+``decompress_page(block, out)``
+    decode one block (1-D uint8) into ``out`` (a writable (page_size,) uint8 array);
+    True when it made exactly one page. Never raises for corrupt data.
+
 A codec that computes on a device may also keep its blocks there (``device_resident``):
 
 ``compress_to_device(pages, rows=None)``
@@ -46,6 +58,7 @@ import copy
 import lz4.block
 import numpy as np
 
+from ._checks import check_int, first_range_outside
 from ._errors import BadInputError, CorruptDataError, UnknownCodecError
 from ._packed import gather, packed_starts
 
@@ -58,6 +71,8 @@ def check_pages(pages, page_size: int = PAGE) -> np.ndarray:
     """(N, page_size) C-contiguous uint8, or BadInputError naming what is wrong."""
     if not isinstance(pages, np.ndarray):
         raise BadInputError(f"pages must be a numpy uint8 array, got {type(pages).__name__}")
+    if type(pages) is not np.ndarray:        # np.matrix and friends: plain array semantics
+        pages = pages.view(np.ndarray)
     if pages.dtype != np.uint8:
         raise BadInputError(f"pages must have dtype uint8, got {pages.dtype}")
     if pages.ndim == 1 and pages.shape[0] == page_size:
@@ -82,6 +97,32 @@ def check_rows(rows, n_pages: int) -> np.ndarray:
     return rows
 
 
+def as_block_data(data) -> np.ndarray:
+    """Compressed data as a flat C-contiguous uint8 array: a uint8 array or a bytes-like
+    object; anything else (a list, a str, float or int16 arrays, which a cast would
+    silently turn into other bytes) is BadInputError."""
+    if isinstance(data, np.ndarray):
+        if data.dtype != np.uint8:
+            raise BadInputError(f"data must have dtype uint8, got {data.dtype}")
+        return np.ascontiguousarray(data).reshape(-1)
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return np.frombuffer(data, np.uint8)
+    raise BadInputError(f"data must be a uint8 array or bytes-like, got {type(data).__name__}")
+
+
+def as_lengths(lengths) -> np.ndarray:
+    """Block lengths as a 1-D int64 array; floats (even whole ones), NaN, bools are refused."""
+    try:
+        arr = np.asarray(lengths)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise BadInputError(f"lengths must be a 1-D sequence of integers: {exc}") from exc
+    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
+        raise BadInputError(f"lengths must be a 1-D integer array, got {arr.dtype} {arr.shape}")
+    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise BadInputError("lengths must fit in int64")
+    return arr.astype(np.int64, copy=False)
+
+
 def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, device_ok: bool = False):
     """``decompress_into``'s arguments, normalised (``data`` as flat contiguous uint8
     unless ``device_ok`` and it is a device buffer), or BadInputError before anything is
@@ -89,12 +130,8 @@ def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, d
     ``out`` would be an out-of-bounds access, not corrupt data). Returns
     ``(data, lengths, rows, starts)``."""
     if not (device_ok and on_device(data)):
-        data = np.ascontiguousarray(np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview))
-                                    else data, dtype=np.uint8).reshape(-1)
-    lengths = np.asarray(lengths)
-    if lengths.ndim != 1 or (lengths.size and lengths.dtype.kind not in "iu"):
-        raise BadInputError(f"lengths must be a 1-D integer array, got {lengths.dtype} {lengths.shape}")
-    lengths = lengths.astype(np.int64, copy=False)
+        data = as_block_data(data)
+    lengths = as_lengths(lengths)
     n = lengths.shape[0]
     if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.ndim != 2
             or out.shape[1] != page_size or not out.flags.c_contiguous or not out.flags.writeable):
@@ -112,9 +149,24 @@ def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, d
     size = int(data.shape[0]) if len(data.shape) == 1 else -1
     if size < 0:
         raise BadInputError(f"data must be 1-D, got shape {data.shape}")
-    if n and ((lengths < 0).any() or starts.min() < 0 or int((starts + lengths).max()) > size):
-        raise BadInputError(f"a block lies outside the {size}-byte data")
+    bad = first_range_outside(starts, lengths, size) if n else -1
+    if bad >= 0:
+        raise BadInputError(f"block {bad} (start {int(starts[bad])}, {int(lengths[bad])} bytes) "
+                            f"lies outside the {size}-byte data")
     return data, lengths, rows, starts
+
+
+def check_page_args(page, out=None, page_size: int = PAGE) -> None:
+    """``compress_page`` / ``decompress_page`` arguments, or BadInputError (cheap: the
+    single-page paths call it on every page)."""
+    for what, arr in (("page", page), ("out", out)):
+        if arr is None:
+            continue
+        if (type(arr) is not np.ndarray or arr.dtype != np.uint8 or arr.shape != (page_size,)
+                or not arr.flags.c_contiguous):
+            raise BadInputError(f"{what} must be a C-contiguous ({page_size},) uint8 array")
+    if out is not None and not out.flags.writeable:
+        raise BadInputError("out is read-only")
 
 
 def on_device(data) -> bool:
@@ -151,10 +203,41 @@ class Codec:
     def compress_to_device(self, pages: np.ndarray, rows: np.ndarray | None = None):
         raise NotImplementedError(f"{type(self).__name__} does not keep blocks in device memory")
 
+    def compress_page(self, page: np.ndarray) -> tuple[np.ndarray, int]:
+        """One page -> ``(buffer, length)``, the block being ``buffer[:length]``."""
+        check_page_args(page, None, self.page_size)
+        return self._compress_page(page)
+
+    def decompress_page(self, block, out: np.ndarray) -> bool:
+        """Decode one block into ``out`` (page_size,); True when it made one page."""
+        check_page_args(None, out, self.page_size)
+        if not (type(block) is np.ndarray and block.dtype == np.uint8 and block.ndim == 1):
+            try:
+                block = np.ascontiguousarray(np.frombuffer(block, np.uint8))
+            except (TypeError, ValueError) as exc:
+                raise BadInputError(f"block must be a bytes-like object or 1-D uint8 array: {exc}") from exc
+        return self._decompress_page(block, out) is not None
+
+    # What a codec overrides for one page: the arguments are checked already (a
+    # (page_size,) C-contiguous uint8 page; a 1-D uint8 block and a writable out), so a
+    # frontend that checked them at its own edge calls these directly.
+    # ``_decompress_page`` returns the page (``out``, or a new array when ``out`` is
+    # None: a codec whose library returns a fresh buffer hands it over uncopied) or None
+    # when the block did not make exactly one page.
+    def _compress_page(self, page: np.ndarray) -> tuple[np.ndarray, int]:
+        data, starts, lengths = self.compress_blocks(page.reshape(1, -1))
+        n, s = int(lengths[0]), int(starts[0])
+        return data[s:s + max(n, 0)], n
+
+    def _decompress_page(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+        out = np.empty(self.page_size, np.uint8) if out is None else out
+        ok = self.decompress_into(block, np.array([block.size], np.int64), out.reshape(1, -1))[0]
+        return out if ok else None
+
     def decompress_batch(self, data, lengths) -> np.ndarray:
-        data = np.frombuffer(data, np.uint8) if not isinstance(data, np.ndarray) else data
-        lengths = np.asarray(lengths, np.int64)
-        if lengths.ndim != 1 or (lengths < 0).any() or int(lengths.sum()) != data.size:
+        data = as_block_data(data)
+        lengths = as_lengths(lengths)
+        if (lengths < 0).any() or int(lengths.sum()) != data.size:
             raise BadInputError("lengths must be non-negative and add up to the data's size")
         out = np.empty((lengths.shape[0], self.page_size), np.uint8)
         ok = self.decompress_into(data, lengths, out)
@@ -186,6 +269,9 @@ def _pack_blocks(blocks: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
     return data, lengths
 
 
+_NO_BYTES = np.zeros(0, np.uint8)
+
+
 class _Lz4Block(Codec):
     """Shared by lz4 and lz4hc: the python-lz4 binding, one call per page."""
 
@@ -199,10 +285,29 @@ class _Lz4Block(Codec):
         blocks = []
         for p in pages:
             try:
-                blocks.append(self._compress_one(p.tobytes()))
+                blocks.append(self._compress_one(p))
             except Exception:        # a codec failure refuses the page, never loses it
                 blocks.append(None)
         return _pack_blocks(blocks)
+
+    def _compress_page(self, page):
+        try:
+            block = self._compress_one(page)
+        except Exception:            # a codec failure refuses the page, never loses it
+            return _NO_BYTES, -1
+        return np.frombuffer(block, np.uint8), len(block)
+
+    def _decompress_page(self, block, out=None):
+        try:
+            page = lz4.block.decompress(block, uncompressed_size=self.page_size, return_bytearray=True)
+        except Exception:
+            return None
+        if len(page) != self.page_size:       # a short page is a failure (see below)
+            return None
+        if out is None:                       # the library's fresh buffer is the page
+            return np.frombuffer(page, np.uint8)
+        out[:] = np.frombuffer(page, np.uint8)
+        return out
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
         data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
@@ -227,9 +332,7 @@ class Lz4(_Lz4Block):
     codec_id = "lz4"
 
     def __init__(self, acceleration: int = 1):
-        if not isinstance(acceleration, int) or acceleration < 1:
-            raise BadInputError(f"acceleration must be an integer >= 1, got {acceleration!r}")
-        self.acceleration = acceleration
+        self.acceleration = check_int(acceleration, "acceleration", lo=1, hi=1 << 16)
 
     def _compress_one(self, page):
         return lz4.block.compress(page, mode="fast" if self.acceleration > 1 else "default",
@@ -242,9 +345,7 @@ class Lz4HC(_Lz4Block):
     codec_id = "lz4hc"
 
     def __init__(self, level: int = 9):
-        if not isinstance(level, int) or not 1 <= level <= 12:
-            raise BadInputError(f"lz4hc level must be an integer in 1..12, got {level!r}")
-        self.level = level
+        self.level = check_int(level, "lz4hc level", lo=1, hi=12)
 
     def _compress_one(self, page):
         return lz4.block.compress(page, mode="high_compression", compression=self.level, store_size=False)
@@ -260,6 +361,17 @@ class Raw(Codec):
         if rows is not None:
             pages = pages[check_rows(rows, pages.shape[0])]
         return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
+
+    def _compress_page(self, page):
+        return page, self.page_size           # the page itself: the pool copies it in
+
+    def _decompress_page(self, block, out=None):
+        if block.size != self.page_size:
+            return None
+        if out is None:
+            return block.copy()
+        out[:] = block
+        return out
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
         data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
@@ -311,6 +423,8 @@ def get_codec(config: str | dict | Codec) -> Codec:
         raise UnknownCodecError(f"codec config must be a name or a dict with an 'id', got {config!r}")
     config = copy.deepcopy(config)        # never mutate the caller's dict
     codec_id = config.pop("id")
+    if not isinstance(codec_id, str):
+        raise UnknownCodecError(f"a codec id is a name, got {codec_id!r}")
     _load_lazy(codec_id)
     cls = _REGISTRY.get(codec_id)
     if cls is None:

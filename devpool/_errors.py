@@ -12,6 +12,8 @@ against plain Python keeps working::
     ├── CorruptDataError (ValueError)     a compressed block does not decode to one page
     ├── BackendUnavailableError (RuntimeError)  no usable GPU / CUDA runtime / simulator
     ├── DeviceError (RuntimeError)        a CUDA call or kernel failed (chained original)
+    ├── ClosedError (ValueError)          any operation on a closed Pool or Zswap, as
+    │   └── PoolClosedError                   I/O on a closed file raises ValueError
     ├── EntryNotFoundError (KeyError)     Zswap.load of an offset it does not hold
     └── WritebackError (OSError)          the backing swap file could not be written/read
 
@@ -24,12 +26,14 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "BadInputError",
+    "ClosedError",
     "CorruptDataError",
     "DevpoolError",
     "DeviceError",
     "EntryNotFoundError",
     "InvalidHandleError",
     "InvalidSizeError",
+    "PoolClosedError",
     "PoolFullError",
     "UnknownCodecError",
     "WritebackError",
@@ -73,6 +77,14 @@ class BackendUnavailableError(DevpoolError, RuntimeError):
 
 class DeviceError(DevpoolError, RuntimeError):
     """A CUDA call or kernel failed; the original error is chained as ``__cause__``."""
+
+
+class ClosedError(DevpoolError, ValueError):
+    """An operation on a closed object (a ``ValueError``, as I/O on a closed file is)."""
+
+
+class PoolClosedError(ClosedError):
+    """An operation on a closed :class:`~devpool.Pool`."""
 
 
 class EntryNotFoundError(DevpoolError, KeyError):

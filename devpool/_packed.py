@@ -100,6 +100,19 @@ def same_filled(pages: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return mask, fill
 
 
+def same_filled_one(page: np.ndarray) -> tuple[bool, int]:
+    """``same_filled`` of one (4096,) page: the same rule (the compiled loop decides),
+    behind a scalar look at three words that turns most pages away for 0.1 us."""
+    words = page.view(np.uint64)
+    w0 = words[0]
+    if words[1] != w0 or words[-1] != w0:
+        return False, 0
+    mask = np.empty(1, np.bool_)
+    fill = np.empty(1, np.uint64)
+    _same_filled(words.reshape(1, -1), mask, fill)
+    return bool(mask[0]), int(fill[0])
+
+
 @numba.njit(cache=True, nogil=True)
 def has_duplicates(values):
     """True when a 1-D int array repeats a value (sort-based, no Python loop)."""

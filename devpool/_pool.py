@@ -8,8 +8,9 @@ live) with a :class:`~devpool._storage.Storage` (what memory holds them). Rules 
 2. Handles are opaque, generation-checked integers; a freed, stale or foreign handle
    raises :class:`~devpool.InvalidHandleError` and never reads anyone's bytes.
 3. Objects may move between any two calls (compaction); handles stay valid.
-4. Every verb has a batch form costing O(1) storage calls; single forms are batches of
-   one.
+4. Every verb has a batch form costing O(1) storage calls, and a single-object form
+   that is not a batch of one: one handle decode, one bump placement, one storage copy
+   (``write_one`` / ``read_one``), a few scalar updates. Both obey the same rules.
 5. Bad input raises a :class:`~devpool.DevpoolError` naming the problem *before* any
    state changes: every check runs first, the allocator commits last.
 
@@ -25,8 +26,9 @@ import threading
 import numpy as np
 
 from ._allocator import Allocator, aligned
+from ._checks import check_real, first_range_outside
 from ._packed import packed_starts
-from ._errors import BadInputError, DevpoolError, InvalidSizeError, PoolFullError
+from ._errors import BadInputError, InvalidSizeError, PoolClosedError, PoolFullError
 from ._storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
@@ -37,16 +39,18 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024
 
 
 def _locked(method=None, *, hook: bool = True):
-    """Serialise a public method; before an operation on objects, run the storage hook."""
+    """Serialise a public method; before an operation on objects, run the storage hook.
+    (The single-object verbs do the same inline: a decorator's extra call is a tenth of
+    their cost.)"""
 
     def decorate(method):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             with self._lock:
                 if self._closed:
-                    raise DevpoolError("the pool is closed")
-                if hook:
-                    self.storage.before_call(self)
+                    raise PoolClosedError("the pool is closed")
+                if hook and self._hook is not None:
+                    self._hook(self)
                 return method(self, *args, **kwargs)
         return wrapper
 
@@ -116,6 +120,10 @@ class Pool:
         self.storage = storage
         self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes)
         self._key = np.int64(storage.handle_key)
+        self._ikey = int(storage.handle_key)        # the same key as a Python int
+        # the storage's per-call hook, or None where it is the base's no-op
+        self._hook = (None if type(storage).before_call is Storage.before_call
+                      else storage.before_call)
         self._lock = threading.RLock()
         self._closed = False
         self.backend_reason = backend_reason
@@ -123,6 +131,13 @@ class Pool:
         #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._n_spare = 0
+
+    def _enter(self) -> None:
+        """What ``_locked`` does after taking the lock, for the inline single verbs."""
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        if self._hook is not None:
+            self._hook(self)
 
     # --- context manager -------------------------------------------------------------
     def __enter__(self) -> "Pool":
@@ -134,6 +149,10 @@ class Pool:
     def __repr__(self) -> str:
         state = "closed" if self._closed else f"{self.alloc_.live_objects} objects"
         return f"<devpool.Pool backend={self.storage.kind!r} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     @property
     def backend(self) -> str:
@@ -240,11 +259,52 @@ class Pool:
         opened = plan[3]
         return int((~self.alloc_.seg_warm[opened]).sum()) * self.alloc_.seg_bytes
 
-    def alloc(self, nbytes: int) -> int:
-        """Allocate one object of ``nbytes``; returns its handle."""
-        if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)):
-            raise InvalidSizeError(f"nbytes must be an integer, got {type(nbytes).__name__}")
-        return int(self.alloc_batch(np.array([nbytes], np.int64))[0])
+    def growth_for_one(self, size: int) -> int:
+        """:meth:`growth_for` of one object of ``size`` (a valid size)."""
+        with self._lock:
+            placed = self.alloc_.place_one(size)
+            if placed is None:
+                return self.alloc_.capacity + 1
+            seg = placed[1]
+            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0
+
+    def alloc(self, nbytes: int, *, data=None) -> int:
+        """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
+
+        With ``data`` (exactly ``nbytes`` of host bytes) the object is also written: one
+        call instead of ``alloc`` + ``write``, and nothing is allocated when ``data`` is bad.
+        """
+        if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
+                                     and data.ndim == 1 and data.flags.c_contiguous):
+            data = _as_bytes_array(data, "data")
+        with self._lock:
+            self._enter()
+            size = self.alloc_.check_size(nbytes)
+            if data is not None and data.size != size:
+                raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
+            handle = self._alloc_one(size)
+            if data is not None:
+                try:
+                    self.storage.write_one(self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))[0], data)
+                except BaseException:
+                    self._free_one(self.alloc_.decode_one(handle, self._ikey))
+                    raise
+            return handle
+
+    def _alloc_one(self, size: int) -> int:
+        al = self.alloc_
+        placed = al.place_one(size)
+        if placed is None:
+            self._compact(1.0)                 # clean under pressure, then retry once
+            placed = al.place_one(size)
+        if placed is None:
+            self._counters["alloc_fail"] += 1
+            raise PoolFullError(f"pool full: an object of {size} bytes does not fit in capacity "
+                                f"{al.capacity} ({al.live_bytes} bytes live)")
+        offset, opened = placed
+        if opened >= 0:
+            self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
+        return al.handle_of(al.commit_one(size, offset, opened)) ^ self._ikey
 
     # --- copy-in ---------------------------------------------------------------------
     def _payload(self, payload) -> tuple[object, int]:
@@ -297,9 +357,8 @@ class Pool:
                 raise BadInputError(f"src_starts must be integers shaped like handles {hs.shape}, "
                                     f"got {starts.dtype} {starts.shape}")
             starts = starts.astype(np.int64, copy=False)
-            bad = np.flatnonzero((starts < 0) | (starts + sizes > nbytes))
-            if bad.size:
-                i = int(bad[0])
+            i = first_range_outside(starts, sizes, nbytes)
+            if i >= 0:
                 raise BadInputError(f"object {i} at src_starts {int(starts[i])} (+{int(sizes[i])} bytes) "
                                     f"lies outside the {nbytes}-byte payload")
         if not hs.size:
@@ -309,9 +368,25 @@ class Pool:
         else:
             self.storage.scatter_device(data, starts, offsets, sizes)
 
+    def _write_device(self, slots, data) -> None:
+        offsets, sizes = self.alloc_.location(np.asarray(slots, np.int64))
+        if int(sizes.sum()) != int(data.shape[0]):
+            raise BadInputError(f"payload holds {int(data.shape[0])} bytes, the objects need {int(sizes.sum())}")
+        self.storage.scatter_device(data, np.zeros(1, np.int64), offsets, sizes)
+
     def write(self, handle: int, data) -> None:
-        """Copy ``data`` (exactly the object's size) into the object."""
-        self.write_batch([handle], data)
+        """Copy ``data`` (exactly the object's size) into the object: one storage copy."""
+        if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
+            data = self._payload(data)[0]
+        with self._lock:
+            self._enter()
+            slot = self.alloc_.decode_one(handle, self._ikey)
+            if not isinstance(data, np.ndarray):       # a device buffer
+                return self._write_device([slot], data)
+            offset, size = self.alloc_.where(slot)
+            if data.size != size:
+                raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
+            self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
 
     # --- copy-out --------------------------------------------------------------------
     @_locked
@@ -339,16 +414,31 @@ class Pool:
             self.storage.gather(offsets, sizes, buf, packed_starts(sizes))
         return buf, sizes.copy()
 
-    def read(self, handle: int, out=None) -> np.ndarray:
-        """Copy one object out (a new uint8 array, or ``out`` filled)."""
-        buf, _ = self.read_batch([handle], out)
-        return buf
+    def read(self, handle: int, out=None, *, free: bool = False) -> np.ndarray:
+        """Copy one object out (a new uint8 array, or ``out`` filled): one storage copy.
+
+        ``free=True`` frees the object once it is copied out (an exclusive load, as
+        zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
+        freed.
+        """
+        with self._lock:
+            self._enter()
+            slot = self.alloc_.decode_one(handle, self._ikey)
+            offset, size = self.alloc_.where(slot)
+            if out is None:
+                out = np.empty(size, np.uint8)
+            elif not (type(out) is np.ndarray and out.dtype == np.uint8 and out.ndim == 1
+                      and out.flags.c_contiguous and out.flags.writeable and out.size == size):
+                out = _check_out(out, size)
+            self.storage.read_one(offset, out)
+            if free:
+                self._free_one(slot)
+            return out
 
     @_locked
     def size_of(self, handle: int) -> int:
         """The allocated size of the object ``handle`` names."""
-        slots = self.alloc_.decode(_as_handles([handle]), self._key)
-        return int(self.alloc_.sizes[slots[0]])
+        return self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))[1]
 
     # --- free ------------------------------------------------------------------------
     @_locked
@@ -362,7 +452,15 @@ class Pool:
 
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
-        self.free_batch([handle])
+        with self._lock:
+            self._enter()
+            self._free_one(self.alloc_.decode_one(handle, self._ikey))
+
+    def _free_one(self, slot: int) -> None:
+        offset, asize, emptied = self.alloc_.free_one(slot)
+        self.storage.discard_one(offset, asize)
+        if emptied >= 0:
+            self._release_segments(np.array([emptied], np.int64))
 
     # --- compaction ------------------------------------------------------------------
     def _compact(self, max_utilisation: float) -> int:
@@ -389,9 +487,7 @@ class Pool:
 
         Live objects move (device-to-device on a GPU); every handle stays valid.
         """
-        if not 0.0 < float(max_utilisation) <= 1.0:
-            raise BadInputError(f"max_utilisation must be in (0, 1], got {max_utilisation}")
-        return self._clean(float(max_utilisation))
+        return self._clean(check_real(max_utilisation, "max_utilisation", lo=0, hi=1, lo_open=True))
 
     def _clean(self, max_utilisation: float) -> int:
         """Compact, then give every spare segment back; returns bytes released."""
@@ -448,5 +544,8 @@ class Pool:
         with self._lock:
             if not self._closed:
                 self._closed = True
-                self.storage.close()
+                try:
+                    self.storage.close()
+                finally:
+                    self.alloc_.close()
 

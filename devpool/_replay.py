@@ -13,20 +13,28 @@ limit, incompressible data is handled — on real data.
 from __future__ import annotations
 
 import collections
+import io
 import os
 import tempfile
 import time
+import warnings
 
 import numpy as np
 
 from ._backends import open_pool
+from ._checks import check_int, check_real
+from ._cli_io import open_npy, open_regular_file, progress, write_outputs
 from ._errors import BadInputError, DevpoolError
 from ._zswap import Zswap
 
-__all__ = ["make_trace", "run_replay"]
+__all__ = ["MAX_ACCESSES", "MAX_WORKING_SET", "load_trace", "make_trace", "run_replay"]
 
 EVICT_BATCH = 32
 SAMPLES = 200
+#: the largest working set, in pages: its contents are held in memory (4 GiB at this size)
+MAX_WORKING_SET = 1 << 20
+#: the longest trace (an int64 each: 800 MB, and hours of replay in Python)
+MAX_ACCESSES = 100_000_000
 
 
 def make_trace(pattern: str, working_set: int, ram_pages: int, accesses: int,
@@ -44,22 +52,58 @@ def make_trace(pattern: str, working_set: int, ram_pages: int, accesses: int,
         ranks = rng.choice(working_set, size=accesses, p=weights / weights.sum())
         return rng.permutation(working_set)[ranks]
     if os.path.exists(pattern):
-        try:
-            trace = np.load(pattern) if pattern.endswith(".npy") else np.loadtxt(pattern, dtype=np.int64, ndmin=1)
-        except ValueError as exc:
-            raise BadInputError(f"{pattern}: not a trace of page numbers ({exc})") from exc
-        trace = np.asarray(trace).reshape(-1)
-        if trace.dtype.kind not in "iu" or (trace < 0).any():
-            raise BadInputError(f"{pattern}: a trace holds non-negative integer page numbers")
-        return trace.astype(np.int64)
+        return load_trace(pattern)
     raise BadInputError(f"unknown pattern {pattern!r}: use seq, loop, zipf or a trace file")
 
 
+def load_trace(path: str) -> np.ndarray:
+    """The page numbers of a trace file (``.npy`` of integers, or whitespace-separated
+    text), checked: at least one, at most MAX_ACCESSES, each in 0..MAX_WORKING_SET-1."""
+    if path.endswith(".npy"):
+        f, shape, _, dtype = open_npy(path, "a .npy trace of page numbers")
+        with f:
+            count = int(np.prod(shape, dtype=np.int64)) if shape else 1
+            if dtype.kind not in "iu":
+                raise BadInputError(f"{path}: a trace holds integer page numbers, got {dtype}")
+            if count > MAX_ACCESSES:
+                raise BadInputError(f"{path}: {count} accesses; a trace holds at most {MAX_ACCESSES}")
+            f.seek(0)
+            trace = np.load(f, allow_pickle=False)
+    else:
+        with open_regular_file(path) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > 24 * MAX_ACCESSES:
+                raise BadInputError(f"{path}: {size} bytes is more than a trace of {MAX_ACCESSES} accesses")
+            try:
+                with warnings.catch_warnings():          # "input contained no data": refused below
+                    warnings.simplefilter("ignore", UserWarning)
+                    trace = np.loadtxt(io.TextIOWrapper(f, encoding="ascii", errors="replace"),
+                                       dtype=np.int64, ndmin=1)
+            except (ValueError, OverflowError) as exc:
+                raise BadInputError(f"{path}: not a trace of page numbers ({exc})") from exc
+    trace = np.asarray(trace).reshape(-1)
+    if trace.size == 0:
+        raise BadInputError(f"{path}: the trace is empty")
+    if trace.size > MAX_ACCESSES:
+        raise BadInputError(f"{path}: {trace.size} accesses; a trace holds at most {MAX_ACCESSES}")
+    if trace.dtype.kind not in "iu" or (trace < 0).any():
+        raise BadInputError(f"{path}: a trace holds non-negative integer page numbers")
+    top = int(trace.max())
+    if top >= MAX_WORKING_SET:
+        raise BadInputError(f"{path}: page number {top} is beyond the largest working set "
+                            f"({MAX_WORKING_SET} pages, numbered from 0)")
+    return trace.astype(np.int64)
+
+
 def run_replay(args, pages: np.ndarray, source: str) -> int:
-    from ._cli import _progress, write_outputs
-    rng = np.random.default_rng(args.seed)
-    if args.ram_pages <= 0 or args.working_set <= 0 or args.accesses <= 0 or args.pool_limit_pages <= 0:
-        raise BadInputError("--working-set, --ram-pages, --accesses and --pool-limit-pages must be positive")
+    for name in ("working_set", "ram_pages", "pool_limit_pages"):
+        check_int(getattr(args, name), "--" + name.replace("_", "-"), lo=1, hi=MAX_WORKING_SET)
+    check_int(args.accesses, "--accesses", lo=1, hi=MAX_ACCESSES)
+    rng = np.random.default_rng(check_int(args.seed, "--seed", lo=0))
+    if args.incompressible is not None:
+        check_real(args.incompressible, "--incompressible", lo=0, hi=1)
+    if pages.shape[0] == 0:
+        raise BadInputError("no pages to replay")
     trace = make_trace(args.pattern, args.working_set, args.ram_pages, args.accesses, rng)
     ws = int(trace.max()) + 1
     content = pages[np.arange(ws) % pages.shape[0]]
@@ -85,7 +129,7 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
     timeline = []
     every = max(1, trace.size // SAMPLES)
     try:
-        for i, p in enumerate(_progress(trace.tolist(), "replay", total=trace.size, quiet=args.quiet)):
+        for i, p in enumerate(progress(trace.tolist(), "replay", total=trace.size, quiet=args.quiet)):
             if p in resident:
                 resident.move_to_end(p)
                 counts["ram_hits"] += 1
@@ -149,7 +193,8 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
     return 0
 
 
-def _plot(r: dict, path: str) -> None:
+def _plot(r: dict, f, fmt: str) -> None:
+    """Pool size and hit rate over the run, written to the open file ``f`` as ``fmt``."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -168,5 +213,5 @@ def _plot(r: dict, path: str) -> None:
     ax.legend(lines, labels, loc="lower right")
     ax.set_title(f"devpool replay: {r['pattern']}, RAM {r['ram_pages']} pages, limit {r['pool_limit_pages']} pages")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(f, format=fmt, dpi=110)
     plt.close(fig)

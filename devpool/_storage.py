@@ -97,6 +97,10 @@ class Storage:
         self.gather(np.array([offset], np.int64), np.array([out.size], np.int64), out,
                     np.zeros(1, np.int64))
 
+    def discard_one(self, offset: int, nbytes: int) -> None:
+        """One freed range (see :meth:`discard`)."""
+        self.discard(np.array([offset], np.int64), np.array([nbytes], np.int64))
+
     # --- optional -------------------------------------------------------------------
     def is_device_buffer(self, obj) -> bool:
         """True when ``obj`` is a buffer in this storage's memory (never, for host RAM)."""

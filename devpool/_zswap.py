@@ -17,41 +17,55 @@ backing file a refused page is not kept: the caller still owns it.
 A page is never lost: it is in the pool, in the backing file, or the store said it
 was refused (and, with a backing file whose write failed, raised).
 
-Reading order: statistics, tunables, entry table, limits, compress / decompress,
-writeback (second-chance LRU) and shrinking, then the main API (store, load,
-invalidate and their batch forms).
+Two speeds, one set of rules (as ``zswap_store`` calls ``zswap_store_page``): every verb
+has a batch form, vectorised over numpy arrays, and a single-page form that works on
+Python scalars (a fault is one page, and a zswap hit must cost less than the swap
+device it saves). Both call the same deciders: :meth:`Zswap._verdict` (which pages may
+be stored, and how), :meth:`Zswap._room` (the limit, with hysteresis),
+:meth:`Zswap._limit_hit` and :meth:`Zswap._tally_refusals`.
+
+Reading order: statistics, tunables, limits, the deciders, entries, compress /
+decompress, writeback (second-chance LRU) and shrinking, then the main API (store,
+load, invalidate, batch forms first).
 """
 
 from __future__ import annotations
 
+import os
 import threading
 
 import numpy as np
 
 from ._backing import BackingFile
+from ._checks import check_int, check_real
 from ._codecs import Codec, check_pages, get_codec
+from ._entries import ABSENT, EntryTable
 from ._errors import (
     BadInputError,
+    ClosedError,
     CorruptDataError,
+    DevpoolError,
     EntryNotFoundError,
     PoolFullError,
     WritebackError,
 )
-from ._packed import gather, has_duplicates, packed_starts, same_filled
+from ._packed import gather, has_duplicates, packed_starts, same_filled, same_filled_one
 from ._pool import PAGE_SIZE, Pool
 
 __all__ = ["Zswap"]
 
 # --- entry states (one byte per swap offset) -------------------------------------------
-ABSENT = 0     # not held by zswap nor the backing file
 POOL = 1       # compressed (or, at length == PAGE_SIZE, stored as-is) in the pool
 SAME = 2       # same-filled page: only the 8-byte fill word is kept, no pool space
 FILE = 3       # in the backing swap file (written back, or refused by zswap)
 
 _KIND_NAMES = {ABSENT: None, POOL: "pool", SAME: "same_filled", FILE: "backing"}
 
-#: pages written back per round of the shrinker
+#: pages written back per round of the shrinker: big enough to batch the file I/O,
+#: small enough that one store at the limit does not stall on a long writeback
 SHRINK_BATCH = 256
+#: the largest swap offset + 1: a slot's byte position (offset * 4096) must fit in int64
+MAX_NR_PAGES = 1 << 51
 
 
 class Zswap:
@@ -61,7 +75,8 @@ class Zswap:
     once hit, stores are refused until usage falls below ``accept_threshold_percent``
     of the limit, and the shrinker writes back meanwhile. ``backing`` is a swap-file
     path (created 0600), a :class:`BackingFile`, or None. ``writeback=False`` forbids
-    writeback (and, as in Linux, then refuses incompressible pages).
+    writeback (and, as in Linux, then refuses incompressible pages). Swap offsets lie
+    in ``0..nr_pages-1``; the entry table's memory follows the entries stored.
     """
 
     # --- statistics (debugfs names); one comment per counter -------------------------
@@ -69,7 +84,7 @@ class Zswap:
         "pool_limit_hit",          # a store found the pool at its limit
         "reject_compress_fail",    # the codec failed on a page
         "reject_compress_poor",    # a page did not compress below PAGE_SIZE, writeback off
-        "reject_alloc_fail",       # the pool could not allocate room
+        "reject_alloc_fail",       # the pool could not allocate room (full, or too big)
         "reject_reclaim_fail",     # the shrinker's writeback failed while at the limit
         "decompress_fail",         # a stored block failed to decode to one page
         "written_back_pages",      # pages the shrinker / writeback() moved to the file
@@ -85,82 +100,89 @@ class Zswap:
                  max_pool_percent: float = 20, max_pool_bytes: int | None = None,
                  accept_threshold_percent: float = 90, backing=None, writeback: bool = True,
                  nr_pages: int = 1 << 32):
+        # every check first; the backing file, the only thing opened, last
         if not isinstance(pool, Pool):
             raise BadInputError(f"pool must be a devpool Pool, got {type(pool).__name__}")
-        if not 0 < float(max_pool_percent) <= 100:
-            raise BadInputError(f"max_pool_percent must be in (0, 100], got {max_pool_percent}")
-        if not 0 < float(accept_threshold_percent) <= 100:
-            raise BadInputError(f"accept_threshold_percent must be in (0, 100], got {accept_threshold_percent}")
-        if max_pool_bytes is not None and (not isinstance(max_pool_bytes, int) or max_pool_bytes <= 0):
-            raise BadInputError(f"max_pool_bytes must be a positive integer, got {max_pool_bytes!r}")
+        if pool.closed:
+            raise ClosedError("the pool is closed")
         self.pool = pool
-        self.codec = get_codec(compressor)
-        # a device codec over a pool in device memory keeps blocks on the device: they
-        # go into the arena device to device and are decoded there on load
-        self._blocks_on_device = bool(self.codec.device_resident and pool.device_resident)
-        self.max_pool_percent = float(max_pool_percent)
+        self._max_pool_bytes = self._max_pool_percent = self._accept_percent = None
+        self.max_pool_percent = max_pool_percent            # checked by the setters
+        self.accept_threshold_percent = accept_threshold_percent
         self.max_pool_bytes = max_pool_bytes
-        self.accept_threshold_percent = float(accept_threshold_percent)
-        self.nr_pages = int(nr_pages)
-        if backing is None or isinstance(backing, BackingFile):
-            self.backing = backing
-            self._own_backing = False
-        else:
-            self.backing = BackingFile(backing)
-            self._own_backing = True
-        self.writeback_enabled = bool(writeback) and self.backing is not None
+        self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
+        self.codec = get_codec(compressor)
+        if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
+            raise BadInputError(f"backing must be a path, a BackingFile or None, got {type(backing).__name__}")
+        if isinstance(backing, (str, bytes)) and ("\0" in backing if isinstance(backing, str) else b"\0" in backing):
+            raise BadInputError("backing path contains a NUL byte")
         if self._limit_bytes() < pool.segment_bytes:
             raise BadInputError(
                 f"the zswap limit ({self._limit_bytes()} bytes) is smaller than one pool segment "
                 f"({pool.segment_bytes} bytes): nothing could ever be stored; open the pool with "
                 f"a smaller segment_bytes or raise the limit")
+        # a device codec over a pool in device memory keeps blocks on the device: they
+        # go into the arena device to device and are decoded there on load
+        self._blocks_on_device = bool(self.codec.device_resident and pool.device_resident)
         self._lock = threading.RLock()
+        self._closed = False
         self._reached_full = False
         self._counters = dict.fromkeys(self._COUNTERS, 0)
-        # --- entry table, indexed by swap offset, grown on demand ---------------------
-        self._state = np.zeros(0, np.uint8)
-        self._handle = np.zeros(0, np.int64)
-        self._length = np.zeros(0, np.int64)
-        self._fill = np.zeros(0, np.uint64)
-        self._seq = np.zeros(0, np.int64)          # LRU age: smaller is older
-        self._referenced = np.zeros(0, np.bool_)   # second chance before writeback
-        self._next_seq = 0
+        self._t = EntryTable()                     # swap offset -> entry
+        self._next_seq = 0                         # LRU age of the next entry stored
         self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
+        self._block = np.empty(PAGE_SIZE, np.uint8)   # one page's block, copied out
+        self._own_backing = not (backing is None or isinstance(backing, BackingFile))
+        self.backing = BackingFile(backing) if self._own_backing else backing
+        if self.backing is not None:
+            try:
+                self.backing.attach(self)           # one swap file, one owner
+            except BaseException:
+                if self._own_backing:
+                    self.backing.close(remove_created=True)
+                raise
+        self.writeback_enabled = bool(writeback) and self.backing is not None
 
     def __enter__(self) -> "Zswap":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:          # never replace the caller's exception
+                raise
 
     def close(self) -> None:
-        """Drop every entry from the pool (not the pool itself) and close an owned file."""
+        """Drop every entry from the pool (not the pool itself) and close an owned file.
+        Idempotent; safe after the pool was closed. Every later operation raises
+        :class:`~devpool.ClosedError`."""
         with self._lock:
-            self._invalidate_mask(self._state != ABSENT)
-            if self._own_backing and self.backing is not None:
-                self.backing.close()
+            if self._closed:
+                return
+            self._closed = True
+            try:
+                if not self.pool.closed:
+                    self._drop_idx(self._t.present())
+            finally:
+                if self.backing is not None:
+                    self.backing.detach(self)
+                    if self._own_backing:
+                        self.backing.close()
 
-    def _grow(self, top: int) -> None:
-        size = self._state.shape[0]
-        if top < size:
-            return
-        new = max(top + 1, size * 2, 1024)
-        pad = new - size
-        self._state = np.concatenate([self._state, np.zeros(pad, np.uint8)])
-        self._handle = np.concatenate([self._handle, np.zeros(pad, np.int64)])
-        self._length = np.concatenate([self._length, np.zeros(pad, np.int64)])
-        self._fill = np.concatenate([self._fill, np.zeros(pad, np.uint64)])
-        self._seq = np.concatenate([self._seq, np.zeros(pad, np.int64)])
-        self._referenced = np.concatenate([self._referenced, np.zeros(pad, np.bool_)])
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this Zswap is closed")
 
-    def _check_offsets(self, offsets, grow: bool) -> np.ndarray:
-        if type(offsets) is list and len(offsets) == 1 and type(offsets[0]) is int:
-            o = offsets[0]                    # the single-page fast path
-            if not 0 <= o < self.nr_pages:
-                raise BadInputError(f"swap offset {o} is outside 0..{self.nr_pages - 1}")
-            if grow:
-                self._grow(o)
-            return np.array([o], np.int64)
+    # --- argument checks ----------------------------------------------------------------
+    def _offset(self, offset) -> int:
+        """One swap offset as an int, or BadInputError."""
+        if type(offset) is int and 0 <= offset < self.nr_pages:
+            return offset
+        return check_int(offset, "swap offset", lo=0, hi=self.nr_pages - 1)
+
+    def _offsets(self, offsets) -> np.ndarray:
+        """A batch of distinct swap offsets as int64, or BadInputError."""
         arr = np.asarray(offsets)
         if arr.ndim == 0:
             arr = arr.reshape(1)
@@ -176,37 +198,89 @@ class Zswap:
             raise BadInputError(f"swap offset {int(arr[bad[0]])} is outside 0..{self.nr_pages - 1}")
         if arr.size > 1 and has_duplicates(arr):
             raise BadInputError("offsets repeat within one batch")
-        if grow:
-            self._grow(int(arr.max()))
         return arr
 
+    @staticmethod
+    def _page(page) -> np.ndarray:
+        """One page as a C-contiguous (4096,) uint8 array, or BadInputError."""
+        if (type(page) is np.ndarray and page.dtype == np.uint8 and page.shape == (PAGE_SIZE,)
+                and page.flags.c_contiguous):
+            return page
+        pages = check_pages(page)
+        if pages.shape[0] != 1:
+            raise BadInputError(f"store takes one page, got {pages.shape[0]}: use store_batch")
+        return pages[0]
+
     # --- limits ------------------------------------------------------------------------
+    # The tunables are properties: an assignment is checked like a constructor argument,
+    # and the limits in bytes are worked out once per change, not on every store.
+    @property
+    def max_pool_percent(self) -> float:
+        return self._max_pool_percent
+
+    @max_pool_percent.setter
+    def max_pool_percent(self, value) -> None:
+        self._max_pool_percent = check_real(value, "max_pool_percent", lo=0, hi=100, lo_open=True)
+        self._set_limits()
+
+    @property
+    def max_pool_bytes(self) -> int | None:
+        """An absolute limit; overrides ``max_pool_percent`` unless None."""
+        return self._max_pool_bytes
+
+    @max_pool_bytes.setter
+    def max_pool_bytes(self, value) -> None:
+        self._max_pool_bytes = None if value is None else check_int(value, "max_pool_bytes", lo=1)
+        self._set_limits()
+
+    @property
+    def accept_threshold_percent(self) -> float:
+        return self._accept_percent
+
+    @accept_threshold_percent.setter
+    def accept_threshold_percent(self, value) -> None:
+        self._accept_percent = check_real(value, "accept_threshold_percent", lo=0, hi=100, lo_open=True)
+        self._set_limits()
+
+    def _set_limits(self) -> None:
+        if self._max_pool_percent is None or self._accept_percent is None:
+            return                                   # still constructing
+        self._limit = (self._max_pool_bytes if self._max_pool_bytes is not None
+                       else int(self.pool.capacity_bytes * self._max_pool_percent / 100))
+        self._accept = int(self._limit * self._accept_percent / 100)
+
     def _limit_bytes(self) -> int:
-        if self.max_pool_bytes is not None:
-            return self.max_pool_bytes
-        return int(self.pool.capacity_bytes * self.max_pool_percent / 100)
+        return self._limit
 
     def _accept_bytes(self) -> int:
-        return int(self._limit_bytes() * self.accept_threshold_percent / 100)
+        return self._accept
 
-    def _pool_size(self) -> int:
-        return self.pool.total_bytes
-
-    def _headroom(self) -> int:
-        """Bytes a store may still add; 0 while the limit is hit (with hysteresis)."""
-        total = self._pool_size()
-        limit = self._limit_bytes()
+    def _room(self) -> int:
+        """Bytes the pool may still grow by for a store; -1 while the limit is hit and the
+        pool has not yet fallen to the accept threshold (Linux's hysteresis). 0 is room:
+        a store that needs no new segment is accepted even with the pool at its limit."""
+        total = self.pool.total_bytes
         if self._reached_full:
-            if total > self._accept_bytes():
-                return 0
+            if total > self._accept:
+                return -1
             self._reached_full = False
-        return max(0, limit - total)
+        return self._limit - total
+
+    def _limit_hit(self) -> None:
+        self._counters["pool_limit_hit"] += 1
+        self._reached_full = True
+
+    def _reclaimed_room(self) -> int:
+        """At the limit but not in hysteresis: dead bytes are not pressure. Clean the
+        pool (no I/O) and look again before anything is refused."""
+        self.pool.compact()
+        return self._room()
 
     def _fitting_prefix(self, sizes: np.ndarray, room: int) -> int:
         """How many of ``sizes`` (in order) the pool can take without growing past
         ``room`` bytes, segment tails included: one placement query when all fit, a
         binary search over prefixes when not."""
-        if room <= 0:
+        if room < 0:
             return 0
         if self.pool.growth_for(sizes) <= room:
             return sizes.size
@@ -219,9 +293,120 @@ class Zswap:
                 hi = mid - 1
         return lo
 
+    def _admit(self, sizes: np.ndarray) -> int:
+        """How many of ``sizes`` (a prefix) the limit lets in; counts a limit hit."""
+        keep = self._fitting_prefix(sizes, self._room())
+        if keep < sizes.size and not self._reached_full:
+            keep = self._fitting_prefix(sizes, self._reclaimed_room())
+        if keep < sizes.size:
+            self._limit_hit()
+        return keep
+
+    def _admit_one(self, size: int) -> bool:
+        """The rule of :meth:`_admit` for one object (which grows the pool by one segment
+        at most, so with that much room the pool need not be asked)."""
+        room = self._room()
+        if room >= self.pool.segment_bytes or room >= 0 and self.pool.growth_for_one(size) <= room:
+            return True
+        if not self._reached_full:
+            room = self._reclaimed_room()
+            if room >= 0 and self.pool.growth_for_one(size) <= room:
+                return True
+        self._limit_hit()
+        return False
+
+    # --- the deciders shared by both speeds (scalars or arrays alike) ----------------------
+    def _verdict(self, lengths):
+        """Which compressed lengths (an int or an array) may be stored, and how:
+        ``(accepted, as_is, sizes)``. A failed block (-1) is refused; one that did not
+        shrink below a page is stored as-is (``sizes`` = PAGE_SIZE) when writeback may
+        later take it, else refused (Linux without writeback); an object larger than
+        the pool's ``max_object_bytes`` is refused."""
+        writeback = self.writeback_enabled
+        as_is = (lengths >= PAGE_SIZE) & writeback
+        sizes = lengths + (PAGE_SIZE - lengths) * as_is
+        accepted = (lengths >= 0) & ((lengths < PAGE_SIZE) | writeback) & (sizes <= self.pool.max_object_bytes)
+        return accepted, as_is, sizes
+
+    def _tally_refusals(self, lengths, accepted) -> None:
+        """Count each refusal :meth:`_verdict` made under its kernel name."""
+        failed = lengths < 0
+        poor = (lengths >= PAGE_SIZE) & (not self.writeback_enabled)
+        self._add("reject_compress_fail", failed)
+        self._add("reject_compress_poor", poor)
+        self._add("reject_alloc_fail", (accepted | failed | poor) ^ True)     # too big for the pool
+
+    def _add(self, counter: str, mask) -> None:
+        self._counters[counter] += int(mask) if type(mask) is bool else int(np.count_nonzero(mask))
+
+    # --- entries -------------------------------------------------------------------------
+    def _record(self, offs: np.ndarray, state: int, handles=None, lengths=None, fill=None) -> None:
+        """New entries at ``offs`` (absent before); POOL entries join the LRU's young end."""
+        if offs.size == 0:
+            return
+        t = self._t
+        idx = t.find(offs, create=True)
+        if state == POOL:
+            t.handle[idx] = handles
+            t.length[idx] = lengths
+            t.seq[idx] = self._next_seq + np.arange(offs.size)
+            self._next_seq += offs.size
+            t.referenced[idx] = True
+        elif state == SAME:
+            t.fill[idx] = fill
+        t.set_state(idx, state)
+
+    def _record_one(self, o: int, state: int, handle: int = 0, length: int = 0, fill: int = 0) -> None:
+        """:meth:`_record` for one offset."""
+        t = self._t
+        i = t.find_one(o, create=True)
+        if state == POOL:
+            t.m_handle[i] = handle
+            t.m_length[i] = length
+            t.m_seq[i] = self._next_seq
+            self._next_seq += 1
+            t.m_referenced[i] = True
+        elif state == SAME:
+            t.m_fill[i] = fill
+        t.set_state_one(i, state)
+
+    def _drop_idx(self, idx: np.ndarray) -> None:
+        """Forget present entries (valid indices): pool objects are freed."""
+        t = self._t
+        pooled = idx[t.state[idx] == POOL]
+        if pooled.size:
+            self.pool.free_batch(t.handle[pooled])
+        t.set_state(idx, ABSENT)
+
+    def _drop(self, offs: np.ndarray) -> None:
+        """Forget whatever ``offs`` hold (absent ones are ignored)."""
+        idx = self._t.find(offs)
+        idx = idx[idx >= 0]
+        self._drop_idx(idx[self._t.state[idx] != ABSENT])
+
+    def _drop_one(self, o: int) -> None:
+        """:meth:`_drop` for one offset."""
+        t = self._t
+        i = t.find_one(o)
+        if i < 0:
+            return
+        state = t.m_state[i]
+        if state == POOL:
+            self.pool.free(t.m_handle[i])
+        if state != ABSENT:
+            t.set_state_one(i, ABSENT)
+
     # --- compress / decompress -----------------------------------------------------------
-    def _decompress_into(self, offs: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """Decode POOL entries ``offs`` into ``out[rows]``; returns the ok mask.
+    def _compress(self, pages: np.ndarray, todo: np.ndarray):
+        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``."""
+        if not todo.size:
+            return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if self._blocks_on_device:
+            return self.codec.compress_to_device(pages, todo)
+        return self.codec.compress_blocks(pages, todo)
+
+    def _decompress_into(self, idx: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Decode POOL entries ``idx`` into ``out[rows]``; returns the ok mask.
 
         One batched copy-out from the pool, then the codec writes each page straight
         into its row; a page stored as-is (length == PAGE_SIZE) is copied over. With
@@ -229,28 +414,29 @@ class Zswap:
         decoded there (a second copy-out brings any as-is pages to the host). The
         entries stay in the pool.
         """
-        raw = self._length[offs] == PAGE_SIZE
+        t = self._t
+        raw = t.length[idx] == PAGE_SIZE
         if self._blocks_on_device and not raw.all():
-            ok = np.ones(offs.size, np.bool_)
+            ok = np.ones(idx.size, np.bool_)
             if raw.any():
-                self._decompress_into(offs[raw], out, rows[raw])        # as-is pages only
+                self._decompress_into(idx[raw], out, rows[raw])        # as-is pages only
             comp = np.flatnonzero(~raw)
-            data, lens = self.pool.read_batch(self._handle[offs[comp]], device=True)
+            data, lens = self.pool.read_batch(t.handle[idx[comp]], device=True)
             ok[comp] = self.codec.decompress_into(data, lens, out, rows[comp])
             self._counters["decompress_fail"] += int((~ok).sum())
             return ok
-        total = int(self._length[offs].sum())
+        total = int(t.length[idx].sum())
         if self._scratch.size < total:       # reused: a fresh buffer faults in per batch
             self._scratch = np.empty(max(total, 2 * self._scratch.size), np.uint8)
-        data, lens = self.pool.read_batch(self._handle[offs], out=self._scratch[:total])
-        ok = np.ones(offs.size, np.bool_)
+        data, lens = self.pool.read_batch(t.handle[idx], out=self._scratch[:total])
+        ok = np.ones(idx.size, np.bool_)
         starts = packed_starts(lens)
         if raw.any():
             gather(data, starts[raw], lens[raw], out.reshape(-1), rows[raw] * PAGE_SIZE)
         if raw.all():
             return ok
         comp = np.flatnonzero(~raw)
-        if comp.size == offs.size:
+        if comp.size == idx.size:
             ok = self.codec.decompress_into(data, lens, out, rows)
         else:                                # the compressed blocks where they lie: no copy
             ok[comp] = self.codec.decompress_into(data, lens[comp], out, rows[comp], starts[comp])
@@ -259,21 +445,22 @@ class Zswap:
 
     # --- writeback and the shrinker ------------------------------------------------------
     def _pick_lru(self, n: int) -> np.ndarray:
-        """Up to ``n`` oldest POOL entries, giving referenced ones a second chance."""
+        """Up to ``n`` oldest POOL entries (indices), referenced ones get a second chance."""
+        t = self._t
         while True:
-            cand = np.flatnonzero(self._state == POOL)
+            cand = np.flatnonzero(t.state == POOL)
             if cand.size == 0:
                 return cand
             k = min(n, cand.size)
-            oldest = cand[np.argpartition(self._seq[cand], k - 1)[:k]] if k < cand.size else cand
-            oldest = oldest[np.argsort(self._seq[oldest], kind="stable")]
-            ref = self._referenced[oldest]
+            oldest = cand[np.argpartition(t.seq[cand], k - 1)[:k]] if k < cand.size else cand
+            oldest = oldest[np.argsort(t.seq[oldest], kind="stable")]
+            ref = t.referenced[oldest]
             if not ref.any():
                 return oldest
             # rotate: clear the bit and move to the young end, then look again
             rot = oldest[ref]
-            self._referenced[rot] = False
-            self._seq[rot] = self._next_seq + np.arange(rot.size)
+            t.referenced[rot] = False
+            t.seq[rot] = self._next_seq + np.arange(rot.size)
             self._next_seq += rot.size
             if (~ref).any():
                 return oldest[~ref]
@@ -281,6 +468,7 @@ class Zswap:
     def _writeback(self, n: int) -> int:
         if not self.writeback_enabled or n <= 0:
             return 0
+        t = self._t
         written = 0
         failed = np.zeros(0, np.int64)
         while written < n:
@@ -295,12 +483,12 @@ class Zswap:
             if good.size == 0:
                 continue
             try:
-                self.backing.write_pages(good, pages[ok])
+                self.backing.write_pages(t.offsets_of(good), pages[ok])
             except WritebackError:
                 self._counters["writeback_fail"] += good.size
                 raise                       # the entries stay in the pool
-            self.pool.free_batch(self._handle[good])
-            self._state[good] = FILE
+            self.pool.free_batch(t.handle[good])
+            t.set_state(good, FILE)
             written += good.size
             self._counters["written_back_pages"] += good.size
         return written
@@ -308,56 +496,55 @@ class Zswap:
     def _shrink(self) -> None:
         """At the limit: compact first (no I/O), then write back down to the threshold."""
         accept = self._accept_bytes()
-        if self._pool_size() > accept:
+        if self.pool.total_bytes > accept:
             self.pool.compact()
         try:
-            while self._pool_size() > accept and self.writeback_enabled:
+            while self.pool.total_bytes > accept and self.writeback_enabled:
                 if self._writeback(SHRINK_BATCH) == 0:
                     break
                 self.pool.compact(0.9)
         except WritebackError:
             self._counters["reject_reclaim_fail"] += 1
 
+    def _write_refused(self, offs: np.ndarray, pages: np.ndarray) -> None:
+        """Refused pages go to the backing file, as the swap core does (may raise: then
+        they are not kept and the caller still owns them)."""
+        self.backing.write_pages(offs, pages)
+        self._record(offs, FILE)
+        self._counters["backing_direct_writes"] += offs.size
+
     # --- main API ------------------------------------------------------------------------
     def store_batch(self, offsets, pages) -> np.ndarray:
         """Store pages at swap offsets; returns a mask, True where zswap cached the page.
 
         A False page was refused (limit, poor compression without writeback, codec
-        error, no pool room): with a backing file it is now in the file, else it is
-        not kept. Any previous entry at those offsets is replaced either way. Bad input
-        raises BadInputError and changes nothing. If a refused page's write to the
-        backing file fails, WritebackError is raised after everything else committed;
-        those offsets are then empty and the caller still owns the pages.
+        error, no pool room, an object too big for the pool): with a backing file it is
+        now in the file, else it is not kept. Any previous entry at those offsets is
+        replaced either way. Bad input raises BadInputError and changes nothing. If a
+        refused page's write to the backing file fails, WritebackError is raised after
+        everything else committed; those offsets are then empty and the caller still
+        owns the pages.
         """
+        offs = self._offsets(offsets)
+        pages = check_pages(pages)
+        if pages.shape[0] != offs.size:
+            raise BadInputError(f"{offs.size} offsets but {pages.shape[0]} pages")
         with self._lock:
-            offs = self._check_offsets(offsets, grow=True)
-            pages = check_pages(pages)
-            if pages.shape[0] != offs.size:
-                raise BadInputError(f"{offs.size} offsets but {pages.shape[0]} pages")
+            self._check_open()
             return self._store(offs, pages)
 
     def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
         same, fill = same_filled(pages)
         cached = same.copy()
-        # 1. fallible work first: compress, classify, allocate, copy in
+        # 1. fallible work first: compress, decide, allocate, copy in
         todo = np.flatnonzero(~same)
         data, starts, lens = self._compress(pages, todo)
-        ok = lens >= 0
-        self._counters["reject_compress_fail"] += int((~ok).sum())
-        poor = ok & (lens >= PAGE_SIZE)
-        if not self.writeback_enabled:
-            self._counters["reject_compress_poor"] += int(poor.sum())
-            ok &= ~poor
-            poor[:] = False
-        sizes = np.where(poor, PAGE_SIZE, lens)
-        # the limit: accept the longest prefix whose allocation keeps the pool within it
-        want = np.flatnonzero(ok)
+        accepted, as_is, sizes = self._verdict(lens)
+        want = np.flatnonzero(accepted)
+        if want.size < accepted.size:
+            self._tally_refusals(lens, accepted)
         if want.size:
-            keep = self._fitting_prefix(sizes[want], self._headroom())
-            if keep < want.size:
-                self._counters["pool_limit_hit"] += 1
-                self._reached_full = True
-                want = want[:keep]
+            want = want[:self._admit(sizes[want])]
         handles = np.zeros(0, np.int64)
         if want.size:
             try:
@@ -367,46 +554,28 @@ class Zswap:
                 want = want[:0]
         if want.size:
             try:
-                self._write(handles, pages, todo, data, starts, sizes, want, poor)
+                self._write(handles, pages, todo, data, starts, sizes, want, as_is)
             except BaseException:
                 self.pool.free_batch(handles)
                 raise
         # 2. commit point: nothing below fails except the backing write of refused pages
-        self._invalidate_mask_at(offs)
+        self._drop(offs)
         stored = todo[want]
         cached[stored] = True
-        so = offs[stored]
-        self._state[so] = POOL
-        self._handle[so] = handles
-        self._length[so] = sizes[want]
-        self._seq[so] = self._next_seq + np.arange(so.size)
-        self._next_seq += so.size
-        self._referenced[so] = True
-        sf = offs[same]
-        self._state[sf] = SAME
-        self._fill[sf] = fill[same]
+        self._record(offs[stored], POOL, handles, sizes[want])
+        self._record(offs[same], SAME, fill=fill[same])
         self._counters["same_filled_stores"] += int(same.sum())
-        refused = np.flatnonzero(~cached)
         if self._reached_full:
             self._shrink()
+        refused = np.flatnonzero(~cached)
         if refused.size and self.backing is not None:
-            self.backing.write_pages(offs[refused], pages[refused])   # may raise: not kept
-            self._state[offs[refused]] = FILE
-            self._counters["backing_direct_writes"] += refused.size
+            self._write_refused(offs[refused], pages[refused])
         return cached
 
-    def _compress(self, pages: np.ndarray, todo: np.ndarray):
-        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``."""
-        if not todo.size:
-            return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
-        if self._blocks_on_device:
-            return self.codec.compress_to_device(pages, todo)
-        return self.codec.compress_blocks(pages, todo)
-
-    def _write(self, handles, pages, todo, data, starts, sizes, want, poor) -> None:
+    def _write(self, handles, pages, todo, data, starts, sizes, want, as_is) -> None:
         """Copy the accepted pages in: their blocks from ``data`` where they are (no
         repacking), pages stored as-is from ``pages``; one pool call for each kind."""
-        raw = poor[want]
+        raw = as_is[want]
         comp = ~raw
         if comp.any():
             self.pool.write_batch(handles[comp], data, sizes[want[comp]], src_starts=starts[want[comp]])
@@ -415,8 +584,40 @@ class Zswap:
                                   src_starts=todo[want[raw]] * PAGE_SIZE)
 
     def store(self, offset: int, page) -> bool:
-        """Store one page; True if cached (see :meth:`store_batch`)."""
-        return bool(self.store_batch([offset], check_pages(page))[0])
+        """Store one page; True if cached (the rules of :meth:`store_batch`, one page)."""
+        o = self._offset(offset)
+        page = self._page(page)
+        with self._lock:
+            self._check_open()
+            if self._blocks_on_device:        # the device codec works in batches
+                return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
+            same, fill = same_filled_one(page)
+            handle = None
+            if not same:
+                # 1. fallible work first
+                block, n = self.codec._compress_page(page)     # page checked at our edge
+                accepted, as_is, size = self._verdict(n)
+                if not accepted:
+                    self._tally_refusals(n, accepted)
+                elif self._admit_one(size):
+                    try:
+                        handle = self.pool.alloc(size, data=page if as_is else block[:n])
+                    except PoolFullError:
+                        self._counters["reject_alloc_fail"] += 1
+            # 2. commit point
+            self._drop_one(o)
+            if same:
+                self._record_one(o, SAME, fill=fill)
+                self._counters["same_filled_stores"] += 1
+            elif handle is not None:
+                self._record_one(o, POOL, handle, size)
+            if self._reached_full:
+                self._shrink()
+            if same or handle is not None:
+                return True
+            if self.backing is not None:
+                self._write_refused(np.array([o], np.int64), page.reshape(1, -1))
+            return False
 
     def load_batch(self, offsets, out=None) -> np.ndarray:
         """Load pages (N, 4096); exclusive: each leaves zswap and the backing file.
@@ -427,16 +628,17 @@ class Zswap:
         WritebackError. In every error case nothing is removed (``out`` may have been
         partly written).
         """
+        offs = self._offsets(offsets)
+        n = offs.size
+        if out is not None:
+            if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (n, PAGE_SIZE)
+                    or not out.flags.c_contiguous or not out.flags.writeable):
+                raise BadInputError(f"out must be a writable C-contiguous ({n}, {PAGE_SIZE}) uint8 array")
         with self._lock:
-            offs = self._check_offsets(offsets, grow=False)
-            n = offs.size
-            if out is not None:
-                if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (n, PAGE_SIZE)
-                        or not out.flags.c_contiguous or not out.flags.writeable):
-                    raise BadInputError(f"out must be a writable C-contiguous ({n}, {PAGE_SIZE}) uint8 array")
-            known = offs < self._state.shape[0]
-            state = np.zeros(n, np.uint8)
-            state[known] = self._state[offs[known]]
+            self._check_open()
+            t = self._t
+            idx = t.find(offs)
+            state = t.states(idx)
             missing = np.flatnonzero(state == ABSENT)
             if missing.size:
                 raise EntryNotFoundError(f"swap offset {int(offs[missing[0]])} is not stored")
@@ -444,49 +646,89 @@ class Zswap:
                 out = np.empty((n, PAGE_SIZE), np.uint8)
             in_pool = np.flatnonzero(state == POOL)
             if in_pool.size:
-                ok = self._decompress_into(offs[in_pool], out, in_pool)
+                ok = self._decompress_into(idx[in_pool], out, in_pool)
                 if not ok.all():
                     bad = offs[in_pool[~ok]]
                     raise CorruptDataError(f"{bad.size} stored page(s) failed to decompress: offsets {bad[:8].tolist()}")
             same = np.flatnonzero(state == SAME)
             if same.size:
-                out.view(np.uint64)[same] = self._fill[offs[same], None]
+                out.view(np.uint64)[same] = t.fill[idx[same], None]
             in_file = np.flatnonzero(state == FILE)
             if in_file.size:
                 out[in_file] = self.backing.read_pages(offs[in_file])
             # commit: exclusive load
             self._counters["loads_from_pool"] += in_pool.size + same.size
             self._counters["loads_from_backing"] += in_file.size
-            self._invalidate_mask_at(offs)
+            self._drop_idx(idx)
             return out
 
     def load(self, offset: int) -> np.ndarray:
-        """Load one page (4096,) uint8; see :meth:`load_batch`."""
-        return self.load_batch([offset])[0]
+        """Load one page (4096,) uint8 (the rules of :meth:`load_batch`, one page)."""
+        o = self._offset(offset)
+        with self._lock:
+            self._check_open()
+            t = self._t
+            i = t.find_one(o)
+            state = t.m_state[i] if i >= 0 else ABSENT
+            if state == ABSENT:
+                raise EntryNotFoundError(f"swap offset {o} is not stored")
+            if state == POOL:
+                handle, n = t.m_handle[i], t.m_length[i]
+                if n == PAGE_SIZE:
+                    page = self.pool.read(handle, free=True)
+                elif self._blocks_on_device:
+                    page = np.empty(PAGE_SIZE, np.uint8)
+                    ok = self._decompress_into(np.array([i]), page.reshape(1, -1), np.zeros(1, np.int64))
+                    if not ok[0]:
+                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+                    self.pool.free(handle)
+                else:
+                    block = self.pool.read(handle, out=self._block[:n], free=True)
+                    page = self.codec._decompress_page(block)
+                    if page is None:
+                        self._restore_corrupt(i, block)
+                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+                self._counters["loads_from_pool"] += 1
+            elif state == SAME:
+                page = np.empty(PAGE_SIZE, np.uint8)
+                page.view(np.uint64)[:] = t.m_fill[i]
+                self._counters["loads_from_pool"] += 1
+            else:
+                page = self.backing.read_pages(np.array([o], np.int64))[0]
+                self._counters["loads_from_backing"] += 1
+            t.set_state_one(i, ABSENT)       # commit: exclusive load
+            return page
 
-    def _invalidate_mask_at(self, offs: np.ndarray) -> None:
-        offs = offs[offs < self._state.shape[0]]
-        pooled = offs[self._state[offs] == POOL]
-        if pooled.size:
-            self.pool.free_batch(self._handle[pooled])
-        self._state[offs] = ABSENT
-
-    def _invalidate_mask(self, mask: np.ndarray) -> None:
-        self._invalidate_mask_at(np.flatnonzero(mask))
+    def _restore_corrupt(self, i: int, block: np.ndarray) -> None:
+        """A load freed a block that then failed to decode: put the very same bytes back
+        under a new handle, so a failed load removes nothing (the room it just freed is
+        there to take them). Only if even that fails is the entry dropped."""
+        self._counters["decompress_fail"] += 1
+        try:
+            self._t.m_handle[i] = self.pool.alloc(block.size, data=block)
+        except DevpoolError:
+            self._t.set_state_one(i, ABSENT)
+            raise
 
     def invalidate_batch(self, offsets) -> None:
         """Forget these offsets (swap slots freed); absent ones are ignored."""
+        offs = self._offsets(offsets)
         with self._lock:
-            self._invalidate_mask_at(self._check_offsets(offsets, grow=False))
+            self._check_open()
+            self._drop(offs)
 
     def invalidate(self, offset: int) -> None:
         """Forget one offset; a no-op when it is not stored."""
-        self.invalidate_batch([offset])
+        o = self._offset(offset)
+        with self._lock:
+            self._check_open()
+            self._drop_one(o)
 
     def invalidate_area(self) -> None:
         """Forget every offset (swapoff of the whole area)."""
         with self._lock:
-            self._invalidate_mask(self._state != ABSENT)
+            self._check_open()
+            self._drop_idx(self._t.present())
 
     def writeback(self, n: int) -> int:
         """Write up to ``n`` least-recently-stored pages to the backing file now.
@@ -495,44 +737,57 @@ class Zswap:
         written; 0 without a backing file or with writeback disabled. On an I/O error
         the affected entries stay in the pool and WritebackError is raised.
         """
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-            raise BadInputError(f"n must be a non-negative integer, got {n!r}")
+        n = check_int(n, "n", lo=0)
         with self._lock:
-            return self._writeback(int(n))
+            self._check_open()
+            return self._writeback(n)
 
     def entry_kind(self, offset: int) -> str | None:
         """Where ``offset``'s page is: "pool", "same_filled", "backing", or None."""
+        o = self._offset(offset)
         with self._lock:
-            if not 0 <= offset < self._state.shape[0]:
-                return None
-            return _KIND_NAMES[int(self._state[offset])]
+            i = self._t.find_one(o)
+            return _KIND_NAMES[int(self._t.state[i])] if i >= 0 else None
+
+    def _handle_of(self, offset: int) -> int:
+        """The pool handle of a POOL entry (for tests that corrupt a stored block)."""
+        i = self._t.find_one(self._offset(offset))
+        if i < 0 or self._t.state[i] != POOL:
+            raise EntryNotFoundError(f"swap offset {offset} is not in the pool")
+        return int(self._t.handle[i])
 
     def contains(self, offset: int) -> bool:
         """True when ``offset`` is held in zswap or the backing file."""
-        with self._lock:
-            return 0 <= offset < self._state.shape[0] and self._state[offset] != ABSENT
+        return self.entry_kind(offset) is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
 
     def stats(self) -> dict:
         """Kernel debugfs names, plus same-filled and backing counts and the ratio."""
         with self._lock:
             pst = self.pool.stats()
-            in_pool = self._state == POOL
-            compressed = int(self._length[in_pool].sum())
+            t = self._t
+            in_pool = t.state == POOL
+            compressed = int(t.length[in_pool].sum())
+            n_pool = int(in_pool.sum())
+            n_same = int((t.state == SAME).sum())
             st = dict(self._counters)
             st.update({
-                "stored_pages": int(in_pool.sum() + (self._state == SAME).sum()),
-                "same_filled_pages": int((self._state == SAME).sum()),
-                "stored_incompressible_pages": int((in_pool & (self._length == PAGE_SIZE)).sum()),
-                "backing_pages": int((self._state == FILE).sum()),
+                "stored_pages": n_pool + n_same,
+                "same_filled_pages": n_same,
+                "stored_incompressible_pages": int((in_pool & (t.length == PAGE_SIZE)).sum()),
+                "backing_pages": int((t.state == FILE).sum()),
                 "pool_total_size": pst["pool_total_size"],
                 "stored_compressed_bytes": compressed,
-                "compression_ratio": (int(in_pool.sum()) * PAGE_SIZE / compressed) if compressed else 0.0,
+                "compression_ratio": (n_pool * PAGE_SIZE / compressed) if compressed else 0.0,
                 "max_pool_bytes": self._limit_bytes(),
                 "accept_threshold_bytes": self._accept_bytes(),
                 "pool_limit_reached": self._reached_full,
+                "entry_table_bytes": t.nbytes,
                 "compressor": self.codec.codec_id,
                 "blocks_on_device": self._blocks_on_device,
                 "backend": pst["backend"],
             })
             return st
-

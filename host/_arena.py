@@ -67,6 +67,15 @@ class HostStorage(Storage):
     def gather(self, offsets, lengths, out, out_starts):
         _copy.gather(self._arena, offsets, lengths, out, out_starts)
 
+    def write_one(self, offset, data):
+        self._arena[offset:offset + data.size] = data
+
+    def read_one(self, offset, out):
+        out[:] = self._arena[offset:offset + out.size]
+
+    def discard_one(self, offset, nbytes):
+        pass                                   # host RAM keeps freed bytes until reuse
+
     def move(self, src_offsets, dst_offsets, lengths):
         # Read every source before writing any destination: plans may overlap.
         tmp = np.empty(int(lengths.sum()), dtype=np.uint8)

@@ -319,6 +319,31 @@ def _drivers_for(n: int):
     return _serial
 
 
+_single = None
+
+
+def _single_page():
+    """``(compress_one, decompress_one)``: the fast twin's block functions on raw
+    pointers for one page, no driver, no worker thread (built on first use). Called on
+    arrays directly, the block functions pay numba's reference counting on every helper
+    call (measured 5.1 us to decode a page that liblz4 decodes in 1.2 us)."""
+    global _single
+    if _single is None:
+        comp, decomp = _blocks[False]
+
+        @numba.njit(nogil=True)
+        def compress_one(page, out, table):
+            table[:] = 0
+            return comp(_raw(page), 0, page.shape[0], _raw(out), 0, _raw(table))
+
+        @numba.njit(nogil=True)
+        def decompress_one(block, out):
+            return decomp(_raw(block), 0, block.shape[0], _raw(out), 0, out.shape[0])
+
+        _single = (compress_one, decompress_one)
+    return _single
+
+
 def build_checked():
     """The same codec with ``boundscheck=True`` (slow; for fuzz tests)."""
     global _checked
@@ -398,6 +423,19 @@ class Lz4Njit(Codec):
         if n:
             _drivers_for(n)[1](data, starts, lengths, out, rows, ok, _workers(n))
         return ok
+
+    # --- one page: the block functions themselves, no driver, no worker threads ---------
+    def _compress_page(self, page):
+        sc = self._scratch
+        if getattr(sc, "page_out", None) is None:
+            sc.page_out = np.empty(core.PAGE_BOUND, np.uint8)
+            sc.page_table = np.empty(table_entries(), np.int32)
+        n = _single_page()[0](page, sc.page_out, sc.page_table)
+        return sc.page_out, int(n)
+
+    def _decompress_page(self, block, out=None):
+        out = np.empty(self.page_size, np.uint8) if out is None else out
+        return out if _single_page()[1](block, out) == self.page_size else None
 
 
 register_codec(Lz4Njit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,231 @@ def test_bench_check_catches_a_load_that_writes_nothing(tmp_path):
     zs.load_batch = lambda offsets, out=None: out                 # now loads write nothing
     with pytest.raises(devpool.DevpoolError, match="came back different"):
         _stores_and_loads(zs, pages, 8, lambda it, d: it, got)
+
+
+# --- hardening: every bad argument is one line, checked before the run --------------------
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``devpool ARGS`` in this process: (exit status, stdout, stderr)."""
+    from devpool._cli import main
+    try:
+        rc = main(list(args))
+    except SystemExit as exc:          # the parser's own exit
+        rc = exc.code
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line(rc, out, err, *words):
+    assert rc not in (0, None), (out, err)
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1, err
+    for w in words:
+        assert w in lines[0], lines[0]
+
+
+def huge_header_npy(path):
+    """A .npy whose header claims (10**9, 4096) uint8 pages and holds one page."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False, "shape": (10**9, 4096)})
+        f.write(bytes(4096))
+    return path
+
+
+@pytest.mark.parametrize("args, words", [
+    (["bench", "--batch", "0"], ["--batch", "0"]),
+    (["bench", "--batch", "-5"], ["--batch", "-5"]),
+    (["bench", "--batch", "1.5"], ["--batch"]),
+    (["bench", "--sweep", "0"], ["--sweep", "0"]),
+    (["bench", "--sweep", "abc"], ["--sweep", "abc"]),
+    (["bench", "--sweep", "16,-1"], ["--sweep"]),
+    (["bench", "--sweep", ","], ["--sweep"]),
+    (["bench", "--max-pages", "-1"], ["--max-pages", "-1"]),
+    (["bench", "--max-pages", "0"], ["--max-pages"]),
+    (["capture", "--max-pages", "-1", "-o", "never.npy"], ["--max-pages"]),
+    (["bench", "--pid", "0"], ["--pid", "0"]),
+    (["capture", "--pid", "0", "-o", "never.npy"], ["--pid", "0"]),
+    (["capture", "--pid", "-3", "-o", "never.npy"], ["--pid"]),
+    (["replay", "--working-set", "1e10"], ["--working-set", "1e10"]),
+    (["replay", "--working-set", "10000000000"], ["--working-set"]),
+    (["replay", "--accesses", "2e9"], ["--accesses", "2e9"]),
+    (["replay", "--accesses", "2000000000"], ["--accesses"]),
+    (["replay", "--ram-pages", "0"], ["--ram-pages"]),
+    (["replay", "--pool-limit-pages", "-1"], ["--pool-limit-pages"]),
+    (["replay", "--seed", "-1"], ["--seed", "-1"]),
+    (["replay", "--incompressible", "2"], ["--incompressible"]),
+    (["replay", "--incompressible", "nan"], ["--incompressible"]),
+    (["bench", "--no-such-flag"], ["--no-such-flag"]),
+])
+def test_bad_arguments_are_one_line_before_any_work(capsys, tmp_path, monkeypatch, args, words):
+    monkeypatch.chdir(tmp_path)
+    rc, out, err = cli(capsys, *args)
+    assert_one_line(rc, out, err, *words)
+    assert "came back different" not in out + err
+    assert out == "" and not list(tmp_path.iterdir())       # refused before any work
+
+
+def test_plot_to_an_unknown_format_is_refused_before_the_run(capsys, tmp_path, pages_file):
+    rc, out, err = cli(capsys, "bench", "--pages", str(pages_file), "--quiet", "--plot", str(tmp_path / "out.xyz"),
+                       "--json", str(tmp_path / "r.json"))
+    assert_one_line(rc, out, err, "out.xyz", ".png")
+    assert out == "" and not list(tmp_path.iterdir())
+
+
+def test_pages_from_an_npz_is_one_line(capsys, tmp_path):
+    f = tmp_path / "pages.npz"
+    np.savez(f, pages=np.zeros((2, 4096), np.uint8))
+    assert_one_line(*cli(capsys, "bench", "--pages", str(f), "--quiet"), "pages.npz", ".npz")
+
+
+def test_a_header_claiming_a_billion_pages_is_refused_without_allocating(capsys, tmp_path):
+    import resource
+    f = huge_header_npy(tmp_path / "huge.npy")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assert_one_line(*cli(capsys, "bench", "--pages", str(f), "--quiet"), "huge.npy", "header claims")
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 100 * 1024   # KiB: far below 4 TB
+
+
+def test_pages_file_with_max_pages_reads_a_spread(tmp_path):
+    from devpool._cli_io import load_pages_file
+    pages = np.repeat(np.arange(50, dtype=np.uint8)[:, None], 4096, axis=1)
+    np.save(tmp_path / "p.npy", pages)
+    np.save(tmp_path / "f.npy", np.asfortranarray(pages))
+    for name in ("p.npy", "f.npy"):
+        assert np.array_equal(load_pages_file(str(tmp_path / name)), pages)
+        got = load_pages_file(str(tmp_path / name), max_pages=5)
+        assert got.flags.c_contiguous and list(got[:, 0]) == [0, 12, 24, 36, 49]
+
+
+@pytest.mark.parametrize("trace, words", [
+    ("", ["empty"]),
+    ("3000000000", ["3000000000"]),
+    ("5 -1 2", ["non-negative"]),
+    ("1 2 x", ["not a trace"]),
+    ("99999999999999999999999", ["not a trace"]),
+])
+def test_bad_text_traces_are_one_line(capsys, tmp_path, pages_file, trace, words):
+    f = tmp_path / "trace.txt"
+    f.write_text(trace)
+    rc, out, err = cli(capsys, "replay", "--pages", str(pages_file), "--quiet", "--pattern", str(f))
+    assert_one_line(rc, out, err, "trace.txt", *words)
+
+
+@pytest.mark.parametrize("trace, words", [
+    (np.zeros(0, np.int64), ["empty"]),
+    (np.array([1, 3_000_000_000], np.int64), ["3000000000"]),
+    (np.array([2**64 - 1], np.uint64), ["18446744073709551615"]),
+    (np.array([1.0, 2.0]), ["integer"]),
+])
+def test_bad_npy_traces_are_one_line(capsys, tmp_path, pages_file, trace, words):
+    f = tmp_path / "trace.npy"
+    np.save(f, trace)
+    rc, out, err = cli(capsys, "replay", "--pages", str(pages_file), "--quiet", "--pattern", str(f))
+    assert_one_line(rc, out, err, "trace.npy", *words)
+
+
+def test_a_trace_header_claiming_too_much_is_refused(capsys, tmp_path, pages_file):
+    f = tmp_path / "trace.npy"
+    with open(f, "wb") as fh:
+        np.lib.format.write_array_header_1_0(fh, {"descr": "<i8", "fortran_order": False, "shape": (10**12,)})
+        fh.write(bytes(64))
+    rc, out, err = cli(capsys, "replay", "--pages", str(pages_file), "--quiet", "--pattern", str(f))
+    assert_one_line(rc, out, err, "trace.npy", "header claims")
+
+
+# --- outputs and inputs that could hang the run or redirect its bytes ---------------------
+@pytest.mark.parametrize("which", ["json", "plot", "output", "pages", "pattern"])
+def test_a_fifo_never_hangs_the_run(tmp_path, pages_file, which):
+    fifo = tmp_path / ("f.png" if which == "plot" else "f.npy" if which in ("output", "pages", "pattern") else "f.json")
+    os.mkfifo(fifo)
+    args = {"json": ["bench", "--pages", str(pages_file), "--json", str(fifo)],
+            "plot": ["bench", "--pages", str(pages_file), "--plot", str(fifo)],
+            "output": ["capture", "--pid", str(os.getpid()), "-o", str(fifo)],
+            "pages": ["bench", "--pages", str(fifo)],
+            "pattern": ["replay", "--pages", str(pages_file), "--pattern", str(fifo)]}[which]
+    p = run(*args, "--quiet", timeout=60)
+    assert_clean_failure(p, str(fifo), "FIFO")
+
+
+def test_outputs_through_a_symlink_are_refused_and_the_target_untouched(tmp_path, pages_file):
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    for name, args in (("c.npy", ["capture", "--pid", str(os.getpid()), "-o"]),
+                       ("r.json", ["bench", "--pages", str(pages_file), "--json"])):
+        (tmp_path / name).symlink_to(victim)
+        p = run(*args, str(tmp_path / name), "--quiet", timeout=60)
+        assert_clean_failure(p, name, "symbolic link")
+        assert victim.read_bytes() == b"precious"
+
+
+def test_a_capture_is_private_and_leaves_nothing_beside_it(tmp_path):
+    child = subprocess.Popen([sys.executable, "-c", "import sys; x = bytearray(b'devpool' * 200000); "
+                              "sys.stdout.write('ready\\n'); sys.stdout.flush(); sys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        out = tmp_path / "c.npy"
+        out.write_bytes(b"an older capture")          # replaced whole, never written through
+        os.chmod(out, 0o644)
+        p = run("capture", "--pid", str(child.pid), "-o", str(out), "--quiet", "--max-pages", "64")
+        assert p.returncode == 0, p.stderr
+    finally:
+        child.stdin.close()
+        child.wait()
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert np.load(out).shape == (64, 4096)
+    assert sorted(os.listdir(tmp_path)) == ["c.npy"]
+
+
+SMALL_REPLAY = ["--quiet", "--compressor", "lz4", "--pattern", "loop", "--working-set", "50", "--ram-pages", "20",
+                "--accesses", "200", "--pool-limit-pages", "8"]
+
+
+def test_a_json_that_cannot_be_written_names_the_file_and_leaves_nothing(capsys, tmp_path, pages_file, monkeypatch):
+    """ENOSPC while writing --json (simulated; the tmpfs test below does it for real)."""
+    from devpool import _cli_io
+
+    real = _cli_io.os.fsync
+
+    def full(fd):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_cli_io.os, "fsync", full)
+    out = tmp_path / "r.json"
+    rc, stdout, err = cli(capsys, "replay", *SMALL_REPLAY, "--pages", str(pages_file), "--json", str(out))
+    monkeypatch.setattr(_cli_io.os, "fsync", real)
+    assert_one_line(rc, stdout, err, str(out), "No space left")
+    assert not list(tmp_path.iterdir())
+
+
+@pytest.fixture
+def full_tmpfs():
+    """A 64 KiB tmpfs under /tmp, filled up; unmounted afterwards. Needs root."""
+    import tempfile
+    where = tempfile.mkdtemp(prefix="devpool-enospc-")
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", where],
+                             capture_output=True).returncode == 0
+    try:
+        if not mounted:
+            pytest.skip("cannot mount a tmpfs here (needs root)")
+        fd = os.open(os.path.join(where, "filler"), os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            while os.write(fd, b"\0" * 512):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+        yield where
+    finally:
+        if mounted:
+            subprocess.run(["umount", where], check=False)
+            if os.path.ismount(where):
+                subprocess.run(["umount", "-l", where], check=False)
+        os.rmdir(where)
+
+
+def test_enospc_on_json_in_a_full_tmpfs(full_tmpfs, pages_file):
+    out = os.path.join(full_tmpfs, "r.json")
+    p = run("replay", *SMALL_REPLAY, "--pages", str(pages_file), "--json", out)
+    assert_clean_failure(p, out, "No space left on device")
+    assert os.listdir(full_tmpfs) == ["filler"]

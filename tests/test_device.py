@@ -210,7 +210,7 @@ def test_lz4_device_blocks_never_leave_the_device(rng, tmp_path, monkeypatch):
         [[len(lz4.block.compress(pages[i].tobytes(), store_size=False)) for i in compressed]]
     assert [x.tolist() for x in host_in] == [[4096, 4096]]          # the two random pages, as-is
     for i in compressed:                                             # the arena holds lz4's bytes
-        blob = pool.read(zs._handle[offsets[i]])
+        blob = pool.read(zs._handle_of(offsets[i]))
         assert blob.tobytes() == lz4.block.compress(pages[i].tobytes(), store_size=False)
     host_out.clear()
     zs.writeback(1)                                   # oldest entry: decoded on the device, to the file
@@ -243,7 +243,7 @@ def test_device_path_faults_lose_no_page(rng, monkeypatch):
         zs.store_batch([2, 3, 4], make_pages(3, rng, ("struct",)))
     monkeypatch.undo()
     assert pool.stats()["obj_used"] == used and zs.entry_kind(4) is None
-    h = zs._handle[2]
+    h = zs._handle_of(2)
     pool.write(h, np.full(pool.size_of(h), 0xFF, np.uint8))        # corrupt one block in place
     with pytest.raises(devpool.CorruptDataError, match="offsets \\[2\\]"):
         zs.load_batch([1, 2, 3])

@@ -194,8 +194,10 @@ def test_free_everything_returns_all_memory(make_pool, rng, backend):
     pool.free_batch(hs)
     st = pool.stats()
     assert st["obj_used"] == 0
-    # freed segments wait as spares (counted, within budget) until compact() returns them
-    assert st["pool_total_size"] == st["spare_bytes"] <= (1 << 20) // 16
+    # freed segments wait as spares (counted, within budget) until compact() returns them;
+    # the head segment stays open, empty, for the next allocation
+    assert st["spare_bytes"] <= (1 << 20) // 16
+    assert st["spare_bytes"] <= st["pool_total_size"] <= st["spare_bytes"] + st["segment_bytes"]
     released = pool.compact()      # (chaos already cleaned in its per-call hook)
     assert released == st["pool_total_size"] or (backend == "chaos" and released == 0)
     assert pool.stats()["pool_total_size"] == 0
@@ -494,3 +496,70 @@ def test_host_release_gives_memory_back_to_the_kernel(rng):
     assert pool.stats()["pool_total_size"] == 0
     assert gone >= 6 * 1024, f"only {gone} KiB of 8 MiB left the process"
     pool.close()
+
+
+# --- handle identity over long lifetimes -------------------------------------------------
+def test_a_stale_handle_never_aliases_over_many_reuse_cycles(make_pool, backend):
+    """16-bit generations reused last in, first out aliased after 65 535 alloc/free cycles
+    of one object; now the slot is not even reused within them."""
+    pool = make_pool()
+    first = pool.alloc(64)
+    pool.write(first, np.full(64, 1, np.uint8))
+    pool.free(first)
+    cycles = 70_000 if backend == "host" else 2_000
+    seen = set()
+    for i in range(cycles):
+        h = pool.alloc(64)
+        assert h != first
+        seen.add(h)
+        pool.free(h)
+    assert len(seen) == cycles                # no handle value ever came back
+    with pytest.raises(devpool.InvalidHandleError, match="stale"):
+        pool.read(first)
+    live = pool.alloc(64)
+    pool.write(live, np.full(64, 2, np.uint8))
+    with pytest.raises(devpool.InvalidHandleError, match="stale"):
+        pool.read(first)
+    with pytest.raises(devpool.InvalidHandleError):
+        pool.read_batch([first])
+
+
+def test_handles_of_every_other_open_pool_are_foreign(backend):
+    """With 15-bit random tags, two of 115 pools shared one; ids are now unique among open pools."""
+    n = 200 if backend != "cuda" else 20
+    pools = [devpool.open_pool(backend, 1 << 16, segment_bytes=16384) for _ in range(n)]
+    try:
+        handles = []
+        for i, p in enumerate(pools):
+            h = p.alloc(16)
+            p.write(h, np.full(16, i % 256, np.uint8))
+            handles.append(h)
+        rng = np.random.default_rng(0)
+        for i, p in enumerate(pools):
+            assert bytes(p.read(handles[i])) == bytes([i % 256]) * 16
+            for j in rng.choice(n, 20, replace=False).tolist():
+                if j != i:
+                    with pytest.raises(devpool.InvalidHandleError):
+                        p.read(handles[j])
+                    with pytest.raises(devpool.InvalidHandleError):
+                        p.free_batch([handles[j]])
+    finally:
+        for p in pools:
+            p.close()
+
+
+def test_closed_pools_give_their_ids_back():
+    for _ in range(3000):                        # more pools over time than ids exist
+        devpool.open_pool("host", 1 << 16, segment_bytes=16384).close()
+
+
+def test_single_and_batch_verbs_refuse_the_same_bad_handles(make_pool):
+    pool = make_pool()
+    h = pool.alloc(32)
+    for bad in [True, 1.5, "1", None, -1, 0, 2**63, 2**70, -2**63, h ^ 1, h + (1 << 28)]:
+        with pytest.raises(devpool.InvalidHandleError):
+            pool.read(bad)
+        with pytest.raises(devpool.DevpoolError):
+            pool.read_batch([bad])
+    pool.write(np.int64(h), np.zeros(32, np.uint8))      # numpy integers are handles too
+    assert pool.size_of(np.uint64(h)) == 32

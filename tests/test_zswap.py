@@ -136,7 +136,7 @@ def test_corrupt_block_is_a_decompress_failure(zswap, rng):
     zs = zswap()
     page = text_page(rng)
     zs.store(3, page)
-    h = int(zs._handle[3])
+    h = zs._handle_of(3)
     n = zs.pool.size_of(h)
     zs.pool.write(h, np.full(n, 0xFF, np.uint8))             # corrupt it behind zswap's back
     with pytest.raises(devpool.CorruptDataError):
@@ -180,7 +180,7 @@ def test_writeback_moves_oldest_to_file(zswap, rng, tmp_path):
     assert zs.writeback(3) == 3
     st = zs.stats()
     assert st["written_back_pages"] == 3 and st["backing_pages"] == 3 and st["stored_pages"] == 7
-    assert [zs._state[i] for i in range(4)] == [3, 3, 3, 1]  # the three oldest went
+    assert [zs.entry_kind(i) for i in range(4)] == ["backing"] * 3 + ["pool"]  # the three oldest went
     np.testing.assert_array_equal(zs.load_batch(np.arange(10)), pages)
     assert zs.stats()["loads_from_backing"] == 3
 
@@ -193,8 +193,9 @@ def test_second_chance_rotates_referenced_entries(zswap, rng):
     zs.store(2, pages[2])            # new entry: referenced
     # 1 lost its bit in the first pass; 2 still has it. Without the second chance
     # the LRU would still pick 1 here, so look at the bits directly as well.
-    assert not zs._referenced[1] and zs._referenced[2]
-    assert zs.writeback(1) == 1 and zs._state[1] == 3 and zs._state[2] == 1
+    t = zs._t
+    assert not t.referenced[t.find_one(1)] and t.referenced[t.find_one(2)]
+    assert zs.writeback(1) == 1 and zs.entry_kind(1) == "backing" and zs.entry_kind(2) == "pool"
 
 
 def test_writeback_without_backing_is_zero(zswap, rng):
@@ -401,3 +402,13 @@ def test_a_limit_below_one_segment_is_refused_up_front(make_pool):
     with pytest.raises(devpool.BadInputError, match="smaller than one pool segment"):
         devpool.Zswap(pool, max_pool_bytes=8192)
     devpool.Zswap(pool, max_pool_bytes=16384)              # one segment is enough
+
+
+def test_one_backing_file_object_has_one_zswap(make_pool, tmp_path):
+    bf = devpool.BackingFile(tmp_path / "swap")
+    zs = devpool.Zswap(make_pool(), backing=bf)
+    with pytest.raises(devpool.WritebackError, match="one owner"):
+        devpool.Zswap(make_pool(), backing=bf)
+    zs.close()
+    devpool.Zswap(make_pool(), backing=bf).close()         # free again once the first closed
+    bf.close()

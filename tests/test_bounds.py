@@ -1,0 +1,63 @@
+"""Bound checks that trust caller integers must hold for every int64, near 2**63 too.
+
+Each case is checked against Python's unbounded integers: a range is accepted exactly
+when it lies inside the buffer, and a refused call changes nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import devpool
+from devpool._checks import first_range_outside
+
+I64 = st.one_of(st.integers(-2**63, 2**63 - 1),
+                st.sampled_from([2**63 - 1, 2**63 - 100, -2**63, -1, 0, 1, 4095, 4096, 4097]))
+
+
+@settings(max_examples=400, deadline=None)
+@given(starts=st.lists(I64, min_size=1, max_size=4), lengths=st.lists(I64, min_size=1, max_size=4),
+       size=st.integers(0, 1 << 20))
+def test_first_range_outside_agrees_with_unbounded_arithmetic(starts, lengths, size):
+    n = min(len(starts), len(lengths))
+    s, ln = starts[:n], lengths[:n]
+    want = next((i for i in range(n) if not (0 <= ln[i] and 0 <= s[i] and s[i] + ln[i] <= size)), -1)
+    got = first_range_outside(np.array(s, np.int64), np.array(ln, np.int64), size)
+    assert got == want
+
+
+@pytest.mark.parametrize("codec_id", ["lz4", "lz4-njit", "raw", "lz4hc"])
+@settings(max_examples=40, deadline=None)
+@given(start=I64)
+def test_decompress_into_refuses_every_block_outside_data(codec_id, start):
+    codec = devpool.get_codec(codec_id)
+    data = np.zeros(64, np.uint8)
+    out = np.full((1, 4096), 7, np.uint8)
+    if 0 <= start and start + 16 <= data.size:
+        ok = codec.decompress_into(data, [16], out, starts=[start])   # inside: may be corrupt
+        assert ok.dtype == np.bool_
+    else:
+        with pytest.raises(devpool.BadInputError, match="outside"):
+            codec.decompress_into(data, [16], out, starts=[start])
+        assert (out == 7).all()
+
+
+@settings(max_examples=60, deadline=None)
+@given(start=I64)
+def test_write_batch_refuses_every_source_outside_payload(backend, start):
+    pool = devpool.open_pool(backend, 1 << 20, segment_bytes=16384)
+    try:
+        h = pool.alloc(64)
+        pool.write(h, np.full(64, 3, np.uint8))
+        payload = np.arange(100, dtype=np.uint8)
+        if 0 <= start and start + 64 <= payload.size:
+            pool.write_batch([h], payload, [64], src_starts=[start])
+            assert bytes(pool.read(h)) == bytes(payload[start:start + 64])
+        else:
+            with pytest.raises(devpool.BadInputError, match="outside"):
+                pool.write_batch([h], payload, [64], src_starts=[start])
+            assert (pool.read(h) == 3).all()
+    finally:
+        pool.close()
