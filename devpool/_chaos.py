@@ -71,6 +71,7 @@ class ChaosStorage(HostStorage):
 
     def discard_one(self, offset, nbytes):
         self._arena[offset:offset + nbytes] = POISON
+        self.freed_poisoned_bytes += nbytes
 
     def describe(self) -> dict:
         return {"backend": self.kind, "device": "host RAM (hostile)", "chaos_seed": self.seed,
