@@ -153,7 +153,7 @@ def run_tests(tree: Path, tests: list[str], timeout: float, extra: list[str] = (
     if proc.returncode == 0:
         return "survived"
     if proc.returncode == 1:
-        return "killed"
+        return "killed: " + " | ".join(l for l in proc.stdout.splitlines() if l.startswith("FAILED"))[:300]
     return f"error rc={proc.returncode}: {proc.stdout[-300:]}{proc.stderr[-300:]}"
 
 
@@ -202,7 +202,7 @@ def main(argv=None) -> int:
             t0 = time.time()
             verdict = run_tests(tree, TARGETS[m.path], args.timeout, extra)
             results.append((m, verdict, time.time() - t0))
-            print(f"{verdict:9s} {time.time() - t0:5.0f}s  {m}", flush=True)
+            print(f"{verdict.split(':')[0]:9s} {time.time() - t0:5.0f}s  {m}", flush=True)
         finally:
             target.write_text(original)
             free.append(tree)
@@ -211,9 +211,9 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(args.jobs) as ex:
         list(ex.map(one, sample))
     shutil.rmtree(work, ignore_errors=True)
-    killed = [r for r in results if r[1] in ("killed", "timeout")]
+    killed = [r for r in results if r[1].startswith("killed") or r[1] == "timeout"]
     survived = [r for r in results if r[1] == "survived"]
-    errors = [r for r in results if r[1] not in ("killed", "timeout", "survived")]
+    errors = [r for r in results if r not in killed and r not in survived]
     scored = len(killed) + len(survived)
     lines = [f"devpool mutation run: {len(everything)} mutation points in {len(modules)} modules, "
              f"{len(sample)} sampled (seed {args.seed}), {time.time() - t0:.0f} s with {args.jobs} jobs",

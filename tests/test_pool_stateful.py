@@ -241,6 +241,6 @@ def make_machine(backend: str):
 def test_pool_matches_dict_model(backend):
     machine = make_machine(backend)
     machine.TestCase.settings = settings(
-        max_examples=20 if backend == "cuda" else 150, stateful_step_count=40, deadline=None,
+        max_examples=8 if backend == "cuda" else 150, stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     machine.TestCase().runTest()

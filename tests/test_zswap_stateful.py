@@ -335,7 +335,7 @@ def make_machine(backend: str, tmpdir, with_backing: bool):
 def test_zswap_matches_its_model(backend, tmp_path, with_backing):
     machine = make_machine(backend, tmp_path, with_backing)
     machine.TestCase.settings = settings(
-        max_examples=25 if backend == "cuda" else 100, stateful_step_count=40, deadline=None,
+        max_examples=15 if backend == "cuda" else 100, stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                HealthCheck.filter_too_much])
     machine.TestCase().runTest()
