@@ -12,7 +12,10 @@ that ``bench_zswap --backend cuda --compressor lz4-device`` includes. Compressio
 with several worker counts (``lz4-device`` gives each worker thread a 16 KiB hash table
 in global memory and uses 4096; more workers means more pages in flight), decompression
 with one thread per page. Every block is checked against ``lz4.block`` and every
-decoded page against the original. Median of ``--repeats`` (best beside it).
+decoded page against the original. Median of ``--repeats`` (best beside it). Where
+nvCOMP runs (``nvidia-nvcomp-cu13``), its batched LZ4 (RAW, 4 KiB chunks) is timed on
+the same pages, and blocks are checked both ways (nvCOMP's decoded by ``lz4.block``,
+ours decoded by nvCOMP).
 """
 
 from __future__ import annotations
@@ -47,13 +50,14 @@ def timed(launch, repeats: int) -> list[float]:
 
 def main(argv=None) -> dict:
     from devpool.kernels import _lz4_core as core
+    from devpool.kernels._cuda import launch
     from devpool.kernels.lz4_device import TABLE, compress_kernel, decompress_kernel
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pages")
     ap.add_argument("--max-pages", type=int, default=65536)
     ap.add_argument("--workers", default="4096,16384,65536", help="compression worker threads to try")
-    ap.add_argument("--threads", type=int, default=32, help="threads per block")
+    ap.add_argument("--threads", type=int, default=128, help="threads per block")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (for the CUDA simulator)")
     ap.add_argument("--json")
@@ -97,9 +101,10 @@ def main(argv=None) -> dict:
     d_out = cuda.device_array((n, core.PAGE_BOUND), np.uint8)
     d_len = cuda.device_array(n, np.int64)
     for workers in sorted({min(int(w), n) for w in args.workers.split(",")}):
-        d_tab = cuda.device_array((workers, TABLE), np.int32)
+        d_tab = cuda.device_array(workers * TABLE, np.int32)
         grid = -(-workers // args.threads)
-        times = timed(lambda: compress_kernel[grid, args.threads](d_pages, d_out, d_len, d_tab), args.repeats)
+        times = timed(lambda: launch(compress_kernel, grid, args.threads, None, d_pages, d_out, d_len, d_tab, workers),
+                      args.repeats)
         lengths = d_len.copy_to_host()
         assert (lengths == ref_len).all(), "a device block's length differs from lz4.block's"
         check = min(n, 256)                          # bytes of the first blocks, exactly
@@ -112,13 +117,71 @@ def main(argv=None) -> dict:
     d_pages_out = cuda.device_array((n, 4096), np.uint8)
     d_ok = cuda.device_array(n, np.bool_)
     grid = -(-n // args.threads)
-    times = timed(lambda: decompress_kernel[grid, args.threads](d_data, d_starts, d_lens, d_pages_out, d_ok),
+    times = timed(lambda: launch(decompress_kernel, grid, args.threads, None, d_data, d_starts, d_lens, d_pages_out, d_ok),
                   args.repeats)
     assert d_ok.copy_to_host().all() and (d_pages_out.copy_to_host() == pages).all(), "a decoded page differs"
     report("decompress, one thread per page", "decompress", times, workers=n)
+    nvcomp_rows(pages, ref, ref_data, ref_len, d_data, res, report, args.repeats)
     pool.close()
     save(res, args.json)
     return res
+
+
+def nvcomp_rows(pages, ref, ref_data, ref_len, d_ours, res, report, repeats) -> None:
+    """nvCOMP's batched LZ4 (RAW, 4 KiB chunks) on the same pages, pages and blocks
+    already on the device, and blocks checked both ways: nvCOMP's decoded by lz4.block,
+    ours (= lz4.block's) decoded by nvCOMP."""
+    try:
+        import cupy as cp
+        from nvidia import nvcomp
+        codec = nvcomp.Codec(algorithm="LZ4", bitstream_kind=nvcomp.BitstreamKind.RAW, uncomp_chunk_size=4096)
+    except Exception as exc:
+        print(f"nvCOMP: skipped ({type(exc).__name__}: {exc})")
+        res["nvcomp"] = f"skipped: {exc}"
+        return
+    import lz4.block
+    n = pages.shape[0]
+    d_pages = cp.asarray(pages.reshape(-1))
+    srcs = nvcomp.as_arrays(d_pages, (np.arange(n) * 4096).tolist(), [4096] * n)
+    state = {}
+
+    def encode():
+        state["enc"] = codec.encode(srcs)
+        cp.cuda.Device().synchronize()
+    times = timed_host(encode, repeats)
+    sizes = np.array(state["enc"].buffer_sizes, np.int64)
+    host = state["enc"].cpu()
+    for i in range(min(n, 256)):                               # nvCOMP's blocks decode with lz4.block
+        block = np.asarray(host[i]).view(np.uint8).reshape(-1).tobytes()
+        assert lz4.block.decompress(block, uncompressed_size=4096) == pages[i].tobytes(), "nvCOMP block differs"
+    res["nvcomp_lz4_ratio"] = float(pages.size / sizes.sum())
+    report(f"nvCOMP compress (ratio {res['nvcomp_lz4_ratio']:.2f})", "nvcomp-compress", times, workers=n)
+    room = -(-ref_len // 16) * 16                              # ours, at nvCOMP's alignment
+    at = np.concatenate([[0], np.cumsum(room)[:-1]]).astype(np.int64)
+    buf = np.zeros(int(room.sum()), np.uint8)
+    for a, b in zip(at.tolist(), ref):
+        buf[a:a + len(b)] = np.frombuffer(b, np.uint8)
+    blocks = nvcomp.as_arrays(cp.asarray(buf), at.tolist(), ref_len.tolist())
+
+    def decode():
+        state["dec"] = codec.decode(blocks)
+        cp.cuda.Device().synchronize()
+    times = timed_host(decode, repeats)
+    dec = state["dec"].cpu()
+    assert all(np.asarray(dec[i]).view(np.uint8).tobytes() == pages[i].tobytes() for i in range(min(n, 256))), \
+        "nvCOMP decoded one of our blocks wrongly"
+    report("nvCOMP decompress (our blocks)", "nvcomp-decompress", times, workers=n)
+
+
+def timed_host(fn, repeats: int) -> list[float]:
+    """Seconds per call of ``fn`` (which synchronises), after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return times
 
 
 if __name__ == "__main__":

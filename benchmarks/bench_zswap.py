@@ -16,12 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
 
 import numpy as np
 
 import devpool
-from devpool._bench import (Passes, format_ratio, lz4_blocks, lz4_compress_loop, lz4_compress_loop_kept,
+from devpool._bench import (Passes, format_ratio, zswap_single_page, lz4_blocks, lz4_compress_loop, lz4_compress_loop_kept,
                             lz4_decompress_loop, lz4_decompress_loop_kept)
 from _common import header, load_pages, save
 
@@ -70,13 +69,8 @@ def main(argv=None) -> dict:
         bo.time("load_batch", load_all)
         assert (got == pages).all(), "a loaded page differs from what was stored"
 
-    # single-page latency
-    lat_s, lat_l = [], []
-    for i in range(args.latency_pages):
-        p = pages[i % n]
-        t = time.perf_counter(); zs.store(i % n, p); t1 = time.perf_counter()
-        zs.load(i % n); t2 = time.perf_counter()
-        lat_s.append(t1 - t); lat_l.append(t2 - t1)
+    # single-page latency (benchmarks/bench_latency.py sets it against its baselines)
+    single = zswap_single_page(zs, pages[:min(n, args.latency_pages)])
     pst = pool.stats()
     res = header("bench_zswap", backend=args.backend, device=pst.get("device"), compressor=args.compressor,
                  blocks_on_device=st["blocks_on_device"], batch=args.batch, pages=n, pages_source=source)
@@ -91,8 +85,7 @@ def main(argv=None) -> dict:
         "load_vs_lz4_loop_kept": bo.ratio("lz4_decompress_loop_kept", "load_batch"),
         "compression_ratio": st["compression_ratio"], "same_filled_pages": st["same_filled_pages"],
         "stored_incompressible_pages": st["stored_incompressible_pages"],
-        "store_p50_us": float(np.percentile(lat_s, 50) * 1e6), "store_p99_us": float(np.percentile(lat_s, 99) * 1e6),
-        "load_p50_us": float(np.percentile(lat_l, 50) * 1e6), "load_p99_us": float(np.percentile(lat_l, 99) * 1e6),
+        "single_page": single,
     })
     print(f"# bench_zswap {res['date']} {res['machine']} ({res['cores']} cores) backend={args.backend} "
           f"({res['device']}) compressor={args.compressor} batch={args.batch} "
@@ -109,8 +102,8 @@ def main(argv=None) -> dict:
           f"{format_ratio(res['store_vs_lz4_loop_kept'])}, load {format_ratio(res['load_vs_lz4_loop_kept'])}")
     print(f"compression ratio {st['compression_ratio']:.2f}, same-filled {st['same_filled_pages']}, "
           f"incompressible {st['stored_incompressible_pages']}")
-    print(f"single page: store p50 {res['store_p50_us']:.1f} us p99 {res['store_p99_us']:.1f} us; "
-          f"load p50 {res['load_p50_us']:.1f} us p99 {res['load_p99_us']:.1f} us")
+    print("single page: " + "; ".join(f"{verb} p50 {v['p50_us']:.1f} us p99 {v['p99_us']:.1f} us"
+                                       for verb, v in single.items()))
     save(res, args.json)
     zs.close(); pool.close(); tmp.cleanup()
     return res

@@ -52,13 +52,15 @@ from __future__ import annotations
 
 import collections
 import threading
+from typing import NamedTuple
 
 import numba
 import numpy as np
 
+from ._checks import as_int_array
 from ._errors import InvalidHandleError, InvalidSizeError, PoolFullError
 
-__all__ = ["Allocator", "ALIGN"]
+__all__ = ["Allocator", "ALIGN", "CleaningPlan", "Placement"]
 
 #: every object starts on a 16-byte boundary (device copies stay aligned)
 ALIGN = 16
@@ -73,6 +75,25 @@ _GEN_MASK = (1 << _GEN_BITS) - 1
 MAX_SLOTS = 1 << _SLOT_BITS
 #: freed slots wait behind at least this many others before reuse (see the docstring)
 MIN_FREE_SLOTS = 1 << 14
+
+class Placement(NamedTuple):
+    """Where a batch would go (:meth:`Allocator.plan`); nothing is changed yet."""
+    offsets: np.ndarray     # arena offset of each object
+    head: int               # the head segment after the batch
+    head_fill: int          # its bump pointer then
+    opened: np.ndarray      # segments the batch opens (fresh or spare)
+
+
+class CleaningPlan(NamedTuple):
+    """Which live objects move where (:meth:`Allocator.plan_compact` / ``plan_clean``)."""
+    slots: np.ndarray       # the objects, in arena order
+    src: np.ndarray         # where they are
+    dst: np.ndarray         # where they go (packed next-fit)
+    asizes: np.ndarray      # their aligned sizes: the bytes each move copies
+    victims: np.ndarray     # the segments cleaned (all emptied unless reused as dst)
+    head: int               # the last packed segment: appends continue there (-1: none)
+    head_fill: int          # its bump pointer
+
 
 # --- pool ids: unique among open pools ---------------------------------------------------
 _ids_lock = threading.Lock()
@@ -309,6 +330,12 @@ class Allocator:
         self._table_views()
         self.live_objects = 0
         self.live_bytes = 0            # requested bytes of live objects (payload)
+        self.live_aligned = 0          # arena bytes they occupy (Σ seg_live)
+        self.segs_in_use = 0           # seg_in_use.sum(), kept as objects come and go
+        # cleaning figures (zsmalloc explains compaction through its stats; so do we)
+        self.clean_steps = 0
+        self.cleaned_segments = 0      # segments emptied by cleaning (steps and compact)
+        self.cleaned_bytes_moved = 0   # live bytes cleaning copied
         self.segments_compacted = 0
 
     def _table_views(self) -> None:
@@ -376,15 +403,7 @@ class Allocator:
 
     def check_sizes(self, sizes) -> np.ndarray:
         """Sizes as int64, or InvalidSizeError naming the first bad one."""
-        arr = np.asarray(sizes)
-        if arr.ndim != 1:
-            raise InvalidSizeError(f"sizes must be a 1-D sequence, got shape {arr.shape}")
-        if arr.size and arr.dtype.kind not in "iu":
-            raise InvalidSizeError(f"sizes must be integers, got dtype {arr.dtype}")
-        if arr.dtype == np.uint64 and arr.size and arr.max() > self.max_object:
-            i = int(np.argmax(arr > self.max_object))
-            raise InvalidSizeError(f"size {int(arr[i])} at batch index {i} is outside 1..{self.max_object}")
-        arr = arr.astype(np.int64, copy=False)
+        arr = as_int_array(sizes, "sizes", error=InvalidSizeError)
         bad = np.flatnonzero((arr <= 0) | (arr > self.max_object))
         if bad.size:
             i = int(bad[0])
@@ -404,26 +423,26 @@ class Allocator:
         return n
 
     # --- allocation ------------------------------------------------------------------
-    def plan(self, sizes: np.ndarray):
-        """Where a batch would go, changing nothing; None when it does not fit.
-
-        Returns (offsets, new head, head fill, segments it opens).
-        """
+    def plan(self, sizes: np.ndarray) -> Placement | None:
+        """Where a batch would go, changing nothing; None when it does not fit."""
         offsets, head, fill, opened = _place(aligned(sizes), self.head,
                                              self.seg_fill[self.head] if self.head >= 0 else 0,
                                              self.seg_in_use, self.seg_warm, self.seg_bytes)
         if head == -2:
             return None
-        return offsets, head, fill, opened
+        return Placement(offsets, head, fill, opened)
 
-    def commit_alloc(self, sizes: np.ndarray, plan) -> np.ndarray:
+    def commit_alloc(self, sizes: np.ndarray, plan: Placement) -> np.ndarray:
         """Record a planned batch (the point of no return); returns its slots."""
         offsets, head, fill, opened = plan
         slots = self._take_slots(sizes.shape[0])   # may grow the table: before any mutation
-        self.live_bytes += _record(slots, sizes, aligned(sizes), offsets, opened, self.seg_bytes,
+        a = aligned(sizes)
+        self.live_bytes += _record(slots, sizes, a, offsets, opened, self.seg_bytes,
                                    self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed,
                                    self.seg_in_use, self.locs, self.sizes)
         self.live_objects += sizes.shape[0]
+        self.live_aligned += int(a.sum())
+        self.segs_in_use += opened.size
         self.head = head
         return slots
 
@@ -440,7 +459,7 @@ class Allocator:
         plan = self.plan(np.array([size], np.int64))
         if plan is None:
             return None
-        return int(plan[0][0]), int(plan[3][0])
+        return int(plan.offsets[0]), int(plan.opened[0])
 
     def commit_one(self, size: int, offset: int, opened: int) -> int:
         """Record one placed object (the point of no return); returns its slot.
@@ -457,6 +476,7 @@ class Allocator:
             self._m_in_use[seg] = True
             self._m_live[seg] = self._m_objs[seg] = self._m_placed[seg] = 0
             self.head = seg
+            self.segs_in_use += 1
         self._m_live[seg] += a
         self._m_objs[seg] += 1
         self._m_placed[seg] += 1
@@ -465,6 +485,7 @@ class Allocator:
         self._m_sizes[slot] = size
         self.live_bytes += size
         self.live_objects += 1
+        self.live_aligned += a
         return slot
 
     def _take_slots(self, n: int) -> np.ndarray:
@@ -502,6 +523,48 @@ class Allocator:
         self._ring_count = queued.size + new - old
         self._table_views()
 
+    # --- segments and storage: in use, spare, or given back ----------------------------
+    # A freed segment becomes a *spare*: still held by storage (counted in
+    # pool_total_size), reused first, because giving a segment back and faulting it in
+    # again on the next batch made host copy-in 5x slower under churn. Past a budget the
+    # highest spares go back. The allocator decides; the pool tells storage.
+    def cold(self, segs: np.ndarray) -> np.ndarray:
+        """Of ``segs`` about to be used, those storage must commit (the others are spares)."""
+        return segs[~self.seg_warm[segs]]
+
+    def held(self, segs: np.ndarray) -> None:
+        """``segs`` are committed and in use now: spares among them are spares no longer."""
+        self.seg_warm[segs] = False
+
+    def retire(self, segs: np.ndarray, budget: int) -> np.ndarray:
+        """Freed ``segs`` become spares; returns the spares past ``budget`` (the highest:
+        the arena's top empties) that storage must take back, cold from now on."""
+        self.seg_warm[segs] = True
+        spares = np.flatnonzero(self.seg_warm)
+        give = spares[budget:]
+        self.seg_warm[give] = False
+        return give
+
+    @property
+    def spare_segments(self) -> int:
+        return int(self.seg_warm.sum())
+
+    # --- relocation (migration): objects move, handles stay -------------------------------
+    def plan_relocation(self, slots: np.ndarray) -> Placement | None:
+        """Fresh space for these live objects (``slots``), as a migration needs; None
+        when there is no room. Changes nothing."""
+        return self.plan(self.sizes[slots])
+
+    def commit_relocation(self, slots: np.ndarray, plan: Placement):
+        """The objects now live at ``plan.offsets`` (their bytes copied there already):
+        re-point the slots, free the old space. Returns (old offsets, aligned sizes,
+        emptied segments) as :meth:`free` does."""
+        sizes = self.sizes[slots]
+        old = self.locs[slots].copy()
+        temp = self.commit_alloc(sizes, plan)      # the new places, under borrowed slots
+        self.locs[slots], self.locs[temp] = self.locs[temp].copy(), old
+        return self.free(temp)                     # which now name the old places
+
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):
         """Forget validated slots; returns (offsets, aligned sizes, emptied segments)."""
@@ -511,6 +574,8 @@ class Allocator:
             self._ring_count, self.head)
         self.live_objects -= slots.shape[0]
         self.live_bytes -= total
+        self.live_aligned -= int(asz.sum())
+        self.segs_in_use -= emptied.size
         return offsets, asz, emptied
 
     def free_one(self, slot: int):
@@ -528,6 +593,7 @@ class Allocator:
             if seg != self.head:
                 self._m_in_use[seg] = False
                 emptied = seg
+                self.segs_in_use -= 1
         self._m_locs[slot] = -1
         g = self._m_gens[slot] + 1
         self._m_gens[slot] = 1 if g > _GEN_MASK else g
@@ -535,18 +601,39 @@ class Allocator:
         self._ring_count += 1
         self.live_objects -= 1
         self.live_bytes -= size
+        self.live_aligned -= a
         return off, a, emptied
 
     # --- cleaning --------------------------------------------------------------------
-    def plan_compact(self, max_utilisation: float = 1.0):
-        """Plan cleaning of every in-use segment whose live share is below the bar.
+    @property
+    def dead_bytes(self) -> int:
+        """Bytes of in-use segments no live object occupies (freed objects, tails)."""
+        return self.segs_in_use * self.seg_bytes - self.live_aligned
 
-        Returns (slots, src offsets, dst offsets, aligned sizes, victims) or None when
-        cleaning would free nothing. Live objects keep their arena order, packed next-fit
-        into the lowest-numbered candidate segments (free ones and the victims).
-        """
+    def plan_compact(self, max_utilisation: float = 1.0):
+        """Plan cleaning of every in-use segment whose live share is below the bar: a
+        :class:`CleaningPlan`, or None when cleaning would free nothing. Live objects keep
+        their arena order, packed next-fit into the lowest-numbered candidate segments
+        (free ones and the victims)."""
         used = np.flatnonzero(self.seg_in_use)
-        victims = used[self.seg_live[used] < max_utilisation * self.seg_bytes]
+        return self._plan_victims(used[self.seg_live[used] < max_utilisation * self.seg_bytes])
+
+    def plan_clean(self, want_bytes: int, max_victims: int):
+        """Plan one bounded cleaning step (as RAMCloud's cleaner, greedy): the fewest of
+        the least-utilised segments (never the open head) whose dead space adds up to
+        ``want_bytes`` plus a segment (packing them then frees at least that much), at
+        most ``max_victims`` of them. None when even those would free nothing."""
+        used = np.flatnonzero(self.seg_in_use)
+        if self.head >= 0:
+            used = used[used != self.head]
+        if used.size < 2:
+            return None
+        order = used[np.argsort(self.seg_live[used], kind="stable")][:max_victims]
+        room = np.cumsum(self.seg_bytes - self.seg_live[order])
+        k = min(int(np.searchsorted(room, max(want_bytes, self.seg_bytes) + self.seg_bytes)) + 1, order.size)
+        return self._plan_victims(order[:k])
+
+    def _plan_victims(self, victims: np.ndarray):
         if victims.size == 0:
             return None
         live = np.flatnonzero(self.locs >= 0)
@@ -557,17 +644,18 @@ class Allocator:
         a = aligned(self.sizes[slots])
         # destinations: free segments and the victims themselves (storage.move reads
         # every source before writing), lowest index first so the arena's top empties
+        # (a device arena shrinks to its highest segment in use)
         blocked = self.seg_in_use & ~is_victim
         no_warmth = np.zeros(self.n_segs, np.bool_)
         dst, head, fill, opened = _place(a, -1, 0, blocked, no_warmth, self.seg_bytes)
         assert head != -2, "next-fit in arena order never needs more segments than before"
-        if opened.size >= victims.size:
-            return None   # nothing would be freed
-        return slots, self.locs[slots], dst, a, victims, head, fill
+        if opened.size >= victims.size and (opened.size == 0 or opened.max() >= victims.max()):
+            return None   # nothing would be freed, nor would the arena's top come down
+        return CleaningPlan(slots, self.locs[slots], dst, a, victims, int(head), int(fill))
 
-    def commit_compact(self, plan) -> tuple[np.ndarray, np.ndarray]:
+    def commit_compact(self, plan: CleaningPlan) -> tuple[np.ndarray, np.ndarray]:
         """Re-point moved slots and rebuild segment figures; returns (freed, newly used)."""
-        slots, _src, dst, a, victims, head, fill = plan
+        slots, dst, a, victims, head = plan.slots, plan.dst, plan.asizes, plan.victims, plan.head
         before = self.seg_in_use.copy()
         self.seg_in_use[victims] = False
         for arr in (self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed):
@@ -584,19 +672,26 @@ class Allocator:
         freed = np.flatnonzero(before & ~self.seg_in_use)
         grown = np.flatnonzero(~before & self.seg_in_use)
         self.segments_compacted += freed.size
+        self.cleaned_segments += freed.size
+        self.cleaned_bytes_moved += int(a.sum())
+        self.segs_in_use = int(self.seg_in_use.sum())
         return freed, grown
 
     # --- figures ---------------------------------------------------------------------
     def stats(self) -> dict:
-        in_use = int(self.seg_in_use.sum())
+        in_use = self.segs_in_use
         return {
             "obj_used": self.live_objects,
             "obj_allocated": int(self.seg_placed.sum()),
             "payload_bytes": self.live_bytes,
-            "arena_used_bytes": int(self.seg_live.sum()),
+            "arena_used_bytes": self.live_aligned,
+            "dead_bytes": self.dead_bytes,
+            "clean_steps": self.clean_steps,
+            "cleaned_segments": self.cleaned_segments,
+            "cleaned_bytes_moved": self.cleaned_bytes_moved,
             "segments_in_use": in_use,
             "segment_bytes": self.seg_bytes,
             "segments_compacted": self.segments_compacted,
-            "compactable_bytes": in_use * self.seg_bytes - int(self.seg_live.sum()),
+            "compactable_bytes": self.dead_bytes,
             "capacity_bytes": self.capacity,
         }

@@ -22,7 +22,8 @@ from ._cli_io import write_outputs
 from ._errors import BadInputError, DevpoolError
 from ._zswap import Zswap
 
-__all__ = ["run_bench", "Passes", "format_ratio", "lz4_blocks", "lz4_compress_loop", "lz4_decompress_loop",
+__all__ = ["run_bench", "Passes", "format_ratio", "bare_single_page", "zswap_single_page",
+           "single_page_ratios", "lz4_blocks", "lz4_compress_loop", "lz4_decompress_loop",
            "lz4_compress_loop_kept", "lz4_decompress_loop_kept"]
 
 PASSES = 5
@@ -91,6 +92,74 @@ lz4_compress_loop_kept = lz4_blocks        # the blocks themselves are what it k
 
 def lz4_decompress_loop_kept(blocks: list[bytes]) -> list[bytes]:
     return [lz4.block.decompress(b, uncompressed_size=4096) for b in blocks]
+
+
+# --- one page at a time: what a fault costs -------------------------------------------------
+def _percentiles(ts) -> dict:
+    ts = np.asarray(ts) * 1e6
+    return {"p50_us": float(np.percentile(ts, 50)), "p99_us": float(np.percentile(ts, 99))}
+
+
+def bare_single_page(pages: np.ndarray) -> dict:
+    """What a user would write instead of devpool, timed page by page: a dict of
+    ``lz4.block`` blocks keyed by swap offset (``d[off] = compress(page)``, then
+    ``out[:] = decompress(d.pop(off))`` into a page, then a store and ``del d[off]``)."""
+    d: dict[int, bytes] = {}
+    out = np.empty(4096, np.uint8)
+    store, load, inval = [], [], []
+    clock = time.perf_counter
+    for off, page in enumerate(pages):
+        t = clock()
+        d[off] = lz4.block.compress(page, store_size=False)
+        store.append(clock() - t)
+    for off in range(pages.shape[0]):
+        t = clock()
+        out[:] = np.frombuffer(lz4.block.decompress(d.pop(off), uncompressed_size=4096), np.uint8)
+        load.append(clock() - t)
+    for off, page in enumerate(pages):
+        d[off] = lz4.block.compress(page, store_size=False)
+        t = clock()
+        del d[off]
+        inval.append(clock() - t)
+    return {"store": _percentiles(store), "load": _percentiles(load), "invalidate": _percentiles(inval)}
+
+
+def zswap_single_page(zs: Zswap, pages: np.ndarray, check: bool = True) -> dict:
+    """``Zswap.store`` / ``load`` / ``invalidate`` of one page at a time, timed each;
+    every loaded page is checked against what was stored."""
+    store, load, inval = [], [], []
+    clock = time.perf_counter
+    for off, page in enumerate(pages):
+        t = clock()
+        zs.store(off, page)
+        store.append(clock() - t)
+    for off in range(pages.shape[0]):
+        t = clock()
+        got = zs.load(off)
+        load.append(clock() - t)
+        if check and not np.array_equal(got, pages[off]):
+            raise DevpoolError(f"page {off} came back different from what was stored")
+    for off, page in enumerate(pages):
+        zs.store(off, page)
+        t = clock()
+        zs.invalidate(off)
+        inval.append(clock() - t)
+    return {"store": _percentiles(store), "load": _percentiles(load), "invalidate": _percentiles(inval)}
+
+
+def single_page_ratios(zs: Zswap, pages: np.ndarray, passes: int = 3) -> dict:
+    """Paired passes of the bare loop and Zswap's single-page verbs on the same pages:
+    per verb the last pass's percentiles and the median (range) over passes of
+    Zswap's p50 / the bare loop's p50 (lower is better; 1.0 = as fast as the loop)."""
+    runs = []
+    for _ in range(passes):
+        runs.append((bare_single_page(pages), zswap_single_page(zs, pages)))
+    out = {}
+    for verb in ("store", "load", "invalidate"):
+        r = np.array([z[verb]["p50_us"] / b[verb]["p50_us"] for b, z in runs])
+        out[verb] = {"zswap": runs[-1][1][verb], "bare": runs[-1][0][verb],
+                     "p50_vs_bare": {"median": float(np.median(r)), "low": float(r.min()), "high": float(r.max())}}
+    return out
 
 
 def _stores_and_loads(zs: Zswap, pages: np.ndarray, batch: int, progress,
@@ -173,17 +242,8 @@ def run_bench(args, pages: np.ndarray, source: str) -> int:
         pst = pool.stats()
         efficiency = pst["pool_total_size"] / max(1, pst["payload_bytes"])
         zs.invalidate_area()
-        # single-page latency
-        lat_s, lat_l = [], []
-        for i in progress(range(min(n, 1000)), "latency"):
-            t0 = time.perf_counter()
-            zs.store(i, pages[i])
-            t1 = time.perf_counter()
-            page = zs.load(i)
-            lat_s.append(t1 - t0)
-            lat_l.append(time.perf_counter() - t1)
-            if not np.array_equal(page, pages[i]):
-                raise DevpoolError(f"page {i} came back different from what was stored")
+        # one page at a time, against the bare loop a user would write
+        single = single_page_ratios(zs, pages[:min(n, 2000)])
         # throughput against batch size (the plot)
         sweep = []
         for b in progress(sweep_sizes, "sweep"):
@@ -205,8 +265,7 @@ def run_bench(args, pages: np.ndarray, source: str) -> int:
         "store_vs_lz4_loop": passes.ratio("lz4_c", "store"), "load_vs_lz4_loop": passes.ratio("lz4_d", "load"),
         "compression_ratio": zst["compression_ratio"], "pool_efficiency": efficiency,
         "same_filled_pages": zst["same_filled_pages"], "incompressible_pages": zst["stored_incompressible_pages"],
-        "store_p50_us": float(np.percentile(lat_s, 50) * 1e6), "store_p99_us": float(np.percentile(lat_s, 99) * 1e6),
-        "load_p50_us": float(np.percentile(lat_l, 50) * 1e6), "load_p99_us": float(np.percentile(lat_l, 99) * 1e6),
+        "single_page": single,
         "sweep": sweep,
     }
     _print_table(res)
@@ -235,8 +294,12 @@ def _print_table(r: dict) -> None:
         print(f"  {name:36}{r[key]:>10.0f}{r[key] * gb:>8.2f}  {format_ratio(ratio)}")
     print(f"  compression ratio {r['compression_ratio']:.2f}   pool efficiency (pool_total_size / payload) "
           f"{r['pool_efficiency']:.3f}   same-filled {r['same_filled_pages']}   incompressible {r['incompressible_pages']}")
-    print(f"  single page: store p50 {r['store_p50_us']:.0f} us  p99 {r['store_p99_us']:.0f} us;  "
-          f"load p50 {r['load_p50_us']:.0f} us  p99 {r['load_p99_us']:.0f} us")
+    print("  one page at a time        p50 / p99 us    bare lz4.block + dict loop    p50 x loop: median (range)")
+    for verb, v in r["single_page"].items():
+        q = v["p50_vs_bare"]
+        print(f"  {verb:24}{v['zswap']['p50_us']:>7.1f} /{v['zswap']['p99_us']:>6.1f}"
+              f"{v['bare']['p50_us']:>16.1f} /{v['bare']['p99_us']:>6.1f}"
+              f"      {q['median']:.2f}x ({q['low']:.2f}-{q['high']:.2f})")
 
 
 def _plot(r: dict, f, fmt: str) -> None:

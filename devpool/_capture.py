@@ -22,7 +22,7 @@ import sys
 import numpy as np
 
 from ._checks import check_int
-from ._errors import DevpoolError
+from ._errors import CaptureError
 
 __all__ = ["CaptureError", "capture_pid", "capture_workloads", "page_summary", "WORKLOADS"]
 
@@ -30,10 +30,6 @@ PAGE = 4096
 _PRESENT = 1 << 63
 #: pagemap entries read at once (8 bytes each: 512 KiB), whatever the region's size
 _CHUNK_PAGES = 1 << 16
-
-
-class CaptureError(DevpoolError, OSError):
-    """A process's memory could not be read (gone, not permitted, or changed mid-read)."""
 
 
 def _anonymous_regions(pid: int) -> list[tuple[int, int]]:

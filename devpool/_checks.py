@@ -16,7 +16,10 @@ import numpy as np
 
 from ._errors import BadInputError
 
-__all__ = ["check_int", "check_real"]
+__all__ = ["PAGE_SIZE", "as_int_array", "check_int", "check_real", "first_range_outside"]
+
+#: the page size: a swap page, a zswap entry, a codec's unit (Linux x86-64's)
+PAGE_SIZE = 4096
 
 
 def _range_text(lo, hi) -> str:
@@ -52,6 +55,25 @@ def check_real(value, name: str, *, lo: float | None = None, hi: float | None = 
         left = "(" if lo_open else "["
         raise BadInputError(f"{name} must be in {left}{lo}, {hi}], got {value!r}")
     return v
+
+
+def as_int_array(values, name: str, *, error: type[Exception] = BadInputError) -> np.ndarray:
+    """A 1-D sequence of integers as int64 (numpy integers and Python ints alike), or
+    ``error`` naming ``name``: not 1-D, floats, bools, objects, or values beyond int64
+    (a uint64 above 2**63 - 1 would wrap to a negative int64) are refused."""
+    try:
+        arr = np.asarray(values)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise error(f"{name} must be a 1-D sequence of integers: {exc}") from exc
+    if arr.ndim != 1:
+        raise error(f"{name} must be a 1-D sequence, got shape {arr.shape}")
+    if arr.size == 0:
+        return np.zeros(0, np.int64)
+    if arr.dtype.kind not in "iu":
+        raise error(f"{name} must be integers, got dtype {arr.dtype}")
+    if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
+        raise error(f"{name} must fit in int64, got {int(arr.max())}")
+    return arr.astype(np.int64, copy=False)
 
 
 def first_range_outside(starts: np.ndarray, lengths: np.ndarray, size: int) -> int:

@@ -140,6 +140,25 @@ def cmd_replay(args) -> int:
     return run_replay(args, pages, source)
 
 
+# --- check-kernels --------------------------------------------------------------------------
+def cmd_check_kernels(args) -> int:
+    """Compile every CUDA kernel to machine code per architecture (no GPU needed)."""
+    try:
+        from .kernels._check import check_kernels, format_rows, parse_archs
+        archs = parse_archs(args.arch)
+    except ValueError as exc:
+        raise BadInputError(str(exc)) from exc
+    try:
+        rows = check_kernels(archs)
+    except RuntimeError as exc:
+        raise DevpoolError(f"cannot compile CUDA kernels here: {exc}") from exc
+    print(format_rows(rows))
+    failed = [r for r in rows if r.error]
+    if failed:
+        print(f"devpool check-kernels: {len(failed)} of {len(rows)} kernel builds failed", file=sys.stderr)
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="devpool", description="A compressed memory pool in GPU (or host) memory, zswap-style.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -184,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot", metavar="F.png", help="pool size and hit rate over time")
     page_source(p)
     p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("check-kernels", help="compile every CUDA kernel to machine code (no GPU needed): "
+                       "registers, spills, stack, occupancy")
+    p.add_argument("--arch", default="sm_80,sm_90", help="architectures, comma-separated (default sm_80,sm_90)")
+    p.set_defaults(func=cmd_check_kernels)
 
     p = sub.add_parser("info", help="version, backends available and why not, device name")
     p.set_defaults(func=cmd_info)

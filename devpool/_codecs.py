@@ -58,13 +58,13 @@ import copy
 import lz4.block
 import numpy as np
 
-from ._checks import check_int, first_range_outside
+from ._checks import PAGE_SIZE, as_int_array, check_int, first_range_outside
 from ._errors import BadInputError, CorruptDataError, UnknownCodecError
 from ._packed import gather, packed_starts
 
 __all__ = ["Codec", "Lz4", "Lz4HC", "Raw", "get_codec", "register_codec", "registered_codecs"]
 
-PAGE = 4096
+PAGE = PAGE_SIZE
 
 
 def check_pages(pages, page_size: int = PAGE) -> np.ndarray:
@@ -88,10 +88,7 @@ def check_rows(rows, n_pages: int) -> np.ndarray:
     """Row indices into a batch of ``n_pages`` (all of them when None), or BadInputError."""
     if rows is None:
         return np.arange(n_pages, dtype=np.int64)
-    rows = np.asarray(rows)
-    if rows.ndim != 1 or (rows.size and rows.dtype.kind not in "iu"):
-        raise BadInputError(f"rows must be a 1-D integer array, got {rows.dtype} {rows.shape}")
-    rows = rows.astype(np.int64, copy=False)
+    rows = as_int_array(rows, "rows")
     if rows.size and (rows.min() < 0 or rows.max() >= n_pages):
         raise BadInputError(f"rows must lie in 0..{n_pages - 1}")
     return rows
@@ -112,15 +109,7 @@ def as_block_data(data) -> np.ndarray:
 
 def as_lengths(lengths) -> np.ndarray:
     """Block lengths as a 1-D int64 array; floats (even whole ones), NaN, bools are refused."""
-    try:
-        arr = np.asarray(lengths)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise BadInputError(f"lengths must be a 1-D sequence of integers: {exc}") from exc
-    if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
-        raise BadInputError(f"lengths must be a 1-D integer array, got {arr.dtype} {arr.shape}")
-    if arr.dtype == np.uint64 and arr.size and arr.max() > np.iinfo(np.int64).max:
-        raise BadInputError("lengths must fit in int64")
-    return arr.astype(np.int64, copy=False)
+    return as_int_array(lengths, "lengths")
 
 
 def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, device_ok: bool = False):
@@ -142,10 +131,9 @@ def check_decode_args(data, lengths, out, rows, starts, page_size: int = PAGE, d
     if starts is None:
         starts = packed_starts(np.maximum(lengths, 0))
     else:
-        starts = np.asarray(starts)
-        if starts.shape != (n,) or (n and starts.dtype.kind not in "iu"):
-            raise BadInputError(f"starts must be {n} integers, got {starts.dtype} {starts.shape}")
-        starts = starts.astype(np.int64, copy=False)
+        starts = as_int_array(starts, "starts")
+        if starts.shape != (n,):
+            raise BadInputError(f"starts must be {n} integers, got shape {starts.shape}")
     size = int(data.shape[0]) if len(data.shape) == 1 else -1
     if size < 0:
         raise BadInputError(f"data must be 1-D, got shape {data.shape}")
@@ -273,10 +261,14 @@ _NO_BYTES = np.zeros(0, np.uint8)
 
 
 class _Lz4Block(Codec):
-    """Shared by lz4 and lz4hc: the python-lz4 binding, one call per page."""
+    """Shared by lz4, lz4hc (and zstd): a binding's call per page, both ways."""
 
     def _compress_one(self, page: bytes) -> bytes:
         raise NotImplementedError
+
+    def _decompress_one(self, block: np.ndarray) -> bytes | bytearray:
+        # a bytearray: a single-page load hands it over as the page, uncopied
+        return lz4.block.decompress(block, uncompressed_size=self.page_size, return_bytearray=True)
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
@@ -299,14 +291,15 @@ class _Lz4Block(Codec):
 
     def _decompress_page(self, block, out=None):
         try:
-            page = lz4.block.decompress(block, uncompressed_size=self.page_size, return_bytearray=True)
+            page = self._decompress_one(block)
         except Exception:
             return None
         if len(page) != self.page_size:       # a short page is a failure (see below)
             return None
+        arr = np.frombuffer(page, np.uint8)
         if out is None:                       # the library's fresh buffer is the page
-            return np.frombuffer(page, np.uint8)
-        out[:] = np.frombuffer(page, np.uint8)
+            return arr if arr.flags.writeable else arr.copy()
+        out[:] = arr
         return out
 
     def decompress_into(self, data, lengths, out, rows=None, starts=None):
@@ -315,7 +308,7 @@ class _Lz4Block(Codec):
         rows = rows.tolist()
         for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
             try:
-                page = lz4.block.decompress(data[s:s + n], uncompressed_size=self.page_size)
+                page = self._decompress_one(data[s:s + n])
             except Exception:
                 continue
             # lz4.block silently returns a short page for some corrupt blocks: a page of
@@ -385,7 +378,8 @@ class Raw(Codec):
 _REGISTRY: dict[str, type[Codec]] = {}
 #: codecs whose module registers them on import; loaded on first use so that importing
 #: devpool never compiles numba code or touches CUDA
-_LAZY = {"lz4-njit": "devpool.kernels.lz4", "lz4-device": "devpool.kernels.lz4_device"}
+_LAZY = {"lz4-njit": "devpool.kernels.lz4", "lz4-device": "devpool.kernels.lz4_device",
+         "zstd": "devpool._zstd", "nvcomp-lz4": "devpool.kernels.nvcomp"}
 
 
 def register_codec(cls: type[Codec], codec_id: str | None = None) -> type[Codec]:

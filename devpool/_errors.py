@@ -15,7 +15,8 @@ against plain Python keeps working::
     ├── ClosedError (ValueError)          any operation on a closed Pool or Zswap, as
     │   └── PoolClosedError                   I/O on a closed file raises ValueError
     ├── EntryNotFoundError (KeyError)     Zswap.load of an offset it does not hold
-    └── WritebackError (OSError)          the backing swap file could not be written/read
+    ├── WritebackError (OSError)          the backing swap file could not be written/read
+    └── CaptureError (OSError)            another process's memory could not be read
 
 Errors of numpy, numba, CuPy or the OS are translated where they cross into devpool
 (storage boundary, backing file) and chained with ``raise ... from``.
@@ -26,6 +27,7 @@ from __future__ import annotations
 __all__ = [
     "BackendUnavailableError",
     "BadInputError",
+    "CaptureError",
     "ClosedError",
     "CorruptDataError",
     "DevpoolError",
@@ -96,3 +98,7 @@ class EntryNotFoundError(DevpoolError, KeyError):
 
 class WritebackError(DevpoolError, OSError):
     """The backing swap file could not be written or read."""
+
+
+class CaptureError(DevpoolError, OSError):
+    """A process's memory could not be read (gone, not permitted, or changed mid-read)."""

@@ -22,18 +22,18 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 
 import numpy as np
 
 from ._allocator import Allocator, aligned
-from ._checks import check_real, first_range_outside
+from ._checks import PAGE_SIZE, as_int_array, check_real, first_range_outside
 from ._packed import packed_starts
-from ._errors import BadInputError, InvalidSizeError, PoolClosedError, PoolFullError
+from ._errors import BadInputError, PoolClosedError, PoolFullError
 from ._storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
 
-PAGE_SIZE = 4096
 #: 256 KiB segments: the partly filled tail of each costs ~0.3 % of it at LZ4 page sizes
 DEFAULT_SEGMENT_BYTES = 256 * 1024
 
@@ -95,17 +95,7 @@ def _check_out(out, nbytes: int) -> np.ndarray:
 
 
 def _as_handles(handles) -> np.ndarray:
-    try:
-        arr = np.asarray(handles)
-    except (OverflowError, ValueError, TypeError) as exc:
-        raise BadInputError(f"handles must be a 1-D sequence of integers: {exc}") from exc
-    if arr.ndim != 1:
-        raise BadInputError(f"handles must be a 1-D sequence, got shape {arr.shape}")
-    if arr.size == 0:
-        return np.zeros(0, np.int64)
-    if arr.dtype.kind not in "iu":
-        raise BadInputError(f"handles must be integers, got dtype {arr.dtype}")
-    return arr.astype(np.int64, copy=False)
+    return as_int_array(handles, "handles")
 
 
 class Pool:
@@ -128,9 +118,11 @@ class Pool:
         self._closed = False
         self.backend_reason = backend_reason
         self._counters = {"alloc_fail": 0, "compactions": 0}
-        #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB)
+        #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
+        #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
-        self._n_spare = 0
+        self._clean_floor = 0          # see _maybe_clean
+        self._clean_seconds = 0.0      # time spent in cleaning steps
 
     def _enter(self) -> None:
         """What ``_locked`` does after taking the lock, for the inline single verbs."""
@@ -183,17 +175,14 @@ class Pool:
         """``pool_total_size`` without building the whole stats dict (a hot-path read)."""
         return self.storage.committed_bytes
 
-    # --- segments <-> storage --------------------------------------------------------
-    # Freed segments are kept as *spares* (still held by storage, counted in
-    # pool_total_size) up to a small budget before they are released: a pool under churn
-    # would otherwise give a segment back and fault it in again on every batch (measured:
-    # first-touch faults made host copy-in 5x slower). compact() releases every spare.
+    # --- segments <-> storage (the allocator decides which; the pool tells storage) -----
     def _commit_segments(self, segs: np.ndarray) -> None:
         """Make segments usable (a spare needs nothing); all or nothing."""
         sb = self.alloc_.seg_bytes
-        warm = self.alloc_.seg_warm
-        cold = segs[~warm[segs]]
+        cold = self.alloc_.cold(segs)
         done = []
+        if cold.size:
+            self.storage.reserve((int(cold.max()) + 1) * sb)   # one growth for the batch
         try:
             for s in cold.tolist():
                 self.storage.commit(s * sb, sb)
@@ -203,24 +192,18 @@ class Pool:
                 self.storage.release(s * sb, sb)
             self.storage.trim()
             raise
-        self._n_spare -= segs.size - cold.size     # only once the commit stands
-        warm[segs] = False
+        self.alloc_.held(segs)                     # only once the commit stands
 
     def _release_segments(self, segs: np.ndarray, keep_spares: bool = True) -> None:
         """Freed segments become spares; past the budget the highest go back to storage."""
         sb = self.alloc_.seg_bytes
-        warm = self.alloc_.seg_warm
-        warm[segs] = True
-        self._n_spare += segs.size
-        budget = self._spare_budget // sb if keep_spares else 0
-        if self._n_spare > budget:
-            spares = np.flatnonzero(warm)
-            give = spares[budget:]                  # keep the lowest, return the top
+        budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
+                  if keep_spares else 0)
+        give = self.alloc_.retire(segs, budget)
+        if give.size:
             for s in give.tolist():
                 self.storage.release(s * sb, sb)
             self.storage.trim()
-            warm[give] = False
-            self._n_spare = spares.size - give.size
 
     # --- allocation ------------------------------------------------------------------
     @_locked
@@ -240,7 +223,7 @@ class Pool:
             raise PoolFullError(
                 f"pool full: {sizes.shape[0]} objects ({int(aligned(sizes).sum())} bytes) do not fit "
                 f"in capacity {self.alloc_.capacity} ({self.alloc_.live_bytes} bytes live)")
-        self._commit_segments(plan[3])         # fallible: device OOM -> PoolFullError
+        self._commit_segments(plan.opened)     # fallible: device OOM -> PoolFullError
         slots = self.alloc_.commit_alloc(sizes, plan)
         return self.alloc_.handles(slots) ^ self._key
 
@@ -256,8 +239,7 @@ class Pool:
         plan = self.alloc_.plan(sizes)
         if plan is None:
             return self.alloc_.capacity + 1
-        opened = plan[3]
-        return int((~self.alloc_.seg_warm[opened]).sum()) * self.alloc_.seg_bytes
+        return self.alloc_.cold(plan.opened).size * self.alloc_.seg_bytes
 
     def growth_for_one(self, size: int) -> int:
         """:meth:`growth_for` of one object of ``size`` (a valid size)."""
@@ -265,8 +247,8 @@ class Pool:
             placed = self.alloc_.place_one(size)
             if placed is None:
                 return self.alloc_.capacity + 1
-            seg = placed[1]
-            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0
+            seg = placed[1]                         # opened, or -1: the head had room
+            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0  # a spare costs 0
 
     def alloc(self, nbytes: int, *, data=None) -> int:
         """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
@@ -336,11 +318,9 @@ class Pool:
         slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
         offsets, sizes = self.alloc_.location(slots)
         if lengths is not None:
-            lens = np.asarray(lengths)
+            lens = as_int_array(lengths, "lengths")
             if lens.shape != hs.shape:
                 raise BadInputError(f"lengths has shape {lens.shape}, handles {hs.shape}")
-            if lens.size and lens.dtype.kind not in "iu":
-                raise BadInputError(f"lengths must be integers, got dtype {lens.dtype}")
             bad = np.flatnonzero(lens != sizes)
             if bad.size:
                 i = int(bad[0])
@@ -352,11 +332,9 @@ class Pool:
                 raise BadInputError(f"payload holds {nbytes} bytes, the objects need {total}")
             starts = packed_starts(sizes)
         else:
-            starts = np.asarray(src_starts)
-            if starts.shape != hs.shape or (starts.size and starts.dtype.kind not in "iu"):
-                raise BadInputError(f"src_starts must be integers shaped like handles {hs.shape}, "
-                                    f"got {starts.dtype} {starts.shape}")
-            starts = starts.astype(np.int64, copy=False)
+            starts = as_int_array(src_starts, "src_starts")
+            if starts.shape != hs.shape:
+                raise BadInputError(f"src_starts must be shaped like handles {hs.shape}, got {starts.shape}")
             i = first_range_outside(starts, sizes, nbytes)
             if i >= 0:
                 raise BadInputError(f"object {i} at src_starts {int(starts[i])} (+{int(sizes[i])} bytes) "
@@ -422,13 +400,15 @@ class Pool:
         freed.
         """
         with self._lock:
-            self._enter()
-            slot = self.alloc_.decode_one(handle, self._ikey)
-            offset, size = self.alloc_.where(slot)
+            if self._closed or self._hook is not None:
+                self._enter()
+            al = self.alloc_
+            slot = al.decode_one(handle, self._ikey)
+            offset, size = al.where(slot)
             if out is None:
                 out = np.empty(size, np.uint8)
-            elif not (type(out) is np.ndarray and out.dtype == np.uint8 and out.ndim == 1
-                      and out.flags.c_contiguous and out.flags.writeable and out.size == size):
+            elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
+                      and (flags := out.flags).c_contiguous and flags.writeable):
                 out = _check_out(out, size)
             self.storage.read_one(offset, out)
             if free:
@@ -449,6 +429,7 @@ class Pool:
         offsets, asz, released = self.alloc_.free(slots)
         self.storage.discard(offsets, asz)
         self._release_segments(released)
+        self._maybe_clean()
 
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
@@ -461,13 +442,48 @@ class Pool:
         self.storage.discard_one(offset, asize)
         if emptied >= 0:
             self._release_segments(np.array([emptied], np.int64))
+        self._maybe_clean()
+
+    # --- cleaning as you go -----------------------------------------------------------
+    # A log-structured arena keeps freed bytes dead until their segment is cleaned; under
+    # churn (zswap frees and stores all day) they would pile up: 5.86 bytes held per live
+    # byte were measured before this. So every free checks, in O(1), whether dead space
+    # has passed CLEAN_TRIGGER of the live bytes (plus two segments of slack for the
+    # head's tail) and if so runs one *bounded* cleaning step: the emptiest segments,
+    # enough to bring dead space down to half the trigger, at most CLEAN_STEP_SEGMENTS of
+    # them, packed with one bulk move. No single call pays for a whole pass.
+    #: dead bytes that start a cleaning step, as a share of live arena bytes
+    CLEAN_TRIGGER = 1 / 16
+    #: the most segments one cleaning step packs (bounds the work one free pays)
+    CLEAN_STEP_SEGMENTS = 64
+
+    def _maybe_clean(self) -> None:
+        al = self.alloc_
+        dead = al.segs_in_use * al.seg_bytes - al.live_aligned        # al.dead_bytes, inline
+        if dead > self._clean_floor and dead > 2 * al.seg_bytes and dead > al.live_aligned * self.CLEAN_TRIGGER:
+            limit = al.live_aligned * self.CLEAN_TRIGGER
+            t0 = time.perf_counter()
+            plan = al.plan_clean(int(dead - limit * 3 / 4), self.CLEAN_STEP_SEGMENTS)
+            if plan is None:
+                # nothing packs into fewer segments yet: wait for another segment's worth
+                # of dead bytes before planning again (a plan scans the handle table)
+                self._clean_floor = dead + al.seg_bytes
+            else:
+                self._clean_floor = 0
+                self._execute_clean(plan)
+                al.clean_steps += 1
+            self._clean_seconds += time.perf_counter() - t0
 
     # --- compaction ------------------------------------------------------------------
     def _compact(self, max_utilisation: float) -> int:
-        plan = self.alloc_.plan_compact(max_utilisation)
+        return self._execute_clean(self.alloc_.plan_compact(max_utilisation))
+
+    def _execute_clean(self, plan) -> int:
+        """Carry out a cleaning plan: commit destinations, one bulk move, re-point the
+        slots, give emptied segments back; returns bytes freed."""
         if plan is None:
             return 0
-        slots, src, dst, a, victims, _, _ = plan
+        src, dst, a = plan.src, plan.dst, plan.asizes
         touched = np.unique(dst // self.alloc_.seg_bytes)
         fresh = touched[~self.alloc_.seg_in_use[touched]]
         self._commit_segments(fresh)
@@ -499,28 +515,20 @@ class Pool:
     def _relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
         """Move a random share of live objects to fresh space (chaos storage's tool).
 
-        A real migration through the allocator: new space is planned, committed and
-        copied into, then the old copies are freed. Skipped when there is no room.
+        A real migration through the allocator's verbs: new space is planned, committed
+        and copied into, then the old copies are freed; handles stay valid. Skipped when
+        there is no room.
         """
         live = np.flatnonzero(self.alloc_.locs >= 0)
-        if live.size == 0:
-            return 0
         pick = live[rng.random(live.size) < fraction]
         if pick.size == 0:
             return 0
-        sizes = self.alloc_.sizes[pick]
-        plan = self.alloc_.plan(sizes)
+        plan = self.alloc_.plan_relocation(pick)
         if plan is None:
             return 0
-        self._commit_segments(plan[3])
-        old = self.alloc_.locs[pick].copy()
-        self.storage.move(old, plan[0], aligned(sizes))
-        # allocate fresh slots for the new copies, then swap them with the old slots so
-        # the caller's handles now point at the moved bytes
-        new_slots = self.alloc_.commit_alloc(sizes, plan)
-        al = self.alloc_
-        al.locs[pick], al.locs[new_slots] = al.locs[new_slots].copy(), old
-        offsets, asz, released = al.free(new_slots)
+        self._commit_segments(plan.opened)
+        self.storage.move(self.alloc_.locs[pick], plan.offsets, aligned(self.alloc_.sizes[pick]))
+        offsets, asz, released = self.alloc_.commit_relocation(pick, plan)
         self.storage.discard(offsets, asz)
         self._release_segments(released)
         return int(pick.size)
@@ -531,8 +539,9 @@ class Pool:
         """Pool figures (zsmalloc names where one exists) and the backend in use."""
         st = self.alloc_.stats()
         st["pool_total_size"] = self.storage.committed_bytes
-        st["spare_bytes"] = int(self.alloc_.seg_warm.sum()) * self.alloc_.seg_bytes
+        st["spare_bytes"] = self.alloc_.spare_segments * self.alloc_.seg_bytes
         st["pages_compacted"] = st["segments_compacted"] * (self.alloc_.seg_bytes // PAGE_SIZE)
+        st["clean_seconds"] = self._clean_seconds
         st.update(self._counters)
         st.update(self.storage.describe())
         if self.backend_reason:

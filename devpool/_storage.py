@@ -113,6 +113,11 @@ class Storage:
     def gather_device(self, offsets: np.ndarray, lengths: np.ndarray):
         raise NotImplementedError(f"{type(self).__name__} holds no device memory")
 
+    def reserve(self, end: int) -> None:
+        """A batch is about to commit segments up to ``end``: a storage that grows in one
+        piece (a device arena) grows once, here, instead of once per segment. Raises
+        :class:`~devpool.PoolFullError` like ``commit``; the default does nothing."""
+
     def discard(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Freed ranges: nothing to do unless the storage wants to scrub them."""
 

@@ -37,7 +37,7 @@ import threading
 import numpy as np
 
 from ._backing import BackingFile
-from ._checks import check_int, check_real
+from ._checks import as_int_array, check_int, check_real
 from ._codecs import Codec, check_pages, get_codec
 from ._entries import ABSENT, EntryTable
 from ._errors import (
@@ -183,16 +183,9 @@ class Zswap:
 
     def _offsets(self, offsets) -> np.ndarray:
         """A batch of distinct swap offsets as int64, or BadInputError."""
-        arr = np.asarray(offsets)
-        if arr.ndim == 0:
-            arr = arr.reshape(1)
-        if arr.ndim != 1:
-            raise BadInputError(f"offsets must be a 1-D sequence, got shape {arr.shape}")
-        if arr.size == 0:
-            return np.zeros(0, np.int64)
-        if arr.dtype.kind not in "iu" or arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
-            raise BadInputError(f"offsets must be integers, got dtype {arr.dtype}")
-        arr = arr.astype(np.int64, copy=False)
+        if np.ndim(offsets) == 0:
+            offsets = [offsets]
+        arr = as_int_array(offsets, "offsets")
         bad = np.flatnonzero((arr < 0) | (arr >= self.nr_pages))
         if bad.size:
             raise BadInputError(f"swap offset {int(arr[bad[0]])} is outside 0..{self.nr_pages - 1}")
@@ -664,9 +657,10 @@ class Zswap:
 
     def load(self, offset: int) -> np.ndarray:
         """Load one page (4096,) uint8 (the rules of :meth:`load_batch`, one page)."""
-        o = self._offset(offset)
+        o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             t = self._t
             i = t.find_one(o)
             state = t.m_state[i] if i >= 0 else ABSENT

@@ -48,6 +48,7 @@ class HostStorage(Storage):
                 f"cannot reserve {self.capacity_bytes} bytes of host address space: {exc}"
             ) from exc
         self._arena = np.frombuffer(self._map, dtype=np.uint8)
+        self._move_tmp = np.zeros(0, np.uint8)
 
     def commit(self, offset: int, nbytes: int) -> None:
         # Pages are backed on first touch; the account is what pool_total_size reports.
@@ -77,12 +78,16 @@ class HostStorage(Storage):
         pass                                   # host RAM keeps freed bytes until reuse
 
     def move(self, src_offsets, dst_offsets, lengths):
-        # Read every source before writing any destination: plans may overlap.
-        tmp = np.empty(int(lengths.sum()), dtype=np.uint8)
+        # Read every source before writing any destination: plans may overlap. The
+        # staging buffer is kept: a fresh one faults in page by page on every move.
+        total = int(lengths.sum())
+        if self._move_tmp.size < total:
+            self._move_tmp = np.empty(max(total, 2 * self._move_tmp.size), np.uint8)
+        tmp = self._move_tmp[:total]
         starts = _copy.packed_starts(lengths)
-        _copy.gather(self._arena, src_offsets, lengths, tmp, starts)
+        _copy.gather(self._arena, src_offsets, lengths, tmp, starts, parallel=False)
         self._moved_from(src_offsets, lengths)
-        _copy.scatter(self._arena, tmp, starts, dst_offsets, lengths)
+        _copy.scatter(self._arena, tmp, starts, dst_offsets, lengths, parallel=False)
 
     def _moved_from(self, offsets, lengths) -> None:
         """Sources of a move, read and not yet overwritten (chaos poisons them here)."""

@@ -2,65 +2,85 @@
 
 Mechanism and cost, per verb:
 
-- copy-in (``scatter``): the batch's metadata (source starts, arena offsets, lengths)
-  and its packed payload are written into a **pinned host staging buffer allocated
-  once** (grown geometrically, never per call); **one host-to-device copy** moves it
-  to a device staging buffer; one **scatter kernel** launch (one block per object)
-  places every object at its arena offset. Batches above ``PIPELINE_CHUNK`` bytes go
-  in chunks through two pinned halves, so packing chunk k+1 on the host overlaps the
-  transfer and kernel of chunk k (a CUDA event guards each half's reuse).
-- copy-out (``gather``): metadata in (one small copy), a **gather kernel** packs the
-  objects into device staging, **one device-to-host copy** into pinned memory, then
-  the host unpacks into the caller's buffer.
-- compaction (``move``): gather into a device temporary, scatter back: device to
-  device, nothing crosses PCIe.
+- copy-in (``scatter``): the batch's metadata (int64 columns: packed starts, arena
+  offsets, lengths) and its packed payload are written into a **pinned host staging
+  buffer allocated once** (grown geometrically, never per call); **one host-to-device
+  copy** moves both to device staging; one **copy kernel** launch (one block per
+  object) places every object at its arena offset. Batches above ``PIPELINE_CHUNK``
+  bytes go in chunks through two staging halves, sized once per call for the largest
+  chunk and aligned, so packing chunk k+1 on the host overlaps the transfer and kernel
+  of chunk k; a CUDA event guards each half's reuse, and nothing is reallocated while
+  a copy is in flight.
+- copy-out (``gather``): metadata in (one small copy), the kernel packs the objects
+  into device staging, **one device-to-host copy** into pinned memory, then the host
+  unpacks into the caller's buffer.
+- single objects (``write_one`` / ``read_one``, a swap-in fault is one page): **one
+  direct copy** between a pinned page buffer (allocated once) and the object's place in
+  the arena, then one synchronisation: no staging pack, no metadata, no kernel.
+- compaction (``move``): gather into device staging and scatter back, two launches on
+  one stream and one synchronisation: nothing crosses PCIe but the metadata.
 - device-resident blocks (``scatter_device`` / ``gather_device``): a device codec's
   output is scattered into the arena straight from device memory, and loads gather into
   a fresh device buffer for a device decoder; only the int64 metadata (24 bytes per
   object) crosses PCIe.
-- growth: the arena is one device allocation sized to the highest committed segment
-  (plus 1/8 headroom when it grows, within capacity); ``trim`` shrinks it to the top
-  once an eighth is free there. Growing or shrinking allocates the new size and
-  copies device to device (the allocator fills low segments first, so compaction
-  empties the top). Device OOM while growing is a ``PoolFullError`` and
+- growth: the arena is one device allocation. It grows to the highest committed end,
+  by at least 1.5x (``reserve(end)`` grows once for a whole batch), with one
+  device-to-device memcpy; ``trim`` shrinks it to the top once an eighth of it is
+  free there. The old allocation goes back to the driver at once (CuPy's pool would
+  otherwise keep every old arena). Device OOM while growing is a ``PoolFullError`` and
   leaves the old arena untouched.
 
-Memory comes from a thin provider: CuPy on a real GPU (its memory pool, pinned
-allocator and OOM error), numba device arrays where CuPy cannot run (numba's CUDA
-simulator, ``NUMBA_ENABLE_CUDASIM=1``). The kernels are numba's in both cases.
-Every call synchronises before returning, so the caller's buffers are free to reuse.
+Kernels take their arguments wrapped for numba once (the arena when it is allocated,
+staging when it grows), so a launch costs numba's dispatch and nothing per argument;
+metadata columns are indices into the staging buffer seen as int64 (aligned by
+construction). Every call synchronises before returning, so the caller's buffers are
+free to reuse.
+
+A fault in a kernel or a copy (seen at synchronisation) leaves a CUDA context unusable
+(the error is sticky: every later call fails too) and the arena's contents lost: the
+storage says so and refuses every further call; ``close()`` still works.
+
+Memory comes from a thin provider: CuPy on a real GPU (memory, pinned memory, raw
+``cudaMemcpyAsync``), numba device arrays where CuPy cannot run, and, under numba's
+CUDA simulator (``NUMBA_ENABLE_CUDASIM=1``), a strict provider that behaves like a GPU
+where a bug would otherwise hide: every copy and launch is queued on its stream and
+runs only when the stream or an event is synchronised (a host write to pinned memory
+that a queued copy has not read yet corrupts the copy, as on a GPU), retired buffers
+are poisoned at once, and a typed array argument must be aligned.
 """
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
-from devpool._errors import DeviceError, PoolFullError
+from devpool._errors import BackendUnavailableError, DeviceError, PoolFullError
 from devpool._packed import gather as host_gather
 from devpool._packed import packed_starts
 from devpool._storage import Storage
 
 from . import _copy_kernels as K
+from ._cuda import launch, simulated
 
 __all__ = ["CudaStorage", "probe", "simulated"]
 
 #: bytes per pipelined chunk of a large copy-in
 PIPELINE_CHUNK = 8 << 20
+#: alignment of every staging region (cudaMalloc gives 256)
+ALIGN = 256
+#: the byte a retired buffer is filled with under the simulator
+POISON = 0xDB
 
 
-def simulated() -> bool:
-    """True when numba's CUDA simulator is on (kernels run as Python on the CPU)."""
-    return os.environ.get("NUMBA_ENABLE_CUDASIM", "0") == "1"
+def _align(n: int, a: int = ALIGN) -> int:
+    return -(-int(n) // a) * a
 
 
 def probe() -> tuple[bool, str]:
     """(usable, reason) for the cuda backend; never raises."""
     try:
-        from numba import cuda
-    except ImportError as exc:
-        return False, f"numba-cuda is not installed ({exc}); pip install 'devpool[cuda]'"
+        from ._cuda import cuda
+    except Exception as exc:
+        return False, f"numba-cuda is not usable ({type(exc).__name__}: {exc}); pip install 'devpool[cuda]'"
     if simulated():
         return True, "numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1): device code runs on the CPU"
     try:
@@ -80,13 +100,14 @@ def probe() -> tuple[bool, str]:
 
 
 # --- memory providers -----------------------------------------------------------------------
+# Buffers are addressed by (buffer, byte offset): no verb slices a device array per call.
 class _NumbaMemory:
-    """numba device arrays and pinned arrays (the simulator's only option)."""
+    """numba device arrays, pinned arrays, streams and events (a GPU without CuPy)."""
 
     name = "numba"
 
     def __init__(self):
-        from numba import cuda
+        from ._cuda import cuda
         self.cuda = cuda
         self.oom = (MemoryError,)
         try:
@@ -95,10 +116,20 @@ class _NumbaMemory:
         except ImportError:
             pass
 
-    def device_empty(self, n: int):
-        return self.cuda.device_array(max(n, 1), np.uint8)
+    def alloc(self, n: int):
+        return self.cuda.device_array(_align(max(n, 1)), np.uint8)
 
-    def pinned_empty(self, n: int) -> np.ndarray:
+    def kview(self, buf):
+        """(uint8, int64) views of a device buffer as kernel arguments, made once."""
+        return buf, buf.view(np.int64)
+
+    def kernel_arg(self, buf):
+        """Any uint8 device buffer as a kernel argument (no stream handshake)."""
+        if self.cuda.devicearray.is_cuda_ndarray(buf):
+            return buf
+        return self.cuda.as_cuda_array(buf, sync=False)
+
+    def pinned(self, n: int) -> np.ndarray:
         return self.cuda.pinned_array(max(n, 1), np.uint8)
 
     def stream(self):
@@ -108,29 +139,48 @@ class _NumbaMemory:
         return stream
 
     def event(self):
-        return self.cuda.event()
+        return self.cuda.event(timing=False)
 
-    def h2d(self, host, dev, stream) -> None:
-        dev.copy_to_device(host, stream=stream)
+    def record(self, event, stream) -> None:
+        event.record(stream)
 
-    def d2h(self, dev, host, stream) -> None:
-        dev.copy_to_host(host, stream=stream)
+    def wait(self, event) -> None:
+        event.synchronize()
 
-    def d2d(self, src, dst, stream) -> None:
-        dst.copy_to_device(src, stream=stream)
+    def sync(self, stream) -> None:
+        stream.synchronize()
 
-    def view64(self, dev):
-        return dev.view(np.int64)
+    def h2d(self, dst, doff: int, host: np.ndarray, hoff: int, n: int, stream) -> None:
+        if n:
+            dst[doff:doff + n].copy_to_device(host[hoff:hoff + n], stream=stream)
+
+    def d2h(self, host: np.ndarray, hoff: int, src, soff: int, n: int, stream) -> None:
+        if n:
+            src[soff:soff + n].copy_to_host(host[hoff:hoff + n], stream=stream)
+
+    def d2d(self, dst, doff: int, src, soff: int, n: int, stream) -> None:
+        if n:
+            dst[doff:doff + n].copy_to_device(src[soff:soff + n], stream=stream)
+
+    def launch(self, what: str, kernel, grid: int, block: int, stream, args) -> None:
+        launch(kernel, grid, block, stream, *args)
+
+    def retire(self, buf) -> None:
+        """A buffer the storage no longer uses (the caller synchronised first)."""
+
+    def release_cached(self) -> None:
+        """Give cached device memory back to the driver."""
+
+    def discard_queue(self) -> None:
+        """Forget queued work (after a fault): only the simulator queues."""
 
     def device_name(self) -> str:
-        if simulated():
-            return "numba CUDA simulator (CPU)"
         name = self.cuda.get_current_device().name
         return name.decode() if isinstance(name, bytes) else str(name)
 
 
 class _CupyMemory(_NumbaMemory):
-    """CuPy allocations (memory pool, pinned memory) driven by numba kernels."""
+    """CuPy memory, pinned memory and streams; raw cudaMemcpyAsync; numba kernels."""
 
     name = "cupy"
 
@@ -138,12 +188,17 @@ class _CupyMemory(_NumbaMemory):
         super().__init__()
         import cupy
         self.cp = cupy
+        self.rt = cupy.cuda.runtime
         self.oom = (cupy.cuda.memory.OutOfMemoryError, MemoryError)
 
-    def device_empty(self, n: int):
-        return self.cp.empty(max(n, 1), self.cp.uint8)
+    def alloc(self, n: int):
+        return self.cp.empty(_align(max(n, 1)), self.cp.uint8)
 
-    def pinned_empty(self, n: int) -> np.ndarray:
+    def kview(self, buf):
+        u8 = self.cuda.as_cuda_array(buf, sync=False)
+        return u8, u8.view(np.int64)
+
+    def pinned(self, n: int) -> np.ndarray:
         mem = self.cp.cuda.alloc_pinned_memory(max(n, 1))
         return np.frombuffer(mem, np.uint8, max(n, 1))  # the array's base keeps ``mem`` alive
 
@@ -154,25 +209,146 @@ class _CupyMemory(_NumbaMemory):
         return self.cuda.external_stream(stream.ptr)
 
     def event(self):
-        return self.cp.cuda.Event()
+        return self.cp.cuda.Event(block=False, disable_timing=True)
 
-    def h2d(self, host, dev, stream) -> None:
-        dev.set(host, stream=stream)
+    @staticmethod
+    def _host(a: np.ndarray) -> int:
+        return a.__array_interface__["data"][0]
 
-    def d2h(self, dev, host, stream) -> None:
-        dev.get(stream=stream, out=host)
+    def h2d(self, dst, doff, host, hoff, n, stream) -> None:
+        if n:
+            self.rt.memcpyAsync(dst.data.ptr + doff, self._host(host) + hoff, n,
+                                self.rt.memcpyHostToDevice, stream.ptr)
 
-    def d2d(self, src, dst, stream) -> None:
-        with stream:
-            dst[...] = src
+    def d2h(self, host, hoff, src, soff, n, stream) -> None:
+        if n:
+            self.rt.memcpyAsync(self._host(host) + hoff, src.data.ptr + soff, n,
+                                self.rt.memcpyDeviceToHost, stream.ptr)
 
-    def view64(self, dev):
-        return dev.view(self.cp.int64)
+    def d2d(self, dst, doff, src, soff, n, stream) -> None:
+        if n:
+            self.rt.memcpyAsync(dst.data.ptr + doff, src.data.ptr + soff, n,
+                                self.rt.memcpyDeviceToDevice, stream.ptr)
+
+    def release_cached(self) -> None:
+        self.cp.get_default_memory_pool().free_all_blocks()
+        self.cp.get_default_pinned_memory_pool().free_all_blocks()
+
+    def device_name(self) -> str:
+        props = self.rt.getDeviceProperties(self.cp.cuda.Device().id)
+        name = props["name"]
+        return name.decode() if isinstance(name, bytes) else str(name)
+
+
+class _SimStream:
+    """A queue of work, run in order when it (or an event in it) is synchronised."""
+
+    def __init__(self):
+        self.queue: list = []                    # (label, callable) or (None, event marker)
+
+    def run(self, until=None) -> None:
+        while self.queue:
+            what, op = self.queue.pop(0)
+            if what is None:                      # an event: everything before it is done
+                op.done = True
+                if op is until:
+                    return
+                continue
+            try:
+                op()
+            except Exception as exc:
+                self.queue.clear()                # a faulted context runs nothing more
+                raise RuntimeError(f"{what} failed on the (simulated) device: {type(exc).__name__}: {exc}") from exc
+
+    def synchronize(self) -> None:
+        self.run()
+
+
+class _SimEvent:
+    def __init__(self):
+        self.done = True
+        self.stream = None
+
+
+class _SimMemory(_NumbaMemory):
+    """The simulator's device arrays, with a GPU's asynchrony made strict (module doc)."""
+
+    name = "numba-simulator (strict)"
+
+    def __init__(self):
+        super().__init__()
+        self._streams: list[_SimStream] = []
+
+    def stream(self):
+        s = _SimStream()
+        self._streams.append(s)
+        return s
+
+    def event(self):
+        return _SimEvent()
+
+    def record(self, event, stream) -> None:
+        event.done = False
+        event.stream = stream
+        stream.queue.append((None, event))
+
+    def wait(self, event) -> None:
+        if not event.done:
+            event.stream.run(until=event)
+
+    def discard_queue(self) -> None:
+        for s in self._streams:
+            s.queue.clear()
+
+    def sync(self, stream) -> None:
+        stream.run()
+
+    @staticmethod
+    def _ary(buf) -> np.ndarray:
+        return getattr(buf, "_ary", buf)
+
+    def h2d(self, dst, doff, host, hoff, n, stream) -> None:
+        if n:
+            d = self._ary(dst)
+
+            def op():                              # reads the host buffer when it runs
+                d[doff:doff + n] = host[hoff:hoff + n]
+            stream.queue.append((f"host-to-device copy of {n} bytes", op))
+
+    def d2h(self, host, hoff, src, soff, n, stream) -> None:
+        if n:
+            s = self._ary(src)
+
+            def op():
+                host[hoff:hoff + n] = s[soff:soff + n]
+            stream.queue.append((f"device-to-host copy of {n} bytes", op))
+
+    def d2d(self, dst, doff, src, soff, n, stream) -> None:
+        if n:
+            d, s = self._ary(dst), self._ary(src)
+
+            def op():
+                d[doff:doff + n] = s[soff:soff + n]
+            stream.queue.append((f"device-to-device copy of {n} bytes", op))
+
+    def launch(self, what, kernel, grid, block, stream, args) -> None:
+        from ._cuda import check_launch
+        check_launch(kernel, args)                # a launch error shows at launch
+
+        def op():
+            kernel[grid, block](*args)
+        stream.queue.append((what, op))
+
+    def retire(self, buf) -> None:
+        self._ary(buf).fill(POISON)
+
+    def device_name(self) -> str:
+        return "numba CUDA simulator (CPU)"
 
 
 def _provider():
     if simulated():
-        return _NumbaMemory()
+        return _SimMemory()
     try:
         import cupy
         cupy.cuda.runtime.getDeviceCount()
@@ -182,7 +358,8 @@ def _provider():
 
 
 class CudaStorage(Storage):
-    """Arena in GPU device memory; only batched copies in, out and within."""
+    """Arena in GPU device memory; only batched copies in, out and within, and one
+    direct copy per single object."""
 
     kind = "cuda"
     device_resident = True
@@ -191,7 +368,6 @@ class CudaStorage(Storage):
         super().__init__(capacity_bytes)
         ok, why = probe()
         if not ok:
-            from devpool._errors import BackendUnavailableError
             raise BackendUnavailableError(f"backend 'cuda' is unavailable: {why}")
         try:
             self.mem = _provider()
@@ -201,202 +377,307 @@ class CudaStorage(Storage):
         except Exception as exc:
             raise DeviceError(f"could not set up the CUDA device: {exc}") from exc
         self.threads = K.threads_per_block(simulated())
-        self._arena = None
+        self._arena = None                    # the provider's buffer (copies address it)
+        self._arena_k = None                  # the same, wrapped for kernels once
         self._size = 0
         self._live: dict[int, int] = {}       # committed ranges: offset -> bytes
+        self._live_bytes = 0
+        self._stage_size = 0
         self._pinned = np.zeros(0, np.uint8)
-        self._dev_stage = None
-        self._dev_stage_size = 0
+        self._pinned64 = self._pinned.view(np.int64)
+        self._dev = self._dev_u8 = self._dev_i64 = None
+        self._page = None                     # pinned page buffer for write_one / read_one
+        self._dead: str | None = None
+
+    # --- faults -------------------------------------------------------------------------
+    def _alive(self) -> None:
+        if self._dead is not None:
+            raise DeviceError(f"the device storage is unusable after an earlier fault ({self._dead}); "
+                              f"close the pool and open a new one")
+
+    def _fault(self, what: str, exc: BaseException) -> DeviceError:
+        self._dead = f"{what}: {exc}"
+        self.mem.discard_queue()
+        return DeviceError(f"{what}: the device reported a fault ({exc}). A fault in a kernel or copy leaves "
+                           f"the CUDA context unusable and the arena's contents lost: this storage refuses "
+                           f"every further call; close the pool")
+
+    def _sync(self, what: str) -> None:
+        try:
+            self.mem.sync(self.stream)
+        except Exception as exc:
+            raise self._fault(what, exc) from exc
+
+    def _wait(self, half: int, what: str) -> None:
+        try:
+            self.mem.wait(self._events[half])
+        except Exception as exc:
+            raise self._fault(what, exc) from exc
+
+    def _copy(self, what: str, fn, *args) -> None:
+        """Enqueue one copy; an error here (bad arguments) ran nothing."""
+        try:
+            fn(*args, self.stream)
+        except Exception as exc:
+            raise DeviceError(f"{what} failed: {exc}") from exc
+
+    def _launch(self, what: str, n: int, dst, src, src_col: int, dst_col: int, len_col: int,
+                dst_shift: int = 0, src_shift: int = 0) -> None:
+        """The copy kernel over ``n`` objects whose int64 columns are in device staging."""
+        if n == 0:
+            return
+        try:
+            self.mem.launch(f"{what} kernel over {n} objects", K.copy_kernel, n, self.threads, self._kstream,
+                            (dst, src, self._dev_i64, src_col, dst_col, len_col, n, dst_shift, src_shift))
+        except Exception as exc:
+            raise DeviceError(f"{what} kernel over {n} objects failed to launch: {exc}") from exc
 
     # --- growth -------------------------------------------------------------------------
+    def _grown(self, end: int) -> int:
+        """The size to grow to for ``end``: at least 1.5x, in 64 KiB steps, within capacity."""
+        return min(self.capacity_bytes, _align(max(end, self._size + self._size // 2), 1 << 16))
+
     def _resize(self, new_size: int) -> None:
-        """Reallocate the arena (device to device copy); OOM leaves the old one intact."""
+        """Reallocate the arena (one device-to-device memcpy); OOM leaves the old one intact."""
+        self._alive()
         try:
-            new = self.mem.device_empty(new_size) if new_size else None
-            keep = min(self._size, new_size)
-            if keep:
-                self.mem.d2d(self._arena[:keep], new[:keep], self.stream)
-                self.stream.synchronize()
+            new = self.mem.alloc(new_size) if new_size else None
         except self.mem.oom as exc:
             raise PoolFullError(f"device out of memory growing the arena to {new_size} bytes") from exc
         except Exception as exc:
-            raise DeviceError(f"resizing the device arena to {new_size} bytes failed: {exc}") from exc
+            raise DeviceError(f"allocating a {new_size}-byte device arena failed: {exc}") from exc
+        keep = min(self._size, new_size)
+        if keep:
+            self._copy(f"copying {keep} bytes into the resized arena", self.mem.d2d, new, 0, self._arena, 0, keep)
+            self._sync("resizing the device arena")
+        old = self._arena
         self._arena, self._size = new, new_size
+        self._arena_k = self.mem.kview(new)[0] if new is not None else None
+        if old is not None:
+            self.mem.retire(old)
+        del old
+        self.mem.release_cached()
+
+    def reserve(self, end: int) -> None:
+        """Grow once to hold ``[0, end)`` (a batch's highest end), before its commits."""
+        if int(end) > self._size:
+            self._resize(self._grown(int(end)))
 
     def commit(self, offset: int, nbytes: int) -> None:
-        end = int(offset) + int(nbytes)
-        if end > self._size:
-            self._resize(min(self.capacity_bytes, end + end // 8))
-        self._live[int(offset)] = int(nbytes)
+        offset, nbytes = int(offset), int(nbytes)
+        if offset + nbytes > self._size:
+            self._resize(self._grown(offset + nbytes))
+        self._live_bytes += nbytes - self._live.get(offset, 0)
+        self._live[offset] = nbytes
 
     def release(self, offset: int, nbytes: int) -> None:
-        self._live.pop(int(offset), None)      # memory goes back in trim(), in bulk
+        self._live_bytes -= self._live.pop(int(offset), 0)   # memory goes back in trim(), in bulk
 
     def trim(self) -> None:
         top = max((o + n for o, n in self._live.items()), default=0)
-        if top < self._size - self._size // 8:  # at least 1/8 free at the top: shrink to it
+        if top < self._size - self._size // 8:   # at least 1/8 free at the top: shrink to it
             self._resize(top)
 
     @property
     def committed_bytes(self) -> int:
         # the segments the pool holds, as on the host; the allocation's growth headroom
         # is reported separately (describe()['arena_bytes'])
-        return sum(self._live.values())
+        return self._live_bytes
 
     # --- staging ------------------------------------------------------------------------
-    def _stage(self, nbytes: int):
-        """Pinned host and device staging of at least ``nbytes`` (grown, never per call)."""
-        if self._pinned.size < nbytes:
-            self._pinned = self.mem.pinned_empty(max(nbytes, 2 * self._pinned.size, 1 << 16))
-        if self._dev_stage_size < nbytes:
-            size = max(nbytes, 2 * self._dev_stage_size, 1 << 16)
-            try:
-                self._dev_stage = self.mem.device_empty(size)
-            except self.mem.oom as exc:
-                raise PoolFullError(f"device out of memory for a {size}-byte staging buffer") from exc
-            self._dev_stage_size = size
-        return self._pinned, self._dev_stage
-
-    def _launch(self, what: str, nobj: int, dst, dst_starts, src, src_starts, lengths) -> None:
-        """The copy kernel over ``nobj`` objects; ``what`` (scatter, gather) names it in errors."""
+    def _stage(self, nbytes: int) -> None:
+        """Pinned host and device staging of at least ``nbytes``, grown geometrically.
+        Only called with nothing in flight (every verb synchronises before it returns,
+        and a pipelined copy-in sizes its staging before its first chunk)."""
+        if self._stage_size >= nbytes:
+            return
+        size = _align(max(nbytes, 2 * self._stage_size, 1 << 16), 1 << 16)
         try:
-            K.copy_kernel[nobj, self.threads, self._kstream](dst, dst_starts, src, src_starts, lengths)
+            dev = self.mem.alloc(size)
+        except self.mem.oom as exc:
+            raise PoolFullError(f"device out of memory for a {size}-byte staging buffer") from exc
         except Exception as exc:
-            raise DeviceError(f"{what} kernel over {nobj} objects failed: {exc}") from exc
-
-    def _sync(self, what: str) -> None:
+            raise DeviceError(f"allocating {size} bytes of device staging failed: {exc}") from exc
         try:
-            self.stream.synchronize()
+            pinned = self.mem.pinned(size)
         except Exception as exc:
-            raise DeviceError(f"{what}: CUDA error at synchronisation: {exc}") from exc
+            raise DeviceError(f"allocating {size} bytes of pinned host staging failed: {exc}") from exc
+        if self._dev is not None:
+            self.mem.retire(self._dev)
+            self.mem.retire(self._pinned)
+        self._dev = dev
+        self._dev_u8, self._dev_i64 = self.mem.kview(dev)
+        self._pinned = pinned
+        self._pinned64 = pinned[:size].view(np.int64)
+        self._stage_size = size
 
-    @staticmethod
-    def _meta(pinned: np.ndarray, *columns: np.ndarray) -> int:
-        """Write int64 columns at the start of ``pinned``; returns the bytes used."""
+    def _meta(self, base: int, *columns: np.ndarray) -> int:
+        """int64 columns at byte ``base`` of pinned staging; returns the bytes used."""
         n = columns[0].shape[0]
-        m = pinned[:8 * n * len(columns)].view(np.int64).reshape(len(columns), n)
-        for row, col in zip(m, columns):
-            row[:] = col
+        b = base // 8
+        for c, col in enumerate(columns):
+            self._pinned64[b + c * n:b + (c + 1) * n] = col
         return 8 * n * len(columns)
 
-    def _device_meta(self, *columns: np.ndarray, room: int = 0):
-        """int64 columns in device staging (one small host-to-device copy), followed by
-        ``room`` bytes of device staging; returns (columns on the device, pinned, device
-        staging, bytes of metadata)."""
-        n = columns[0].shape[0]
-        pinned, dev = self._stage(8 * n * len(columns) + room)
-        meta = self._meta(pinned, *columns)
-        try:
-            self.mem.h2d(pinned[:meta], dev[:meta], self.stream)
-        except Exception as exc:
-            raise DeviceError(f"host-to-device copy of {meta} bytes of metadata failed: {exc}") from exc
-        return self.mem.view64(dev[:meta]).reshape(len(columns), n), pinned, dev, meta
+    def _page_buffer(self, n: int) -> np.ndarray:
+        if self._page is None or self._page.size < n:
+            page = self.mem.pinned(_align(max(n, 4096), 4096))
+            if self._page is not None:
+                self.mem.retire(self._page)
+            self._page = page
+        return self._page
+
+    def _check_range(self, offset: int, n: int) -> None:
+        if offset < 0 or offset + n > self._size:
+            raise DeviceError(f"[{offset}, {offset + n}) lies outside the {self._size}-byte device arena")
 
     # --- verbs ----------------------------------------------------------------------------
     def scatter(self, payload, src_starts, dst_offsets, lengths):
+        self._alive()
         n = lengths.shape[0]
-        total = int(lengths.sum())
+        if n == 0:
+            return
+        ends = np.cumsum(lengths)
+        total = int(ends[-1])
         if total <= PIPELINE_CHUNK or n < 2:
-            self._scatter_chunk(payload, src_starts, dst_offsets, lengths, half=None)
-        else:
-            # chunk boundaries by bytes; two pinned halves alternate
-            ends = np.cumsum(lengths)
+            bounds = np.array([0, n])
+        else:                                    # chunk boundaries by bytes
             cuts = np.searchsorted(ends, np.arange(PIPELINE_CHUNK, total, PIPELINE_CHUNK), side="right")
             bounds = np.unique(np.concatenate([[0], cuts, [n]]))
-            for k, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:])):
-                self._scatter_chunk(payload, src_starts[lo:hi], dst_offsets[lo:hi], lengths[lo:hi], half=k % 2)
+        # both halves sized once, for the largest chunk, aligned: no half ever starts at
+        # an odd offset, overlaps the other or is reallocated while a copy is in flight
+        cum = np.concatenate([[0], ends])
+        counts, sizes = np.diff(bounds), np.diff(cum[bounds])
+        half = int(max(_align(24 * c) + _align(s) for c, s in zip(counts.tolist(), sizes.tolist())))
+        halves = 1 if bounds.size == 2 else 2
+        self._stage(halves * half)
+        for k, (lo, hi) in enumerate(zip(bounds[:-1].tolist(), bounds[1:].tolist())):
+            h = k % halves
+            if k >= 2:
+                self._wait(h, "scatter (waiting for a staging half)")   # the GPU is done with it
+            base = h * half
+            c = hi - lo
+            ln = lengths[lo:hi]
+            packed = packed_starts(ln)
+            pay = base + _align(self._meta(base, packed, dst_offsets[lo:hi], ln))
+            nbytes = int(cum[hi] - cum[lo])
+            host_gather(payload, src_starts[lo:hi], ln, self._pinned[pay:pay + nbytes], packed)
+            self._copy(f"host-to-device copy of {pay - base + nbytes} bytes", self.mem.h2d,
+                       self._dev, base, self._pinned, base, pay - base + nbytes)   # the chunk's one copy
+            col = base // 8
+            self._launch("scatter", c, self._arena_k, self._dev_u8, col, col + c, col + 2 * c, 0, pay)
+            if halves == 2:
+                self.mem.record(self._events[h], self.stream)
         self._sync("scatter")
 
-    def _scatter_chunk(self, payload, src_starts, dst_offsets, lengths, half):
-        n = lengths.shape[0]
-        total = int(lengths.sum())
-        need = 24 * n + total
-        whole = need if half is None else 2 * max(need, PIPELINE_CHUNK + 24 * n)
-        pinned, dev = self._stage(whole)
-        base = 0 if half is None else half * (whole // 2)
-        if half is not None:
-            self._events[half].synchronize()          # the GPU is done with this half
-        p = pinned[base:base + need]
-        meta = self._meta(p, packed_starts(lengths), dst_offsets, lengths)
-        # pack the payload behind the metadata (host work that overlaps the previous chunk)
-        host_gather(payload, src_starts, lengths, p[meta:], packed_starts(lengths))
-        d = dev[base:base + need]
-        try:
-            self.mem.h2d(p, d, self.stream)                          # the batch's one H2D copy
-        except Exception as exc:
-            raise DeviceError(f"host-to-device copy of {need} bytes failed: {exc}") from exc
-        m = self.mem.view64(d[:meta]).reshape(3, n) if n else None
-        self._launch("scatter", n, self._arena, m[1], d[meta:], m[0], m[2])
-        if half is not None:
-            self._events[half].record(self.stream)
-
     def gather(self, offsets, lengths, out, out_starts):
+        self._alive()
         n = lengths.shape[0]
-        total = int(lengths.sum())
+        if n == 0:
+            return
         packed = packed_starts(lengths)
-        m, pinned, dev, meta = self._device_meta(offsets, lengths, packed, room=total)
-        need = meta + total
-        self._launch("gather", n, dev[meta:need], m[2], self._arena, m[0], m[1])
-        try:
-            self.mem.d2h(dev[meta:need], pinned[meta:need], self.stream)   # the batch's one D2H copy
-        except Exception as exc:
-            raise DeviceError(f"device-to-host copy of {total} bytes failed: {exc}") from exc
+        total = int(lengths.sum())
+        pay = _align(24 * n)
+        self._stage(pay + total)
+        self._meta(0, offsets, packed, lengths)
+        self._copy("host-to-device copy of the metadata", self.mem.h2d, self._dev, 0, self._pinned, 0, 24 * n)
+        self._launch("gather", n, self._dev_u8, self._arena_k, 0, n, 2 * n, pay, 0)
+        self._copy(f"device-to-host copy of {total} bytes", self.mem.d2h,
+                   self._pinned, pay, self._dev, pay, total)            # the batch's one copy out
         self._sync("gather")
-        host_gather(pinned[meta:need], packed, lengths, out, out_starts)
+        host_gather(self._pinned[pay:pay + total], packed, lengths, out, out_starts)
+
+    def write_one(self, offset: int, data: np.ndarray) -> None:
+        self._alive()
+        offset, n = int(offset), int(data.size)
+        self._check_range(offset, n)
+        page = self._page_buffer(n)
+        page[:n] = data
+        self._copy(f"host-to-device copy of {n} bytes", self.mem.h2d, self._arena, offset, page, 0, n)
+        self._sync("write_one")
+
+    def read_one(self, offset: int, out: np.ndarray) -> None:
+        self._alive()
+        offset, n = int(offset), int(out.size)
+        self._check_range(offset, n)
+        page = self._page_buffer(n)
+        self._copy(f"device-to-host copy of {n} bytes", self.mem.d2h, page, 0, self._arena, offset, n)
+        self._sync("read_one")
+        out[:] = page[:n]
 
     def move(self, src_offsets, dst_offsets, lengths):
+        self._alive()
         n = lengths.shape[0]
-        total = int(lengths.sum())
+        if n == 0:
+            return
         packed = packed_starts(lengths)
-        m, _, dev, meta = self._device_meta(src_offsets, lengths, packed, dst_offsets, room=total)
-        tmp = dev[meta:meta + total]                            # device temporary: no PCIe round trip
-        self._launch("gather", n, tmp, m[2], self._arena, m[0], m[1])
-        self._sync("move (gather)")
-        try:
-            self._launch("scatter", n, self._arena, m[3], tmp, m[2], m[1])
-            self._sync("move (scatter)")
-        except DeviceError as exc:
-            # destinations may overlap sources that the allocator still points at: put
-            # every source back from the temporary before reporting the failure
-            try:
-                self._launch("scatter", n, self._arena, m[0], tmp, m[2], m[1])
-                self._sync("move (restore)")
-            except DeviceError as again:
-                raise DeviceError(f"{exc}; restoring the moved objects failed too ({again}): "
-                                  f"the device arena may be corrupt") from exc
-            raise
+        total = int(lengths.sum())
+        tmp = _align(32 * n)                                    # device temporary after the columns
+        self._stage(tmp + total)
+        self._meta(0, src_offsets, packed, lengths, dst_offsets)
+        self._copy("host-to-device copy of the metadata", self.mem.h2d, self._dev, 0, self._pinned, 0, 32 * n)
+        # every source is read (into staging) before any destination is written: the
+        # two launches are ordered on one stream
+        self._launch("move (gather)", n, self._dev_u8, self._arena_k, 0, n, 2 * n, tmp, 0)
+        self._launch("move (scatter)", n, self._arena_k, self._dev_u8, n, 3 * n, 2 * n, 0, tmp)
+        self._sync("move")
 
     # --- device-resident blocks ------------------------------------------------------------
     def is_device_buffer(self, obj) -> bool:
-        from numba import cuda
+        from ._cuda import cuda
         return hasattr(obj, "__cuda_array_interface__") or cuda.devicearray.is_cuda_ndarray(obj)
 
     def scatter_device(self, payload, src_starts, dst_offsets, lengths):
+        self._alive()
         n = lengths.shape[0]
-        m, *_ = self._device_meta(src_starts, dst_offsets, lengths)
-        self._launch("scatter", n, self._arena, m[1], payload, m[0], m[2])
+        if n == 0:
+            return
+        self._stage(24 * n)
+        self._meta(0, src_starts, dst_offsets, lengths)
+        self._copy("host-to-device copy of the metadata", self.mem.h2d, self._dev, 0, self._pinned, 0, 24 * n)
+        try:
+            src = self.mem.kernel_arg(payload)
+        except Exception as exc:
+            raise DeviceError(f"the device payload cannot be passed to a kernel: {exc}") from exc
+        self._launch("scatter from device memory", n, self._arena_k, src, 0, n, 2 * n)
         self._sync("scatter from device memory")
 
     def gather_device(self, offsets, lengths):
+        self._alive()
         n = lengths.shape[0]
         total = int(lengths.sum())
         try:
-            out = self.mem.device_empty(total)
+            out = self.mem.alloc(total)
         except self.mem.oom as exc:
             raise DeviceError(f"device out of memory for a {total}-byte copy-out buffer") from exc
+        out_k = self.mem.kview(out)[0]
         if n:
-            m, *_ = self._device_meta(offsets, lengths, packed_starts(lengths))
-            self._launch("gather", n, out, m[2], self._arena, m[0], m[1])
+            self._stage(24 * n)
+            self._meta(0, offsets, packed_starts(lengths), lengths)
+            self._copy("host-to-device copy of the metadata", self.mem.h2d, self._dev, 0, self._pinned, 0, 24 * n)
+            self._launch("gather into device memory", n, out_k, self._arena_k, 0, n, 2 * n)
             self._sync("gather into device memory")
-        return out[:total]
+        return out_k[:total]
 
     def describe(self) -> dict:
-        return {"backend": self.kind, "device": self.mem.device_name(), "memory": self.mem.name,
-                "arena_bytes": self._size, "staging_bytes": int(self._pinned.size)}
+        d = {"backend": self.kind, "device": self.mem.device_name(), "memory": self.mem.name,
+             "arena_bytes": self._size, "staging_bytes": int(self._stage_size)}
+        if self._dead is not None:
+            d["device_fault"] = self._dead
+        return d
 
     def close(self) -> None:
-        self._arena = None
-        self._dev_stage = None
+        self.mem.discard_queue()
+        self._arena = self._arena_k = None
+        self._dev = self._dev_u8 = self._dev_i64 = None
         self._pinned = np.zeros(0, np.uint8)
+        self._pinned64 = self._pinned.view(np.int64)
+        self._page = None
+        self._stage_size = 0
         self._size = 0
         self._live.clear()
+        self._live_bytes = 0
+        try:
+            self.mem.release_cached()
+        except Exception:                     # a dead context: nothing more to give back
+            pass

@@ -8,16 +8,22 @@ numpy once per batch (a fresh array per page inside numba costs about 1.5 us).
 
 The twin with ``boundscheck=True`` (``build_checked()``) is what the fuzz tests run,
 so an out-of-bounds access there is an IndexError rather than silent corruption.
+
+The drivers' machine code is cached on disk where numba caches (``_VariantCache``), so
+a new process loads it instead of compiling the codec again (seconds).
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import threading
 
 import numba
 import numpy as np
 from llvmlite import ir
 from numba.core import cgutils, types
+from numba.core.caching import FunctionCache
 from numba.extending import intrinsic
 
 from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, pack_blocks, register_codec
@@ -269,13 +275,52 @@ def _drivers(compress_block, decompress_block, jit_parallel, data_of):
     return compress_pages, decompress_pages
 
 
+# --- numba's on-disk cache for the drivers ----------------------------------------------
+# numba keys a cached function by its bytecode and, for a closure, the pickled contents of
+# its cells. The drivers are closures over the per-target block codecs, dispatchers whose
+# pickle carries a fresh id in every process: the key never matched and every process
+# compiled the codec again (2-6 s before the first store). Each driver's key here is its
+# bytecode and what it was built from instead: the variant (serial or parallel, hash) and
+# the source of this module and of the LZ4 core, so an edit to either compiles afresh.
+def _source_digest() -> str:
+    h = hashlib.sha256()
+    for path in (core.__file__, os.path.abspath(__file__)):
+        with open(path, "rb") as f:
+            h.update(f.read())
+    return h.hexdigest()
+
+
+class _VariantCache(FunctionCache):
+    """numba's per-function disk cache, keyed by a stable variant name (see above)."""
+
+    def __init__(self, py_func, variant: str):
+        self._variant = variant
+        super().__init__(py_func)
+
+    def _index_key(self, sig, codegen):
+        code = hashlib.sha256(self._py_func.__code__.co_code).hexdigest()
+        return sig, codegen.magic_tuple(), (code, self._variant)
+
+
+def _cached(dispatchers, variant: str):
+    """Give each dispatcher numba's disk cache under ``variant`` (where a cache can be written)."""
+    digest = _source_digest()
+    for d in dispatchers:
+        try:
+            d._cache = _VariantCache(d.py_func, f"{variant}:{digest}")
+        except RuntimeError:               # no cache locator for this install: compile as before
+            pass
+    return dispatchers
+
+
 def _build(checked: bool, hash5: bool):
     helpers = _cpu_helpers(checked)
     comp, decomp = core.build(numba.njit(boundscheck=checked, nogil=True, error_model="numpy"), *helpers,
                               hash5=hash5)
     _blocks[checked] = (comp, decomp)
-    return _drivers(comp, decomp, numba.njit(parallel=True, nogil=True, boundscheck=checked),
-                    _flat if checked else _raw)
+    drivers = _drivers(comp, decomp, numba.njit(parallel=True, nogil=True, boundscheck=checked),
+                       _flat if checked else _raw)
+    return drivers if checked else _cached(drivers, f"parallel-hash5={hash5}")
 
 
 _blocks: dict[bool, tuple] = {}
@@ -315,7 +360,7 @@ def _drivers_for(n: int):
         return _parallel
     if _serial is None:
         comp, decomp = _blocks[False]
-        _serial = _drivers(comp, decomp, numba.njit(nogil=True), _raw)
+        _serial = _cached(_drivers(comp, decomp, numba.njit(nogil=True), _raw), f"serial-hash5={HASH5}")
     return _serial
 
 

@@ -4,14 +4,16 @@
 bytes one at a time (a misaligned word load faults on a GPU, and numba's simulator
 runs plain Python, so nothing target-specific may hide in the shared code). Pages go
 to the device raw (one copy per batch), a kernel compresses or decodes each page in
-its own thread with its own 16 KiB hash table, and blocks come back in one copy. The
+its own thread with its own 16 KiB hash table (interleaved with its neighbours', so
+clearing it is coalesced), and blocks come back in one copy. The
 output is byte-identical to ``lz4.block`` and ``lz4-njit``.
 
 Over a pool in device memory (``Pool.device_resident``) the frontend asks for
 ``compress_to_device``: the blocks stay on the device and the pool copies them into
 the arena device to device; a load gathers blocks into device memory and decodes them
 there. Only raw pages (host to device on store, device to host on load) and int64
-metadata cross PCIe. Over a host pool, ``compress_batch`` brings the blocks back.
+metadata cross PCIe. Over a host pool, ``compress_batch`` packs the blocks on the device
+(the storage's copy kernel) and brings back exactly their bytes.
 """
 
 from __future__ import annotations
@@ -20,13 +22,15 @@ import threading
 import warnings
 
 import numpy as np
-from numba import cuda
+from numba import types
 
-from devpool._codecs import (Codec, check_decode_args, check_pages, check_rows, on_device, pack_blocks,
-                             register_codec)
+from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, on_device, register_codec
 from devpool._errors import DeviceError
+from devpool._packed import packed_starts
 
+from . import _copy_kernels as _copy
 from . import _lz4_core as core
+from ._cuda import cuda, device_function, kernel, launch
 from ._device import probe, simulated
 
 __all__ = ["Lz4Device"]
@@ -36,18 +40,26 @@ TABLE = 1 << core.HASH_U32_LOG
 
 
 # the GPU's helpers are the plain ones (byte loads: a misaligned word load faults there)
-_compress_block, _decompress_block = core.build(
-    cuda.jit(device=True), *core.plain_helpers(cuda.jit(device=True)), hash5=True)
+_compress_block, _decompress_block = core.build(device_function, *core.plain_helpers(device_function), hash5=True)
+
+_u8_2d = types.uint8[:, ::1]
+_i64 = types.int64[::1]
+#: threads per block on a GPU (four warps: one-warp blocks capped a GPU at 32 per SM)
+THREADS = 128
 
 
-@cuda.jit
-def compress_kernel(pages, out, lengths, tables):
-    """Grid-stride over pages; thread t uses hash table ``tables[t]``."""
+@kernel((_u8_2d, _u8_2d, _i64, types.int32[::1], types.int64), threads=THREADS)
+def compress_kernel(pages, out, lengths, tables, workers):
+    """Grid-stride over pages with ``workers`` threads; thread t's hash table is entries
+    ``t, t + workers, t + 2*workers, ...`` of ``tables`` (TABLE of them): interleaved, so
+    the 32 lanes of a warp clearing entry k write one contiguous 128-byte line. The stride
+    is the number of workers, not the grid: threads past the last worker return, so a
+    stride of the whole grid would skip the pages between them."""
     t = cuda.grid(1)
-    stride = cuda.gridsize(1)
-    if t >= tables.shape[0]:
+    stride = min(cuda.gridsize(1), workers)
+    if t >= workers:
         return
-    table = tables[t]
+    table = tables[t:TABLE * workers:workers]
     i = t
     while i < pages.shape[0]:
         for k in range(table.shape[0]):
@@ -56,7 +68,7 @@ def compress_kernel(pages, out, lengths, tables):
         i += stride
 
 
-@cuda.jit
+@kernel((types.uint8[::1], _i64, _i64, _u8_2d, types.boolean[::1]), threads=THREADS)
 def decompress_kernel(data, starts, lengths, out, ok):
     i = cuda.grid(1)
     if i < lengths.shape[0]:
@@ -74,7 +86,7 @@ class Lz4Device(Codec):
         usable, why = probe()
         if not usable:
             raise DeviceError(f"lz4-device needs a CUDA device (or the simulator): {why}")
-        self._threads = 32 if not simulated() else 1
+        self._threads = THREADS if not simulated() else 1
         # device buffers per thread, grown geometrically and reused: a fresh cudaMalloc
         # per batch costs more than a small batch's kernel
         self._local = threading.local()
@@ -111,24 +123,38 @@ class Lz4Device(Codec):
                 d_pages = self._buffer("pages", max(n, 1), PAGE, np.uint8)
                 d_out = self._buffer("blocks", max(n, 1), core.PAGE_BOUND, np.uint8)
                 d_len = self._buffer("lengths", max(n, 1), None, np.int64)
-                d_tab = self._buffer("tables", workers, TABLE, np.int32)
+                d_tab = self._buffer("tables", workers * TABLE, None, np.int32)
                 if n:
                     d_pages.copy_to_device(pages)                 # the batch's one copy in
-                    compress_kernel[self._grid(workers), self._threads](d_pages, d_out, d_len, d_tab)
+                    launch(compress_kernel, self._grid(workers), self._threads, None, d_pages, d_out, d_len, d_tab,
+                           workers)
                 lengths = d_len.copy_to_host()[:n]
         except Exception as exc:
             raise DeviceError(f"device LZ4 compression of {n} pages failed: {exc}") from exc
         return d_out, lengths
 
     def compress_batch(self, pages, rows=None):
+        """Blocks packed on the device by the storage's copy kernel, then one copy of
+        exactly their bytes to the host (not every 4 KiB row)."""
         d_out, lengths = self._compress_on_device(pages, rows)
         n = lengths.shape[0]
+        if n == 0:
+            return np.zeros(0, np.uint8), lengths
+        packed = packed_starts(lengths)
+        total = int(lengths.sum())
+        meta = np.concatenate([np.arange(n, dtype=np.int64) * core.PAGE_BOUND, packed, lengths])
         try:
-            rows_out = d_out.copy_to_host()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                d_meta = self._buffer("meta", 3 * n, None, np.int64)
+                d_meta.copy_to_device(meta)
+                d_packed = self._buffer("packed", total, None, np.uint8)
+                launch(_copy.copy_kernel, n, _copy.threads_per_block(simulated()), None, d_packed,
+                       d_out.reshape(n * core.PAGE_BOUND), d_meta, 0, n, 2 * n, n, 0, 0)
+                data = d_packed.copy_to_host()
         except Exception as exc:
-            raise DeviceError(f"copying {n} device LZ4 blocks to the host failed: {exc}") from exc
-        return pack_blocks(rows_out.reshape(-1), np.arange(n, dtype=np.int64) * core.PAGE_BOUND,
-                           lengths), lengths
+            raise DeviceError(f"packing and copying {n} device LZ4 blocks to the host failed: {exc}") from exc
+        return data, lengths
 
     def compress_to_device(self, pages, rows=None):
         """Blocks left in device memory: ``(device data, starts, lengths)``."""
@@ -159,7 +185,7 @@ class Lz4Device(Codec):
                 d_len.copy_to_device(lengths)
                 d_out = self._buffer("pages", n, PAGE, np.uint8)
                 d_ok = self._buffer("ok", n, None, np.bool_)
-                decompress_kernel[self._grid(n), self._threads](d_data, d_starts, d_len, d_out, d_ok)
+                launch(decompress_kernel, self._grid(n), self._threads, None, d_data, d_starts, d_len, d_out, d_ok)
                 ok = d_ok.copy_to_host()
                 pages = d_out.copy_to_host()
         except Exception as exc:

@@ -72,3 +72,21 @@ def test_bench_lz4_device_smoke(tmp_path):
                                                                        ("decompress", 4)]
     assert all(row["GBps"] > 0 and row["vs_raw_h2d"] > 0 for row in r["rows"])
     assert r["raw_h2d_GBps"] > 0 and "simulator" in r["device"]
+
+
+def test_bench_latency_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_latency.py", "--pages", pages_file(tmp_path, 300, 5), "--n", "60",
+                  "--passes", "1", "--backends", "host", "--codecs", "lz4")
+    run = [x for x in r["runs"] if "single_page" in x][0]
+    for verb in ("store", "load", "invalidate"):
+        v = run["single_page"][verb]
+        assert v["zswap"]["p50_us"] > 0 and v["bare"]["p50_us"] > 0 and v["p50_vs_bare"]["median"] > 0
+    assert "skipped" in r["zram"] or r["zram"]["load"]["p50_us"] > 0
+
+
+def test_bench_churn_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_churn.py", "--pages", pages_file(tmp_path, 400, 6), "--live", "300",
+                  "--churn", "1500", "--batch", "50", "--rounds", "10", "--no-zram", "--compressor", "lz4")
+    assert r["pool"]["held_per_live_after_compact"] < r["pool"]["held_per_live_max"] + 1e-9
+    assert r["pool"]["clean_steps"] >= 0 and r["zswap"]["pool_limit_hit"] == 0
+    assert r["zram"] == {"skipped": "--no-zram"}

@@ -19,26 +19,29 @@ from devpool.kernels import _copy_kernels as K
 CUDA_OK, CUDA_WHY = devpool.available_backends()["cuda"]
 
 
-@pytest.mark.parametrize("index_dtype", [np.int64, np.int32, np.uint32, np.uint64])
 @pytest.mark.parametrize("threads", [1, 3, 32])
-def test_kernel_logic_compiled_with_njit(index_dtype, threads):
+def test_kernel_logic_compiled_with_njit(threads):
     """The copy kernel's per-object loop, compiled by numba for the CPU with bounds
-    checks, both ways (scatter into an arena, gather out of it), over every index dtype
-    a caller might hand it (the simulator does not reproduce numba's integer typing)."""
+    checks, both ways (scatter into an arena, gather out of it), with the int64 columns
+    and byte shifts the storage launches it with (the simulator does not reproduce
+    numba's integer typing)."""
     rng = np.random.default_rng(3)
-    lengths = rng.integers(1, 300, 40).astype(index_dtype)
-    starts = np.concatenate([[0], np.cumsum(lengths.astype(np.int64))[:-1]]).astype(index_dtype)
-    offsets = (np.arange(40) * 320 + 16).astype(index_dtype)
-    payload = rng.integers(0, 256, int(lengths.astype(np.int64).sum()), dtype=np.uint8)
-    arena = np.zeros(40 * 320 + 64, np.uint8)
-    K.cpu_copy(arena, offsets, payload, starts, lengths, threads)           # scatter
-    for s, o, n in zip(starts.astype(np.int64), offsets.astype(np.int64), lengths.astype(np.int64)):
-        assert arena[o:o + n].tobytes() == payload[s:s + n].tobytes()
+    n = 40
+    lengths = rng.integers(1, 300, n).astype(np.int64)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    offsets = (np.arange(n) * 320 + 16).astype(np.int64)
+    meta = np.concatenate([[-1] * 5, starts, offsets, lengths]).astype(np.int64)   # columns at 5, 5+n, 5+2n
+    shift = 24
+    payload = rng.integers(0, 256, shift + int(lengths.sum()), dtype=np.uint8)
+    arena = np.zeros(n * 320 + 64, np.uint8)
+    K.cpu_copy(arena, payload, meta, 5, 5 + n, 5 + 2 * n, n, 0, shift, threads)             # scatter
+    for s_, o, ln in zip(starts, offsets, lengths):
+        assert arena[o:o + ln].tobytes() == payload[shift + s_:shift + s_ + ln].tobytes()
     out = np.zeros_like(payload)
-    K.cpu_copy(out, starts, arena, offsets, lengths, threads)               # gather
-    assert out.tobytes() == payload.tobytes()
+    K.cpu_copy(out, arena, meta, 5 + n, 5, 5 + 2 * n, n, shift, 0, threads)                 # gather
+    assert out[shift:].tobytes() == payload[shift:].tobytes()
     with pytest.raises(IndexError):            # bounds-checked: an overrun is caught
-        K.cpu_copy(arena[:100], offsets, payload, starts, lengths, threads)
+        K.cpu_copy(arena[:100], payload, meta, 5, 5 + n, 5 + 2 * n, n, 0, shift, threads)
 
 
 needs_cuda = pytest.mark.skipif(not CUDA_OK, reason=f"cuda backend unusable: {CUDA_WHY}")
@@ -78,6 +81,116 @@ def test_pipelined_copy_in_keeps_every_byte(rng, monkeypatch):
 
 
 @needs_cuda
+def test_pipelined_halves_are_aligned_and_guarded(rng, monkeypatch):
+    """Mixed object sizes over many chunks: every chunk's columns start 8-aligned in
+    staging (the strict simulator refuses a misaligned int64 argument), and without the
+    wait on a half's event the strict simulator's queued copies read the next chunk's
+    bytes, so the data comes back wrong: the guard is what keeps it right."""
+    from devpool.kernels import _device
+    monkeypatch.setattr(_device, "PIPELINE_CHUNK", 5000)
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    sizes = np.array([1, 4096, 3, 2500, 2501, 7, 4000, 999, 4095, 13, 3000, 2997])
+    hs = pool.alloc_batch(sizes)
+    payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+    pool.write_batch(hs, payload, sizes)
+    assert pool.read_batch(hs)[0].tobytes() == payload.tobytes()
+    monkeypatch.setattr(pool.storage, "_wait", lambda half, what: None)      # forget the guard
+    pool.write_batch(hs, payload[::-1].copy(), sizes)
+    assert pool.read_batch(hs)[0].tobytes() != payload[::-1].tobytes()
+    pool.close()
+
+
+@needs_cuda
+def test_strict_simulator_behaves_like_a_gpu_where_bugs_hide():
+    """Queued work runs at synchronisation (a host write before then reaches the copy),
+    retired buffers are poisoned, and a misaligned typed argument is refused."""
+    from devpool.kernels import _device
+    from devpool.kernels._cuda import check_launch
+    mem = _device._SimMemory()
+    stream = mem.stream()
+    host = np.full(64, 1, np.uint8)
+    dev = mem.alloc(64)
+    mem.h2d(dev, 0, host, 0, 64, stream)
+    host[:] = 2                                      # written before the copy ran
+    mem.sync(stream)
+    assert (dev._ary[:64] == 2).all()
+    ev = mem.event()
+    mem.d2h(host, 0, dev, 0, 8, stream)
+    mem.record(ev, stream)
+    mem.d2h(host, 8, dev, 0, 8, stream)
+    mem.wait(ev)                                     # runs up to the event, not past it
+    assert len(stream.queue) == 1
+    mem.retire(dev)
+    assert (dev._ary == _device.POISON).all()
+    u8, i64 = mem.kview(mem.alloc(1024))
+    check_launch(K.copy_kernel, (u8, u8, i64, 0, 0, 0, 0, 0, 0))      # aligned: accepted
+    mis = mem.alloc(1024)
+    bad = type(u8)(mis._ary[1:1017].view(np.int64))       # an int64 view at an odd address
+    with pytest.raises(TypeError, match="misaligned"):
+        check_launch(K.copy_kernel, (u8, u8, bad, 0, 0, 0, 0, 0, 0))
+    with pytest.raises(TypeError, match="none of its declared signatures"):
+        check_launch(K.copy_kernel, (u8, u8, u8, 0, 0, 0, 0, 0, 0))
+
+
+def test_every_kernel_declares_its_launch_types():
+    import devpool.kernels.lz4_device  # noqa: F401  (declares its kernels on import)
+    from devpool.kernels._cuda import KERNELS
+    names = {k.rsplit(".", 1)[1] for k in KERNELS}
+    assert {"copy_kernel", "compress_kernel", "decompress_kernel"} <= names
+    assert all(k.signatures and all(len(s) == k.py_func.__code__.co_argcount for s in k.signatures)
+               for k in KERNELS.values())
+
+
+@needs_cuda
+def test_single_object_verbs_are_one_direct_copy(rng, monkeypatch):
+    """write_one / read_one: one copy between the pinned page buffer (allocated once)
+    and the arena, one synchronisation, no staging and no kernel."""
+    from devpool.kernels._device import CudaStorage
+    st = CudaStorage(1 << 20)
+    st.commit(0, 1 << 16)
+    calls = []
+    for verb in ("h2d", "d2h", "d2d", "launch", "sync"):
+        real = getattr(st.mem, verb)
+        monkeypatch.setattr(st.mem, verb, lambda *a, _v=verb, _r=real: (calls.append(_v), _r(*a))[1])
+    data = rng.integers(0, 256, 4096, dtype=np.uint8)
+    st.write_one(12345, data)
+    page = st._page
+    assert calls == ["h2d", "sync"] and st._stage_size == 0
+    calls.clear()
+    out = np.zeros(4096, np.uint8)
+    st.read_one(12345, out)
+    assert calls == ["d2h", "sync"] and st._page is page and out.tobytes() == data.tobytes()
+    small = np.zeros(5, np.uint8)
+    st.read_one(12345 + 4091, small)
+    assert small.tobytes() == data[-5:].tobytes() and st._page is page
+    with pytest.raises(devpool.DeviceError, match="outside"):
+        st.read_one((1 << 16) * 2, out)
+    st.close()
+
+
+@needs_cuda
+def test_arena_grows_by_half_at_least_and_once_for_a_reserved_batch(monkeypatch):
+    from devpool.kernels._device import CudaStorage
+    st = CudaStorage(1 << 30)
+    sizes, released = [], []
+    real_alloc = st.mem.alloc
+    monkeypatch.setattr(st.mem, "alloc", lambda n: (sizes.append(n), real_alloc(n))[1])
+    monkeypatch.setattr(st.mem, "release_cached", lambda: released.append(1))
+    seg = 1 << 16
+    for s in range(160):                              # 10 MiB, one segment at a time
+        st.commit(s * seg, seg)
+    assert len(sizes) <= 1 + np.ceil(np.log(160) / np.log(1.5))   # 1/8 growth took ~50 regrowths
+    assert all(b >= a * 3 // 2 for a, b in zip(sizes, sizes[1:]))
+    assert len(released) == len(sizes)                # the old arena goes back each time
+    sizes.clear()
+    st.reserve(40 << 20)
+    for s in range(160, 640):
+        st.commit(s * seg, seg)
+    assert sizes == [40 << 20]                        # one growth for the whole batch
+    st.close()
+
+
+@needs_cuda
 def test_device_oom_while_growing_is_pool_full_and_changes_nothing(rng, monkeypatch):
     pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
     hs = pool.alloc_batch([3000] * 4)
@@ -87,7 +200,7 @@ def test_device_oom_while_growing_is_pool_full_and_changes_nothing(rng, monkeypa
 
     def oom(n):
         raise MemoryError("simulated device OOM")
-    monkeypatch.setattr(pool.storage.mem, "device_empty", oom)
+    monkeypatch.setattr(pool.storage.mem, "alloc", oom)
     with pytest.raises(devpool.PoolFullError, match="device out of memory"):
         pool.alloc_batch([4000] * 40)            # needs the arena to grow
     after = pool.stats()
@@ -97,21 +210,62 @@ def test_device_oom_while_growing_is_pool_full_and_changes_nothing(rng, monkeypa
     pool.close()
 
 
-@needs_cuda
-def test_kernel_failure_is_a_device_error_with_context(rng, monkeypatch):
-    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
-    h = pool.alloc(100)
+def _faulty_kernel(real, fail):
+    """A stand-in for the copy kernel, declared like it, whose launch runs ``fail(args)``
+    on the device (when the stream is synchronised) before or instead of the real one."""
+    class Faulty:
+        _devpool_kernel = real._devpool_kernel
 
-    class Broken:
         def __getitem__(self, cfg):
-            def launch(*args):
-                raise RuntimeError("an illegal memory access was encountered")
-            return launch
+            def run(*args):
+                if fail(args):
+                    raise RuntimeError("an illegal memory access was encountered")
+                return real[cfg](*args)
+            return run
+    return Faulty()
+
+
+@needs_cuda
+def test_kernel_fault_is_a_device_error_and_the_storage_refuses_further_calls(rng, monkeypatch):
+    """A fault while a kernel runs leaves a real CUDA context unusable (the error is
+    sticky): the storage names the step, says so, refuses every later call with a
+    DeviceError instead of pretending, and still closes."""
     from devpool.kernels import _device
-    monkeypatch.setattr(_device.K, "copy_kernel", Broken())
-    with pytest.raises(devpool.DeviceError, match="scatter kernel over 1 objects failed") as info:
-        pool.write(h, bytes(100))
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    hs = pool.alloc_batch([100, 200])
+    monkeypatch.setattr(_device.K, "copy_kernel", _faulty_kernel(_device.K.copy_kernel, lambda a: True))
+    with pytest.raises(devpool.DeviceError, match="scatter kernel over 2 objects.*context unusable") as info:
+        pool.write_batch(hs, bytes(300))
     assert isinstance(info.value.__cause__, RuntimeError)
+    monkeypatch.undo()
+    with pytest.raises(devpool.DeviceError, match="unusable after an earlier fault"):
+        pool.read_batch(hs)
+    with pytest.raises(devpool.DeviceError, match="unusable after an earlier fault"):
+        pool.read(hs[0])
+    assert "scatter kernel" in pool.stats()["device_fault"]
+    pool.close()
+
+
+@needs_cuda
+def test_launch_error_runs_nothing_and_the_storage_stays_usable(rng, monkeypatch):
+    """A launch refused before anything ran (here: argument types no signature declares)
+    is a DeviceError; the arena is untouched and the storage goes on working."""
+    from devpool.kernels import _device
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    hs = pool.alloc_batch([100, 200])
+    payload = rng.integers(0, 256, 300, dtype=np.uint8)
+    pool.write_batch(hs, payload)
+    real = _device.K.copy_kernel
+
+    def launch(what, kernel, grid, block, stream, args):
+        return real_launch(what, kernel, grid, block, stream, (args[0], args[1], args[2].view(np.int32)) + args[3:])
+    real_launch = pool.storage.mem.launch
+    monkeypatch.setattr(pool.storage.mem, "launch", launch)
+    with pytest.raises(devpool.DeviceError, match="gather kernel over 2 objects failed to launch.*declared"):
+        pool.read_batch(hs)
+    monkeypatch.undo()
+    assert real is _device.K.copy_kernel
+    assert pool.read_batch(hs)[0].tobytes() == payload.tobytes()
     pool.close()
 
 
@@ -138,39 +292,23 @@ def test_cuda_unavailable_is_a_clear_devpool_error():
 
 
 @needs_cuda
-def test_failed_compaction_scatter_restores_every_object(rng, monkeypatch):
-    """The scatter of a compaction fails after overwriting part of the arena: every
-    object is put back from the device temporary, and the pool still reads right."""
+def test_a_fault_in_compaction_is_reported_not_papered_over(rng, monkeypatch):
+    """The compaction's scatter faults after overwriting part of the arena. On a GPU
+    the context is then dead, so no restore can run: the storage says the contents are
+    lost and refuses further calls (no pretend restore)."""
     from devpool.kernels import _device
     pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
     sizes = rng.integers(500, 3000, 24)
     hs = pool.alloc_batch(sizes)
-    payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
-    pool.write_batch(hs, payload, sizes)
+    pool.write_batch(hs, rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8), sizes)
     pool.free_batch(hs[::2])
-    want = pool.read_batch(hs[1::2])[0].tobytes()
-    real = _device.K.copy_kernel
-    arena = pool.storage._arena
-    scatters = {"n": 0}
-
-    class HalfDone:
-        def __getitem__(self, cfg):
-            def launch(dst, dst_starts, src, src_starts, lengths):
-                if dst is arena:                     # a scatter: into the arena
-                    scatters["n"] += 1
-                    if scatters["n"] == 1:           # the compaction's scatter: copy some, then fail
-                        real[cfg](dst, dst_starts[:3], src, src_starts[:3], lengths[:3])
-                        raise RuntimeError("simulated kernel fault")
-                return real[cfg](dst, dst_starts, src, src_starts, lengths)
-            return launch
-    monkeypatch.setattr(_device.K, "copy_kernel", HalfDone())
-    with pytest.raises(devpool.DeviceError, match="scatter kernel over .* failed: simulated kernel fault"):
+    arena = pool.storage._arena_k
+    monkeypatch.setattr(_device.K, "copy_kernel", _faulty_kernel(_device.K.copy_kernel, lambda a: a[0] is arena))
+    with pytest.raises(devpool.DeviceError, match="move \\(scatter\\) kernel.*contents lost"):
         pool.compact()
-    assert scatters["n"] == 2                        # the failed scatter, then the restore
-    monkeypatch.setattr(_device.K, "copy_kernel", real)
-    assert pool.read_batch(hs[1::2])[0].tobytes() == want
-    pool.compact()                                   # and compaction works afterwards
-    assert pool.read_batch(hs[1::2])[0].tobytes() == want
+    monkeypatch.undo()
+    with pytest.raises(devpool.DeviceError, match="unusable"):
+        pool.read_batch(hs[1::2])
     pool.close()
 
 
@@ -251,3 +389,28 @@ def test_device_path_faults_lose_no_page(rng, monkeypatch):
     np.testing.assert_array_equal(zs.load_batch([1, 3]), old[[0, 2]])
     zs.close()
     pool.close()
+
+
+@needs_cuda
+def test_lz4_compress_kernel_strides_by_workers_with_interleaved_tables(rng):
+    """More threads than workers (a grid rounded up to whole blocks): each worker strides
+    by the number of workers, so no page is skipped, and the interleaved tables give
+    every page liblz4's bytes."""
+    import lz4.block
+
+    from devpool.kernels import _lz4_core as core
+    from devpool.kernels._cuda import cuda, launch
+    from devpool.kernels.lz4_device import TABLE, compress_kernel
+    from tests.pages import make_pages
+    pages = make_pages(7, rng, ("text", "struct", "zero", "random"))
+    d_pages = cuda.to_device(pages)
+    d_out = cuda.device_array((7, core.PAGE_BOUND), np.uint8)
+    lengths = np.full(7, -1, np.int64)
+    d_len = cuda.to_device(lengths)
+    workers = 3
+    d_tab = cuda.to_device(np.full(workers * TABLE, 12345, np.int32))   # dirty: cleared per page
+    launch(compress_kernel, 2, 4, None, d_pages, d_out, d_len, d_tab, workers)     # 8 threads, 3 workers
+    got, rows = d_len.copy_to_host(), d_out.copy_to_host()
+    for i in range(7):
+        want = lz4.block.compress(pages[i].tobytes(), store_size=False)
+        assert got[i] == len(want) and rows[i, :got[i]].tobytes() == want, i

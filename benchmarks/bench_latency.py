@@ -1,0 +1,149 @@
+"""One page at a time: what a zswap hit costs, next to what it saves.
+
+    python benchmarks/bench_latency.py [--pages F.npy] [--n 2000] [--passes 3]
+                                       [--backends host,cuda] [--codecs lz4,lz4-njit] [--json F]
+
+A swap-in fault is one page, and zswap only pays when serving it from the pool costs
+less than the swap device it saves. For each backend and codec: p50 / p99 of
+``Zswap.store`` / ``load`` / ``invalidate``, one page per call, on real pages (built-in
+workloads, or ``--pages``; pages that compress, as zswap's hits are), against in the
+same run and on the same pages:
+
+- the bare loop a user would write instead (``devpool._bench.bare_single_page``: a dict
+  of ``lz4.block`` blocks), paired pass by pass; the headline is the median over passes
+  of p50 / the loop's p50 (target <= 2.0);
+- the kernel's zram (lz4, zsmalloc), one page by ``O_DIRECT`` ``pwrite`` / ``preadv``,
+  where it can run (root, ``/dev/zram0`` unused; reset afterwards), else a line why;
+- the pool alone: ``alloc(n, data=block)`` + ``read(free=True)`` and the four verbs
+  ``alloc`` + ``write`` + ``read`` + ``free`` of one object (target <= 5 us).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import lz4.block
+import numpy as np
+
+import devpool
+from devpool._bench import single_page_ratios
+from _common import header, load_pages, save
+from _zram import zram_device
+
+PAGE = 4096
+
+
+def compressible(pages: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` pages that compress and are not same-filled (zswap's pool hits)."""
+    keep = []
+    for i, p in enumerate(pages):
+        w = p.view(np.uint64)
+        if (w == w[0]).all():
+            continue
+        if len(lz4.block.compress(p, store_size=False)) < PAGE:
+            keep.append(i)
+        if len(keep) == n:
+            break
+    return np.ascontiguousarray(pages[keep])
+
+
+def zram_latency(pages: np.ndarray, passes: int) -> dict:
+    with zram_device(pages.shape[0] * PAGE) as z:
+        if not z:
+            return {"skipped": z.why}
+        out = np.empty(PAGE, np.uint8)
+        runs = []
+        for _ in range(passes):
+            w, r = [], []
+            for slot, p in enumerate(pages):
+                t = time.perf_counter()
+                z.write(slot, p)
+                w.append(time.perf_counter() - t)
+            for slot in range(pages.shape[0]):
+                t = time.perf_counter()
+                z.read(slot, out)
+                r.append(time.perf_counter() - t)
+                if not np.array_equal(out, pages[slot]):
+                    raise RuntimeError(f"zram returned a different page at slot {slot}")
+            runs.append((np.percentile(w, 50) * 1e6, np.percentile(r, 50) * 1e6,
+                         np.percentile(w, 99) * 1e6, np.percentile(r, 99) * 1e6))
+        a = np.array(runs)
+        return {"store": {"p50_us": float(np.median(a[:, 0])), "p99_us": float(np.median(a[:, 2]))},
+                "load": {"p50_us": float(np.median(a[:, 1])), "p99_us": float(np.median(a[:, 3]))}}
+
+
+def pool_latency(backend: str, pages: np.ndarray) -> dict:
+    """Per object: the four verbs, and the two-call form zswap uses."""
+    blocks = [np.frombuffer(lz4.block.compress(p, store_size=False), np.uint8) for p in pages]
+    with devpool.open_pool(backend, 64 << 20) as pool:
+        for b in blocks[:100]:                                  # warm-up
+            pool.read(pool.alloc(b.size, data=b), free=True)
+        four, two = [], []
+        clock = time.perf_counter
+        for b in blocks:
+            t = clock()
+            h = pool.alloc(b.size)
+            pool.write(h, b)
+            got = pool.read(h)
+            pool.free(h)
+            four.append(clock() - t)
+            t = clock()
+            got = pool.read(pool.alloc(b.size, data=b), free=True)
+            two.append(clock() - t)
+        assert np.array_equal(got, blocks[-1])
+    return {"alloc_write_read_free_p50_us": float(np.percentile(four, 50) * 1e6),
+            "alloc_data_read_free_p50_us": float(np.percentile(two, 50) * 1e6)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pages", default="")
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--passes", type=int, default=3)
+    ap.add_argument("--backends", default="host,cuda")
+    ap.add_argument("--codecs", default="lz4,lz4-njit")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    all_pages, source = load_pages(args.pages)
+    pages = compressible(all_pages, args.n)
+    r = header("bench_latency", pages=source, n=int(pages.shape[0]), passes=args.passes)
+    print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
+    r["zram"] = zram_latency(pages, args.passes)
+    z = r["zram"]
+    zram_line = (f"zram: skipped ({z['skipped']})" if "skipped" in z else
+                 f"kernel zram (lz4), O_DIRECT: store p50 {z['store']['p50_us']:.1f} us, "
+                 f"load p50 {z['load']['p50_us']:.1f} us")
+    r["runs"] = []
+    print(f"{'backend':8}{'codec':10}{'verb':12}{'p50 us':>8}{'p99 us':>8}{'loop p50':>10}   p50 x loop (range)")
+    for backend in args.backends.split(","):
+        ok, why = devpool.available_backends().get(backend, (False, "unknown backend"))
+        if not ok or (backend == "cuda" and os.environ.get("NUMBA_ENABLE_CUDASIM") == "1"):
+            print(f"{backend:8}skipped: {why if not ok else 'only the CUDA simulator here'}")
+            continue
+        r["runs"].append({"backend": backend, "pool": pool_latency(backend, pages)})
+        for codec in args.codecs.split(","):
+            with devpool.open_pool(backend, 256 << 20) as pool, \
+                    devpool.Zswap(pool, compressor=codec, max_pool_percent=100) as zs:
+                w = min(64, pages.shape[0])
+                zs.store_batch(np.arange(w), pages[:w])               # warm-up: compile
+                zs.load_batch(np.arange(w))
+                for i in range(min(200, pages.shape[0])):
+                    zs.store(i, pages[i])
+                    zs.load(i)
+                res = single_page_ratios(zs, pages, args.passes)
+            r["runs"].append({"backend": backend, "codec": codec, "single_page": res})
+            for verb, v in res.items():
+                q = v["p50_vs_bare"]
+                print(f"{backend:8}{codec:10}{verb:12}{v['zswap']['p50_us']:>8.1f}{v['zswap']['p99_us']:>8.1f}"
+                      f"{v['bare']['p50_us']:>10.1f}   {q['median']:.2f}x ({q['low']:.2f}-{q['high']:.2f})")
+        p = r["runs"][-len(args.codecs.split(",")) - 1]["pool"]
+        print(f"{backend:8}pool alone: alloc+write+read+free p50 {p['alloc_write_read_free_p50_us']:.2f} us; "
+              f"alloc(data=)+read(free=True) p50 {p['alloc_data_read_free_p50_us']:.2f} us")
+    print(zram_line)
+    save(r, args.json)
+
+
+if __name__ == "__main__":
+    main()
