@@ -61,3 +61,29 @@ def lz4_blobs(n: int, rng: np.random.Generator) -> list[bytes]:
 def pack(blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray]:
     lengths = np.array([len(b) for b in blobs], np.int64)
     return np.frombuffer(b"".join(blobs), np.uint8).copy(), lengths
+
+
+#: fill words for same-filled pages: zero, one repeated byte, eight different bytes,
+#: the chaos poison byte, and a word whose bytes read the same backwards
+FILL_WORDS = (0, 0x0101010101010101, 0x0706050403020100, 0xA5A5A5A5A5A5A5A5, 0x1234567887654321)
+#: byte positions of the odd byte out: every position of the first, second, a middle and
+#: the last word, so a check that skips a word or a byte within a word is caught
+ODD_POSITIONS = tuple(w * 8 + b for w in (0, 1, 256, PAGE // 8 - 2, PAGE // 8 - 1) for b in range(8))
+
+
+def filled_page(word: int) -> np.ndarray:
+    """A same-filled page: one 8-byte word repeated over the whole page."""
+    return np.full(PAGE // 8, word, np.uint64).view(np.uint8).copy()
+
+
+def nearly_filled_page(word: int, position: int) -> np.ndarray:
+    """A same-filled page except for one byte at ``position``: not same-filled."""
+    page = filled_page(word)
+    page[position] ^= 0x5A
+    return page
+
+
+def is_same_filled(page: np.ndarray) -> bool:
+    """The reference definition: every 8-byte word of the page equals the first."""
+    words = page.view(np.uint64)
+    return bool((words == words[0]).all())

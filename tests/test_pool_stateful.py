@@ -1,108 +1,246 @@
-"""Random operation sequences against a dict model, on every backend.
+"""The pool against a dict model, on every backend, single and batch verbs mixed.
 
-Hypothesis drives alloc/write/read/free/compact (and failing calls) and after each step
-the pool must hold exactly what the model says: bytes, sizes and live count.
+Hypothesis drives alloc / write / read / free in both forms, compaction, stale and
+foreign handles, a full pool and bad input. The model decides on its own when an
+allocation must succeed (the live payload, packed, fits the capacity) and when it must
+fail (it cannot fit at all); after each step the pool holds exactly what the model says.
+Stale handles stay in play after their free, so the stale-handle branches run (see the
+``stale:`` and ``alloc:`` events with ``--hypothesis-show-statistics``).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, settings, strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, invariant, rule
+from hypothesis import HealthCheck, event, settings, strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
 import devpool
+
+CAPACITY = 96 * 1024
+SEG = 16384
+MAX_OBJ = 4096
+SIZES = st.integers(1, MAX_OBJ) | st.integers(3000, MAX_OBJ)      # big ones fill the pool
+
+
+def aligned(n: int) -> int:
+    return -(-n // 16) * 16
+
+
+def segments_to_hold(nbytes: int) -> int:
+    """Most segments a clean pool needs for ``nbytes`` of aligned objects (next-fit
+    closes a segment only when the next object, at most MAX_OBJ, does not fit)."""
+    return 0 if nbytes == 0 else nbytes // (SEG - MAX_OBJ) + 1
 
 
 def make_machine(backend: str):
     class PoolMachine(RuleBasedStateMachine):
-        handles = Bundle("handles")
-
         def __init__(self):
             super().__init__()
-            self.pool = devpool.open_pool(backend, 96 * 1024, segment_bytes=16384)
-            self.model: dict[int, bytes] = {}
+            self.model: dict[int, bytes] = {}           # insertion order: draws replay
             self.dead: list[int] = []
+            self.pool = self.other = None
+
+        @initialize(seed=st.integers(0, 2**32 - 1))
+        def open_pools(self, seed):
+            """Chaos is seeded from the example, so a failing run replays exactly."""
+            kw = {"seed": seed} if backend == "chaos" else {}
+            self.pool = devpool.open_pool(backend, CAPACITY, segment_bytes=SEG, **kw)
+            self.other = devpool.open_pool(backend, CAPACITY, segment_bytes=SEG)
+            self.foreign = self.other.alloc(8)          # a live handle of another pool
 
         def teardown(self):
-            self.pool.close()
+            for pool in (self.pool, self.other):
+                if pool is not None:
+                    pool.close()
 
-        @rule(target=handles, sizes=st.lists(st.integers(1, 4096), min_size=1, max_size=6),
-              seed=st.integers(0, 2**32 - 1))
-        def alloc_and_write(self, sizes, seed):
-            rng = np.random.default_rng(seed)
+        # --- the model's verdict on allocation --------------------------------------
+        def live(self) -> int:
+            return sum(aligned(len(v)) for v in self.model.values())
+
+        def expect_alloc(self, sizes) -> str:
+            need = self.live() + sum(aligned(s) for s in sizes)
+            if segments_to_hold(need) * SEG <= CAPACITY:
+                return "fits"
+            if need > CAPACITY:
+                return "full"
+            return "either"
+
+        def check_alloc(self, sizes, alloc):
+            want = self.expect_alloc(sizes)
+            before = self.pool.stats()
             try:
-                hs = self.pool.alloc_batch(sizes)
+                result = alloc()
             except devpool.PoolFullError:
-                total = sum((s + 15) // 16 * 16 for s in sizes)
-                used = sum((len(v) + 15) // 16 * 16 for v in self.model.values())
-                assert used + total > 96 * 1024 - 6 * 4096, "refused although plenty of room"
-                return _multiple()
-            payload = rng.integers(0, 256, sum(sizes), dtype=np.uint8)
+                assert want != "fits", f"refused {sizes} with {self.live()} bytes live"
+                assert self.pool.stats()["obj_used"] == before["obj_used"]
+                event("alloc: pool full")
+                return None
+            assert want != "full", f"allocated {sizes} beyond the capacity"
+            event("alloc: ok")
+            return result
+
+        def data_for(self, seed: int, n: int) -> np.ndarray:
+            return np.random.default_rng(seed).integers(0, 256, n, dtype=np.uint8)
+
+        # --- allocation and copy-in -----------------------------------------------------
+        @rule(sizes=st.lists(SIZES, min_size=1, max_size=8), seed=st.integers(0, 2**32 - 1))
+        def alloc_batch_and_write_batch(self, sizes, seed):
+            hs = self.check_alloc(sizes, lambda: self.pool.alloc_batch(sizes))
+            if hs is None:
+                return
+            payload = self.data_for(seed, sum(sizes))
             self.pool.write_batch(hs, payload, sizes)
             ends = np.cumsum(sizes)
             for h, e, s in zip(hs.tolist(), ends.tolist(), sizes):
                 self.model[h] = payload[e - s:e].tobytes()
-            return _multiple(*hs.tolist())
 
-        @rule(h=handles, seed=st.integers(0, 255))
-        def overwrite(self, h, seed):
-            if h not in self.model:
+        @rule(size=SIZES, seed=st.integers(0, 2**32 - 1))
+        def alloc_one_and_write_one(self, size, seed):
+            h = self.check_alloc([size], lambda: self.pool.alloc(size))
+            if h is None:
                 return
-            data = bytes([seed]) * len(self.model[h])
+            assert isinstance(h, int)
+            data = self.data_for(seed, size)
             self.pool.write(h, data)
-            self.model[h] = data
+            self.model[h] = data.tobytes()
 
-        @rule(h=handles)
-        def read_one(self, h):
-            if h in self.model:
-                assert self.pool.read(h).tobytes() == self.model[h]
-            else:
-                with pytest.raises(devpool.InvalidHandleError):
-                    self.pool.read(h)
-
-        @rule(h=consumes(handles))
-        def free_one(self, h):
-            if h in self.model:
-                self.pool.free(h)
-                del self.model[h]
-                self.dead.append(h)
-            else:
-                with pytest.raises(devpool.InvalidHandleError):
-                    self.pool.free(h)
-
-        @rule(data=st.data())
-        def free_some_with_a_stale_one(self, data):
-            if not self.dead or not self.model:
+        @precondition(lambda self: self.model)
+        @rule(data=st.data(), seed=st.integers(0, 255))
+        def overwrite(self, data, seed):
+            hs = data.draw(st.lists(st.sampled_from(list(self.model)), min_size=1, max_size=4, unique=True))
+            if len(hs) == 1:
+                new = bytes([seed]) * len(self.model[hs[0]])
+                self.pool.write(hs[0], new)
+                self.model[hs[0]] = new
                 return
-            live = data.draw(st.lists(st.sampled_from(sorted(self.model)), max_size=3, unique=True))
+            sizes = [len(self.model[h]) for h in hs]
+            payload = self.data_for(seed, sum(sizes))
+            self.pool.write_batch(hs, payload, sizes)
+            for h, e, s in zip(hs, np.cumsum(sizes).tolist(), sizes):
+                self.model[h] = payload[e - s:e].tobytes()
+
+        # --- copy-out ------------------------------------------------------------------
+        @precondition(lambda self: self.model)
+        @rule(data=st.data())
+        def read_one(self, data):
+            h = data.draw(st.sampled_from(list(self.model)))
+            assert self.pool.read(h).tobytes() == self.model[h]
+            assert self.pool.size_of(h) == len(self.model[h])
+
+        @precondition(lambda self: self.model)
+        @rule(data=st.data(), into_out=st.booleans())
+        def read_batch(self, data, into_out):
+            hs = data.draw(st.lists(st.sampled_from(list(self.model)), min_size=1, max_size=6, unique=True))
+            want = b"".join(self.model[h] for h in hs)
+            out = np.empty(len(want), np.uint8) if into_out else None
+            got, lengths = self.pool.read_batch(hs, out=out)
+            assert got.tobytes() == want and lengths.tolist() == [len(self.model[h]) for h in hs]
+            assert out is None or got is out
+
+        # --- free ----------------------------------------------------------------------
+        @precondition(lambda self: self.model)
+        @rule(data=st.data())
+        def free_one(self, data):
+            h = data.draw(st.sampled_from(list(self.model)))
+            self.pool.free(h)
+            del self.model[h]
+            self.dead.append(h)
+
+        @precondition(lambda self: self.model)
+        @rule(data=st.data())
+        def free_batch(self, data):
+            hs = data.draw(st.lists(st.sampled_from(list(self.model)), min_size=1, max_size=6, unique=True))
+            self.pool.free_batch(hs)
+            for h in hs:
+                del self.model[h]
+            self.dead.extend(hs)
+
+        # --- stale, foreign and repeated handles change nothing ------------------------
+        @precondition(lambda self: self.dead)
+        @rule(data=st.data(), verb=st.sampled_from(["read", "write", "free", "size_of", "read_batch",
+                                                    "free_batch", "write_batch"]))
+        def stale_handle(self, data, verb):
             stale = data.draw(st.sampled_from(self.dead))
+            live = data.draw(st.lists(st.sampled_from(list(self.model)), max_size=3, unique=True)) \
+                if self.model else []
+            batch = live + [stale]
+            calls = {
+                "read": lambda: self.pool.read(stale),
+                "write": lambda: self.pool.write(stale, b"x"),
+                "free": lambda: self.pool.free(stale),
+                "size_of": lambda: self.pool.size_of(stale),
+                "read_batch": lambda: self.pool.read_batch(batch),
+                "free_batch": lambda: self.pool.free_batch(batch),      # refused whole
+                "write_batch": lambda: self.pool.write_batch(
+                    batch, np.zeros(sum(len(self.model[h]) for h in live) + 1, np.uint8)),
+            }
             with pytest.raises(devpool.InvalidHandleError):
-                self.pool.free_batch(live + [stale])     # refused whole: nothing freed
+                calls[verb]()
+            event(f"stale: {verb}")
+
+        @rule(verb=st.sampled_from(["read", "free", "write"]))
+        def foreign_handle(self, verb):
+            with pytest.raises(devpool.InvalidHandleError):
+                {"read": lambda: self.pool.read(self.foreign), "free": lambda: self.pool.free(self.foreign),
+                 "write": lambda: self.pool.write(self.foreign, b"12345678")}[verb]()
+            assert self.other.read(self.foreign).size == 8          # still live over there
+
+        @precondition(lambda self: self.model)
+        @rule(data=st.data())
+        def repeated_handle_in_a_batch(self, data):
+            h = data.draw(st.sampled_from(list(self.model)))
+            with pytest.raises(devpool.InvalidHandleError, match="twice"):
+                self.pool.free_batch([h, h])
+
+        # --- bad input changes nothing --------------------------------------------------
+        @rule(case=st.sampled_from(["zero", "negative", "too-big", "float", "bool", "batch-with-bad",
+                                    "long-write", "short-write", "dtype"]))
+        def bad_input(self, case):
+            h = next(iter(self.model), None)
+            n = len(self.model[h]) if h is not None else 0
+            cases = {
+                "zero": (devpool.InvalidSizeError, lambda: self.pool.alloc(0)),
+                "negative": (devpool.InvalidSizeError, lambda: self.pool.alloc(-5)),
+                "too-big": (devpool.InvalidSizeError, lambda: self.pool.alloc(MAX_OBJ + 1)),
+                "float": (devpool.InvalidSizeError, lambda: self.pool.alloc(3.0)),
+                "bool": (devpool.InvalidSizeError, lambda: self.pool.alloc(True)),
+                "batch-with-bad": (devpool.InvalidSizeError, lambda: self.pool.alloc_batch([10, 0, 10])),
+                "long-write": (devpool.BadInputError, lambda: self.pool.write(h, b"y" * (n + 1))),
+                "short-write": (devpool.BadInputError, lambda: self.pool.write(h, b"y" * (n - 1))),
+                "dtype": (devpool.BadInputError, lambda: self.pool.write(h, np.zeros(n, np.uint16))),
+            }
+            error, call = cases[case]
+            if h is None and error is devpool.BadInputError:
+                return
+            before = self.pool.stats()["obj_used"]
+            with pytest.raises(error):
+                call()
+            assert self.pool.stats()["obj_used"] == before
 
         @rule(util=st.sampled_from([0.3, 0.7, 1.0]))
         def compact(self, util):
             self.pool.compact(util)
 
+        # --- what must hold after every step ----------------------------------------------
         @invariant()
         def matches_model(self):
             hs = list(self.model)
             data, lengths = self.pool.read_batch(hs)
             assert data.tobytes() == b"".join(self.model.values())
             assert lengths.tolist() == [len(v) for v in self.model.values()]
-            assert self.pool.stats()["obj_used"] == len(self.model)
+            st_ = self.pool.stats()
+            assert st_["obj_used"] == len(self.model)
+            assert st_["payload_bytes"] == sum(len(v) for v in self.model.values())
+            assert st_["arena_used_bytes"] == self.live()
+            assert st_["pool_total_size"] <= CAPACITY
 
     return PoolMachine
-
-
-def _multiple(*values):
-    from hypothesis.stateful import multiple
-    return multiple(*values)
 
 
 def test_pool_matches_dict_model(backend):
     machine = make_machine(backend)
     machine.TestCase.settings = settings(
-        max_examples=25 if backend == "cuda" else 60, stateful_step_count=30, deadline=None,
+        max_examples=8 if backend == "cuda" else 150, stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     machine.TestCase().runTest()

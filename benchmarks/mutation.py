@@ -1,0 +1,242 @@
+"""Mutation testing of devpool's core modules: does the suite catch small deliberate bugs?
+
+Each *mutant* is one small change to one module (a comparison flipped, ``+`` for ``-``,
+``and`` for ``or``, a ``not`` dropped, a constant off by one, ``True`` for ``False``, a
+condition negated, a statement deleted). A mutant is *killed* when the tests that cover
+its module fail (or time out), and *survives* when they pass: a survivor is either a bug
+the suite would not notice or a change that does not alter behaviour (an equivalent
+mutant), so survivors are read by hand.
+
+The run works on a copy of the tree, never on the checkout; it samples mutants with a
+fixed seed (every point is listed, ``--sample`` of them are run), runs the covering test
+files with ``-x`` on the host and chaos backends (the simulated cuda backend runs the
+same code above storage, slower), with hypothesis set not to shrink, so a run takes
+minutes, not hours. Not part of CI.
+
+    python benchmarks/mutation.py --sample 80 --jobs 2 --out benchmarks/results/mutation.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import copy
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: module -> the test files that cover it
+TARGETS = {
+    "devpool/_zswap.py": ["tests/test_zswap.py", "tests/test_zswap_stateful.py", "tests/test_edge_pages.py",
+                          "tests/test_layering.py"],
+    "devpool/_pool.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py", "tests/test_chaos.py"],
+    "devpool/_allocator.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py"],
+    "devpool/_chaos.py": ["tests/test_chaos.py"],
+    "devpool/_codecs.py": ["tests/test_codecs.py", "tests/test_edge_pages.py"],
+    "devpool/_packed.py": ["tests/test_pool_contract.py", "tests/test_edge_pages.py", "tests/test_codecs.py"],
+}
+
+#: runs pytest with a hypothesis profile that stops at the first failure (no shrinking)
+RUNNER = """
+import sys
+from hypothesis import Phase, settings
+settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None, deadline=None)
+settings.load_profile("mutation")
+import pytest
+sys.exit(pytest.main(sys.argv[1:]))
+"""
+
+SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
+            ast.NotEq: ast.Eq, ast.Is: ast.IsNot, ast.IsNot: ast.Is, ast.In: ast.NotIn, ast.NotIn: ast.In}
+SWAP_BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.FloorDiv: ast.Mult,
+            ast.BitAnd: ast.BitOr, ast.BitOr: ast.BitAnd, ast.LShift: ast.RShift, ast.RShift: ast.LShift,
+            ast.BitXor: ast.BitOr, ast.Mod: ast.FloorDiv}
+
+
+class Mutant:
+    def __init__(self, path: str, node: ast.AST, replacement: str, what: str):
+        self.path, self.what, self.replacement = path, what, replacement
+        self.span = (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
+
+    def apply(self, source: str) -> str:
+        lines = source.splitlines(keepends=True)
+        l0, c0, l1, c1 = self.span
+        start = sum(len(x) for x in lines[:l0 - 1]) + len(lines[l0 - 1].encode()[:c0].decode())
+        end = sum(len(x) for x in lines[:l1 - 1]) + len(lines[l1 - 1].encode()[:c1].decode())
+        return source[:start] + self.replacement + source[end:]
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.span[0]}: {self.what}"
+
+
+def _docstrings(tree: ast.AST) -> set[int]:
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first))
+    return ids
+
+
+def mutants_of(path: str) -> list[Mutant]:
+    source = (ROOT / path).read_text()
+    tree = ast.parse(source)
+    skip = _docstrings(tree)
+    out: list[Mutant] = []
+
+    def visit(node, in_fstring=False):
+        if id(node) in skip or isinstance(node, ast.JoinedStr):
+            return
+        if isinstance(node, (ast.Assign,)) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return
+        if isinstance(node, ast.Compare) and len(node.ops) == 1 and type(node.ops[0]) in SWAP_CMP:
+            new = copy.deepcopy(node)
+            new.ops = [SWAP_CMP[type(node.ops[0])]()]
+            out.append(Mutant(path, node, ast.unparse(new), f"{type(node.ops[0]).__name__} -> "
+                                                            f"{type(new.ops[0]).__name__}"))
+        elif isinstance(node, ast.BinOp) and type(node.op) in SWAP_BIN:
+            new = copy.deepcopy(node)
+            new.op = SWAP_BIN[type(node.op)]()
+            out.append(Mutant(path, node, f"({ast.unparse(new)})",
+                              f"{type(node.op).__name__} -> {type(new.op).__name__}"))
+        elif isinstance(node, ast.BoolOp):
+            new = copy.deepcopy(node)
+            new.op = ast.Or() if isinstance(node.op, ast.And) else ast.And()
+            out.append(Mutant(path, node, f"({ast.unparse(new)})", "and <-> or"))
+        elif isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.Not):
+            out.append(Mutant(path, node, f"({ast.unparse(node.operand)})", "drop not"))
+        elif isinstance(node, ast.Constant) and type(node.value) is bool:
+            out.append(Mutant(path, node, str(not node.value), f"{node.value} -> {not node.value}"))
+        elif isinstance(node, ast.Constant) and type(node.value) is int:
+            v = node.value
+            out.append(Mutant(path, node, str(v + 1 if v != 1 else 0), f"{v} -> {v + 1 if v != 1 else 0}"))
+        elif isinstance(node, (ast.AugAssign, ast.Expr)) and not (
+                isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)):
+            out.append(Mutant(path, node, "pass", f"delete `{ast.unparse(node)[:50]}`"))
+        if isinstance(node, (ast.If, ast.While)):
+            out.append(Mutant(path, node.test, f"not ({ast.unparse(node.test)})", "negate condition"))
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(tree)
+    good = []
+    for m in out:
+        try:
+            ast.parse(m.apply(source))
+            good.append(m)
+        except SyntaxError:
+            pass
+    return good
+
+
+#: pytest options of every run: first failure stops it, the simulated cuda backend is
+#: left out (slow; the code above storage is the same), hypothesis replays one seed
+PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-k", "not cuda", "--hypothesis-seed=0"]
+
+
+def run_tests(tree: Path, tests: list[str], timeout: float, extra: list[str] = ()) -> str:
+    cmd = [sys.executable, "-c", RUNNER, *PYTEST_ARGS, *extra, *tests]
+    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    try:
+        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return "timeout"
+    if proc.returncode == 0:
+        return "survived"
+    if proc.returncode == 1:
+        return "killed: " + " | ".join(l for l in proc.stdout.splitlines() if l.startswith("FAILED"))[:300]
+    return f"error rc={proc.returncode}: {proc.stdout[-300:]}{proc.stderr[-300:]}"
+
+
+def copy_tree(dest: Path) -> Path:
+    ignore = shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", ".hypothesis", ".pytest_cache",
+                                    "__pycache__", "results")
+    shutil.copytree(ROOT, dest, ignore=ignore)
+    return dest
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sample", type=int, default=80, help="mutants to run (sampled with --seed)")
+    ap.add_argument("--seed", type=int, default=16)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per mutant (past it: killed)")
+    ap.add_argument("--module", action="append", help="only these modules (default: all targets)")
+    ap.add_argument("--list", action="store_true", help="list the sampled mutants and stop")
+    ap.add_argument("--out", help="write the report here too")
+    ap.add_argument("--deselect", action="append", default=[], help="a test node id to leave out (repeatable)")
+    args = ap.parse_args(argv)
+
+    modules = args.module or list(TARGETS)
+    everything = [m for path in modules for m in mutants_of(path)]
+    rng = random.Random(args.seed)
+    sample = sorted(rng.sample(everything, min(args.sample, len(everything))), key=str)
+    if args.list:
+        print("\n".join(map(str, sample)))
+        return 0
+    work = Path(tempfile.mkdtemp(prefix="devpool-mutation-"))
+    trees = [copy_tree(work / f"tree{j}") for j in range(args.jobs)]
+    extra = [f"--deselect={d}" for d in args.deselect]
+    baseline = run_tests(trees[0], sorted({t for m in modules for t in TARGETS[m]}), 1800, extra)
+    if baseline != "survived":
+        print(f"the unmutated tree does not pass its tests ({baseline}); nothing to measure")
+        return 2
+    free = list(trees)
+    results: list[tuple[Mutant, str, float]] = []
+
+    def one(m: Mutant):
+        tree = free.pop()
+        target = tree / m.path
+        original = target.read_text()
+        try:
+            target.write_text(m.apply(original))
+            t0 = time.time()
+            verdict = run_tests(tree, TARGETS[m.path], args.timeout, extra)
+            results.append((m, verdict, time.time() - t0))
+            print(f"{verdict.split(':')[0]:9s} {time.time() - t0:5.0f}s  {m}", flush=True)
+        finally:
+            target.write_text(original)
+            free.append(tree)
+
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as ex:
+        list(ex.map(one, sample))
+    shutil.rmtree(work, ignore_errors=True)
+    killed = [r for r in results if r[1].startswith("killed") or r[1] == "timeout"]
+    survived = [r for r in results if r[1] == "survived"]
+    errors = [r for r in results if r not in killed and r not in survived]
+    scored = len(killed) + len(survived)
+    lines = [f"devpool mutation run: {len(everything)} mutation points in {len(modules)} modules, "
+             f"{len(sample)} sampled (seed {args.seed}), {time.time() - t0:.0f} s with {args.jobs} jobs",
+             f"command: python benchmarks/mutation.py {' '.join(argv if argv is not None else sys.argv[1:])}",
+             f"pytest: {' '.join(PYTEST_ARGS + extra)}",
+             f"score {len(killed)}/{scored} killed = {100 * len(killed) / max(scored, 1):.0f} %"
+             f" ({sum(r[1] == 'timeout' for r in results)} by timeout; {len(errors)} errors not scored)"]
+    for path in modules:
+        k = sum(r[0].path == path for r in killed)
+        s = sum(r[0].path == path for r in survived)
+        if k + s:
+            lines.append(f"  {path:24s} {k}/{k + s} killed")
+    lines.append("survivors:")
+    lines += [f"  {r[0]}" for r in sorted(survived, key=lambda r: str(r[0]))]
+    if errors:
+        lines.append("errors:")
+        lines += [f"  {r[0]}: {r[1]}" for r in errors]
+    report = "\n".join(lines)
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
