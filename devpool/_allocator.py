@@ -622,13 +622,14 @@ class Allocator:
         """Bytes of in-use segments no live object occupies (freed objects, tails)."""
         return self.segs_in_use * self.seg_bytes - self.live_aligned
 
-    def plan_compact(self, max_utilisation: float = 1.0):
+    def plan_compact(self, max_utilisation: float = 1.0, repack: bool = False):
         """Plan cleaning of every in-use segment whose live share is below the bar: a
         :class:`CleaningPlan`, or None when cleaning would free nothing. Live objects keep
         their arena order, packed next-fit into the lowest-numbered candidate segments
-        (free ones and the victims)."""
+        (free ones and the victims). ``repack`` plans it even when it frees no segment:
+        the free space then gathers behind the last object (a limit needs that room)."""
         used = np.flatnonzero(self.seg_in_use)
-        return self._plan_victims(used[self.seg_live[used] < max_utilisation * self.seg_bytes])
+        return self._plan_victims(used[self.seg_live[used] < max_utilisation * self.seg_bytes], repack)
 
     def plan_clean(self, want_bytes: int, max_victims: int):
         """Plan one bounded cleaning step (as RAMCloud's cleaner, greedy): the fewest of
@@ -645,7 +646,7 @@ class Allocator:
         k = min(int(np.searchsorted(room, max(want_bytes, self.seg_bytes) + self.seg_bytes)) + 1, order.size)
         return self._plan_victims(order[:k])
 
-    def _plan_victims(self, victims: np.ndarray):
+    def _plan_victims(self, victims: np.ndarray, repack: bool = False):
         if victims.size == 0:
             return None
         live = np.flatnonzero(self.locs >= 0)
@@ -661,7 +662,7 @@ class Allocator:
         no_warmth = np.zeros(self.n_segs, np.bool_)
         dst, head, fill, opened = _place(a, -1, 0, blocked, no_warmth, self.seg_bytes)
         assert head != -2, "next-fit in arena order never needs more segments than before"
-        if opened.size >= victims.size and (opened.size == 0 or opened.max() >= victims.max()):
+        if not repack and opened.size >= victims.size and (opened.size == 0 or opened.max() >= victims.max()):
             return None   # nothing would be freed, nor would the arena's top come down
         return CleaningPlan(slots, self.locs[slots], dst, a, victims, int(head), int(fill))
 

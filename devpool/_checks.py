@@ -61,15 +61,18 @@ def check_real(value, name: str, *, lo: float | None = None, hi: float | None = 
 
 
 def as_int_array(values, name: str, *, error: type[Exception] = BadInputError) -> np.ndarray:
-    """A 1-D sequence of integers as int64 (numpy integers and Python ints alike), or
-    ``error`` naming ``name``: not 1-D, floats, bools, objects, or values beyond int64
-    (a uint64 above 2**63 - 1 would wrap to a negative int64) are refused."""
+    """A 1-D sequence of integers as int64 (numpy integers and Python ints alike).
+    A container of more dimensions is BadInputError; a lone value, or values that are not integers (floats,
+    bools, objects) or lie beyond int64 (a uint64 above 2**63 - 1 would wrap to a
+    negative int64) are ``error``, naming ``name``."""
     try:
         arr = np.asarray(values)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise error(f"{name} must be a 1-D sequence of integers: {exc}") from exc
-    if arr.ndim != 1:
-        raise error(f"{name} must be a 1-D sequence, got shape {arr.shape}")
+        raise BadInputError(f"{name} must be a 1-D sequence of integers: {exc}") from exc
+    if arr.ndim > 1:                  # the container is wrong (BadInputError), not a value
+        raise BadInputError(f"{name} must be a 1-D sequence, got shape {arr.shape}")
+    if arr.ndim == 0:                 # one value where a sequence belongs: that value is bad
+        raise error(f"{name} must be a 1-D sequence of integers, got {values!r}")
     if arr.size == 0:
         return np.zeros(0, np.int64)
     if arr.dtype.kind not in "iu":

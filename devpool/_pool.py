@@ -29,7 +29,7 @@ import numpy as np
 from ._allocator import Allocator, aligned
 from ._checks import PAGE_SIZE, as_int_array, check_real, first_range_outside
 from ._packed import packed_starts
-from ._errors import BadInputError, DevpoolError, PoolClosedError, PoolFullError
+from ._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
 from ._storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
@@ -95,7 +95,9 @@ def _check_out(out, nbytes: int) -> np.ndarray:
 
 
 def _as_handles(handles) -> np.ndarray:
-    return as_int_array(handles, "handles")
+    """Handles as int64; anything that is not an integer is a malformed handle, as in
+    the single verbs (InvalidHandleError)."""
+    return as_int_array(handles, "handles", error=InvalidHandleError)
 
 
 class Pool:
@@ -207,13 +209,22 @@ class Pool:
 
     # --- allocation ------------------------------------------------------------------
     @_locked
-    def alloc_batch(self, sizes) -> np.ndarray:
+    def alloc_batch(self, sizes, *, max_total: int | None = None) -> np.ndarray:
         """Allocate one object per size; returns their handles (int64 array).
 
         Raises InvalidSizeError for a size outside 1..max_object_bytes and PoolFullError
         when the batch does not fit even after cleaning; nothing is allocated then.
+
+        ``max_total`` (a limit such as zswap's): allocate only the longest prefix of
+        ``sizes`` that keeps ``pool_total_size`` within it, cleaning dead bytes first if
+        that makes room; the handles returned are that prefix's (maybe none). Decided in
+        the same locked call as the allocation, so nothing can move in between.
         """
         sizes = self.alloc_.check_sizes(sizes)
+        if max_total is not None:
+            sizes = sizes[:self._within(sizes, max_total)]
+            if not sizes.size:
+                return np.zeros(0, np.int64)
         plan = self.alloc_.plan(sizes)
         if plan is None:
             self._compact(1.0)                 # clean under pressure, then retry once
@@ -226,6 +237,48 @@ class Pool:
         self._commit_segments(plan.opened)     # fallible: device OOM -> PoolFullError
         slots = self.alloc_.commit_alloc(sizes, plan)
         return self.alloc_.handles(slots) ^ self._key
+
+    # --- a limit on the pool's size, checked with the allocation --------------------------
+    def _growth(self, sizes: np.ndarray) -> int:
+        """Bytes ``pool_total_size`` grows by if ``sizes`` are placed now (more than the
+        capacity when they do not fit)."""
+        plan = self.alloc_.plan(sizes)
+        return self.alloc_.capacity + 1 if plan is None else self.alloc_.cold(plan.opened).size * self.alloc_.seg_bytes
+
+    def _fitting(self, sizes: np.ndarray, room: int) -> int:
+        """How many of ``sizes`` (a prefix) fit in ``room`` more bytes: one placement
+        when all do, a binary search over prefixes when not."""
+        if room < 0:
+            return 0
+        if self._growth(sizes) <= room:
+            return sizes.size
+        lo, hi = 0, sizes.size - 1          # lo fits, hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._growth(sizes[:mid]) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _within(self, sizes: np.ndarray, max_total: int) -> int:
+        """The longest prefix of ``sizes`` that keeps ``pool_total_size`` within
+        ``max_total``. Dead bytes and spare segments are not pressure: when the prefix is
+        short, clean (compact, and give the spares back: they count in the total), and if
+        that is not enough yet dead bytes would hold the rest, repack every segment so
+        the free space gathers behind the last object."""
+        keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        if keep == sizes.size:
+            return keep
+        need = int(aligned(sizes[keep:keep + 1]).sum())
+        if self.alloc_.dead_bytes >= need or self.alloc_.spare_segments:
+            self._clean(1.0)
+            keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+            if keep < sizes.size and self.alloc_.dead_bytes >= need:
+                self._execute_clean(self.alloc_.plan_compact(1.0, repack=True))
+                self._release_segments(np.zeros(0, np.int64), keep_spares=False)
+                keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        return keep
 
     @_locked(hook=False)      # a question about placement, not an operation on objects
     def growth_for(self, sizes) -> int:
@@ -252,11 +305,13 @@ class Pool:
             seg = placed[1]                         # opened, or -1: the head had room
             return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0  # a spare costs 0
 
-    def alloc(self, nbytes: int, *, data=None) -> int:
+    def alloc(self, nbytes: int, *, data=None, max_total: int | None = None) -> int | None:
         """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
 
         With ``data`` (exactly ``nbytes`` of host bytes) the object is also written: one
         call instead of ``alloc`` + ``write``, and nothing is allocated when ``data`` is bad.
+        With ``max_total``, the object is allocated only if ``pool_total_size`` stays
+        within it (after cleaning, as :meth:`alloc_batch`); else None, nothing allocated.
         """
         if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
                                      and data.ndim == 1 and data.flags.c_contiguous):
@@ -266,6 +321,8 @@ class Pool:
             size = self.alloc_.check_size(nbytes)
             if data is not None and data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
+            if max_total is not None and not self._fits_one(size, max_total):
+                return None
             handle = self._alloc_one(size)
             if data is not None:
                 try:
@@ -274,6 +331,14 @@ class Pool:
                     self._free_one(self.alloc_.decode_one(handle, self._ikey))
                     raise
             return handle
+
+    def _fits_one(self, size: int, max_total: int) -> bool:
+        """:meth:`_within` for one object, with the common case first: the head segment
+        (or a spare) has room, so the pool does not grow at all."""
+        placed = self.alloc_.place_one(size)
+        if placed is not None and (placed[1] < 0 or self.alloc_.seg_warm[placed[1]]):
+            return True
+        return self._within(np.array([size], np.int64), max_total) == 1
 
     def _alloc_one(self, size: int) -> int:
         al = self.alloc_

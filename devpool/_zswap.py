@@ -21,8 +21,9 @@ Two speeds, one set of rules (as ``zswap_store`` calls ``zswap_store_page``): ev
 has a batch form, vectorised over numpy arrays, and a single-page form that works on
 Python scalars (a fault is one page, and a zswap hit must cost less than the swap
 device it saves). Both call the same deciders: :meth:`Zswap._verdict` (which pages may
-be stored, and how), :meth:`Zswap._room` (the limit, with hysteresis),
-:meth:`Zswap._limit_hit` and :meth:`Zswap._tally_refusals`.
+be stored, and how), :meth:`Zswap._admitting` (the limit's hysteresis), ``_admit`` /
+``_admit_one`` (the limit, checked by the pool with the allocation), :meth:`Zswap._limit_hit`
+and :meth:`Zswap._tally_refusals`.
 
 Reading order: statistics, tunables, limits, the deciders, entries, compress /
 decompress, writeback (second-chance LRU) and shrinking, then the main API (store,
@@ -260,65 +261,39 @@ class Zswap:
     def _accept_bytes(self) -> int:
         return self._accept
 
-    def _room(self) -> int:
-        """Bytes the pool may still grow by for a store; -1 while the limit is hit and the
-        pool has not yet fallen to the accept threshold (Linux's hysteresis). 0 is room:
-        a store that needs no new segment is accepted even with the pool at its limit."""
-        total = self.pool.total_bytes
+    def _admitting(self) -> bool:
+        """False while the limit is hit and the pool has not yet fallen to the accept
+        threshold (Linux's hysteresis): then every store is refused without asking."""
         if self._reached_full:
-            if total > self._accept:
-                return -1
+            if self.pool.total_bytes > self._accept:
+                return False
             self._reached_full = False
-        return self._limit - total
+        return True
 
     def _limit_hit(self) -> None:
         self._counters["pool_limit_hit"] += 1
         self._reached_full = True
 
-    def _reclaimed_room(self) -> int:
-        """At the limit but not in hysteresis: dead bytes are not pressure. Clean the
-        pool (no I/O) and look again before anything is refused."""
-        self.pool.compact()
-        return self._room()
-
-    def _fitting_prefix(self, sizes: np.ndarray, room: int) -> int:
-        """How many of ``sizes`` (in order) the pool can take without growing past
-        ``room`` bytes, segment tails included: one placement query when all fit, a
-        binary search over prefixes when not."""
-        if room < 0:
-            return 0
-        if self.pool.growth_for(sizes) <= room:
-            return sizes.size
-        lo, hi = 0, sizes.size - 1          # lo fits, hi + 1 does not
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if self.pool.growth_for(sizes[:mid]) <= room:
-                lo = mid
-            else:
-                hi = mid - 1
-        return lo
-
-    def _admit(self, sizes: np.ndarray) -> int:
-        """How many of ``sizes`` (a prefix) the limit lets in; counts a limit hit."""
-        keep = self._fitting_prefix(sizes, self._room())
-        if keep < sizes.size and not self._reached_full:
-            keep = self._fitting_prefix(sizes, self._reclaimed_room())
-        if keep < sizes.size:
+    # The limit itself is checked by the pool, in the same locked call as the allocation
+    # (``max_total``): checked here first and allocated there second, a chaos storage, or
+    # any other user of a shared pool, could move or grow it in between. The pool also
+    # cleans dead bytes before it refuses (they are not pressure), so a store that needs
+    # no new segment is accepted with the pool at its limit, and one whose bytes dead
+    # space would hold is accepted after cleaning.
+    def _admit(self, sizes: np.ndarray) -> np.ndarray:
+        """Handles for the prefix of ``sizes`` the limit lets in (counts a limit hit);
+        PoolFullError when the pool cannot hold them for another reason."""
+        handles = self.pool.alloc_batch(sizes, max_total=self._limit) if self._admitting() else sizes[:0]
+        if handles.size < sizes.size:
             self._limit_hit()
-        return keep
+        return handles
 
-    def _admit_one(self, size: int) -> bool:
-        """The rule of :meth:`_admit` for one object (which grows the pool by one segment
-        at most, so with that much room the pool need not be asked)."""
-        room = self._room()
-        if room >= self.pool.segment_bytes or room >= 0 and self.pool.growth_for_one(size) <= room:
-            return True
-        if not self._reached_full:
-            room = self._reclaimed_room()
-            if room >= 0 and self.pool.growth_for_one(size) <= room:
-                return True
-        self._limit_hit()
-        return False
+    def _admit_one(self, size: int, data) -> int | None:
+        """:meth:`_admit` for one object, written with ``data``: its handle, or None."""
+        handle = self.pool.alloc(size, data=data, max_total=self._limit) if self._admitting() else None
+        if handle is None:
+            self._limit_hit()
+        return handle
 
     # --- the deciders shared by both speeds (scalars or arrays alike) ----------------------
     def _verdict(self, lengths):
@@ -548,12 +523,11 @@ class Zswap:
         want = np.flatnonzero(accepted)
         if want.size < accepted.size:
             self._tally_refusals(lens, accepted)
-        if want.size:
-            want = want[:self._admit(sizes[want])]
         handles = np.zeros(0, np.int64)
         if want.size:
             try:
-                handles = self.pool.alloc_batch(sizes[want])
+                handles = self._admit(sizes[want])
+                want = want[:handles.size]
             except PoolFullError:
                 self._counters["reject_alloc_fail"] += want.size
                 want = want[:0]
@@ -604,9 +578,9 @@ class Zswap:
                 accepted, as_is, size = self._verdict(n)
                 if not accepted:
                     self._tally_refusals(n, accepted)
-                elif self._admit_one(size):
+                else:
                     try:
-                        handle = self.pool.alloc(size, data=page if as_is else block[:n])
+                        handle = self._admit_one(size, page if as_is else block[:n])
                     except PoolFullError:
                         self._counters["reject_alloc_fail"] += 1
             # 2. commit point

@@ -44,7 +44,7 @@ def make_machine(backend: str):
         @initialize(seed=st.integers(0, 2**32 - 1))
         def open_pools(self, seed):
             """Chaos is seeded from the example, so a failing run replays exactly."""
-            kw = {"seed": seed} if backend == "chaos" else {}
+            kw = {"seed": seed} if backend.startswith("chaos") else {}
             self.pool = devpool.open_pool(backend, CAPACITY, segment_bytes=SEG, **kw)
             self.other = devpool.open_pool(backend, CAPACITY, segment_bytes=SEG)
             self.foreign = self.other.alloc(8)          # a live handle of another pool
@@ -238,9 +238,9 @@ def make_machine(backend: str):
     return PoolMachine
 
 
-def test_pool_matches_dict_model(backend):
+def test_pool_matches_dict_model(backend, sized):
     machine = make_machine(backend)
     machine.TestCase.settings = settings(
-        max_examples=8 if backend == "cuda" else 150, stateful_step_count=40, deadline=None,
+        max_examples=sized(150, 8, 3), stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     machine.TestCase().runTest()

@@ -22,6 +22,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, ru
 
 import devpool
 from devpool._chaos import ChaosStorage
+from devpool.host import HostStorage
 from tests.pages import KINDS, PAGE, is_same_filled, nearly_filled_page
 
 N_OFFSETS = 64
@@ -190,8 +191,13 @@ def make_machine(backend: str, tmpdir, with_backing: bool):
         def fill(self, n, seed):
             """Open the pool (chaos: seeded, so every run replays) and start near the
             limit, where the verdicts get interesting."""
-            if backend == "chaos":
-                self.pool = devpool.Pool(CountingChaos(CAPACITY, seed=seed), segment_bytes=SEG)
+            if backend.startswith("chaos"):
+                if backend == "chaos":
+                    upstream = HostStorage(CAPACITY)
+                else:
+                    from devpool.kernels import CudaStorage
+                    upstream = CudaStorage(CAPACITY)
+                self.pool = devpool.Pool(CountingChaos(upstream, seed=seed), segment_bytes=SEG)
             else:
                 self.pool = devpool.open_pool(backend, CAPACITY, segment_bytes=SEG)
             backing = tmpdir / f"swap-{id(self)}" if with_backing else None
@@ -332,10 +338,10 @@ def make_machine(backend: str, tmpdir, with_backing: bool):
 
 
 @pytest.mark.parametrize("with_backing", [True, False], ids=["backing", "no-backing"])
-def test_zswap_matches_its_model(backend, tmp_path, with_backing):
+def test_zswap_matches_its_model(backend, tmp_path, with_backing, sized):
     machine = make_machine(backend, tmp_path, with_backing)
     machine.TestCase.settings = settings(
-        max_examples=15 if backend == "cuda" else 100, stateful_step_count=40, deadline=None,
+        max_examples=sized(100, 15, 4), stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                HealthCheck.filter_too_much])
     machine.TestCase().runTest()
