@@ -69,6 +69,33 @@ SHRINK_BATCH = 256
 MAX_NR_PAGES = 1 << 51
 
 
+def _percent(value, name: str) -> float:
+    return check_real(value, name, lo=0, hi=100, lo_open=True)
+
+
+def _bytes_or_none(value, name: str) -> int | None:
+    return None if value is None else check_int(value, name, lo=1)
+
+
+class _Tunable:
+    """A Zswap tunable: read as an attribute; an assignment is checked as the
+    constructor's argument is, then the limits are worked out again (a limit that could
+    hold nothing is refused, and the tunable keeps its old value)."""
+
+    def __init__(self, check, doc: str = ""):
+        self.check = check
+        self.__doc__ = doc
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name, self.field = name, "_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj, self.field, None)
+
+    def __set__(self, obj, value) -> None:
+        obj._tune(self.field, self.check(value, self.name))
+
+
 class Zswap:
     """zswap over a devpool pool.
 
@@ -79,6 +106,10 @@ class Zswap:
     writeback (and, as in Linux, then refuses incompressible pages). Swap offsets lie
     in ``0..nr_pages-1``; the entry table's memory follows the entries stored.
     """
+
+    max_pool_percent = _Tunable(_percent, "The limit as a share of the pool's capacity.")
+    max_pool_bytes = _Tunable(_bytes_or_none, "An absolute limit; overrides max_pool_percent unless None.")
+    accept_threshold_percent = _Tunable(_percent, "Once the limit is hit, stores resume below this share of it.")
 
     # --- statistics (debugfs names); one comment per counter -------------------------
     _COUNTERS = (
@@ -107,7 +138,7 @@ class Zswap:
         if pool.closed:
             raise ClosedError("the pool is closed")
         self.pool = pool
-        self._max_pool_bytes = self._max_pool_percent = self._accept_percent = None
+        self._max_pool_bytes = self._max_pool_percent = self._accept_threshold_percent = None
         # checked by the setters; the limits are worked out (and checked) once all are set
         self.max_pool_bytes = max_pool_bytes
         self.max_pool_percent = max_pool_percent
@@ -204,33 +235,9 @@ class Zswap:
         return pages[0]
 
     # --- limits ------------------------------------------------------------------------
-    # The tunables are properties: an assignment is checked like a constructor argument,
-    # and the limits in bytes are worked out once per change, not on every store.
-    @property
-    def max_pool_percent(self) -> float:
-        return self._max_pool_percent
-
-    @max_pool_percent.setter
-    def max_pool_percent(self, value) -> None:
-        self._tune("_max_pool_percent", check_real(value, "max_pool_percent", lo=0, hi=100, lo_open=True))
-
-    @property
-    def max_pool_bytes(self) -> int | None:
-        """An absolute limit; overrides ``max_pool_percent`` unless None."""
-        return self._max_pool_bytes
-
-    @max_pool_bytes.setter
-    def max_pool_bytes(self, value) -> None:
-        self._tune("_max_pool_bytes", None if value is None else check_int(value, "max_pool_bytes", lo=1))
-
-    @property
-    def accept_threshold_percent(self) -> float:
-        return self._accept_percent
-
-    @accept_threshold_percent.setter
-    def accept_threshold_percent(self, value) -> None:
-        self._tune("_accept_percent", check_real(value, "accept_threshold_percent", lo=0, hi=100, lo_open=True))
-
+    # The tunables (_Tunable, below the class) are checked on every assignment like a
+    # constructor argument, and the limits in bytes are worked out once per change, not
+    # on every store.
     def _tune(self, field: str, value) -> None:
         """Set a checked tunable and work the limits out again; a limit that could hold
         nothing is refused (BadInputError) and the tunable keeps its old value."""
@@ -243,7 +250,7 @@ class Zswap:
             raise
 
     def _set_limits(self) -> None:
-        if self._max_pool_percent is None or self._accept_percent is None:
+        if self._max_pool_percent is None or self._accept_threshold_percent is None:
             return                                   # still constructing
         limit = (self._max_pool_bytes if self._max_pool_bytes is not None
                  else int(self.pool.capacity_bytes * self._max_pool_percent / 100))
@@ -253,7 +260,7 @@ class Zswap:
                 f"({self.pool.segment_bytes} bytes): nothing could ever be stored; open the pool "
                 f"with a smaller segment_bytes or raise the limit")
         self._limit = limit
-        self._accept = int(limit * self._accept_percent / 100)
+        self._accept = int(limit * self._accept_threshold_percent / 100)
 
     def _limit_bytes(self) -> int:
         return self._limit
