@@ -135,6 +135,8 @@ def zswap_churn(pages: np.ndarray, live: int, rounds: int, batch: int, rng, back
                        backing=os.path.join(tmp.name, "swap"))   # incompressible pages kept as-is
     for lo in range(0, live, batch):
         zs.store_batch(np.arange(lo, min(live, lo + batch)), pages[pick[lo:lo + batch]])
+    zs.load_batch(np.arange(batch))              # warm-up: compile the decoder before timing
+    zs.store_batch(np.arange(batch), pages[pick[:batch]])
     fresh_pool = devpool.open_pool(backend, capacity, segment_bytes=segment)
     fresh = devpool.Zswap(fresh_pool, compressor=compressor, max_pool_percent=100,
                           backing=os.path.join(tmp.name, "fresh"))

@@ -33,6 +33,18 @@ _LOW = CHUNK - 1
 ABSENT = 0
 
 
+def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``np.unique(values, return_inverse=True)``, in one linear pass when ``values``
+    never decrease (swap offsets come in runs: the common case), a sort otherwise."""
+    if values.size > 1 and not (values[1:] >= values[:-1]).all():
+        uniq, inv = np.unique(values, return_inverse=True)
+        return uniq, inv.reshape(-1)
+    new = np.empty(values.size, np.bool_)
+    new[:1] = True
+    np.not_equal(values[1:], values[:-1], out=new[1:])
+    return values[new], np.cumsum(new) - 1
+
+
 class EntryTable:
     """Fields per entry (public arrays, indexed by entry index): ``state`` (uint8, 0 =
     absent), ``handle``, ``length``, ``fill``, ``seq``, ``referenced``. Each also has a
@@ -89,7 +101,7 @@ class EntryTable:
         (``create`` makes the rows first, so every index is valid)."""
         if offsets.size == 0:
             return np.zeros(0, np.int64)
-        chunks, inv = np.unique(offsets >> CHUNK_BITS, return_inverse=True)
+        chunks, inv = _distinct(offsets >> CHUNK_BITS)
         keys = chunks.tolist()
         rows = np.fromiter(map(self._dir.get, keys, itertools.repeat(-1)), np.int64, len(keys))
         if create:
@@ -131,7 +143,7 @@ class EntryTable:
         if idx.size == 0:
             return
         self.state[idx] = value
-        rows = np.unique(idx >> CHUNK_BITS)
+        rows = _distinct(idx >> CHUNK_BITS)[0]
         used = (self.state.reshape(-1, CHUNK)[rows] != ABSENT).sum(axis=1)
         self._row_used[rows] = used
         if value == ABSENT:
