@@ -23,10 +23,11 @@ import numpy as np
 
 from ._checks import check_int
 from ._errors import CaptureError
+from ._checks import PAGE_SIZE
 
 __all__ = ["CaptureError", "capture_pid", "capture_workloads", "page_summary", "WORKLOADS"]
 
-PAGE = 4096
+PAGE = PAGE_SIZE          # the one page size (devpool._checks)
 _PRESENT = 1 << 63
 #: pagemap entries read at once (8 bytes each: 512 KiB), whatever the region's size
 _CHUNK_PAGES = 1 << 16

@@ -572,13 +572,18 @@ class CudaStorage(Storage):
                 self.mem.record(self._events[h], self.stream)
         self._sync("scatter")
 
-    def gather(self, offsets, lengths, out, out_starts):
+    def _packed(self, lengths):
+        """A batch's objects packed back to back: ``(count, starts, total bytes)``, or
+        None for an empty batch (after checking that the device still works)."""
         self._alive()
         n = lengths.shape[0]
-        if n == 0:
+        return (n, packed_starts(lengths), int(lengths.sum())) if n else None
+
+    def gather(self, offsets, lengths, out, out_starts):
+        batch = self._packed(lengths)
+        if batch is None:
             return
-        packed = packed_starts(lengths)
-        total = int(lengths.sum())
+        n, packed, total = batch
         pay = _align(24 * n)
         self._stage(pay + total)
         self._meta(0, offsets, packed, lengths)
@@ -608,12 +613,10 @@ class CudaStorage(Storage):
         out[:] = page[:n]
 
     def move(self, src_offsets, dst_offsets, lengths):
-        self._alive()
-        n = lengths.shape[0]
-        if n == 0:
+        batch = self._packed(lengths)
+        if batch is None:
             return
-        packed = packed_starts(lengths)
-        total = int(lengths.sum())
+        n, packed, total = batch
         tmp = _align(32 * n)                                    # device temporary after the columns
         self._stage(tmp + total)
         self._meta(0, src_offsets, packed, lengths, dst_offsets)

@@ -30,10 +30,11 @@ from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, p
 from devpool._packed import PARALLEL_LOCK
 
 from . import _lz4_core as core
+from devpool._checks import PAGE_SIZE
 
 __all__ = ["Lz4Njit", "compress_pages", "decompress_pages"]
 
-PAGE = 4096
+PAGE = PAGE_SIZE          # the one page size (devpool._checks)
 
 
 # --- the CPU's per-target helpers -------------------------------------------------------

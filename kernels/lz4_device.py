@@ -32,10 +32,11 @@ from . import _copy_kernels as _copy
 from . import _lz4_core as core
 from ._cuda import cuda, device_function, kernel, launch
 from ._device import probe, simulated
+from devpool._checks import PAGE_SIZE
 
 __all__ = ["Lz4Device"]
 
-PAGE = 4096
+PAGE = PAGE_SIZE          # the one page size (devpool._checks)
 TABLE = 1 << core.HASH_U32_LOG
 
 

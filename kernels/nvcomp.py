@@ -19,10 +19,11 @@ from nvidia import nvcomp
 
 from devpool._codecs import Codec, _pack_blocks, check_decode_args, check_pages, check_rows, register_codec
 from devpool._errors import DeviceError
+from devpool._checks import PAGE_SIZE
 
 __all__ = ["NvcompLz4"]
 
-PAGE = 4096
+PAGE = PAGE_SIZE          # the one page size (devpool._checks)
 ALIGN = 16
 
 

@@ -566,3 +566,23 @@ def test_single_and_batch_verbs_refuse_the_same_bad_handles(make_pool):
             pool.read_batch([bad])
     pool.write(np.int64(h), np.zeros(32, np.uint8))      # numpy integers are handles too
     assert pool.size_of(np.uint64(h)) == 32
+
+
+def test_a_full_pool_cleans_before_it_refuses_one_object(make_pool, hostile):
+    """Every segment in use, a quarter of each dead (too little for a cleaning step on
+    free): one more object fits only once the pool cleans. (A mutation that dropped the
+    single alloc's clean-and-retry survived.)"""
+    pool = make_pool(capacity_bytes=4 * 16384)
+    handles = []
+    with pytest.raises(devpool.PoolFullError):
+        while True:
+            handles.append(pool.alloc(1000, data=np.full(1000, len(handles) % 251, np.uint8)))
+    assert pool.stats()["segments_in_use"] == 4
+    for h in handles[::4]:
+        pool.free(h)
+    assert pool.stats()["segments_in_use"] == 4 or hostile     # chaos cleans before each call
+    h = pool.alloc(1000)                  # no segment is free: it fits after cleaning
+    pool.write(h, np.zeros(1000, np.uint8))
+    for i, k in enumerate(handles):
+        if i % 4:
+            assert (pool.read(k) == i % 251).all()

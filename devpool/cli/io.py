@@ -28,11 +28,12 @@ import tempfile
 import numpy as np
 
 from .._errors import BadInputError, DevpoolError
+from .._checks import PAGE_SIZE
 
 __all__ = ["OutputError", "check_output_path", "check_plot_path", "load_pages_file", "open_npy",
            "open_regular_file", "progress", "save_pages", "write_atomically", "write_outputs"]
 
-PAGE = 4096
+PAGE = PAGE_SIZE          # the one page size (devpool._checks)
 
 
 class OutputError(DevpoolError, OSError):
