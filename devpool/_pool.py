@@ -245,6 +245,14 @@ class Pool:
         plan = self.alloc_.plan(sizes)
         return self.alloc_.capacity + 1 if plan is None else self.alloc_.cold(plan.opened).size * self.alloc_.seg_bytes
 
+    def _growth_one(self, placed) -> int:
+        """:meth:`_growth` of one object placed by ``place_one``: a segment when it opens
+        a cold one, nothing in the head or a spare, more than the capacity if unplaced."""
+        if placed is None:
+            return self.alloc_.capacity + 1
+        seg = placed[1]                             # opened, or -1: the head had room
+        return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0
+
     def _fitting(self, sizes: np.ndarray, room: int) -> int:
         """How many of ``sizes`` (a prefix) fit in ``room`` more bytes: one placement
         when all do, a binary search over prefixes when not."""
@@ -288,22 +296,14 @@ class Pool:
         segments); a batch that would need cleaning or does not fit answers more than
         the capacity. Changes nothing.
         """
-        sizes = self.alloc_.check_sizes(sizes)
-        plan = self.alloc_.plan(sizes)
-        if plan is None:
-            return self.alloc_.capacity + 1
-        return self.alloc_.cold(plan.opened).size * self.alloc_.seg_bytes
+        return self._growth(self.alloc_.check_sizes(sizes))
 
     def growth_for_one(self, size: int) -> int:
         """:meth:`growth_for` of one object of ``size``."""
         with self._lock:
             if self._closed:
                 raise PoolClosedError("the pool is closed")
-            placed = self.alloc_.place_one(self.alloc_.check_size(size))
-            if placed is None:
-                return self.alloc_.capacity + 1
-            seg = placed[1]                         # opened, or -1: the head had room
-            return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0  # a spare costs 0
+            return self._growth_one(self.alloc_.place_one(self.alloc_.check_size(size)))
 
     def alloc(self, nbytes: int, *, data=None, max_total: int | None = None) -> int | None:
         """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
@@ -323,24 +323,24 @@ class Pool:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
             if max_total is not None and not self._fits_one(size, max_total):
                 return None
-            handle = self._alloc_one(size)
+            slot = self._alloc_one(size)
             if data is not None:
                 try:
-                    self.storage.write_one(self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))[0], data)
+                    self.storage.write_one(self.alloc_.where(slot)[0], data)
                 except BaseException:
-                    self._free_one(self.alloc_.decode_one(handle, self._ikey))
+                    self._free_one(slot)
                     raise
-            return handle
+            return self.alloc_.handle_of(slot) ^ self._ikey
 
     def _fits_one(self, size: int, max_total: int) -> bool:
         """:meth:`_within` for one object, with the common case first: the head segment
         (or a spare) has room, so the pool does not grow at all."""
-        placed = self.alloc_.place_one(size)
-        if placed is not None and (placed[1] < 0 or self.alloc_.seg_warm[placed[1]]):
+        if self._growth_one(self.alloc_.place_one(size)) == 0:
             return True
         return self._within(np.array([size], np.int64), max_total) == 1
 
     def _alloc_one(self, size: int) -> int:
+        """Allocate one object (a valid size); returns its slot."""
         al = self.alloc_
         placed = al.place_one(size)
         if placed is None:
@@ -353,7 +353,7 @@ class Pool:
         offset, opened = placed
         if opened >= 0:
             self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
-        return al.handle_of(al.commit_one(size, offset, opened)) ^ self._ikey
+        return al.commit_one(size, offset, opened)
 
     # --- copy-in ---------------------------------------------------------------------
     def _payload(self, payload) -> tuple[object, int]:

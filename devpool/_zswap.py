@@ -262,11 +262,6 @@ class Zswap:
         self._limit = limit
         self._accept = int(limit * self._accept_threshold_percent / 100)
 
-    def _limit_bytes(self) -> int:
-        return self._limit
-
-    def _accept_bytes(self) -> int:
-        return self._accept
 
     def _admitting(self) -> bool:
         """False while the limit is hit and the pool has not yet fallen to the accept
@@ -482,7 +477,7 @@ class Zswap:
 
     def _shrink(self) -> None:
         """At the limit: compact first (no I/O), then write back down to the threshold."""
-        accept = self._accept_bytes()
+        accept = self._accept
         if self.pool.total_bytes > accept:
             self.pool.compact()
         try:
@@ -772,8 +767,8 @@ class Zswap:
                 "pool_total_size": pst["pool_total_size"],
                 "stored_compressed_bytes": compressed,
                 "compression_ratio": (n_pool * PAGE_SIZE / compressed) if compressed else 0.0,
-                "max_pool_bytes": self._limit_bytes(),
-                "accept_threshold_bytes": self._accept_bytes(),
+                "max_pool_bytes": self._limit,
+                "accept_threshold_bytes": self._accept,
                 "pool_limit_reached": self._reached_full,
                 "entry_table_bytes": t.nbytes,
                 "compressor": self.codec.codec_id,
