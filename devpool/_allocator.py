@@ -378,9 +378,11 @@ class Allocator:
                 f"handle {int(handles[bad])} (batch index {bad}) {_REASONS[code]}")
         return slots
 
-    def decode_one(self, handle, key: int) -> int:
-        """Validate one handle (an int or numpy integer) and return its slot; the rules
-        of ``_decode``, checked on Python ints."""
+    def decode_one(self, handle, key: int) -> tuple[int, int, int]:
+        """Validate one handle (an int or numpy integer) and return (slot, arena offset,
+        size) of its object; the rules of ``_decode``, checked on Python ints (the
+        offset comes with the check that the slot is live: a single read needs no
+        second lookup)."""
         if type(handle) is not int:
             # numpy integers and int subclasses (an IntEnum) are integers, as in a batch;
             # bools are not (True is an int subclass, np.bool_ is no np.integer)
@@ -390,8 +392,8 @@ class Allocator:
         h = handle ^ key
         slot = h & _SLOT_MASK
         if (h > 0 and h >> _TAG_SHIFT == self.pool_id and slot < self._nslots
-                and self._m_gens[slot] == (h >> _SLOT_BITS) & _GEN_MASK and self._m_locs[slot] >= 0):
-            return slot
+                and self._m_gens[slot] == (h >> _SLOT_BITS) & _GEN_MASK and (off := self._m_locs[slot]) >= 0):
+            return slot, off, self._m_sizes[slot]
         raise InvalidHandleError(f"handle {handle} {_REASONS[self._why_bad(h)]}")
 
     def _why_bad(self, h: int) -> int:

@@ -425,10 +425,9 @@ class Pool:
             data = self._payload(data)[0]
         with self._lock:
             self._enter()
-            slot = self.alloc_.decode_one(handle, self._ikey)
+            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
             if not isinstance(data, np.ndarray):       # a device buffer
                 return self._write_device([slot], data)
-            offset, size = self.alloc_.where(slot)
             if data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
             self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
@@ -469,9 +468,7 @@ class Pool:
         with self._lock:
             if self._closed or self._hook is not None:
                 self._enter()
-            al = self.alloc_
-            slot = al.decode_one(handle, self._ikey)
-            offset, size = al.where(slot)
+            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
             if out is None:
                 out = np.empty(size, np.uint8)
             elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
@@ -485,7 +482,7 @@ class Pool:
     @_locked
     def size_of(self, handle: int) -> int:
         """The allocated size of the object ``handle`` names."""
-        return self.alloc_.where(self.alloc_.decode_one(handle, self._ikey))[1]
+        return self.alloc_.decode_one(handle, self._ikey)[2]
 
     # --- free ------------------------------------------------------------------------
     @_locked
@@ -502,7 +499,7 @@ class Pool:
         """Free one object; its handle (and any copy of it) is stale from now on."""
         with self._lock:
             self._enter()
-            self._free_one(self.alloc_.decode_one(handle, self._ikey))
+            self._free_one(self.alloc_.decode_one(handle, self._ikey)[0])
 
     def _free_one(self, slot: int) -> None:
         offset, asize, emptied = self.alloc_.free_one(slot)

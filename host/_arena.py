@@ -48,6 +48,9 @@ class HostStorage(Storage):
                 f"cannot reserve {self.capacity_bytes} bytes of host address space: {exc}"
             ) from exc
         self._arena = np.frombuffer(self._map, dtype=np.uint8)
+        # one page copied through memoryviews costs about half what numpy's slice and
+        # assignment do (~100 ns against ~250 for 2 KiB): the single-object verbs use it
+        self._bytes = memoryview(self._map)
         self._move_tmp = np.zeros(0, np.uint8)
         self._to_release: list[tuple[int, int]] = []      # released, advice not given yet
 
@@ -90,10 +93,10 @@ class HostStorage(Storage):
         _copy.gather(self._arena, offsets, lengths, out, out_starts)
 
     def write_one(self, offset, data):
-        self._arena[offset:offset + data.size] = data
+        self._bytes[offset:offset + data.size] = data
 
     def read_one(self, offset, out):
-        out[:] = self._arena[offset:offset + out.size]
+        memoryview(out)[:] = self._bytes[offset:offset + out.size]
 
     def discard_one(self, offset, nbytes):
         pass                                   # host RAM keeps freed bytes until reuse
@@ -115,6 +118,7 @@ class HostStorage(Storage):
     def close(self) -> None:
         if self._map is not None:
             self._arena = None
+            self._bytes.release()
             try:
                 self._map.close()
             except BufferError:
