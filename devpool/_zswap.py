@@ -643,9 +643,15 @@ class Zswap:
             self._drop_idx(idx)
             return out
 
-    def load(self, offset: int) -> np.ndarray:
-        """Load one page (4096,) uint8 (the rules of :meth:`load_batch`, one page)."""
+    def load(self, offset: int, out=None) -> np.ndarray:
+        """Load one page (4096,) uint8 (the rules of :meth:`load_batch`, one page).
+
+        ``out`` may be a writable C-contiguous (4096,) uint8 array to fill instead of a
+        new one (a fault handler copies from one buffer whose address it knows)."""
         o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
+        if out is not None and not (type(out) is np.ndarray and out.shape == (PAGE_SIZE,)
+                                    and out.dtype == np.uint8 and (f := out.flags).c_contiguous and f.writeable):
+            raise BadInputError(f"out must be a writable C-contiguous ({PAGE_SIZE},) uint8 array")
         with self._lock:
             if self._closed:
                 self._check_open()
@@ -657,26 +663,31 @@ class Zswap:
             if state == POOL:
                 handle, n = t.m_handle[i], t.m_length[i]
                 if n == PAGE_SIZE:
-                    page = self.pool.read(handle, free=True)
+                    page = self.pool.read(handle, out, free=True)
                 elif self._blocks_on_device:
-                    page = np.empty(PAGE_SIZE, np.uint8)
+                    page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
                     ok = self._decompress_into(np.array([i]), page.reshape(1, -1), np.zeros(1, np.int64))
                     if not ok[0]:
                         raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
                     self.pool.free(handle)
                 else:
                     block = self.pool.read(handle, out=self._block[:n], free=True)
-                    page = self.codec._decompress_page(block)
+                    page = self.codec._decompress_page(block, out)
                     if page is None:
                         fate = self._restore_corrupt(i, block)
                         raise CorruptDataError(f"stored page at swap offset {o} failed to decompress{fate}")
                 self._counters["loads_from_pool"] += 1
             elif state == SAME:
-                page = np.empty(PAGE_SIZE, np.uint8)
+                page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
                 page.view(np.uint64)[:] = t.m_fill[i]
                 self._counters["loads_from_pool"] += 1
             else:
-                page = self.backing.read_pages(np.array([o], np.int64))[0]
+                got = self.backing.read_pages(np.array([o], np.int64))[0]
+                if out is None:
+                    page = got
+                else:
+                    page = out
+                    out[:] = got
                 self._counters["loads_from_backing"] += 1
             t.set_state_one(i, ABSENT)       # commit: exclusive load
             return page

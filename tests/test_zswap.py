@@ -51,6 +51,41 @@ def test_round_trip_mixed_pages(zswap, rng):
     np.testing.assert_array_equal(out, pages[:21])
 
 
+def test_single_load_into_the_callers_page(zswap, rng):
+    """``load(o, out=)`` fills the caller's page for every place a page can be: a
+    compressed block, a page stored as is, a same-filled word, the backing file."""
+    zs = zswap()
+    pages = {1: text_page(rng), 2: random_page(rng), 3: same_page(rng), 4: text_page(rng)}
+    for o, p in pages.items():
+        assert zs.store(o, p) is True
+    assert zs.writeback(1) == 1                          # the oldest, offset 1, goes to the file
+    st = zs.stats()
+    assert st["written_back_pages"] == 1 and st["same_filled_pages"] == 1
+    assert st["stored_incompressible_pages"] == 1
+    for o, p in pages.items():
+        out = np.full(4096, 0xEE, np.uint8)
+        assert zs.load(o, out=out) is out
+        np.testing.assert_array_equal(out, p)
+    assert zs.stats()["stored_pages"] == 0
+
+
+@pytest.mark.parametrize("bad", ["short", "2-d", "int8", "read-only", "strided", "list"])
+def test_single_load_refuses_a_bad_out_and_keeps_the_page(zswap, rng, bad):
+    zs = zswap()
+    page = text_page(rng)
+    zs.store(9, page)
+    out = {"short": np.empty(4095, np.uint8), "2-d": np.empty((1, 4096), np.uint8),
+           "int8": np.empty(4096, np.int8), "read-only": np.empty(4096, np.uint8),
+           "strided": np.empty(8192, np.uint8)[::2], "list": [0] * 4096}[bad]
+    if bad == "read-only":
+        out.flags.writeable = False
+    before = zs.stats()
+    with pytest.raises(devpool.BadInputError, match="out must be"):
+        zs.load(9, out=out)
+    assert zs.stats() == before
+    np.testing.assert_array_equal(zs.load(9), page)      # still there, unchanged
+
+
 def test_single_store_and_exclusive_load(zswap, rng):
     zs = zswap()
     page = text_page(rng)

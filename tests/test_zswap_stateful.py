@@ -255,7 +255,10 @@ def make_machine(backend: str, tmpdir, with_backing: bool):
             if not self.model or not miss:
                 return self.load_absent(data, single=True)
             off = self.pick_stored(data, 1)[0]
-            assert self.zs.load(off).tobytes() == self.model[off].page
+            out = np.full(PAGE, 0xEE, np.uint8) if data.draw(st.booleans()) else None
+            got = self.zs.load(off, out=out)
+            assert out is None or got is out
+            assert got.tobytes() == self.model[off].page
             self.expect_load([off])
 
         # --- invalidate, writeback, compaction, limits ---------------------------------
