@@ -317,7 +317,8 @@ class Pool:
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
         with self._lock:
-            self._enter()
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
             size = self.alloc_.check_size(nbytes)
             if data is not None and data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
@@ -424,7 +425,8 @@ class Pool:
         if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
             data = self._payload(data)[0]
         with self._lock:
-            self._enter()
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
             slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
             if not isinstance(data, np.ndarray):       # a device buffer
                 return self._write_device([slot], data)
@@ -466,7 +468,7 @@ class Pool:
         freed.
         """
         with self._lock:
-            if self._closed or self._hook is not None:
+            if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
             slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
             if out is None:
@@ -498,7 +500,8 @@ class Pool:
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
         with self._lock:
-            self._enter()
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
             self._free_one(self.alloc_.decode_one(handle, self._ikey)[0])
 
     def _free_one(self, slot: int) -> None:

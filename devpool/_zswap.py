@@ -649,7 +649,7 @@ class Zswap:
         ``out`` may be a writable C-contiguous (4096,) uint8 array to fill instead of a
         new one (a fault handler copies from one buffer whose address it knows)."""
         o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
-        if out is not None and not (type(out) is np.ndarray and out.shape == (PAGE_SIZE,)
+        if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
                                     and out.dtype == np.uint8 and (f := out.flags).c_contiguous and f.writeable):
             raise BadInputError(f"out must be a writable C-contiguous ({PAGE_SIZE},) uint8 array")
         with self._lock:
