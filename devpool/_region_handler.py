@@ -75,6 +75,10 @@ MAX_BATCH = 1024
 #: the most recently faulted pages are never victims: an instruction touching several
 #: pages of the region (a copy across a page boundary) must find them all resident
 KEEP_RECENT = 4
+#: up to this many pages load one by one: Zswap's single-page load costs about a tenth of
+#: a batch of one (whose fixed cost is numpy bookkeeping), so a fault-around window of 8
+#: costs ~8 single loads instead of one batch at ~20 single loads' price
+ONE_BY_ONE = 16
 #: fault service latencies kept for the p50/p99 (a ring)
 LAT_RING = 1 << 16
 
@@ -133,7 +137,6 @@ class Handler:
         self._buf_map = mmap.mmap(-1, MAX_BATCH * PAGE)
         self.buf = np.frombuffer(self._buf_map, np.uint8).reshape(MAX_BATCH, PAGE)
         self.buf_addr = self.buf.ctypes.data
-        self.one = np.empty((1, PAGE), np.uint8)       # for loading pages one at a time
         # the single-page path loads into this page and copies from its address, known
         # once: asking a fresh array for its address (``.ctypes.data``) costs ~0.8 us,
         # a sixth of the load itself
@@ -142,7 +145,7 @@ class Handler:
         self.lat = np.zeros(LAT_RING, np.int64)
         self.nlat = 0
         self.evict_lat = []
-        self.load_lat = []          # Zswap.load_batch time per page, for the breakdown
+        self.load_lat = []          # Zswap load time per page (single or batch), for the breakdown
         self.c = dict.fromkeys((
             "faults",               # missing faults served (a page counted once per fill)
             "zero_fills",           # pages never written, answered with a zero page
@@ -264,7 +267,8 @@ class Handler:
     # --- fault service -----------------------------------------------------------------
     def serve(self, faults: list) -> None:
         """Answer every message read at once: duplicates dropped, missing pages of the
-        store loaded with one batch call, the others zero-filled or woken."""
+        store loaded (up to ONE_BY_ONE one by one, more with one batch call), the
+        others zero-filled or woken."""
         t0 = time.monotonic_ns()
         base, npages, state = self.base, self.npages, self.state
         if len(faults) == 1 and self.mode == "zswap":       # the common case, kept short
@@ -301,6 +305,8 @@ class Handler:
                 self.c["zero_fills"] += 1
                 self.c["faults"] += 1
                 self._lat(t0)
+            elif st == LOST:                    # poisoned before; if that failed, try again
+                self._poison(p)
             else:                               # already there: another thread's fault
                 self.c["duplicate_faults"] += 1
                 uffd.wake(self.uffd, base + (p << SHIFT), PAGE)
@@ -403,6 +409,8 @@ class Handler:
         out = self.buf[:n]
         if self.mode == "zero":
             return [True] * n
+        if self.mode == "zswap" and n <= ONE_BY_ONE:
+            return self._load_each(chunk, out)
         try:
             if self.mode == "file":
                 self.file.read_into(chunk, out)
@@ -413,26 +421,40 @@ class Handler:
             return [True] * n
         except Exception:
             pass
-        ok = []                             # one at a time, to find the bad ones
+        return self._load_each(chunk, out)      # a batch failed: one at a time, to find the bad ones
+
+    def _load_each(self, chunk: list, out: np.ndarray) -> list:
+        """:meth:`_load`, one page at a time."""
+        ok = []
         for i, p in enumerate(chunk):
             try:
                 if self.mode == "file":
                     self.file.read_into([p], out[i:i + 1])
                 else:
-                    self.zs.load_batch([p], out=self.one)
-                    out[i] = self.one[0]
+                    t = time.monotonic_ns()
+                    self.zs.load(p, out=out[i])
+                    self._note_load(time.monotonic_ns() - t)
                 ok.append(True)
             except Exception as exc:
                 sys.stderr.write(f"devpool region handler: page {p} could not be loaded ({exc}); "
                                  f"poisoning it\n")
                 self.c["fill_errors"] += 1
-                try:
-                    uffd.poison(self.uffd, self.base + (p << SHIFT), PAGE)
-                except OSError:
-                    pass
-                self.state[p] = LOST
+                self._poison(p)
                 ok.append(False)
         return ok
+
+    def _poison(self, p: int) -> None:
+        """Make page ``p`` raise SIGBUS on access from now on (and wake its waiters).
+        An evicted page keeps the write-protect marker it was evicted under, and
+        UFFDIO_POISON refuses to overwrite any PTE marker (EEXIST: the faulting thread
+        would wait forever), so the marker is resolved first, without waking."""
+        addr = self.base + (p << SHIFT)
+        try:
+            uffd.writeprotect(self.uffd, addr, PAGE, False, wake_=False)
+            uffd.poison(self.uffd, addr, PAGE)
+        except OSError as exc:
+            sys.stderr.write(f"devpool region handler: poisoning page {p} failed: {exc}\n")
+        self.state[p] = LOST
 
     def _copy_runs(self, chunk: list, ok: list) -> None:
         base, fd = self.base, self.uffd

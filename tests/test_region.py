@@ -504,3 +504,39 @@ def test_bench_region_smoke(tmp_path):
         assert line["zswap"]["faults"] > 0
     assert "skipped" in res["zram"]
     assert {row.get("policy") for row in res["policy_and_fault_around"]} >= {"lfu", "fifo"}
+
+
+_LOST_PAGE_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import numpy as np
+    import devpool
+    path, around = sys.argv[1], int(sys.argv[2])
+    n = 96
+    rng = np.random.default_rng(5)
+    with devpool.swap_region(n * 4096, resident_bytes=8 * 4096, backend="host", backing=path,
+                             max_pool_bytes=256 * 1024, fault_around=around) as r:
+        a = r.array
+        a[:] = rng.integers(0, 256, a.size, dtype=np.uint8)   # incompressible: most go to the file
+        r.evict()
+        st = r.stats()
+        print(st["evicted_pages"], st["zswap"]["backing_pages"], flush=True)
+        os.truncate(path, 0)                                  # the swap device loses every page
+        total = 0
+        for p in range(n):
+            total += int(a[p * 4096])                         # a page from the file: SIGBUS
+        print("returned", total, flush=True)
+""")
+
+
+@pytest.mark.parametrize("around", [0, 8])
+def test_a_page_the_store_cannot_give_back_is_poisoned_not_zeroed(tmp_path, around):
+    """A page lost by the swap device (here: the backing file truncated under it) is
+    never mapped as zeros: the handler poisons it and the access raises SIGBUS, whether
+    the fault loads one page or a fault-around window one by one."""
+    proc = subprocess.run([sys.executable, "-c", _LOST_PAGE_SCRIPT, str(tmp_path / "swap"), str(around)],
+                          capture_output=True, text=True, timeout=60)   # before the fix: hung here
+    assert proc.returncode == -signal.SIGBUS, (proc.returncode, proc.stdout, proc.stderr)
+    assert "returned" not in proc.stdout
+    evicted, in_file = (int(x) for x in proc.stdout.split()[:2])
+    assert evicted >= 80 and in_file > 0
+    assert "could not be loaded" in proc.stderr and "poisoning it" in proc.stderr
