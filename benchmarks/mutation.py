@@ -44,14 +44,51 @@ TARGETS = {
     "devpool/_packed.py": ["tests/test_pool_contract.py", "tests/test_edge_pages.py", "tests/test_codecs.py"],
 }
 
-#: runs pytest with a hypothesis profile that stops at the first failure (no shrinking)
+#: runs pytest with a hypothesis profile that stops at the first failure (no shrinking),
+#: then checks that every devpool module the tests imported came from the tree under
+#: test (checked after, not before: importing devpool first would import numba before
+#: the test configuration turns on the CUDA simulator)
 RUNNER = """
-import sys
+import os, sys
 from hypothesis import Phase, settings
 settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None, deadline=None)
 settings.load_profile("mutation")
 import pytest
-sys.exit(pytest.main(sys.argv[1:]))
+rc = pytest.main(sys.argv[1:])
+tree = os.path.realpath(os.getcwd())
+for name, mod in sorted(sys.modules.items()):
+    where = getattr(mod, "__file__", None)
+    if (name == "devpool" or name.startswith("devpool.")) and where and \\
+            not os.path.realpath(where).startswith(tree + os.sep):
+        print(f"{name} was imported from {where}, not from the tree under test {tree}")
+        sys.exit(3)                                     # an error, never a kill (rc 1)
+sys.exit(rc)
+"""
+
+#: An editable install maps devpool.host and devpool.kernels (the top-level host/ and
+#: kernels/ folders) to the checkout it was installed from, through a finder that
+#: PYTHONPATH does not override: without this, a copy of the tree would test its own
+#: devpool/ against another checkout's storage and kernels. Put on PYTHONPATH, this
+#: sitecustomize maps them beside whichever devpool/ comes first on sys.path (it also
+#: reaches the Python subprocesses the tests start).
+SITECUSTOMIZE = """
+import importlib.machinery, importlib.util, os, sys
+
+class _TreeSubpackages:
+    NAMES = {"devpool.host": "host", "devpool.kernels": "kernels"}
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name not in cls.NAMES:
+            return None
+        top = importlib.machinery.PathFinder.find_spec("devpool")
+        if top is None or not top.submodule_search_locations:
+            return None
+        folder = os.path.join(os.path.dirname(list(top.submodule_search_locations)[0]), cls.NAMES[name])
+        return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+
+sys.meta_path.insert(0, _TreeSubpackages)
 """
 
 SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -145,7 +182,8 @@ PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-k", "not cuda", "--hypoth
 
 def run_tests(tree: Path, tests: list[str], timeout: float, extra: list[str] = ()) -> str:
     cmd = [sys.executable, "-c", RUNNER, *PYTEST_ARGS, *extra, *tests]
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    site = tree.parent / "site"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(site)]), "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -184,11 +222,19 @@ def main(argv=None) -> int:
         print("\n".join(map(str, sample)))
         return 0
     work = Path(tempfile.mkdtemp(prefix="devpool-mutation-"))
+    (work / "site").mkdir()
+    (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     trees = [copy_tree(work / f"tree{j}") for j in range(args.jobs)]
     extra = [f"--deselect={d}" for d in args.deselect]
-    baseline = run_tests(trees[0], sorted({t for m in modules for t in TARGETS[m]}), 1800, extra)
-    if baseline != "survived":
-        print(f"the unmutated tree does not pass its tests ({baseline}); nothing to measure")
+    # the baseline runs on every tree at once: each must pass unmutated, and each compiles
+    # its own numba cache now, not inside the first mutant's timeout
+    every_test = sorted({t for m in modules for t in TARGETS[m]})
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as ex:
+        baselines = list(ex.map(lambda tree: run_tests(tree, every_test, 1800, extra), trees))
+    baseline_s = time.time() - t0
+    if any(b != "survived" for b in baselines):
+        print(f"the unmutated tree does not pass its tests ({baselines}); nothing to measure")
         return 2
     free = list(trees)
     results: list[tuple[Mutant, str, float]] = []
@@ -216,7 +262,8 @@ def main(argv=None) -> int:
     errors = [r for r in results if r not in killed and r not in survived]
     scored = len(killed) + len(survived)
     lines = [f"devpool mutation run: {len(everything)} mutation points in {len(modules)} modules, "
-             f"{len(sample)} sampled (seed {args.seed}), {time.time() - t0:.0f} s with {args.jobs} jobs",
+             f"{len(sample)} sampled (seed {args.seed}), {time.time() - t0:.0f} s with {args.jobs} jobs "
+             f"(after {baseline_s:.0f} s of unmutated baselines)",
              f"command: python benchmarks/mutation.py {' '.join(argv if argv is not None else sys.argv[1:])}",
              f"pytest: {' '.join(PYTEST_ARGS + extra)}",
              f"score {len(killed)}/{scored} killed = {100 * len(killed) / max(scored, 1):.0f} %"
