@@ -225,6 +225,28 @@ def copy_tree(dest: Path) -> Path:
     return dest
 
 
+def replay(listing: str, everything: list[Mutant]) -> tuple[list[Mutant], list[str]]:
+    """The mutants a ``--list`` (or a report's survivors) names, found in today's code:
+    same module, kind and mutated line, the nearest to the listed line number (edits
+    elsewhere move lines). Returns (mutants, the listed ones no longer there)."""
+    found, gone = [], []
+    left = list(everything)
+    for entry in Path(listing).read_text().splitlines():
+        entry = entry.strip()
+        if "  `" not in entry or not entry.startswith("devpool/"):
+            continue
+        name, code = entry.split("  `", 1)
+        path, line, what = name.split(":", 2)
+        same = [m for m in left if m.path == path and m.what == what.strip() and m.code() == "`" + code]
+        if not same:
+            gone.append(entry)
+            continue
+        m = min(same, key=lambda m: abs(m.span[0] - int(line)))
+        left.remove(m)
+        found.append(m)
+    return sorted(found, key=str), gone
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sample", type=int, default=80, help="mutants to run (sampled with --seed)")
@@ -232,17 +254,23 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=240, help="seconds per mutant (past it: killed)")
     ap.add_argument("--module", action="append", help="only these modules (default: all targets)")
-    ap.add_argument("--list", action="store_true", help="list the sampled mutants and stop")
+    ap.add_argument("--list", action="store_true", help="list the sampled mutants (with their code) and stop")
+    ap.add_argument("--replay", help="run the mutants a --list (or a report's survivors) names instead of a "
+                                     "sample: each found again in today's code by its kind and mutated line")
     ap.add_argument("--out", help="write the report here too")
     ap.add_argument("--deselect", action="append", default=[], help="a test node id to leave out (repeatable)")
     args = ap.parse_args(argv)
 
     modules = args.module or list(TARGETS)
     everything = [m for path in modules for m in mutants_of(path)]
-    rng = random.Random(args.seed)
-    sample = sorted(rng.sample(everything, min(args.sample, len(everything))), key=str)
+    gone: list[str] = []
+    if args.replay:
+        sample, gone = replay(args.replay, everything)
+    else:
+        rng = random.Random(args.seed)
+        sample = sorted(rng.sample(everything, min(args.sample, len(everything))), key=str)
     if args.list:
-        print("\n".join(map(str, sample)))
+        print("\n".join(f"{m}  {m.code()}" for m in sample))
         return 0
     work = Path(tempfile.mkdtemp(prefix="devpool-mutation-"))
     (work / "site").mkdir()
@@ -284,8 +312,10 @@ def main(argv=None) -> int:
     survived = [r for r in results if r[1] == "survived"]
     errors = [r for r in results if r not in killed and r not in survived]
     scored = len(killed) + len(survived)
+    picked = (f"{len(sample)} replayed from {args.replay} ({len(gone)} of its mutants no longer in the code)"
+              if args.replay else f"{len(sample)} sampled (seed {args.seed})")
     lines = [f"devpool mutation run: {len(everything)} mutation points in {len(modules)} modules, "
-             f"{len(sample)} sampled (seed {args.seed}), {time.time() - t0:.0f} s with {args.jobs} jobs "
+             f"{picked}, {time.time() - t0:.0f} s with {args.jobs} jobs "
              f"(after {baseline_s:.0f} s of unmutated baselines)",
              f"command: python benchmarks/mutation.py {' '.join(argv if argv is not None else sys.argv[1:])}",
              f"pytest: {' '.join(PYTEST_ARGS + extra)}",
@@ -299,6 +329,9 @@ def main(argv=None) -> int:
             lines.append(f"  {path:24s} {k}/{k + s} killed")
     lines.append("survivors:")
     lines += [f"  {r[0]}  {r[0].code()}" for r in sorted(survived, key=lambda r: str(r[0]))]
+    if gone:
+        lines.append("not replayed (their code changed):")
+        lines += [f"  {g}" for g in gone]
     if errors:
         lines.append("errors:")
         lines += [f"  {r[0]}: {r[1]}" for r in errors]
