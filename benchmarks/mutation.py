@@ -286,6 +286,7 @@ def main(argv=None) -> int:
     baseline_s = time.time() - t0
     if any(b != "survived" for b in baselines):
         print(f"the unmutated tree does not pass its tests ({baselines}); nothing to measure")
+        shutil.rmtree(work, ignore_errors=True)
         return 2
     free = list(trees)
     results: list[tuple[Mutant, str, float]] = []
