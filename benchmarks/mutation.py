@@ -3,17 +3,18 @@
 Each *mutant* is one small change to one module (a comparison flipped, ``+`` for ``-``,
 ``and`` for ``or``, a ``not`` dropped, a constant off by one, ``True`` for ``False``, a
 condition negated, a statement deleted). A mutant is *killed* when the tests that cover
-its module fail (or time out), and *survives* when they pass: a survivor is either a bug
-the suite would not notice or a change that does not alter behaviour (an equivalent
-mutant), so survivors are read by hand.
+its module fail (or crash, or time out), and *survives* when they pass: a survivor is
+either a bug the suite would not notice or a change that does not alter behaviour (an
+equivalent mutant), so survivors are read by hand; the report shows each one's code.
 
-The run works on a copy of the tree, never on the checkout; it samples mutants with a
-fixed seed (every point is listed, ``--sample`` of them are run), runs the covering test
-files with ``-x`` on the host and chaos backends (the simulated cuda backend runs the
-same code above storage, slower), with hypothesis set not to shrink, so a run takes
-minutes, not hours. Not part of CI.
+The run works on copies of the tree, never on the checkout (their own host/ and kernels/
+too, not the editable install's); it samples mutants with a fixed seed (every point is
+listed, ``--sample`` of them are run), runs the covering test files with ``-x``, leaving
+out the tests parametrised on the simulated cuda backend (``-k "not cuda"``: they run
+the same code above storage, slower; test_device.py's simulator tests stay), with
+hypothesis set not to shrink, so a run takes minutes, not hours. Not part of CI.
 
-    python benchmarks/mutation.py --sample 80 --jobs 2 --out benchmarks/results/mutation.txt
+    python benchmarks/mutation.py --sample 150 --jobs 2 --timeout 120 --out report.txt
 """
 
 from __future__ import annotations
@@ -33,25 +34,73 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 
-#: module -> the test files that cover it
+#: module -> the test files that cover it: its own suites first (most kills are there, and
+#: -x stops at the first), then the adversarial, hardening and device files that also
+#: drive it (a few seconds each; the first run without them counted 21 of their kills
+#: as survivors). test_churn is left out: 30 s a mutant, and it killed none of the
+#: survivors it was tried on.
 TARGETS = {
     "devpool/_zswap.py": ["tests/test_zswap.py", "tests/test_zswap_stateful.py", "tests/test_edge_pages.py",
-                          "tests/test_layering.py"],
-    "devpool/_pool.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py", "tests/test_chaos.py"],
-    "devpool/_allocator.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py"],
-    "devpool/_chaos.py": ["tests/test_chaos.py"],
-    "devpool/_codecs.py": ["tests/test_codecs.py", "tests/test_edge_pages.py"],
-    "devpool/_packed.py": ["tests/test_pool_contract.py", "tests/test_edge_pages.py", "tests/test_codecs.py"],
+                          "tests/test_layering.py", "tests/test_attack_zswap.py", "tests/test_hardening.py",
+                          "tests/test_backing.py", "tests/test_device.py"],
+    "devpool/_pool.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py", "tests/test_chaos.py",
+                         "tests/test_attack_pool.py", "tests/test_hardening.py", "tests/test_bounds.py",
+                         "tests/test_input_fuzz.py", "tests/test_device.py"],
+    "devpool/_allocator.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py",
+                              "tests/test_attack_pool.py", "tests/test_hardening.py"],
+    # chaos is the hostile backend every contract test also runs on
+    "devpool/_chaos.py": ["tests/test_chaos.py", "tests/test_pool_contract.py", "tests/test_zswap.py"],
+    "devpool/_codecs.py": ["tests/test_codecs.py", "tests/test_edge_pages.py", "tests/test_attack_codecs.py",
+                           "tests/test_bounds.py", "tests/test_hardening.py", "tests/test_zswap.py"],
+    "devpool/_packed.py": ["tests/test_pool_contract.py", "tests/test_edge_pages.py", "tests/test_codecs.py",
+                           "tests/test_chaos.py", "tests/test_zswap.py"],
 }
 
-#: runs pytest with a hypothesis profile that stops at the first failure (no shrinking)
+#: runs pytest with a hypothesis profile that stops at the first failure (no shrinking),
+#: then checks that every devpool module the tests imported came from the tree under
+#: test (checked after, not before: importing devpool first would import numba before
+#: the test configuration turns on the CUDA simulator)
 RUNNER = """
-import sys
+import os, sys
 from hypothesis import Phase, settings
 settings.register_profile("mutation", phases=[Phase.explicit, Phase.generate], database=None, deadline=None)
 settings.load_profile("mutation")
 import pytest
-sys.exit(pytest.main(sys.argv[1:]))
+rc = pytest.main(sys.argv[1:])
+tree = os.path.realpath(os.getcwd())
+for name, mod in sorted(sys.modules.items()):
+    where = getattr(mod, "__file__", None)
+    if (name == "devpool" or name.startswith("devpool.")) and where and \\
+            not os.path.realpath(where).startswith(tree + os.sep):
+        print(f"{name} was imported from {where}, not from the tree under test {tree}")
+        sys.exit(3)                                     # an error, never a kill (rc 1)
+sys.exit(rc)
+"""
+
+#: An editable install maps devpool.host and devpool.kernels (the top-level host/ and
+#: kernels/ folders) to the checkout it was installed from, through a finder that
+#: PYTHONPATH does not override: without this, a copy of the tree would test its own
+#: devpool/ against another checkout's storage and kernels. Put on PYTHONPATH, this
+#: sitecustomize maps them beside whichever devpool/ comes first on sys.path (it also
+#: reaches the Python subprocesses the tests start).
+SITECUSTOMIZE = """
+import importlib.machinery, importlib.util, os, sys
+
+class _TreeSubpackages:
+    NAMES = {"devpool.host": "host", "devpool.kernels": "kernels"}
+
+    @classmethod
+    def find_spec(cls, name, path=None, target=None):
+        if name not in cls.NAMES:
+            return None
+        top = importlib.machinery.PathFinder.find_spec("devpool")
+        if top is None or not top.submodule_search_locations:
+            return None
+        folder = os.path.join(os.path.dirname(list(top.submodule_search_locations)[0]), cls.NAMES[name])
+        return importlib.util.spec_from_file_location(name, os.path.join(folder, "__init__.py"),
+                                                      submodule_search_locations=[folder])
+
+sys.meta_path.insert(0, _TreeSubpackages)
 """
 
 SWAP_CMP = {ast.Lt: ast.LtE, ast.LtE: ast.Lt, ast.Gt: ast.GtE, ast.GtE: ast.Gt, ast.Eq: ast.NotEq,
@@ -64,6 +113,7 @@ SWAP_BIN = {ast.Add: ast.Sub, ast.Sub: ast.Add, ast.Mult: ast.FloorDiv, ast.Floo
 class Mutant:
     def __init__(self, path: str, node: ast.AST, replacement: str, what: str):
         self.path, self.what, self.replacement = path, what, replacement
+        self.mutated_line = ""          # the first mutated line, set once the mutant parses
         self.span = (node.lineno, node.col_offset, node.end_lineno, node.end_col_offset)
 
     def apply(self, source: str) -> str:
@@ -75,6 +125,10 @@ class Mutant:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.span[0]}: {self.what}"
+
+    def code(self) -> str:
+        """The mutated line, for reading a survivor."""
+        return f"`{self.mutated_line.strip()[:110]}`"
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
@@ -131,10 +185,12 @@ def mutants_of(path: str) -> list[Mutant]:
     good = []
     for m in out:
         try:
-            ast.parse(m.apply(source))
-            good.append(m)
+            mutated = m.apply(source)
+            ast.parse(mutated)
         except SyntaxError:
-            pass
+            continue
+        m.mutated_line = mutated.splitlines()[m.span[0] - 1]
+        good.append(m)
     return good
 
 
@@ -145,7 +201,8 @@ PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-k", "not cuda", "--hypoth
 
 def run_tests(tree: Path, tests: list[str], timeout: float, extra: list[str] = ()) -> str:
     cmd = [sys.executable, "-c", RUNNER, *PYTEST_ARGS, *extra, *tests]
-    env = {**os.environ, "PYTHONPATH": str(tree), "PYTHONDONTWRITEBYTECODE": "1"}
+    site = tree.parent / "site"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(site)]), "PYTHONDONTWRITEBYTECODE": "1"}
     try:
         proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -154,6 +211,10 @@ def run_tests(tree: Path, tests: list[str], timeout: float, extra: list[str] = (
         return "survived"
     if proc.returncode == 1:
         return "killed: " + " | ".join(l for l in proc.stdout.splitlines() if l.startswith("FAILED"))[:300]
+    if proc.returncode < 0:
+        # a signal (a segfault in compiled code, an abort): the run failed loudly, as it
+        # would in CI, so the suite caught the mutant
+        return f"crashed: signal {-proc.returncode}"
     return f"error rc={proc.returncode}: {proc.stdout[-300:]}{proc.stderr[-300:]}"
 
 
@@ -164,6 +225,28 @@ def copy_tree(dest: Path) -> Path:
     return dest
 
 
+def replay(listing: str, everything: list[Mutant]) -> tuple[list[Mutant], list[str]]:
+    """The mutants a ``--list`` (or a report's survivors) names, found in today's code:
+    same module, kind and mutated line, the nearest to the listed line number (edits
+    elsewhere move lines). Returns (mutants, the listed ones no longer there)."""
+    found, gone = [], []
+    left = list(everything)
+    for entry in Path(listing).read_text().splitlines():
+        entry = entry.strip()
+        if "  `" not in entry or not entry.startswith("devpool/"):
+            continue
+        name, code = entry.split("  `", 1)
+        path, line, what = name.split(":", 2)
+        same = [m for m in left if m.path == path and m.what == what.strip() and m.code() == "`" + code]
+        if not same:
+            gone.append(entry)
+            continue
+        m = min(same, key=lambda m: abs(m.span[0] - int(line)))
+        left.remove(m)
+        found.append(m)
+    return sorted(found, key=str), gone
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sample", type=int, default=80, help="mutants to run (sampled with --seed)")
@@ -171,24 +254,39 @@ def main(argv=None) -> int:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--timeout", type=float, default=240, help="seconds per mutant (past it: killed)")
     ap.add_argument("--module", action="append", help="only these modules (default: all targets)")
-    ap.add_argument("--list", action="store_true", help="list the sampled mutants and stop")
+    ap.add_argument("--list", action="store_true", help="list the sampled mutants (with their code) and stop")
+    ap.add_argument("--replay", help="run the mutants a --list (or a report's survivors) names instead of a "
+                                     "sample: each found again in today's code by its kind and mutated line")
     ap.add_argument("--out", help="write the report here too")
     ap.add_argument("--deselect", action="append", default=[], help="a test node id to leave out (repeatable)")
     args = ap.parse_args(argv)
 
     modules = args.module or list(TARGETS)
     everything = [m for path in modules for m in mutants_of(path)]
-    rng = random.Random(args.seed)
-    sample = sorted(rng.sample(everything, min(args.sample, len(everything))), key=str)
+    gone: list[str] = []
+    if args.replay:
+        sample, gone = replay(args.replay, everything)
+    else:
+        rng = random.Random(args.seed)
+        sample = sorted(rng.sample(everything, min(args.sample, len(everything))), key=str)
     if args.list:
-        print("\n".join(map(str, sample)))
+        print("\n".join(f"{m}  {m.code()}" for m in sample))
         return 0
     work = Path(tempfile.mkdtemp(prefix="devpool-mutation-"))
+    (work / "site").mkdir()
+    (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     trees = [copy_tree(work / f"tree{j}") for j in range(args.jobs)]
     extra = [f"--deselect={d}" for d in args.deselect]
-    baseline = run_tests(trees[0], sorted({t for m in modules for t in TARGETS[m]}), 1800, extra)
-    if baseline != "survived":
-        print(f"the unmutated tree does not pass its tests ({baseline}); nothing to measure")
+    # the baseline runs on every tree at once: each must pass unmutated, and each compiles
+    # its own numba cache now, not inside the first mutant's timeout
+    every_test = sorted({t for m in modules for t in TARGETS[m]})
+    t0 = time.time()
+    with ThreadPoolExecutor(args.jobs) as ex:
+        baselines = list(ex.map(lambda tree: run_tests(tree, every_test, 1800, extra), trees))
+    baseline_s = time.time() - t0
+    if any(b != "survived" for b in baselines):
+        print(f"the unmutated tree does not pass its tests ({baselines}); nothing to measure")
+        shutil.rmtree(work, ignore_errors=True)
         return 2
     free = list(trees)
     results: list[tuple[Mutant, str, float]] = []
@@ -211,23 +309,30 @@ def main(argv=None) -> int:
     with ThreadPoolExecutor(args.jobs) as ex:
         list(ex.map(one, sample))
     shutil.rmtree(work, ignore_errors=True)
-    killed = [r for r in results if r[1].startswith("killed") or r[1] == "timeout"]
+    killed = [r for r in results if r[1].startswith(("killed", "crashed")) or r[1] == "timeout"]
     survived = [r for r in results if r[1] == "survived"]
     errors = [r for r in results if r not in killed and r not in survived]
     scored = len(killed) + len(survived)
+    picked = (f"{len(sample)} replayed from {args.replay} ({len(gone)} of its mutants no longer in the code)"
+              if args.replay else f"{len(sample)} sampled (seed {args.seed})")
     lines = [f"devpool mutation run: {len(everything)} mutation points in {len(modules)} modules, "
-             f"{len(sample)} sampled (seed {args.seed}), {time.time() - t0:.0f} s with {args.jobs} jobs",
+             f"{picked}, {time.time() - t0:.0f} s with {args.jobs} jobs "
+             f"(after {baseline_s:.0f} s of unmutated baselines)",
              f"command: python benchmarks/mutation.py {' '.join(argv if argv is not None else sys.argv[1:])}",
              f"pytest: {' '.join(PYTEST_ARGS + extra)}",
              f"score {len(killed)}/{scored} killed = {100 * len(killed) / max(scored, 1):.0f} %"
-             f" ({sum(r[1] == 'timeout' for r in results)} by timeout; {len(errors)} errors not scored)"]
+             f" ({sum(r[1] == 'timeout' for r in results)} by timeout, "
+             f"{sum(r[1].startswith('crashed') for r in results)} by a crash; {len(errors)} errors not scored)"]
     for path in modules:
         k = sum(r[0].path == path for r in killed)
         s = sum(r[0].path == path for r in survived)
         if k + s:
             lines.append(f"  {path:24s} {k}/{k + s} killed")
     lines.append("survivors:")
-    lines += [f"  {r[0]}" for r in sorted(survived, key=lambda r: str(r[0]))]
+    lines += [f"  {r[0]}  {r[0].code()}" for r in sorted(survived, key=lambda r: str(r[0]))]
+    if gone:
+        lines.append("not replayed (their code changed):")
+        lines += [f"  {g}" for g in gone]
     if errors:
         lines.append("errors:")
         lines += [f"  {r[0]}: {r[1]}" for r in errors]

@@ -502,9 +502,15 @@ class Allocator:
         self.live_aligned += a
         return slot
 
-    def _take_slots(self, n: int) -> np.ndarray:
+    def ensure_slots(self, n: int) -> None:
+        """Room in the handle table for ``n`` more objects, or PoolFullError (past
+        ``MAX_SLOTS``). Changes no object: the pool asks before it commits segments for
+        them, so a batch refused for want of slots leaves storage as it was."""
         if self._ring_count - n < self._min_free:
             self._grow_table(n)
+
+    def _take_slots(self, n: int) -> np.ndarray:
+        self.ensure_slots(n)
         cap = self._ring.shape[0]
         idx = (self._ring_head + np.arange(n, dtype=np.int64)) % cap
         slots = self._ring[idx]

@@ -234,6 +234,7 @@ class Pool:
             raise PoolFullError(
                 f"pool full: {sizes.shape[0]} objects ({int(aligned(sizes).sum())} bytes) do not fit "
                 f"in capacity {self.alloc_.capacity} ({self.alloc_.live_bytes} bytes live)")
+        self.alloc_.ensure_slots(sizes.shape[0])   # a full handle table refuses before storage grows
         self._commit_segments(plan.opened)     # fallible: device OOM -> PoolFullError
         slots = self.alloc_.commit_alloc(sizes, plan)
         return self.alloc_.handles(slots) ^ self._key
@@ -353,6 +354,7 @@ class Pool:
                                 f"{al.capacity} ({al.live_bytes} bytes live)")
         offset, opened = placed
         if opened >= 0:
+            al.ensure_slots(1)                 # a full handle table refuses before storage grows
             self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
         return al.commit_one(size, offset, opened)
 
@@ -601,6 +603,10 @@ class Pool:
             return 0
         plan = self.alloc_.plan_relocation(pick)
         if plan is None:
+            return 0
+        try:
+            self.alloc_.ensure_slots(pick.size)    # the move borrows a slot per object
+        except PoolFullError:
             return 0
         self._commit_segments(plan.opened)
         self.storage.move(self.alloc_.locs[pick], plan.offsets, aligned(self.alloc_.sizes[pick]))

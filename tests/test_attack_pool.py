@@ -226,6 +226,32 @@ def test_growth_for_one_checks_its_size(bad):
         assert pool.growth_for_one(np.int16(100)) == pool.growth_for([100]) == SEG
 
 
+def test_growth_for_one_answers_as_growth_for_from_empty_to_full():
+    """Fresh (a segment to open), room in the head (nothing), and full (more than the
+    capacity: the object does not fit): the single question, the batch's answer."""
+    with devpool.open_pool("host", CAP, segment_bytes=SEG) as pool:
+        answers = []
+        while True:
+            answers.append((pool.growth_for_one(3000), pool.growth_for([3000])))
+            try:
+                pool.alloc(3000)
+            except devpool.PoolFullError:
+                break
+        assert all(one == batch for one, batch in answers), answers
+        assert answers[0][0] == SEG and answers[1][0] == 0      # opens a segment, then fits in it
+        assert answers[-1][0] > CAP                             # full: cannot fit
+
+
+def test_a_refused_single_alloc_counts_alloc_fail_as_a_batch_does():
+    pools = [devpool.open_pool("host", CAP, segment_bytes=SEG) for _ in range(2)]
+    for pool, refuse in zip(pools, (lambda p: p.alloc(4096), lambda p: p.alloc_batch([4096]))):
+        pool.alloc_batch([4096] * (CAP // 4096))          # full
+        with pytest.raises(devpool.PoolFullError):
+            refuse(pool)
+        assert pool.stats()["alloc_fail"] == 1
+        pool.close()
+
+
 def test_growth_for_one_on_a_closed_pool():
     pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
     pool.close()

@@ -51,6 +51,7 @@ def test_close_over_a_closed_pool_forgets_every_entry(tmp_path, rng):
 @pytest.mark.parametrize("cfg", [
     dict(backing=True), dict(backing=True, writeback=False), dict(),
     dict(max_object_bytes=2048, backing=True), dict(limit=6 * SEG, backing=True), dict(limit=6 * SEG),
+    dict(capacity=4 * SEG, backing=True),          # the pool fills before the limit: PoolFullError
 ])
 @pytest.mark.parametrize("codec", ["lz4", "raw", "zstd"])
 def test_single_and_batch_verbs_agree(cfg, codec, tmp_path, rng):
@@ -59,7 +60,7 @@ def test_single_and_batch_verbs_agree(cfg, codec, tmp_path, rng):
     pages = _pages(40, rng)
 
     def make(name):
-        pool = devpool.open_pool("host", 64 * SEG, segment_bytes=SEG,
+        pool = devpool.open_pool("host", cfg.get("capacity", 64 * SEG), segment_bytes=SEG,
                                  max_object_bytes=cfg.get("max_object_bytes", 4096))
         return devpool.Zswap(pool, codec, max_pool_bytes=cfg.get("limit", 64 * SEG),
                              backing=tmp_path / name if cfg.get("backing") else None,
@@ -82,6 +83,69 @@ def test_single_and_batch_verbs_agree(cfg, codec, tmp_path, rng):
         for z in (a, b):
             z.close()
             z.pool.close()
+
+
+def test_store_takes_one_page_in_every_form_store_batch_takes_it(rng):
+    """A (4096,) page, a (1, 4096) batch of one, an array subclass: accepted by both;
+    bytes, a list, two pages: BadInputError from both (not an AttributeError)."""
+    page = _pages(4, rng)[3]
+
+    class Sub(np.ndarray):
+        pass
+
+    forms = [page, page[None], page.view(Sub), page.tobytes(), page.tolist(), np.stack([page, page])]
+    with devpool.open_pool("host", 1 << 20, segment_bytes=SEG) as pool:
+        zs = devpool.Zswap(pool, max_pool_percent=100)
+
+        def outcome(call):
+            try:
+                return bool(np.all(call()))
+            except devpool.BadInputError:
+                return "BadInputError"
+
+        got = [(outcome(lambda: zs.store(i, f)), outcome(lambda: zs.store_batch([100 + i], f)))
+               for i, f in enumerate(forms)]
+        assert got == [(True, True)] * 3 + [("BadInputError", "BadInputError")] * 3
+        assert (zs.load(0) == page).all() and (zs.load(2) == page).all()
+        zs.close()
+
+
+def test_an_offset_outside_the_area_is_bad_input_for_every_verb(rng):
+    """Not "not stored" (EntryNotFoundError, a KeyError): a caller's bug, BadInputError."""
+    page = _pages(4, rng)[3]
+    with devpool.open_pool("host", 1 << 20, segment_bytes=SEG) as pool:
+        zs = devpool.Zswap(pool, max_pool_percent=100, nr_pages=1000)
+        zs.store_batch([998, 999], np.stack([page, page]))
+        for bad in (-1, 1000, 1 << 40):
+            for verb in (zs.load, lambda o: zs.load_batch([o]), lambda o: zs.store(o, page),
+                         lambda o: zs.store_batch([o], page[None]), zs.invalidate,
+                         lambda o: zs.invalidate_batch([o]), zs.entry_kind, zs.contains):
+                with pytest.raises(devpool.BadInputError):
+                    verb(bad)
+        assert (zs.load_batch([998, 999]) == page).all()
+        zs.close()
+
+
+class _CloseFails(Exception):
+    pass
+
+
+def test_a_with_block_never_loses_an_error(monkeypatch):
+    """Zswap as a context manager: close()'s error is raised when the block ran clean,
+    and never replaces an exception the block raised."""
+    with devpool.open_pool("host", 1 << 20, segment_bytes=SEG) as pool:
+        for raised_inside, expected in ((None, _CloseFails), (KeyError, KeyError)):
+            zs = devpool.Zswap(pool, max_pool_percent=100)
+
+            def failing_close():
+                raise _CloseFails("close failed")
+            monkeypatch.setattr(zs, "close", failing_close)
+            with pytest.raises(expected):
+                with zs:
+                    if raised_inside:
+                        raise raised_inside("raised inside the block")
+            monkeypatch.undo()
+            zs.close()
 
 
 @pytest.mark.parametrize("kind", ["host", "chaos"])

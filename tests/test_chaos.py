@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import devpool
-from devpool._chaos import POISON
+from devpool._chaos import POISON, uncovered
 
 MARK = 16                 # bytes of unique marker at the start of every object
 
@@ -234,6 +234,46 @@ def test_poison_counters_in_stats(objs):
     assert st["chaos_calls"] == o.storage.calls > 0
     assert st["chaos_relocated"] == o.storage.relocated > 0
     assert st["chaos_poisoned_bytes"] == o.storage.poisoned_bytes > 0
+
+
+def test_a_free_poisons_exactly_the_freed_bytes(objs):
+    """The hostility proofs read these counters: one that started above zero, or
+    counted loosely, would prove poisoning that never happened. Without relocation
+    (whose discards count as frees too) a fresh pool has poisoned nothing, and a free
+    adds exactly the freed objects' arena bytes."""
+    o = objs(n=20, move_fraction=0.0)
+    assert o.storage.freed_poisoned_bytes == 0
+    hs = list(o.live)[::4]
+    o.pool.free_batch(hs)
+    assert o.storage.freed_poisoned_bytes == sum(-(-o.live[h].size // 16) * 16 for h in hs)
+
+
+def test_uncovered_is_what_no_destination_covers():
+    """``uncovered`` names the bytes a move left behind (what gets poisoned), checked
+    byte by byte on random moves: destinations starting inside a source range, before
+    it, after it, back to back. (A wrong length for the gap before a destination that
+    starts inside a source survived the whole suite: the pool's moves pack destinations
+    from segment starts, so they hardly leave such a gap.)"""
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        cuts = np.sort(rng.choice(np.arange(1, 400), 8, replace=False))
+        ranges = np.stack([cuts[:-1], np.diff(cuts)], 1)     # back to back, never overlapping
+        pick = rng.random(len(ranges)) < 0.5
+        dst, dst_n = ranges[pick, 0], ranges[pick, 1]
+        ends = np.sort(rng.choice(np.arange(1, 400), 6, replace=False))
+        src, src_n = ends[0::2], ends[1::2] - ends[0::2]   # objects: apart from each other
+        covered = np.zeros(512, np.bool_)
+        for d, n in zip(dst, dst_n):
+            covered[d:d + n] = True
+        want = np.zeros(512, np.bool_)
+        for s, n in zip(src, src_n):
+            want[s:s + n] = ~covered[s:s + n]
+        off, n = uncovered(src.astype(np.int64), src_n.astype(np.int64), dst.astype(np.int64),
+                           dst_n.astype(np.int64))
+        got = np.zeros(512, np.int64)
+        for a, k in zip(off.tolist(), n.tolist()):
+            got[a:a + k] += 1
+        assert (n > 0).all() and (got == want).all()
 
 
 # --- handles ----------------------------------------------------------------------------

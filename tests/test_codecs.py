@@ -245,7 +245,9 @@ def test_get_codec_leaves_callers_dict_alone():
 
 
 def test_bad_codec_options():
-    for cfg in ({"id": "lz4hc", "level": 0}, {"id": "lz4", "acceleration": 0}, {"id": "lz4", "nope": 1},
+    for cfg in ({"id": "lz4hc", "level": 0}, {"id": "lz4hc", "level": 13}, {"id": "lz4", "acceleration": 0},
+                {"id": "lz4", "acceleration": (1 << 16) + 1}, {"id": "lz4", "acceleration": 1 << 31},
+                {"id": "lz4", "nope": 1},
                 {"id": "zstd", "level": 0}, {"id": "zstd", "level": 23}, {"id": "zstd", "level": True}):
         with pytest.raises(devpool.BadInputError):
             devpool.get_codec(cfg)

@@ -170,6 +170,22 @@ def test_single_object_verbs_are_one_direct_copy(rng, monkeypatch):
 
 
 @needs_cuda
+def test_single_write_takes_a_device_buffer_of_the_objects_size(rng):
+    """``Pool.write`` with a device buffer, as ``write_batch`` takes a device payload:
+    copied device to device; a buffer of another size is refused and writes nothing."""
+    from numba import cuda
+    pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
+    data = rng.integers(0, 256, 1000, dtype=np.uint8)
+    h = pool.alloc(1000, data=np.zeros(1000, np.uint8))
+    pool.write(h, cuda.to_device(data))
+    assert pool.read(h).tobytes() == data.tobytes()
+    with pytest.raises(devpool.BadInputError, match="999 bytes"):
+        pool.write(h, cuda.to_device(np.zeros(999, np.uint8)))
+    assert pool.read(h).tobytes() == data.tobytes()
+    pool.close()
+
+
+@needs_cuda
 def test_arena_grows_by_half_at_least_and_once_for_a_reserved_batch(monkeypatch):
     from devpool.kernels._device import CudaStorage
     st = CudaStorage(1 << 30)

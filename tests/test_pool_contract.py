@@ -230,6 +230,41 @@ def test_capacity_exhaustion_raises_and_changes_nothing(make_pool, rng):
     pool.alloc_batch([3000] * (len(hs) // 2))
 
 
+def test_a_pool_above_max_total_takes_nothing_that_would_grow_it(make_pool):
+    """``max_total`` below what the pool already holds (a limit lowered under a full
+    pool): an object that needs a new segment is refused, single or batch, and the pool
+    does not grow."""
+    pool = make_pool(capacity_bytes=1 << 20, segment_bytes=16384)
+    pool.alloc_batch([4096] * 16)                  # 4 full segments, no room in the head
+    size = pool.stats()["pool_total_size"]
+    assert pool.alloc(4096, max_total=size // 2) is None
+    assert pool.alloc_batch([4096, 100], max_total=size // 2).size == 0
+    st = pool.stats()
+    assert st["pool_total_size"] == size and st["obj_used"] == 16
+
+
+def test_a_pool_at_its_object_limit_refuses_and_does_not_grow(make_pool, rng, monkeypatch):
+    """At the handle table's limit an object that would open a segment is refused, and
+    the pool stays the size it was: the segment was committed before the table refused,
+    and stayed committed, counted in pool_total_size, never given back. (MAX_SLOTS is
+    2**28 objects; it is lowered here so the limit can be reached.)"""
+    from devpool import _allocator
+    monkeypatch.setattr(_allocator, "MAX_SLOTS", 64)
+    pool = make_pool(capacity_bytes=1 << 20, segment_bytes=16384)
+    data = rng.integers(0, 256, 64 * 1024, dtype=np.uint8)
+    hs = pool.alloc_batch([1024] * 64)             # 4 full segments, every slot taken
+    pool.write_batch(hs, data)
+    size = pool.stats()["pool_total_size"]
+    for refused in (lambda: pool.alloc(1024), lambda: pool.alloc_batch([1024])):
+        with pytest.raises(devpool.PoolFullError, match="at most 64 objects"):
+            refused()
+        assert pool.stats()["pool_total_size"] == size
+    pool.free(hs[0])                               # one slot back: it allocates again
+    h = pool.alloc(1024, data=data[:1024])
+    assert pool.read(h).tobytes() == data[:1024].tobytes()
+    assert pool.read_batch(hs[1:])[0].tobytes() == data[1024:].tobytes()
+
+
 # --- bad input ----------------------------------------------------------------------
 @pytest.mark.parametrize("sizes", [[0], [-5], [4097], [10, 0, 10], [1 << 40], [1.5], [[1, 2]]])
 def test_bad_sizes_raise_and_allocate_nothing(make_pool, sizes):
@@ -265,6 +300,10 @@ def test_bad_writes_change_nothing(make_pool, rng):
                                              [len(blobs[0])])),                      # lengths mismatch
         (bad_input, lambda: pool.write_batch(hs[:2], b"x" * (len(blobs[0]) + len(blobs[1])),
                                              [len(blobs[1]), len(blobs[0])])),       # swapped lengths
+        (bad_input, lambda: pool.write_batch(hs[:2], b"x" * (len(blobs[0]) + len(blobs[1])),
+                                             [len(blobs[0]) - 1, len(blobs[1]) + 1])),   # one off each
+        (bad_input, lambda: pool.write_batch(hs[:2], b"x" * (len(blobs[0]) + len(blobs[1]) + 1),
+                                             [len(blobs[0]), len(blobs[1]) + 1])),   # only the last wrong
         (bad_handle, lambda: pool.write_batch([hs[0], hs[0]], b"x" * (2 * n0))),     # duplicate
     ]
     for i, (error, case) in enumerate(cases):

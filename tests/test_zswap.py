@@ -204,6 +204,16 @@ def test_limit_hit_refuses_until_below_accept_threshold(zswap, rng):
     assert zs.store(1001, pages[1]) is True
 
 
+def test_stores_resume_below_90_percent_of_the_limit_by_default(make_pool):
+    """Linux's default accept_threshold_percent: once the limit is hit, stores are
+    refused until the pool is back under 90 % of it."""
+    zs = devpool.Zswap(make_pool(), max_pool_bytes=10 * 16384)
+    st = zs.stats()
+    assert zs.accept_threshold_percent == 90
+    assert st["accept_threshold_bytes"] == 9 * 16384 and st["max_pool_bytes"] == 10 * 16384
+    zs.close()
+
+
 def test_limit_with_backing_writes_refused_pages_to_the_file(zswap, rng):
     zs = zswap(max_pool_bytes=256 * 1024)
     pages = make_pages(400, rng, ("text", "struct"))
