@@ -227,6 +227,13 @@ class SwapRegion:
         except BaseException:
             self._finalizer()
             raise
+        # From here the resources live as long as the memory's buffer object, not as
+        # long as this object: every array handed out holds the buffer (through its
+        # base), so ``a = swap_region(...).array`` keeps its memory mapped and served
+        # while ``a`` (or a view of it) lives, and releases it when the last one goes.
+        # Tied to the region, a dropped region would unmap the memory under live arrays.
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self._cbuf, res.release)
 
     # --- construction ------------------------------------------------------------------
     def _open(self, cfg: dict, start_timeout: float) -> None:

@@ -332,6 +332,29 @@ def test_dropped_region_is_cleaned_up():
     assert not _alive(hpid) and not _alive(gpid)
 
 
+def test_an_array_outliving_its_dropped_region_stays_served():
+    """``a = swap_region(...).array`` drops the region at once: its memory must stay
+    mapped and served for as long as the array (or a view of it) lives, and go when the
+    last one does. Before: the region's finalizer unmapped the memory under the live
+    array, whose writes then landed in whatever was mapped there next."""
+    import gc
+    r = devpool.swap_region(16 * P, resident_bytes=4 * P, backend="host")
+    hpid, gpid = r.handler_pid, r._res.guard.pid
+    a = r.array
+    view = a[P:]
+    del r, a
+    gc.collect()
+    assert _alive(hpid) and _alive(gpid), "the region was released under a live array"
+    view[:] = 7                              # faults and evictions still served
+    assert int(view.sum()) == 7 * 15 * P
+    del view
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(hpid) and not _alive(gpid)
+
+
 # --- handler death ---------------------------------------------------------------------------
 def test_handler_death_raises_and_nothing_hangs(region, rng):
     r = region(16, 16, backend="host")
