@@ -156,6 +156,7 @@ class Handler:
             "evicted_pages",        # pages pushed out to zswap (or the file)
             "eviction_rounds",      # batches of victims
             "refused_pages",        # victims zswap refused: they stay resident
+            "store_errors",         # eviction rounds whose store raised: victims stay resident
             "fill_errors",          # pages that could not be brought back (poisoned)
             "copy_eexist",          # UFFDIO_COPY found a page already there (woken)
         ), 0)
@@ -517,13 +518,22 @@ class Handler:
             uffd.writeprotect(fd, base + (int(victims[lo]) << SHIFT), (hi - lo) * PAGE, True)
         k = victims.size
         pages = self.buf[:k]
-        if self.mode != "zero":
-            for lo, hi in runs:
-                want = (hi - lo) * PAGE
-                got = os.preadv(self.memfd, [pages[lo:hi]], int(victims[lo]) << SHIFT)
-                if got != want:
-                    raise OSError(errno.EIO, f"short read of the region ({got} of {want} bytes)")
-        kept = self._store(victims, pages)
+        try:
+            if self.mode != "zero":
+                for lo, hi in runs:
+                    want = (hi - lo) * PAGE
+                    got = os.preadv(self.memfd, [pages[lo:hi]], int(victims[lo]) << SHIFT)
+                    if got != want:
+                        raise OSError(errno.EIO, f"short read of the region ({got} of {want} bytes)")
+            kept = self._store(victims, pages)
+        except Exception as exc:
+            # A store that fails (a full or broken swap file, a device error) keeps none of
+            # the victims: they stay resident, as refused ones do. Raised out of the loop's
+            # automatic eviction it would kill the handler and lose every evicted page.
+            sys.stderr.write(f"devpool region handler: evicting {k} page(s) failed, they stay "
+                             f"resident: {type(exc).__name__}: {exc}\n")
+            self.c["store_errors"] += 1
+            kept = np.zeros(k, np.bool_)
         gone = victims[kept]
         for lo, hi in _runs(gone):
             uffd.punch_hole(self.memfd, int(gone[lo]) << SHIFT, (hi - lo) * PAGE)

@@ -563,3 +563,33 @@ def test_a_page_the_store_cannot_give_back_is_poisoned_not_zeroed(tmp_path, arou
     evicted, in_file = (int(x) for x in proc.stdout.split()[:2])
     assert evicted >= 80 and in_file > 0
     assert "could not be loaded" in proc.stderr and "poisoning it" in proc.stderr
+
+
+_FAILING_STORE_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import devpool
+    n = 32
+    with devpool.swap_region(n * 4096, resident_bytes=4 * 4096, serve="file", file="/dev/full") as r:
+        a = r.array
+        want = np.arange(a.size, dtype=np.uint64).astype(np.uint8)
+        a[:] = want                     # evictions run in the handler's loop: every write fails
+        assert r.evict(n) == 0          # and when asked
+        assert np.array_equal(a, want)
+        a[5 * 4096] += 1                # a refused page is written: tried again, fails again
+        want[5 * 4096] += 1
+        assert np.array_equal(a, want)
+        st = r.stats()
+        print(st["store_errors"], st["evicted_pages"], st["resident_pages"], flush=True)
+""")
+
+
+def test_a_failing_store_keeps_the_pages_resident_and_the_handler_alive():
+    """A store that raises (here: the swap file is /dev/full, every write ENOSPC) must
+    leave its victims resident and intact. Before: the exception left the handler's
+    loop, the handler died, and every page it had evicted was lost (SIGBUS)."""
+    proc = subprocess.run([sys.executable, "-c", _FAILING_STORE_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    errors, evicted, resident = (int(x) for x in proc.stdout.split())
+    assert errors > 0 and evicted == 0 and resident == 32
+    assert "No space left on device" in proc.stderr
