@@ -308,9 +308,19 @@ class Handler:
                 self._lat(t0)
             elif st == LOST:                    # poisoned before; if that failed, try again
                 self._poison(p)
-            else:                               # already there: another thread's fault
-                self.c["duplicate_faults"] += 1
-                uffd.wake(self.uffd, base + (p << SHIFT), PAGE)
+            else:
+                # Counted resident: normally another thread's fault on a page filled since
+                # (EEXIST: wake it). But the caller may have freed the page behind our back
+                # (madvise MADV_REMOVE): a wake alone would make it fault again forever.
+                # Zero-filling is what MADV_REMOVE promises, and EEXIST where it is there.
+                try:
+                    uffd.zeropage(self.uffd, base + (p << SHIFT), PAGE)
+                    self.c["zero_fills"] += 1
+                except OSError as exc:
+                    if exc.errno != errno.EEXIST:
+                        raise
+                    self.c["duplicate_faults"] += 1
+                    uffd.wake(self.uffd, base + (p << SHIFT), PAGE)
         if stored:
             self.fill(stored, t0)
         for p in wp:

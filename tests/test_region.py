@@ -593,3 +593,29 @@ def test_a_failing_store_keeps_the_pages_resident_and_the_handler_alive():
     errors, evicted, resident = (int(x) for x in proc.stdout.split())
     assert errors > 0 and evicted == 0 and resident == 32
     assert "No space left on device" in proc.stderr
+
+
+_REMOVED_PAGE_SCRIPT = textwrap.dedent("""
+    import ctypes
+    import devpool
+    libc = ctypes.CDLL(None, use_errno=True)
+    with devpool.swap_region(16 * 4096, resident_bytes=16 * 4096, backend="host") as r:
+        a = r.array
+        a[:] = 3
+        # MADV_REMOVE (9): the caller drops page 2's contents; reads must now see zeros
+        assert libc.madvise(ctypes.c_void_p(a.ctypes.data + 2 * 4096), ctypes.c_size_t(4096), 9) == 0
+        print(int(a[2 * 4096]), int(a[3 * 4096]), int(a[2 * 4096: 3 * 4096].sum()), flush=True)
+        a[2 * 4096] = 5
+        print(int(a[2 * 4096]), flush=True)
+""")
+
+
+def test_a_page_removed_by_the_caller_reads_zero_instead_of_faulting_forever():
+    """madvise(MADV_REMOVE) on the region frees a resident page behind the handler's
+    back. Before: its next access faulted MISSING on a page the handler counted as
+    resident, which it answered by waking the thread, which faulted again, forever (the
+    GIL held). Now such a fault is zero-filled, as MADV_REMOVE promises."""
+    proc = subprocess.run([sys.executable, "-c", _REMOVED_PAGE_SCRIPT], capture_output=True,
+                          text=True, timeout=60)   # before the fix: hung here
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout.split() == ["0", "3", "0", "5"]
