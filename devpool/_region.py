@@ -26,8 +26,10 @@ handler, between faults. Linux only, x86_64; needs userfaultfd permission (root,
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -281,7 +283,17 @@ class SwapRegion:
         theirs.close()
         res.socks.remove(theirs)
         mine.settimeout(start_timeout)
-        send(mine, cfg)
+        try:
+            send(mine, cfg)
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            # one SOCK_SEQPACKET message carries the options: a path or option of
+            # megabytes cannot be sent (nor be a real path or codec name)
+            size = len(pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
+            raise BadInputError(f"swap_region: the options are too large ({size} bytes pickled) to hand "
+                                f"to the handler process; a path, codec name or pool option is far "
+                                f"longer than any real one") from None
         try:
             kind, *info = recv(mine)
         except (OSError, EOFError) as exc:

@@ -107,6 +107,26 @@ def test_bad_options():
         devpool.swap_region(16 * P, resident_bytes=P, fault_around=3)
 
 
+@pytest.mark.parametrize("kw", [{"backing": "/tmp/" + "x" * (2 << 20)}, {"compressor": "y" * (600 << 10)},
+                                {"pool_options": {"z" * (3 << 20): 1}}])
+def test_oversized_options_are_bad_input(kw):
+    """Options too large for the one message that carries them to the handler: a
+    BadInputError naming the size, not a bare OSError (EMSGSIZE), and no process left."""
+    before = _children()
+    with pytest.raises(devpool.BadInputError, match="too large"):
+        devpool.swap_region(16 * P, resident_bytes=P, backend="host", **kw)
+    assert _children() <= before
+
+
+def _children() -> set:
+    """This process's live child processes (pids)."""
+    kids = set()
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            kids.update(int(x) for x in f.read().split())
+    return {pid for pid in kids if _alive(pid)}
+
+
 def test_bad_backend_raises_from_the_handler(region):
     with pytest.raises(devpool.BadInputError, match="unknown backend"):
         region(16, 4, backend="nonsense")
