@@ -161,6 +161,30 @@ class _Resources:
         self.fds.clear()
 
 
+#: every region's resources not yet released, for the fork hook below
+_LIVE: "weakref.WeakSet[_Resources]" = weakref.WeakSet()
+
+
+def _drop_inherited() -> None:
+    """In a fork()ed child: close its copies of every region's descriptors. Held by a
+    child, the control sockets would never reach EOF, so after the owner died the handler
+    and guard (and, through the memfd, the region's memory) would live on for as long as
+    any forked worker did. The child has no mapping of the region (MADV_DONTFORK) and its
+    release() does nothing, so it needs none of them."""
+    for res in list(_LIVE):
+        for s in res.socks:
+            s.close()
+        for fd in res.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        res.socks, res.fds = [], []      # their numbers may be reused in the child
+
+
+os.register_at_fork(after_in_child=_drop_inherited)
+
+
 def _wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
     try:
         proc.wait(timeout)
@@ -212,6 +236,7 @@ class SwapRegion:
         self._closed = False
         self._dead: str | None = None
         self._res = res = _Resources()
+        _LIVE.add(res)
         self._finalizer = weakref.finalize(self, res.release)
         cfg = {
             "npages": nbytes // PAGE_SIZE, "resident_pages": resident_bytes // PAGE_SIZE,

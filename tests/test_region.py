@@ -639,3 +639,35 @@ def test_a_page_removed_by_the_caller_reads_zero_instead_of_faulting_forever():
                           text=True, timeout=60)   # before the fix: hung here
     assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
     assert proc.stdout.split() == ["0", "3", "0", "5"]
+
+
+_FORK_SCRIPT = textwrap.dedent("""
+    import os, signal, time
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=4 * 4096, backend="host")
+    r.array[:] = 1
+    if os.fork() == 0:                  # a forked worker that outlives its parent
+        time.sleep(60)
+        os._exit(0)
+    print(r.handler_pid, r._res.guard.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_forked_child_does_not_keep_the_region_processes_alive():
+    """The region's processes stop when its owner dies, however it dies. Before: a
+    fork()ed child inherited the owner's ends of the control sockets (and the memfd), so
+    after the owner was killed the handler and guard (and the region's memory) lived on
+    as long as any forked worker did."""
+    proc = subprocess.Popen([sys.executable, "-c", _FORK_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        hpid, gpid = (int(x) for x in proc.stdout.readline().split())
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(hpid) and not _alive(gpid), "the region's processes outlived their owner"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)     # the forked child, and anything left
+        proc.wait(30)
