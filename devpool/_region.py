@@ -235,6 +235,7 @@ class SwapRegion:
         self._lock = threading.RLock()
         self._closed = False
         self._dead: str | None = None
+        self._serial = 0                # of the last request to the handler
         self._res = res = _Resources()
         _LIVE.add(res)
         self._finalizer = weakref.finalize(self, res.release)
@@ -435,9 +436,20 @@ class SwapRegion:
         with self._lock:
             self._check_usable()
             sock = self._res.handler_sock
+            # the handler ends each reply with the request's last element: a serial number.
+            # A reply to an earlier request whose caller was interrupted while waiting (an
+            # exception from a signal handler: KeyboardInterrupt, an alarm) is still in the
+            # socket; it is skipped, not taken for this one's (every later reply would be
+            # one behind)
+            self._serial += 1
+            serial = self._serial
             try:
-                send(sock, req)
-                kind, *rest = recv(sock)
+                send(sock, (*req, serial))
+                while True:
+                    kind, *rest = recv(sock)
+                    if rest and rest[-1] == serial:
+                        break
+                rest.pop()
             except (OSError, EOFError) as exc:
                 code = self._res.handler.poll()
                 if code is None:

@@ -233,16 +233,18 @@ class Handler:
                     return
 
     def control(self) -> bool:
-        """Answer one request; False when the handler should stop."""
+        """Answer one request; False when the handler should stop. Every reply ends with
+        the request's last element (the client's serial number for it), so a client
+        whose wait for a reply was interrupted can tell that reply from the next one's."""
         try:
             req = recv(self.ctl)
         except (EOFError, ConnectionError):
             return False                               # the client went away
-        op = req[0]
+        op, tag = req[0], req[-1]
         try:
             if op == "close":
                 self.close()
-                send(self.ctl, ("ok", None))
+                send(self.ctl, ("ok", None, tag))
                 return False
             if op == "evict":
                 n, keep = req[1], 0
@@ -254,15 +256,15 @@ class Handler:
                     if got == 0:
                         break
                     out += got
-                send(self.ctl, ("ok", out))
+                send(self.ctl, ("ok", out, tag))
             elif op == "stats":
-                send(self.ctl, ("ok", self.stats()))
+                send(self.ctl, ("ok", self.stats(), tag))
             elif op == "ping":
-                send(self.ctl, ("ok", os.getpid()))
+                send(self.ctl, ("ok", os.getpid(), tag))
             else:
-                send(self.ctl, ("err", "BadInputError", f"unknown request {op!r}"))
+                send(self.ctl, ("err", "BadInputError", f"unknown request {op!r}", tag))
         except Exception as exc:                       # reported, the handler goes on
-            send(self.ctl, ("err", type(exc).__name__, str(exc)))
+            send(self.ctl, ("err", type(exc).__name__, str(exc), tag))
         return True
 
     # --- fault service -----------------------------------------------------------------

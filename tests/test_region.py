@@ -325,6 +325,37 @@ def test_stats_names(region):
     assert st["zswap"]["same_filled_pages"] == st["evicted_pages"] - st["loads_from_pool"]
 
 
+def test_a_request_interrupted_by_a_signal_does_not_shift_later_replies(region):
+    """An exception raised by a signal handler (KeyboardInterrupt, a timeout alarm) while
+    a call waits for the handler's reply leaves that reply unread. Before: the next call
+    read it as its own (stats() got evict's count, evict() a stats dict) and every
+    later call was one reply behind."""
+    r = region(32, 32, backend="host")
+    r.array[:] = 1
+
+    class Interrupted(Exception):
+        pass
+
+    def alarm(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    os.kill(r.handler_pid, signal.SIGSTOP)       # the reply cannot come before the alarm
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            r.evict(32)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.kill(r.handler_pid, signal.SIGCONT)
+    st = r.stats()                               # the interrupted evict still ran
+    assert isinstance(st, dict) and st["evicted_pages"] == 32
+    assert r.evict(0) == 0
+    assert isinstance(r.stats(), dict)
+    assert int(r.array.sum()) == 32 * P
+
+
 # --- close -----------------------------------------------------------------------------------
 def test_close_frees_everything_and_later_use_is_an_error(region):
     r = region(16, 4, backend="host")
