@@ -392,6 +392,9 @@ class SwapRegion:
         """
         with self._lock:
             if self._closed:
+                # an earlier close() may have been interrupted (an exception from a signal
+                # handler): release() resumes where it stopped, and does nothing when done
+                self._res.release()
                 return
             self._closed = True
             res = self._res
@@ -400,8 +403,11 @@ class SwapRegion:
             # referenced elsewhere: more than our local name and getrefcount's argument
             res.keep_reserved = ((arr is not None and sys.getrefcount(arr) > 2)
                                  or (cbuf is not None and sys.getrefcount(cbuf) > 3))
-            del arr, cbuf
+            # released here, while ``cbuf`` is held: were it dropped first, its finalizer
+            # would run from the deallocation, where an exception (a KeyboardInterrupt
+            # while waiting for the handler) is printed and lost instead of raised
             self._finalizer()
+            del arr, cbuf
 
     def __enter__(self) -> "SwapRegion":
         return self

@@ -371,6 +371,37 @@ def test_close_frees_everything_and_later_use_is_an_error(region):
         r.stats()
 
 
+def test_an_interrupted_close_is_finished_by_the_next(region):
+    """close() interrupted by a signal handler's exception while it waits for the
+    handler: calling it again finishes the job. Before: the region counted as closed
+    at once, so a second close() returned without unmapping the memory, closing the
+    descriptors or reaping the handler."""
+    r = region(16, 16, backend="host")
+    r.array[:] = 1
+
+    class Interrupted(Exception):
+        pass
+
+    def alarm(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    os.kill(r.handler_pid, signal.SIGSTOP)       # close() waits for its reply
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            r.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.kill(r.handler_pid, signal.SIGCONT)
+    assert r.closed
+    r.close()
+    res = r._res
+    assert res.addr == 0 and not res.fds and not res.socks
+    assert res.handler is None and res.guard is None
+
+
 def test_dropped_region_is_cleaned_up():
     r = devpool.swap_region(16 * P, resident_bytes=4 * P, backend="host")
     hpid, gpid = r.handler_pid, r._res.guard.pid
