@@ -466,7 +466,13 @@ class Handler:
             uffd.writeprotect(self.uffd, addr, PAGE, False, wake_=False)
             uffd.poison(self.uffd, addr, PAGE)
         except OSError as exc:
-            sys.stderr.write(f"devpool region handler: poisoning page {p} failed: {exc}\n")
+            if exc.errno == errno.EEXIST:
+                # already poisoned: a thread that read the page table before the first
+                # poison went in but queued after its wake is still waiting (its message
+                # came now); the poison has no wake when it fails, so wake it here
+                uffd.wake(self.uffd, addr, PAGE)
+            else:
+                sys.stderr.write(f"devpool region handler: poisoning page {p} failed: {exc}\n")
         self.state[p] = LOST
 
     def _copy_runs(self, chunk: list, ok: list) -> None:

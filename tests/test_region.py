@@ -733,3 +733,66 @@ def test_a_forked_child_does_not_keep_the_region_processes_alive():
     finally:
         os.killpg(proc.pid, signal.SIGKILL)     # the forked child, and anything left
         proc.wait(30)
+
+
+def test_a_second_fault_on_a_poisoned_page_is_woken(tmp_path):
+    """Two threads fault on a page that cannot be loaded: the first fault's poison wakes
+    the waiters queued by then, but a thread that read the page table before the poison
+    went in and queued after its wake still waits, and its message reaches the handler
+    with the page LOST. Poisoning again fails with EEXIST (the page is poisoned); before,
+    that was only logged and the thread waited forever. Driven here on a Handler in this
+    process, with that state made deterministically: the poison is installed without a
+    wake while the thread's fault is pending."""
+    import ctypes
+    import fcntl
+    import mmap
+    import select
+    import socket
+    import struct
+
+    from devpool import _uffd
+    from devpool._region import FEATURES
+    from devpool._region_handler import LOST, Handler
+    fd = _uffd.open_uffd()
+    memfd = os.memfd_create("devpool-test-region", os.MFD_CLOEXEC)
+    os.ftruncate(memfd, 4 * P)
+    mm = mmap.mmap(memfd, 4 * P, mmap.MAP_SHARED)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    sink = os.open(tmp_path / "sink", os.O_WRONLY | os.O_CREAT, 0o600)
+    got = {}
+    t = None
+    try:
+        _uffd.api(fd, FEATURES)
+        cbuf = ctypes.c_char.from_buffer(mm)
+        addr = ctypes.addressof(cbuf)
+        del cbuf
+        _uffd.register(fd, addr, 4 * P, _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
+        h = Handler(fd, memfd, theirs, {"base": addr, "npages": 4, "resident_pages": 4, "serve": "zero"})
+
+        def reader():                        # a syscall reading page 1: EFAULT once poisoned
+            try:
+                got["n"] = os.pwrite(sink, memoryview(mm)[P:P + 64], 0)
+            except OSError as exc:
+                got["errno"] = exc.errno
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        assert poller.poll(10_000), "the reader's fault never arrived"
+        # the first fault's poison, as if its wake had come before this thread queued
+        fcntl.ioctl(fd, _uffd.UFFDIO_POISON, struct.pack("QQQq", addr + P, P, 1, 0))   # mode DONTWAKE
+        h.state[1] = LOST
+        h.serve(_uffd.read_faults(fd))
+        t.join(10)
+        assert not t.is_alive(), "the second thread still waits on the poisoned page"
+        assert got == {"errno": errno.EFAULT}
+    finally:
+        os.close(fd)                         # releasing the userfaultfd wakes a stuck thread
+        if t is not None:
+            t.join(10)
+        os.close(sink)
+        mine.close()
+        theirs.close()
+        mm.close()
+        os.close(memfd)
