@@ -495,9 +495,20 @@ class Handler:
                 if exc.errno != errno.EEXIST:
                     raise
                 # cannot happen while this handler alone fills the region; if it did, the
-                # pages already there are newer than ours: wake their waiters
+                # pages already there are newer than ours. The copy stopped at the first of
+                # them: the rest of the run goes a page at a time (a wake for those there)
                 self.c["copy_eexist"] += 1
-                uffd.wake(fd, dst, (j - i) * PAGE)
+                for k in range(i, j):
+                    dst = base + (chunk[k] << SHIFT)
+                    try:
+                        if self.mode == "zero":
+                            uffd.zeropage(fd, dst, PAGE)
+                        else:
+                            uffd.copy(fd, dst, self.buf_addr + k * PAGE, PAGE)
+                    except OSError as exc1:
+                        if exc1.errno != errno.EEXIST:
+                            raise
+                        uffd.wake(fd, dst, PAGE)
             i = j
 
     # --- eviction ----------------------------------------------------------------------

@@ -8,6 +8,7 @@ guard process outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -735,6 +736,41 @@ def test_a_forked_child_does_not_keep_the_region_processes_alive():
         proc.wait(30)
 
 
+@contextlib.contextmanager
+def _handler_here(npages: int):
+    """A Handler (serve='zero') in this process over ``npages`` of a registered memfd
+    mapping of this process, to drive its fault service into states a race makes;
+    yields (handler, uffd, mmap, address). Releasing the userfaultfd at the end wakes
+    any thread still waiting on it."""
+    import ctypes
+    import mmap
+    import socket
+
+    from devpool import _uffd
+    from devpool._region import FEATURES
+    from devpool._region_handler import Handler
+    fd = _uffd.open_uffd()
+    memfd = os.memfd_create("devpool-test-region", os.MFD_CLOEXEC)
+    os.ftruncate(memfd, npages * P)
+    mm = mmap.mmap(memfd, npages * P, mmap.MAP_SHARED)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        _uffd.api(fd, FEATURES)
+        cbuf = ctypes.c_char.from_buffer(mm)
+        addr = ctypes.addressof(cbuf)
+        del cbuf
+        _uffd.register(fd, addr, npages * P, _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
+        h = Handler(fd, memfd, theirs, {"base": addr, "npages": npages, "resident_pages": npages,
+                                        "serve": "zero"})
+        yield h, fd, mm, addr
+    finally:
+        os.close(fd)
+        mine.close()
+        theirs.close()
+        mm.close()
+        os.close(memfd)
+
+
 def test_a_second_fault_on_a_poisoned_page_is_woken(tmp_path):
     """Two threads fault on a page that cannot be loaded: the first fault's poison wakes
     the waiters queued by then, but a thread that read the page table before the poison
@@ -743,56 +779,61 @@ def test_a_second_fault_on_a_poisoned_page_is_woken(tmp_path):
     that was only logged and the thread waited forever. Driven here on a Handler in this
     process, with that state made deterministically: the poison is installed without a
     wake while the thread's fault is pending."""
-    import ctypes
     import fcntl
-    import mmap
     import select
-    import socket
     import struct
 
     from devpool import _uffd
-    from devpool._region import FEATURES
-    from devpool._region_handler import LOST, Handler
-    fd = _uffd.open_uffd()
-    memfd = os.memfd_create("devpool-test-region", os.MFD_CLOEXEC)
-    os.ftruncate(memfd, 4 * P)
-    mm = mmap.mmap(memfd, 4 * P, mmap.MAP_SHARED)
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    from devpool._region_handler import LOST
     sink = os.open(tmp_path / "sink", os.O_WRONLY | os.O_CREAT, 0o600)
     got = {}
     t = None
     try:
-        _uffd.api(fd, FEATURES)
-        cbuf = ctypes.c_char.from_buffer(mm)
-        addr = ctypes.addressof(cbuf)
-        del cbuf
-        _uffd.register(fd, addr, 4 * P, _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
-        h = Handler(fd, memfd, theirs, {"base": addr, "npages": 4, "resident_pages": 4, "serve": "zero"})
+        with _handler_here(4) as (h, fd, mm, addr):
 
-        def reader():                        # a syscall reading page 1: EFAULT once poisoned
-            try:
-                got["n"] = os.pwrite(sink, memoryview(mm)[P:P + 64], 0)
-            except OSError as exc:
-                got["errno"] = exc.errno
+            def reader():                    # a syscall reading page 1: EFAULT once poisoned
+                try:
+                    got["n"] = os.pwrite(sink, memoryview(mm)[P:P + 64], 0)
+                except OSError as exc:
+                    got["errno"] = exc.errno
 
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN)
-        assert poller.poll(10_000), "the reader's fault never arrived"
-        # the first fault's poison, as if its wake had come before this thread queued
-        fcntl.ioctl(fd, _uffd.UFFDIO_POISON, struct.pack("QQQq", addr + P, P, 1, 0))   # mode DONTWAKE
-        h.state[1] = LOST
-        h.serve(_uffd.read_faults(fd))
-        t.join(10)
-        assert not t.is_alive(), "the second thread still waits on the poisoned page"
-        assert got == {"errno": errno.EFAULT}
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            assert poller.poll(10_000), "the reader's fault never arrived"
+            # the first fault's poison, as if its wake had come before this thread queued
+            fcntl.ioctl(fd, _uffd.UFFDIO_POISON, struct.pack("QQQq", addr + P, P, 1, 0))  # DONTWAKE
+            h.state[1] = LOST
+            h.serve(_uffd.read_faults(fd))
+            t.join(10)
+            assert not t.is_alive(), "the second thread still waits on the poisoned page"
+            assert got == {"errno": errno.EFAULT}
     finally:
-        os.close(fd)                         # releasing the userfaultfd wakes a stuck thread
         if t is not None:
             t.join(10)
         os.close(sink)
-        mine.close()
-        theirs.close()
-        mm.close()
-        os.close(memfd)
+
+
+def test_a_run_copied_over_a_page_already_there_fills_every_other_page():
+    """UFFDIO_COPY of a run stops at the first page already there and reports the
+    pages before it (EAGAIN with a partial count). Before: the copy restarted from the
+    run's start, met EEXIST at once, and the handler took the whole run as filled: the
+    pages after the one already there were never copied (their next fault, with the
+    page counted resident, would loop or read zeros)."""
+    import ctypes
+
+    with _handler_here(4) as (h, fd, mm, addr):
+        from devpool import _uffd
+        _uffd.zeropage(fd, addr + 2 * P, P)         # page 2 is there already
+        for k in range(4):
+            h.buf[k] = k + 1
+        h.mode = "zswap"                              # copy from buf, as a store's fill does
+        h._copy_runs([0, 1, 2, 3], [True] * 4)
+        libc = ctypes.CDLL(None, use_errno=True)
+        vec = (ctypes.c_ubyte * 4)()
+        assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(4 * P), vec) == 0
+        assert [v & 1 for v in vec] == [1, 1, 1, 1], "a page of the run was never filled"
+        a = np.frombuffer(mm, np.uint8).reshape(4, P)
+        assert [int(a[k, 0]) for k in range(4)] == [1, 2, 0, 4]
+        del a
