@@ -135,8 +135,12 @@ class _Resources:
                     self.handler_sock.settimeout(timeout)
                     send(self.handler_sock, ("close",))
                     recv(self.handler_sock)
-                except (OSError, EOFError):
-                    pass
+                except EOFError:
+                    pass                # exiting
+                except OSError:
+                    # no answer (stopped, wedged) or no socket (closed under us): the
+                    # handler serves until this process exits, so it cannot be asked
+                    self.handler.kill()
             _wait_or_kill(self.handler, 10.0)
             self.handler = None
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
@@ -151,7 +155,10 @@ class _Resources:
                 _libc.munmap(self.addr, self.length)
             self.addr = 0
         for s in self.socks:
-            s.close()
+            try:
+                s.close()
+            except OSError:     # its descriptor was closed under it (EBADF)
+                pass
         self.socks.clear()
         for fd in self.fds:
             try:
@@ -173,7 +180,10 @@ def _drop_inherited() -> None:
     release() does nothing, so it needs none of them."""
     for res in list(_LIVE):
         for s in res.socks:
-            s.close()
+            try:
+                s.close()
+            except OSError:
+                pass
         for fd in res.fds:
             try:
                 os.close(fd)
@@ -299,6 +309,7 @@ class SwapRegion:
             raise BackendUnavailableError(f"swap_region: this kernel does not allow userfaultfd ioctls "
                                           f"{lacking} on shared memory; Linux 6.6 or later is needed")
         cfg["base"] = addr
+        cfg["client_pid"] = os.getpid()
         # the handler: owns the Zswap and its pool
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         res.socks += [mine, theirs]
@@ -462,9 +473,13 @@ class SwapRegion:
                     try:
                         code = self._res.handler.wait(2.0)
                     except subprocess.TimeoutExpired:
-                        code = "still running"
-                self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
-                              f"its evicted pages are lost")
+                        code = None
+                if code is None:        # alive: the socket itself failed (closed under us)
+                    self._dead = (f"the region's control socket failed ({exc!r}); its handler process "
+                                  f"{self._res.handler.pid} still serves its pages, but takes no request")
+                else:
+                    self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status "
+                                  f"{code}); its evicted pages are lost")
                 raise DevpoolError(f"{self._dead}; close() the region") from exc
             if kind == "ok":
                 return rest[0]

@@ -160,6 +160,10 @@ class Handler:
             "fill_errors",          # pages that could not be brought back (poisoned)
             "copy_eexist",          # UFFDIO_COPY found a page already there (woken)
         ), 0)
+        # the client process, watched directly: the control socket's EOF alone does not
+        # prove it gone (its descriptor may have been closed by a stray close)
+        self.client_pidfd = os.pidfd_open(int(cfg["client_pid"])) if cfg.get("client_pid") else None
+        self.ctl_lost = False
         self.zs = self.pool = self.file = None
         if self.mode == "zswap":
             self._open_zswap(cfg)
@@ -206,6 +210,8 @@ class Handler:
         poller.register(self.uffd, select.POLLIN)
         poller.register(self.ctl.fileno(), select.POLLIN)
         ctl_fd = self.ctl.fileno()
+        if self.client_pidfd is not None:
+            poller.register(self.client_pidfd, select.POLLIN)
         last_fault = 0
         next_ctl = 0
         clock = time.monotonic_ns
@@ -229,8 +235,13 @@ class Handler:
             events = poller.poll(0 if spinning else 1000)
             next_ctl = clock() + 1_000_000
             for fd, ev in events:
-                if fd == ctl_fd and not self.control():
-                    return
+                if fd == self.client_pidfd:
+                    return                              # the client died
+                if fd == ctl_fd:
+                    if not self.control():
+                        return
+                    if self.ctl_lost:
+                        poller.unregister(ctl_fd)
 
     def control(self) -> bool:
         """Answer one request; False when the handler should stop. Every reply ends with
@@ -239,7 +250,15 @@ class Handler:
         try:
             req = recv(self.ctl)
         except (EOFError, ConnectionError):
-            return False                               # the client went away
+            if self.client_pidfd is None or _exited(self.client_pidfd):
+                return False                           # the client went away
+            # The client lives, but its end of the socket is closed (a stray close of the
+            # descriptor number). Its evicted pages live only here: serve its faults until
+            # it dies (the client pidfd), rather than exit and lose them all.
+            sys.stderr.write("devpool region handler: the region's control socket was closed under it; "
+                             "still serving its pages until the process exits\n")
+            self.ctl_lost = True
+            return True
         op, tag = req[0], req[-1]
         try:
             if op == "close":
@@ -654,6 +673,13 @@ class _PageFile:
 
     def close(self) -> None:
         os.close(self.fd)
+
+
+def _exited(pidfd: int) -> bool:
+    """Whether the process of ``pidfd`` has exited (the pidfd polls readable)."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    return bool(p.poll(0))
 
 
 def _runs(sorted_pages) -> list:

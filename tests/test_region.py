@@ -837,3 +837,44 @@ def test_a_run_copied_over_a_page_already_there_fills_every_other_page():
         a = np.frombuffer(mm, np.uint8).reshape(4, P)
         assert [int(a[k, 0]) for k in range(4)] == [1, 2, 0, 4]
         del a
+
+
+_STRAY_CLOSE_SCRIPT = textwrap.dedent("""
+    import os, time
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=16 * 4096, backend="host")
+    a = r.array
+    a[:] = 7
+    r.evict(16)
+    hpid = r.handler_pid
+    os.close(r._res.handler_sock.fileno())   # a stray close of a descriptor number
+    time.sleep(0.5)
+    print(int(a.sum()), flush=True)          # the evicted pages still come back
+    try:
+        r.stats()
+    except devpool.DevpoolError as exc:
+        print("stats:", exc, flush=True)
+    t = time.monotonic()
+    r.close()
+    print(round(time.monotonic() - t), flush=True)
+    try:
+        os.kill(hpid, 0)
+        print("handler left", flush=True)
+    except ProcessLookupError:
+        pass
+""")
+
+
+def test_a_stray_close_of_the_control_socket_loses_no_page():
+    """Closing the region's control socket descriptor (a stray os.close, a closerange)
+    cuts the region off from its handler, not from its pages. Before: the handler took
+    the socket's EOF for its client's death and exited, and every evicted page was lost
+    (the next access raised SIGBUS). Now it serves faults until its client really dies;
+    the region's calls raise, close() ends the handler at once."""
+    proc = subprocess.run([sys.executable, "-c", _STRAY_CLOSE_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    out = proc.stdout.splitlines()
+    assert out[0] == str(7 * 16 * 4096)
+    assert out[1].startswith("stats:")
+    assert int(out[2]) < 5 and "handler left" not in out
