@@ -124,8 +124,8 @@ class _Resources:
         if self.guard is not None:
             try:
                 self.guard_sock.send(b"close")
-            except OSError:
-                pass
+            except OSError:     # the socket is gone: the guard would stay until we exit
+                self.guard.kill()
             _wait_or_kill(self.guard, 5.0)
             self.guard = None
         # 2. the handler frees its pool and exits
@@ -348,7 +348,7 @@ class SwapRegion:
         guard_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_region_handler.py")
         res.guard = subprocess.Popen(
             [sys.executable, "-I", "-S", guard_file, "guard", str(fd), str(pidfd), str(gtheirs.fileno()),
-             str(addr), str(self.nbytes)],
+             str(addr), str(self.nbytes), str(os.getpid())],
             pass_fds=(fd, pidfd, gtheirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
         gtheirs.close()
         gmine.settimeout(30)

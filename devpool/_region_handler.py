@@ -675,11 +675,13 @@ class _PageFile:
         os.close(self.fd)
 
 
-def _exited(pidfd: int) -> bool:
-    """Whether the process of ``pidfd`` has exited (the pidfd polls readable)."""
+def _exited(pidfd: int, wait_ms: int = 1000) -> bool:
+    """Whether the process of ``pidfd`` exits within ``wait_ms`` (the pidfd polls
+    readable). Asked on a socket's EOF: an exiting process closes its descriptors a
+    little before its pidfd turns readable, so the answer is waited for."""
     p = select.poll()
     p.register(pidfd, select.POLLIN)
-    return bool(p.poll(0))
+    return bool(p.poll(wait_ms))
 
 
 def _runs(sorted_pages) -> list:
@@ -719,21 +721,44 @@ def handler_main(argv: list) -> int:
 # the guard
 # =========================================================================================
 def guard_main(argv: list) -> int:
-    """Wait for the handler to die (pidfd readable) or the client to go (socket closed
-    or 'close'); after a death, fail every fault of the region loudly until told to go.
+    """Wait for the handler to die (pidfd readable) or the client to go ('close', or
+    its pidfd readable); after a death, fail every fault of the region loudly until told
+    to go.
     """
-    uffd_fd, pidfd, ctl_fd, base, length = (int(x) for x in argv[:5])
+    uffd_fd, pidfd, ctl_fd, base, length, client = (int(x) for x in argv[:6])
     ctl = socket.socket(fileno=ctl_fd)
+    try:
+        client_fd = os.pidfd_open(client)
+    except ProcessLookupError:
+        return 0                             # the client is gone already
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     poller.register(ctl_fd, select.POLLIN)
+    poller.register(client_fd, select.POLLIN)
     ctl.send(b"ready")
+
+    def stand_down() -> bool:
+        """A control event: True when told 'close' or the client is gone. An EOF while
+        the client lives is a stray close of its descriptor, not a dismissal: the guard
+        stays (watching the client's pidfd from now on)."""
+        try:
+            msg = ctl.recv(16)
+        except OSError:
+            msg = b""
+        if msg or _exited(client_fd):
+            return True
+        sys.stderr.write("devpool guard: the region's guard socket was closed under it; "
+                         "guarding until the process exits\n")
+        poller.unregister(ctl_fd)
+        return False
+
     dead = False
     while not dead:
         for fd, _ in poller.poll():
-            if fd == ctl_fd:
+            if fd == client_fd or (fd == ctl_fd and stand_down()):
                 return 0                     # told to stand down, or the client is gone
-            dead = True
+            if fd == pidfd:
+                dead = True
     sys.stderr.write("devpool: the swap region's handler process died; its pool (the evicted "
                      "pages) is lost: accesses to pages not resident now raise SIGBUS "
                      "(syscalls EFAULT) and the region's calls raise DevpoolError\n")
@@ -749,7 +774,7 @@ def guard_main(argv: list) -> int:
     poller.register(uffd_fd, select.POLLIN)
     while True:
         for fd, _ in poller.poll(1000):
-            if fd == ctl_fd:
+            if fd == client_fd or (fd == ctl_fd and stand_down()):
                 return 0
         for addr, flags in uffd.read_faults(uffd_fd, MAX_MSGS):
             page = addr & ~(PAGE - 1)

@@ -493,6 +493,22 @@ def test_guard_death_is_reported(region):
         r.stats()
 
 
+def test_a_stray_close_of_the_guard_socket_keeps_the_guard(region):
+    """A stray close of the guard's socket descriptor must not dismiss the guard: it
+    stands down on 'close' or when its client dies. Before: it took the EOF for either
+    and exited, so a later handler death would hang every fault on an evicted page."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 1
+    gpid = r._res.guard.pid
+    os.close(r._res.guard_sock.fileno())
+    time.sleep(0.5)
+    assert _alive(gpid), "the guard left"
+    assert r.stats()["faults"] > 0           # the region is still whole
+    t = time.monotonic()
+    r.close()
+    assert time.monotonic() - t < 8
+
+
 _DEATH_SCRIPT = textwrap.dedent("""
     import os, sys
     import devpool
