@@ -17,6 +17,12 @@ lost pages, :class:`~devpool.DevpoolError` from every call here) instead of a ha
 zeros. No thread of this process ever serves a fault, so a numpy pass that holds the GIL
 while it faults cannot deadlock.
 
+Not supported: I/O that pins the region's pages and writes them later by DMA (an
+``O_DIRECT`` read into the region, io_uring fixed buffers, RDMA). No user-space call
+shows a pin, so eviction may drop a pinned page before the I/O lands in it: the read
+reports success and the page keeps its old bytes. Buffered I/O is served page by page
+through the faults and is correct.
+
 Costs: a fault is a round trip to another process (tens of microseconds from Python,
 see ``benchmarks/bench_region.py``) plus a Zswap load; eviction runs in batches in the
 handler, between faults. Linux only, x86_64; needs userfaultfd permission (root,
