@@ -162,7 +162,8 @@ class Handler:
         ), 0)
         # the client process, watched directly: the control socket's EOF alone does not
         # prove it gone (its descriptor may have been closed by a stray close)
-        self.client_pidfd = os.pidfd_open(int(cfg["client_pid"])) if cfg.get("client_pid") else None
+        self.client_pid = int(cfg.get("client_pid") or 0)
+        self.client_pidfd = os.pidfd_open(self.client_pid) if self.client_pid else None
         self.ctl_lost = False
         self.zs = self.pool = self.file = None
         if self.mode == "zswap":
@@ -250,7 +251,7 @@ class Handler:
         try:
             req = recv(self.ctl)
         except (EOFError, ConnectionError):
-            if self.client_pidfd is None or _exited(self.client_pidfd):
+            if self.client_pidfd is None or _client_gone(self.client_pidfd, self.client_pid, self.base):
                 return False                           # the client went away
             # The client lives, but its end of the socket is closed (a stray close of the
             # descriptor number). Its evicted pages live only here: serve its faults until
@@ -675,13 +676,21 @@ class _PageFile:
         os.close(self.fd)
 
 
-def _exited(pidfd: int, wait_ms: int = 1000) -> bool:
-    """Whether the process of ``pidfd`` exits within ``wait_ms`` (the pidfd polls
-    readable). Asked on a socket's EOF: an exiting process closes its descriptors a
-    little before its pidfd turns readable, so the answer is waited for."""
+def _client_gone(pidfd: int, pid: int, base: int) -> bool:
+    """Asked on a control socket's EOF: whether the client is gone, or only its socket.
+    Gone: its pidfd is readable, or the region is no longer mapped in it (an exiting
+    process drops its memory before it closes its descriptors, and exec() replaces the
+    memory while the pid lives on). Mapped in a live process: a stray close."""
     p = select.poll()
     p.register(pidfd, select.POLLIN)
-    return bool(p.poll(wait_ms))
+    if p.poll(0):
+        return True
+    prefix = f"{base:x}-"
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return not any(line.startswith(prefix) for line in f)
+    except OSError:
+        return True
 
 
 def _runs(sorted_pages) -> list:
@@ -745,7 +754,7 @@ def guard_main(argv: list) -> int:
             msg = ctl.recv(16)
         except OSError:
             msg = b""
-        if msg or _exited(client_fd):
+        if msg or _client_gone(client_fd, client, base):
             return True
         sys.stderr.write("devpool guard: the region's guard socket was closed under it; "
                          "guarding until the process exits\n")

@@ -894,3 +894,31 @@ def test_a_stray_close_of_the_control_socket_loses_no_page():
     assert out[0] == str(7 * 16 * 4096)
     assert out[1].startswith("stats:")
     assert int(out[2]) < 5 and "handler left" not in out
+
+
+_EXEC_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=4 * 4096, backend="host")
+    r.array[:] = 1
+    print(r.handler_pid, r._res.guard.pid, flush=True)
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(20)"])
+""")
+
+
+def test_exec_without_close_ends_the_region_processes():
+    """exec() replaces the client's memory (the region with it) and closes its sockets
+    while its pid lives on: the handler and guard must go, not wait for the new program
+    to exit (a socket's EOF with the client alive is otherwise taken for a stray close)."""
+    proc = subprocess.Popen([sys.executable, "-c", _EXEC_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        hpid, gpid = (int(x) for x in proc.stdout.readline().split())
+        deadline = time.monotonic() + 10
+        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(hpid) and not _alive(gpid), "the region's processes outlived the exec"
+        assert proc.poll() is None           # while the exec'd program still runs
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
