@@ -17,6 +17,12 @@ lost pages, :class:`~devpool.DevpoolError` from every call here) instead of a ha
 zeros. No thread of this process ever serves a fault, so a numpy pass that holds the GIL
 while it faults cannot deadlock.
 
+Not supported: I/O that pins the region's pages and writes them later by DMA (an
+``O_DIRECT`` read into the region, io_uring fixed buffers, RDMA). No user-space call
+shows a pin, so eviction may drop a pinned page before the I/O lands in it: the read
+reports success and the page keeps its old bytes. Buffered I/O is served page by page
+through the faults and is correct.
+
 Costs: a fault is a round trip to another process (tens of microseconds from Python,
 see ``benchmarks/bench_region.py``) plus a Zswap load; eviction runs in batches in the
 handler, between faults. Linux only, x86_64; needs userfaultfd permission (root,
@@ -26,8 +32,10 @@ handler, between faults. Linux only, x86_64; needs userfaultfd permission (root,
 from __future__ import annotations
 
 import ctypes
+import errno
 import mmap
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -122,8 +130,8 @@ class _Resources:
         if self.guard is not None:
             try:
                 self.guard_sock.send(b"close")
-            except OSError:
-                pass
+            except OSError:     # the socket is gone: the guard would stay until we exit
+                self.guard.kill()
             _wait_or_kill(self.guard, 5.0)
             self.guard = None
         # 2. the handler frees its pool and exits
@@ -133,8 +141,12 @@ class _Resources:
                     self.handler_sock.settimeout(timeout)
                     send(self.handler_sock, ("close",))
                     recv(self.handler_sock)
-                except (OSError, EOFError):
-                    pass
+                except EOFError:
+                    pass                # exiting
+                except OSError:
+                    # no answer (stopped, wedged) or no socket (closed under us): the
+                    # handler serves until this process exits, so it cannot be asked
+                    self.handler.kill()
             _wait_or_kill(self.handler, 10.0)
             self.handler = None
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
@@ -149,7 +161,10 @@ class _Resources:
                 _libc.munmap(self.addr, self.length)
             self.addr = 0
         for s in self.socks:
-            s.close()
+            try:
+                s.close()
+            except OSError:     # its descriptor was closed under it (EBADF)
+                pass
         self.socks.clear()
         for fd in self.fds:
             try:
@@ -157,6 +172,33 @@ class _Resources:
             except OSError:
                 pass
         self.fds.clear()
+
+
+#: every region's resources not yet released, for the fork hook below
+_LIVE: "weakref.WeakSet[_Resources]" = weakref.WeakSet()
+
+
+def _drop_inherited() -> None:
+    """In a fork()ed child: close its copies of every region's descriptors. Held by a
+    child, the control sockets would never reach EOF, so after the owner died the handler
+    and guard (and, through the memfd, the region's memory) would live on for as long as
+    any forked worker did. The child has no mapping of the region (MADV_DONTFORK) and its
+    release() does nothing, so it needs none of them."""
+    for res in list(_LIVE):
+        for s in res.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        for fd in res.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        res.socks, res.fds = [], []      # their numbers may be reused in the child
+
+
+os.register_at_fork(after_in_child=_drop_inherited)
 
 
 def _wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
@@ -209,7 +251,9 @@ class SwapRegion:
         self._lock = threading.RLock()
         self._closed = False
         self._dead: str | None = None
+        self._serial = 0                # of the last request to the handler
         self._res = res = _Resources()
+        _LIVE.add(res)
         self._finalizer = weakref.finalize(self, res.release)
         cfg = {
             "npages": nbytes // PAGE_SIZE, "resident_pages": resident_bytes // PAGE_SIZE,
@@ -227,6 +271,13 @@ class SwapRegion:
         except BaseException:
             self._finalizer()
             raise
+        # From here the resources live as long as the memory's buffer object, not as
+        # long as this object: every array handed out holds the buffer (through its
+        # base), so ``a = swap_region(...).array`` keeps its memory mapped and served
+        # while ``a`` (or a view of it) lives, and releases it when the last one goes.
+        # Tied to the region, a dropped region would unmap the memory under live arrays.
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self._cbuf, res.release)
 
     # --- construction ------------------------------------------------------------------
     def _open(self, cfg: dict, start_timeout: float) -> None:
@@ -264,6 +315,7 @@ class SwapRegion:
             raise BackendUnavailableError(f"swap_region: this kernel does not allow userfaultfd ioctls "
                                           f"{lacking} on shared memory; Linux 6.6 or later is needed")
         cfg["base"] = addr
+        cfg["client_pid"] = os.getpid()
         # the handler: owns the Zswap and its pool
         mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         res.socks += [mine, theirs]
@@ -274,7 +326,17 @@ class SwapRegion:
         theirs.close()
         res.socks.remove(theirs)
         mine.settimeout(start_timeout)
-        send(mine, cfg)
+        try:
+            send(mine, cfg)
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            # one SOCK_SEQPACKET message carries the options: a path or option of
+            # megabytes cannot be sent (nor be a real path or codec name)
+            size = len(pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
+            raise BadInputError(f"swap_region: the options are too large ({size} bytes pickled) to hand "
+                                f"to the handler process; a path, codec name or pool option is far "
+                                f"longer than any real one") from None
         try:
             kind, *info = recv(mine)
         except (OSError, EOFError) as exc:
@@ -292,7 +354,7 @@ class SwapRegion:
         guard_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_region_handler.py")
         res.guard = subprocess.Popen(
             [sys.executable, "-I", "-S", guard_file, "guard", str(fd), str(pidfd), str(gtheirs.fileno()),
-             str(addr), str(self.nbytes)],
+             str(addr), str(self.nbytes), str(os.getpid())],
             pass_fds=(fd, pidfd, gtheirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
         gtheirs.close()
         gmine.settimeout(30)
@@ -347,6 +409,9 @@ class SwapRegion:
         """
         with self._lock:
             if self._closed:
+                # an earlier close() may have been interrupted (an exception from a signal
+                # handler): release() resumes where it stopped, and does nothing when done
+                self._res.release()
                 return
             self._closed = True
             res = self._res
@@ -355,8 +420,11 @@ class SwapRegion:
             # referenced elsewhere: more than our local name and getrefcount's argument
             res.keep_reserved = ((arr is not None and sys.getrefcount(arr) > 2)
                                  or (cbuf is not None and sys.getrefcount(cbuf) > 3))
-            del arr, cbuf
+            # released here, while ``cbuf`` is held: were it dropped first, its finalizer
+            # would run from the deallocation, where an exception (a KeyboardInterrupt
+            # while waiting for the handler) is printed and lost instead of raised
             self._finalizer()
+            del arr, cbuf
 
     def __enter__(self) -> "SwapRegion":
         return self
@@ -391,18 +459,33 @@ class SwapRegion:
         with self._lock:
             self._check_usable()
             sock = self._res.handler_sock
+            # the handler ends each reply with the request's last element: a serial number.
+            # A reply to an earlier request whose caller was interrupted while waiting (an
+            # exception from a signal handler: KeyboardInterrupt, an alarm) is still in the
+            # socket; it is skipped, not taken for this one's (every later reply would be
+            # one behind)
+            self._serial += 1
+            serial = self._serial
             try:
-                send(sock, req)
-                kind, *rest = recv(sock)
+                send(sock, (*req, serial))
+                while True:
+                    kind, *rest = recv(sock)
+                    if rest and rest[-1] == serial:
+                        break
+                rest.pop()
             except (OSError, EOFError) as exc:
                 code = self._res.handler.poll()
                 if code is None:
                     try:
                         code = self._res.handler.wait(2.0)
                     except subprocess.TimeoutExpired:
-                        code = "still running"
-                self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
-                              f"its evicted pages are lost")
+                        code = None
+                if code is None:        # alive: the socket itself failed (closed under us)
+                    self._dead = (f"the region's control socket failed ({exc!r}); its handler process "
+                                  f"{self._res.handler.pid} still serves its pages, but takes no request")
+                else:
+                    self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status "
+                                  f"{code}); its evicted pages are lost")
                 raise DevpoolError(f"{self._dead}; close() the region") from exc
             if kind == "ok":
                 return rest[0]

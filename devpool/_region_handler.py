@@ -156,9 +156,15 @@ class Handler:
             "evicted_pages",        # pages pushed out to zswap (or the file)
             "eviction_rounds",      # batches of victims
             "refused_pages",        # victims zswap refused: they stay resident
+            "store_errors",         # eviction rounds whose store raised: victims stay resident
             "fill_errors",          # pages that could not be brought back (poisoned)
             "copy_eexist",          # UFFDIO_COPY found a page already there (woken)
         ), 0)
+        # the client process, watched directly: the control socket's EOF alone does not
+        # prove it gone (its descriptor may have been closed by a stray close)
+        self.client_pid = int(cfg.get("client_pid") or 0)
+        self.client_pidfd = os.pidfd_open(self.client_pid) if self.client_pid else None
+        self.ctl_lost = False
         self.zs = self.pool = self.file = None
         if self.mode == "zswap":
             self._open_zswap(cfg)
@@ -205,6 +211,8 @@ class Handler:
         poller.register(self.uffd, select.POLLIN)
         poller.register(self.ctl.fileno(), select.POLLIN)
         ctl_fd = self.ctl.fileno()
+        if self.client_pidfd is not None:
+            poller.register(self.client_pidfd, select.POLLIN)
         last_fault = 0
         next_ctl = 0
         clock = time.monotonic_ns
@@ -228,20 +236,35 @@ class Handler:
             events = poller.poll(0 if spinning else 1000)
             next_ctl = clock() + 1_000_000
             for fd, ev in events:
-                if fd == ctl_fd and not self.control():
-                    return
+                if fd == self.client_pidfd:
+                    return                              # the client died
+                if fd == ctl_fd:
+                    if not self.control():
+                        return
+                    if self.ctl_lost:
+                        poller.unregister(ctl_fd)
 
     def control(self) -> bool:
-        """Answer one request; False when the handler should stop."""
+        """Answer one request; False when the handler should stop. Every reply ends with
+        the request's last element (the client's serial number for it), so a client
+        whose wait for a reply was interrupted can tell that reply from the next one's."""
         try:
             req = recv(self.ctl)
         except (EOFError, ConnectionError):
-            return False                               # the client went away
-        op = req[0]
+            if self.client_pidfd is None or _client_gone(self.client_pidfd, self.client_pid, self.base):
+                return False                           # the client went away
+            # The client lives, but its end of the socket is closed (a stray close of the
+            # descriptor number). Its evicted pages live only here: serve its faults until
+            # it dies (the client pidfd), rather than exit and lose them all.
+            sys.stderr.write("devpool region handler: the region's control socket was closed under it; "
+                             "still serving its pages until the process exits\n")
+            self.ctl_lost = True
+            return True
+        op, tag = req[0], req[-1]
         try:
             if op == "close":
                 self.close()
-                send(self.ctl, ("ok", None))
+                send(self.ctl, ("ok", None, tag))
                 return False
             if op == "evict":
                 n, keep = req[1], 0
@@ -253,15 +276,15 @@ class Handler:
                     if got == 0:
                         break
                     out += got
-                send(self.ctl, ("ok", out))
+                send(self.ctl, ("ok", out, tag))
             elif op == "stats":
-                send(self.ctl, ("ok", self.stats()))
+                send(self.ctl, ("ok", self.stats(), tag))
             elif op == "ping":
-                send(self.ctl, ("ok", os.getpid()))
+                send(self.ctl, ("ok", os.getpid(), tag))
             else:
-                send(self.ctl, ("err", "BadInputError", f"unknown request {op!r}"))
+                send(self.ctl, ("err", "BadInputError", f"unknown request {op!r}", tag))
         except Exception as exc:                       # reported, the handler goes on
-            send(self.ctl, ("err", type(exc).__name__, str(exc)))
+            send(self.ctl, ("err", type(exc).__name__, str(exc), tag))
         return True
 
     # --- fault service -----------------------------------------------------------------
@@ -307,9 +330,19 @@ class Handler:
                 self._lat(t0)
             elif st == LOST:                    # poisoned before; if that failed, try again
                 self._poison(p)
-            else:                               # already there: another thread's fault
-                self.c["duplicate_faults"] += 1
-                uffd.wake(self.uffd, base + (p << SHIFT), PAGE)
+            else:
+                # Counted resident: normally another thread's fault on a page filled since
+                # (EEXIST: wake it). But the caller may have freed the page behind our back
+                # (madvise MADV_REMOVE): a wake alone would make it fault again forever.
+                # Zero-filling is what MADV_REMOVE promises, and EEXIST where it is there.
+                try:
+                    uffd.zeropage(self.uffd, base + (p << SHIFT), PAGE)
+                    self.c["zero_fills"] += 1
+                except OSError as exc:
+                    if exc.errno != errno.EEXIST:
+                        raise
+                    self.c["duplicate_faults"] += 1
+                    uffd.wake(self.uffd, base + (p << SHIFT), PAGE)
         if stored:
             self.fill(stored, t0)
         for p in wp:
@@ -453,7 +486,13 @@ class Handler:
             uffd.writeprotect(self.uffd, addr, PAGE, False, wake_=False)
             uffd.poison(self.uffd, addr, PAGE)
         except OSError as exc:
-            sys.stderr.write(f"devpool region handler: poisoning page {p} failed: {exc}\n")
+            if exc.errno == errno.EEXIST:
+                # already poisoned: a thread that read the page table before the first
+                # poison went in but queued after its wake is still waiting (its message
+                # came now); the poison has no wake when it fails, so wake it here
+                uffd.wake(self.uffd, addr, PAGE)
+            else:
+                sys.stderr.write(f"devpool region handler: poisoning page {p} failed: {exc}\n")
         self.state[p] = LOST
 
     def _copy_runs(self, chunk: list, ok: list) -> None:
@@ -476,9 +515,20 @@ class Handler:
                 if exc.errno != errno.EEXIST:
                     raise
                 # cannot happen while this handler alone fills the region; if it did, the
-                # pages already there are newer than ours: wake their waiters
+                # pages already there are newer than ours. The copy stopped at the first of
+                # them: the rest of the run goes a page at a time (a wake for those there)
                 self.c["copy_eexist"] += 1
-                uffd.wake(fd, dst, (j - i) * PAGE)
+                for k in range(i, j):
+                    dst = base + (chunk[k] << SHIFT)
+                    try:
+                        if self.mode == "zero":
+                            uffd.zeropage(fd, dst, PAGE)
+                        else:
+                            uffd.copy(fd, dst, self.buf_addr + k * PAGE, PAGE)
+                    except OSError as exc1:
+                        if exc1.errno != errno.EEXIST:
+                            raise
+                        uffd.wake(fd, dst, PAGE)
             i = j
 
     # --- eviction ----------------------------------------------------------------------
@@ -517,13 +567,22 @@ class Handler:
             uffd.writeprotect(fd, base + (int(victims[lo]) << SHIFT), (hi - lo) * PAGE, True)
         k = victims.size
         pages = self.buf[:k]
-        if self.mode != "zero":
-            for lo, hi in runs:
-                want = (hi - lo) * PAGE
-                got = os.preadv(self.memfd, [pages[lo:hi]], int(victims[lo]) << SHIFT)
-                if got != want:
-                    raise OSError(errno.EIO, f"short read of the region ({got} of {want} bytes)")
-        kept = self._store(victims, pages)
+        try:
+            if self.mode != "zero":
+                for lo, hi in runs:
+                    want = (hi - lo) * PAGE
+                    got = os.preadv(self.memfd, [pages[lo:hi]], int(victims[lo]) << SHIFT)
+                    if got != want:
+                        raise OSError(errno.EIO, f"short read of the region ({got} of {want} bytes)")
+            kept = self._store(victims, pages)
+        except Exception as exc:
+            # A store that fails (a full or broken swap file, a device error) keeps none of
+            # the victims: they stay resident, as refused ones do. Raised out of the loop's
+            # automatic eviction it would kill the handler and lose every evicted page.
+            sys.stderr.write(f"devpool region handler: evicting {k} page(s) failed, they stay "
+                             f"resident: {type(exc).__name__}: {exc}\n")
+            self.c["store_errors"] += 1
+            kept = np.zeros(k, np.bool_)
         gone = victims[kept]
         for lo, hi in _runs(gone):
             uffd.punch_hole(self.memfd, int(gone[lo]) << SHIFT, (hi - lo) * PAGE)
@@ -617,6 +676,23 @@ class _PageFile:
         os.close(self.fd)
 
 
+def _client_gone(pidfd: int, pid: int, base: int) -> bool:
+    """Asked on a control socket's EOF: whether the client is gone, or only its socket.
+    Gone: its pidfd is readable, or the region is no longer mapped in it (an exiting
+    process drops its memory before it closes its descriptors, and exec() replaces the
+    memory while the pid lives on). Mapped in a live process: a stray close."""
+    p = select.poll()
+    p.register(pidfd, select.POLLIN)
+    if p.poll(0):
+        return True
+    prefix = f"{base:x}-"
+    try:
+        with open(f"/proc/{pid}/maps") as f:
+            return not any(line.startswith(prefix) for line in f)
+    except OSError:
+        return True
+
+
 def _runs(sorted_pages) -> list:
     """(lo, hi) index ranges of runs of consecutive page numbers."""
     if len(sorted_pages) == 0:
@@ -654,21 +730,44 @@ def handler_main(argv: list) -> int:
 # the guard
 # =========================================================================================
 def guard_main(argv: list) -> int:
-    """Wait for the handler to die (pidfd readable) or the client to go (socket closed
-    or 'close'); after a death, fail every fault of the region loudly until told to go.
+    """Wait for the handler to die (pidfd readable) or the client to go ('close', or
+    its pidfd readable); after a death, fail every fault of the region loudly until told
+    to go.
     """
-    uffd_fd, pidfd, ctl_fd, base, length = (int(x) for x in argv[:5])
+    uffd_fd, pidfd, ctl_fd, base, length, client = (int(x) for x in argv[:6])
     ctl = socket.socket(fileno=ctl_fd)
+    try:
+        client_fd = os.pidfd_open(client)
+    except ProcessLookupError:
+        return 0                             # the client is gone already
     poller = select.poll()
     poller.register(pidfd, select.POLLIN)
     poller.register(ctl_fd, select.POLLIN)
+    poller.register(client_fd, select.POLLIN)
     ctl.send(b"ready")
+
+    def stand_down() -> bool:
+        """A control event: True when told 'close' or the client is gone. An EOF while
+        the client lives is a stray close of its descriptor, not a dismissal: the guard
+        stays (watching the client's pidfd from now on)."""
+        try:
+            msg = ctl.recv(16)
+        except OSError:
+            msg = b""
+        if msg or _client_gone(client_fd, client, base):
+            return True
+        sys.stderr.write("devpool guard: the region's guard socket was closed under it; "
+                         "guarding until the process exits\n")
+        poller.unregister(ctl_fd)
+        return False
+
     dead = False
     while not dead:
         for fd, _ in poller.poll():
-            if fd == ctl_fd:
+            if fd == client_fd or (fd == ctl_fd and stand_down()):
                 return 0                     # told to stand down, or the client is gone
-            dead = True
+            if fd == pidfd:
+                dead = True
     sys.stderr.write("devpool: the swap region's handler process died; its pool (the evicted "
                      "pages) is lost: accesses to pages not resident now raise SIGBUS "
                      "(syscalls EFAULT) and the region's calls raise DevpoolError\n")
@@ -684,7 +783,7 @@ def guard_main(argv: list) -> int:
     poller.register(uffd_fd, select.POLLIN)
     while True:
         for fd, _ in poller.poll(1000):
-            if fd == ctl_fd:
+            if fd == client_fd or (fd == ctl_fd and stand_down()):
                 return 0
         for addr, flags in uffd.read_faults(uffd_fd, MAX_MSGS):
             page = addr & ~(PAGE - 1)

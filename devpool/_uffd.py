@@ -254,12 +254,18 @@ def copy(fd: int, dst: int, src: int, length: int, mode: int = 0) -> None:
     """UFFDIO_COPY ``length`` bytes from ``src`` (this process) to ``dst`` (the
     registered process) and wake the faulting threads; EEXIST (already mapped) is raised
     for the caller to WAKE."""
+    buf = bytearray(_COPY.pack(dst, src, length, mode, 0))
     try:                                 # first try without the retry machinery: a fault's hot path
-        fcntl.ioctl(fd, UFFDIO_COPY, bytearray(_COPY.pack(dst, src, length, mode, 0)), True)
+        fcntl.ioctl(fd, UFFDIO_COPY, buf, True)
     except OSError as exc:
         if exc.errno != errno.EAGAIN:
             raise
-        _retrying(fd, UFFDIO_COPY, _COPY, [dst, src, length, mode, 0], 4, (0, 1), 2)
+        # a partial copy (the kernel stops at the first page already there, and reports
+        # the bytes before it with EAGAIN) goes on after them, not from the start: from
+        # the start it would meet EEXIST at once and never copy the rest
+        done = max(_COPY.unpack(buf)[4], 0)
+        if done < length:
+            _retrying(fd, UFFDIO_COPY, _COPY, [dst + done, src + done, length - done, mode, 0], 4, (0, 1), 2)
 
 
 def zeropage(fd: int, start: int, length: int, mode: int = 0) -> None:

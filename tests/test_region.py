@@ -8,6 +8,7 @@ guard process outlives it.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import signal
@@ -105,6 +106,26 @@ def test_bad_options():
         devpool.swap_region(16 * P, resident_bytes=P, policy="lru")
     with pytest.raises(devpool.BadInputError):
         devpool.swap_region(16 * P, resident_bytes=P, fault_around=3)
+
+
+@pytest.mark.parametrize("kw", [{"backing": "/tmp/" + "x" * (2 << 20)}, {"compressor": "y" * (600 << 10)},
+                                {"pool_options": {"z" * (3 << 20): 1}}])
+def test_oversized_options_are_bad_input(kw):
+    """Options too large for the one message that carries them to the handler: a
+    BadInputError naming the size, not a bare OSError (EMSGSIZE), and no process left."""
+    before = _children()
+    with pytest.raises(devpool.BadInputError, match="too large"):
+        devpool.swap_region(16 * P, resident_bytes=P, backend="host", **kw)
+    assert _children() <= before
+
+
+def _children() -> set:
+    """This process's live child processes (pids)."""
+    kids = set()
+    for tid in os.listdir("/proc/self/task"):
+        with open(f"/proc/self/task/{tid}/children") as f:
+            kids.update(int(x) for x in f.read().split())
+    return {pid for pid in kids if _alive(pid)}
 
 
 def test_bad_backend_raises_from_the_handler(region):
@@ -305,6 +326,37 @@ def test_stats_names(region):
     assert st["zswap"]["same_filled_pages"] == st["evicted_pages"] - st["loads_from_pool"]
 
 
+def test_a_request_interrupted_by_a_signal_does_not_shift_later_replies(region):
+    """An exception raised by a signal handler (KeyboardInterrupt, a timeout alarm) while
+    a call waits for the handler's reply leaves that reply unread. Before: the next call
+    read it as its own (stats() got evict's count, evict() a stats dict) and every
+    later call was one reply behind."""
+    r = region(32, 32, backend="host")
+    r.array[:] = 1
+
+    class Interrupted(Exception):
+        pass
+
+    def alarm(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    os.kill(r.handler_pid, signal.SIGSTOP)       # the reply cannot come before the alarm
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            r.evict(32)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.kill(r.handler_pid, signal.SIGCONT)
+    st = r.stats()                               # the interrupted evict still ran
+    assert isinstance(st, dict) and st["evicted_pages"] == 32
+    assert r.evict(0) == 0
+    assert isinstance(r.stats(), dict)
+    assert int(r.array.sum()) == 32 * P
+
+
 # --- close -----------------------------------------------------------------------------------
 def test_close_frees_everything_and_later_use_is_an_error(region):
     r = region(16, 4, backend="host")
@@ -320,11 +372,65 @@ def test_close_frees_everything_and_later_use_is_an_error(region):
         r.stats()
 
 
+def test_an_interrupted_close_is_finished_by_the_next(region):
+    """close() interrupted by a signal handler's exception while it waits for the
+    handler: calling it again finishes the job. Before: the region counted as closed
+    at once, so a second close() returned without unmapping the memory, closing the
+    descriptors or reaping the handler."""
+    r = region(16, 16, backend="host")
+    r.array[:] = 1
+
+    class Interrupted(Exception):
+        pass
+
+    def alarm(signum, frame):
+        raise Interrupted
+
+    old = signal.signal(signal.SIGALRM, alarm)
+    os.kill(r.handler_pid, signal.SIGSTOP)       # close() waits for its reply
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.3)
+        with pytest.raises(Interrupted):
+            r.close()
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, old)
+        os.kill(r.handler_pid, signal.SIGCONT)
+    assert r.closed
+    r.close()
+    res = r._res
+    assert res.addr == 0 and not res.fds and not res.socks
+    assert res.handler is None and res.guard is None
+
+
 def test_dropped_region_is_cleaned_up():
     r = devpool.swap_region(16 * P, resident_bytes=4 * P, backend="host")
     hpid, gpid = r.handler_pid, r._res.guard.pid
     del r
     import gc
+    gc.collect()
+    deadline = time.monotonic() + 10
+    while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(hpid) and not _alive(gpid)
+
+
+def test_an_array_outliving_its_dropped_region_stays_served():
+    """``a = swap_region(...).array`` drops the region at once: its memory must stay
+    mapped and served for as long as the array (or a view of it) lives, and go when the
+    last one does. Before: the region's finalizer unmapped the memory under the live
+    array, whose writes then landed in whatever was mapped there next."""
+    import gc
+    r = devpool.swap_region(16 * P, resident_bytes=4 * P, backend="host")
+    hpid, gpid = r.handler_pid, r._res.guard.pid
+    a = r.array
+    view = a[P:]
+    del r, a
+    gc.collect()
+    assert _alive(hpid) and _alive(gpid), "the region was released under a live array"
+    view[:] = 7                              # faults and evictions still served
+    assert int(view.sum()) == 7 * 15 * P
+    del view
     gc.collect()
     deadline = time.monotonic() + 10
     while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
@@ -385,6 +491,22 @@ def test_guard_death_is_reported(region):
     r._res.guard.wait(10)
     with pytest.raises(DevpoolError, match="guard process .* died"):
         r.stats()
+
+
+def test_a_stray_close_of_the_guard_socket_keeps_the_guard(region):
+    """A stray close of the guard's socket descriptor must not dismiss the guard: it
+    stands down on 'close' or when its client dies. Before: it took the EOF for either
+    and exited, so a later handler death would hang every fault on an evicted page."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 1
+    gpid = r._res.guard.pid
+    os.close(r._res.guard_sock.fileno())
+    time.sleep(0.5)
+    assert _alive(gpid), "the guard left"
+    assert r.stats()["faults"] > 0           # the region is still whole
+    t = time.monotonic()
+    r.close()
+    assert time.monotonic() - t < 8
 
 
 _DEATH_SCRIPT = textwrap.dedent("""
@@ -540,3 +662,263 @@ def test_a_page_the_store_cannot_give_back_is_poisoned_not_zeroed(tmp_path, arou
     evicted, in_file = (int(x) for x in proc.stdout.split()[:2])
     assert evicted >= 80 and in_file > 0
     assert "could not be loaded" in proc.stderr and "poisoning it" in proc.stderr
+
+
+_FAILING_STORE_SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import devpool
+    n = 32
+    with devpool.swap_region(n * 4096, resident_bytes=4 * 4096, serve="file", file="/dev/full") as r:
+        a = r.array
+        want = np.arange(a.size, dtype=np.uint64).astype(np.uint8)
+        a[:] = want                     # evictions run in the handler's loop: every write fails
+        assert r.evict(n) == 0          # and when asked
+        assert np.array_equal(a, want)
+        a[5 * 4096] += 1                # a refused page is written: tried again, fails again
+        want[5 * 4096] += 1
+        assert np.array_equal(a, want)
+        st = r.stats()
+        print(st["store_errors"], st["evicted_pages"], st["resident_pages"], flush=True)
+""")
+
+
+def test_a_failing_store_keeps_the_pages_resident_and_the_handler_alive():
+    """A store that raises (here: the swap file is /dev/full, every write ENOSPC) must
+    leave its victims resident and intact. Before: the exception left the handler's
+    loop, the handler died, and every page it had evicted was lost (SIGBUS)."""
+    proc = subprocess.run([sys.executable, "-c", _FAILING_STORE_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    errors, evicted, resident = (int(x) for x in proc.stdout.split())
+    assert errors > 0 and evicted == 0 and resident == 32
+    assert "No space left on device" in proc.stderr
+
+
+_REMOVED_PAGE_SCRIPT = textwrap.dedent("""
+    import ctypes
+    import devpool
+    libc = ctypes.CDLL(None, use_errno=True)
+    with devpool.swap_region(16 * 4096, resident_bytes=16 * 4096, backend="host") as r:
+        a = r.array
+        a[:] = 3
+        # MADV_REMOVE (9): the caller drops page 2's contents; reads must now see zeros
+        assert libc.madvise(ctypes.c_void_p(a.ctypes.data + 2 * 4096), ctypes.c_size_t(4096), 9) == 0
+        print(int(a[2 * 4096]), int(a[3 * 4096]), int(a[2 * 4096: 3 * 4096].sum()), flush=True)
+        a[2 * 4096] = 5
+        print(int(a[2 * 4096]), flush=True)
+""")
+
+
+def test_a_page_removed_by_the_caller_reads_zero_instead_of_faulting_forever():
+    """madvise(MADV_REMOVE) on the region frees a resident page behind the handler's
+    back. Before: its next access faulted MISSING on a page the handler counted as
+    resident, which it answered by waking the thread, which faulted again, forever (the
+    GIL held). Now such a fault is zero-filled, as MADV_REMOVE promises."""
+    proc = subprocess.run([sys.executable, "-c", _REMOVED_PAGE_SCRIPT], capture_output=True,
+                          text=True, timeout=60)   # before the fix: hung here
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    assert proc.stdout.split() == ["0", "3", "0", "5"]
+
+
+_FORK_SCRIPT = textwrap.dedent("""
+    import os, signal, time
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=4 * 4096, backend="host")
+    r.array[:] = 1
+    if os.fork() == 0:                  # a forked worker that outlives its parent
+        time.sleep(60)
+        os._exit(0)
+    print(r.handler_pid, r._res.guard.pid, flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+""")
+
+
+def test_a_forked_child_does_not_keep_the_region_processes_alive():
+    """The region's processes stop when its owner dies, however it dies. Before: a
+    fork()ed child inherited the owner's ends of the control sockets (and the memfd), so
+    after the owner was killed the handler and guard (and the region's memory) lived on
+    as long as any forked worker did."""
+    proc = subprocess.Popen([sys.executable, "-c", _FORK_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        hpid, gpid = (int(x) for x in proc.stdout.readline().split())
+        proc.wait(30)
+        deadline = time.monotonic() + 10
+        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(hpid) and not _alive(gpid), "the region's processes outlived their owner"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)     # the forked child, and anything left
+        proc.wait(30)
+
+
+@contextlib.contextmanager
+def _handler_here(npages: int):
+    """A Handler (serve='zero') in this process over ``npages`` of a registered memfd
+    mapping of this process, to drive its fault service into states a race makes;
+    yields (handler, uffd, mmap, address). Releasing the userfaultfd at the end wakes
+    any thread still waiting on it."""
+    import ctypes
+    import mmap
+    import socket
+
+    from devpool import _uffd
+    from devpool._region import FEATURES
+    from devpool._region_handler import Handler
+    fd = _uffd.open_uffd()
+    memfd = os.memfd_create("devpool-test-region", os.MFD_CLOEXEC)
+    os.ftruncate(memfd, npages * P)
+    mm = mmap.mmap(memfd, npages * P, mmap.MAP_SHARED)
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        _uffd.api(fd, FEATURES)
+        cbuf = ctypes.c_char.from_buffer(mm)
+        addr = ctypes.addressof(cbuf)
+        del cbuf
+        _uffd.register(fd, addr, npages * P, _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
+        h = Handler(fd, memfd, theirs, {"base": addr, "npages": npages, "resident_pages": npages,
+                                        "serve": "zero"})
+        yield h, fd, mm, addr
+    finally:
+        os.close(fd)
+        mine.close()
+        theirs.close()
+        mm.close()
+        os.close(memfd)
+
+
+def test_a_second_fault_on_a_poisoned_page_is_woken(tmp_path):
+    """Two threads fault on a page that cannot be loaded: the first fault's poison wakes
+    the waiters queued by then, but a thread that read the page table before the poison
+    went in and queued after its wake still waits, and its message reaches the handler
+    with the page LOST. Poisoning again fails with EEXIST (the page is poisoned); before,
+    that was only logged and the thread waited forever. Driven here on a Handler in this
+    process, with that state made deterministically: the poison is installed without a
+    wake while the thread's fault is pending."""
+    import fcntl
+    import select
+    import struct
+
+    from devpool import _uffd
+    from devpool._region_handler import LOST
+    sink = os.open(tmp_path / "sink", os.O_WRONLY | os.O_CREAT, 0o600)
+    got = {}
+    t = None
+    try:
+        with _handler_here(4) as (h, fd, mm, addr):
+
+            def reader():                    # a syscall reading page 1: EFAULT once poisoned
+                try:
+                    got["n"] = os.pwrite(sink, memoryview(mm)[P:P + 64], 0)
+                except OSError as exc:
+                    got["errno"] = exc.errno
+
+            t = threading.Thread(target=reader, daemon=True)
+            t.start()
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            assert poller.poll(10_000), "the reader's fault never arrived"
+            # the first fault's poison, as if its wake had come before this thread queued
+            fcntl.ioctl(fd, _uffd.UFFDIO_POISON, struct.pack("QQQq", addr + P, P, 1, 0))  # DONTWAKE
+            h.state[1] = LOST
+            h.serve(_uffd.read_faults(fd))
+            t.join(10)
+            assert not t.is_alive(), "the second thread still waits on the poisoned page"
+            assert got == {"errno": errno.EFAULT}
+    finally:
+        if t is not None:
+            t.join(10)
+        os.close(sink)
+
+
+def test_a_run_copied_over_a_page_already_there_fills_every_other_page():
+    """UFFDIO_COPY of a run stops at the first page already there and reports the
+    pages before it (EAGAIN with a partial count). Before: the copy restarted from the
+    run's start, met EEXIST at once, and the handler took the whole run as filled: the
+    pages after the one already there were never copied (their next fault, with the
+    page counted resident, would loop or read zeros)."""
+    import ctypes
+
+    with _handler_here(4) as (h, fd, mm, addr):
+        from devpool import _uffd
+        _uffd.zeropage(fd, addr + 2 * P, P)         # page 2 is there already
+        for k in range(4):
+            h.buf[k] = k + 1
+        h.mode = "zswap"                              # copy from buf, as a store's fill does
+        h._copy_runs([0, 1, 2, 3], [True] * 4)
+        libc = ctypes.CDLL(None, use_errno=True)
+        vec = (ctypes.c_ubyte * 4)()
+        assert libc.mincore(ctypes.c_void_p(addr), ctypes.c_size_t(4 * P), vec) == 0
+        assert [v & 1 for v in vec] == [1, 1, 1, 1], "a page of the run was never filled"
+        a = np.frombuffer(mm, np.uint8).reshape(4, P)
+        assert [int(a[k, 0]) for k in range(4)] == [1, 2, 0, 4]
+        del a
+
+
+_STRAY_CLOSE_SCRIPT = textwrap.dedent("""
+    import os, time
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=16 * 4096, backend="host")
+    a = r.array
+    a[:] = 7
+    r.evict(16)
+    hpid = r.handler_pid
+    os.close(r._res.handler_sock.fileno())   # a stray close of a descriptor number
+    time.sleep(0.5)
+    print(int(a.sum()), flush=True)          # the evicted pages still come back
+    try:
+        r.stats()
+    except devpool.DevpoolError as exc:
+        print("stats:", exc, flush=True)
+    t = time.monotonic()
+    r.close()
+    print(round(time.monotonic() - t), flush=True)
+    try:
+        os.kill(hpid, 0)
+        print("handler left", flush=True)
+    except ProcessLookupError:
+        pass
+""")
+
+
+def test_a_stray_close_of_the_control_socket_loses_no_page():
+    """Closing the region's control socket descriptor (a stray os.close, a closerange)
+    cuts the region off from its handler, not from its pages. Before: the handler took
+    the socket's EOF for its client's death and exited, and every evicted page was lost
+    (the next access raised SIGBUS). Now it serves faults until its client really dies;
+    the region's calls raise, close() ends the handler at once."""
+    proc = subprocess.run([sys.executable, "-c", _STRAY_CLOSE_SCRIPT], capture_output=True,
+                          text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    out = proc.stdout.splitlines()
+    assert out[0] == str(7 * 16 * 4096)
+    assert out[1].startswith("stats:")
+    assert int(out[2]) < 5 and "handler left" not in out
+
+
+_EXEC_SCRIPT = textwrap.dedent("""
+    import os, sys
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=4 * 4096, backend="host")
+    r.array[:] = 1
+    print(r.handler_pid, r._res.guard.pid, flush=True)
+    os.execv(sys.executable, [sys.executable, "-c", "import time; time.sleep(20)"])
+""")
+
+
+def test_exec_without_close_ends_the_region_processes():
+    """exec() replaces the client's memory (the region with it) and closes its sockets
+    while its pid lives on: the handler and guard must go, not wait for the new program
+    to exit (a socket's EOF with the client alive is otherwise taken for a stray close)."""
+    proc = subprocess.Popen([sys.executable, "-c", _EXEC_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        hpid, gpid = (int(x) for x in proc.stdout.readline().split())
+        deadline = time.monotonic() + 10
+        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not _alive(hpid) and not _alive(gpid), "the region's processes outlived the exec"
+        assert proc.poll() is None           # while the exec'd program still runs
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
