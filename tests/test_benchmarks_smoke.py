@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from tests.pages import make_pages
 
@@ -82,6 +83,25 @@ def test_bench_latency_smoke(tmp_path):
         v = run["single_page"][verb]
         assert v["zswap"]["p50_us"] > 0 and v["bare"]["p50_us"] > 0 and v["p50_vs_bare"]["median"] > 0
     assert "skipped" in r["zram"] or r["zram"]["load"]["p50_us"] > 0
+    parts = run["load_parts"]
+    assert parts["decode_p50_us"] > 0 and parts["pool_read_free_p50_us"] > 0
+    assert abs(parts["decode_p50_us"] + parts["pool_read_free_p50_us"] + parts["frontend_rest_us"]
+               - parts["load_p50_us"]) < 1e-6
+
+
+def _uffd_usable() -> bool:
+    from devpool import _uffd
+    try:
+        os.close(_uffd.open_uffd())
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _uffd_usable(), reason="userfaultfd unusable here (as tests/test_region.py)")
+def test_bench_uffd_ioctl_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_uffd_ioctl.py", "--pages", "64", "--passes", "1")
+    assert r["copy"]["p50_us"] > 0 and r["zeropage"]["p50_us"] > 0
 
 
 def test_bench_churn_smoke(tmp_path):
