@@ -326,14 +326,11 @@ def test_stats_names(region):
     assert st["zswap"]["same_filled_pages"] == st["evicted_pages"] - st["loads_from_pool"]
 
 
-def test_a_request_interrupted_by_a_signal_does_not_shift_later_replies(region):
-    """An exception raised by a signal handler (KeyboardInterrupt, a timeout alarm) while
-    a call waits for the handler's reply leaves that reply unread. Before: the next call
-    read it as its own (stats() got evict's count, evict() a stats dict) and every
-    later call was one reply behind."""
-    r = region(32, 32, backend="host")
-    r.array[:] = 1
-
+@contextlib.contextmanager
+def _interrupted_while_the_handler_is_stopped(r):
+    """The call in the block waits for a reply the stopped handler cannot send, and a
+    signal handler's exception (as KeyboardInterrupt would) interrupts it; the block
+    must raise that exception. The handler runs on afterwards."""
     class Interrupted(Exception):
         pass
 
@@ -345,11 +342,22 @@ def test_a_request_interrupted_by_a_signal_does_not_shift_later_replies(region):
     try:
         signal.setitimer(signal.ITIMER_REAL, 0.3)
         with pytest.raises(Interrupted):
-            r.evict(32)
+            yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, old)
         os.kill(r.handler_pid, signal.SIGCONT)
+
+
+def test_a_request_interrupted_by_a_signal_does_not_shift_later_replies(region):
+    """An exception raised by a signal handler (KeyboardInterrupt, a timeout alarm) while
+    a call waits for the handler's reply leaves that reply unread. Before: the next call
+    read it as its own (stats() got evict's count, evict() a stats dict) and every
+    later call was one reply behind."""
+    r = region(32, 32, backend="host")
+    r.array[:] = 1
+    with _interrupted_while_the_handler_is_stopped(r):
+        r.evict(32)
     st = r.stats()                               # the interrupted evict still ran
     assert isinstance(st, dict) and st["evicted_pages"] == 32
     assert r.evict(0) == 0
@@ -379,23 +387,8 @@ def test_an_interrupted_close_is_finished_by_the_next(region):
     descriptors or reaping the handler."""
     r = region(16, 16, backend="host")
     r.array[:] = 1
-
-    class Interrupted(Exception):
-        pass
-
-    def alarm(signum, frame):
-        raise Interrupted
-
-    old = signal.signal(signal.SIGALRM, alarm)
-    os.kill(r.handler_pid, signal.SIGSTOP)       # close() waits for its reply
-    try:
-        signal.setitimer(signal.ITIMER_REAL, 0.3)
-        with pytest.raises(Interrupted):
-            r.close()
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, old)
-        os.kill(r.handler_pid, signal.SIGCONT)
+    with _interrupted_while_the_handler_is_stopped(r):
+        r.close()
     assert r.closed
     r.close()
     res = r._res
