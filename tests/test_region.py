@@ -50,6 +50,14 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _gone_within(*pids: int, seconds: float = 10) -> bool:
+    """Wait (bounded) for every process in ``pids`` to exit; True when they all did."""
+    deadline = time.monotonic() + seconds
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not any(map(_alive, pids))
+
+
 def _sizes(backend: str) -> tuple[int, int]:
     """(pages, resident pages): the CUDA simulator costs milliseconds per page."""
     return (24, 6) if backend == "cuda" else (96, 12)
@@ -68,10 +76,7 @@ def region():
     yield factory
     for r, hpid, gpid in made:
         r.close()
-        deadline = time.monotonic() + 10
-        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(hpid) and not _alive(gpid), "a region process outlived close()"
+        assert _gone_within(hpid, gpid), "a region process outlived close()"
 
 
 def _page(rng) -> np.ndarray:
@@ -402,10 +407,7 @@ def test_dropped_region_is_cleaned_up():
     del r
     import gc
     gc.collect()
-    deadline = time.monotonic() + 10
-    while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(hpid) and not _alive(gpid)
+    assert _gone_within(hpid, gpid)
 
 
 def test_an_array_outliving_its_dropped_region_stays_served():
@@ -425,10 +427,7 @@ def test_an_array_outliving_its_dropped_region_stays_served():
     assert int(view.sum()) == 7 * 15 * P
     del view
     gc.collect()
-    deadline = time.monotonic() + 10
-    while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(hpid) and not _alive(gpid)
+    assert _gone_within(hpid, gpid)
 
 
 # --- handler death ---------------------------------------------------------------------------
@@ -538,10 +537,7 @@ def test_thread_blocked_in_a_fault_when_the_handler_dies_is_not_left_hanging():
     assert code == -signal.SIGBUS, (code, err)
     assert "returned" not in out
     assert "handler process died" in err
-    deadline = time.monotonic() + 10
-    while _alive(gpid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not _alive(gpid)
+    assert _gone_within(gpid)
 
 
 # --- permission ------------------------------------------------------------------------------
@@ -736,10 +732,7 @@ def test_a_forked_child_does_not_keep_the_region_processes_alive():
     try:
         hpid, gpid = (int(x) for x in proc.stdout.readline().split())
         proc.wait(30)
-        deadline = time.monotonic() + 10
-        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(hpid) and not _alive(gpid), "the region's processes outlived their owner"
+        assert _gone_within(hpid, gpid), "the region's processes outlived their owner"
     finally:
         os.killpg(proc.pid, signal.SIGKILL)     # the forked child, and anything left
         proc.wait(30)
@@ -907,10 +900,7 @@ def test_exec_without_close_ends_the_region_processes():
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         hpid, gpid = (int(x) for x in proc.stdout.readline().split())
-        deadline = time.monotonic() + 10
-        while (_alive(hpid) or _alive(gpid)) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not _alive(hpid) and not _alive(gpid), "the region's processes outlived the exec"
+        assert _gone_within(hpid, gpid), "the region's processes outlived the exec"
         assert proc.poll() is None           # while the exec'd program still runs
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
