@@ -41,6 +41,7 @@ import subprocess
 import sys
 import threading
 import weakref
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -216,6 +217,11 @@ class SwapRegion:
     region's counters with the Zswap's under ``"zswap"``; ``close()`` stops the handler,
     frees the pool and unmaps the memory. Thread-safe: any thread may touch the array
     (faults are served whoever holds the GIL) and call the methods.
+
+    Baselines for benchmarks (not for use): ``serve="zero"`` answers every fault with a
+    zero page and drops evicted bytes (the floor of a fault round trip), with
+    ``serve_delay_us`` busy-waiting that long first (a handler whose work takes that
+    long); ``serve="file"`` keeps evicted pages uncompressed in ``file``.
     """
 
     def __init__(self, nbytes: int, *, resident_bytes: int, backend: str = "auto", compressor: str = "lz4",
@@ -223,7 +229,8 @@ class SwapRegion:
                  max_pool_bytes: int | None = None, accept_threshold_percent: float = 90,
                  writeback: bool = True, policy: str = "lfu", fault_around: int = 0,
                  spin_us: float = 100, start_timeout: float = 120.0, serve: str = "zswap",
-                 file=None, file_direct: bool = False, pool_options: dict | None = None):
+                 file=None, file_direct: bool = False, serve_delay_us: float = 0,
+                 pool_options: dict | None = None):
         nbytes = check_int(nbytes, "nbytes", lo=1, hi=MAX_NBYTES)
         if nbytes % PAGE_SIZE:
             raise BadInputError(f"nbytes must be a multiple of the page size ({PAGE_SIZE}), got {nbytes}")
@@ -239,6 +246,12 @@ class SwapRegion:
             raise BadInputError(f"serve must be 'zswap', 'zero' or 'file', got {serve!r}")
         if serve == "file" and file is None:
             raise BadInputError("serve='file' needs file= (a path for the plain swap file)")
+        serve_delay_us = check_real(serve_delay_us, "serve_delay_us", lo=0, hi=1e4)
+        if serve_delay_us and serve != "zero":
+            raise BadInputError("serve_delay_us is a baseline of serve='zero' only")
+        if pool_options is not None and not isinstance(pool_options, Mapping):
+            raise BadInputError(f"pool_options must be a dict of open_pool options, got "
+                                f"{type(pool_options).__name__}")
         if backing is not None and not isinstance(backing, (str, os.PathLike)):
             raise BadInputError("backing must be a path (the handler process opens the file)")
         if capacity_bytes is None:
@@ -258,6 +271,7 @@ class SwapRegion:
         cfg = {
             "npages": nbytes // PAGE_SIZE, "resident_pages": resident_bytes // PAGE_SIZE,
             "serve": serve, "policy": policy, "fault_around": fault_around, "spin_us": spin_us,
+            "serve_delay_us": serve_delay_us,
             "backend": backend, "compressor": compressor, "capacity_bytes": capacity_bytes,
             "backing": os.fspath(backing) if backing is not None else None,
             "file": os.fspath(file) if file is not None else None, "file_direct": bool(file_direct),

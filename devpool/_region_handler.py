@@ -123,6 +123,7 @@ class Handler:
         self.policy = cfg.get("policy", "lfu")
         self.fault_around = int(cfg.get("fault_around", 0))
         self.spin_ns = int(cfg.get("spin_us", 100) * 1000)
+        self.delay_ns = int(cfg.get("serve_delay_us", 0) * 1000)     # zero mode: a handler that takes this long
         self.slack = max(1, min(self.budget // 16, 256))
         n = self.npages
         self.state = np.zeros(n, np.uint8)
@@ -506,6 +507,10 @@ class Handler:
             while j < n and ok[j] and chunk[j] == chunk[j - 1] + 1:
                 j += 1
             dst = base + (chunk[i] << SHIFT)
+            if self.delay_ns:
+                until = time.monotonic_ns() + self.delay_ns
+                while time.monotonic_ns() < until:
+                    pass
             try:
                 if self.mode == "zero":
                     uffd.zeropage(fd, dst, (j - i) * PAGE)
