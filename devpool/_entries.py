@@ -89,7 +89,11 @@ class EntryTable:
     def _new_rows(self, chunks: list[int]) -> list[int]:
         if len(self._free_rows) < len(chunks):
             self._grow(len(chunks) - len(self._free_rows))
-        rows = self._free_rows[-len(chunks):][::-1]
+        # ascending, as the chunks come (a batch's chunks are sorted): the entry indices
+        # of a run of offsets then ascend too, and set_state finds their rows in one
+        # linear pass instead of a sort (rows given back by _release would otherwise come
+        # out in reverse)
+        rows = sorted(self._free_rows[-len(chunks):])
         del self._free_rows[-len(chunks):]
         self._dir.update(zip(chunks, rows))
         self._row_chunk[rows] = chunks

@@ -53,3 +53,24 @@ def test_entry_table_matches_a_dict(ops):
         for c, row in t._dir.items():
             assert t._row_used[row] == sum(1 for o in model if o // CHUNK == c)
         assert sorted(t.offsets_of(t.present()).tolist()) == sorted(model)
+
+
+def test_reused_rows_keep_a_run_of_offsets_ascending():
+    """Rows given back and taken again come out ascending, as fresh ones do: a batch of
+    consecutive offsets then has ascending entry indices, and the table finds their rows
+    in one linear pass, not a sort (rows reused in reverse made every ``set_state`` of a
+    swap-in/swap-out cycle sort: the batch paths ran 5 - 7 % slower)."""
+    t = EntryTable()
+    run = np.arange(16 * CHUNK, dtype=np.int64)
+    for cycle in range(3):
+        idx = t.find(run, create=True)
+        assert (np.diff(idx) > 0).all(), f"cycle {cycle}: entry indices of a run not ascending"
+        t.set_state(idx, 1)
+        t.set_state(idx, ABSENT)                     # every row given back
+        assert not t._dir
+    # a partial reuse: some rows back, taken by a later run
+    idx = t.find(run, create=True)
+    t.set_state(idx, 1)
+    t.set_state(idx[: 8 * CHUNK], ABSENT)
+    again = t.find(run[: 8 * CHUNK] + (1 << 20), create=True)
+    assert (np.diff(again) > 0).all()
