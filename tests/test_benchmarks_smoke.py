@@ -115,3 +115,16 @@ def test_bench_churn_smoke(tmp_path):
 def test_bench_first_store_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_first_store.py", "--runs", "2")
     assert len(r["runs"]) == 2 and all(x["import_and_first_store_s"] > 0 for x in r["runs"])
+
+
+def test_batch_ab_smoke(tmp_path):
+    """benchmarks/batch_ab.sh: two trees installed apart, run alternately, each printing
+    its store and load figures; its temporary worktree and installs are gone after."""
+    root = BENCH.parent
+    p = subprocess.run(["bash", str(BENCH / "batch_ab.sh"), "HEAD", "1", pages_file(tmp_path, 200, 3)],
+                       env={**os.environ, "PY": sys.executable}, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert "== base (round 1)" in p.stdout and "== head (round 1)" in p.stdout
+    assert p.stdout.count("store_batch") == 2 and p.stdout.count("load_batch") == 2
+    worktrees = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "devpool-batch-ab" not in worktrees
