@@ -36,6 +36,7 @@ import errno
 import mmap
 import os
 import pickle
+import signal
 import socket
 import subprocess
 import sys
@@ -48,7 +49,7 @@ import numpy as np
 from . import _errors, _uffd
 from ._checks import check_int, check_real
 from ._errors import BackendUnavailableError, BadInputError, DevpoolError
-from ._region_handler import recv, send
+from ._region_handler import recv, send, start_guard
 
 __all__ = ["SwapRegion", "swap_region"]
 
@@ -146,8 +147,16 @@ class _Resources:
                     pass                # exiting
                 except OSError:
                     # no answer (stopped, wedged) or no socket (closed under us): the
-                    # handler serves until this process exits, so it cannot be asked
+                    # handler serves until this process exits, so it cannot be asked.
+                    # A guard it started (after ours died) would take its death for a
+                    # crash and linger: those go with it
+                    spawned = _children(self.handler.pid)
                     self.handler.kill()
+                    for pid in spawned:
+                        try:
+                            os.kill(pid, signal.SIGKILL)
+                        except ProcessLookupError:
+                            pass
             _wait_or_kill(self.handler, 10.0)
             self.handler = None
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
@@ -200,6 +209,18 @@ def _drop_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_drop_inherited)
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (from /proc; empty when it cannot be read)."""
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return kids
 
 
 def _wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
@@ -362,22 +383,14 @@ class SwapRegion:
         # the guard: turns the handler's death into loud failures
         pidfd = os.pidfd_open(res.handler.pid)
         res.fds.append(pidfd)
-        gmine, gtheirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        res.socks.append(gmine)
-        res.guard_sock = gmine
-        guard_file = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_region_handler.py")
-        res.guard = subprocess.Popen(
-            [sys.executable, "-I", "-S", guard_file, "guard", str(fd), str(pidfd), str(gtheirs.fileno()),
-             str(addr), str(self.nbytes), str(os.getpid())],
-            pass_fds=(fd, pidfd, gtheirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
-        gtheirs.close()
-        gmine.settimeout(30)
         try:
-            if gmine.recv(16) != b"ready":
-                raise OSError("no greeting")
-        except OSError as exc:
+            res.guard, res.guard_sock = start_guard(fd, pidfd, addr, self.nbytes, os.getpid())
+        except (OSError, subprocess.SubprocessError) as exc:
             raise DevpoolError(f"swap_region: the guard process did not start: {exc}") from exc
+        res.socks.append(res.guard_sock)
         mine.settimeout(None)
+        # the handler watches the guard from now on and starts another if it dies
+        self._request("guard", res.guard.pid)
         self._cbuf = (ctypes.c_uint8 * self.nbytes).from_address(addr)
         self._array = np.ctypeslib.as_array(self._cbuf)
 
@@ -462,10 +475,8 @@ class SwapRegion:
             if code is not None:
                 self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
                               f"its evicted pages are lost")
-            elif self._res.guard.poll() is not None:
-                # the region still works, but a later handler death would hang its faults
-                self._dead = (f"the region's guard process {self._res.guard.pid} died (exit status "
-                              f"{self._res.guard.returncode}): a handler death could no longer be made loud")
+            # a dead guard is the handler's to replace (it watches the guard in office);
+            # if it cannot, it answers every request with the reason
         if self._dead is not None:
             raise DevpoolError(f"{self._dead}; close() the region")
 

@@ -38,6 +38,11 @@ write protection, wakes every waiting thread (also those whose messages the dead
 had read) and from then on answers each fault with ``UFFDIO_POISON``: the access raises
 SIGBUS, as the kernel does for a swap-in that fails, and a syscall gets EFAULT. No thread
 waits forever and no page reads as zeros; the client's own calls raise DevpoolError.
+
+Guard death: the handler watches the guard in office (a pidfd) and starts another at
+once (``start_guard``, the same code the client used for the first); that one is the
+handler's child, dismissed by the handler when it closes. If none can be started, every
+request is answered with the reason.
 """
 
 from __future__ import annotations
@@ -160,12 +165,20 @@ class Handler:
             "store_errors",         # eviction rounds whose store raised: victims stay resident
             "fill_errors",          # pages that could not be brought back (poisoned)
             "copy_eexist",          # UFFDIO_COPY found a page already there (woken)
+            "guards_replaced",      # guards this handler started after the one in office died
         ), 0)
         # the client process, watched directly: the control socket's EOF alone does not
         # prove it gone (its descriptor may have been closed by a stray close)
         self.client_pid = int(cfg.get("client_pid") or 0)
         self.client_pidfd = os.pidfd_open(self.client_pid) if self.client_pid else None
         self.ctl_lost = False
+        # the guard in office: the client's (its pid comes in a "guard" request) or, after
+        # that one died, one this handler started (``own_guard``: process and socket)
+        self.guard_pid = 0
+        self.guard_pidfd = None
+        self.own_guard = None
+        self.guard_error = None     # set when a dead guard could not be replaced
+        self.poller = None
         self.zs = self.pool = self.file = None
         if self.mode == "zswap":
             self._open_zswap(cfg)
@@ -192,6 +205,10 @@ class Handler:
             raise
 
     def close(self) -> None:
+        if self.own_guard is not None:      # ours to dismiss: the client knows only its own
+            proc, sock = self.own_guard
+            self.own_guard = None
+            stop_guard(proc, sock)
         if self.zs is not None:
             self.zs.close()
             self.pool.close()
@@ -208,7 +225,7 @@ class Handler:
         descriptor for ``spin_us``, since waking a sleeping process costs far more than
         the fault itself here; then it sleeps in ``poll``.
         """
-        poller = select.poll()
+        self.poller = poller = select.poll()
         poller.register(self.uffd, select.POLLIN)
         poller.register(self.ctl.fileno(), select.POLLIN)
         ctl_fd = self.ctl.fileno()
@@ -239,6 +256,9 @@ class Handler:
             for fd, ev in events:
                 if fd == self.client_pidfd:
                     return                              # the client died
+                if fd == self.guard_pidfd:
+                    self._replace_guard()
+                    continue
                 if fd == ctl_fd:
                     if not self.control():
                         return
@@ -262,6 +282,9 @@ class Handler:
             self.ctl_lost = True
             return True
         op, tag = req[0], req[-1]
+        if self.guard_error is not None and op != "close":
+            send(self.ctl, ("err", "DevpoolError", self.guard_error, tag))
+            return True
         try:
             if op == "close":
                 self.close()
@@ -282,11 +305,61 @@ class Handler:
                 send(self.ctl, ("ok", self.stats(), tag))
             elif op == "ping":
                 send(self.ctl, ("ok", os.getpid(), tag))
+            elif op == "guard":                 # the client's guard is up: watch it
+                self._watch_guard(int(req[1]))
+                send(self.ctl, ("ok", self.guard_pid, tag))
             else:
                 send(self.ctl, ("err", "BadInputError", f"unknown request {op!r}", tag))
         except Exception as exc:                       # reported, the handler goes on
             send(self.ctl, ("err", type(exc).__name__, str(exc), tag))
         return True
+
+    # --- the guard ---------------------------------------------------------------------
+    def _watch_guard(self, pid: int) -> None:
+        """Watch the guard in office (pid ``pid``); one already gone is replaced now."""
+        self.guard_pid = pid
+        try:
+            self.guard_pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._replace_guard()
+            return
+        self.poller.register(self.guard_pidfd, select.POLLIN)
+
+    def _replace_guard(self) -> None:
+        """The guard died (killed, OOM): without one, a later death of this handler would
+        leave every fault on an evicted page waiting forever. Start another, watching
+        this process like the first. If that fails, every request is answered with the
+        reason from now on (the client raises it), as before there were replacements."""
+        if self.guard_pidfd is not None:
+            self.poller.unregister(self.guard_pidfd)
+            os.close(self.guard_pidfd)
+            self.guard_pidfd = None
+        if self.own_guard is not None:
+            proc, sock = self.own_guard
+            self.own_guard = None
+            stop_guard(proc, sock)
+        dead = self.guard_pid
+        me = os.pidfd_open(os.getpid())
+        try:
+            proc, sock = start_guard(self.uffd, me, self.base, self.npages * PAGE, self.client_pid)
+            try:
+                self.guard_pidfd = os.pidfd_open(proc.pid)
+            except BaseException:
+                stop_guard(proc, sock)
+                raise
+        except Exception as exc:
+            self.guard_error = (f"the region's guard process {dead} died and another could not be started "
+                                f"({type(exc).__name__}: {exc}): a handler death could no longer be made loud")
+            sys.stderr.write(f"devpool region handler: {self.guard_error}\n")
+            return
+        finally:
+            os.close(me)
+        self.own_guard = (proc, sock)
+        self.guard_pid = proc.pid
+        self.poller.register(self.guard_pidfd, select.POLLIN)
+        self.c["guards_replaced"] += 1
+        sys.stderr.write(f"devpool region handler: the region's guard process {dead} died; "
+                         f"guard {proc.pid} took its place\n")
 
     # --- fault service -----------------------------------------------------------------
     def serve(self, faults: list) -> None:
@@ -641,6 +714,7 @@ class Handler:
             "policy": self.policy,
             "fault_around": self.fault_around,
             "handler_pid": os.getpid(),
+            "guard_pid": self.guard_pid,
         })
         if self.zs is not None:
             zst = self.zs.stats()
@@ -734,6 +808,53 @@ def handler_main(argv: list) -> int:
 # =========================================================================================
 # the guard
 # =========================================================================================
+def start_guard(uffd_fd: int, handler_pidfd: int, base: int, length: int, client_pid: int):
+    """Start a guard over the region (this file run with ``python -I -S``: stdlib only)
+    watching the handler through ``handler_pidfd``; returns ``(process, socket)`` once
+    it said it is ready. Used by the client for the first guard and by the handler for
+    a replacement."""
+    import subprocess
+    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", os.path.abspath(__file__), "guard", str(uffd_fd), str(handler_pidfd),
+             str(theirs.fileno()), str(base), str(length), str(client_pid)],
+            pass_fds=(uffd_fd, handler_pidfd, theirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
+    except BaseException:
+        mine.close()
+        raise
+    finally:
+        theirs.close()
+    mine.settimeout(30)
+    try:
+        if mine.recv(16) != b"ready":
+            raise OSError("the guard sent no greeting")
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        mine.close()
+        raise
+    return proc, mine
+
+
+def stop_guard(proc, sock: socket.socket, timeout: float = 5.0) -> None:
+    """Dismiss a guard ('close'; killed if the socket is gone or it does not leave)."""
+    import subprocess
+    try:
+        sock.send(b"close")
+    except OSError:
+        proc.kill()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
 def guard_main(argv: list) -> int:
     """Wait for the handler to die (pidfd readable) or the client to go ('close', or
     its pidfd readable); after a death, fail every fault of the region loudly until told

@@ -481,14 +481,106 @@ def _resident(a: np.ndarray, p: int) -> bool:
     return bool(vec[0] & 1)
 
 
-def test_guard_death_is_reported(region):
-    """Without its guard a later handler death would hang faults: the region says so."""
+def _replaced_guard(r, old: int) -> int:
+    """Wait (bounded) until the handler has put a new guard in place of ``old``."""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        st = r.stats()
+        if st["guards_replaced"] and st["guard_pid"] != old:
+            return st["guard_pid"]
+        time.sleep(0.02)
+    raise AssertionError("the dead guard was not replaced")
+
+
+def test_a_dead_guard_is_replaced(region):
+    """Without a guard a later handler death would hang faults; the handler watches the
+    guard in office and starts another when it dies. The region goes on working, and
+    close() dismisses the new guard too."""
+    r = region(32, 4, backend="host")
+    r.array[:] = 1
+    old = r._res.guard.pid
+    os.kill(old, signal.SIGKILL)
+    r._res.guard.wait(10)
+    new = _replaced_guard(r, old)
+    assert _alive(new)
+    r.array[::P] = 7                                   # faults, evictions: all still served
+    assert r.evict(8) > 0 and (r.array[::P] == 7).all()
+    os.kill(new, signal.SIGKILL)                       # and the replacement's replacement
+    third = _replaced_guard(r, new)
+    assert r.stats()["guards_replaced"] == 2
+    r.close()
+    assert _gone_within(third), "the guard the handler started outlived close()"
+
+
+def test_a_guard_the_handler_started_goes_with_an_unanswering_handler(region):
+    """close() kills a handler that does not answer (stopped); a guard that handler
+    started would take that death for a crash and stay until this process exits: it is
+    killed with it."""
     r = region(16, 4, backend="host")
     r.array[:] = 1
-    os.kill(r._res.guard.pid, signal.SIGKILL)
+    old, hpid = r._res.guard.pid, r.handler_pid
+    os.kill(old, signal.SIGKILL)
     r._res.guard.wait(10)
-    with pytest.raises(DevpoolError, match="guard process .* died"):
-        r.stats()
+    new = _replaced_guard(r, old)
+    os.kill(hpid, signal.SIGSTOP)
+    r._res.release(timeout=0.5)                     # what close() does, with a short wait
+    assert _gone_within(hpid, new), "the handler or the guard it started outlived close()"
+
+
+def test_a_guard_that_cannot_be_replaced_is_reported(tmp_path, monkeypatch):
+    """If no new guard can be started, every request is answered with why (the client
+    raises DevpoolError naming the guard), except close."""
+    import select
+    import socket
+
+    from devpool import _region_handler
+    from devpool._region_handler import recv, send
+
+    def refuse(*args):
+        raise OSError(errno.EAGAIN, "fork refused")
+
+    monkeypatch.setattr(_region_handler, "start_guard", refuse)
+    with _handler_here(4) as (h, fd, mm, addr):
+        h.poller = select.poll()
+        client, h.ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            h._replace_guard()
+            assert "guard process" in h.guard_error and "fork refused" in h.guard_error
+            send(client, ("stats", 1))
+            assert h.control() is True
+            kind, name, message, tag = recv(client)
+            assert (kind, name, tag) == ("err", "DevpoolError", 1) and "could not be started" in message
+            send(client, ("close", 2))
+            assert h.control() is False and recv(client) == ("ok", None, 2)
+        finally:
+            client.close()
+            h.ctl.close()
+
+
+_DEATH_AFTER_GUARD_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, time
+    import devpool
+    r = devpool.swap_region(16 * 4096, resident_bytes=16 * 4096, backend="host")
+    a = r.array
+    a[:] = 5
+    r.evict(16)
+    old = r._res.guard.pid
+    os.kill(old, signal.SIGKILL)
+    r._res.guard.wait(10)
+    deadline = time.monotonic() + 10
+    while r.stats()["guards_replaced"] == 0 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    print(r.handler_pid, r.stats()["guard_pid"], flush=True)
+    sys.stdin.readline()
+    a.sum()                # faults while holding the GIL: the handler is stopped
+    print("returned", flush=True)
+""")
+
+
+def test_a_replaced_guard_makes_a_handler_death_loud():
+    """The guard that replaced a dead one does the first one's job: a thread blocked in
+    a fault when the handler dies gets SIGBUS, not a hang."""
+    _blocked_thread_gets_sigbus(_DEATH_AFTER_GUARD_SCRIPT)
 
 
 def test_a_stray_close_of_the_guard_socket_keeps_the_guard(region):
@@ -524,7 +616,14 @@ _DEATH_SCRIPT = textwrap.dedent("""
 def test_thread_blocked_in_a_fault_when_the_handler_dies_is_not_left_hanging():
     """The faulting thread holds the GIL, so nothing in its process can help it; the
     guard process wakes it and its access fails loudly (SIGBUS) within seconds."""
-    proc = subprocess.Popen([sys.executable, "-c", _DEATH_SCRIPT], stdin=subprocess.PIPE,
+    _blocked_thread_gets_sigbus(_DEATH_SCRIPT)
+
+
+def _blocked_thread_gets_sigbus(script: str) -> None:
+    """Run ``script`` (it prints the handler's and the guard's pids, then faults on an
+    evicted page when told); stop the handler, let the script fault, kill the handler:
+    the script must die of SIGBUS and the guard leave."""
+    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         hpid, gpid = (int(x) for x in proc.stdout.readline().split())
