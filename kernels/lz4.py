@@ -334,8 +334,10 @@ compress_pages, decompress_pages = _build(checked=False, hash5=HASH5)
 _checked = None
 _serial = None
 #: below this many pages a batch runs on the calling thread: waking numba's worker
-#: threads costs more than one page takes
-SERIAL_BELOW = 8
+#: threads costs more than a few pages take. Measured on 2 threads
+#: (benchmarks/bench_serial_threshold.py): a parallel region is 4 - 13 % slower than the
+#: calling thread for 8 - 16 pages, 6 - 14 % faster at 20, 31 - 42 % at 32
+SERIAL_BELOW = 17
 
 
 def _locked(fn):

@@ -128,3 +128,10 @@ def test_batch_ab_smoke(tmp_path):
     assert p.stdout.count("store_batch") == 2 and p.stdout.count("load_batch") == 2
     worktrees = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
     assert "devpool-batch-ab" not in worktrees
+
+
+def test_bench_serial_threshold_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_serial_threshold.py", "--pages", pages_file(tmp_path, 64, 8), "--sizes", "4,16",
+                  "--passes", "1", "--total", "32")
+    assert [row["pages"] for row in r["rows"]] == [4, 16]
+    assert all(row["compress_parallel_vs_serial"][0] > 0 and row["serial_us_per_page"][1] > 0 for row in r["rows"])
