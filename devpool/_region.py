@@ -125,10 +125,18 @@ class _Resources:
         self.keep_reserved = False
         self.owner = os.getpid()
 
+    def _ask(self, req: tuple, timeout: float) -> bool:
+        return _ask_handler(self.handler_sock, req, timeout)
+
     def release(self, timeout: float = 30.0) -> None:
         if os.getpid() != self.owner:
             return          # a fork()ed child exiting: the region is its parent's to close
-        # 1. the guard first: from here on the handler's exit is not a death
+        # 1. the handler stops watching the guard (else it would take the guard's exit
+        #    below for a death and start another) and dismisses any guard it started
+        answers = self.handler is not None and self.handler.poll() is None
+        if answers:
+            answers = self._ask(("unguard", "unguard"), timeout)
+        # 2. the guard: from here on the handler's exit is not a death
         if self.guard is not None:
             try:
                 self.guard_sock.send(b"close")
@@ -136,27 +144,22 @@ class _Resources:
                 self.guard.kill()
             _wait_or_kill(self.guard, 5.0)
             self.guard = None
-        # 2. the handler frees its pool and exits
+        # 3. the handler frees its pool and exits
         if self.handler is not None:
-            if self.handler.poll() is None:
-                try:
-                    self.handler_sock.settimeout(timeout)
-                    send(self.handler_sock, ("close",))
-                    recv(self.handler_sock)
-                except EOFError:
-                    pass                # exiting
-                except OSError:
-                    # no answer (stopped, wedged) or no socket (closed under us): the
-                    # handler serves until this process exits, so it cannot be asked.
-                    # A guard it started (after ours died) would take its death for a
-                    # crash and linger: those go with it
-                    spawned = _children(self.handler.pid)
-                    self.handler.kill()
-                    for pid in spawned:
-                        try:
-                            os.kill(pid, signal.SIGKILL)
-                        except ProcessLookupError:
-                            pass
+            if answers:
+                answers = self._ask(("close", "close"), timeout)
+            if not answers and self.handler.poll() is None:
+                # no answer (stopped, wedged) or no socket (closed under us): the
+                # handler serves until this process exits, so it cannot be asked. A
+                # guard it started (after ours died) would take its death for a crash
+                # and linger: those go with it
+                spawned = _children(self.handler.pid)
+                self.handler.kill()
+                for pid in spawned:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
             _wait_or_kill(self.handler, 10.0)
             self.handler = None
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
@@ -209,6 +212,23 @@ def _drop_inherited() -> None:
 
 
 os.register_at_fork(after_in_child=_drop_inherited)
+
+
+def _ask_handler(sock: socket.socket, req: tuple, timeout: float) -> bool:
+    """Send ``req`` and wait (bounded) for its reply, skipping replies to earlier requests
+    whose callers were interrupted; False when the handler did not answer (or its
+    socket failed). An EOF is an exiting handler: an answer of sorts (True)."""
+    try:
+        sock.settimeout(timeout)
+        send(sock, req)
+        while True:
+            reply = recv(sock)
+            if reply and reply[-1] == req[-1]:
+                return True
+    except EOFError:
+        return True
+    except OSError:
+        return False
 
 
 def _children(pid: int) -> list[int]:
@@ -357,7 +377,8 @@ class SwapRegion:
         res.handler_sock = mine
         res.handler = subprocess.Popen(
             [sys.executable, "-c", _HANDLER_MAIN, str(fd), str(memfd), str(theirs.fileno())],
-            pass_fds=(fd, memfd, theirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
+            pass_fds=(fd, memfd, theirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True,
+            process_group=0)            # out of the terminal's foreground group: Ctrl-C is ours, not its
         theirs.close()
         res.socks.remove(theirs)
         mine.settimeout(start_timeout)

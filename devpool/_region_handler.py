@@ -84,6 +84,12 @@ KEEP_RECENT = 4
 #: a batch of one (whose fixed cost is numpy bookkeeping), so a fault-around window of 8
 #: costs ~8 single loads instead of one batch at ~20 single loads' price
 ONE_BY_ONE = 16
+#: how long a replacement guard may take to say it is ready (faults wait meanwhile), and
+#: how soon a failed replacement is tried again
+GUARD_START_S = 5.0
+GUARD_RETRY_S = 1.0
+#: the region memory's memfd name (in /proc/PID/maps: "/memfd:devpool-region (deleted)")
+MEMFD_NAME = "devpool-region"
 #: fault service latencies kept for the p50/p99 (a ring)
 LAT_RING = 1 << 16
 
@@ -177,7 +183,9 @@ class Handler:
         self.guard_pid = 0
         self.guard_pidfd = None
         self.own_guard = None
-        self.guard_error = None     # set when a dead guard could not be replaced
+        self.guard_error = None     # set while a dead guard could not be replaced
+        self.guard_retry_at = 0.0
+        self.guarding = True        # False once the client said it is closing ("unguard")
         self.poller = None
         self.zs = self.pool = self.file = None
         if self.mode == "zswap":
@@ -264,6 +272,8 @@ class Handler:
                         return
                     if self.ctl_lost:
                         poller.unregister(ctl_fd)
+            if self.guard_error is not None and time.monotonic() >= self.guard_retry_at:
+                self._replace_guard()               # the last try failed: again
 
     def control(self) -> bool:
         """Answer one request; False when the handler should stop. Every reply ends with
@@ -282,7 +292,7 @@ class Handler:
             self.ctl_lost = True
             return True
         op, tag = req[0], req[-1]
-        if self.guard_error is not None and op != "close":
+        if self.guard_error is not None and op not in ("close", "unguard"):
             send(self.ctl, ("err", "DevpoolError", self.guard_error, tag))
             return True
         try:
@@ -308,6 +318,9 @@ class Handler:
             elif op == "guard":                 # the client's guard is up: watch it
                 self._watch_guard(int(req[1]))
                 send(self.ctl, ("ok", self.guard_pid, tag))
+            elif op == "unguard":               # the client is closing: its guard's exit is no death
+                self._unguard()
+                send(self.ctl, ("ok", None, tag))
             else:
                 send(self.ctl, ("err", "BadInputError", f"unknown request {op!r}", tag))
         except Exception as exc:                       # reported, the handler goes on
@@ -325,11 +338,27 @@ class Handler:
             return
         self.poller.register(self.guard_pidfd, select.POLLIN)
 
+    def _unguard(self) -> None:
+        """Stop watching the guard and dismiss one this handler started: the client is
+        closing the region (it dismisses its own guard next, then asks us to close)."""
+        self.guarding = False
+        self.guard_error = None
+        if self.guard_pidfd is not None:
+            self.poller.unregister(self.guard_pidfd)
+            os.close(self.guard_pidfd)
+            self.guard_pidfd = None
+        if self.own_guard is not None:
+            proc, sock = self.own_guard
+            self.own_guard = None
+            stop_guard(proc, sock)
+
     def _replace_guard(self) -> None:
         """The guard died (killed, OOM): without one, a later death of this handler would
         leave every fault on an evicted page waiting forever. Start another, watching
         this process like the first. If that fails, every request is answered with the
-        reason from now on (the client raises it), as before there were replacements."""
+        reason until one is up (tried again every GUARD_RETRY_S)."""
+        if not self.guarding:
+            return
         if self.guard_pidfd is not None:
             self.poller.unregister(self.guard_pidfd)
             os.close(self.guard_pidfd)
@@ -339,21 +368,29 @@ class Handler:
             self.own_guard = None
             stop_guard(proc, sock)
         dead = self.guard_pid
-        me = os.pidfd_open(os.getpid())
+        me = None
         try:
-            proc, sock = start_guard(self.uffd, me, self.base, self.npages * PAGE, self.client_pid)
+            me = os.pidfd_open(os.getpid())
+            # a short wait for its greeting: faults wait meanwhile
+            proc, sock = start_guard(self.uffd, me, self.base, self.npages * PAGE, self.client_pid,
+                                     timeout=GUARD_START_S)
             try:
                 self.guard_pidfd = os.pidfd_open(proc.pid)
             except BaseException:
                 stop_guard(proc, sock)
                 raise
         except Exception as exc:
+            # tried again every GUARD_RETRY_S (the loop), until one is up; meanwhile
+            # every request is answered with this
             self.guard_error = (f"the region's guard process {dead} died and another could not be started "
                                 f"({type(exc).__name__}: {exc}): a handler death could no longer be made loud")
-            sys.stderr.write(f"devpool region handler: {self.guard_error}\n")
+            self.guard_retry_at = time.monotonic() + GUARD_RETRY_S
+            sys.stderr.write(f"devpool region handler: {self.guard_error}; trying again\n")
             return
         finally:
-            os.close(me)
+            if me is not None:
+                os.close(me)
+        self.guard_error = None
         self.own_guard = (proc, sock)
         self.guard_pid = proc.pid
         self.poller.register(self.guard_pidfd, select.POLLIN)
@@ -487,7 +524,7 @@ class Handler:
         try:
             t = time.monotonic_ns()
             self.zs.load(p, out=self.page)
-            self._note_load(time.monotonic_ns() - t)
+            t_load = time.monotonic_ns() - t
         except Exception:
             return False
         dst = self.base + (p << SHIFT)
@@ -498,6 +535,8 @@ class Handler:
                 raise
             self.c["copy_eexist"] += 1
             uffd.wake(self.uffd, dst, PAGE)
+        # the faulting thread runs again from here: bookkeeping only after the copy
+        self._note_load(t_load)
         self._came_in(p, 1)
         self.c["faults"] += 1
         self.c["fills_from_store"] += 1
@@ -764,12 +803,19 @@ def _client_gone(pidfd: int, pid: int, base: int) -> bool:
     p.register(pidfd, select.POLLIN)
     if p.poll(0):
         return True
+    return not region_mapped(pid, base)
+
+
+def region_mapped(pid: int, base: int) -> bool:
+    """Whether process ``pid`` still maps the region's memory at ``base``: the memfd
+    itself, not whatever took the address afterwards (close() may leave the range
+    reserved without access, so that a stale array faults)."""
     prefix = f"{base:x}-"
     try:
         with open(f"/proc/{pid}/maps") as f:
-            return not any(line.startswith(prefix) for line in f)
+            return any(line.startswith(prefix) and MEMFD_NAME in line for line in f)
     except OSError:
-        return True
+        return False
 
 
 def _runs(sorted_pages) -> list:
@@ -782,6 +828,8 @@ def _runs(sorted_pages) -> list:
 
 
 def handler_main(argv: list) -> int:
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # a terminal's Ctrl-C is the client's
     uffd_fd, memfd, ctl_fd = (int(x) for x in argv[:3])
     ctl = socket.socket(fileno=ctl_fd)
     try:
@@ -808,7 +856,8 @@ def handler_main(argv: list) -> int:
 # =========================================================================================
 # the guard
 # =========================================================================================
-def start_guard(uffd_fd: int, handler_pidfd: int, base: int, length: int, client_pid: int):
+def start_guard(uffd_fd: int, handler_pidfd: int, base: int, length: int, client_pid: int,
+                timeout: float = 30.0):
     """Start a guard over the region (this file run with ``python -I -S``: stdlib only)
     watching the handler through ``handler_pidfd``; returns ``(process, socket)`` once
     it said it is ready. Used by the client for the first guard and by the handler for
@@ -819,13 +868,14 @@ def start_guard(uffd_fd: int, handler_pidfd: int, base: int, length: int, client
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", os.path.abspath(__file__), "guard", str(uffd_fd), str(handler_pidfd),
              str(theirs.fileno()), str(base), str(length), str(client_pid)],
-            pass_fds=(uffd_fd, handler_pidfd, theirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True)
+            pass_fds=(uffd_fd, handler_pidfd, theirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True,
+            process_group=0)            # out of the terminal's foreground group: Ctrl-C is not ours
     except BaseException:
         mine.close()
         raise
     finally:
         theirs.close()
-    mine.settimeout(30)
+    mine.settimeout(timeout)
     try:
         if mine.recv(16) != b"ready":
             raise OSError("the guard sent no greeting")
@@ -860,6 +910,8 @@ def guard_main(argv: list) -> int:
     its pidfd readable); after a death, fail every fault of the region loudly until told
     to go.
     """
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)       # a terminal's Ctrl-C is the client's
     uffd_fd, pidfd, ctl_fd, base, length, client = (int(x) for x in argv[:6])
     ctl = socket.socket(fileno=ctl_fd)
     try:
@@ -870,7 +922,12 @@ def guard_main(argv: list) -> int:
     poller.register(pidfd, select.POLLIN)
     poller.register(ctl_fd, select.POLLIN)
     poller.register(client_fd, select.POLLIN)
-    ctl.send(b"ready")
+    try:
+        ctl.send(b"ready")
+    except OSError:
+        # whoever started us is gone already (a handler killed while it replaced a
+        # guard): not a dismissal; the handler's pidfd tells whether to take over
+        pass
 
     def stand_down() -> bool:
         """A control event: True when told 'close' or the client is gone. An EOF while
@@ -908,7 +965,10 @@ def guard_main(argv: list) -> int:
     poller.unregister(pidfd)
     poller.register(uffd_fd, select.POLLIN)
     while True:
-        for fd, _ in poller.poll(1000):
+        events = poller.poll(1000)
+        if not events and not region_mapped(client, base):
+            return 0                         # the client closed the region: nothing to guard
+        for fd, _ in events:
             if fd == client_fd or (fd == ctl_fd and stand_down()):
                 return 0
         for addr, flags in uffd.read_faults(uffd_fd, MAX_MSGS):

@@ -527,19 +527,27 @@ def test_a_guard_the_handler_started_goes_with_an_unanswering_handler(region):
     assert _gone_within(hpid, new), "the handler or the guard it started outlived close()"
 
 
-def test_a_guard_that_cannot_be_replaced_is_reported(tmp_path, monkeypatch):
+def test_a_guard_that_cannot_be_replaced_is_reported_and_tried_again(monkeypatch):
     """If no new guard can be started, every request is answered with why (the client
-    raises DevpoolError naming the guard), except close."""
+    raises DevpoolError naming the guard), except close; and it is tried again (the
+    loop does so every GUARD_RETRY_S) until one is up, which clears the error."""
     import select
     import socket
 
     from devpool import _region_handler
     from devpool._region_handler import recv, send
+    started = []
 
-    def refuse(*args):
-        raise OSError(errno.EAGAIN, "fork refused")
+    def flaky(*args, timeout=30.0):
+        if not started:
+            started.append(None)
+            raise OSError(errno.EAGAIN, "fork refused")
+        proc = subprocess.Popen(["sleep", "60"])          # stands in for a guard process
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        started.append((proc, theirs))
+        return proc, mine
 
-    monkeypatch.setattr(_region_handler, "start_guard", refuse)
+    monkeypatch.setattr(_region_handler, "start_guard", flaky)
     with _handler_here(4) as (h, fd, mm, addr):
         h.poller = select.poll()
         client, h.ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -550,11 +558,168 @@ def test_a_guard_that_cannot_be_replaced_is_reported(tmp_path, monkeypatch):
             assert h.control() is True
             kind, name, message, tag = recv(client)
             assert (kind, name, tag) == ("err", "DevpoolError", 1) and "could not be started" in message
-            send(client, ("close", 2))
-            assert h.control() is False and recv(client) == ("ok", None, 2)
+            assert h.guard_retry_at > time.monotonic() - 1
+            h._replace_guard()                        # the retry, as the loop makes it
+            assert h.guard_error is None and h.c["guards_replaced"] == 1
+            proc = started[1][0]
+            assert h.guard_pid == proc.pid
+            send(client, ("stats", 2))
+            h.control()
+            assert recv(client)[0] == "ok"
+            send(client, ("close", 3))
+            assert h.control() is False and recv(client) == ("ok", None, 3)
+            assert proc.wait(10) is not None          # close dismissed the guard it started
         finally:
+            for item in started[1:]:
+                item[0].kill()
+                item[0].wait()
+                item[1].close()
             client.close()
             h.ctl.close()
+
+
+def test_a_guard_whose_starter_is_gone_still_guards_and_leaves_with_the_region(tmp_path):
+    """A handler killed while it started a replacement guard: the new guard's greeting
+    finds no one (EPIPE). Before, that ended the guard, and with it the last guard: a
+    fault then hung for good. Now it watches the handler's pidfd regardless, makes the
+    fault fail loudly (EFAULT for a syscall), and leaves once the region is unmapped."""
+    import ctypes
+    import mmap
+    import select
+    import socket
+
+    from devpool import _region_handler, _uffd
+    from devpool._region import FEATURES
+    n = 4
+    fd = _uffd.open_uffd()
+    memfd = os.memfd_create(_region_handler.MEMFD_NAME, os.MFD_CLOEXEC)
+    os.ftruncate(memfd, n * P)
+    mm = mmap.mmap(memfd, n * P, mmap.MAP_SHARED)
+    sink = os.open(tmp_path / "sink", os.O_WRONLY | os.O_CREAT, 0o600)
+    dead = subprocess.Popen(["true"])                  # stands in for the killed handler
+    dead_fd = os.pidfd_open(dead.pid)
+    dead.wait()
+    guard = t = None
+    got = {}
+    try:
+        _uffd.api(fd, FEATURES)
+        cbuf = ctypes.c_char.from_buffer(mm)
+        addr = ctypes.addressof(cbuf)
+        del cbuf
+        _uffd.register(fd, addr, n * P, _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        guard = subprocess.Popen([sys.executable, "-I", "-S", _region_handler.__file__, "guard", str(fd),
+                                  str(dead_fd), str(theirs.fileno()), str(addr), str(n * P), str(os.getpid())],
+                                 pass_fds=(fd, dead_fd, theirs.fileno()), stderr=subprocess.PIPE)
+        theirs.close()
+        mine.close()                                   # gone before the guard could greet it
+
+        def reader():
+            try:
+                got["n"] = os.pwrite(sink, memoryview(mm)[P:P + 64], 0)
+            except OSError as exc:
+                got["errno"] = exc.errno
+
+        t = threading.Thread(target=reader, daemon=True)
+        t.start()
+        t.join(20)
+        assert not t.is_alive(), "the fault hung: no guard took over"
+        assert got == {"errno": errno.EFAULT}
+        assert guard.poll() is None                    # still guarding while the region is mapped
+        mm.close()                                     # the region goes...
+        assert guard.wait(10) == 0                     # ...and so does its guard
+    finally:
+        if t is not None:
+            t.join(10)
+        if guard is not None and guard.poll() is None:
+            guard.kill()
+            guard.wait()
+        if not mm.closed:
+            mm.close()
+        for x in (fd, memfd, sink, dead_fd):
+            os.close(x)
+
+
+def test_a_guard_the_handler_started_leaves_after_the_handler_died_and_the_region_closed(region):
+    """The handler died after replacing a dead guard: its guard (reparented, doing its
+    job) must not stay until this process exits once the region is closed."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 1
+    old = r._res.guard.pid
+    os.kill(old, signal.SIGKILL)
+    r._res.guard.wait(10)
+    new = _replaced_guard(r, old)
+    os.kill(r.handler_pid, signal.SIGKILL)
+    r._res.handler.wait(10)
+    r.close()
+    assert _gone_within(new), "the guard outlived the closed region"
+
+
+def test_close_starts_no_guard(region, capfd):
+    """close() dismisses the guard; the handler must not take that for a death and start
+    another (which it did: a process and a false message on every close)."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 1
+    hpid = r.handler_pid
+    r.close()
+    assert _gone_within(hpid)
+    assert "took its place" not in capfd.readouterr().err
+
+
+_CTRL_C_SCRIPT = textwrap.dedent("""
+    import os, signal, sys, time
+    import numpy as np
+    import devpool
+    r = devpool.swap_region(32 * 4096, resident_bytes=4 * 4096, backend="host")
+    a = r.array
+    a[:] = np.arange(a.size, dtype=np.uint64).astype(np.uint8)
+    want = int(a.sum(dtype=np.int64))
+    r.evict()
+    print("ready", flush=True)
+    try:
+        time.sleep(30)
+    except KeyboardInterrupt:
+        print("interrupted", flush=True)
+    print(int(a.sum(dtype=np.int64)) == want, r.stats()["evicted_pages"] > 0, flush=True)
+    r.close()
+""")
+
+
+def test_ctrl_c_in_the_client_spares_the_handler_and_guard():
+    """A terminal's Ctrl-C goes to the whole foreground process group. The handler and
+    guard were in the client's: one Ctrl-C, caught by the client as any REPL does,
+    killed both, lost every evicted page and hung the next access. They are in groups
+    of their own now."""
+    proc = subprocess.Popen([sys.executable, "-c", _CTRL_C_SCRIPT], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        os.killpg(proc.pid, signal.SIGINT)             # what the terminal does
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert out.split() == ["interrupted", "True", "True"], (out, err)
+
+
+def test_a_replacement_that_cannot_get_a_descriptor_is_reported(monkeypatch):
+    """Out of descriptors (EMFILE) while replacing a guard: reported and tried again,
+    never an exception out of the handler's loop (which would kill it and lose every
+    evicted page)."""
+    import select
+
+    with _handler_here(4) as (h, fd, mm, addr):
+        h.poller = select.poll()
+
+        def no_fds(pid):
+            raise OSError(errno.EMFILE, "Too many open files")
+
+        monkeypatch.setattr(os, "pidfd_open", no_fds)
+        h._replace_guard()
+        monkeypatch.undo()
+        assert "Too many open files" in h.guard_error
 
 
 _DEATH_AFTER_GUARD_SCRIPT = textwrap.dedent("""
