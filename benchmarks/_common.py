@@ -7,8 +7,11 @@ per-pass ratios (``devpool._measure.Passes`` says why the median, not best-of-N)
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import fcntl
 import json
+import os
 import platform
 import sys
 from pathlib import Path
@@ -59,3 +62,30 @@ def header(name: str, **extra) -> dict:
 def save(result: dict, path: str | None) -> None:
     if path:
         Path(path).write_text(json.dumps(result, indent=2, default=float))
+
+
+@contextlib.contextmanager
+def machine_lock(path: str):
+    """Hold the advisory lock file ``path`` (benchmarks that change machine state take
+    one each, so two runs never change it at once). Yields the open descriptor, or a
+    string saying why the lock is not held (another run holds it; the path is a link
+    or belongs to someone else). Opened without following a link and without
+    truncating: run as root in a shared /tmp, a planted symlink must not make us
+    write through it."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        yield f"lock file {path} cannot be opened safely ({exc.strerror}): a link or another user's file?"
+        return
+    try:
+        if os.fstat(fd).st_uid != os.geteuid():
+            yield f"lock file {path} belongs to another user"
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield f"another benchmark holds {path}"
+            return
+        yield fd
+    finally:
+        os.close(fd)

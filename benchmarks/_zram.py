@@ -12,11 +12,12 @@ Never used as swap. A lock file keeps two benchmarks of this project off it at o
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import mmap
 import os
 
 import numpy as np
+
+from _common import machine_lock
 
 ZRAM = "/sys/block/zram0"
 DEV = "/dev/zram0"
@@ -70,12 +71,9 @@ def why_not() -> str | None:
 @contextlib.contextmanager
 def zram_device(nbytes: int):
     """Yield a :class:`Zram` of ``nbytes`` (lz4), or None with the reason as ``.why``."""
-    lock = open(LOCK, "w")
-    try:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            yield _Skipped("another benchmark holds the zram lock")
+    with machine_lock(LOCK) as held:
+        if isinstance(held, str):
+            yield _Skipped(held)
             return
         why = why_not()
         if why:
@@ -94,8 +92,6 @@ def zram_device(nbytes: int):
                 os.close(fd)
             with open(f"{ZRAM}/reset", "w") as f:   # always: leave the device as found
                 f.write("1")
-    finally:
-        lock.close()
 
 
 class _Skipped:

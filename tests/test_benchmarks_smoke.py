@@ -135,3 +135,92 @@ def test_bench_serial_threshold_smoke(tmp_path):
                   "--passes", "1", "--total", "32")
     assert [row["pages"] for row in r["rows"]] == [4, 16]
     assert all(row["compress_parallel_vs_serial"][0] > 0 and row["serial_us_per_page"][1] > 0 for row in r["rows"])
+
+
+@pytest.fixture
+def haltpoll(tmp_path, monkeypatch):
+    """benchmarks/_haltpoll.py on a stand-in parameter file (never the real sysfs one)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _haltpoll
+    finally:
+        sys.path.pop(0)
+    param = tmp_path / "guest_halt_poll_ns"
+    param.write_text("0\n")
+    monkeypatch.setattr(_haltpoll, "PARAM", str(param))
+    monkeypatch.setattr(_haltpoll, "LOCK", str(tmp_path / "lock"))
+    return _haltpoll
+
+
+def test_guest_halt_poll_is_set_for_the_block_and_restored(haltpoll):
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert hp.why is None and hp.ns == 200_000 and haltpoll.read() == 200_000
+    assert haltpoll.read() == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with haltpoll.guest_halt_poll(50_000):
+            assert haltpoll.read() == 50_000
+            raise RuntimeError("boom")
+    assert haltpoll.read() == 0
+    with haltpoll.guest_halt_poll(None) as hp:             # the machine as found
+        assert hp.why is None and hp.ns == 0
+    for bad in (-1, 1 << 32, 1.5, True, "200"):
+        with pytest.raises(ValueError, match="guest_halt_poll_ns"):
+            with haltpoll.guest_halt_poll(bad):
+                pass
+    assert haltpoll.read() == 0
+
+
+def test_guest_halt_poll_repairs_what_a_dead_run_left(haltpoll, capsys):
+    """A run killed inside its block leaves the value it found in the lock file; the next
+    run puts it back before reading the value (which would otherwise be taken as found)."""
+    from pathlib import Path
+    Path(haltpoll.PARAM).write_text("200000\n")           # changed, and the run died
+    Path(haltpoll.LOCK).write_text("0")
+    with haltpoll.guest_halt_poll(100_000) as hp:
+        assert hp.why is None and haltpoll.read() == 100_000
+    assert haltpoll.read() == 0 and Path(haltpoll.LOCK).read_text() == ""
+    assert "left changed by a run that died" in capsys.readouterr().err
+
+
+def test_guest_halt_poll_refuses_a_planted_lock_link_and_odd_values(haltpoll, tmp_path):
+    from pathlib import Path
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, haltpoll.LOCK)
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert "cannot be opened safely" in hp.why
+    assert victim.read_text() == "precious\n" and haltpoll.read() == 0
+    os.unlink(haltpoll.LOCK)
+    Path(haltpoll.PARAM).write_text("garbage\n")
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert "not a number" in hp.why
+    os.unlink(haltpoll.PARAM)
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert "does not exist" in hp.why
+
+
+def test_guest_halt_poll_restore_failure_is_loud(haltpoll, monkeypatch, capsys):
+    """A restore that fails names the value to put back; it never hides the block's own
+    error, and the next run repairs it (the value stays recorded)."""
+    real = haltpoll._write
+
+    def broken(ns):
+        raise OSError(5, "I/O error")
+
+    with pytest.raises(RuntimeError, match="could not put .* back to 0"):
+        with haltpoll.guest_halt_poll(200_000):
+            monkeypatch.setattr(haltpoll, "_write", broken)
+    monkeypatch.setattr(haltpoll, "_write", real)
+    assert haltpoll.read() == 200_000
+    with haltpoll.guest_halt_poll(300_000):                  # repairs first, then sets
+        assert haltpoll.read() == 300_000
+    assert haltpoll.read() == 0
+    with pytest.raises(KeyError):
+        with haltpoll.guest_halt_poll(200_000):
+            monkeypatch.setattr(haltpoll, "_write", broken)
+            raise KeyError("the block's own")
+    assert "could not put" in capsys.readouterr().err
+    monkeypatch.setattr(haltpoll, "_write", real)
+    with haltpoll.guest_halt_poll(100_000):
+        pass
+    assert haltpoll.read() == 0

@@ -889,38 +889,6 @@ def test_bench_region_smoke(tmp_path):
     assert all(row["faults"] > 0 for row in res["delay_sweep"])
 
 
-def test_guest_halt_poll_is_restored(tmp_path, monkeypatch):
-    """bench_region's idle setting: set for the block, the value found put back after,
-    also when the block raises; nothing written where it is already as asked."""
-    from pathlib import Path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    try:
-        import _haltpoll
-    finally:
-        sys.path.pop(0)
-    param = tmp_path / "guest_halt_poll_ns"
-    param.write_text("0\n")
-    monkeypatch.setattr(_haltpoll, "PARAM", str(param))
-    monkeypatch.setattr(_haltpoll, "LOCK", str(tmp_path / "lock"))
-    monkeypatch.setattr(os, "geteuid", lambda: 0)
-    with _haltpoll.guest_halt_poll(200_000) as hp:
-        assert hp.why is None and hp.ns == 200_000 and _haltpoll.read() == 200_000
-    assert _haltpoll.read() == 0
-    with pytest.raises(RuntimeError):
-        with _haltpoll.guest_halt_poll(50_000):
-            assert _haltpoll.read() == 50_000
-            raise RuntimeError("boom")
-    assert _haltpoll.read() == 0
-    with _haltpoll.guest_halt_poll(None) as hp:             # the machine as found
-        assert hp.why is None and hp.ns == 0
-    monkeypatch.setattr(os, "geteuid", lambda: 1000)
-    with _haltpoll.guest_halt_poll(200_000) as hp:
-        assert hp.why == "not root" and _haltpoll.read() == 0
-    param.unlink()
-    with _haltpoll.guest_halt_poll(200_000) as hp:
-        assert "does not exist" in hp.why
-
-
 _LOST_PAGE_SCRIPT = textwrap.dedent("""
     import os, sys
     import numpy as np
