@@ -293,6 +293,15 @@ class SwapRegion:
         if pool_options is not None and not isinstance(pool_options, Mapping):
             raise BadInputError(f"pool_options must be a dict of open_pool options, got "
                                 f"{type(pool_options).__name__}")
+        try:
+            pool_options = dict(pool_options or {})
+        except Exception as exc:
+            raise BadInputError(f"pool_options cannot be read as a dict: {exc!r}") from None
+        for key in pool_options:
+            if not isinstance(key, str):
+                raise BadInputError(f"pool_options keys must be option names (str), got {key!r}")
+            if key == "capacity_bytes":
+                raise BadInputError("pool_options may not set capacity_bytes: it is swap_region's own argument")
         if backing is not None and not isinstance(backing, (str, os.PathLike)):
             raise BadInputError("backing must be a path (the handler process opens the file)")
         if capacity_bytes is None:
@@ -316,7 +325,7 @@ class SwapRegion:
             "backend": backend, "compressor": compressor, "capacity_bytes": capacity_bytes,
             "backing": os.fspath(backing) if backing is not None else None,
             "file": os.fspath(file) if file is not None else None, "file_direct": bool(file_direct),
-            "pool_options": dict(pool_options or {}),
+            "pool_options": pool_options,
             "zswap_options": {"max_pool_percent": max_pool_percent, "max_pool_bytes": max_pool_bytes,
                               "accept_threshold_percent": accept_threshold_percent,
                               "writeback": writeback},
@@ -384,6 +393,10 @@ class SwapRegion:
         mine.settimeout(start_timeout)
         try:
             send(mine, cfg)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            # the options travel pickled: a lambda, a lock, an open file cannot
+            raise BadInputError(f"swap_region: an option cannot be handed to the handler process "
+                                f"(it must be picklable): {exc}") from None
         except OSError as exc:
             if exc.errno != errno.EMSGSIZE:
                 raise

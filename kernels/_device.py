@@ -206,8 +206,10 @@ class _CupyMemory(_NumbaMemory):
     def pinned(self, n: int) -> np.ndarray:
         mem = self.cp.cuda.alloc_pinned_memory(max(n, 1))
         a = np.frombuffer(mem, np.uint8, max(n, 1))     # the array's base keeps ``mem`` alive
-        self._addrs = {k: r for k, r in self._addrs.items() if r[0]() is not None}   # drop the dead
-        self._addrs[id(a)] = (weakref.ref(a), a.__array_interface__["data"][0])
+        key = id(a)
+        self._addrs[key] = (weakref.ref(a), a.__array_interface__["data"][0])
+        # the record goes with its array (no pass over the others, safe between threads)
+        weakref.finalize(a, self._addrs.pop, key, None)
         return a
 
     def stream(self):

@@ -121,13 +121,19 @@ def test_batch_ab_smoke(tmp_path):
     """benchmarks/batch_ab.sh: two trees installed apart, run alternately, each printing
     its store and load figures; its temporary worktree and installs are gone after."""
     root = BENCH.parent
-    p = subprocess.run(["bash", str(BENCH / "batch_ab.sh"), "HEAD", "1", pages_file(tmp_path, 200, 3)],
-                       env={**os.environ, "PY": sys.executable}, capture_output=True, text=True, timeout=600)
+    pages_file(tmp_path, 200, 3)
+    p = subprocess.run(["bash", str(BENCH / "batch_ab.sh"), "HEAD", "1", "pages.npy"],   # relative to cwd
+                       env={**os.environ, "PY": sys.executable}, capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "== base (round 1)" in p.stdout and "== head (round 1)" in p.stdout
     assert p.stdout.count("store_batch") == 2 and p.stdout.count("load_batch") == 2
     worktrees = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
     assert "devpool-batch-ab" not in worktrees
+    # an option where the commit goes is refused, not passed to git (it compared HEAD with HEAD)
+    p = subprocess.run(["bash", str(BENCH / "batch_ab.sh"), "--force", "1"], env={**os.environ, "PY": sys.executable},
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "is not a commit" in p.stderr
 
 
 def test_bench_serial_threshold_smoke(tmp_path):

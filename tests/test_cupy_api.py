@@ -165,3 +165,40 @@ def test_a_pinned_buffers_address_record_answers_only_for_that_buffer():
     assert mem._host(b) == b.ctypes.data
     mem.pinned(16)
     assert stale not in mem._addrs                    # dead records are dropped
+
+
+def test_pinned_buffers_made_from_several_threads():
+    """Records are added and dropped per array (a finalizer), never by a pass over the
+    others: threads making and dropping pinned buffers at once raised 'dictionary
+    changed size during iteration'."""
+    import sys
+    import threading
+    from types import SimpleNamespace
+
+    mem = _device._CupyMemory()
+    mem.cp = SimpleNamespace(cuda=SimpleNamespace(alloc_pinned_memory=bytearray))
+    errors, kept = [], []
+
+    def churn():
+        try:
+            for i in range(300):
+                a = mem.pinned(64)
+                assert mem._host(a) == a.ctypes.data
+                if i % 50 == 0:
+                    kept.append(a)
+        except Exception as exc:          # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        threads = [threading.Thread(target=churn) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        sys.setswitchinterval(old)
+    assert not errors, errors
+    assert all(mem._addrs[id(a)][0]() is a for a in kept)
+    assert len(mem._addrs) == len(kept)              # the dropped ones took their records along

@@ -119,6 +119,17 @@ def test_bad_options():
         devpool.swap_region(16 * P, resident_bytes=P, serve="zero", serve_delay_us=-1)
 
 
+@pytest.mark.parametrize("opts", [{1: 2}, {"capacity_bytes": 1 << 20}, {"x": lambda: 0}])
+def test_bad_pool_options_are_bad_input(opts):
+    """A key that is no option name, the region's own capacity, a value that cannot be
+    handed to the handler process: BadInputError, and no process left (they were a
+    DevpoolError from the handler, or a raw PicklingError)."""
+    before = _children()
+    with pytest.raises(devpool.BadInputError, match="pool_options|picklable"):
+        devpool.swap_region(16 * P, resident_bytes=P, backend="host", pool_options=opts)
+    assert _gone_within(*(_children() - before))
+
+
 @pytest.mark.parametrize("kw", [{"backing": "/tmp/" + "x" * (2 << 20)}, {"compressor": "y" * (600 << 10)},
                                 {"pool_options": {"z" * (3 << 20): 1}}])
 def test_oversized_options_are_bad_input(kw):
