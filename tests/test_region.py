@@ -686,8 +686,8 @@ _CTRL_C_SCRIPT = textwrap.dedent("""
     a[:] = np.arange(a.size, dtype=np.uint64).astype(np.uint8)
     want = int(a.sum(dtype=np.int64))
     r.evict()
-    print("ready", flush=True)
     try:
+        print("ready", flush=True)     # inside the try: the interrupt may come at once
         time.sleep(30)
     except KeyboardInterrupt:
         print("interrupted", flush=True)
