@@ -273,6 +273,14 @@ def main(argv=None) -> int:
         print("\n".join(f"{m}  {m.code()}" for m in sample))
         return 0
     work = Path(tempfile.mkdtemp(prefix="devpool-mutation-"))
+    try:
+        return _run_sample(args, argv, work, modules, everything, sample, gone)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)        # also when interrupted or failing
+
+
+def _run_sample(args, argv, work: Path, modules, everything, sample, gone) -> int:
+    """Run ``sample`` in copies of the tree under ``work``; print and save the report."""
     (work / "site").mkdir()
     (work / "site" / "sitecustomize.py").write_text(SITECUSTOMIZE)
     trees = [copy_tree(work / f"tree{j}") for j in range(args.jobs)]
@@ -286,7 +294,6 @@ def main(argv=None) -> int:
     baseline_s = time.time() - t0
     if any(b != "survived" for b in baselines):
         print(f"the unmutated tree does not pass its tests ({baselines}); nothing to measure")
-        shutil.rmtree(work, ignore_errors=True)
         return 2
     free = list(trees)
     results: list[tuple[Mutant, str, float]] = []
@@ -308,7 +315,6 @@ def main(argv=None) -> int:
     t0 = time.time()
     with ThreadPoolExecutor(args.jobs) as ex:
         list(ex.map(one, sample))
-    shutil.rmtree(work, ignore_errors=True)
     killed = [r for r in results if r[1].startswith(("killed", "crashed")) or r[1] == "timeout"]
     survived = [r for r in results if r[1] == "survived"]
     errors = [r for r in results if r not in killed and r not in survived]

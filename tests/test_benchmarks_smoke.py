@@ -230,3 +230,30 @@ def test_guest_halt_poll_restore_failure_is_loud(haltpoll, monkeypatch, capsys):
     with haltpoll.guest_halt_poll(100_000):
         pass
     assert haltpoll.read() == 0
+
+
+def test_mutation_run_interrupted_leaves_no_copies():
+    """benchmarks/mutation.py works in copies of the tree under /tmp; interrupted (Ctrl-C
+    during its baseline run) it must remove them (killed runs had left five behind)."""
+    import glob
+    import signal
+    import time
+
+    before = set(glob.glob("/tmp/devpool-mutation-*"))
+    p = subprocess.Popen([sys.executable, str(BENCH / "mutation.py"), "--module", "devpool/_allocator.py",
+                          "--sample", "1", "--jobs", "1"], cwd=BENCH,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(glob.glob("/tmp/devpool-mutation-*")) - before:
+            time.sleep(0.05)
+        made = set(glob.glob("/tmp/devpool-mutation-*")) - before
+        assert made, "the run made no work directory"
+        time.sleep(1.0)                                 # copying the tree, or into the baseline
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not any(os.path.exists(d) for d in made), "an interrupted run left its copies behind"
