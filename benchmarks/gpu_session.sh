@@ -107,12 +107,14 @@ pool.write(h, page); assert pool.read(h).tobytes() == page.tobytes(), "single pa
 pool.free_batch(hs[::2]); pool.compact()
 assert pool.read_batch(hs[1::2])[0].tobytes() == b"".join(payload[s:s + n].tobytes() for s, n in
     zip(np.concatenate([[0], np.cumsum(sizes)[:-1]])[1::2], sizes[1::2])), "after compaction"
-for codec in ("lz4-device", "lz4-njit"):
-    zs = devpool.Zswap(pool, codec, max_pool_percent=100, backing=f"/tmp/devpool-smoke-{codec}")
-    pages = make_pages(256, rng, ("text", "struct", "random", "zero"))
-    zs.store_batch(np.arange(256), pages)
-    assert (zs.load_batch(np.arange(256)) == pages).all(), codec
-    zs.close()
+import tempfile
+with tempfile.TemporaryDirectory(prefix="devpool-smoke-") as tmp:
+    for codec in ("lz4-device", "lz4-njit"):
+        zs = devpool.Zswap(pool, codec, max_pool_percent=100, backing=f"{tmp}/{codec}")
+        pages = make_pages(256, rng, ("text", "struct", "random", "zero"))
+        zs.store_batch(np.arange(256), pages)
+        assert (zs.load_batch(np.arange(256)) == pages).all(), codec
+        zs.close()
 print("SMOKE OK", pool.stats()["device"])
 EOF
 
