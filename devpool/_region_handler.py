@@ -518,12 +518,14 @@ class Handler:
 
     def _fill_one(self, p: int, t0: int) -> bool:
         """One page, the common case: Zswap's single-page load (a tenth of a batch of
-        one) into the handler's page buffer, then UFFDIO_COPY from its address. False:
+        one) into the handler's page buffer, then UFFDIO_COPY from its address. The
+        load is non-exclusive: the page is freed from the store only after the copy,
+        once the faulting thread runs again (about 1 us less for it to wait). False:
         the load failed, let the batch path sort it out (it poisons what cannot be
         loaded)."""
         try:
             t = time.monotonic_ns()
-            self.zs.load(p, out=self.page)
+            self.zs.load(p, out=self.page, keep=True)
             t_load = time.monotonic_ns() - t
         except Exception:
             return False
@@ -536,6 +538,7 @@ class Handler:
             self.c["copy_eexist"] += 1
             uffd.wake(self.uffd, dst, PAGE)
         # the faulting thread runs again from here: bookkeeping only after the copy
+        self.zs.invalidate(p)
         self._note_load(t_load)
         self._came_in(p, 1)
         self.c["faults"] += 1

@@ -643,15 +643,21 @@ class Zswap:
             self._drop_idx(idx)
             return out
 
-    def load(self, offset: int, out=None) -> np.ndarray:
+    def load(self, offset: int, out=None, *, keep: bool = False) -> np.ndarray:
         """Load one page (4096,) uint8 (the rules of :meth:`load_batch`, one page).
 
         ``out`` may be a writable C-contiguous (4096,) uint8 array to fill instead of a
-        new one (a fault handler copies from one buffer whose address it knows)."""
+        new one (a fault handler copies from one buffer whose address it knows).
+        ``keep=True`` makes the load non-exclusive (Linux zswap's ``exclusive_loads=N``):
+        the page stays stored, marked recently used, until :meth:`invalidate`. A fault
+        handler copies the page into place first and frees it after, off the faulting
+        thread's wait."""
         o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
         if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
                                     and out.dtype == np.uint8 and (f := out.flags).c_contiguous and f.writeable):
             raise BadInputError(f"out must be a writable C-contiguous ({PAGE_SIZE},) uint8 array")
+        if keep is not False and keep is not True and type(keep) is not np.bool_:
+            raise BadInputError(f"keep must be a bool, got {keep!r}")
         with self._lock:
             if self._closed:
                 self._check_open()
@@ -662,19 +668,25 @@ class Zswap:
                 raise EntryNotFoundError(f"swap offset {o} is not stored")
             if state == POOL:
                 handle, n = t.m_handle[i], t.m_length[i]
+                free = not keep
                 if n == PAGE_SIZE:
-                    page = self.pool.read(handle, out, free=True)
+                    page = self.pool.read(handle, out, free=free)
                 elif self._blocks_on_device:
                     page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
                     ok = self._decompress_into(np.array([i]), page.reshape(1, -1), np.zeros(1, np.int64))
                     if not ok[0]:
                         raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
-                    self.pool.free(handle)
+                    if free:
+                        self.pool.free(handle)
                 else:
-                    block = self.pool.read(handle, out=self._block[:n], free=True)
+                    block = self.pool.read(handle, out=self._block[:n], free=free)
                     page = self.codec._decompress_page(block, out)
                     if page is None:
-                        fate = self._restore_corrupt(i, block)
+                        if free:
+                            fate = self._restore_corrupt(i, block)
+                        else:                        # kept: nothing was freed, nothing to put back
+                            fate = ""
+                            self._counters["decompress_fail"] += 1
                         raise CorruptDataError(f"stored page at swap offset {o} failed to decompress{fate}")
                 self._counters["loads_from_pool"] += 1
             elif state == SAME:
@@ -689,7 +701,10 @@ class Zswap:
                     page = out
                     out[:] = got
                 self._counters["loads_from_backing"] += 1
-            t.set_state_one(i, ABSENT)       # commit: exclusive load
+            if keep:
+                t.m_referenced[i] = True     # used again: a second chance before writeback
+            else:
+                t.set_state_one(i, ABSENT)   # commit: exclusive load
             return page
 
     def _restore_corrupt(self, i: int, block: np.ndarray) -> str:

@@ -69,6 +69,35 @@ def test_single_load_into_the_callers_page(zswap, rng):
     assert zs.stats()["stored_pages"] == 0
 
 
+def test_a_kept_load_leaves_the_page_stored(zswap, rng):
+    """``load(o, keep=True)`` (non-exclusive) gives the page and leaves it stored, in
+    every place a page can be, counted as a load; a later load (kept or not) gives the
+    same bytes, and invalidate frees it."""
+    zs = zswap()
+    pages = {1: text_page(rng), 2: random_page(rng), 3: same_page(rng), 4: text_page(rng)}
+    for o, p in pages.items():
+        assert zs.store(o, p) is True
+    assert zs.writeback(1) == 1                          # offset 1 to the backing file
+    before = zs.stats()
+    for o, p in pages.items():
+        out = np.full(4096, 0xEE, np.uint8)
+        assert zs.load(o, out=out, keep=True) is out
+        np.testing.assert_array_equal(out, p)
+        np.testing.assert_array_equal(zs.load(o, keep=True), p)
+    st = zs.stats()
+    assert st["stored_pages"] == before["stored_pages"] and st["pool_total_size"] == before["pool_total_size"]
+    assert st["loads_from_pool"] - before["loads_from_pool"] == 6
+    assert st["loads_from_backing"] - before["loads_from_backing"] == 2
+    np.testing.assert_array_equal(zs.load(4), pages[4])  # exclusive: gone after
+    assert not zs.contains(4)
+    for o in (1, 2, 3):
+        zs.invalidate(o)
+    assert zs.stats()["stored_pages"] == 0
+    with pytest.raises(devpool.BadInputError, match="keep"):
+        zs.store(5, pages[2]) and zs.load(5, keep=1)
+    assert zs.contains(5)
+
+
 @pytest.mark.parametrize("bad", ["short", "2-d", "int8", "read-only", "strided", "list"])
 def test_single_load_refuses_a_bad_out_and_keeps_the_page(zswap, rng, bad):
     zs = zswap()
@@ -175,7 +204,8 @@ def test_codec_failure_is_refused_not_lost(zswap, rng, failing_codec):
     np.testing.assert_array_equal(zs.load_batch([10, 11, 12, 13]), pages)   # 12 from the file
 
 
-def test_corrupt_block_is_a_decompress_failure(zswap, rng):
+@pytest.mark.parametrize("keep", [False, True])
+def test_corrupt_block_is_a_decompress_failure(zswap, rng, keep):
     zs = zswap()
     page = text_page(rng)
     zs.store(3, page)
@@ -183,7 +213,7 @@ def test_corrupt_block_is_a_decompress_failure(zswap, rng):
     n = zs.pool.size_of(h)
     zs.pool.write(h, np.full(n, 0xFF, np.uint8))             # corrupt it behind zswap's back
     with pytest.raises(devpool.CorruptDataError):
-        zs.load(3)
+        zs.load(3, keep=keep)
     assert zs.stats()["decompress_fail"] == 1
     assert zs.contains(3)                                    # nothing removed
 

@@ -223,9 +223,9 @@ def make_machine(backend: str, tmpdir, with_backing: bool):
             return data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=max_size,
                                       unique=True))
 
-        def expect_load(self, offs):
+        def expect_load(self, offs, keep: bool = False):
             for o in offs:
-                e = self.model.pop(o)
+                e = self.model[o] if keep else self.model.pop(o)     # keep: a non-exclusive load
                 self.expect["loads_from_backing" if e.kind == "backing" else "loads_from_pool"] += 1
                 event(f"load: hit ({e.kind})")
 
@@ -256,10 +256,11 @@ def make_machine(backend: str, tmpdir, with_backing: bool):
                 return self.load_absent(data, single=True)
             off = self.pick_stored(data, 1)[0]
             out = np.full(PAGE, 0xEE, np.uint8) if data.draw(st.booleans()) else None
-            got = self.zs.load(off, out=out)
+            keep = data.draw(st.booleans())
+            got = self.zs.load(off, out=out, keep=keep)
             assert out is None or got is out
             assert got.tobytes() == self.model[off].page
-            self.expect_load([off])
+            self.expect_load([off], keep=keep)
 
         # --- invalidate, writeback, compaction, limits ---------------------------------
         @rule(offs=st.lists(OFFSETS, max_size=4, unique=True))
