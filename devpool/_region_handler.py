@@ -213,10 +213,7 @@ class Handler:
             raise
 
     def close(self) -> None:
-        if self.own_guard is not None:      # ours to dismiss: the client knows only its own
-            proc, sock = self.own_guard
-            self.own_guard = None
-            stop_guard(proc, sock)
+        self._drop_guard()                  # one we started is ours to dismiss: the client knows only its own
         if self.zs is not None:
             self.zs.close()
             self.pool.close()
@@ -338,11 +335,8 @@ class Handler:
             return
         self.poller.register(self.guard_pidfd, select.POLLIN)
 
-    def _unguard(self) -> None:
-        """Stop watching the guard and dismiss one this handler started: the client is
-        closing the region (it dismisses its own guard next, then asks us to close)."""
-        self.guarding = False
-        self.guard_error = None
+    def _drop_guard(self) -> None:
+        """Stop watching the guard in office; dismiss it if this handler started it."""
         if self.guard_pidfd is not None:
             self.poller.unregister(self.guard_pidfd)
             os.close(self.guard_pidfd)
@@ -352,6 +346,13 @@ class Handler:
             self.own_guard = None
             stop_guard(proc, sock)
 
+    def _unguard(self) -> None:
+        """The client is closing the region (it dismisses its own guard next, then asks
+        us to close): its guard's exit is no death to answer."""
+        self.guarding = False
+        self.guard_error = None
+        self._drop_guard()
+
     def _replace_guard(self) -> None:
         """The guard died (killed, OOM): without one, a later death of this handler would
         leave every fault on an evicted page waiting forever. Start another, watching
@@ -359,14 +360,7 @@ class Handler:
         reason until one is up (tried again every GUARD_RETRY_S)."""
         if not self.guarding:
             return
-        if self.guard_pidfd is not None:
-            self.poller.unregister(self.guard_pidfd)
-            os.close(self.guard_pidfd)
-            self.guard_pidfd = None
-        if self.own_guard is not None:
-            proc, sock = self.own_guard
-            self.own_guard = None
-            stop_guard(proc, sock)
+        self._drop_guard()
         dead = self.guard_pid
         me = None
         try:

@@ -492,6 +492,16 @@ def _resident(a: np.ndarray, p: int) -> bool:
     return bool(vec[0] & 1)
 
 
+def _kill_the_guard(r, pid: int | None = None) -> int:
+    """Kill the guard in office (the client's own, or ``pid``) and wait (bounded) for
+    the handler to replace it; returns the new guard's pid."""
+    old = r._res.guard.pid if pid is None else pid
+    os.kill(old, signal.SIGKILL)
+    if pid is None:
+        r._res.guard.wait(10)                          # the client's child: reap it
+    return _replaced_guard(r, old)
+
+
 def _replaced_guard(r, old: int) -> int:
     """Wait (bounded) until the handler has put a new guard in place of ``old``."""
     deadline = time.monotonic() + 10
@@ -509,15 +519,11 @@ def test_a_dead_guard_is_replaced(region):
     close() dismisses the new guard too."""
     r = region(32, 4, backend="host")
     r.array[:] = 1
-    old = r._res.guard.pid
-    os.kill(old, signal.SIGKILL)
-    r._res.guard.wait(10)
-    new = _replaced_guard(r, old)
+    new = _kill_the_guard(r)
     assert _alive(new)
     r.array[::P] = 7                                   # faults, evictions: all still served
     assert r.evict(8) > 0 and (r.array[::P] == 7).all()
-    os.kill(new, signal.SIGKILL)                       # and the replacement's replacement
-    third = _replaced_guard(r, new)
+    third = _kill_the_guard(r, new)                    # and the replacement's replacement
     assert r.stats()["guards_replaced"] == 2
     r.close()
     assert _gone_within(third), "the guard the handler started outlived close()"
@@ -529,10 +535,8 @@ def test_a_guard_the_handler_started_goes_with_an_unanswering_handler(region):
     killed with it."""
     r = region(16, 4, backend="host")
     r.array[:] = 1
-    old, hpid = r._res.guard.pid, r.handler_pid
-    os.kill(old, signal.SIGKILL)
-    r._res.guard.wait(10)
-    new = _replaced_guard(r, old)
+    hpid = r.handler_pid
+    new = _kill_the_guard(r)
     os.kill(hpid, signal.SIGSTOP)
     r._res.release(timeout=0.5)                     # what close() does, with a short wait
     assert _gone_within(hpid, new), "the handler or the guard it started outlived close()"
@@ -594,18 +598,10 @@ def test_a_guard_whose_starter_is_gone_still_guards_and_leaves_with_the_region(t
     finds no one (EPIPE). Before, that ended the guard, and with it the last guard: a
     fault then hung for good. Now it watches the handler's pidfd regardless, makes the
     fault fail loudly (EFAULT for a syscall), and leaves once the region is unmapped."""
-    import ctypes
-    import mmap
-    import select
     import socket
 
-    from devpool import _region_handler, _uffd
-    from devpool._region import FEATURES
+    from devpool import _region_handler
     n = 4
-    fd = _uffd.open_uffd()
-    memfd = os.memfd_create(_region_handler.MEMFD_NAME, os.MFD_CLOEXEC)
-    os.ftruncate(memfd, n * P)
-    mm = mmap.mmap(memfd, n * P, mmap.MAP_SHARED)
     sink = os.open(tmp_path / "sink", os.O_WRONLY | os.O_CREAT, 0o600)
     dead = subprocess.Popen(["true"])                  # stands in for the killed handler
     dead_fd = os.pidfd_open(dead.pid)
@@ -613,42 +609,28 @@ def test_a_guard_whose_starter_is_gone_still_guards_and_leaves_with_the_region(t
     guard = t = None
     got = {}
     try:
-        _uffd.api(fd, FEATURES)
-        cbuf = ctypes.c_char.from_buffer(mm)
-        addr = ctypes.addressof(cbuf)
-        del cbuf
-        _uffd.register(fd, addr, n * P, _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
-        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        guard = subprocess.Popen([sys.executable, "-I", "-S", _region_handler.__file__, "guard", str(fd),
-                                  str(dead_fd), str(theirs.fileno()), str(addr), str(n * P), str(os.getpid())],
-                                 pass_fds=(fd, dead_fd, theirs.fileno()), stderr=subprocess.PIPE)
-        theirs.close()
-        mine.close()                                   # gone before the guard could greet it
-
-        def reader():
-            try:
-                got["n"] = os.pwrite(sink, memoryview(mm)[P:P + 64], 0)
-            except OSError as exc:
-                got["errno"] = exc.errno
-
-        t = threading.Thread(target=reader, daemon=True)
-        t.start()
-        t.join(20)
-        assert not t.is_alive(), "the fault hung: no guard took over"
-        assert got == {"errno": errno.EFAULT}
-        assert guard.poll() is None                    # still guarding while the region is mapped
-        mm.close()                                     # the region goes...
-        assert guard.wait(10) == 0                     # ...and so does its guard
+        with _registered_memory(n, _region_handler.MEMFD_NAME) as (fd, memfd, mm, addr):
+            mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            guard = subprocess.Popen([sys.executable, "-I", "-S", _region_handler.__file__, "guard", str(fd),
+                                      str(dead_fd), str(theirs.fileno()), str(addr), str(n * P), str(os.getpid())],
+                                     pass_fds=(fd, dead_fd, theirs.fileno()), stderr=subprocess.PIPE)
+            theirs.close()
+            mine.close()                               # gone before the guard could greet it
+            t = _pwrite_in_thread(sink, memoryview(mm)[P:P + 64], got)
+            t.join(20)
+            assert not t.is_alive(), "the fault hung: no guard took over"
+            assert got == {"errno": errno.EFAULT}
+            assert guard.poll() is None                # still guarding while the region is mapped
+            mm.close()                                 # the region goes...
+            assert guard.wait(10) == 0                 # ...and so does its guard
     finally:
         if t is not None:
             t.join(10)
         if guard is not None and guard.poll() is None:
             guard.kill()
             guard.wait()
-        if not mm.closed:
-            mm.close()
-        for x in (fd, memfd, sink, dead_fd):
-            os.close(x)
+        os.close(sink)
+        os.close(dead_fd)
 
 
 def test_a_guard_the_handler_started_leaves_after_the_handler_died_and_the_region_closed(region):
@@ -656,10 +638,7 @@ def test_a_guard_the_handler_started_leaves_after_the_handler_died_and_the_regio
     job) must not stay until this process exits once the region is closed."""
     r = region(16, 4, backend="host")
     r.array[:] = 1
-    old = r._res.guard.pid
-    os.kill(old, signal.SIGKILL)
-    r._res.guard.wait(10)
-    new = _replaced_guard(r, old)
+    new = _kill_the_guard(r)
     os.kill(r.handler_pid, signal.SIGKILL)
     r._res.handler.wait(10)
     r.close()
@@ -1021,39 +1000,67 @@ def test_a_forked_child_does_not_keep_the_region_processes_alive():
         proc.wait(30)
 
 
+def _pwrite_in_thread(fd: int, view, got: dict) -> threading.Thread:
+    """A started thread writing ``view`` (region memory) to ``fd``: a syscall that
+    faults on the region in the kernel, with the GIL released. ``got`` receives the
+    byte count ("n") or the error number ("errno")."""
+
+    def write():
+        try:
+            got["n"] = os.pwrite(fd, view, 0)
+        except OSError as exc:
+            got["errno"] = exc.errno
+
+    t = threading.Thread(target=write, daemon=True)
+    t.start()
+    return t
+
+
 @contextlib.contextmanager
-def _handler_here(npages: int):
-    """A Handler (serve='zero') in this process over ``npages`` of a registered memfd
-    mapping of this process, to drive its fault service into states a race makes;
-    yields (handler, uffd, mmap, address). Releasing the userfaultfd at the end wakes
-    any thread still waiting on it."""
+def _registered_memory(npages: int, name: str = "devpool-test-region"):
+    """A memfd mapping of ``npages`` in this process, registered with a new userfaultfd
+    for missing and write-protect faults; yields (uffd, memfd, mmap, address). The
+    userfaultfd is closed first at the end, which wakes any thread still waiting on it."""
     import ctypes
     import mmap
-    import socket
 
     from devpool import _uffd
     from devpool._region import FEATURES
-    from devpool._region_handler import Handler
     fd = _uffd.open_uffd()
-    memfd = os.memfd_create("devpool-test-region", os.MFD_CLOEXEC)
+    memfd = os.memfd_create(name, os.MFD_CLOEXEC)
     os.ftruncate(memfd, npages * P)
     mm = mmap.mmap(memfd, npages * P, mmap.MAP_SHARED)
-    mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     try:
         _uffd.api(fd, FEATURES)
         cbuf = ctypes.c_char.from_buffer(mm)
         addr = ctypes.addressof(cbuf)
         del cbuf
         _uffd.register(fd, addr, npages * P, _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
-        h = Handler(fd, memfd, theirs, {"base": addr, "npages": npages, "resident_pages": npages,
-                                        "serve": "zero"})
-        yield h, fd, mm, addr
+        yield fd, memfd, mm, addr
     finally:
         os.close(fd)
-        mine.close()
-        theirs.close()
-        mm.close()
+        if not mm.closed:
+            mm.close()
         os.close(memfd)
+
+
+@contextlib.contextmanager
+def _handler_here(npages: int):
+    """A Handler (serve='zero') in this process over ``npages`` of a registered memfd
+    mapping of this process, to drive its fault service into states a race makes;
+    yields (handler, uffd, mmap, address)."""
+    import socket
+
+    from devpool._region_handler import Handler
+    with _registered_memory(npages) as (fd, memfd, mm, addr):
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        try:
+            h = Handler(fd, memfd, theirs, {"base": addr, "npages": npages, "resident_pages": npages,
+                                            "serve": "zero"})
+            yield h, fd, mm, addr
+        finally:
+            mine.close()
+            theirs.close()
 
 
 def test_a_second_fault_on_a_poisoned_page_is_woken(tmp_path):
@@ -1075,15 +1082,8 @@ def test_a_second_fault_on_a_poisoned_page_is_woken(tmp_path):
     t = None
     try:
         with _handler_here(4) as (h, fd, mm, addr):
-
-            def reader():                    # a syscall reading page 1: EFAULT once poisoned
-                try:
-                    got["n"] = os.pwrite(sink, memoryview(mm)[P:P + 64], 0)
-                except OSError as exc:
-                    got["errno"] = exc.errno
-
-            t = threading.Thread(target=reader, daemon=True)
-            t.start()
+            # a syscall reading page 1: EFAULT once poisoned
+            t = _pwrite_in_thread(sink, memoryview(mm)[P:P + 64], got)
             poller = select.poll()
             poller.register(fd, select.POLLIN)
             assert poller.poll(10_000), "the reader's fault never arrived"
