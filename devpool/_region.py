@@ -36,6 +36,7 @@ import errno
 import mmap
 import os
 import pickle
+import select
 import signal
 import socket
 import subprocess
@@ -514,6 +515,20 @@ class SwapRegion:
         if self._dead is not None:
             raise DevpoolError(f"{self._dead}; close() the region")
 
+    def _wait_for_reply(self, sock: socket.socket) -> None:
+        """Wait until a reply can be read. A stopped handler (SIGSTOP, a debugger) answers
+        nothing until continued: that is raised, not waited out in silence. The region
+        stays usable; the request runs once the handler continues, and its late reply is
+        skipped by the next request."""
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        pid = self._res.handler.pid
+        while not poller.poll(STOPPED_CHECK_S * 1000):
+            if _process_state(pid) in ("T", "t"):
+                raise DevpoolError(f"the region's handler process {pid} is stopped (SIGSTOP or a debugger): "
+                                   f"it serves no fault and answers no request until it is continued "
+                                   f"(SIGCONT); this request was sent and runs then")
+
     def _request(self, *req):
         with self._lock:
             self._check_usable()
@@ -528,6 +543,7 @@ class SwapRegion:
             try:
                 send(sock, (*req, serial))
                 while True:
+                    self._wait_for_reply(sock)
                     kind, *rest = recv(sock)
                     if rest and rest[-1] == serial:
                         break
@@ -549,6 +565,19 @@ class SwapRegion:
             if kind == "ok":
                 return rest[0]
             _raise_remote(rest[0], rest[1])
+
+
+#: while waiting for a reply, how often to look whether the handler is stopped
+STOPPED_CHECK_S = 1.0
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of process ``pid`` (R, S, T, t, Z, ...), '' when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _raise_remote(name: str, message: str):

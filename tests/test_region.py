@@ -1188,3 +1188,26 @@ def test_exec_without_close_ends_the_region_processes():
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
+
+
+def test_a_stopped_handler_is_reported_not_waited_out(region):
+    """A stopped handler (SIGSTOP, a debugger) answers nothing: a request raises saying
+    so within seconds instead of waiting in silence, the region stays whole, and once
+    the handler is continued the next request gets its own reply (the late one to the
+    first request is skipped)."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 3
+    hpid = r.handler_pid
+    os.kill(hpid, signal.SIGSTOP)
+    try:
+        t = time.monotonic()
+        with pytest.raises(DevpoolError, match="is stopped"):
+            r.stats()
+        assert time.monotonic() - t < 10
+        with pytest.raises(DevpoolError, match="is stopped"):
+            r.evict(4)
+    finally:
+        os.kill(hpid, signal.SIGCONT)
+    st = r.stats()
+    assert st["resident_pages"] <= 16 and st["handler_pid"] == hpid
+    assert r.evict(2) >= 0 and (r.array == 3).all()
