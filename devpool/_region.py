@@ -50,7 +50,7 @@ import numpy as np
 from . import _errors, _uffd
 from ._checks import check_int, check_real
 from ._errors import BackendUnavailableError, BadInputError, DevpoolError
-from ._region_handler import recv, send, start_guard
+from ._region_handler import recv, send, start_guard, stop_guard, wait_or_kill
 
 __all__ = ["SwapRegion", "swap_region"]
 
@@ -126,9 +126,6 @@ class _Resources:
         self.keep_reserved = False
         self.owner = os.getpid()
 
-    def _ask(self, req: tuple, timeout: float) -> bool:
-        return _ask_handler(self.handler_sock, req, timeout)
-
     def release(self, timeout: float = 30.0) -> None:
         if os.getpid() != self.owner:
             return          # a fork()ed child exiting: the region is its parent's to close
@@ -136,19 +133,15 @@ class _Resources:
         #    below for a death and start another) and dismisses any guard it started
         answers = self.handler is not None and self.handler.poll() is None
         if answers:
-            answers = self._ask(("unguard", "unguard"), timeout)
+            answers = _ask_handler(self.handler_sock, ("unguard", "unguard"), timeout)
         # 2. the guard: from here on the handler's exit is not a death
         if self.guard is not None:
-            try:
-                self.guard_sock.send(b"close")
-            except OSError:     # the socket is gone: the guard would stay until we exit
-                self.guard.kill()
-            _wait_or_kill(self.guard, 5.0)
+            stop_guard(self.guard, self.guard_sock)
             self.guard = None
         # 3. the handler frees its pool and exits
         if self.handler is not None:
             if answers:
-                answers = self._ask(("close", "close"), timeout)
+                answers = _ask_handler(self.handler_sock, ("close", "close"), timeout)
             if not answers and self.handler.poll() is None:
                 # no answer (stopped, wedged) or no socket (closed under us): the
                 # handler serves until this process exits, so it cannot be asked. A
@@ -161,7 +154,7 @@ class _Resources:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
-            _wait_or_kill(self.handler, 10.0)
+            wait_or_kill(self.handler, 10.0)
             self.handler = None
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
         # no access, so a stale array faults instead of reading someone else's mapping
@@ -222,14 +215,26 @@ def _ask_handler(sock: socket.socket, req: tuple, timeout: float) -> bool:
     try:
         sock.settimeout(timeout)
         send(sock, req)
-        while True:
-            reply = recv(sock)
-            if reply and reply[-1] == req[-1]:
-                return True
+        _reply_to(sock, req[-1])
+        return True
     except EOFError:
         return True
     except OSError:
         return False
+
+
+def _reply_to(sock: socket.socket, tag, wait=None) -> tuple:
+    """The reply that ends with ``tag`` (the request's last element). Replies to earlier
+    requests whose callers were interrupted while waiting (an exception from a signal
+    handler: KeyboardInterrupt, an alarm) are still in the socket: they are skipped, not
+    taken for this one's (every later reply would be one behind). ``wait(sock)``, if
+    given, runs before each read."""
+    while True:
+        if wait is not None:
+            wait(sock)
+        reply = recv(sock)
+        if reply and reply[-1] == tag:
+            return reply
 
 
 def _children(pid: int) -> list[int]:
@@ -242,14 +247,6 @@ def _children(pid: int) -> list[int]:
     except OSError:
         pass
     return kids
-
-
-def _wait_or_kill(proc: subprocess.Popen, timeout: float) -> None:
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class SwapRegion:
@@ -533,20 +530,13 @@ class SwapRegion:
         with self._lock:
             self._check_usable()
             sock = self._res.handler_sock
-            # the handler ends each reply with the request's last element: a serial number.
-            # A reply to an earlier request whose caller was interrupted while waiting (an
-            # exception from a signal handler: KeyboardInterrupt, an alarm) is still in the
-            # socket; it is skipped, not taken for this one's (every later reply would be
-            # one behind)
+            # the handler ends each reply with the request's last element: a serial
+            # number, by which _reply_to tells this request's reply from late ones
             self._serial += 1
             serial = self._serial
             try:
                 send(sock, (*req, serial))
-                while True:
-                    self._wait_for_reply(sock)
-                    kind, *rest = recv(sock)
-                    if rest and rest[-1] == serial:
-                        break
+                kind, *rest = _reply_to(sock, serial, self._wait_for_reply)
                 rest.pop()
             except (OSError, EOFError) as exc:
                 code = self._res.handler.poll()

@@ -886,20 +886,25 @@ def start_guard(uffd_fd: int, handler_pidfd: int, base: int, length: int, client
 
 def stop_guard(proc, sock: socket.socket, timeout: float = 5.0) -> None:
     """Dismiss a guard ('close'; killed if the socket is gone or it does not leave)."""
-    import subprocess
     try:
         sock.send(b"close")
-    except OSError:
+    except OSError:         # the socket is gone: the guard would stay until the client exits
         proc.kill()
+    wait_or_kill(proc, timeout)
+    try:
+        sock.close()
+    except OSError:         # its descriptor was closed under it (EBADF)
+        pass
+
+
+def wait_or_kill(proc, timeout: float) -> None:
+    """Wait (bounded) for a child process (``subprocess.Popen``) to exit; kill it past that."""
+    import subprocess
     try:
         proc.wait(timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait()
-    try:
-        sock.close()
-    except OSError:
-        pass
 
 
 def guard_main(argv: list) -> int:
