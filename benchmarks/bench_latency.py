@@ -17,8 +17,9 @@ same run and on the same pages:
 - the pool alone: ``alloc(n, data=block)`` + ``read(free=True)`` and the four verbs
   ``alloc`` + ``write`` + ``read`` + ``free`` of one object (target <= 5 us);
 - where a single load's time goes: the codec's decode alone, the pool's
-  ``read(free=True)`` alone, and the rest (the frontend's lock, entry lookup and
-  bookkeeping), each timed on its own over the same blocks, beside the bare loop.
+  ``read_with(.., free=True)`` alone (lending the block where it lies, and the free,
+  with a consumer that does nothing), and the rest (the frontend's lock, entry lookup
+  and bookkeeping), each timed on its own over the same blocks, beside the bare loop.
 """
 
 from __future__ import annotations
@@ -102,11 +103,11 @@ def pool_latency(backend: str, pages: np.ndarray) -> dict:
 
 def load_breakdown(zs, pages: np.ndarray, passes: int) -> dict:
     """p50 of a single ``Zswap.load`` and of its two big parts timed on their own: the
-    codec's decode of the same blocks, and the pool's ``read(h, out, free=True)`` of
-    objects the size of those blocks; the remainder is the frontend's own work."""
+    codec's decode of the same blocks, and the pool's ``read_with(h, .., free=True)`` of
+    objects the size of those blocks (a consumer that only takes the length: what the pool does
+    around the decode); the remainder is the frontend's own work."""
     codec, pool = zs.codec, zs.pool
     blocks = [np.array(b[:n]) for b, n in map(codec._compress_page, pages) if 0 < n < PAGE]
-    buf = np.empty(PAGE, np.uint8)
     clock = time.perf_counter
     rows = []
     for _ in range(passes):
@@ -123,15 +124,14 @@ def load_breakdown(zs, pages: np.ndarray, passes: int) -> dict:
             codec._decompress_page(b)
             dec.append(clock() - t)
         handles = [pool.alloc(b.size, data=b) for b in blocks]
-        outs = [buf[:b.size] for b in blocks]
         rd = []
-        for h, o in zip(handles, outs):
+        for h in handles:
             t = clock()
-            pool.read(h, o, free=True)
+            pool.read_with(h, len, free=True)
             rd.append(clock() - t)
         rows.append([np.percentile(x, 50) * 1e6 for x in (load, dec, rd)])
     a = np.median(np.array(rows), axis=0)
-    return {"load_p50_us": float(a[0]), "decode_p50_us": float(a[1]), "pool_read_free_p50_us": float(a[2]),
+    return {"load_p50_us": float(a[0]), "decode_p50_us": float(a[1]), "pool_read_with_free_p50_us": float(a[2]),
             "frontend_rest_us": float(a[0] - a[1] - a[2])}
 
 
@@ -178,7 +178,7 @@ def main() -> None:
                 print(f"{backend:8}{codec:10}{verb:12}{v['zswap']['p50_us']:>8.1f}{v['zswap']['p99_us']:>8.1f}"
                       f"{v['bare']['p50_us']:>10.1f}   {q['median']:.2f}x ({q['low']:.2f}-{q['high']:.2f})")
             print(f"{'':18}one load, p50 of each part on its own: decode {parts['decode_p50_us']:.2f} us + "
-                  f"pool read(free=True) {parts['pool_read_free_p50_us']:.2f} us + the frontend's rest "
+                  f"pool read_with(free=True) {parts['pool_read_with_free_p50_us']:.2f} us + the frontend's rest "
                   f"{parts['frontend_rest_us']:.2f} us = {parts['load_p50_us']:.2f} us "
                   f"(bare loop, decode included: {res['load']['bare']['p50_us']:.2f} us)")
         p = r["runs"][-len(args.codecs.split(",")) - 1]["pool"]

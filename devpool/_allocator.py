@@ -217,21 +217,19 @@ def _place(asizes, head, head_fill, blocked, warm, seg_bytes):
 
 @numba.njit(cache=True, nogil=True)
 def _record(slots, sizes, asizes, offsets, opened, seg_bytes,
-            seg_fill, seg_live, seg_objs, seg_placed, in_use, locs, size_tab):
+            seg_fill, seg_live, seg_placed, in_use, locs, size_tab):
     """Commit placed objects: segment figures and the slots' locations."""
     for k in range(opened.shape[0]):
         s = opened[k]
         in_use[s] = True
         seg_fill[s] = 0
         seg_live[s] = 0
-        seg_objs[s] = 0
         seg_placed[s] = 0
     total = 0
     for i in range(offsets.shape[0]):
         off = offsets[i]
         seg = off // seg_bytes
         seg_live[seg] += asizes[i]
-        seg_objs[seg] += 1
         seg_placed[seg] += 1
         end = off - seg * seg_bytes + asizes[i]
         if end > seg_fill[seg]:
@@ -243,7 +241,7 @@ def _record(slots, sizes, asizes, offsets, opened, seg_bytes,
 
 
 @numba.njit(cache=True, nogil=True)
-def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_objs, seg_placed,
+def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_placed,
             in_use, ring, ring_head, ring_count, head):
     """Free validated slots: segment figures, generations, the free-slot queue's tail.
 
@@ -267,8 +265,7 @@ def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_objs
         a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
         seg = off // seg_bytes
         seg_live[seg] -= a
-        seg_objs[seg] -= 1
-        if seg_objs[seg] == 0 and in_use[seg]:
+        if seg_live[seg] == 0 and in_use[seg]:          # its last object (sizes are > 0)
             seg_fill[seg] = 0
             seg_placed[seg] = 0
             if seg != head:
@@ -308,18 +305,18 @@ class Allocator:
         self.max_object = int(max_object_bytes)
         self.n_segs = int(capacity_bytes) // self.seg_bytes
         self.capacity = self.n_segs * self.seg_bytes
-        # per segment: bump pointer, live bytes, live objects, objects ever placed
+        # per segment: bump pointer, live (aligned) bytes, objects ever placed; no
+        # object count: every object is at least ALIGN bytes, so a segment is empty
+        # exactly when its live bytes are 0 (one figure less on every alloc and free)
         self.seg_fill = np.zeros(self.n_segs, np.int64)
         self.seg_live = np.zeros(self.n_segs, np.int64)
-        self.seg_objs = np.zeros(self.n_segs, np.int64)
         self.seg_placed = np.zeros(self.n_segs, np.int64)
         self.seg_in_use = np.zeros(self.n_segs, np.bool_)
         self.seg_warm = np.zeros(self.n_segs, np.bool_)   # free but still held by storage
         # memoryviews of the same arrays for the single-object paths: indexing one gives
         # a Python int in half the time a numpy scalar takes (measured 16 vs 32-68 ns)
-        self._m_fill, self._m_live, self._m_objs, self._m_placed, self._m_in_use = (
-            memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed,
-                                    self.seg_in_use))
+        self._m_fill, self._m_live, self._m_placed, self._m_in_use = (
+            memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use))
         self.head = -1
         # handle table: slot -> arena offset (-1: free), requested size, generation
         self.pool_id = _take_pool_id()
@@ -452,7 +449,7 @@ class Allocator:
         slots = self._take_slots(sizes.shape[0])   # may grow the table: before any mutation
         a = aligned(sizes)
         self.live_bytes += _record(slots, sizes, a, offsets, opened, self.seg_bytes,
-                                   self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed,
+                                   self.seg_fill, self.seg_live, self.seg_placed,
                                    self.seg_in_use, self.locs, self.sizes)
         self.live_objects += sizes.shape[0]
         self.live_aligned += int(a.sum())
@@ -488,11 +485,10 @@ class Allocator:
         seg = offset // sb
         if opened >= 0:
             self._m_in_use[seg] = True
-            self._m_live[seg] = self._m_objs[seg] = self._m_placed[seg] = 0
+            self._m_live[seg] = self._m_placed[seg] = 0
             self.head = seg
             self.segs_in_use += 1
         self._m_live[seg] += a
-        self._m_objs[seg] += 1
         self._m_placed[seg] += 1
         self._m_fill[seg] = offset - seg * sb + a     # a bump placement ends the fill
         self._m_locs[slot] = offset
@@ -590,7 +586,7 @@ class Allocator:
         """Forget validated slots; returns (offsets, aligned sizes, emptied segments)."""
         offsets, asz, emptied, self._ring_count, total = _forget(
             slots, self.locs, self.sizes, self.gens, self.seg_bytes, self.seg_fill, self.seg_live,
-            self.seg_objs, self.seg_placed, self.seg_in_use, self._ring, self._ring_head,
+            self.seg_placed, self.seg_in_use, self._ring, self._ring_head,
             self._ring_count, self.head)
         self.live_objects -= slots.shape[0]
         self.live_bytes -= total
@@ -598,17 +594,16 @@ class Allocator:
         self.segs_in_use -= emptied.size
         return offsets, asz, emptied
 
-    def free_one(self, slot: int):
-        """Forget one validated slot; returns (offset, aligned size, emptied segment or -1).
-        The rules of ``_forget``, on scalars."""
-        off = self._m_locs[slot]
-        size = self._m_sizes[slot]
+    def free_one(self, slot: int, off: int, size: int):
+        """Forget one slot validated by :meth:`decode_one` (``off``, ``size``: what it
+        returned); returns (aligned size, emptied segment or -1). The rules of
+        ``_forget``, on scalars."""
         a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
         seg = off // self.seg_bytes
-        self._m_live[seg] -= a
-        self._m_objs[seg] -= 1
+        live = self._m_live[seg] - a
+        self._m_live[seg] = live
         emptied = -1
-        if self._m_objs[seg] == 0 and self._m_in_use[seg]:
+        if live == 0 and self._m_in_use[seg]:          # its last object (sizes are > 0)
             self._m_fill[seg] = self._m_placed[seg] = 0
             if seg != self.head:
                 self._m_in_use[seg] = False
@@ -622,7 +617,7 @@ class Allocator:
         self.live_objects -= 1
         self.live_bytes -= size
         self.live_aligned -= a
-        return off, a, emptied
+        return a, emptied
 
     # --- cleaning --------------------------------------------------------------------
     @property
@@ -679,11 +674,11 @@ class Allocator:
         slots, dst, a, victims, head = plan.slots, plan.dst, plan.asizes, plan.victims, plan.head
         before = self.seg_in_use.copy()
         self.seg_in_use[victims] = False
-        for arr in (self.seg_fill, self.seg_live, self.seg_objs, self.seg_placed):
+        for arr in (self.seg_fill, self.seg_live, self.seg_placed):
             arr[victims] = 0
         opened = np.unique(dst // self.seg_bytes)
         _record(slots, self.sizes[slots], a, dst, opened, self.seg_bytes, self.seg_fill,
-                self.seg_live, self.seg_objs, self.seg_placed, self.seg_in_use, self.locs, self.sizes)
+                self.seg_live, self.seg_placed, self.seg_in_use, self.locs, self.sizes)
         # continue appending in the last packed segment; an old head that was not
         # cleaned keeps its unused tail until a later clean.
         if head >= 0:

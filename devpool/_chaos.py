@@ -142,6 +142,9 @@ class ChaosStorage(Storage):
     def read_one(self, offset, out):
         self.upstream.read_one(offset, out)
 
+    def lend_one(self, offset, nbytes):
+        return self.upstream.lend_one(offset, nbytes)
+
     def is_device_buffer(self, obj) -> bool:
         return self.upstream.is_device_buffer(obj)
 

@@ -38,6 +38,12 @@ __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
 DEFAULT_SEGMENT_BYTES = 256 * 1024
 
 
+def _refuse_reentry(pool) -> None:
+    """The storage hook while ``read_with`` lends a block: a call back into the pool."""
+    raise BadInputError("read_with's consume called back into the pool it is reading; "
+                        "a lent block must be consumed without touching the pool")
+
+
 def _locked(method=None, *, hook: bool = True):
     """Serialise a public method; before an operation on objects, run the storage hook.
     (The single-object verbs do the same inline: a decorator's extra call is a tenth of
@@ -327,10 +333,11 @@ class Pool:
                 return None
             slot = self._alloc_one(size)
             if data is not None:
+                offset = self.alloc_.where(slot)[0]
                 try:
-                    self.storage.write_one(self.alloc_.where(slot)[0], data)
+                    self.storage.write_one(offset, data)
                 except BaseException:
-                    self._free_one(slot)
+                    self._free_one(slot, offset, size)
                     raise
             return self.alloc_.handle_of(slot) ^ self._ikey
 
@@ -480,8 +487,36 @@ class Pool:
                 out = _check_out(out, size)
             self.storage.read_one(offset, out)
             if free:
-                self._free_one(slot)
+                self._free_one(slot, offset, size)
             return out
+
+    def read_with(self, handle: int, consume, *args, free: bool = False):
+        """Call ``consume(block, *args)`` on one object's bytes where they lie and return
+        what it returns: a decoder reads a block in place instead of copying it out
+        first (zswap decompresses from zsmalloc so: ``zs_obj_read_begin``/``_end``).
+
+        ``block`` is a read-only 1-D uint8 host array, valid only during the call: host
+        RAM lends the arena's own bytes (never keep them, never write through them),
+        other storages a copy. ``free=True`` frees the object once ``consume`` returned
+        something other than None; None (it refused the bytes: a corrupt block) or an
+        exception frees nothing.
+        """
+        if not callable(consume):
+            raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
+        with self._lock:
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
+            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            # the lock is re-entrant: a consume that called back into the pool could
+            # free, move or close what it is reading; every verb refuses until it returns
+            hook, self._hook = self._hook, _refuse_reentry
+            try:
+                result = consume(self.storage.lend_one(offset, size), *args)
+            finally:
+                self._hook = hook
+            if free and result is not None:
+                self._free_one(slot, offset, size)
+            return result
 
     @_locked
     def size_of(self, handle: int) -> int:
@@ -504,10 +539,11 @@ class Pool:
         with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
-            self._free_one(self.alloc_.decode_one(handle, self._ikey)[0])
+            self._free_one(*self.alloc_.decode_one(handle, self._ikey))
 
-    def _free_one(self, slot: int) -> None:
-        offset, asize, emptied = self.alloc_.free_one(slot)
+    def _free_one(self, slot: int, offset: int, size: int) -> None:
+        """Free one slot ``decode_one`` validated (with the offset and size it gave)."""
+        asize, emptied = self.alloc_.free_one(slot, offset, size)
         self.storage.discard_one(offset, asize)
         if emptied >= 0:
             self._release_segments(np.array([emptied], np.int64))
@@ -633,6 +669,8 @@ class Pool:
     def close(self) -> None:
         """Free every object and give the arena back; idempotent."""
         with self._lock:
+            if self._hook is _refuse_reentry:
+                _refuse_reentry(self)
             if not self._closed:
                 self._closed = True
                 try:

@@ -4,7 +4,8 @@ A storage owns one *arena*: a linear range of byte offsets ``[0, capacity)`` in 
 of its own kind (host RAM, GPU device memory, ...). It never sees a handle, a size class
 or a swap offset: the allocator above decides every offset, storage only moves bytes in
 bulk. Every verb takes a whole batch, so a device implementation costs O(1) transfers
-per call, and no verb ever returns a view of arena memory: data leaves as a copy.
+per call, and data leaves as a copy (one verb, ``lend_one``, may lend host RAM in place:
+see there).
 
 Verbs an implementation provides (all offsets/lengths are int64 numpy arrays):
 
@@ -33,6 +34,12 @@ copy and no batch metadata; the defaults fall back on the batch verbs:
 ``read_one(offset, out)``
     copy-out of one object: ``out.size`` bytes from arena ``offset`` into ``out`` (1-D
     host uint8, writable).
+``lend_one(offset, nbytes)``
+    one object's bytes as a read-only 1-D host uint8 array, to be read at once and
+    dropped while the pool's lock is held: a copy by default; host RAM lends the arena's
+    own bytes, so a decoder reads them where they lie (Linux's zsmalloc does the same
+    for zswap: ``zs_obj_read_begin`` maps an object in place when it can and copies it
+    only when it must). A lent view is never written through and never kept.
 
 Device memory may also take and give device buffers directly (``device_resident``):
 
@@ -100,6 +107,14 @@ class Storage:
     def discard_one(self, offset: int, nbytes: int) -> None:
         """One freed range (see :meth:`discard`)."""
         self.discard(np.array([offset], np.int64), np.array([nbytes], np.int64))
+
+    def lend_one(self, offset: int, nbytes: int) -> np.ndarray:
+        """The object at arena ``offset`` as a read-only 1-D uint8 host array (a copy
+        here; a storage in host RAM may lend its arena's bytes instead)."""
+        out = np.empty(nbytes, np.uint8)
+        self.read_one(offset, out)
+        out.flags.writeable = False          # as a lent view is: one kind for every decoder
+        return out
 
     # --- optional -------------------------------------------------------------------
     def is_device_buffer(self, obj) -> bool:

@@ -159,7 +159,6 @@ class Zswap:
         self._t = EntryTable()                     # swap offset -> entry
         self._next_seq = 0                         # LRU age of the next entry stored
         self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
-        self._block = np.empty(PAGE_SIZE, np.uint8)   # one page's block, copied out
         self._own_backing = not (backing is None or isinstance(backing, BackingFile))
         self.backing = BackingFile(backing) if self._own_backing else backing
         if self.backing is not None:
@@ -679,15 +678,12 @@ class Zswap:
                     if free:
                         self.pool.free(handle)
                 else:
-                    block = self.pool.read(handle, out=self._block[:n], free=free)
-                    page = self.codec._decompress_page(block, out)
+                    # decoded where the block lies (host RAM) and freed only once it made
+                    # a page: a corrupt block stays stored, as in load_batch
+                    page = self.pool.read_with(handle, self.codec._decompress_page, out, free=free)
                     if page is None:
-                        if free:
-                            fate = self._restore_corrupt(i, block)
-                        else:                        # kept: nothing was freed, nothing to put back
-                            fate = ""
-                            self._counters["decompress_fail"] += 1
-                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress{fate}")
+                        self._counters["decompress_fail"] += 1
+                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
                 self._counters["loads_from_pool"] += 1
             elif state == SAME:
                 page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
@@ -706,20 +702,6 @@ class Zswap:
             else:
                 t.set_state_one(i, ABSENT)   # commit: exclusive load
             return page
-
-    def _restore_corrupt(self, i: int, block: np.ndarray) -> str:
-        """A load freed a block that then failed to decode: put the very same bytes back
-        under a new handle, so a failed load removes nothing. In a full pool that can
-        fail (freed bytes stay dead until cleaned: the room is not there to take them);
-        then the entry is dropped (its page was undecodable anyway) and the load still
-        raises CorruptDataError, never the pool's error. Returns that fate for the message."""
-        self._counters["decompress_fail"] += 1
-        try:
-            self._t.m_handle[i] = self.pool.alloc(block.size, data=block)
-            return ""
-        except DevpoolError as exc:
-            self._t.set_state_one(i, ABSENT)
-            return f"; its block could not be put back ({exc}), the entry is dropped"
 
     def invalidate_batch(self, offsets) -> None:
         """Forget these offsets (swap slots freed); absent ones are ignored."""

@@ -51,6 +51,10 @@ class HostStorage(Storage):
         # one page copied through memoryviews costs about half what numpy's slice and
         # assignment do (~100 ns against ~250 for 2 KiB): the single-object verbs use it
         self._bytes = memoryview(self._map)
+        # what lend_one hands out: the arena, read-only (a decoder reads a block where it
+        # lies instead of copying it out first: a single load ~1 us faster, measured)
+        self._lent = self._arena.view()
+        self._lent.flags.writeable = False
         self._move_tmp = np.zeros(0, np.uint8)
         self._to_release: list[tuple[int, int]] = []      # released, advice not given yet
 
@@ -98,6 +102,9 @@ class HostStorage(Storage):
     def read_one(self, offset, out):
         memoryview(out)[:] = self._bytes[offset:offset + out.size]
 
+    def lend_one(self, offset, nbytes):
+        return self._lent[offset:offset + nbytes]
+
     def discard_one(self, offset, nbytes):
         pass                                   # host RAM keeps freed bytes until reuse
 
@@ -117,7 +124,7 @@ class HostStorage(Storage):
 
     def close(self) -> None:
         if self._map is not None:
-            self._arena = None
+            self._arena = self._lent = None
             self._bytes.release()
             try:
                 self._map.close()

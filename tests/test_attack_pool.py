@@ -22,7 +22,7 @@ from devpool._allocator import _GEN_MASK, _SLOT_BITS, _TAG_SHIFT
 SEG = 8192
 CAP = 6 * SEG
 
-_FIGURES = ("seg_fill", "seg_live", "seg_objs", "seg_placed", "seg_in_use", "seg_warm")
+_FIGURES = ("seg_fill", "seg_live", "seg_placed", "seg_in_use", "seg_warm")
 _SCALARS = ("segs_in_use", "live_aligned", "live_bytes", "live_objects", "head",
             "clean_steps", "cleaned_segments", "cleaned_bytes_moved")
 

@@ -290,9 +290,10 @@ def test_tunables_refuse_a_limit_below_one_segment_like_the_constructor():
 
 @pytest.mark.parametrize("kind", ["host", "chaos"])
 def test_a_corrupt_block_in_a_full_pool_still_raises_corrupt_data(kind):
-    """load() frees a block before decoding it and puts it back if it is corrupt; in a
-    full pool the put-back fails (freed bytes are dead until cleaned) and load() raised
-    the pool's PoolFullError. It raises CorruptDataError, and no other page is touched."""
+    """load() once freed a block before decoding it and put it back if it was corrupt;
+    in a full pool the put-back failed and load() raised the pool's PoolFullError. It
+    decodes the block where it lies and frees it only once it made a page: it raises
+    CorruptDataError, the entry stays (as load_batch leaves it), no other page is touched."""
     pool = devpool.open_pool(kind, 4 * SEG, segment_bytes=SEG)
     zs = devpool.Zswap(pool, "lz4", max_pool_percent=100)
     r = np.random.default_rng(0)
@@ -309,9 +310,10 @@ def test_a_corrupt_block_in_a_full_pool_still_raises_corrupt_data(kind):
     with pytest.raises(devpool.CorruptDataError):
         zs.load(victim)
     assert zs.stats()["decompress_fail"] == 1
-    if zs.contains(victim):                       # put back: it fails the same way again
-        with pytest.raises(devpool.CorruptDataError):
-            zs.load(victim)
+    assert zs.contains(victim) and zs._handle_of(victim) == h      # kept, same handle
+    with pytest.raises(devpool.CorruptDataError):                  # fails the same way again
+        zs.load(victim)
+    assert zs.stats()["decompress_fail"] == 2
     del stored[victim]
     for o, page in stored.items():
         assert (zs.load(o) == page).all()

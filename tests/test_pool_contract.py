@@ -67,6 +67,59 @@ def test_reads_are_copies_and_writes_copy_in(make_pool, rng):
     assert not np.shares_memory(again, first) and not np.shares_memory(again, pool.read(h))
 
 
+def test_read_with_lends_the_bytes_read_only_and_frees_only_what_was_consumed(make_pool, rng, backend):
+    """``read_with`` hands a consumer the object's bytes (host RAM: the arena's own,
+    uncopied), read-only; ``free=True`` frees once the consumer returned a result."""
+    pool = make_pool()
+    data = rng.integers(0, 256, 777, dtype=np.uint8)
+    other = pool.alloc(100, data=np.full(100, 9, np.uint8))
+    h = pool.alloc(data.size, data=data)
+    got = pool.read_with(h, lambda block, k: (block.tobytes(), k, block.flags.writeable), "k")
+    assert got == (data.tobytes(), "k", False)
+    if backend == "host":                        # lent in place: a view, not a copy
+        assert pool.read_with(h, lambda block: np.shares_memory(block, pool.storage._arena))
+    assert pool.read_with(h, lambda block: None, free=True) is None      # refused: kept
+    with pytest.raises(ZeroDivisionError):
+        pool.read_with(h, lambda block: 1 // 0, free=True)               # raised: kept
+    np.testing.assert_array_equal(pool.read(h), data)
+    assert pool.read_with(h, bytes, free=True) == data.tobytes()
+    with pytest.raises(devpool.InvalidHandleError):
+        pool.read_with(h, bytes)
+    assert pool.stats()["obj_used"] == 1 and (pool.read(other) == 9).all()
+
+
+@pytest.mark.parametrize("call", ["free", "alloc", "read", "compact", "close", "read_with"])
+def test_read_with_refuses_a_consumer_that_calls_back_into_the_pool(make_pool, rng, call):
+    """The pool's lock is re-entrant: a consumer that freed, moved or closed what it
+    was lent would read freed memory. Every such call raises; nothing changes."""
+    pool = make_pool()
+    data = rng.integers(0, 256, 300, dtype=np.uint8)
+    h = pool.alloc(data.size, data=data)
+    calls = {"free": lambda: pool.free(h), "alloc": lambda: pool.alloc(10), "read": lambda: pool.read(h),
+             "compact": lambda: pool.compact(1.0), "close": pool.close,
+             "read_with": lambda: pool.read_with(h, bytes)}
+    before = snapshot(pool, [h])
+
+    def consume(block):
+        calls[call]()
+        return block.tobytes()
+
+    with pytest.raises(devpool.BadInputError, match="called back into the pool"):
+        pool.read_with(h, consume, free=True)
+    assert snapshot(pool, [h]) == before and not pool.closed
+    assert pool.read_with(h, bytes, free=True) == data.tobytes()         # usable after
+
+
+def test_read_with_bad_consumer_and_closed_pool(make_pool):
+    pool = make_pool()
+    h = pool.alloc(10)
+    with pytest.raises(devpool.BadInputError, match="callable"):
+        pool.read_with(h, "not a function")
+    pool.close()
+    with pytest.raises(devpool.PoolClosedError):
+        pool.read_with(h, bytes)
+
+
 def test_read_only_input_is_fine(make_pool):
     pool = make_pool()
     h = pool.alloc(5)

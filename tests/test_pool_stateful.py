@@ -138,6 +138,32 @@ def make_machine(backend: str):
             assert got.tobytes() == want and lengths.tolist() == [len(self.model[h]) for h in hs]
             assert out is None or got is out
 
+        @precondition(lambda self: self.model)
+        @rule(data=st.data(), free=st.booleans(), verdict=st.sampled_from(["bytes", "none", "raise"]))
+        def read_with(self, data, free, verdict):
+            """A consumer sees the object's bytes read-only; the object is freed only when
+            asked and the consumer returned something (None or an exception: kept)."""
+            h = data.draw(st.sampled_from(list(self.model)))
+            seen = []
+
+            def consume(block, tag):
+                assert tag == "t" and not block.flags.writeable and block.dtype == np.uint8
+                seen.append(block.tobytes())
+                if verdict == "raise":
+                    raise KeyError("refused")
+                return None if verdict == "none" else len(seen)
+
+            if verdict == "raise":
+                with pytest.raises(KeyError):
+                    self.pool.read_with(h, consume, "t", free=free)
+            else:
+                assert self.pool.read_with(h, consume, "t", free=free) == (None if verdict == "none" else 1)
+            assert seen == [self.model[h]]
+            if free and verdict == "bytes":
+                del self.model[h]
+                self.dead.append(h)
+            event(f"read_with: free={free} {verdict}")
+
         # --- free ----------------------------------------------------------------------
         @precondition(lambda self: self.model)
         @rule(data=st.data())
@@ -159,7 +185,7 @@ def make_machine(backend: str):
         # --- stale, foreign and repeated handles change nothing ------------------------
         @precondition(lambda self: self.dead)
         @rule(data=st.data(), verb=st.sampled_from(["read", "write", "free", "size_of", "read_batch",
-                                                    "free_batch", "write_batch"]))
+                                                    "free_batch", "write_batch", "read_with"]))
         def stale_handle(self, data, verb):
             stale = data.draw(st.sampled_from(self.dead))
             live = data.draw(st.lists(st.sampled_from(list(self.model)), max_size=3, unique=True)) \
@@ -170,6 +196,7 @@ def make_machine(backend: str):
                 "write": lambda: self.pool.write(stale, b"x"),
                 "free": lambda: self.pool.free(stale),
                 "size_of": lambda: self.pool.size_of(stale),
+                "read_with": lambda: self.pool.read_with(stale, bytes, free=True),
                 "read_batch": lambda: self.pool.read_batch(batch),
                 "free_batch": lambda: self.pool.free_batch(batch),      # refused whole
                 "write_batch": lambda: self.pool.write_batch(

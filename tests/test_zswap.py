@@ -215,7 +215,8 @@ def test_corrupt_block_is_a_decompress_failure(zswap, rng, keep):
     with pytest.raises(devpool.CorruptDataError):
         zs.load(3, keep=keep)
     assert zs.stats()["decompress_fail"] == 1
-    assert zs.contains(3)                                    # nothing removed
+    assert zs.contains(3) and zs._handle_of(3) == h          # nothing removed, nothing moved
+    assert zs.pool.stats()["obj_used"] == 1
 
 
 # --- limits, writeback, LRU ---------------------------------------------------------
