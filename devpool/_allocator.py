@@ -597,23 +597,27 @@ class Allocator:
     def free_one(self, slot: int, off: int, size: int):
         """Forget one slot validated by :meth:`decode_one` (``off``, ``size``: what it
         returned); returns (aligned size, emptied segment or -1). The rules of
-        ``_forget``, on scalars."""
+        ``_forget``, on scalars (written for few interpreter steps: a single load's
+        free runs here)."""
         a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
         seg = off // self.seg_bytes
-        live = self._m_live[seg] - a
-        self._m_live[seg] = live
+        live = self._m_live
+        left = live[seg] - a
+        live[seg] = left
         emptied = -1
-        if live == 0 and self._m_in_use[seg]:          # its last object (sizes are > 0)
+        if left == 0 and self._m_in_use[seg]:          # its last object (sizes are > 0)
             self._m_fill[seg] = self._m_placed[seg] = 0
             if seg != self.head:
                 self._m_in_use[seg] = False
                 emptied = seg
                 self.segs_in_use -= 1
         self._m_locs[slot] = -1
-        g = self._m_gens[slot] + 1
-        self._m_gens[slot] = 1 if g > _GEN_MASK else g
-        self._m_ring[(self._ring_head + self._ring_count) % self._nslots] = slot
-        self._ring_count += 1
+        gens = self._m_gens
+        g = gens[slot] + 1
+        gens[slot] = g if g <= _GEN_MASK else 1         # wrap, never 0
+        n = self._ring_count
+        self._m_ring[(self._ring_head + n) % self._nslots] = slot
+        self._ring_count = n + 1
         self.live_objects -= 1
         self.live_bytes -= size
         self.live_aligned -= a

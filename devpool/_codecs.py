@@ -262,6 +262,14 @@ def _pack_blocks(blocks: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
 
 _NO_BYTES = np.zeros(0, np.uint8)
 
+# lz4.block's C functions are called with positional arguments, in python-lz4's order
+# (compress: source, mode, store_size, acceleration; decompress: source,
+# uncompressed_size, return_bytearray): parsing keywords cost ~0.2 us a call, a tenth of
+# a page's decode and more of a single load's margin (measured); a test pins the blocks
+# and pages to the keyword calls', byte for byte, so a reordering there fails here.
+_lz4_compress = lz4.block.compress
+_lz4_decompress = lz4.block.decompress
+
 
 class _Lz4Block(Codec):
     """Shared by lz4, lz4hc (and zstd): a binding's call per page, both ways."""
@@ -271,7 +279,7 @@ class _Lz4Block(Codec):
 
     def _decompress_one(self, block: np.ndarray) -> bytes | bytearray:
         # a bytearray: a single-page load hands it over as the page, uncopied
-        return lz4.block.decompress(block, uncompressed_size=self.page_size, return_bytearray=True)
+        return _lz4_decompress(block, self.page_size, True)
 
     def compress_batch(self, pages, rows=None):
         pages = check_pages(pages, self.page_size)
@@ -331,8 +339,7 @@ class Lz4(_Lz4Block):
         self.acceleration = check_int(acceleration, "acceleration", lo=1, hi=1 << 16)
 
     def _compress_one(self, page):
-        return lz4.block.compress(page, mode="fast" if self.acceleration > 1 else "default",
-                                  acceleration=self.acceleration, store_size=False)
+        return _lz4_compress(page, "fast" if self.acceleration > 1 else "default", False, self.acceleration)
 
 
 class Lz4HC(_Lz4Block):

@@ -156,16 +156,25 @@ class EntryTable:
     def set_state_one(self, i: int, value: int) -> None:
         """Set one entry's state (the rule of :meth:`set_state`, on scalars)."""
         was = self.m_state[i]
+        if value == ABSENT:
+            if was != ABSENT:
+                self.clear_one(i)
+            return
         self.m_state[i] = value
+        if was == ABSENT:
+            self._m_used[i >> CHUNK_BITS] += 1
+
+    def clear_one(self, i: int) -> None:
+        """A present entry leaves (its row is given back when it was the last)."""
+        self.m_state[i] = ABSENT
         row = i >> CHUNK_BITS
-        if was == ABSENT and value != ABSENT:
-            self._m_used[row] += 1
-        elif was != ABSENT and value == ABSENT:
-            self._m_used[row] -= 1
-            if self._m_used[row] == 0:             # the rule of _release, for one row
-                del self._dir[int(self._row_chunk[row])]
-                self._row_chunk[row] = -1
-                self._free_rows.append(row)
+        used = self._m_used
+        left = used[row] - 1
+        used[row] = left
+        if left == 0:                               # the rule of _release, for one row
+            del self._dir[int(self._row_chunk[row])]
+            self._row_chunk[row] = -1
+            self._free_rows.append(row)
 
     def _release(self, rows) -> None:
         rows = np.asarray(rows, np.int64)

@@ -700,7 +700,7 @@ class Zswap:
             if keep:
                 t.m_referenced[i] = True     # used again: a second chance before writeback
             else:
-                t.set_state_one(i, ABSENT)   # commit: exclusive load
+                t.clear_one(i)               # commit: exclusive load
             return page
 
     def invalidate_batch(self, offsets) -> None:
