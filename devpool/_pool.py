@@ -38,6 +38,9 @@ __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
 DEFAULT_SEGMENT_BYTES = 256 * 1024
 
 
+_NO_ARG = object()          # read_with's arg left out
+
+
 def _refuse_reentry(pool) -> None:
     """The storage hook while ``read_with`` lends a block: a call back into the pool."""
     raise BadInputError("read_with's consume called back into the pool it is reading; "
@@ -490,10 +493,11 @@ class Pool:
                 self._free_one(slot, offset, size)
             return out
 
-    def read_with(self, handle: int, consume, *args, free: bool = False):
-        """Call ``consume(block, *args)`` on one object's bytes where they lie and return
-        what it returns: a decoder reads a block in place instead of copying it out
-        first (zswap decompresses from zsmalloc so: ``zs_obj_read_begin``/``_end``).
+    def read_with(self, handle: int, consume, arg=_NO_ARG, *, free: bool = False):
+        """Call ``consume(block)`` (``consume(block, arg)`` when ``arg`` is given) on one
+        object's bytes where they lie and return what it returns: a decoder reads a
+        block in place instead of copying it out first (zswap decompresses from
+        zsmalloc so: ``zs_obj_read_begin``/``_end``).
 
         ``block`` is a read-only 1-D uint8 host array, valid only during the call: host
         RAM lends the arena's own bytes (never keep them, never write through them),
@@ -511,7 +515,9 @@ class Pool:
             # free, move or close what it is reading; every verb refuses until it returns
             hook, self._hook = self._hook, _refuse_reentry
             try:
-                result = consume(self.storage.lend_one(offset, size), *args)
+                block = self.storage.lend_one(offset, size)
+                # one optional argument, not *args: packing a tuple cost ~60 ns a load
+                result = consume(block) if arg is _NO_ARG else consume(block, arg)
             finally:
                 self._hook = hook
             if free and result is not None:

@@ -145,6 +145,7 @@ class Zswap:
         self.accept_threshold_percent = accept_threshold_percent
         self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
         self.codec = get_codec(compressor)
+        self._decode_page = self.codec._decompress_page      # bound once: a load's decoder
         if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
             raise BadInputError(f"backing must be a path, a BackingFile or None, got {type(backing).__name__}")
         if isinstance(backing, (str, bytes)) and ("\0" in backing if isinstance(backing, str) else b"\0" in backing):
@@ -680,7 +681,7 @@ class Zswap:
                 else:
                     # decoded where the block lies (host RAM) and freed only once it made
                     # a page: a corrupt block stays stored, as in load_batch
-                    page = self.pool.read_with(handle, self.codec._decompress_page, out, free=free)
+                    page = self.pool.read_with(handle, self._decode_page, out, free=free)
                     if page is None:
                         self._counters["decompress_fail"] += 1
                         raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")

@@ -483,7 +483,7 @@ class Lz4Njit(Codec):
 
     def _decompress_page(self, block, out=None):
         out = np.empty(self.page_size, np.uint8) if out is None else out
-        return out if _single_page()[1](block, out) == self.page_size else None
+        return out if (_single or _single_page())[1](block, out) == self.page_size else None
 
 
 register_codec(Lz4Njit)
