@@ -1,7 +1,9 @@
 """devpool: a zswap-style compressed memory pool whose bytes may live in GPU memory.
 
 Everything above storage reaches pool memory only by batched copy-in / copy-out on
-opaque handles. Public surface::
+opaque handles (one exception, as zsmalloc makes it for zswap: ``Pool.read_with`` lets a
+decoder read one object where it lies in host RAM, under the pool's lock; device memory
+lends a copy). Public surface::
 
     pool = devpool.open_pool(backend="auto" | "host" | "cuda" | "chaos", capacity_bytes=...)
     zs = devpool.Zswap(pool, compressor=..., backing=...)

@@ -5,8 +5,9 @@ compressed into a pool instead of going to the swap device; a later swap-in
 decompresses them, which is far cheaper than disk I/O. When the pool reaches its limit
 the oldest entries are written back to the real swap file. This frontend models Linux
 6.18's zswap, keeps its parameter and debugfs statistic names, and sees only the pool
-contract: handles, batched copy-in / copy-out, ``compact``, ``stats``. It never
-learns whether the pool lives in RAM or on a GPU.
+contract: handles, batched copy-in / copy-out, ``read_with`` (a single load decodes
+its block where it lies), ``compact``, ``stats``. It never learns whether the pool
+lives in RAM or on a GPU.
 
 With a backing file, ``Zswap`` plays both zswap *and* the swap device: a page zswap
 refuses (limit hit, poor compression with writeback off, codec error) is written

@@ -53,8 +53,9 @@ class HostStorage(Storage):
         self._bytes = memoryview(self._map)
         # what lend_one hands out: the arena, read-only (a decoder reads a block where it
         # lies instead of copying it out first: a single load ~1 us faster, measured)
-        self._lent = self._arena.view()
-        self._lent.flags.writeable = False
+        # (over a read-only memoryview, so no one can set it writable again)
+        self._ro_bytes = self._bytes.toreadonly()
+        self._lent = np.frombuffer(self._ro_bytes, np.uint8)
         self._move_tmp = np.zeros(0, np.uint8)
         self._to_release: list[tuple[int, int]] = []      # released, advice not given yet
 
@@ -125,6 +126,7 @@ class HostStorage(Storage):
     def close(self) -> None:
         if self._map is not None:
             self._arena = self._lent = None
+            self._ro_bytes.release()
             self._bytes.release()
             try:
                 self._map.close()

@@ -78,6 +78,12 @@ def test_read_with_lends_the_bytes_read_only_and_frees_only_what_was_consumed(ma
     assert got == (data.tobytes(), "k", False)
     if backend == "host":                        # lent in place: a view, not a copy
         assert pool.read_with(h, lambda block: np.shares_memory(block, pool.storage._arena))
+
+        def write_through(block):
+            block.flags.writeable = True         # refused: the view is over read-only memory
+
+        with pytest.raises(ValueError):
+            pool.read_with(h, write_through)
     assert pool.read_with(h, lambda block: None, free=True) is None      # refused: kept
     with pytest.raises(ZeroDivisionError):
         pool.read_with(h, lambda block: 1 // 0, free=True)               # raised: kept
