@@ -618,13 +618,24 @@ class CudaStorage(Storage):
         self._sync("write_one")
 
     def read_one(self, offset: int, out: np.ndarray) -> None:
+        out[:] = self._fetch_one(offset, int(out.size), "read_one")
+
+    def lend_one(self, offset: int, nbytes: int) -> np.ndarray:
+        # the pinned page buffer itself, read-only: the one copy a device object needs
+        # (the base class would copy it once more into a fresh array)
+        block = self._fetch_one(offset, int(nbytes), "lend_one").view()
+        block.flags.writeable = False
+        return block
+
+    def _fetch_one(self, offset: int, n: int, verb: str) -> np.ndarray:
+        """One object copied into the pinned page buffer (valid until the next call)."""
         self._alive()
-        offset, n = int(offset), int(out.size)
+        offset = int(offset)
         self._check_range(offset, n)
         page = self._page_buffer(n)
         self._copy(f"device-to-host copy of {n} bytes", self.mem.d2h, page, 0, self._arena, offset, n)
-        self._sync("read_one")
-        out[:] = page[:n]
+        self._sync(verb)
+        return page[:n]
 
     def move(self, src_offsets, dst_offsets, lengths):
         batch = self._packed(lengths)
