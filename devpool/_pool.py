@@ -479,6 +479,8 @@ class Pool:
         zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
         freed.
         """
+        if free is not False and free is not True and type(free) is not np.bool_:
+            raise BadInputError(f"free must be a bool, got {free!r}")
         with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
@@ -507,6 +509,8 @@ class Pool:
         """
         if not callable(consume):
             raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
+        if free is not False and free is not True and type(free) is not np.bool_:
+            raise BadInputError(f"free must be a bool, got {free!r}")
         with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()

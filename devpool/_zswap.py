@@ -145,15 +145,15 @@ class Zswap:
         self.max_pool_percent = max_pool_percent
         self.accept_threshold_percent = accept_threshold_percent
         self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
-        self.codec = get_codec(compressor)
-        self._decode_page = self.codec._decompress_page      # bound once: a load's decoder
+        self._codec = get_codec(compressor)
+        self._decode_page = self._codec._decompress_page     # bound once: a load's decoder
         if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
             raise BadInputError(f"backing must be a path, a BackingFile or None, got {type(backing).__name__}")
         if isinstance(backing, (str, bytes)) and ("\0" in backing if isinstance(backing, str) else b"\0" in backing):
             raise BadInputError("backing path contains a NUL byte")
         # a device codec over a pool in device memory keeps blocks on the device: they
         # go into the arena device to device and are decoded there on load
-        self._blocks_on_device = bool(self.codec.device_resident and pool.device_resident)
+        self._blocks_on_device = bool(self._codec.device_resident and pool.device_resident)
         self._lock = threading.RLock()
         self._closed = False
         self._reached_full = False
@@ -189,17 +189,24 @@ class Zswap:
         with self._lock:
             if self._closed:
                 return
-            self._closed = True
+            refused = False
             try:
                 if not self.pool.closed:
                     self._drop_idx(self._t.present())
+            except BadInputError:
+                # the pool refused before freeing anything (a call from inside its
+                # read_with, as from a codec's decoder): nothing changed, still open
+                refused = True
+                raise
             finally:
-                # a closed pool took its objects with it: the entries name nothing now
-                self._t.set_state(self._t.present(), ABSENT)
-                if self.backing is not None:
-                    self.backing.detach(self)
-                    if self._own_backing:
-                        self.backing.close()
+                if not refused:
+                    self._closed = True
+                    # a closed pool took its objects with it: the entries name nothing now
+                    self._t.set_state(self._t.present(), ABSENT)
+                    if self.backing is not None:
+                        self.backing.detach(self)
+                        if self._own_backing:
+                            self.backing.close()
 
     def _check_open(self) -> None:
         if self._closed:
@@ -385,8 +392,8 @@ class Zswap:
         if not todo.size:
             return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
         if self._blocks_on_device:
-            return self.codec.compress_to_device(pages, todo)
-        return self.codec.compress_blocks(pages, todo)
+            return self._codec.compress_to_device(pages, todo)
+        return self._codec.compress_blocks(pages, todo)
 
     def _decompress_into(self, idx: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Decode POOL entries ``idx`` into ``out[rows]``; returns the ok mask.
@@ -405,7 +412,7 @@ class Zswap:
                 self._decompress_into(idx[raw], out, rows[raw])        # as-is pages only
             comp = np.flatnonzero(~raw)
             data, lens = self.pool.read_batch(t.handle[idx[comp]], device=True)
-            ok[comp] = self.codec.decompress_into(data, lens, out, rows[comp])
+            ok[comp] = self._codec.decompress_into(data, lens, out, rows[comp])
             self._counters["decompress_fail"] += int((~ok).sum())
             return ok
         total = int(t.length[idx].sum())
@@ -420,9 +427,9 @@ class Zswap:
             return ok
         comp = np.flatnonzero(~raw)
         if comp.size == idx.size:
-            ok = self.codec.decompress_into(data, lens, out, rows)
+            ok = self._codec.decompress_into(data, lens, out, rows)
         else:                                # the compressed blocks where they lie: no copy
-            ok[comp] = self.codec.decompress_into(data, lens[comp], out, rows[comp], starts[comp])
+            ok[comp] = self._codec.decompress_into(data, lens[comp], out, rows[comp], starts[comp])
         self._counters["decompress_fail"] += int((~ok).sum())
         return ok
 
@@ -577,7 +584,7 @@ class Zswap:
             handle = None
             if not same:
                 # 1. fallible work first
-                block, n = self.codec._compress_page(page)     # page checked at our edge
+                block, n = self._codec._compress_page(page)     # page checked at our edge
                 accepted, as_is, size = self._verdict(n)
                 if not accepted:
                     self._tally_refusals(n, accepted)
@@ -759,6 +766,11 @@ class Zswap:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def codec(self):
+        """The codec, fixed at construction (a load binds its decoder once)."""
+        return self._codec
+
     def stats(self) -> dict:
         """Kernel debugfs names, plus same-filled and backing counts and the ratio."""
         with self._lock:
@@ -781,7 +793,7 @@ class Zswap:
                 "accept_threshold_bytes": self._accept,
                 "pool_limit_reached": self._reached_full,
                 "entry_table_bytes": t.nbytes,
-                "compressor": self.codec.codec_id,
+                "compressor": self._codec.codec_id,
                 "blocks_on_device": self._blocks_on_device,
                 "backend": pst["backend"],
             })

@@ -53,7 +53,8 @@ class HostStorage(Storage):
         self._bytes = memoryview(self._map)
         # what lend_one hands out: the arena, read-only (a decoder reads a block where it
         # lies instead of copying it out first: a single load ~1 us faster, measured)
-        # (over a read-only memoryview, so no one can set it writable again)
+        # (over a read-only memoryview, so its flag cannot be set writable again: a guard
+        # against mistakes; code set on writing could still reach the mmap through .base)
         self._ro_bytes = self._bytes.toreadonly()
         self._lent = np.frombuffer(self._ro_bytes, np.uint8)
         self._move_tmp = np.zeros(0, np.uint8)

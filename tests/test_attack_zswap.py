@@ -319,3 +319,41 @@ def test_a_corrupt_block_in_a_full_pool_still_raises_corrupt_data(kind):
         assert (zs.load(o) == page).all()
     zs.close()
     pool.close()
+
+
+@pytest.mark.parametrize("kind", ["host", "chaos"])
+@pytest.mark.parametrize("call", ["close", "store", "load"])
+def test_a_decoder_that_calls_back_into_zswap_changes_nothing(kind, call, rng):
+    """A single load decodes under the pool's lock (the block is lent in place); a codec
+    whose decoder calls back into the Zswap that owns the pool (close, a store that
+    needs the pool, a load of another page) is refused: the load raises, the Zswap
+    stays open, every page is still there and loads once the decoder behaves."""
+    from devpool._codecs import Lz4
+
+    class Hostile(Lz4):
+        armed = False
+
+        def _decompress_page(self, block, out=None):
+            if Hostile.armed:
+                Hostile.armed = False
+                {"close": zs.close, "store": lambda: zs.store(99, pages[3]),
+                 "load": lambda: zs.load(4)}[call]()
+            return super()._decompress_page(block, out)
+
+    pool = devpool.open_pool(kind, 1 << 20, segment_bytes=SEG)
+    zs = devpool.Zswap(pool, Hostile(), max_pool_percent=100)
+    pages = _pages(10, rng)
+    kept = np.flatnonzero(zs.store_batch(np.arange(10), pages))   # the incompressible are refused
+    assert {3, 4, 8} <= set(kept.tolist()) and zs.entry_kind(8) == "pool"
+    before = (zs.stats()["stored_pages"], pool.stats()["obj_used"])
+    Hostile.armed = True
+    with pytest.raises(devpool.BadInputError, match="called back into the pool"):
+        zs.load(8)
+    assert not zs.closed and not zs.contains(99)
+    assert (zs.stats()["stored_pages"], pool.stats()["obj_used"]) == before
+    np.testing.assert_array_equal(zs.load_batch(kept), pages[kept])
+    with pytest.raises(AttributeError):
+        zs.codec = Lz4()                       # fixed at construction: a load bound its decoder
+    zs.close()
+    assert pool.stats()["obj_used"] == 0
+    pool.close()

@@ -123,6 +123,14 @@ def test_read_with_bad_consumer_and_closed_pool(make_pool):
     h = pool.alloc(10)
     with pytest.raises(devpool.BadInputError, match="callable"):
         pool.read_with(h, "not a function")
+    ran = []
+    for free in ("False", 1, np.array([True, False]), None):
+        with pytest.raises(devpool.BadInputError, match="free must be a bool"):
+            pool.read_with(h, ran.append, free=free)          # refused before consume runs
+        with pytest.raises(devpool.BadInputError, match="free must be a bool"):
+            pool.read(h, free=free)
+    assert ran == [] and pool.size_of(h) == 10               # nothing ran, nothing freed
+    assert pool.read_with(h, len, free=np.bool_(True)) == 10
     pool.close()
     with pytest.raises(devpool.PoolClosedError):
         pool.read_with(h, bytes)
