@@ -14,8 +14,10 @@ process maps the memory (a memfd, ``MAP_SHARED``), creates the userfaultfd, regi
 the range for missing and write-protect faults, and starts two processes: the handler
 and a small guard that turns a handler's death into loud failures (SIGBUS / EFAULT on
 lost pages, :class:`~devpool.DevpoolError` from every call here) instead of a hang or
-zeros. No thread of this process ever serves a fault, so a numpy pass that holds the GIL
-while it faults cannot deadlock.
+zeros. No thread of this process serves a fault while the handler lives, so a numpy
+pass that holds the GIL while it faults cannot deadlock; if no guard can answer either
+(both killed, a stopped guard), a thread here that never needs the GIL does the guard's
+work (``_region_watch.py``).
 
 Not supported: I/O that pins the region's pages and writes them later by DMA (an
 ``O_DIRECT`` read into the region, io_uring fixed buffers, RDMA). No user-space call
@@ -51,6 +53,7 @@ from . import _errors, _uffd
 from ._checks import check_int, check_real
 from ._errors import BackendUnavailableError, BadInputError, DevpoolError
 from ._region_handler import recv, send, start_guard, stop_guard, wait_or_kill
+from ._region_watch import RegionWatch
 
 __all__ = ["SwapRegion", "swap_region"]
 
@@ -121,6 +124,7 @@ class _Resources:
         self.guard: subprocess.Popen | None = None
         self.handler_sock: socket.socket | None = None
         self.guard_sock: socket.socket | None = None
+        self.watch: RegionWatch | None = None
         self.addr = 0
         self.length = 0
         self.keep_reserved = False
@@ -129,6 +133,12 @@ class _Resources:
     def release(self, timeout: float = 30.0) -> None:
         if os.getpid() != self.owner:
             return          # a fork()ed child exiting: the region is its parent's to close
+        # 0. the watch thread: from here on the handler's exit is not a death. Until it
+        #    has returned, no descriptor of ours may close (it polls and reads them)
+        if self.watch is not None:
+            if not self.watch.stop():
+                self.fds.clear()     # leaked rather than reused under a thread still on them
+            self.watch = None
         # 1. the handler stops watching the guard (else it would take the guard's exit
         #    below for a death and start another) and dismisses any guard it started
         answers = self.handler is not None and self.handler.poll() is None
@@ -420,6 +430,10 @@ class SwapRegion:
         except (OSError, subprocess.SubprocessError) as exc:
             raise DevpoolError(f"swap_region: the guard process did not start: {exc}") from exc
         res.socks.append(res.guard_sock)
+        # the last line, for when the guard cannot answer either (both killed at once, a
+        # stopped guard): a thread here that never needs the GIL (_region_watch.py)
+        res.watch = RegionWatch(fd, pidfd, addr, self.nbytes)
+        res.watch.start()
         mine.settimeout(None)
         # the handler watches the guard from now on and starts another if it dies
         self._request("guard", res.guard.pid)

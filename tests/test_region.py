@@ -388,7 +388,9 @@ def test_a_request_interrupted_by_a_signal_does_not_shift_later_replies(region):
 def test_close_frees_everything_and_later_use_is_an_error(region):
     r = region(16, 4, backend="host")
     r.array[:] = 3
+    watch = r._res.watch
     r.close()
+    assert not watch.took_over                 # stopped first: the handler's exit is no death
     r.close()                                # idempotent
     assert r.closed
     with pytest.raises(DevpoolError, match="closed"):
@@ -722,6 +724,7 @@ _DEATH_AFTER_GUARD_SCRIPT = textwrap.dedent("""
     deadline = time.monotonic() + 10
     while r.stats()["guards_replaced"] == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
+    r._res.watch.stop()    # the region's last line off: the replaced guard must do it alone
     print(r.handler_pid, r.stats()["guard_pid"], flush=True)
     sys.stdin.readline()
     a.sum()                # faults while holding the GIL: the handler is stopped
@@ -758,6 +761,8 @@ _DEATH_SCRIPT = textwrap.dedent("""
     a = r.array
     a[:] = 5
     r.evict(16)
+    if "guard alone" in sys.argv:
+        r._res.watch.stop()    # the region's last line off: the guard must do it alone
     print(r.handler_pid, r._res.guard.pid, flush=True)
     sys.stdin.readline()
     a.sum()                # faults while holding the GIL: the handler is stopped
@@ -767,15 +772,24 @@ _DEATH_SCRIPT = textwrap.dedent("""
 
 def test_thread_blocked_in_a_fault_when_the_handler_dies_is_not_left_hanging():
     """The faulting thread holds the GIL, so nothing in its process can help it; the
-    guard process wakes it and its access fails loudly (SIGBUS) within seconds."""
-    _blocked_thread_gets_sigbus(_DEATH_SCRIPT)
+    guard process wakes it and its access fails loudly (SIGBUS) within seconds (the
+    region's watch thread, which would too, is stopped for this test)."""
+    _blocked_thread_gets_sigbus(_DEATH_SCRIPT, args=["guard alone"])
 
 
-def _blocked_thread_gets_sigbus(script: str) -> None:
+def test_thread_blocked_in_a_fault_when_handler_and_guard_die_together_is_not_left_hanging():
+    """Both helpers killed at once (``pkill -f`` over their command lines): no process
+    is left to read the userfaultfd. The faulting thread holds the GIL, so no Python
+    thread of its process can help; the region's watch thread, which never needs the
+    GIL, fails the access loudly (SIGBUS) all the same."""
+    _blocked_thread_gets_sigbus(_DEATH_SCRIPT, kill_guard=True)
+
+
+def _blocked_thread_gets_sigbus(script: str, kill_guard: bool = False, args=()) -> None:
     """Run ``script`` (it prints the handler's and the guard's pids, then faults on an
-    evicted page when told); stop the handler, let the script fault, kill the handler:
-    the script must die of SIGBUS and the guard leave."""
-    proc = subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE,
+    evicted page when told); stop the handler, let the script fault, kill the handler
+    (and the guard with it, if asked): the script must die of SIGBUS and the guard leave."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         hpid, gpid = (int(x) for x in proc.stdout.readline().split())
@@ -784,6 +798,8 @@ def _blocked_thread_gets_sigbus(script: str) -> None:
         proc.stdin.flush()
         time.sleep(0.5)
         assert proc.poll() is None           # blocked in the fault
+        if kill_guard:
+            os.kill(gpid, signal.SIGKILL)
         os.kill(hpid, signal.SIGKILL)
         code = proc.wait(30)
         out, err = proc.stdout.read(), proc.stderr.read()
@@ -793,8 +809,45 @@ def _blocked_thread_gets_sigbus(script: str) -> None:
             proc.wait()
     assert code == -signal.SIGBUS, (code, err)
     assert "returned" not in out
-    assert "handler process died" in err
+    assert ("handler process is gone" if kill_guard else "handler process died") in err
     assert _gone_within(gpid)
+
+
+@pytest.mark.parametrize("guard", ["killed", "stopped"])
+def test_handler_death_with_no_guard_to_answer_fails_loudly(region, guard):
+    """The guard killed with the handler, or stopped when the handler dies: a syscall on
+    an evicted page gets EFAULT from the region's watch thread instead of hanging."""
+    r = region(16, 16, backend="host")
+    a = r.array
+    a[:] = 9
+    r.evict(8)
+    evicted = [p for p in range(16) if not _resident(a, p)]
+    assert evicted
+    gpid, watch = r._res.guard.pid, r._res.watch
+    os.kill(gpid, signal.SIGKILL if guard == "killed" else signal.SIGSTOP)
+    os.kill(r.handler_pid, signal.SIGKILL)
+    try:
+        rd, wr = os.pipe()
+        got = {}
+
+        def syscall():
+            try:
+                got["n"] = os.write(wr, a[evicted[0] * P: evicted[0] * P + 64])
+            except OSError as exc:
+                got["errno"] = exc.errno
+
+        t = threading.Thread(target=syscall)
+        t.start()
+        _join([t])
+        os.close(rd)
+        os.close(wr)
+        assert got == {"errno": errno.EFAULT}
+        assert watch.took_over and watch.faults_answered >= 1
+        with pytest.raises(DevpoolError, match="died"):
+            r.stats()
+    finally:
+        if guard == "stopped":
+            os.kill(gpid, signal.SIGCONT)
 
 
 # --- permission ------------------------------------------------------------------------------
