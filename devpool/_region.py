@@ -213,6 +213,9 @@ def _drop_inherited() -> None:
             except OSError:
                 pass
         res.socks, res.fds = [], []      # their numbers may be reused in the child
+        if res.watch is not None:        # the child has no watch thread, only its pipe
+            res.watch.close_pipe()
+            res.watch = None
 
 
 os.register_at_fork(after_in_child=_drop_inherited)
@@ -433,7 +436,9 @@ class SwapRegion:
         # the last line, for when the guard cannot answer either (both killed at once, a
         # stopped guard): a thread here that never needs the GIL (_region_watch.py)
         res.watch = RegionWatch(fd, pidfd, addr, self.nbytes)
-        res.watch.start()
+        if not res.watch.start():
+            res.watch.close_pipe()
+            res.watch = None
         mine.settimeout(None)
         # the handler watches the guard from now on and starts another if it dies
         self._request("guard", res.guard.pid)

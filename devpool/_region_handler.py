@@ -94,6 +94,18 @@ MEMFD_NAME = "devpool-region"
 LAT_RING = 1 << 16
 
 
+def _say(message: str) -> None:
+    """Write to stderr only if it takes the line now: a full pipe (a parent that reads
+    its child's stderr at the end) must not stop a handler or guard serving faults."""
+    out = select.poll()
+    out.register(2, select.POLLOUT)
+    try:
+        if any(ev & select.POLLOUT for _, ev in out.poll(0)):
+            os.write(2, message.encode())
+    except OSError:
+        pass
+
+
 def send(sock: socket.socket, obj) -> None:
     sock.send(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
 
@@ -284,7 +296,7 @@ class Handler:
             # The client lives, but its end of the socket is closed (a stray close of the
             # descriptor number). Its evicted pages live only here: serve its faults until
             # it dies (the client pidfd), rather than exit and lose them all.
-            sys.stderr.write("devpool region handler: the region's control socket was closed under it; "
+            _say("devpool region handler: the region's control socket was closed under it; "
                              "still serving its pages until the process exits\n")
             self.ctl_lost = True
             return True
@@ -379,7 +391,7 @@ class Handler:
             self.guard_error = (f"the region's guard process {dead} died and another could not be started "
                                 f"({type(exc).__name__}: {exc}): a handler death could no longer be made loud")
             self.guard_retry_at = time.monotonic() + GUARD_RETRY_S
-            sys.stderr.write(f"devpool region handler: {self.guard_error}; trying again\n")
+            _say(f"devpool region handler: {self.guard_error}; trying again\n")
             return
         finally:
             if me is not None:
@@ -389,7 +401,7 @@ class Handler:
         self.guard_pid = proc.pid
         self.poller.register(self.guard_pidfd, select.POLLIN)
         self.c["guards_replaced"] += 1
-        sys.stderr.write(f"devpool region handler: the region's guard process {dead} died; "
+        _say(f"devpool region handler: the region's guard process {dead} died; "
                          f"guard {proc.pid} took its place\n")
 
     # --- fault service -----------------------------------------------------------------
@@ -579,7 +591,7 @@ class Handler:
                     self._note_load(time.monotonic_ns() - t)
                 ok.append(True)
             except Exception as exc:
-                sys.stderr.write(f"devpool region handler: page {p} could not be loaded ({exc}); "
+                _say(f"devpool region handler: page {p} could not be loaded ({exc}); "
                                  f"poisoning it\n")
                 self.c["fill_errors"] += 1
                 self._poison(p)
@@ -602,7 +614,7 @@ class Handler:
                 # came now); the poison has no wake when it fails, so wake it here
                 uffd.wake(self.uffd, addr, PAGE)
             else:
-                sys.stderr.write(f"devpool region handler: poisoning page {p} failed: {exc}\n")
+                _say(f"devpool region handler: poisoning page {p} failed: {exc}\n")
         self.state[p] = LOST
 
     def _copy_runs(self, chunk: list, ok: list) -> None:
@@ -693,7 +705,7 @@ class Handler:
             # A store that fails (a full or broken swap file, a device error) keeps none of
             # the victims: they stay resident, as refused ones do. Raised out of the loop's
             # automatic eviction it would kill the handler and lose every evicted page.
-            sys.stderr.write(f"devpool region handler: evicting {k} page(s) failed, they stay "
+            _say(f"devpool region handler: evicting {k} page(s) failed, they stay "
                              f"resident: {type(exc).__name__}: {exc}\n")
             self.c["store_errors"] += 1
             kept = np.zeros(k, np.bool_)
@@ -728,7 +740,7 @@ class Handler:
         try:
             cached = self.zs.store_batch(victims, pages)
         except WritebackError as exc:      # refused pages whose file write failed: not kept
-            sys.stderr.write(f"devpool region handler: {exc}\n")
+            _say(f"devpool region handler: {exc}\n")
             return np.array([self.zs.contains(int(v)) for v in victims], np.bool_)
         if self.zs.backing is not None:
             return np.ones(victims.size, np.bool_)  # refused ones went to the file
@@ -941,7 +953,7 @@ def guard_main(argv: list) -> int:
             msg = b""
         if msg or _client_gone(client_fd, client, base):
             return True
-        sys.stderr.write("devpool guard: the region's guard socket was closed under it; "
+        _say("devpool guard: the region's guard socket was closed under it; "
                          "guarding until the process exits\n")
         poller.unregister(ctl_fd)
         return False
@@ -953,9 +965,6 @@ def guard_main(argv: list) -> int:
                 return 0                     # told to stand down, or the client is gone
             if fd == pidfd:
                 dead = True
-    sys.stderr.write("devpool: the swap region's handler process died; its pool (the evicted "
-                     "pages) is lost: accesses to pages not resident now raise SIGBUS "
-                     "(syscalls EFAULT) and the region's calls raise DevpoolError\n")
     try:
         uffd.writeprotect(uffd_fd, base, length, False)     # let writers of resident pages go
     except OSError:
@@ -964,6 +973,9 @@ def guard_main(argv: list) -> int:
         uffd.wake(uffd_fd, base, length)   # waiters whose messages the dead handler had read
     except OSError:
         pass
+    _say("devpool: the swap region's handler process died; its pool (the evicted "
+         "pages) is lost: accesses to pages not resident now raise SIGBUS "
+         "(syscalls EFAULT) and the region's calls raise DevpoolError\n")
     poller.unregister(pidfd)
     poller.register(uffd_fd, select.POLLIN)
     while True:

@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import os
 import threading
+import warnings
 
 import numba
 import numpy as np
 from numba import types
+from numba.core.dispatcher import Dispatcher
 
 from . import _uffd
 
@@ -41,7 +43,7 @@ _read = types.ExternalFunction("read", types.int64(types.int32, types.voidptr, t
 _ioctl = types.ExternalFunction("ioctl", types.int32(types.int32, types.uint64, types.voidptr))
 _write = types.ExternalFunction("write", types.int64(types.int32, types.voidptr, types.uint64))
 
-_POLLIN = 1
+_POLLIN, _POLLOUT, _POLLERR, _POLLHUP, _POLLNVAL = 0x1, 0x4, 0x8, 0x10, 0x20
 _POLL_MS = 200             # how soon a stop is seen (the thread re-checks between polls)
 _MSGS = 64                 # fault messages read at once
 _PAGE = _uffd.PAGE_SIZE
@@ -64,12 +66,11 @@ def _watch(uffd, pidfd, stop_fd, base, length, page, wp_req, wake_req, poison_re
         pfd[1] = _POLLIN
         pfd[3] = _POLLIN
         if _poll(pfd.ctypes.data, 2, _POLL_MS) > 0:
-            if pfd[3] >> 16:
-                return
-            if pfd[1] >> 16:
-                break
+            if pfd[3] >> 16 or (pfd[1] >> 16) & _POLLNVAL:
+                return        # told to stop (or a descriptor closed under us: nothing to watch)
+            if (pfd[1] >> 16) & (_POLLIN | _POLLHUP):
+                break         # the handler exited (POLLHUP: and was reaped)
     state[0] = 1
-    _write(2, message.ctypes.data, message.shape[0])
     # the handler is gone: writers of resident pages may go, waiters the dead handler
     # had read are woken (their faults come back here)
     arg[0] = base
@@ -79,6 +80,11 @@ def _watch(uffd, pidfd, stop_fd, base, length, page, wp_req, wake_req, poison_re
     arg[0] = base
     arg[1] = length
     _ioctl(uffd, wake_req, arg.ctypes.data)
+    # then say so, if stderr takes it now: a full pipe must not stop the last line
+    pfd[0] = 2
+    pfd[1] = _POLLOUT
+    if _poll(pfd.ctypes.data, 1, 0) > 0 and (pfd[1] >> 16) & _POLLOUT:
+        _write(2, message.ctypes.data, message.shape[0])
     pfd[0] = uffd
     words = msgs.view(np.uint64)            # struct uffd_msg: 32 bytes, 4 words
     while True:
@@ -86,9 +92,9 @@ def _watch(uffd, pidfd, stop_fd, base, length, page, wp_req, wake_req, poison_re
         pfd[3] = _POLLIN
         if _poll(pfd.ctypes.data, 2, _POLL_MS) <= 0:
             continue
-        if pfd[3] >> 16:
+        if pfd[3] >> 16 or (pfd[1] >> 16) & (_POLLNVAL | _POLLERR):
             return
-        if not pfd[1] >> 16:
+        if not (pfd[1] >> 16) & _POLLIN:
             continue
         got = _read(uffd, msgs.ctypes.data, msgs.shape[0])     # non-blocking descriptor
         for k in range(max(got, 0) // 32):
@@ -123,15 +129,25 @@ class RegionWatch:
         self._thread: threading.Thread | None = None
         self._state = np.zeros(2, np.int64)      # the thread's: [handler seen dead, faults answered]
 
-    def start(self) -> None:
+    def start(self) -> bool:
+        """Start the thread; False (with a warning) where numba's JIT is disabled
+        (``NUMBA_DISABLE_JIT``): the function would run as Python, which needs the GIL."""
+        if not isinstance(_watch, Dispatcher):
+            warnings.warn("swap_region: numba's JIT is disabled (NUMBA_DISABLE_JIT), so the region's "
+                          "watch thread cannot run without the GIL and is not started; the guard "
+                          "process alone turns the handler's death into loud failures", RuntimeWarning,
+                          stacklevel=3)
+            return False
         uffd_fd, pidfd, base, length = self._args
         args = (uffd_fd, pidfd, self._stop_r, base, length, _PAGE, _uffd.UFFDIO_WRITEPROTECT,
                 _uffd.UFFDIO_WAKE, _uffd.UFFDIO_POISON, _uffd.UFFD_EVENT_PAGEFAULT,
                 _uffd.UFFD_PAGEFAULT_FLAG_WP, np.zeros(4, np.int32), np.zeros(32 * _MSGS, np.uint8),
                 np.zeros(4, np.uint64), self._state, np.frombuffer(_MESSAGE, np.uint8))
         _watch.compile(tuple(numba.typeof(a) for a in args))  # here, not in the thread: errors surface
-        self._thread = threading.Thread(target=_watch, args=args, name="devpool-region-watch", daemon=True)
-        self._thread.start()
+        thread = threading.Thread(target=_watch, args=args, name="devpool-region-watch", daemon=True)
+        thread.start()               # may raise (no thread to be had): then there is none to stop
+        self._thread = thread
+        return True
 
     @property
     def took_over(self) -> bool:
@@ -156,10 +172,15 @@ class RegionWatch:
             if self._thread.is_alive():
                 return False
             self._thread = None
-        for fd in (self._stop_r, self._stop_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        self._stop_r = self._stop_w = -1
+        self.close_pipe()
         return True
+
+    def close_pipe(self) -> None:
+        """Close the stop pipe (``stop`` does; a fork()ed child, which has no thread, too)."""
+        for fd in (self._stop_r, self._stop_w):
+            if fd >= 0:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        self._stop_r = self._stop_w = -1

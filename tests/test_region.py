@@ -763,6 +763,15 @@ _DEATH_SCRIPT = textwrap.dedent("""
     r.evict(16)
     if "guard alone" in sys.argv:
         r._res.watch.stop()    # the region's last line off: the guard must do it alone
+    if "full stderr" in sys.argv:
+        # a parent that reads stderr only at the end: the pipe fills, a write would block
+        os.set_blocking(2, False)
+        try:
+            while True:
+                os.write(2, b"x" * 4096)
+        except BlockingIOError:
+            pass
+        os.set_blocking(2, True)
     print(r.handler_pid, r._res.guard.pid, flush=True)
     sys.stdin.readline()
     a.sum()                # faults while holding the GIL: the handler is stopped
@@ -785,7 +794,17 @@ def test_thread_blocked_in_a_fault_when_handler_and_guard_die_together_is_not_le
     _blocked_thread_gets_sigbus(_DEATH_SCRIPT, kill_guard=True)
 
 
-def _blocked_thread_gets_sigbus(script: str, kill_guard: bool = False, args=()) -> None:
+@pytest.mark.parametrize("who", ["guard alone", "watch thread"])
+def test_a_full_stderr_pipe_does_not_stop_the_last_line(who):
+    """The guard and the watch thread say what happened on stderr; a parent that reads
+    its child's stderr only at the end lets the pipe fill. Before: the write blocked
+    first, so no fault was ever answered and the faulting thread hung."""
+    _blocked_thread_gets_sigbus(_DEATH_SCRIPT, kill_guard=who == "watch thread",
+                                args=["full stderr"] + (["guard alone"] if who == "guard alone" else []),
+                                said=False)
+
+
+def _blocked_thread_gets_sigbus(script: str, kill_guard: bool = False, args=(), said: bool = True) -> None:
     """Run ``script`` (it prints the handler's and the guard's pids, then faults on an
     evicted page when told); stop the handler, let the script fault, kill the handler
     (and the guard with it, if asked): the script must die of SIGBUS and the guard leave."""
@@ -809,7 +828,8 @@ def _blocked_thread_gets_sigbus(script: str, kill_guard: bool = False, args=()) 
             proc.wait()
     assert code == -signal.SIGBUS, (code, err)
     assert "returned" not in out
-    assert ("handler process is gone" if kill_guard else "handler process died") in err
+    if said:                                 # (a full pipe takes no message)
+        assert ("handler process is gone" if kill_guard else "handler process died") in err
     assert _gone_within(gpid)
 
 
@@ -1032,6 +1052,70 @@ _FORK_SCRIPT = textwrap.dedent("""
     print(r.handler_pid, r._res.guard.pid, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 """)
+
+
+def test_a_region_whose_watch_thread_cannot_start_leaves_nothing_behind(monkeypatch):
+    """No thread to be had (a pids cgroup limit, RLIMIT_NPROC): construction raises that
+    error, and the handler, the guard and every descriptor go. Before: stop() joined the
+    thread that never started, hid the error and left both processes running."""
+    real = threading.Thread.start
+
+    def refuse(self):
+        if self.name == "devpool-region-watch":
+            raise RuntimeError("can't start new thread")
+        return real(self)
+
+    monkeypatch.setattr(threading.Thread, "start", refuse)
+    before, fds = _children(), set(os.listdir("/proc/self/fd"))
+    with pytest.raises(RuntimeError, match="can't start new thread"):
+        devpool.swap_region(16 * P, resident_bytes=4 * P, backend="host")
+    deadline = time.monotonic() + 10
+    while _children() - before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _children() <= before
+    assert set(os.listdir("/proc/self/fd")) <= fds
+
+
+def test_without_numba_jit_the_region_runs_without_its_watch_thread():
+    """NUMBA_DISABLE_JIT makes the watch function plain Python (it would need the GIL):
+    the region still works, says the thread is off, and the guard alone guards."""
+    script = textwrap.dedent("""
+        import warnings, devpool
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            r = devpool.swap_region(16 * 4096, resident_bytes=4 * 4096, backend="host")
+        a = r.array
+        a[:] = 7
+        r.evict()
+        assert (a == 7).all() and r._res.watch is None
+        r.close()
+        print(any("watch thread" in str(x.message) for x in w))
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "True"
+
+
+def test_a_forked_child_closes_its_copy_of_the_watch_pipe(region):
+    r = region(16, 4, backend="host")
+    w = r._res.watch
+    pipe = (w._stop_r, w._stop_w)
+    pid = os.fork()
+    if pid == 0:                                      # the child: both ends closed
+        code = 0
+        for fd in pipe:
+            try:
+                os.fstat(fd)
+                code = 1
+            except OSError:
+                pass
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    os.fstat(pipe[0])                                 # the parent's are open
+    r.array[:] = 1                                    # and the region works on
+    assert (r.array == 1).all()
 
 
 def test_a_forked_child_does_not_keep_the_region_processes_alive():
