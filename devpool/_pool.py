@@ -41,6 +41,13 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024
 _NO_ARG = object()          # read_with's arg left out
 
 
+def _as_free(free) -> bool:
+    """A ``free=`` argument that is not True or False: a numpy bool, or refused."""
+    if type(free) is np.bool_:
+        return bool(free)
+    raise BadInputError(f"free must be a bool, got {free!r}")
+
+
 def _refuse_reentry(pool) -> None:
     """The storage hook while ``read_with`` lends a block: a call back into the pool."""
     raise BadInputError("read_with's consume called back into the pool it is reading; "
@@ -479,8 +486,8 @@ class Pool:
         zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
         freed.
         """
-        if free is not False and free is not True and type(free) is not np.bool_:
-            raise BadInputError(f"free must be a bool, got {free!r}")
+        if free is not False and free is not True:      # _as_free's test, inline
+            free = _as_free(free)
         with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
@@ -507,10 +514,10 @@ class Pool:
         something other than None; None (it refused the bytes: a corrupt block) or an
         exception frees nothing.
         """
+        if free is not False and free is not True:      # _as_free's test, inline
+            free = _as_free(free)
         if not callable(consume):
             raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
-        if free is not False and free is not True and type(free) is not np.bool_:
-            raise BadInputError(f"free must be a bool, got {free!r}")
         with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()

@@ -462,12 +462,21 @@ def test_handler_death_raises_and_nothing_hangs(region, rng):
     with pytest.raises(DevpoolError):
         r.evict()
     # a syscall touching a lost page fails (EFAULT) instead of hanging or reading zeros
+    assert _write_from(a, evicted[0]) == {"errno": errno.EFAULT}
+    resident = [p for p in range(16) if p not in evicted]
+    if resident:                             # pages still mapped keep their bytes
+        assert a[resident[0] * P] == 9
+
+
+def _write_from(a: np.ndarray, p: int) -> dict:
+    """``os.write`` 64 bytes of page ``p`` to a pipe from another thread (joined,
+    bounded): ``{"n": bytes written}`` or ``{"errno": ...}``."""
     rd, wr = os.pipe()
     got = {}
 
     def syscall():
         try:
-            got["n"] = os.write(wr, a[evicted[0] * P: evicted[0] * P + 64])
+            got["n"] = os.write(wr, a[p * P: p * P + 64])
         except OSError as exc:
             got["errno"] = exc.errno
 
@@ -476,10 +485,7 @@ def test_handler_death_raises_and_nothing_hangs(region, rng):
     _join([t])
     os.close(rd)
     os.close(wr)
-    assert got == {"errno": errno.EFAULT}
-    resident = [p for p in range(16) if p not in evicted]
-    if resident:                             # pages still mapped keep their bytes
-        assert a[resident[0] * P] == 9
+    return got
 
 
 def _resident(a: np.ndarray, p: int) -> bool:
@@ -847,21 +853,7 @@ def test_handler_death_with_no_guard_to_answer_fails_loudly(region, guard):
     os.kill(gpid, signal.SIGKILL if guard == "killed" else signal.SIGSTOP)
     os.kill(r.handler_pid, signal.SIGKILL)
     try:
-        rd, wr = os.pipe()
-        got = {}
-
-        def syscall():
-            try:
-                got["n"] = os.write(wr, a[evicted[0] * P: evicted[0] * P + 64])
-            except OSError as exc:
-                got["errno"] = exc.errno
-
-        t = threading.Thread(target=syscall)
-        t.start()
-        _join([t])
-        os.close(rd)
-        os.close(wr)
-        assert got == {"errno": errno.EFAULT}
+        assert _write_from(a, evicted[0]) == {"errno": errno.EFAULT}
         assert watch.took_over and watch.faults_answered >= 1
         with pytest.raises(DevpoolError, match="died"):
             r.stats()
