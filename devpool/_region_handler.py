@@ -297,7 +297,7 @@ class Handler:
             # descriptor number). Its evicted pages live only here: serve its faults until
             # it dies (the client pidfd), rather than exit and lose them all.
             _say("devpool region handler: the region's control socket was closed under it; "
-                             "still serving its pages until the process exits\n")
+                 "still serving its pages until the process exits\n")
             self.ctl_lost = True
             return True
         op, tag = req[0], req[-1]
@@ -402,7 +402,7 @@ class Handler:
         self.poller.register(self.guard_pidfd, select.POLLIN)
         self.c["guards_replaced"] += 1
         _say(f"devpool region handler: the region's guard process {dead} died; "
-                         f"guard {proc.pid} took its place\n")
+             f"guard {proc.pid} took its place\n")
 
     # --- fault service -----------------------------------------------------------------
     def serve(self, faults: list) -> None:
@@ -592,7 +592,7 @@ class Handler:
                 ok.append(True)
             except Exception as exc:
                 _say(f"devpool region handler: page {p} could not be loaded ({exc}); "
-                                 f"poisoning it\n")
+                     f"poisoning it\n")
                 self.c["fill_errors"] += 1
                 self._poison(p)
                 ok.append(False)
@@ -706,7 +706,7 @@ class Handler:
             # the victims: they stay resident, as refused ones do. Raised out of the loop's
             # automatic eviction it would kill the handler and lose every evicted page.
             _say(f"devpool region handler: evicting {k} page(s) failed, they stay "
-                             f"resident: {type(exc).__name__}: {exc}\n")
+                 f"resident: {type(exc).__name__}: {exc}\n")
             self.c["store_errors"] += 1
             kept = np.zeros(k, np.bool_)
         gone = victims[kept]
@@ -954,7 +954,7 @@ def guard_main(argv: list) -> int:
         if msg or _client_gone(client_fd, client, base):
             return True
         _say("devpool guard: the region's guard socket was closed under it; "
-                         "guarding until the process exits\n")
+             "guarding until the process exits\n")
         poller.unregister(ctl_fd)
         return False
 
