@@ -11,10 +11,11 @@ single bytecode.
 This thread never needs it. It enters compiled code (numba, ``nogil``) when the region
 opens and stays there, calling ``poll``, ``read`` and ``ioctl`` from libc directly:
 it sleeps until the handler's pidfd says the handler is gone (or it is told to stop),
-then does what the guard does (lift all write protection, wake every waiter, answer each
-later fault with ``UFFDIO_POISON`` or, for a write-protect fault, by lifting it) until
-``stop``. With the guard alive both answer; a fault answered twice gets ``EEXIST`` from
-the kernel and a wake, which is harmless. The region stops this thread before it asks
+and, once faults stay unread for two checks 0.1 s apart (no guard answers them), does
+what the guard does (lift all write protection, wake every waiter, answer each later
+fault with ``UFFDIO_POISON`` or, for a write-protect fault, by lifting it) until
+``stop``. Should both answer (a guard too slow to keep up), a fault answered twice gets
+``EEXIST`` from the kernel and a wake, which is harmless. The region stops this thread before it asks
 the handler to exit, so a normal exit is never taken for a death.
 
 Compiled once and cached on disk (``cache=True``): about 0.5 s the first time on a
@@ -45,6 +46,8 @@ _write = types.ExternalFunction("write", types.int64(types.int32, types.voidptr,
 
 _POLLIN, _POLLOUT, _POLLERR, _POLLHUP, _POLLNVAL = 0x1, 0x4, 0x8, 0x10, 0x20
 _POLL_MS = 200             # how soon a stop is seen (the thread re-checks between polls)
+_GRACE_MS = 100            # after a death, how often it checks for faults left unread
+_GRACE_CHECKS = 2          # ... and how many checks in a row before it answers them
 _MSGS = 64                 # fault messages read at once
 _PAGE = _uffd.PAGE_SIZE
 
@@ -55,9 +58,9 @@ _MESSAGE = (b"devpool: swap region watch thread: the handler process is gone; it
 @numba.njit(nogil=True, cache=True)
 def _watch(uffd, pidfd, stop_fd, base, length, page, wp_req, wake_req, poison_req,
            fault_event, flag_wp, pfd, msgs, arg, state, message):
-    """Wait for the handler's pidfd or ``stop_fd``; after a death serve every fault of
-    ``[base, base+length)`` loudly until ``stop_fd`` is readable. ``state``: [1 once
-    the handler was seen dead, faults answered since]."""
+    """Wait for the handler's pidfd or ``stop_fd``; after a death, once faults go
+    unanswered (no guard), serve every fault of ``[base, base+length)`` loudly until
+    ``stop_fd`` is readable. ``state``: [1 once it took over, faults answered since]."""
     # struct pollfd {int fd; short events; short revents;}: two int32 per descriptor,
     # events in the low half of the second, revents in its high half
     pfd[0] = pidfd
@@ -70,6 +73,21 @@ def _watch(uffd, pidfd, stop_fd, base, length, page, wp_req, wake_req, poison_re
                 return        # told to stop (or a descriptor closed under us: nothing to watch)
             if (pfd[1] >> 16) & (_POLLIN | _POLLHUP):
                 break         # the handler exited (POLLHUP: and was reaped)
+    # the guard, when it lives, answers: step in only once faults stay unread for two
+    # checks in a row (so one line on stderr, and no race with it, in the usual case)
+    unread = 0
+    while unread < _GRACE_CHECKS:
+        pfd[0] = stop_fd
+        pfd[1] = _POLLIN
+        if _poll(pfd.ctypes.data, 1, _GRACE_MS) > 0:
+            return
+        pfd[0] = uffd
+        pfd[1] = _POLLIN
+        if _poll(pfd.ctypes.data, 1, 0) > 0 and (pfd[1] >> 16) & _POLLIN:
+            unread += 1
+        else:
+            unread = 0
+    pfd[2] = stop_fd
     state[0] = 1
     # the handler is gone: writers of resident pages may go, waiters the dead handler
     # had read are woken (their faults come back here)
@@ -151,7 +169,7 @@ class RegionWatch:
 
     @property
     def took_over(self) -> bool:
-        """True once the thread has seen the handler die (it serves faults from then)."""
+        """True once the thread has taken over (the handler dead and no guard answering)."""
         return bool(self._state[0])
 
     @property
