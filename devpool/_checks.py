@@ -16,7 +16,7 @@ import numpy as np
 
 from ._errors import BadInputError
 
-__all__ = ["PAGE_SIZE", "as_int_array", "check_int", "check_real", "first_range_outside"]
+__all__ = ["PAGE_SIZE", "as_int_array", "check_flag", "check_int", "check_real", "first_range_outside"]
 
 #: the page size: a swap page, a zswap entry, a codec's unit (Linux x86-64's)
 PAGE_SIZE = 4096
@@ -42,6 +42,15 @@ def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None,
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise error(f"{name} must be an integer{_range_text(lo, hi)}, got {v}")
     return v
+
+
+def check_flag(value, name: str) -> bool:
+    """``value`` as a bool: True, False or a numpy bool; anything else (1, "False", an
+    array) is refused. Hot paths test ``is True`` / ``is False`` inline and call this
+    for the rest."""
+    if value is True or value is False or type(value) is np.bool_:
+        return bool(value)
+    raise BadInputError(f"{name} must be a bool, got {value!r}")
 
 
 def check_real(value, name: str, *, lo: float | None = None, hi: float | None = None,

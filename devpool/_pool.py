@@ -27,7 +27,7 @@ import time
 import numpy as np
 
 from ._allocator import Allocator, aligned
-from ._checks import PAGE_SIZE, as_int_array, check_real, first_range_outside
+from ._checks import PAGE_SIZE, as_int_array, check_flag, check_real, first_range_outside
 from ._packed import packed_starts
 from ._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
 from ._storage import Storage
@@ -39,13 +39,6 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024
 
 
 _NO_ARG = object()          # read_with's arg left out
-
-
-def _as_free(free) -> bool:
-    """A ``free=`` argument that is not True or False: a numpy bool, or refused."""
-    if type(free) is np.bool_:
-        return bool(free)
-    raise BadInputError(f"free must be a bool, got {free!r}")
 
 
 def _refuse_reentry(pool) -> None:
@@ -486,8 +479,8 @@ class Pool:
         zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
         freed.
         """
-        if free is not False and free is not True:      # _as_free's test, inline
-            free = _as_free(free)
+        if free is not False and free is not True:      # check_flag's test, inline
+            free = check_flag(free, "free")
         with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
@@ -514,8 +507,8 @@ class Pool:
         something other than None; None (it refused the bytes: a corrupt block) or an
         exception frees nothing.
         """
-        if free is not False and free is not True:      # _as_free's test, inline
-            free = _as_free(free)
+        if free is not False and free is not True:      # check_flag's test, inline
+            free = check_flag(free, "free")
         if not callable(consume):
             raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
         with self._lock:

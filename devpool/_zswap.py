@@ -39,7 +39,7 @@ import threading
 import numpy as np
 
 from ._backing import BackingFile
-from ._checks import as_int_array, check_int, check_real
+from ._checks import as_int_array, check_flag, check_int, check_real
 from ._codecs import Codec, check_pages, get_codec
 from ._entries import ABSENT, EntryTable
 from ._errors import (
@@ -664,8 +664,8 @@ class Zswap:
         if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
                                     and out.dtype == np.uint8 and (f := out.flags).c_contiguous and f.writeable):
             raise BadInputError(f"out must be a writable C-contiguous ({PAGE_SIZE},) uint8 array")
-        if keep is not False and keep is not True and type(keep) is not np.bool_:
-            raise BadInputError(f"keep must be a bool, got {keep!r}")
+        if keep is not False and keep is not True:      # check_flag's test, inline
+            keep = check_flag(keep, "keep")
         with self._lock:
             if self._closed:
                 self._check_open()
