@@ -437,7 +437,6 @@ class SwapRegion:
         # stopped guard): a thread here that never needs the GIL (_region_watch.py)
         res.watch = RegionWatch(fd, pidfd, addr, self.nbytes)
         if not res.watch.start():
-            res.watch.close_pipe()
             res.watch = None
         mine.settimeout(None)
         # the handler watches the guard from now on and starts another if it dies

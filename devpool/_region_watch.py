@@ -143,7 +143,7 @@ class RegionWatch:
 
     def __init__(self, uffd_fd: int, handler_pidfd: int, base: int, length: int):
         self._args = (uffd_fd, handler_pidfd, base, length)
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._stop_r = self._stop_w = -1         # the stop pipe, made by start()
         self._thread: threading.Thread | None = None
         self._state = np.zeros(2, np.int64)      # the thread's: [handler seen dead, faults answered]
 
@@ -157,6 +157,7 @@ class RegionWatch:
                           stacklevel=3)
             return False
         uffd_fd, pidfd, base, length = self._args
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         args = (uffd_fd, pidfd, self._stop_r, base, length, _PAGE, _uffd.UFFDIO_WRITEPROTECT,
                 _uffd.UFFDIO_WAKE, _uffd.UFFDIO_POISON, _uffd.UFFD_EVENT_PAGEFAULT,
                 _uffd.UFFD_PAGEFAULT_FLAG_WP, np.zeros(4, np.int32), np.zeros(32 * _MSGS, np.uint8),
