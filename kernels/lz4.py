@@ -76,13 +76,19 @@ _load32 = _make_load(32, types.uint32)
 _load64 = _make_load(64, types.uint64)
 
 
-@intrinsic
-def _store64(typingctx, arr, idx, val):
-    def codegen(context, builder, sig, args):
-        p = _pointer(context, builder, sig.args[0], args[0], args[1], 64)
-        builder.store(args[2], p, align=1)
-        return context.get_dummy_value()
-    return types.void(arr, idx, types.uint64), codegen
+def _make_store(width, nbtype):
+    @intrinsic
+    def store(typingctx, arr, idx, val):
+        def codegen(context, builder, sig, args):
+            p = _pointer(context, builder, sig.args[0], args[0], args[1], width)
+            builder.store(args[2], p, align=1)
+            return context.get_dummy_value()
+        return types.void(arr, idx, nbtype), codegen
+    return store
+
+
+_store32 = _make_store(32, types.uint32)
+_store64 = _make_store(64, types.uint64)
 
 
 @intrinsic
@@ -170,26 +176,57 @@ def _cpu_helpers(checked: bool):
         return p - start
 
     @jit
+    def copy_short(dst, d, src, s, n):
+        # n < 8 bytes of ranges that do not overlap: two 4-byte words that may overlap
+        # each other (both loaded before either is stored), no byte loop, no branch per byte
+        if n >= 4:
+            a = _load32(src, s)
+            b = _load32(src, s + n - 4)
+            _store32(dst, d, a)
+            _store32(dst, d + n - 4, b)
+        else:
+            k = 0
+            while k < n:
+                _put(dst, d + k, _get(src, s + k))
+                k += 1
+
+    @jit
     def copy_forward(dst, d, src, s, n):
-        # 8-byte words front to back: safe for LZ matches with offset >= 8
+        # 8-byte words front to back: safe for LZ matches with offset >= 8. The last
+        # word ends at n exactly, overlapping the one before it (its bytes are final
+        # already, so it rewrites them with the same values): no byte loop, whose
+        # branch per byte mispredicts on the short matches LZ4 is made of
+        if n < 8:
+            copy_short(dst, d, src, s, n)       # offset >= 8 > n: the ranges are apart
+            return
         k = 0
         while k + 8 <= n:
             _store64(dst, d + k, _load64(src, s + k))
             k += 8
-        while k < n:
-            _put(dst, d + k, _get(src, s + k))
-            k += 1
+        if k < n:
+            _store64(dst, d + n - 8, _load64(src, s + n - 8))
 
     @jit
     def copy_disjoint(dst, d, src, s, n):
         # 16-byte vectors through raw pointers: a slice here would create two array
         # views, and each view's reference count is an atomic on a cache line that
-        # every worker thread shares
-        k = 0
-        while k + 16 <= n:
-            _copy16(dst, d + k, src, s + k)
-            k += 16
-        copy_forward(dst, d + k, src, s + k, n - k)       # the tail: words, then bytes
+        # every worker thread shares. The tail is one more vector ending at n (the
+        # ranges are apart, so re-copying a few bytes is harmless), or for n < 16 two
+        # words that may overlap: no byte loop
+        if n >= 16:
+            k = 0
+            while k + 16 <= n:
+                _copy16(dst, d + k, src, s + k)
+                k += 16
+            if k < n:
+                _copy16(dst, d + n - 16, src, s + n - 16)
+        elif n >= 8:
+            a = _load64(src, s)
+            b = _load64(src, s + n - 8)
+            _store64(dst, d, a)
+            _store64(dst, d + n - 8, b)
+        else:
+            copy_short(dst, d, src, s, n)
     return read32, read64, count_match, copy_forward, copy_disjoint, _get, _put
 
 

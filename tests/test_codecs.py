@@ -213,6 +213,47 @@ def test_hardened_decoder_never_overruns_and_never_returns_a_short_page(page, cu
     codec = devpool.get_codec("lz4-njit")
     out2 = np.zeros((1, 4096), np.uint8)
     assert codec.decompress_into(data, np.array([len(blob)]), out2)[0] == ok[0]
+    # and its single-page decoder (raw pointers, whole-word copies) writes nothing
+    # outside its page: canaries on both sides, accepted or not
+    from devpool.kernels.lz4 import _single_page
+    big = np.full(4096 + 2 * 64, 0xA5, np.uint8)
+    n = _single_page()[1](data, big[64:64 + 4096])
+    assert (n == 4096) == bool(ok[0])
+    assert (big[:64] == 0xA5).all() and (big[64 + 4096:] == 0xA5).all()
+    if ok[0]:
+        assert big[64:64 + 4096].tobytes() == ref
+
+
+def test_cpu_copy_helpers_write_exactly_their_range():
+    """The fast twin's copies (whole words and vectors, the tail re-copied by one more
+    word ending at n) equal a byte-by-byte front-to-back copy for every length up to 80
+    and every offset an LZ4 match may take them at, and touch no byte outside
+    ``[d, d + n)``: a disjoint copy (a literal, a match at least its length back) and a
+    forward copy (a match overlapping its source, offset >= 8)."""
+    import numba
+    from devpool.kernels.lz4 import _cpu_helpers
+    _, _, _, copy_forward, copy_disjoint, _, _ = _cpu_helpers(False)
+
+    @numba.njit
+    def both(buf, d, s, n, disjoint):
+        if disjoint:
+            copy_disjoint(buf, d, buf, s, n)
+        else:
+            copy_forward(buf, d, buf, s, n)
+
+    rng = np.random.default_rng(11)
+    d = 200
+    for n in range(81):
+        for off in sorted({8, 9, 15, 16, 17, 31, 32, 33, n, n + 1, n + 17, 150}):
+            if off < 8 or off > d:
+                continue
+            for disjoint in ((False, True) if off >= n else (False,)):
+                buf = rng.integers(0, 256, 400).astype(np.uint8)
+                ref = buf.copy()
+                for k in range(n):                     # the LZ77 meaning of the copy
+                    ref[d + k] = ref[d - off + k]
+                both(buf, d, d - off, n, disjoint)
+                assert np.array_equal(buf, ref), (n, off, disjoint)
 
 
 @settings(max_examples=200, deadline=None)
