@@ -74,3 +74,15 @@ def test_reused_rows_keep_a_run_of_offsets_ascending():
     t.set_state(idx[: 8 * CHUNK], ABSENT)
     again = t.find(run[: 8 * CHUNK] + (1 << 20), create=True)
     assert (np.diff(again) > 0).all()
+
+
+@settings(max_examples=300, deadline=None)
+@given(values=st.lists(st.integers(-2**62, 2**62), max_size=40), ascending=st.booleans())
+def test_distinct_is_np_unique_with_inverse(values, ascending):
+    """The compiled one-pass run finder (taken while values never decrease) and its
+    fallback sort give np.unique's values and inverse, in either order, repeats and all."""
+    from devpool._entries import _distinct
+    v = np.array(sorted(values) if ascending else values, np.int64)
+    uniq, inv = _distinct(v)
+    want, want_inv = np.unique(v, return_inverse=True)
+    assert np.array_equal(uniq, want) and np.array_equal(inv, want_inv.reshape(-1))
