@@ -326,11 +326,7 @@ class Pool:
         if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
-        # acquire/try/finally, not ``with``: the with-statement's __exit__ call cost
-        # ~55 ns a lock (measured), and a single load takes two (zswap's and the pool's)
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
             size = self.alloc_.check_size(nbytes)
@@ -347,8 +343,6 @@ class Pool:
                     self._free_one(slot, offset, size)
                     raise
             return self.alloc_.handle_of(slot) ^ self._ikey
-        finally:
-            lock.release()
 
     def _fits_one(self, size: int, max_total: int) -> bool:
         """:meth:`_within` for one object, with the common case first: the head segment
@@ -442,9 +436,7 @@ class Pool:
         """Copy ``data`` (exactly the object's size) into the object: one storage copy."""
         if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
             data = self._payload(data)[0]
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
             slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
@@ -453,8 +445,6 @@ class Pool:
             if data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
             self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
-        finally:
-            lock.release()
 
     # --- copy-out --------------------------------------------------------------------
     @_locked
@@ -491,9 +481,7 @@ class Pool:
         """
         if free is not False and free is not True:      # check_flag's test, inline
             free = check_flag(free, "free")
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
             slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
@@ -506,8 +494,6 @@ class Pool:
             if free:
                 self._free_one(slot, offset, size)
             return out
-        finally:
-            lock.release()
 
     def read_with(self, handle: int, consume, arg=_NO_ARG, *, free: bool = False):
         """Call ``consume(block)`` (``consume(block, arg)`` when ``arg`` is given) on one
@@ -525,9 +511,7 @@ class Pool:
             free = check_flag(free, "free")
         if not callable(consume):
             raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
             slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
@@ -543,8 +527,6 @@ class Pool:
             if free and result is not None:
                 self._free_one(slot, offset, size)
             return result
-        finally:
-            lock.release()
 
     @_locked
     def size_of(self, handle: int) -> int:
@@ -564,14 +546,10 @@ class Pool:
 
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
-        lock = self._lock
-        lock.acquire()
-        try:
+        with self._lock:
             if self._closed or self._hook is not None:     # _enter's test, inline
                 self._enter()
             self._free_one(*self.alloc_.decode_one(handle, self._ikey))
-        finally:
-            lock.release()
 
     def _free_one(self, slot: int, offset: int, size: int) -> None:
         """Free one slot ``decode_one`` validated (with the offset and size it gave)."""
