@@ -10,6 +10,7 @@ batch at random, and compares every allocator figure after each step.
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -404,3 +405,73 @@ def test_an_id_given_back_from_inside_the_registry_lock_does_not_deadlock():
     t.join(timeout=10)
     assert done.is_set(), "deadlocked giving a pool id back under the registry lock"
     pool.close()
+
+
+def _verbs():
+    """(name, make(pool) -> (locked object, call)) for every single verb of Pool and Zswap."""
+    page = np.arange(4096, dtype=np.uint32).astype(np.uint8)
+
+    def on_pool(call):
+        def make(pool):
+            h = pool.alloc(100, data=np.ones(100, np.uint8))
+            return pool, lambda: call(pool, h)
+        return make
+
+    def on_zswap(call):
+        def make(pool):
+            zs = devpool.Zswap(pool, compressor="lz4", max_pool_percent=100)
+            zs.store(1, page)
+            return zs, lambda: call(zs)
+        return make
+
+    return [
+        ("alloc", on_pool(lambda p, h: p.alloc(64))),
+        ("write", on_pool(lambda p, h: p.write(h, np.zeros(100, np.uint8)))),
+        ("read", on_pool(lambda p, h: p.read(h))),
+        ("read_with", on_pool(lambda p, h: p.read_with(h, len))),
+        ("free", on_pool(lambda p, h: p.free(h))),
+        ("zswap.store", on_zswap(lambda z: z.store(2, page))),
+        ("zswap.load", on_zswap(lambda z: z.load(1))),
+        ("zswap.invalidate", on_zswap(lambda z: z.invalidate(1))),
+    ]
+
+
+@pytest.mark.parametrize("name,make", _verbs(), ids=[v[0] for v in _verbs()])
+def test_ctrl_c_while_waiting_for_the_lock_leaves_it_free(name, make):
+    """A KeyboardInterrupt that arrives while a verb waits for the lock another thread
+    holds fires as soon as the lock is taken: the verb must still give the lock back
+    (with an acquire() followed by try/finally it did not: the interrupt landed between
+    the two, and every other thread then waited for ever)."""
+    import _thread
+    with devpool.open_pool("host", 1 << 22) as pool:
+        obj, call = make(pool)
+        lock = obj._lock
+        held = threading.Event()
+
+        def holder():
+            with lock:
+                held.set()
+                time.sleep(0.2)                 # the main thread is waiting in the verb now
+                _thread.interrupt_main()        # Ctrl-C, delivered once it holds the lock
+        t = threading.Thread(target=holder)
+        t.start()
+        held.wait()
+        interrupted = False
+        try:
+            call()
+            for _ in range(1000):               # an interrupt pending after the verb fires here
+                pass
+        except KeyboardInterrupt:
+            interrupted = True
+        t.join()
+        assert interrupted
+        got = []
+
+        def other_thread():
+            got.append(lock.acquire(timeout=2))
+            if got[-1]:
+                lock.release()
+        other = threading.Thread(target=other_thread)
+        other.start()
+        other.join()
+        assert got == [True], f"{name} left its lock held after the interrupt"
