@@ -54,11 +54,14 @@ def _runs(values):
 
 
 def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` of an int64 array: one compiled pass
-    when ``values`` never decrease (swap offsets come in runs: the common case; the six
-    numpy passes it replaces cost 6.7 us per 1024 offsets, measured, on every batch
-    store and load), a sort otherwise."""
-    uniq, inv, ok = _runs(values)
+    """``np.unique(values, return_inverse=True)`` (inverse flat): one compiled pass when
+    ``values`` are 1-D int64 that never decrease (swap offsets come in runs: the common
+    case; the six numpy passes it replaces cost 6.7 us per 1024 offsets, measured, on
+    every batch store and load), a sort otherwise (any other dtype too: the pass keeps
+    int64, so uint64 or float values would be merged or wrapped)."""
+    ok = values.dtype == np.int64 and values.ndim == 1
+    if ok:
+        uniq, inv, ok = _runs(values)
     if not ok:
         uniq, inv = np.unique(values, return_inverse=True)
         inv = inv.reshape(-1)

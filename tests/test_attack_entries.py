@@ -4,6 +4,7 @@ clustered, spread and near the top of the swap area (2**51)."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings, strategies as st
 
 from devpool._entries import ABSENT, CHUNK, EntryTable
@@ -86,3 +87,14 @@ def test_distinct_is_np_unique_with_inverse(values, ascending):
     uniq, inv = _distinct(v)
     want, want_inv = np.unique(v, return_inverse=True)
     assert np.array_equal(uniq, want) and np.array_equal(inv, want_inv.reshape(-1))
+
+
+@pytest.mark.parametrize("values", [np.array([2**53, 2**53 + 1], np.uint64), np.array([2**63, 2**63 + 1], np.uint64),
+                                    np.array([0.5, 0.7]), np.array([1, 2, 2], np.int32),
+                                    np.array([[3, 1], [1, 2]], np.int64)], ids=["u64-2**53", "u64-2**63", "float", "i32", "2d"])
+def test_distinct_of_other_dtypes_is_np_unique_too(values):
+    """Values the compiled pass cannot hold as int64 take the sort: none merged or wrapped."""
+    from devpool._entries import _distinct
+    uniq, inv = _distinct(values)
+    want, want_inv = np.unique(values, return_inverse=True)
+    assert uniq.dtype == want.dtype and np.array_equal(uniq, want) and np.array_equal(inv, want_inv.reshape(-1))
