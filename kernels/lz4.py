@@ -175,15 +175,26 @@ def _cpu_helpers(checked: bool):
             m += 1
         return p - start
 
+    def word_pair(load, store, width):
+        @jit
+        def pair(dst, d, src, s, n):
+            # width <= n <= 2 * width bytes of ranges that do not overlap: two words
+            # that may overlap each other (both loaded before either is stored), no
+            # byte loop, no branch per byte
+            a = load(src, s)
+            b = load(src, s + n - width)
+            store(dst, d, a)
+            store(dst, d + n - width, b)
+        return pair
+
+    pair32 = word_pair(_load32, _store32, 4)
+    pair64 = word_pair(_load64, _store64, 8)
+
     @jit
     def copy_short(dst, d, src, s, n):
-        # n < 8 bytes of ranges that do not overlap: two 4-byte words that may overlap
-        # each other (both loaded before either is stored), no byte loop, no branch per byte
+        # n < 8 bytes of ranges that do not overlap
         if n >= 4:
-            a = _load32(src, s)
-            b = _load32(src, s + n - 4)
-            _store32(dst, d, a)
-            _store32(dst, d + n - 4, b)
+            pair32(dst, d, src, s, n)
         else:
             k = 0
             while k < n:
@@ -211,8 +222,8 @@ def _cpu_helpers(checked: bool):
         # 16-byte vectors through raw pointers: a slice here would create two array
         # views, and each view's reference count is an atomic on a cache line that
         # every worker thread shares. The tail is one more vector ending at n (the
-        # ranges are apart, so re-copying a few bytes is harmless), or for n < 16 two
-        # words that may overlap: no byte loop
+        # ranges are apart, so re-copying a few bytes is harmless), or for n < 16 a
+        # word pair: no byte loop
         if n >= 16:
             k = 0
             while k + 16 <= n:
@@ -221,10 +232,7 @@ def _cpu_helpers(checked: bool):
             if k < n:
                 _copy16(dst, d + n - 16, src, s + n - 16)
         elif n >= 8:
-            a = _load64(src, s)
-            b = _load64(src, s + n - 8)
-            _store64(dst, d, a)
-            _store64(dst, d + n - 8, b)
+            pair64(dst, d, src, s, n)
         else:
             copy_short(dst, d, src, s, n)
     return read32, read64, count_match, copy_forward, copy_disjoint, _get, _put
