@@ -436,7 +436,10 @@ def _verbs():
     ]
 
 
-@pytest.mark.parametrize("name,make", _verbs(), ids=[v[0] for v in _verbs()])
+_VERBS = _verbs()
+
+
+@pytest.mark.parametrize("name,make", _VERBS, ids=[name for name, _ in _VERBS])
 def test_ctrl_c_while_waiting_for_the_lock_leaves_it_free(name, make):
     """A KeyboardInterrupt that arrives while a verb waits for the lock another thread
     holds fires as soon as the lock is taken: the verb must still give the lock back
