@@ -2,7 +2,7 @@
 
 These machines are shared and noisy, so every benchmark times its baseline in the same
 process, interleaved with the subject, pass by pass, and reports the median of the
-per-pass ratios (``devpool._measure.Passes`` says why the median, not best-of-N).
+per-pass ratios (``devpool.cli.measure.Passes`` says why the median, not best-of-N).
 """
 
 from __future__ import annotations

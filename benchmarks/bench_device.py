@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import devpool
-from devpool._measure import lz4_blocks
+from devpool.cli.measure import lz4_blocks
 from _common import header, load_pages, pack, save
 
 

@@ -9,7 +9,7 @@ less than the swap device it saves. For each backend and codec: p50 / p99 of
 workloads, or ``--pages``; pages that compress, as zswap's hits are), against in the
 same run and on the same pages:
 
-- the bare loop a user would write instead (``devpool._measure.bare_single_page``: a dict
+- the bare loop a user would write instead (``devpool.cli.measure.bare_single_page``: a dict
   of ``lz4.block`` blocks), paired pass by pass; the headline is the median over passes
   of p50 / the loop's p50 (target <= 2.0);
 - the kernel's zram (lz4, zsmalloc), one page by ``O_DIRECT`` ``pwrite`` / ``preadv``,
@@ -32,7 +32,7 @@ import lz4.block
 import numpy as np
 
 import devpool
-from devpool._measure import single_page_ratios
+from devpool.cli.measure import single_page_ratios
 from _common import header, load_pages, save
 from _zram import zram_device
 

@@ -17,7 +17,7 @@ import numba
 import numpy as np
 
 import devpool
-from devpool._measure import (Passes, format_ratio, lz4_blocks, lz4_compress_loop, lz4_compress_loop_kept,
+from devpool.cli.measure import (Passes, format_ratio, lz4_blocks, lz4_compress_loop, lz4_compress_loop_kept,
                             lz4_decompress_loop, lz4_decompress_loop_kept)
 from _common import header, load_pages, pack, save
 
@@ -45,7 +45,7 @@ def main(argv=None) -> dict:
         codecs["lz4-device"] = devpool.get_codec("lz4-device")
         codecs["lz4-device"].compress_batch(pages[:2])
 
-    # the shared baseline (devpool._measure): loops that discard each result; the same
+    # the shared baseline (devpool.cli.measure): loops that discard each result; the same
     # loops keeping every result (as a store and a load must) are reported for scale
     # the codec is called per batch, as Zswap calls it: its scratch stays in cache
     step = args.batch or n

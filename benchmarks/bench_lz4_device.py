@@ -28,7 +28,7 @@ import numpy as np
 from numba import cuda
 
 import devpool
-from devpool._measure import lz4_blocks
+from devpool.cli.measure import lz4_blocks
 from _common import header, load_pages, pack, save
 from bench_device import raw_bandwidth
 

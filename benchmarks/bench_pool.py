@@ -25,7 +25,7 @@ import time
 import numpy as np
 
 import devpool
-from devpool._measure import lz4_blocks, lz4_compress_loop
+from devpool.cli.measure import lz4_blocks, lz4_compress_loop
 from _common import header, load_pages, pack, save
 
 PAGE = 4096

@@ -34,7 +34,7 @@ import numba
 import numpy as np
 
 import devpool
-from devpool._measure import lz4_blocks, lz4_compress_loop, lz4_decompress_loop
+from devpool.cli.measure import lz4_blocks, lz4_compress_loop, lz4_decompress_loop
 from _common import header, load_pages, pack, save
 
 BATCH = 1024

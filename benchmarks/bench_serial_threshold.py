@@ -29,7 +29,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--json")
     args = ap.parse_args(argv)
 
-    from devpool._codecs import get_codec
+    from devpool.codecs import get_codec
     from devpool.kernels import lz4 as L
 
     pages, source = load_pages(args.pages)

@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from devpool import _uffd as u
+from devpool.region import uffd as u
 from _common import header, save
 
 PAGE = u.PAGE_SIZE

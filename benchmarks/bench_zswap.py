@@ -20,7 +20,7 @@ import tempfile
 import numpy as np
 
 import devpool
-from devpool._measure import (Passes, format_ratio, zswap_single_page, lz4_blocks, lz4_compress_loop, lz4_compress_loop_kept,
+from devpool.cli.measure import (Passes, format_ratio, zswap_single_page, lz4_blocks, lz4_compress_loop, lz4_compress_loop_kept,
                             lz4_decompress_loop, lz4_decompress_loop_kept)
 from _common import header, load_pages, save
 

@@ -151,6 +151,6 @@ step bench_region 90 $PY benchmarks/bench_region.py --backend cuda --region-page
 XD=""; $PY -c "import xdist" 2>/dev/null && XD="-n 8"
 [ "${DRYRUN:-0}" = 1 ] || step pytest-rest 150 $PY -m pytest $GPU_FLAG -q -p no:cacheprovider $TO $XD -rfE \
     -k "not (cuda or device or nvcomp or cupy or check_kernels or numba_setup)" \
-    --deselect tests/test_packaging.py::test_wheel_maps_top_level_folders_into_the_package \
-    --deselect tests/test_benchmarks_smoke.py::test_batch_ab_smoke      # needs a git checkout and PyPI
+    --deselect tests/project/test_packaging.py::test_wheel_maps_top_level_folders_into_the_package \
+    --deselect tests/project/test_benchmarks_smoke.py::test_batch_ab_smoke      # needs a git checkout and PyPI
 say "done"

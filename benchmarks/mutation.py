@@ -11,7 +11,7 @@ The run works on copies of the tree, never on the checkout (their own host/ and 
 too, not the editable install's); it samples mutants with a fixed seed (every point is
 listed, ``--sample`` of them are run), runs the covering test files with ``-x``, leaving
 out the tests parametrised on the simulated cuda backend (``-k "not cuda"``: they run
-the same code above storage, slower; test_device.py's simulator tests stay), with
+the same code above storage, slower; tests/kernels/test_device_storage.py's simulator tests stay), with
 hypothesis set not to shrink, so a run takes minutes, not hours. Not part of CI.
 
     python benchmarks/mutation.py --sample 150 --jobs 2 --timeout 120 --out report.txt
@@ -40,20 +40,20 @@ ROOT = Path(__file__).resolve().parent.parent
 #: as survivors). test_churn is left out: 30 s a mutant, and it killed none of the
 #: survivors it was tried on.
 TARGETS = {
-    "devpool/_zswap.py": ["tests/test_zswap.py", "tests/test_zswap_stateful.py", "tests/test_edge_pages.py",
-                          "tests/test_layering.py", "tests/test_attack_zswap.py", "tests/test_hardening.py",
-                          "tests/test_backing.py", "tests/test_device.py"],
-    "devpool/_pool.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py", "tests/test_chaos.py",
-                         "tests/test_attack_pool.py", "tests/test_hardening.py", "tests/test_bounds.py",
-                         "tests/test_input_fuzz.py", "tests/test_device.py"],
-    "devpool/_allocator.py": ["tests/test_pool_contract.py", "tests/test_pool_stateful.py",
-                              "tests/test_attack_pool.py", "tests/test_hardening.py"],
+    "devpool/zswap/frontend.py": ["tests/zswap/test_frontend.py", "tests/zswap/test_stateful.py", "tests/zswap/test_edge_pages.py",
+                          "tests/zswap/test_layering.py", "tests/zswap/test_single_vs_batch.py", "tests/pool/test_hardening.py",
+                          "tests/zswap/test_backing.py", "tests/kernels/test_device_storage.py"],
+    "devpool/pool/pool.py": ["tests/pool/test_contract.py", "tests/pool/test_stateful.py", "tests/pool/test_chaos.py",
+                         "tests/pool/test_single_vs_batch.py", "tests/pool/test_hardening.py", "tests/project/test_bounds.py",
+                         "tests/cli/test_input_fuzz.py", "tests/kernels/test_device_storage.py"],
+    "devpool/pool/allocator.py": ["tests/pool/test_contract.py", "tests/pool/test_stateful.py",
+                              "tests/pool/test_single_vs_batch.py", "tests/pool/test_hardening.py"],
     # chaos is the hostile backend every contract test also runs on
-    "devpool/_chaos.py": ["tests/test_chaos.py", "tests/test_pool_contract.py", "tests/test_zswap.py"],
-    "devpool/_codecs.py": ["tests/test_codecs.py", "tests/test_edge_pages.py", "tests/test_attack_codecs.py",
-                           "tests/test_bounds.py", "tests/test_hardening.py", "tests/test_zswap.py"],
-    "devpool/_packed.py": ["tests/test_pool_contract.py", "tests/test_edge_pages.py", "tests/test_codecs.py",
-                           "tests/test_chaos.py", "tests/test_zswap.py"],
+    "devpool/pool/chaos.py": ["tests/pool/test_chaos.py", "tests/pool/test_contract.py", "tests/zswap/test_frontend.py"],
+    "devpool/codecs/base.py": ["tests/codecs/test_contract.py", "tests/zswap/test_edge_pages.py", "tests/codecs/test_single_page.py",
+                           "tests/project/test_bounds.py", "tests/pool/test_hardening.py", "tests/zswap/test_frontend.py"],
+    "devpool/_packed.py": ["tests/pool/test_contract.py", "tests/zswap/test_edge_pages.py", "tests/codecs/test_contract.py",
+                           "tests/pool/test_chaos.py", "tests/zswap/test_frontend.py"],
 }
 
 #: runs pytest with a hypothesis profile that stops at the first failure (no shrinking),

@@ -16,7 +16,7 @@ from ._numba_setup import ensure_cache_dir as _ensure_cache_dir
 
 _ensure_cache_dir()   # before any module compiles with cache=True
 
-from ._backends import available_backends, open_pool
+from .pool.backends import available_backends, open_pool
 from ._errors import (
     BackendUnavailableError,
     BadInputError,
@@ -32,12 +32,12 @@ from ._errors import (
     UnknownCodecError,
     WritebackError,
 )
-from ._backing import BackingFile
-from ._capture import CaptureError, capture_pid, capture_workloads
-from ._codecs import Codec, get_codec, register_codec
-from ._pool import PAGE_SIZE, Pool
-from ._region import SwapRegion, swap_region
-from ._zswap import Zswap
+from .zswap.backing import BackingFile
+from .cli.capture import CaptureError, capture_pid, capture_workloads
+from .codecs import Codec, get_codec, register_codec
+from .pool.pool import PAGE_SIZE, Pool
+from .region.client import SwapRegion, swap_region
+from .zswap.frontend import Zswap
 
 try:
     __version__ = _metadata.version("devpool")

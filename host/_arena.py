@@ -21,7 +21,7 @@ import sys
 import numpy as np
 
 from devpool._errors import PoolFullError
-from devpool._storage import Storage
+from devpool.pool.storage import Storage
 
 from devpool import _packed as _copy
 

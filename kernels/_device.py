@@ -58,7 +58,7 @@ import numpy as np
 from devpool._errors import BackendUnavailableError, DeviceError, PoolFullError
 from devpool._packed import gather as host_gather
 from devpool._packed import packed_starts
-from devpool._storage import Storage
+from devpool.pool.storage import Storage
 
 from . import _copy_kernels as K
 from ._cuda import launch, simulated

@@ -26,7 +26,8 @@ from numba.core import cgutils, types
 from numba.core.caching import FunctionCache
 from numba.extending import intrinsic
 
-from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, pack_blocks, register_codec
+from devpool.codecs.base import Codec, check_decode_args, check_pages, check_rows, pack_blocks
+from devpool.codecs.registry import register_codec
 from devpool._packed import PARALLEL_LOCK
 
 from . import _lz4_core as core

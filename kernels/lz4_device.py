@@ -24,7 +24,8 @@ import warnings
 import numpy as np
 from numba import types
 
-from devpool._codecs import Codec, check_decode_args, check_pages, check_rows, on_device, register_codec
+from devpool.codecs.base import Codec, check_decode_args, check_pages, check_rows, on_device
+from devpool.codecs.registry import register_codec
 from devpool._errors import DeviceError
 from devpool._packed import packed_starts
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import numpy as np
 from nvidia import nvcomp
 
-from devpool._codecs import Codec, _pack_blocks, check_decode_args, check_pages, check_rows, register_codec
+from devpool.codecs.base import Codec, _pack_blocks, check_decode_args, check_pages, check_rows
+from devpool.codecs.registry import register_codec
 from devpool._errors import DeviceError
 from devpool._checks import PAGE_SIZE
 

@@ -54,13 +54,14 @@ def _backends(config) -> list[str]:
 #: the suites that also run on chaos over cuda (the contract, the frontend, the models):
 #: the proof that nothing above storage assumes linear RAM, on device storage too. The
 #: simulator runs each relocation's kernels as Python, so the rest stay at chaos over host.
-CHAOS_CUDA_SUITES = {"test_pool_contract", "test_zswap", "test_pool_stateful", "test_zswap_stateful"}
+CHAOS_CUDA_SUITES = {"tests.pool.test_contract", "tests.pool.test_stateful",
+                     "tests.zswap.test_frontend", "tests.zswap.test_stateful"}
 
 
 def pytest_generate_tests(metafunc):
     if "backend" in metafunc.fixturenames:
         names = _backends(metafunc.config)
-        if metafunc.module.__name__.rsplit(".", 1)[-1] not in CHAOS_CUDA_SUITES:
+        if metafunc.module.__name__ not in CHAOS_CUDA_SUITES:
             names = [n for n in names if n != "chaos-cuda"]
         metafunc.parametrize("backend", names)
 

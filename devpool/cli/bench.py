@@ -1,7 +1,7 @@
 """``devpool bench``: every page through Zswap and back, checked, with its baseline.
 
 The baseline is a single-threaded ``lz4.block`` compress / decompress loop over the same
-pages, timed in the same run (``devpool._measure``: paired passes, the median of their
+pages, timed in the same run (``devpool.cli.measure``: paired passes, the median of their
 ratios). Throughput is the best of a few passes.
 """
 
@@ -14,11 +14,11 @@ import time
 
 import numpy as np
 
-from .._backends import open_pool
+from ..pool.backends import open_pool
 from .._checks import check_int
 from .._errors import BadInputError, DevpoolError
-from .._measure import Passes, format_ratio, lz4_blocks, lz4_compress_loop, lz4_decompress_loop, single_page_ratios
-from .._zswap import Zswap
+from .measure import Passes, format_ratio, lz4_blocks, lz4_compress_loop, lz4_decompress_loop, single_page_ratios
+from ..zswap.frontend import Zswap
 from .io import progress as _progress
 from .io import write_outputs
 

@@ -70,7 +70,7 @@ def _share_arg(text: str) -> float:
 
 
 def _pages(args) -> tuple[np.ndarray, str]:
-    from .._capture import capture_pid, capture_workloads
+    from .capture import capture_pid, capture_workloads
     if args.pages:
         pages, source = load_pages_file(args.pages, args.max_pages), args.pages
     elif args.pid is not None:
@@ -95,7 +95,7 @@ def cmd_info(args) -> int:
     with devpool.open_pool("auto", 1 << 20) as pool:
         st = pool.stats()
         print(f"  auto -> {st['backend']} ({st.get('device', '')})")
-    from .._codecs import registered_codecs
+    from ..codecs import registered_codecs
     names = [cid + (" (on the device; blocks stay there over a cuda pool)" if cls.device_resident else "")
              for cid, cls in registered_codecs().items()]
     print(f"  codecs: {', '.join(names)}")
@@ -104,7 +104,7 @@ def cmd_info(args) -> int:
 
 # --- capture ------------------------------------------------------------------------------
 def cmd_capture(args) -> int:
-    from .._capture import page_summary
+    from .capture import page_summary
     check_output_path(args.output)
     args.pages = None
     pages, source = _pages(args)

@@ -21,11 +21,11 @@ import warnings
 
 import numpy as np
 
-from .._backends import open_pool
+from ..pool.backends import open_pool
 from .._checks import check_int, check_real
 from .io import open_npy, open_regular_file, progress, write_outputs
 from .._errors import BadInputError, DevpoolError
-from .._zswap import Zswap
+from ..zswap.frontend import Zswap
 
 __all__ = ["MAX_ACCESSES", "MAX_WORKING_SET", "load_trace", "make_trace", "run_replay"]
 
@@ -193,7 +193,7 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
     print(f"  fault latency: zswap p50 {res['zswap_fault_p50_us']:.0f} us p99 {res['zswap_fault_p99_us']:.0f} us; "
           f"backing p50 {res['backing_fault_p50_us']:.0f} us p99 {res['backing_fault_p99_us']:.0f} us")
     if getattr(args, "real", False):
-        from .._region import print_replay_real, replay_real
+        from ..region.client import print_replay_real, replay_real
         res["real"] = replay_real(args, trace, content)
         print_replay_real(res["real"])
     write_outputs(res, args, _plot)

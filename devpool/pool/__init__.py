@@ -1,0 +1,18 @@
+"""Layer: the pool — opaque handles over compressed objects, in any memory.
+
+Knows: the storage contract (``storage.Storage``: bulk copy-in / copy-out / move on
+offsets of one arena), the log-structured allocator (``allocator``: segments, bump
+placement, cleaning, the generation-checked handle table), the pool that joins them
+(``pool.Pool``: alloc / write / read / free in single and batch forms, compaction,
+stats), the choice of a backend by name (``backends.open_pool``), and the hostile
+test policy over any storage (``chaos``).
+
+Never knows: codecs, swap offsets, zswap's limits, or which memory kind the arena is in
+(``devpool.host`` and ``devpool.kernels`` implement ``Storage``; the pool only calls it).
+"""
+
+from .backends import available_backends, open_pool
+from .pool import Pool
+from .storage import Storage
+
+__all__ = ["Pool", "Storage", "available_backends", "open_pool"]

@@ -1,0 +1,105 @@
+"""Backend selection: which storage a pool gets, and why.
+
+``open_pool(backend=...)`` accepts ``"host"`` (RAM, always available), ``"cuda"`` (GPU
+device memory: a real GPU through CuPy, or numba's CUDA simulator when
+``NUMBA_ENABLE_CUDASIM=1``), ``"chaos"`` and ``"chaos-cuda"`` (the hostile test policy
+over host or device storage) and ``"auto"`` (cuda when it works, host otherwise). Each probe says *why* a backend is unusable, so the
+error and ``devpool info`` can name what is missing.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from .._checks import check_int
+from .._errors import BackendUnavailableError, BadInputError
+from .pool import DEFAULT_SEGMENT_BYTES, PAGE_SIZE, Pool
+
+__all__ = ["BACKENDS", "available_backends", "open_pool", "probe_backend"]
+
+BACKENDS = ("host", "cuda", "chaos", "chaos-cuda")
+#: the hostile policy's backends and the storage each wraps
+CHAOS_UPSTREAM = {"chaos": "host", "chaos-cuda": "cuda"}
+DEFAULT_CAPACITY = 1 << 30
+
+
+def probe_backend(name: str) -> tuple[bool, str]:
+    """(usable, reason) for one backend; never raises for a known name."""
+    if name in CHAOS_UPSTREAM:
+        return probe_backend(CHAOS_UPSTREAM[name])
+    if name == "host":
+        return True, "host RAM is always available"
+    if name == "cuda":
+        try:
+            from devpool import kernels
+        except Exception as exc:  # an import error anywhere in the CUDA stack
+            return False, f"devpool.kernels could not be imported: {exc}"
+        return kernels.probe()
+    raise BadInputError(f"unknown backend {name!r}; choose one of auto, {', '.join(BACKENDS)}")
+
+
+def available_backends() -> dict[str, tuple[bool, str]]:
+    """Every backend with (usable, reason)."""
+    return {name: probe_backend(name) for name in BACKENDS}
+
+
+def _storage_class(name: str):
+    if name == "host":
+        from devpool.host import HostStorage
+        return HostStorage
+    if name in CHAOS_UPSTREAM:
+        from .chaos import ChaosStorage
+        return ChaosStorage
+    from devpool.kernels import CudaStorage
+    return CudaStorage
+
+
+def _check_options(name: str, cls, storage_options: dict) -> None:
+    """Refuse a keyword the backend's storage does not take, naming those it does."""
+    params = inspect.signature(cls.__init__).parameters
+    accepted = [p for p, v in params.items() if p not in ("self", "capacity_bytes", "upstream")
+                and v.kind in (v.POSITIONAL_OR_KEYWORD, v.KEYWORD_ONLY)]
+    unknown = sorted(set(storage_options) - set(accepted))
+    if unknown:
+        takes = f"it takes {', '.join(accepted)}" if accepted else "it takes no storage options"
+        raise BadInputError(f"open_pool() got an unknown option {', '.join(map(repr, unknown))} "
+                            f"for backend {name!r}: {takes}")
+
+
+def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
+              segment_bytes: int = DEFAULT_SEGMENT_BYTES, max_object_bytes: int = PAGE_SIZE,
+              **storage_options) -> Pool:
+    """Open a pool on ``backend`` with room for at most ``capacity_bytes``.
+
+    ``"auto"`` takes cuda when a GPU (or the simulator) works and host otherwise;
+    ``pool.stats()['backend']`` and ``['backend_reason']`` say which and why. Asking
+    for ``"cuda"`` where it cannot run raises :class:`~devpool.BackendUnavailableError`.
+    """
+    if not isinstance(backend, str):
+        raise BadInputError(f"backend must be a string, got {type(backend).__name__}")
+    capacity_bytes = check_int(capacity_bytes, "capacity_bytes", lo=1)
+    segment_bytes = check_int(segment_bytes, "segment_bytes", lo=1)
+    max_object_bytes = check_int(max_object_bytes, "max_object_bytes", lo=1)
+    segment_bytes = min(segment_bytes, max(4096, capacity_bytes // 4096 * 4096))
+    if backend == "auto":
+        ok, why = probe_backend("cuda")
+        name, reason = ("cuda", f"auto: {why}") if ok else ("host", f"auto: cuda unusable ({why})")
+    else:
+        ok, why = probe_backend(backend)
+        if not ok:
+            raise BackendUnavailableError(f"backend {backend!r} is unavailable: {why}")
+        name, reason = backend, why
+    if segment_bytes < max_object_bytes:
+        raise BadInputError(f"capacity_bytes ({capacity_bytes}) cannot hold one object of {max_object_bytes}")
+    cls = _storage_class(name)
+    _check_options(name, cls, storage_options)
+    if name in CHAOS_UPSTREAM:                # the policy over its upstream storage
+        storage = cls(_storage_class(CHAOS_UPSTREAM[name])(capacity_bytes), **storage_options)
+    else:
+        storage = cls(capacity_bytes, **storage_options)
+    try:
+        return Pool(storage, segment_bytes=segment_bytes, max_object_bytes=max_object_bytes,
+                    backend_reason=reason)
+    except BaseException:
+        storage.close()
+        raise

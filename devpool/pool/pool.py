@@ -1,0 +1,690 @@
+"""The pool contract: opaque handles over allocator + storage, batch first.
+
+A :class:`Pool` joins the one :class:`~devpool.pool.allocator.Allocator` (where objects
+live) with a :class:`~devpool.pool.storage.Storage` (what memory holds them). Rules it keeps:
+
+1. Nothing it returns aliases pool memory: every read is a fresh copy, every write
+   copies in.
+2. Handles are opaque, generation-checked integers; a freed, stale or foreign handle
+   raises :class:`~devpool.InvalidHandleError` and never reads anyone's bytes.
+3. Objects may move between any two calls (compaction); handles stay valid.
+4. Every verb has a batch form costing O(1) storage calls, and a single-object form
+   that is not a batch of one: one handle decode, one bump placement, one storage copy
+   (``write_one`` / ``read_one``), a few scalar updates. Both obey the same rules.
+5. Bad input raises a :class:`~devpool.DevpoolError` naming the problem *before* any
+   state changes: every check runs first, the allocator commits last.
+
+Every public method holds one re-entrant lock, so a pool is safe to share between
+threads (the copies themselves run in numba or on the device, without the GIL).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+
+import numpy as np
+
+from .allocator import Allocator, aligned
+from .._checks import PAGE_SIZE, as_int_array, check_flag, check_real, first_range_outside
+from .._packed import packed_starts
+from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
+from .storage import Storage
+
+__all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
+
+#: 256 KiB segments: the partly filled tail of each costs ~0.3 % of it at LZ4 page sizes
+DEFAULT_SEGMENT_BYTES = 256 * 1024
+
+
+_NO_ARG = object()          # read_with's arg left out
+
+
+def _refuse_reentry(pool) -> None:
+    """The storage hook while ``read_with`` lends a block: a call back into the pool."""
+    raise BadInputError("read_with's consume called back into the pool it is reading; "
+                        "a lent block must be consumed without touching the pool")
+
+
+def _locked(method=None, *, hook: bool = True):
+    """Serialise a public method; before an operation on objects, run the storage hook.
+    (The single-object verbs do the same inline: a decorator's extra call is a tenth of
+    their cost.)"""
+
+    def decorate(method):
+        @functools.wraps(method)
+        def wrapper(self, *args, **kwargs):
+            with self._lock:
+                if self._closed:
+                    raise PoolClosedError("the pool is closed")
+                if hook and self._hook is not None:
+                    self._hook(self)
+                return method(self, *args, **kwargs)
+        return wrapper
+
+    return decorate(method) if method is not None else decorate
+
+
+def _as_bytes_array(data, what: str) -> np.ndarray:
+    """A read-only-OK, 1-D, C-contiguous uint8 view of caller data, or BadInputError."""
+    if isinstance(data, np.ndarray):
+        arr = data
+    else:
+        try:
+            arr = np.frombuffer(memoryview(data), dtype=np.uint8) if not isinstance(data, (list, tuple)) \
+                else None
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"{what} must be a bytes-like object or uint8 array: {exc}") from exc
+        if arr is None:
+            raise BadInputError(f"{what} must be a bytes-like object or uint8 array, got {type(data).__name__}")
+    if arr.dtype != np.uint8:
+        raise BadInputError(f"{what} must have dtype uint8, got {arr.dtype}")
+    if not arr.flags.c_contiguous:
+        raise BadInputError(f"{what} must be C-contiguous")
+    return arr.reshape(-1)
+
+
+def _check_out(out, nbytes: int) -> np.ndarray:
+    """The caller's copy-out buffer: writable, contiguous uint8 of exactly ``nbytes``."""
+    if not isinstance(out, np.ndarray):
+        try:
+            out = np.frombuffer(memoryview(out), dtype=np.uint8)
+        except (TypeError, ValueError) as exc:
+            raise BadInputError(f"out must be a writable uint8 buffer: {exc}") from exc
+    if out.dtype != np.uint8:
+        raise BadInputError(f"out must have dtype uint8, got {out.dtype}")
+    if not out.flags.c_contiguous:
+        raise BadInputError("out must be C-contiguous")
+    if not out.flags.writeable:
+        raise BadInputError("out is read-only")
+    if out.size != nbytes:
+        raise BadInputError(f"out holds {out.size} bytes, the objects need {nbytes}")
+    return out if out.ndim == 1 else out.reshape(-1)
+
+
+def _as_handles(handles) -> np.ndarray:
+    """Handles as int64; anything that is not an integer is a malformed handle, as in
+    the single verbs (InvalidHandleError)."""
+    return as_int_array(handles, "handles", error=InvalidHandleError)
+
+
+class Pool:
+    """A compressed-object pool: opaque handles, batched copy-in / copy-out.
+
+    Build one with :func:`devpool.open_pool`. ``capacity_bytes`` is a ceiling: storage
+    grows in segments as objects arrive and gives segments back after compaction.
+    """
+
+    def __init__(self, storage: Storage, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 max_object_bytes: int = PAGE_SIZE, backend_reason: str = ""):
+        self.storage = storage
+        self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes)
+        self._key = np.int64(storage.handle_key)
+        self._ikey = int(storage.handle_key)        # the same key as a Python int
+        # the storage's per-call hook, or None where it is the base's no-op
+        self._hook = (None if type(storage).before_call is Storage.before_call
+                      else storage.before_call)
+        self._lock = threading.RLock()
+        self._closed = False
+        self.backend_reason = backend_reason
+        self._counters = {"alloc_fail": 0, "compactions": 0, "clean_fail": 0}
+        #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
+        #: never more than 1/64 of the live bytes: spares count in pool_total_size)
+        self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
+        self._clean_floor = 0          # see _maybe_clean
+        self._clean_seconds = 0.0      # time spent in cleaning steps
+
+    def _enter(self) -> None:
+        """What ``_locked`` does after taking the lock, for the inline single verbs."""
+        if self._closed:
+            raise PoolClosedError("the pool is closed")
+        if self._hook is not None:
+            self._hook(self)
+
+    # --- context manager -------------------------------------------------------------
+    def __enter__(self) -> "Pool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else f"{self.alloc_.live_objects} objects"
+        return f"<devpool.Pool backend={self.storage.kind!r} {state}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def backend(self) -> str:
+        return self.storage.kind
+
+    @property
+    def max_object_bytes(self) -> int:
+        return self.alloc_.max_object
+
+    @property
+    def segment_bytes(self) -> int:
+        """The unit the pool grows and shrinks by."""
+        return self.alloc_.seg_bytes
+
+    @property
+    def capacity_bytes(self) -> int:
+        """The ceiling the pool may grow to."""
+        return self.alloc_.capacity
+
+    @property
+    def device_resident(self) -> bool:
+        """True when the bytes live in device memory and device buffers may be written
+        and read directly (``write_batch`` with a device payload, ``read_batch(device=True)``)."""
+        return self.storage.device_resident
+
+    @property
+    def total_bytes(self) -> int:
+        """``pool_total_size`` without building the whole stats dict (a hot-path read)."""
+        return self.storage.committed_bytes
+
+    # --- segments <-> storage (the allocator decides which; the pool tells storage) -----
+    def _commit_segments(self, segs: np.ndarray) -> None:
+        """Make segments usable (a spare needs nothing); all or nothing."""
+        sb = self.alloc_.seg_bytes
+        cold = self.alloc_.cold(segs)
+        done = []
+        if cold.size:
+            self.storage.reserve((int(cold.max()) + 1) * sb)   # one growth for the batch
+        try:
+            for s in cold.tolist():
+                self.storage.commit(s * sb, sb)
+                done.append(s)
+        except BaseException:
+            for s in done:
+                self.storage.release(s * sb, sb)
+            self.storage.trim()
+            raise
+        self.alloc_.held(segs)                     # only once the commit stands
+
+    def _release_segments(self, segs: np.ndarray, keep_spares: bool = True) -> None:
+        """Freed segments become spares; past the budget the highest go back to storage."""
+        sb = self.alloc_.seg_bytes
+        budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
+                  if keep_spares else 0)
+        give = self.alloc_.retire(segs, budget)
+        if give.size:
+            for s in give.tolist():
+                self.storage.release(s * sb, sb)
+            self.storage.trim()
+
+    # --- allocation ------------------------------------------------------------------
+    @_locked
+    def alloc_batch(self, sizes, *, max_total: int | None = None) -> np.ndarray:
+        """Allocate one object per size; returns their handles (int64 array).
+
+        Raises InvalidSizeError for a size outside 1..max_object_bytes and PoolFullError
+        when the batch does not fit even after cleaning; nothing is allocated then.
+
+        ``max_total`` (a limit such as zswap's): allocate only the longest prefix of
+        ``sizes`` that keeps ``pool_total_size`` within it, cleaning dead bytes first if
+        that makes room; the handles returned are that prefix's (maybe none). Decided in
+        the same locked call as the allocation, so nothing can move in between.
+        """
+        sizes = self.alloc_.check_sizes(sizes)
+        if max_total is not None:
+            sizes = sizes[:self._within(sizes, max_total)]
+            if not sizes.size:
+                return np.zeros(0, np.int64)
+        plan = self.alloc_.plan(sizes)
+        if plan is None:
+            self._compact(1.0)                 # clean under pressure, then retry once
+            plan = self.alloc_.plan(sizes)
+        if plan is None:
+            self._counters["alloc_fail"] += 1
+            raise PoolFullError(
+                f"pool full: {sizes.shape[0]} objects ({int(aligned(sizes).sum())} bytes) do not fit "
+                f"in capacity {self.alloc_.capacity} ({self.alloc_.live_bytes} bytes live)")
+        self.alloc_.ensure_slots(sizes.shape[0])   # a full handle table refuses before storage grows
+        self._commit_segments(plan.opened)     # fallible: device OOM -> PoolFullError
+        slots = self.alloc_.commit_alloc(sizes, plan)
+        return self.alloc_.handles(slots) ^ self._key
+
+    # --- a limit on the pool's size, checked with the allocation --------------------------
+    def _growth(self, sizes: np.ndarray) -> int:
+        """Bytes ``pool_total_size`` grows by if ``sizes`` are placed now (more than the
+        capacity when they do not fit)."""
+        plan = self.alloc_.plan(sizes)
+        return self.alloc_.capacity + 1 if plan is None else self.alloc_.cold(plan.opened).size * self.alloc_.seg_bytes
+
+    def _growth_one(self, placed) -> int:
+        """:meth:`_growth` of one object placed by ``place_one``: a segment when it opens
+        a cold one, nothing in the head or a spare, more than the capacity if unplaced."""
+        if placed is None:
+            return self.alloc_.capacity + 1
+        seg = placed[1]                             # opened, or -1: the head had room
+        return self.alloc_.seg_bytes if seg >= 0 and not self.alloc_.seg_warm[seg] else 0
+
+    def _fitting(self, sizes: np.ndarray, room: int) -> int:
+        """How many of ``sizes`` (a prefix) fit in ``room`` more bytes: one placement
+        when all do, a binary search over prefixes when not."""
+        if room < 0:
+            return 0
+        if self._growth(sizes) <= room:
+            return sizes.size
+        lo, hi = 0, sizes.size - 1          # lo fits, hi + 1 does not
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if self._growth(sizes[:mid]) <= room:
+                lo = mid
+            else:
+                hi = mid - 1
+        return lo
+
+    def _within(self, sizes: np.ndarray, max_total: int) -> int:
+        """The longest prefix of ``sizes`` that keeps ``pool_total_size`` within
+        ``max_total``. Dead bytes and spare segments are not pressure: when the prefix is
+        short, clean (compact, and give the spares back: they count in the total), and if
+        that is not enough yet dead bytes would hold the rest, repack every segment so
+        the free space gathers behind the last object."""
+        keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        if keep == sizes.size:
+            return keep
+        need = int(aligned(sizes[keep:keep + 1]).sum())
+        if self.alloc_.dead_bytes >= need or self.alloc_.spare_segments:
+            self._clean(1.0)
+            keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+            if keep < sizes.size and self.alloc_.dead_bytes >= need:
+                self._execute_clean(self.alloc_.plan_compact(1.0, repack=True))
+                self._release_segments(np.zeros(0, np.int64), keep_spares=False)
+                keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        return keep
+
+    @_locked(hook=False)      # a question about placement, not an operation on objects
+    def growth_for(self, sizes) -> int:
+        """Bytes by which ``pool_total_size`` would grow if ``sizes`` were allocated now.
+
+        Counts whole segments, tails included (0 when the batch fits in open or spare
+        segments); a batch that would need cleaning or does not fit answers more than
+        the capacity. Changes nothing.
+        """
+        return self._growth(self.alloc_.check_sizes(sizes))
+
+    def growth_for_one(self, size: int) -> int:
+        """:meth:`growth_for` of one object of ``size``."""
+        with self._lock:
+            if self._closed:
+                raise PoolClosedError("the pool is closed")
+            return self._growth_one(self.alloc_.place_one(self.alloc_.check_size(size)))
+
+    def alloc(self, nbytes: int, *, data=None, max_total: int | None = None) -> int | None:
+        """Allocate one object of ``nbytes``; returns its handle (see :meth:`alloc_batch`).
+
+        With ``data`` (exactly ``nbytes`` of host bytes) the object is also written: one
+        call instead of ``alloc`` + ``write``, and nothing is allocated when ``data`` is bad.
+        With ``max_total``, the object is allocated only if ``pool_total_size`` stays
+        within it (after cleaning, as :meth:`alloc_batch`); else None, nothing allocated.
+        """
+        if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
+                                     and data.ndim == 1 and data.flags.c_contiguous):
+            data = _as_bytes_array(data, "data")
+        with self._lock:
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
+            size = self.alloc_.check_size(nbytes)
+            if data is not None and data.size != size:
+                raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
+            if max_total is not None and not self._fits_one(size, max_total):
+                return None
+            slot = self._alloc_one(size)
+            if data is not None:
+                offset = self.alloc_.where(slot)[0]
+                try:
+                    self.storage.write_one(offset, data)
+                except BaseException:
+                    self._free_one(slot, offset, size)
+                    raise
+            return self.alloc_.handle_of(slot) ^ self._ikey
+
+    def _fits_one(self, size: int, max_total: int) -> bool:
+        """:meth:`_within` for one object, with the common case first: the head segment
+        (or a spare) has room, so the pool does not grow at all."""
+        if self._growth_one(self.alloc_.place_one(size)) == 0:
+            return True
+        return self._within(np.array([size], np.int64), max_total) == 1
+
+    def _alloc_one(self, size: int) -> int:
+        """Allocate one object (a valid size); returns its slot."""
+        al = self.alloc_
+        placed = al.place_one(size)
+        if placed is None:
+            self._compact(1.0)                 # clean under pressure, then retry once
+            placed = al.place_one(size)
+        if placed is None:
+            self._counters["alloc_fail"] += 1
+            raise PoolFullError(f"pool full: an object of {size} bytes does not fit in capacity "
+                                f"{al.capacity} ({al.live_bytes} bytes live)")
+        offset, opened = placed
+        if opened >= 0:
+            al.ensure_slots(1)                 # a full handle table refuses before storage grows
+            self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
+        return al.commit_one(size, offset, opened)
+
+    # --- copy-in ---------------------------------------------------------------------
+    def _payload(self, payload) -> tuple[object, int]:
+        """(buffer, bytes) of a write's source: host bytes, or a device buffer the
+        storage's memory can read directly."""
+        if not isinstance(payload, np.ndarray) and self.storage.is_device_buffer(payload):
+            if payload.dtype != np.uint8 or len(payload.shape) != 1:
+                raise BadInputError(f"a device payload must be 1-D uint8, got {payload.dtype} {payload.shape}")
+            return payload, int(payload.shape[0])
+        if not isinstance(payload, np.ndarray) and (hasattr(payload, "__cuda_array_interface__")
+                                                    or hasattr(payload, "copy_to_host")):
+            raise BadInputError(f"payload is in device memory, but this pool's storage "
+                                f"({self.storage.kind}) holds host memory: copy it to the host first")
+        data = _as_bytes_array(payload, "payload")
+        return data, data.size
+
+    @_locked
+    def write_batch(self, handles, payload, lengths=None, *, src_starts=None) -> None:
+        """Copy ``payload`` into the objects, ``lengths[i]`` bytes to ``handles[i]``.
+
+        ``payload`` is 1-D uint8 (or bytes-like) holding the objects back to back, or at
+        ``src_starts[i]`` when given (ranges may be anywhere, in any order). Each length
+        must equal its object's allocated size; ``lengths`` may be omitted. On a pool
+        whose storage is device memory (``device_resident``), ``payload`` may be a
+        device buffer: it is copied device to device.
+        """
+        hs = _as_handles(handles)
+        data, nbytes = self._payload(payload)
+        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        offsets, sizes = self.alloc_.location(slots)
+        if lengths is not None:
+            lens = as_int_array(lengths, "lengths")
+            if lens.shape != hs.shape:
+                raise BadInputError(f"lengths has shape {lens.shape}, handles {hs.shape}")
+            bad = np.flatnonzero(lens != sizes)
+            if bad.size:
+                i = int(bad[0])
+                raise BadInputError(f"length {int(lens[i])} at batch index {i} differs from the "
+                                    f"object's allocated size {int(sizes[i])}")
+        if src_starts is None:
+            total = int(sizes.sum())
+            if nbytes != total:
+                raise BadInputError(f"payload holds {nbytes} bytes, the objects need {total}")
+            starts = packed_starts(sizes)
+        else:
+            starts = as_int_array(src_starts, "src_starts")
+            if starts.shape != hs.shape:
+                raise BadInputError(f"src_starts must be shaped like handles {hs.shape}, got {starts.shape}")
+            i = first_range_outside(starts, sizes, nbytes)
+            if i >= 0:
+                raise BadInputError(f"object {i} at src_starts {int(starts[i])} (+{int(sizes[i])} bytes) "
+                                    f"lies outside the {nbytes}-byte payload")
+        if not hs.size:
+            return
+        if isinstance(data, np.ndarray):
+            self.storage.scatter(data, starts, offsets, sizes)
+        else:
+            self.storage.scatter_device(data, starts, offsets, sizes)
+
+    def _write_device(self, slots, data) -> None:
+        offsets, sizes = self.alloc_.location(np.asarray(slots, np.int64))
+        if int(sizes.sum()) != int(data.shape[0]):
+            raise BadInputError(f"payload holds {int(data.shape[0])} bytes, the objects need {int(sizes.sum())}")
+        self.storage.scatter_device(data, np.zeros(1, np.int64), offsets, sizes)
+
+    def write(self, handle: int, data) -> None:
+        """Copy ``data`` (exactly the object's size) into the object: one storage copy."""
+        if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
+            data = self._payload(data)[0]
+        with self._lock:
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
+            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            if not isinstance(data, np.ndarray):       # a device buffer
+                return self._write_device([slot], data)
+            if data.size != size:
+                raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
+            self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
+
+    # --- copy-out --------------------------------------------------------------------
+    @_locked
+    def read_batch(self, handles, out=None, *, device: bool = False) -> tuple[object, np.ndarray]:
+        """Copy objects out: returns ``(payload, lengths)``, payload packed back to back.
+
+        ``out`` may be a writable uint8 buffer of exactly the total size to fill instead.
+        ``device=True`` (only where ``device_resident``) returns the payload as a fresh
+        buffer in device memory, for a device decoder: nothing crosses PCIe but metadata.
+        """
+        hs = _as_handles(handles)
+        if device:
+            if not self.storage.device_resident:
+                raise BadInputError(f"read_batch(device=True) needs a pool in device memory; "
+                                    f"this pool's storage is {self.storage.kind}")
+            if out is not None:
+                raise BadInputError("read_batch(device=True) returns a fresh device buffer; out must be None")
+        slots = self.alloc_.decode(hs, self._key)
+        offsets, sizes = self.alloc_.location(slots)
+        if device:
+            return self.storage.gather_device(offsets, sizes), sizes.copy()
+        total = int(sizes.sum())
+        buf = np.empty(total, np.uint8) if out is None else _check_out(out, total)
+        if hs.size:
+            self.storage.gather(offsets, sizes, buf, packed_starts(sizes))
+        return buf, sizes.copy()
+
+    def read(self, handle: int, out=None, *, free: bool = False) -> np.ndarray:
+        """Copy one object out (a new uint8 array, or ``out`` filled): one storage copy.
+
+        ``free=True`` frees the object once it is copied out (an exclusive load, as
+        zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
+        freed.
+        """
+        if free is not False and free is not True:      # check_flag's test, inline
+            free = check_flag(free, "free")
+        with self._lock:
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
+            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            if out is None:
+                out = np.empty(size, np.uint8)
+            elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
+                      and (flags := out.flags).c_contiguous and flags.writeable):
+                out = _check_out(out, size)
+            self.storage.read_one(offset, out)
+            if free:
+                self._free_one(slot, offset, size)
+            return out
+
+    def read_with(self, handle: int, consume, arg=_NO_ARG, *, free: bool = False):
+        """Call ``consume(block)`` (``consume(block, arg)`` when ``arg`` is given) on one
+        object's bytes where they lie and return what it returns: a decoder reads a
+        block in place instead of copying it out first (zswap decompresses from
+        zsmalloc so: ``zs_obj_read_begin``/``_end``).
+
+        ``block`` is a read-only 1-D uint8 host array, valid only during the call: host
+        RAM lends the arena's own bytes (never keep them, never write through them),
+        other storages a copy. ``free=True`` frees the object once ``consume`` returned
+        something other than None; None (it refused the bytes: a corrupt block) or an
+        exception frees nothing.
+        """
+        if free is not False and free is not True:      # check_flag's test, inline
+            free = check_flag(free, "free")
+        if not callable(consume):
+            raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
+        with self._lock:
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
+            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            # the lock is re-entrant: a consume that called back into the pool could
+            # free, move or close what it is reading; every verb refuses until it returns
+            hook, self._hook = self._hook, _refuse_reentry
+            try:
+                block = self.storage.lend_one(offset, size)
+                # one optional argument, not *args: packing a tuple cost ~60 ns a load
+                result = consume(block) if arg is _NO_ARG else consume(block, arg)
+            finally:
+                self._hook = hook
+            if free and result is not None:
+                self._free_one(slot, offset, size)
+            return result
+
+    @_locked
+    def size_of(self, handle: int) -> int:
+        """The allocated size of the object ``handle`` names."""
+        return self.alloc_.decode_one(handle, self._ikey)[2]
+
+    # --- free ------------------------------------------------------------------------
+    @_locked
+    def free_batch(self, handles) -> None:
+        """Free every object; a stale, foreign or repeated handle frees none."""
+        hs = _as_handles(handles)
+        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        offsets, asz, released = self.alloc_.free(slots)
+        self.storage.discard(offsets, asz)
+        self._release_segments(released)
+        self._maybe_clean()
+
+    def free(self, handle: int) -> None:
+        """Free one object; its handle (and any copy of it) is stale from now on."""
+        with self._lock:
+            if self._closed or self._hook is not None:     # _enter's test, inline
+                self._enter()
+            self._free_one(*self.alloc_.decode_one(handle, self._ikey))
+
+    def _free_one(self, slot: int, offset: int, size: int) -> None:
+        """Free one slot ``decode_one`` validated (with the offset and size it gave)."""
+        asize, emptied = self.alloc_.free_one(slot, offset, size)
+        self.storage.discard_one(offset, asize)
+        if emptied >= 0:
+            self._release_segments(np.array([emptied], np.int64))
+        self._maybe_clean()
+
+    # --- cleaning as you go -----------------------------------------------------------
+    # A log-structured arena keeps freed bytes dead until their segment is cleaned; under
+    # churn (zswap frees and stores all day) they would pile up: 5.86 bytes held per live
+    # byte were measured before this. So every free checks, in O(1), whether dead space
+    # has passed CLEAN_TRIGGER of the live bytes (plus two segments of slack for the
+    # head's tail) and if so runs one *bounded* cleaning step: the emptiest segments,
+    # enough to bring dead space down to half the trigger, at most CLEAN_STEP_SEGMENTS of
+    # them, packed with one bulk move. No single call pays for a whole pass.
+    #: dead bytes that start a cleaning step, as a share of live arena bytes
+    CLEAN_TRIGGER = 1 / 16
+    #: the most segments one cleaning step packs (bounds the work one free pays)
+    CLEAN_STEP_SEGMENTS = 64
+
+    def _maybe_clean(self) -> None:
+        al = self.alloc_
+        dead = al.segs_in_use * al.seg_bytes - al.live_aligned        # al.dead_bytes, inline
+        if dead > self._clean_floor and dead > 2 * al.seg_bytes and dead > al.live_aligned * self.CLEAN_TRIGGER:
+            limit = al.live_aligned * self.CLEAN_TRIGGER
+            t0 = time.perf_counter()
+            plan = al.plan_clean(int(dead - limit * 3 / 4), self.CLEAN_STEP_SEGMENTS)
+            if plan is None:
+                # nothing packs into fewer segments yet: wait for another segment's worth
+                # of dead bytes before planning again (a plan scans the handle table)
+                self._clean_floor = dead + al.seg_bytes
+            else:
+                # the free that got here has committed: a failed step (device OOM for a
+                # destination, a failed move) changes nothing and must not make that
+                # free look failed (a load that frees would lose its page); it waits
+                # for another segment's worth of dead bytes, as above
+                try:
+                    self._execute_clean(plan)
+                except DevpoolError:
+                    self._counters["clean_fail"] += 1
+                    self._clean_floor = dead + al.seg_bytes
+                else:
+                    self._clean_floor = 0
+                    al.clean_steps += 1
+            self._clean_seconds += time.perf_counter() - t0
+
+    # --- compaction ------------------------------------------------------------------
+    def _compact(self, max_utilisation: float) -> int:
+        return self._execute_clean(self.alloc_.plan_compact(max_utilisation))
+
+    def _execute_clean(self, plan) -> int:
+        """Carry out a cleaning plan: commit destinations, one bulk move, re-point the
+        slots, give emptied segments back; returns bytes freed."""
+        if plan is None:
+            return 0
+        src, dst, a = plan.src, plan.dst, plan.asizes
+        touched = np.unique(dst // self.alloc_.seg_bytes)
+        fresh = touched[~self.alloc_.seg_in_use[touched]]
+        self._commit_segments(fresh)
+        try:
+            self.storage.move(src, dst, a)
+        except BaseException:
+            self._release_segments(fresh)
+            raise
+        freed, _ = self.alloc_.commit_compact(plan)
+        self._release_segments(freed)
+        self._counters["compactions"] += 1
+        return int(freed.size) * self.alloc_.seg_bytes
+
+    @_locked
+    def compact(self, max_utilisation: float = 1.0) -> int:
+        """Clean segments less than ``max_utilisation`` full; returns bytes given back.
+
+        Live objects move (device-to-device on a GPU); every handle stays valid.
+        """
+        return self._clean(check_real(max_utilisation, "max_utilisation", lo=0, hi=1, lo_open=True))
+
+    def _clean(self, max_utilisation: float) -> int:
+        """Compact, then give every spare segment back; returns bytes released."""
+        before = self.storage.committed_bytes
+        self._compact(max_utilisation)
+        self._release_segments(np.zeros(0, np.int64), keep_spares=False)
+        return before - self.storage.committed_bytes
+
+    def _relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
+        """Move a random share of live objects to fresh space (chaos storage's tool).
+
+        A real migration through the allocator's verbs: new space is planned, committed
+        and copied into, then the old copies are freed; handles stay valid. Skipped when
+        there is no room.
+        """
+        live = np.flatnonzero(self.alloc_.locs >= 0)
+        pick = live[rng.random(live.size) < fraction]
+        if pick.size == 0:
+            return 0
+        plan = self.alloc_.plan_relocation(pick)
+        if plan is None:
+            return 0
+        try:
+            self.alloc_.ensure_slots(pick.size)    # the move borrows a slot per object
+        except PoolFullError:
+            return 0
+        self._commit_segments(plan.opened)
+        self.storage.move(self.alloc_.locs[pick], plan.offsets, aligned(self.alloc_.sizes[pick]))
+        offsets, asz, released = self.alloc_.commit_relocation(pick, plan)
+        self.storage.discard(offsets, asz)
+        self._release_segments(released)
+        return int(pick.size)
+
+    # --- figures and teardown --------------------------------------------------------
+    @_locked(hook=False)      # reading figures is not an operation on objects
+    def stats(self) -> dict:
+        """Pool figures (zsmalloc names where one exists) and the backend in use."""
+        st = self.alloc_.stats()
+        st["pool_total_size"] = self.storage.committed_bytes
+        st["spare_bytes"] = self.alloc_.spare_segments * self.alloc_.seg_bytes
+        st["pages_compacted"] = st["segments_compacted"] * (self.alloc_.seg_bytes // PAGE_SIZE)
+        st["clean_seconds"] = self._clean_seconds
+        st.update(self._counters)
+        st.update(self.storage.describe())
+        if self.backend_reason:
+            st["backend_reason"] = self.backend_reason
+        return st
+
+    def close(self) -> None:
+        """Free every object and give the arena back; idempotent."""
+        with self._lock:
+            if self._hook is _refuse_reentry:
+                _refuse_reentry(self)
+            if not self._closed:
+                self._closed = True
+                try:
+                    self.storage.close()
+                finally:
+                    self.alloc_.close()
+

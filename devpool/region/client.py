@@ -1,0 +1,673 @@
+"""A region of this process's memory swapped into a devpool pool through userfaultfd.
+
+``swap_region(nbytes, resident_bytes=...)`` maps ``nbytes`` of real memory and hands
+its page faults to a handler process that owns a :class:`~devpool.Zswap` and its pool
+(on the host or in GPU memory). ``region.array`` is a plain writable numpy ``uint8``
+array over that memory: numpy, C code and syscalls load and store it directly. Pages
+beyond the resident budget are evicted into Zswap and come back, byte for byte, on the
+next access; pages never written read as zeros and take no pool space. The region is a
+client of Zswap as Zswap is a client of the pool: it calls only ``store_batch``,
+``load`` (one faulting page) / ``load_batch`` (several), ``stats`` and ``close``.
+
+Which process does what (the handler's module, ``handler.py``, draws it): this
+process maps the memory (a memfd, ``MAP_SHARED``), creates the userfaultfd, registers
+the range for missing and write-protect faults, and starts two processes: the handler
+and a small guard that turns a handler's death into loud failures (SIGBUS / EFAULT on
+lost pages, :class:`~devpool.DevpoolError` from every call here) instead of a hang or
+zeros. No thread of this process serves a fault while the handler lives, so a numpy
+pass that holds the GIL while it faults cannot deadlock; if no guard can answer either
+(both killed, a stopped guard), a thread here that never needs the GIL does the guard's
+work (``watch.py``).
+
+Not supported: I/O that pins the region's pages and writes them later by DMA (an
+``O_DIRECT`` read into the region, io_uring fixed buffers, RDMA). No user-space call
+shows a pin, so eviction may drop a pinned page before the I/O lands in it: the read
+reports success and the page keeps its old bytes. Buffered I/O is served page by page
+through the faults and is correct.
+
+Costs: a fault is a round trip to another process (tens of microseconds from Python,
+see ``benchmarks/bench_region.py``) plus a Zswap load; eviction runs in batches in the
+handler, between faults. Linux only, x86_64; needs userfaultfd permission (root,
+``/dev/userfaultfd`` access, or ``vm.unprivileged_userfaultfd=1``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import mmap
+import os
+import pickle
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import weakref
+from collections.abc import Mapping
+
+import numpy as np
+
+from .. import _errors
+from . import uffd as _uffd
+from .._checks import check_int, check_real
+from .._errors import BackendUnavailableError, BadInputError, DevpoolError
+from .handler import recv, send, start_guard, stop_guard, wait_or_kill
+from .watch import RegionWatch
+
+__all__ = ["SwapRegion", "swap_region"]
+
+PAGE_SIZE = mmap.PAGESIZE
+
+#: features the region needs from the kernel's userfaultfd
+FEATURES = (_uffd.UFFD_FEATURE_MISSING_SHMEM | _uffd.UFFD_FEATURE_PAGEFAULT_FLAG_WP
+            | _uffd.UFFD_FEATURE_WP_HUGETLBFS_SHMEM | _uffd.UFFD_FEATURE_POISON)
+#: ioctls the registered range must allow
+IOCTLS = (_uffd._UFFDIO_WAKE, _uffd._UFFDIO_COPY, _uffd._UFFDIO_ZEROPAGE,
+          _uffd._UFFDIO_WRITEPROTECT, _uffd._UFFDIO_POISON)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+_HANDLER_MAIN = "import sys; from devpool.region.handler import handler_main; sys.exit(handler_main(sys.argv[1:]))"
+#: the handler keeps 18 bytes of state per page: a 1 TiB region costs it 4.5 GiB
+MAX_NBYTES = 1 << 40
+MADV_DONTFORK = 10          # a fork()ed child gets no mapping: it could fill holes with zeros
+MADV_NOHUGEPAGE = 15        # faults and evictions go a page at a time
+
+
+def swap_region(nbytes: int, *, resident_bytes: int, backend: str = "auto", compressor: str = "lz4",
+                capacity_bytes: int | None = None, backing=None, max_pool_percent: float = 100,
+                max_pool_bytes: int | None = None, accept_threshold_percent: float = 90,
+                writeback: bool = True, policy: str = "lfu", fault_around: int = 0,
+                spin_us: float = 100, start_timeout: float = 120.0, **options) -> "SwapRegion":
+    """Map ``nbytes`` of memory whose pages beyond ``resident_bytes`` live in a Zswap.
+
+    Use it as a context manager (or call ``close()``)::
+
+        with devpool.swap_region(64 << 20, resident_bytes=16 << 20) as r:
+            a = r.array                 # np.uint8, writable, len nbytes
+            a[:] = 1                    # faults; pages beyond 16 MiB are evicted
+            r.stats()["evicted_pages"]
+
+    ``backend``, ``compressor``, ``backing`` (a path: refused and written-back pages go
+    there), ``max_pool_percent``, ``max_pool_bytes``, ``accept_threshold_percent`` and
+    ``writeback`` are those of :class:`~devpool.Zswap` and :func:`~devpool.open_pool`;
+    the pool holds ``capacity_bytes`` (default: 5/4 of ``nbytes``, at least 4 MiB) and,
+    unlike a shared Zswap, the limit defaults to all of it. ``policy`` picks victims:
+    ``"lfu"`` (fault frequency with aging, the default) or ``"fifo"``. ``fault_around``
+    (0 or a power of two) brings back the evicted pages of the aligned window of that
+    many pages around a faulting one. ``spin_us``: how long the handler keeps polling
+    after a fault before it sleeps.
+
+    Raises BadInputError for bad sizes, BackendUnavailableError (naming the fix) where
+    userfaultfd cannot be used, and whatever opening the pool raises, from the handler.
+    """
+    return SwapRegion(nbytes, resident_bytes=resident_bytes, backend=backend, compressor=compressor,
+                      capacity_bytes=capacity_bytes, backing=backing, max_pool_percent=max_pool_percent,
+                      max_pool_bytes=max_pool_bytes, accept_threshold_percent=accept_threshold_percent,
+                      writeback=writeback, policy=policy, fault_around=fault_around, spin_us=spin_us,
+                      start_timeout=start_timeout, **options)
+
+
+class _Resources:
+    """Everything a region holds outside Python's heap, released exactly once (by
+    ``close()``, or by a finalizer when a region is dropped unclosed)."""
+
+    def __init__(self):
+        self.fds: list[int] = []
+        self.socks: list[socket.socket] = []
+        self.handler: subprocess.Popen | None = None
+        self.guard: subprocess.Popen | None = None
+        self.handler_sock: socket.socket | None = None
+        self.guard_sock: socket.socket | None = None
+        self.watch: RegionWatch | None = None
+        self.addr = 0
+        self.length = 0
+        self.keep_reserved = False
+        self.owner = os.getpid()
+
+    def release(self, timeout: float = 30.0) -> None:
+        if os.getpid() != self.owner:
+            return          # a fork()ed child exiting: the region is its parent's to close
+        # 0. the watch thread: from here on the handler's exit is not a death. Until it
+        #    has returned, no descriptor of ours may close (it polls and reads them)
+        if self.watch is not None:
+            if not self.watch.stop():
+                self.fds.clear()     # leaked rather than reused under a thread still on them
+            self.watch = None
+        # 1. the handler stops watching the guard (else it would take the guard's exit
+        #    below for a death and start another) and dismisses any guard it started
+        answers = self.handler is not None and self.handler.poll() is None
+        if answers:
+            answers = _ask_handler(self.handler_sock, ("unguard", "unguard"), timeout)
+        # 2. the guard: from here on the handler's exit is not a death
+        if self.guard is not None:
+            stop_guard(self.guard, self.guard_sock)
+            self.guard = None
+        # 3. the handler frees its pool and exits
+        if self.handler is not None:
+            if answers:
+                answers = _ask_handler(self.handler_sock, ("close", "close"), timeout)
+            if not answers and self.handler.poll() is None:
+                # no answer (stopped, wedged) or no socket (closed under us): the
+                # handler serves until this process exits, so it cannot be asked. A
+                # guard it started (after ours died) would take its death for a crash
+                # and linger: those go with it
+                spawned = _children(self.handler.pid)
+                self.handler.kill()
+                for pid in spawned:
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            wait_or_kill(self.handler, 10.0)
+            self.handler = None
+        # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
+        # no access, so a stale array faults instead of reading someone else's mapping
+        if self.addr:
+            if self.keep_reserved:
+                got = _libc.mmap(self.addr, self.length, 0,                      # PROT_NONE
+                                 mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x10 | 0x4000, -1, 0)  # FIXED, NORESERVE
+                if got in (None, _MAP_FAILED):
+                    _libc.munmap(self.addr, self.length)
+            else:
+                _libc.munmap(self.addr, self.length)
+            self.addr = 0
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:     # its descriptor was closed under it (EBADF)
+                pass
+        self.socks.clear()
+        for fd in self.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self.fds.clear()
+
+
+#: every region's resources not yet released, for the fork hook below
+_LIVE: "weakref.WeakSet[_Resources]" = weakref.WeakSet()
+
+
+def _drop_inherited() -> None:
+    """In a fork()ed child: close its copies of every region's descriptors. Held by a
+    child, the control sockets would never reach EOF, so after the owner died the handler
+    and guard (and, through the memfd, the region's memory) would live on for as long as
+    any forked worker did. The child has no mapping of the region (MADV_DONTFORK) and its
+    release() does nothing, so it needs none of them."""
+    for res in list(_LIVE):
+        for s in res.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+        for fd in res.fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        res.socks, res.fds = [], []      # their numbers may be reused in the child
+        if res.watch is not None:        # the child has no watch thread, only its pipe
+            res.watch.close_pipe()
+            res.watch = None
+
+
+os.register_at_fork(after_in_child=_drop_inherited)
+
+
+def _ask_handler(sock: socket.socket, req: tuple, timeout: float) -> bool:
+    """Send ``req`` and wait (bounded) for its reply, skipping replies to earlier requests
+    whose callers were interrupted; False when the handler did not answer (or its
+    socket failed). An EOF is an exiting handler: an answer of sorts (True)."""
+    try:
+        sock.settimeout(timeout)
+        send(sock, req)
+        _reply_to(sock, req[-1])
+        return True
+    except EOFError:
+        return True
+    except OSError:
+        return False
+
+
+def _reply_to(sock: socket.socket, tag, wait=None) -> tuple:
+    """The reply that ends with ``tag`` (the request's last element). Replies to earlier
+    requests whose callers were interrupted while waiting (an exception from a signal
+    handler: KeyboardInterrupt, an alarm) are still in the socket: they are skipped, not
+    taken for this one's (every later reply would be one behind). ``wait(sock)``, if
+    given, runs before each read."""
+    while True:
+        if wait is not None:
+            wait(sock)
+        reply = recv(sock)
+        if reply and reply[-1] == tag:
+            return reply
+
+
+def _children(pid: int) -> list[int]:
+    """Child processes of ``pid`` (from /proc; empty when it cannot be read)."""
+    kids = []
+    try:
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{tid}/children") as f:
+                kids += [int(x) for x in f.read().split()]
+    except OSError:
+        pass
+    return kids
+
+
+class SwapRegion:
+    """``nbytes`` of this process's memory whose cold pages live in a Zswap.
+
+    ``array`` is the memory; ``evict(n)`` pushes pages out now; ``stats()`` reports the
+    region's counters with the Zswap's under ``"zswap"``; ``close()`` stops the handler,
+    frees the pool and unmaps the memory. Thread-safe: any thread may touch the array
+    (faults are served whoever holds the GIL) and call the methods.
+
+    Baselines for benchmarks (not for use): ``serve="zero"`` answers every fault with a
+    zero page and drops evicted bytes (the floor of a fault round trip), with
+    ``serve_delay_us`` busy-waiting that long first (a handler whose work takes that
+    long); ``serve="file"`` keeps evicted pages uncompressed in ``file``.
+    """
+
+    def __init__(self, nbytes: int, *, resident_bytes: int, backend: str = "auto", compressor: str = "lz4",
+                 capacity_bytes: int | None = None, backing=None, max_pool_percent: float = 100,
+                 max_pool_bytes: int | None = None, accept_threshold_percent: float = 90,
+                 writeback: bool = True, policy: str = "lfu", fault_around: int = 0,
+                 spin_us: float = 100, start_timeout: float = 120.0, serve: str = "zswap",
+                 file=None, file_direct: bool = False, serve_delay_us: float = 0,
+                 pool_options: dict | None = None):
+        nbytes = check_int(nbytes, "nbytes", lo=1, hi=MAX_NBYTES)
+        if nbytes % PAGE_SIZE:
+            raise BadInputError(f"nbytes must be a multiple of the page size ({PAGE_SIZE}), got {nbytes}")
+        resident_bytes = check_int(resident_bytes, "resident_bytes", lo=0)
+        if resident_bytes < PAGE_SIZE:
+            raise BadInputError(f"resident_bytes must be at least one page ({PAGE_SIZE} bytes), got {resident_bytes}")
+        if policy not in ("lfu", "fifo"):
+            raise BadInputError(f"policy must be 'lfu' or 'fifo', got {policy!r}")
+        fault_around = check_int(fault_around, "fault_around", lo=0, hi=1 << 20)
+        if fault_around & (fault_around - 1):
+            raise BadInputError(f"fault_around must be 0 or a power of two, got {fault_around}")
+        if serve not in ("zswap", "zero", "file"):
+            raise BadInputError(f"serve must be 'zswap', 'zero' or 'file', got {serve!r}")
+        if serve == "file" and file is None:
+            raise BadInputError("serve='file' needs file= (a path for the plain swap file)")
+        serve_delay_us = check_real(serve_delay_us, "serve_delay_us", lo=0, hi=1e4)
+        if serve_delay_us and serve != "zero":
+            raise BadInputError("serve_delay_us is a baseline of serve='zero' only")
+        if pool_options is not None and not isinstance(pool_options, Mapping):
+            raise BadInputError(f"pool_options must be a dict of open_pool options, got "
+                                f"{type(pool_options).__name__}")
+        try:
+            pool_options = dict(pool_options or {})
+        except Exception as exc:
+            raise BadInputError(f"pool_options cannot be read as a dict: {exc!r}") from None
+        for key in pool_options:
+            if not isinstance(key, str):
+                raise BadInputError(f"pool_options keys must be option names (str), got {key!r}")
+            if key == "capacity_bytes":
+                raise BadInputError("pool_options may not set capacity_bytes: it is swap_region's own argument")
+        if backing is not None and not isinstance(backing, (str, os.PathLike)):
+            raise BadInputError("backing must be a path (the handler process opens the file)")
+        if capacity_bytes is None:
+            capacity_bytes = max(nbytes * 5 // 4, 4 << 20)
+        capacity_bytes = check_int(capacity_bytes, "capacity_bytes", lo=1)
+        spin_us = check_real(spin_us, "spin_us", lo=0, hi=1e6)
+        start_timeout = check_real(start_timeout, "start_timeout", lo=0, lo_open=True)
+        self.nbytes = nbytes
+        self.resident_bytes = resident_bytes
+        self._lock = threading.RLock()
+        self._closed = False
+        self._dead: str | None = None
+        self._serial = 0                # of the last request to the handler
+        self._res = res = _Resources()
+        _LIVE.add(res)
+        self._finalizer = weakref.finalize(self, res.release)
+        cfg = {
+            "npages": nbytes // PAGE_SIZE, "resident_pages": resident_bytes // PAGE_SIZE,
+            "serve": serve, "policy": policy, "fault_around": fault_around, "spin_us": spin_us,
+            "serve_delay_us": serve_delay_us,
+            "backend": backend, "compressor": compressor, "capacity_bytes": capacity_bytes,
+            "backing": os.fspath(backing) if backing is not None else None,
+            "file": os.fspath(file) if file is not None else None, "file_direct": bool(file_direct),
+            "pool_options": pool_options,
+            "zswap_options": {"max_pool_percent": max_pool_percent, "max_pool_bytes": max_pool_bytes,
+                              "accept_threshold_percent": accept_threshold_percent,
+                              "writeback": writeback},
+        }
+        try:
+            self._open(cfg, start_timeout)
+        except BaseException:
+            self._finalizer()
+            raise
+        # From here the resources live as long as the memory's buffer object, not as
+        # long as this object: every array handed out holds the buffer (through its
+        # base), so ``a = swap_region(...).array`` keeps its memory mapped and served
+        # while ``a`` (or a view of it) lives, and releases it when the last one goes.
+        # Tied to the region, a dropped region would unmap the memory under live arrays.
+        self._finalizer.detach()
+        self._finalizer = weakref.finalize(self._cbuf, res.release)
+
+    # --- construction ------------------------------------------------------------------
+    def _open(self, cfg: dict, start_timeout: float) -> None:
+        res = self._res
+        try:
+            fd = _uffd.open_uffd()
+            res.fds.append(fd)
+            _uffd.api(fd, FEATURES)
+        except _uffd.UffdUnavailable as exc:
+            raise BackendUnavailableError(f"swap_region: {exc.strerror}") from exc
+        self._uffd = fd
+        memfd = os.memfd_create("devpool-region", os.MFD_CLOEXEC)
+        res.fds.append(memfd)
+        try:
+            os.ftruncate(memfd, self.nbytes)
+        except OSError as exc:
+            raise DevpoolError(f"swap_region: cannot size the region's memory to {self.nbytes} bytes: "
+                               f"{exc.strerror}") from exc
+        addr = _libc.mmap(None, self.nbytes, mmap.PROT_READ | mmap.PROT_WRITE,
+                          mmap.MAP_SHARED | 0x4000, memfd, 0)          # MAP_NORESERVE
+        if addr in (None, _MAP_FAILED):
+            err = ctypes.get_errno()
+            raise DevpoolError(f"swap_region: mmap of {self.nbytes} bytes failed: {os.strerror(err)}")
+        res.addr, res.length = addr, self.nbytes
+        _libc.madvise(addr, self.nbytes, MADV_DONTFORK)
+        _libc.madvise(addr, self.nbytes, MADV_NOHUGEPAGE)
+        try:
+            allowed = _uffd.register(fd, addr, self.nbytes,
+                                     _uffd.UFFDIO_REGISTER_MODE_MISSING | _uffd.UFFDIO_REGISTER_MODE_WP)
+        except OSError as exc:
+            raise BackendUnavailableError(f"swap_region: UFFDIO_REGISTER of shared memory failed "
+                                          f"({exc.strerror}); Linux 6.6 or later is needed") from exc
+        lacking = [nr for nr in IOCTLS if not _uffd.ioctl_allowed(allowed, nr)]
+        if lacking:
+            raise BackendUnavailableError(f"swap_region: this kernel does not allow userfaultfd ioctls "
+                                          f"{lacking} on shared memory; Linux 6.6 or later is needed")
+        cfg["base"] = addr
+        cfg["client_pid"] = os.getpid()
+        # the handler: owns the Zswap and its pool
+        mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        res.socks += [mine, theirs]
+        res.handler_sock = mine
+        res.handler = subprocess.Popen(
+            [sys.executable, "-c", _HANDLER_MAIN, str(fd), str(memfd), str(theirs.fileno())],
+            pass_fds=(fd, memfd, theirs.fileno()), stdin=subprocess.DEVNULL, close_fds=True,
+            process_group=0)            # out of the terminal's foreground group: Ctrl-C is ours, not its
+        theirs.close()
+        res.socks.remove(theirs)
+        mine.settimeout(start_timeout)
+        try:
+            send(mine, cfg)
+        except (pickle.PicklingError, TypeError, AttributeError) as exc:
+            # the options travel pickled: a lambda, a lock, an open file cannot
+            raise BadInputError(f"swap_region: an option cannot be handed to the handler process "
+                                f"(it must be picklable): {exc}") from None
+        except OSError as exc:
+            if exc.errno != errno.EMSGSIZE:
+                raise
+            # one SOCK_SEQPACKET message carries the options: a path or option of
+            # megabytes cannot be sent (nor be a real path or codec name)
+            size = len(pickle.dumps(cfg, protocol=pickle.HIGHEST_PROTOCOL))
+            raise BadInputError(f"swap_region: the options are too large ({size} bytes pickled) to hand "
+                                f"to the handler process; a path, codec name or pool option is far "
+                                f"longer than any real one") from None
+        try:
+            kind, *info = recv(mine)
+        except (OSError, EOFError) as exc:
+            raise DevpoolError(f"swap_region: the handler process did not start "
+                               f"(exit code {res.handler.poll()}): {exc}") from exc
+        if kind != "ready":
+            _raise_remote(info[0], info[1])
+        self._handler_info = info[0]
+        # the guard: turns the handler's death into loud failures
+        pidfd = os.pidfd_open(res.handler.pid)
+        res.fds.append(pidfd)
+        try:
+            res.guard, res.guard_sock = start_guard(fd, pidfd, addr, self.nbytes, os.getpid())
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise DevpoolError(f"swap_region: the guard process did not start: {exc}") from exc
+        res.socks.append(res.guard_sock)
+        # the last line, for when the guard cannot answer either (both killed at once, a
+        # stopped guard): a thread here that never needs the GIL (watch.py)
+        res.watch = RegionWatch(fd, pidfd, addr, self.nbytes)
+        if not res.watch.start():
+            res.watch = None
+        mine.settimeout(None)
+        # the handler watches the guard from now on and starts another if it dies
+        self._request("guard", res.guard.pid)
+        self._cbuf = (ctypes.c_uint8 * self.nbytes).from_address(addr)
+        self._array = np.ctypeslib.as_array(self._cbuf)
+
+    # --- the public surface ----------------------------------------------------------------
+    @property
+    def array(self) -> np.ndarray:
+        """The region's memory as a writable ``uint8`` array of ``nbytes`` elements."""
+        self._check_usable()
+        return self._array
+
+    @property
+    def handler_pid(self) -> int:
+        """Process id of the handler (the process that owns the pool)."""
+        return self._handler_info["pid"]
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def evict(self, n: int | None = None) -> int:
+        """Push pages out now: those beyond the resident budget (``n=None``) or ``n``
+        resident pages chosen by the policy. Returns the pages evicted (pages Zswap
+        refuses stay resident)."""
+        if n is not None:
+            n = check_int(n, "n", lo=0)
+        return self._request("evict", n)
+
+    def stats(self) -> dict:
+        """Counters: faults, zero_fills, loads_from_pool, loads_from_backing, evicted_pages,
+        resident_pages, fault_p50_us / fault_p99_us (service time in the handler), ...,
+        and the Zswap's own statistics under ``"zswap"``."""
+        st = self._request("stats")
+        st["nbytes"] = self.nbytes
+        st["resident_bytes"] = self.resident_bytes
+        return st
+
+    def close(self) -> None:
+        """Stop the handler and its guard, free the pool, unmap the memory. Idempotent.
+
+        An array taken from ``.array`` must not be used afterwards: if one is still
+        referenced, its address range stays reserved without access (an access faults),
+        so it can never read or write another mapping.
+        """
+        with self._lock:
+            if self._closed:
+                # an earlier close() may have been interrupted (an exception from a signal
+                # handler): release() resumes where it stopped, and does nothing when done
+                self._res.release()
+                return
+            self._closed = True
+            res = self._res
+            arr = self.__dict__.pop("_array", None)
+            cbuf = self.__dict__.pop("_cbuf", None)
+            # referenced elsewhere: more than our local name and getrefcount's argument
+            res.keep_reserved = ((arr is not None and sys.getrefcount(arr) > 2)
+                                 or (cbuf is not None and sys.getrefcount(cbuf) > 3))
+            # released here, while ``cbuf`` is held: were it dropped first, its finalizer
+            # would run from the deallocation, where an exception (a KeyboardInterrupt
+            # while waiting for the handler) is printed and lost instead of raised
+            self._finalizer()
+            del arr, cbuf
+
+    def __enter__(self) -> "SwapRegion":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else ("handler dead" if self._dead else "open")
+        return f"<SwapRegion {self.nbytes} bytes, resident budget {self.resident_bytes}, {state}>"
+
+    # --- talking to the handler --------------------------------------------------------
+    def _check_usable(self) -> None:
+        if self._closed:
+            raise DevpoolError("the swap region is closed")
+        if os.getpid() != self._res.owner:
+            raise DevpoolError(f"this swap region belongs to process {self._res.owner} (a fork()ed child "
+                               f"has no mapping of it)")
+        if self._dead is None:
+            code = self._res.handler.poll()
+            if code is not None:
+                self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status {code}); "
+                              f"its evicted pages are lost")
+            # a dead guard is the handler's to replace (it watches the guard in office);
+            # if it cannot, it answers every request with the reason
+        if self._dead is not None:
+            raise DevpoolError(f"{self._dead}; close() the region")
+
+    def _wait_for_reply(self, sock: socket.socket) -> None:
+        """Wait until a reply can be read. A stopped handler (SIGSTOP, a debugger) answers
+        nothing until continued: that is raised, not waited out in silence. The region
+        stays usable; the request runs once the handler continues, and its late reply is
+        skipped by the next request."""
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        pid = self._res.handler.pid
+        while not poller.poll(STOPPED_CHECK_S * 1000):
+            if _process_state(pid) in ("T", "t"):
+                raise DevpoolError(f"the region's handler process {pid} is stopped (SIGSTOP or a debugger): "
+                                   f"it serves no fault and answers no request until it is continued "
+                                   f"(SIGCONT); this request was sent and runs then")
+
+    def _request(self, *req):
+        with self._lock:
+            self._check_usable()
+            sock = self._res.handler_sock
+            # the handler ends each reply with the request's last element: a serial
+            # number, by which _reply_to tells this request's reply from late ones
+            self._serial += 1
+            serial = self._serial
+            try:
+                send(sock, (*req, serial))
+                kind, *rest = _reply_to(sock, serial, self._wait_for_reply)
+                rest.pop()
+            except (OSError, EOFError) as exc:
+                code = self._res.handler.poll()
+                if code is None:
+                    try:
+                        code = self._res.handler.wait(2.0)
+                    except subprocess.TimeoutExpired:
+                        code = None
+                if code is None:        # alive: the socket itself failed (closed under us)
+                    self._dead = (f"the region's control socket failed ({exc!r}); its handler process "
+                                  f"{self._res.handler.pid} still serves its pages, but takes no request")
+                else:
+                    self._dead = (f"the region's handler process {self._res.handler.pid} died (exit status "
+                                  f"{code}); its evicted pages are lost")
+                raise DevpoolError(f"{self._dead}; close() the region") from exc
+            if kind == "ok":
+                return rest[0]
+            _raise_remote(rest[0], rest[1])
+
+
+#: while waiting for a reply, how often to look whether the handler is stopped
+STOPPED_CHECK_S = 1.0
+
+
+def _process_state(pid: int) -> str:
+    """The state letter of process ``pid`` (R, S, T, t, Z, ...), '' when unreadable."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0]
+    except (OSError, IndexError):
+        return ""
+
+
+def _raise_remote(name: str, message: str):
+    cls = getattr(_errors, name, None)
+    if isinstance(cls, type) and issubclass(cls, DevpoolError):
+        raise cls(message)
+    raise DevpoolError(f"region handler: {name}: {message}")
+
+
+# --- devpool replay --real -------------------------------------------------------------------
+def replay_real(args, trace: np.ndarray, content: np.ndarray) -> dict:
+    """Play ``trace`` on a real region (``devpool replay --real``): the same working set,
+    RAM budget, zswap limit, backend and codec as the simulation, but the touches are
+    loads and stores of real memory and the faults are the kernel's.
+
+    A page's first touch writes its content; every later touch reads the whole page back
+    and checks it (a mismatch raises DevpoolError). Fault latency is timed in the
+    touching thread, for touches that ``mincore`` (outside the timer) found non-resident.
+    """
+    import tempfile
+    import time
+    ws = content.shape[0]
+    mincore = _libc.mincore
+    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    vec = (ctypes.c_ubyte * 1)()
+    limit = args.pool_limit_pages * PAGE_SIZE
+    lat = []
+    touched = np.zeros(ws, np.bool_)
+    with tempfile.TemporaryDirectory(prefix="devpool-replay-real-") as tmp:
+        with swap_region(ws * PAGE_SIZE, resident_bytes=args.ram_pages * PAGE_SIZE, backend=args.backend,
+                         compressor=args.compressor, capacity_bytes=max(16 << 20, 4 * limit),
+                         max_pool_bytes=limit, backing=os.path.join(tmp, "swap")) as region:
+            a = region.array
+            pages = a.reshape(ws, PAGE_SIZE)
+            base = a.ctypes.data
+            clock = time.perf_counter_ns
+            t_all = time.perf_counter()
+            for p in trace.tolist():
+                mincore(base + p * PAGE_SIZE, PAGE_SIZE, vec)
+                resident = vec[0] & 1
+                if not touched[p]:
+                    t = clock()
+                    pages[p] = content[p]
+                    dt = clock() - t
+                    touched[p] = True
+                else:
+                    t = clock()
+                    same = np.array_equal(pages[p], content[p])
+                    dt = clock() - t
+                    if not same:
+                        raise DevpoolError(f"real region: page {p} came back different from what was written")
+                if not resident:
+                    lat.append(dt)
+            elapsed = time.perf_counter() - t_all
+            st = region.stats()
+    lat = np.array(lat, np.int64)
+
+    def pct(q):
+        return float(np.percentile(lat, q) / 1e3) if lat.size else 0.0
+
+    zst = st["zswap"]
+    swap_faults = st["loads_from_pool"] + st["loads_from_backing"]
+    return {
+        "faults": st["faults"], "first_touch": st["zero_fills"], "zswap_hits": st["loads_from_pool"],
+        "backing_reads": st["loads_from_backing"], "evicted": st["evicted_pages"],
+        "zswap_hit_rate": st["loads_from_pool"] / swap_faults if swap_faults else 0.0,
+        "written_back_pages": zst["written_back_pages"], "pool_limit_hit": zst["pool_limit_hit"],
+        "backing_direct_writes": zst["backing_direct_writes"], "resident_pages": st["resident_pages"],
+        "fault_p50_us": pct(50), "fault_p99_us": pct(99),
+        "handler_service_p50_us": st["fault_p50_us"], "handler_service_p99_us": st["fault_p99_us"],
+        "touches_per_s": trace.size / elapsed, "policy": st["policy"],
+    }
+
+
+def print_replay_real(real: dict) -> None:
+    print(f"  real region (userfaultfd, policy {real['policy']}): faults {real['faults']} (first touch "
+          f"{real['first_touch']}, from zswap {real['zswap_hits']}, from backing file {real['backing_reads']}); "
+          f"zswap hit rate {100 * real['zswap_hit_rate']:.1f} %")
+    print(f"    evicted {real['evicted']}, written back {real['written_back_pages']}, pool limit hit "
+          f"{real['pool_limit_hit']}x, refused straight to file {real['backing_direct_writes']}; "
+          f"every page checked on every touch")
+    print(f"    fault latency in the touching thread: p50 {real['fault_p50_us']:.0f} us p99 "
+          f"{real['fault_p99_us']:.0f} us (handler service p50 {real['handler_service_p50_us']:.0f} us); "
+          f"{real['touches_per_s']:.0f} touches/s")

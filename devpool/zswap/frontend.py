@@ -1,0 +1,802 @@
+"""Zswap: a compressed cache for pages on their way to swap, over any devpool pool.
+
+What it is and when it pays (as mm/zswap.c puts it): pages being swapped out are
+compressed into a pool instead of going to the swap device; a later swap-in
+decompresses them, which is far cheaper than disk I/O. When the pool reaches its limit
+the oldest entries are written back to the real swap file. This frontend models Linux
+6.18's zswap, keeps its parameter and debugfs statistic names, and sees only the pool
+contract: handles, batched copy-in / copy-out, ``read_with`` (a single load decodes
+its block where it lies), ``compact``, ``stats``. It never learns whether the pool
+lives in RAM or on a GPU.
+
+With a backing file, ``Zswap`` plays both zswap *and* the swap device: a page zswap
+refuses (limit hit, poor compression with writeback off, codec error) is written
+straight to the file, as the swap core does after a failed ``zswap_store``; ``store``
+returns False ("not cached") and ``load`` finds the page in the file. Without a
+backing file a refused page is not kept: the caller still owns it.
+
+A page is never lost: it is in the pool, in the backing file, or the store said it
+was refused (and, with a backing file whose write failed, raised).
+
+Two speeds, one set of rules (as ``zswap_store`` calls ``zswap_store_page``): every verb
+has a batch form, vectorised over numpy arrays, and a single-page form that works on
+Python scalars (a fault is one page, and a zswap hit must cost less than the swap
+device it saves). Both call the same deciders: :meth:`Zswap._verdict` (which pages may
+be stored, and how), :meth:`Zswap._admitting` (the limit's hysteresis), ``_admit`` /
+``_admit_one`` (the limit, checked by the pool with the allocation), :meth:`Zswap._limit_hit`
+and :meth:`Zswap._tally_refusals`.
+
+Reading order: statistics, tunables, limits, the deciders, entries, compress /
+decompress, writeback (second-chance LRU) and shrinking, then the main API (store,
+load, invalidate, batch forms first).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+
+from .backing import BackingFile
+from .._checks import as_int_array, check_flag, check_int, check_real
+from ..codecs import Codec, get_codec
+from ..codecs.base import check_pages
+from .entries import ABSENT, EntryTable
+from .._errors import (
+    BadInputError,
+    ClosedError,
+    CorruptDataError,
+    DevpoolError,
+    EntryNotFoundError,
+    PoolFullError,
+    WritebackError,
+)
+from .._packed import gather, has_duplicates, packed_starts, same_filled, same_filled_one
+from ..pool import Pool
+from .._checks import PAGE_SIZE
+
+__all__ = ["Zswap"]
+
+# --- entry states (one byte per swap offset) -------------------------------------------
+POOL = 1       # compressed (or, at length == PAGE_SIZE, stored as-is) in the pool
+SAME = 2       # same-filled page: only the 8-byte fill word is kept, no pool space
+FILE = 3       # in the backing swap file (written back, or refused by zswap)
+
+_KIND_NAMES = {ABSENT: None, POOL: "pool", SAME: "same_filled", FILE: "backing"}
+
+#: pages written back per round of the shrinker: big enough to batch the file I/O,
+#: small enough that one store at the limit does not stall on a long writeback
+SHRINK_BATCH = 256
+#: the largest swap offset + 1: a slot's byte position (offset * 4096) must fit in int64
+MAX_NR_PAGES = 1 << 51
+
+
+def _percent(value, name: str) -> float:
+    return check_real(value, name, lo=0, hi=100, lo_open=True)
+
+
+def _bytes_or_none(value, name: str) -> int | None:
+    return None if value is None else check_int(value, name, lo=1)
+
+
+class _Tunable:
+    """A Zswap tunable: read as an attribute; an assignment is checked as the
+    constructor's argument is, then the limits are worked out again (a limit that could
+    hold nothing is refused, and the tunable keeps its old value)."""
+
+    def __init__(self, check, doc: str = ""):
+        self.check = check
+        self.__doc__ = doc
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name, self.field = name, "_" + name
+
+    def __get__(self, obj, owner=None):
+        return self if obj is None else getattr(obj, self.field, None)
+
+    def __set__(self, obj, value) -> None:
+        obj._tune(self.field, self.check(value, self.name))
+
+
+class Zswap:
+    """zswap over a devpool pool.
+
+    ``max_pool_percent`` of the pool's capacity (or ``max_pool_bytes``) bounds the pool;
+    once hit, stores are refused until usage falls below ``accept_threshold_percent``
+    of the limit, and the shrinker writes back meanwhile. ``backing`` is a swap-file
+    path (created 0600), a :class:`BackingFile`, or None. ``writeback=False`` forbids
+    writeback (and, as in Linux, then refuses incompressible pages). Swap offsets lie
+    in ``0..nr_pages-1``; the entry table's memory follows the entries stored.
+    """
+
+    max_pool_percent = _Tunable(_percent, "The limit as a share of the pool's capacity.")
+    max_pool_bytes = _Tunable(_bytes_or_none, "An absolute limit; overrides max_pool_percent unless None.")
+    accept_threshold_percent = _Tunable(_percent, "Once the limit is hit, stores resume below this share of it.")
+
+    # --- statistics (debugfs names); one comment per counter -------------------------
+    _COUNTERS = (
+        "pool_limit_hit",          # a store found the pool at its limit
+        "reject_compress_fail",    # the codec failed on a page
+        "reject_compress_poor",    # a page did not compress below PAGE_SIZE, writeback off
+        "reject_alloc_fail",       # the pool could not allocate room (full, or too big)
+        "reject_reclaim_fail",     # the shrinker's writeback failed while at the limit
+        "decompress_fail",         # a stored block failed to decode to one page
+        "written_back_pages",      # pages the shrinker / writeback() moved to the file
+        "writeback_fail",          # writeback I/O errors (entries stayed in the pool)
+        "same_filled_stores",      # stores satisfied by a fill word alone
+        "backing_direct_writes",   # refused pages written straight to the backing file
+        "loads_from_pool",         # loads served from the pool (or a fill word)
+        "loads_from_backing",      # loads served from the backing file
+    )
+
+    # --- tunables ----------------------------------------------------------------------
+    def __init__(self, pool: Pool, compressor: str | dict | Codec = "lz4", *,
+                 max_pool_percent: float = 20, max_pool_bytes: int | None = None,
+                 accept_threshold_percent: float = 90, backing=None, writeback: bool = True,
+                 nr_pages: int = 1 << 32):
+        # every check first; the backing file, the only thing opened, last
+        if not isinstance(pool, Pool):
+            raise BadInputError(f"pool must be a devpool Pool, got {type(pool).__name__}")
+        if pool.closed:
+            raise ClosedError("the pool is closed")
+        self.pool = pool
+        self._max_pool_bytes = self._max_pool_percent = self._accept_threshold_percent = None
+        # checked by the setters; the limits are worked out (and checked) once all are set
+        self.max_pool_bytes = max_pool_bytes
+        self.max_pool_percent = max_pool_percent
+        self.accept_threshold_percent = accept_threshold_percent
+        self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
+        self._codec = get_codec(compressor)
+        self._decode_page = self._codec._decompress_page     # bound once: a load's decoder
+        if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
+            raise BadInputError(f"backing must be a path, a BackingFile or None, got {type(backing).__name__}")
+        if isinstance(backing, (str, bytes)) and ("\0" in backing if isinstance(backing, str) else b"\0" in backing):
+            raise BadInputError("backing path contains a NUL byte")
+        # a device codec over a pool in device memory keeps blocks on the device: they
+        # go into the arena device to device and are decoded there on load
+        self._blocks_on_device = bool(self._codec.device_resident and pool.device_resident)
+        self._lock = threading.RLock()
+        self._closed = False
+        self._reached_full = False
+        self._counters = dict.fromkeys(self._COUNTERS, 0)
+        self._t = EntryTable()                     # swap offset -> entry
+        self._next_seq = 0                         # LRU age of the next entry stored
+        self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
+        self._own_backing = not (backing is None or isinstance(backing, BackingFile))
+        self.backing = BackingFile(backing) if self._own_backing else backing
+        if self.backing is not None:
+            try:
+                self.backing.attach(self)           # one swap file, one owner
+            except BaseException:
+                if self._own_backing:
+                    self.backing.close(remove_created=True)
+                raise
+        self.writeback_enabled = bool(writeback) and self.backing is not None
+
+    def __enter__(self) -> "Zswap":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            self.close()
+        except Exception:
+            if exc_type is None:          # never replace the caller's exception
+                raise
+
+    def close(self) -> None:
+        """Drop every entry from the pool (not the pool itself) and close an owned file.
+        Idempotent; safe after the pool was closed. Every later operation raises
+        :class:`~devpool.ClosedError`."""
+        with self._lock:
+            if self._closed:
+                return
+            refused = False
+            try:
+                if not self.pool.closed:
+                    self._drop_idx(self._t.present())
+            except BadInputError:
+                # the pool refused before freeing anything (a call from inside its
+                # read_with, as from a codec's decoder): nothing changed, still open
+                refused = True
+                raise
+            finally:
+                if not refused:
+                    self._closed = True
+                    # a closed pool took its objects with it: the entries name nothing now
+                    self._t.set_state(self._t.present(), ABSENT)
+                    if self.backing is not None:
+                        self.backing.detach(self)
+                        if self._own_backing:
+                            self.backing.close()
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise ClosedError("this Zswap is closed")
+
+    # --- argument checks ----------------------------------------------------------------
+    def _offset(self, offset) -> int:
+        """One swap offset as an int, or BadInputError."""
+        if type(offset) is int and 0 <= offset < self.nr_pages:
+            return offset
+        return check_int(offset, "swap offset", lo=0, hi=self.nr_pages - 1)
+
+    def _offsets(self, offsets) -> np.ndarray:
+        """A batch of distinct swap offsets as int64, or BadInputError."""
+        if np.ndim(offsets) == 0:
+            offsets = [offsets]
+        arr = as_int_array(offsets, "offsets")
+        bad = np.flatnonzero((arr < 0) | (arr >= self.nr_pages))
+        if bad.size:
+            raise BadInputError(f"swap offset {int(arr[bad[0]])} is outside 0..{self.nr_pages - 1}")
+        if arr.size > 1 and has_duplicates(arr):
+            raise BadInputError("offsets repeat within one batch")
+        return arr
+
+    @staticmethod
+    def _page(page) -> np.ndarray:
+        """One page as a C-contiguous (4096,) uint8 array, or BadInputError."""
+        if (type(page) is np.ndarray and page.dtype == np.uint8 and page.shape == (PAGE_SIZE,)
+                and page.flags.c_contiguous):
+            return page
+        pages = check_pages(page)
+        if pages.shape[0] != 1:
+            raise BadInputError(f"store takes one page, got {pages.shape[0]}: use store_batch")
+        return pages[0]
+
+    # --- limits ------------------------------------------------------------------------
+    # The tunables (_Tunable, below the class) are checked on every assignment like a
+    # constructor argument, and the limits in bytes are worked out once per change, not
+    # on every store.
+    def _tune(self, field: str, value) -> None:
+        """Set a checked tunable and work the limits out again; a limit that could hold
+        nothing is refused (BadInputError) and the tunable keeps its old value."""
+        old = getattr(self, field)
+        setattr(self, field, value)
+        try:
+            self._set_limits()
+        except BadInputError:
+            setattr(self, field, old)
+            raise
+
+    def _set_limits(self) -> None:
+        if self._max_pool_percent is None or self._accept_threshold_percent is None:
+            return                                   # still constructing
+        limit = (self._max_pool_bytes if self._max_pool_bytes is not None
+                 else int(self.pool.capacity_bytes * self._max_pool_percent / 100))
+        if limit < self.pool.segment_bytes:
+            raise BadInputError(
+                f"the zswap limit ({limit} bytes) is smaller than one pool segment "
+                f"({self.pool.segment_bytes} bytes): nothing could ever be stored; open the pool "
+                f"with a smaller segment_bytes or raise the limit")
+        self._limit = limit
+        self._accept = int(limit * self._accept_threshold_percent / 100)
+
+
+    def _admitting(self) -> bool:
+        """False while the limit is hit and the pool has not yet fallen to the accept
+        threshold (Linux's hysteresis): then every store is refused without asking."""
+        if self._reached_full:
+            if self.pool.total_bytes > self._accept:
+                return False
+            self._reached_full = False
+        return True
+
+    def _limit_hit(self) -> None:
+        self._counters["pool_limit_hit"] += 1
+        self._reached_full = True
+
+    # The limit itself is checked by the pool, in the same locked call as the allocation
+    # (``max_total``): checked here first and allocated there second, a chaos storage, or
+    # any other user of a shared pool, could move or grow it in between. The pool also
+    # cleans dead bytes before it refuses (they are not pressure), so a store that needs
+    # no new segment is accepted with the pool at its limit, and one whose bytes dead
+    # space would hold is accepted after cleaning.
+    def _admit(self, sizes: np.ndarray) -> np.ndarray:
+        """Handles for the prefix of ``sizes`` the limit lets in (counts a limit hit);
+        PoolFullError when the pool cannot hold them for another reason."""
+        handles = self.pool.alloc_batch(sizes, max_total=self._limit) if self._admitting() else sizes[:0]
+        if handles.size < sizes.size:
+            self._limit_hit()
+        return handles
+
+    def _admit_one(self, size: int, data) -> int | None:
+        """:meth:`_admit` for one object, written with ``data``: its handle, or None."""
+        handle = self.pool.alloc(size, data=data, max_total=self._limit) if self._admitting() else None
+        if handle is None:
+            self._limit_hit()
+        return handle
+
+    # --- the deciders shared by both speeds (scalars or arrays alike) ----------------------
+    def _verdict(self, lengths):
+        """Which compressed lengths (an int or an array) may be stored, and how:
+        ``(accepted, as_is, sizes)``. A failed block (-1) is refused; one that did not
+        shrink below a page is stored as-is (``sizes`` = PAGE_SIZE) when writeback may
+        later take it, else refused (Linux without writeback); an object larger than
+        the pool's ``max_object_bytes`` is refused."""
+        writeback = self.writeback_enabled
+        as_is = (lengths >= PAGE_SIZE) & writeback
+        sizes = lengths + (PAGE_SIZE - lengths) * as_is
+        accepted = (lengths >= 0) & ((lengths < PAGE_SIZE) | writeback) & (sizes <= self.pool.max_object_bytes)
+        return accepted, as_is, sizes
+
+    def _tally_refusals(self, lengths, accepted) -> None:
+        """Count each refusal :meth:`_verdict` made under its kernel name."""
+        failed = lengths < 0
+        poor = (lengths >= PAGE_SIZE) & (not self.writeback_enabled)
+        self._add("reject_compress_fail", failed)
+        self._add("reject_compress_poor", poor)
+        self._add("reject_alloc_fail", (accepted | failed | poor) ^ True)     # too big for the pool
+
+    def _add(self, counter: str, mask) -> None:
+        self._counters[counter] += int(mask) if type(mask) is bool else int(np.count_nonzero(mask))
+
+    # --- entries -------------------------------------------------------------------------
+    def _record(self, offs: np.ndarray, state: int, handles=None, lengths=None, fill=None) -> None:
+        """New entries at ``offs`` (absent before); POOL entries join the LRU's young end."""
+        if offs.size == 0:
+            return
+        t = self._t
+        idx = t.find(offs, create=True)
+        if state == POOL:
+            t.handle[idx] = handles
+            t.length[idx] = lengths
+            t.seq[idx] = self._next_seq + np.arange(offs.size)
+            self._next_seq += offs.size
+            t.referenced[idx] = True
+        elif state == SAME:
+            t.fill[idx] = fill
+        t.set_state(idx, state)
+
+    def _record_one(self, o: int, state: int, handle: int = 0, length: int = 0, fill: int = 0) -> None:
+        """:meth:`_record` for one offset."""
+        t = self._t
+        i = t.find_one(o, create=True)
+        if state == POOL:
+            t.m_handle[i] = handle
+            t.m_length[i] = length
+            t.m_seq[i] = self._next_seq
+            self._next_seq += 1
+            t.m_referenced[i] = True
+        elif state == SAME:
+            t.m_fill[i] = fill
+        t.set_state_one(i, state)
+
+    def _drop_idx(self, idx: np.ndarray) -> None:
+        """Forget present entries (valid indices): pool objects are freed."""
+        t = self._t
+        pooled = idx[t.state[idx] == POOL]
+        if pooled.size:
+            self.pool.free_batch(t.handle[pooled])
+        t.set_state(idx, ABSENT)
+
+    def _drop(self, offs: np.ndarray) -> None:
+        """Forget whatever ``offs`` hold (absent ones are ignored)."""
+        idx = self._t.find(offs)
+        idx = idx[idx >= 0]
+        self._drop_idx(idx[self._t.state[idx] != ABSENT])
+
+    def _drop_one(self, o: int) -> None:
+        """:meth:`_drop` for one offset."""
+        t = self._t
+        i = t.find_one(o)
+        if i < 0:
+            return
+        state = t.m_state[i]
+        if state == POOL:
+            self.pool.free(t.m_handle[i])
+        if state != ABSENT:
+            t.set_state_one(i, ABSENT)
+
+    # --- compress / decompress -----------------------------------------------------------
+    def _compress(self, pages: np.ndarray, todo: np.ndarray):
+        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``."""
+        if not todo.size:
+            return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
+        if self._blocks_on_device:
+            return self._codec.compress_to_device(pages, todo)
+        return self._codec.compress_blocks(pages, todo)
+
+    def _decompress_into(self, idx: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Decode POOL entries ``idx`` into ``out[rows]``; returns the ok mask.
+
+        One batched copy-out from the pool, then the codec writes each page straight
+        into its row; a page stored as-is (length == PAGE_SIZE) is copied over. With
+        blocks on the device, the compressed ones are copied out into device memory and
+        decoded there (a second copy-out brings any as-is pages to the host). The
+        entries stay in the pool.
+        """
+        t = self._t
+        raw = t.length[idx] == PAGE_SIZE
+        if self._blocks_on_device and not raw.all():
+            ok = np.ones(idx.size, np.bool_)
+            if raw.any():
+                self._decompress_into(idx[raw], out, rows[raw])        # as-is pages only
+            comp = np.flatnonzero(~raw)
+            data, lens = self.pool.read_batch(t.handle[idx[comp]], device=True)
+            ok[comp] = self._codec.decompress_into(data, lens, out, rows[comp])
+            self._counters["decompress_fail"] += int((~ok).sum())
+            return ok
+        total = int(t.length[idx].sum())
+        if self._scratch.size < total:       # reused: a fresh buffer faults in per batch
+            self._scratch = np.empty(max(total, 2 * self._scratch.size), np.uint8)
+        data, lens = self.pool.read_batch(t.handle[idx], out=self._scratch[:total])
+        ok = np.ones(idx.size, np.bool_)
+        starts = packed_starts(lens)
+        if raw.any():
+            gather(data, starts[raw], lens[raw], out.reshape(-1), rows[raw] * PAGE_SIZE)
+        if raw.all():
+            return ok
+        comp = np.flatnonzero(~raw)
+        if comp.size == idx.size:
+            ok = self._codec.decompress_into(data, lens, out, rows)
+        else:                                # the compressed blocks where they lie: no copy
+            ok[comp] = self._codec.decompress_into(data, lens[comp], out, rows[comp], starts[comp])
+        self._counters["decompress_fail"] += int((~ok).sum())
+        return ok
+
+    # --- writeback and the shrinker ------------------------------------------------------
+    def _pick_lru(self, n: int) -> np.ndarray:
+        """Up to ``n`` oldest POOL entries (indices), referenced ones get a second chance."""
+        t = self._t
+        while True:
+            cand = np.flatnonzero(t.state == POOL)
+            if cand.size == 0:
+                return cand
+            k = min(n, cand.size)
+            oldest = cand[np.argpartition(t.seq[cand], k - 1)[:k]] if k < cand.size else cand
+            oldest = oldest[np.argsort(t.seq[oldest], kind="stable")]
+            ref = t.referenced[oldest]
+            if not ref.any():
+                return oldest
+            # rotate: clear the bit and move to the young end, then look again
+            rot = oldest[ref]
+            t.referenced[rot] = False
+            t.seq[rot] = self._next_seq + np.arange(rot.size)
+            self._next_seq += rot.size
+            if (~ref).any():
+                return oldest[~ref]
+
+    def _writeback(self, n: int) -> int:
+        if not self.writeback_enabled or n <= 0:
+            return 0
+        t = self._t
+        written = 0
+        failed = np.zeros(0, np.int64)
+        while written < n:
+            victims = self._pick_lru(n - written)
+            victims = victims[~np.isin(victims, failed)]
+            if victims.size == 0:
+                break
+            pages = np.empty((victims.size, PAGE_SIZE), np.uint8)
+            ok = self._decompress_into(victims, pages, np.arange(victims.size))
+            failed = np.concatenate([failed, victims[~ok]])
+            good = victims[ok]
+            if good.size == 0:
+                continue
+            try:
+                self.backing.write_pages(t.offsets_of(good), pages[ok])
+            except WritebackError:
+                self._counters["writeback_fail"] += good.size
+                raise                       # the entries stay in the pool
+            self.pool.free_batch(t.handle[good])
+            t.set_state(good, FILE)
+            written += good.size
+            self._counters["written_back_pages"] += good.size
+        return written
+
+    def _shrink(self) -> None:
+        """At the limit: compact first (no I/O), then write back down to the threshold."""
+        accept = self._accept
+        if self.pool.total_bytes > accept:
+            self.pool.compact()
+        try:
+            while self.pool.total_bytes > accept and self.writeback_enabled:
+                if self._writeback(SHRINK_BATCH) == 0:
+                    break
+                self.pool.compact(0.9)
+        except WritebackError:
+            self._counters["reject_reclaim_fail"] += 1
+
+    def _write_refused(self, offs: np.ndarray, pages: np.ndarray) -> None:
+        """Refused pages go to the backing file, as the swap core does (may raise: then
+        they are not kept and the caller still owns them)."""
+        self.backing.write_pages(offs, pages)
+        self._record(offs, FILE)
+        self._counters["backing_direct_writes"] += offs.size
+
+    # --- main API ------------------------------------------------------------------------
+    def store_batch(self, offsets, pages) -> np.ndarray:
+        """Store pages at swap offsets; returns a mask, True where zswap cached the page.
+
+        A False page was refused (limit, poor compression without writeback, codec
+        error, no pool room, an object too big for the pool): with a backing file it is
+        now in the file, else it is not kept. Any previous entry at those offsets is
+        replaced either way. Bad input raises BadInputError and changes nothing. If a
+        refused page's write to the backing file fails, WritebackError is raised after
+        everything else committed; those offsets are then empty and the caller still
+        owns the pages.
+        """
+        offs = self._offsets(offsets)
+        pages = check_pages(pages)
+        if pages.shape[0] != offs.size:
+            raise BadInputError(f"{offs.size} offsets but {pages.shape[0]} pages")
+        with self._lock:
+            self._check_open()
+            return self._store(offs, pages)
+
+    def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        same, fill = same_filled(pages)
+        cached = same.copy()
+        # 1. fallible work first: compress, decide, allocate, copy in
+        todo = np.flatnonzero(~same)
+        data, starts, lens = self._compress(pages, todo)
+        accepted, as_is, sizes = self._verdict(lens)
+        want = np.flatnonzero(accepted)
+        if want.size < accepted.size:
+            self._tally_refusals(lens, accepted)
+        handles = np.zeros(0, np.int64)
+        if want.size:
+            try:
+                handles = self._admit(sizes[want])
+                want = want[:handles.size]
+            except PoolFullError:
+                self._counters["reject_alloc_fail"] += want.size
+                want = want[:0]
+        if want.size:
+            try:
+                self._write(handles, pages, todo, data, starts, sizes, want, as_is)
+            except BaseException:
+                self.pool.free_batch(handles)
+                raise
+        # 2. commit point: nothing below fails except the backing write of refused pages
+        self._drop(offs)
+        stored = todo[want]
+        cached[stored] = True
+        self._record(offs[stored], POOL, handles, sizes[want])
+        self._record(offs[same], SAME, fill=fill[same])
+        self._counters["same_filled_stores"] += int(same.sum())
+        if self._reached_full:
+            self._shrink()
+        refused = np.flatnonzero(~cached)
+        if refused.size and self.backing is not None:
+            self._write_refused(offs[refused], pages[refused])
+        return cached
+
+    def _write(self, handles, pages, todo, data, starts, sizes, want, as_is) -> None:
+        """Copy the accepted pages in: their blocks from ``data`` where they are (no
+        repacking), pages stored as-is from ``pages``; one pool call for each kind."""
+        raw = as_is[want]
+        comp = ~raw
+        if comp.any():
+            self.pool.write_batch(handles[comp], data, sizes[want[comp]], src_starts=starts[want[comp]])
+        if raw.any():
+            self.pool.write_batch(handles[raw], pages.reshape(-1), sizes[want[raw]],
+                                  src_starts=todo[want[raw]] * PAGE_SIZE)
+
+    def store(self, offset: int, page) -> bool:
+        """Store one page; True if cached (the rules of :meth:`store_batch`, one page)."""
+        o = self._offset(offset)
+        page = self._page(page)
+        with self._lock:
+            self._check_open()
+            if self._blocks_on_device:        # the device codec works in batches
+                return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
+            same, fill = same_filled_one(page)
+            handle = None
+            if not same:
+                # 1. fallible work first
+                block, n = self._codec._compress_page(page)     # page checked at our edge
+                accepted, as_is, size = self._verdict(n)
+                if not accepted:
+                    self._tally_refusals(n, accepted)
+                else:
+                    try:
+                        handle = self._admit_one(size, page if as_is else block[:n])
+                    except PoolFullError:
+                        self._counters["reject_alloc_fail"] += 1
+            # 2. commit point
+            self._drop_one(o)
+            if same:
+                self._record_one(o, SAME, fill=fill)
+                self._counters["same_filled_stores"] += 1
+            elif handle is not None:
+                self._record_one(o, POOL, handle, size)
+            if self._reached_full:
+                self._shrink()
+            if same or handle is not None:
+                return True
+            if self.backing is not None:
+                self._write_refused(np.array([o], np.int64), page.reshape(1, -1))
+            return False
+
+    def load_batch(self, offsets, out=None) -> np.ndarray:
+        """Load pages (N, 4096); exclusive: each leaves zswap and the backing file.
+
+        ``out`` may be a writable (N, 4096) uint8 array to fill instead of a new one.
+        An offset held nowhere raises EntryNotFoundError; a block that fails to decode
+        raises CorruptDataError (``decompress_fail`` counted); a file read error raises
+        WritebackError. In every error case nothing is removed (``out`` may have been
+        partly written).
+        """
+        offs = self._offsets(offsets)
+        n = offs.size
+        if out is not None:
+            if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (n, PAGE_SIZE)
+                    or not out.flags.c_contiguous or not out.flags.writeable):
+                raise BadInputError(f"out must be a writable C-contiguous ({n}, {PAGE_SIZE}) uint8 array")
+        with self._lock:
+            self._check_open()
+            t = self._t
+            idx = t.find(offs)
+            state = t.states(idx)
+            missing = np.flatnonzero(state == ABSENT)
+            if missing.size:
+                raise EntryNotFoundError(f"swap offset {int(offs[missing[0]])} is not stored")
+            if out is None:
+                out = np.empty((n, PAGE_SIZE), np.uint8)
+            in_pool = np.flatnonzero(state == POOL)
+            if in_pool.size:
+                ok = self._decompress_into(idx[in_pool], out, in_pool)
+                if not ok.all():
+                    bad = offs[in_pool[~ok]]
+                    raise CorruptDataError(f"{bad.size} stored page(s) failed to decompress: offsets {bad[:8].tolist()}")
+            same = np.flatnonzero(state == SAME)
+            if same.size:
+                out.view(np.uint64)[same] = t.fill[idx[same], None]
+            in_file = np.flatnonzero(state == FILE)
+            if in_file.size:
+                out[in_file] = self.backing.read_pages(offs[in_file])
+            # commit: exclusive load
+            self._counters["loads_from_pool"] += in_pool.size + same.size
+            self._counters["loads_from_backing"] += in_file.size
+            self._drop_idx(idx)
+            return out
+
+    def load(self, offset: int, out=None, *, keep: bool = False) -> np.ndarray:
+        """Load one page (4096,) uint8 (the rules of :meth:`load_batch`, one page).
+
+        ``out`` may be a writable C-contiguous (4096,) uint8 array to fill instead of a
+        new one (a fault handler copies from one buffer whose address it knows).
+        ``keep=True`` makes the load non-exclusive (Linux zswap's ``exclusive_loads=N``):
+        the page stays stored, marked recently used, until :meth:`invalidate`. A fault
+        handler copies the page into place first and frees it after, off the faulting
+        thread's wait."""
+        o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
+        if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
+                                    and out.dtype == np.uint8 and (f := out.flags).c_contiguous and f.writeable):
+            raise BadInputError(f"out must be a writable C-contiguous ({PAGE_SIZE},) uint8 array")
+        if keep is not False and keep is not True:      # check_flag's test, inline
+            keep = check_flag(keep, "keep")
+        with self._lock:
+            if self._closed:
+                self._check_open()
+            t = self._t
+            i = t.find_one(o)
+            state = t.m_state[i] if i >= 0 else ABSENT
+            if state == ABSENT:
+                raise EntryNotFoundError(f"swap offset {o} is not stored")
+            if state == POOL:
+                handle, n = t.m_handle[i], t.m_length[i]
+                free = not keep
+                if n == PAGE_SIZE:
+                    page = self.pool.read(handle, out, free=free)
+                elif self._blocks_on_device:
+                    page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
+                    ok = self._decompress_into(np.array([i]), page.reshape(1, -1), np.zeros(1, np.int64))
+                    if not ok[0]:
+                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+                    if free:
+                        self.pool.free(handle)
+                else:
+                    # decoded where the block lies (host RAM) and freed only once it made
+                    # a page: a corrupt block stays stored, as in load_batch
+                    page = self.pool.read_with(handle, self._decode_page, out, free=free)
+                    if page is None:
+                        self._counters["decompress_fail"] += 1
+                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+                self._counters["loads_from_pool"] += 1
+            elif state == SAME:
+                page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
+                page.view(np.uint64)[:] = t.m_fill[i]
+                self._counters["loads_from_pool"] += 1
+            else:
+                got = self.backing.read_pages(np.array([o], np.int64))[0]
+                if out is None:
+                    page = got
+                else:
+                    page = out
+                    out[:] = got
+                self._counters["loads_from_backing"] += 1
+            if keep:
+                t.m_referenced[i] = True     # used again: a second chance before writeback
+            else:
+                t.clear_one(i)               # commit: exclusive load
+            return page
+
+    def invalidate_batch(self, offsets) -> None:
+        """Forget these offsets (swap slots freed); absent ones are ignored."""
+        offs = self._offsets(offsets)
+        with self._lock:
+            self._check_open()
+            self._drop(offs)
+
+    def invalidate(self, offset: int) -> None:
+        """Forget one offset; a no-op when it is not stored."""
+        o = self._offset(offset)
+        with self._lock:
+            self._check_open()
+            self._drop_one(o)
+
+    def invalidate_area(self) -> None:
+        """Forget every offset (swapoff of the whole area)."""
+        with self._lock:
+            self._check_open()
+            self._drop_idx(self._t.present())
+
+    def writeback(self, n: int) -> int:
+        """Write up to ``n`` least-recently-stored pages to the backing file now.
+
+        Referenced entries get a second chance (rotated once). Returns the pages
+        written; 0 without a backing file or with writeback disabled. On an I/O error
+        the affected entries stay in the pool and WritebackError is raised.
+        """
+        n = check_int(n, "n", lo=0)
+        with self._lock:
+            self._check_open()
+            return self._writeback(n)
+
+    def entry_kind(self, offset: int) -> str | None:
+        """Where ``offset``'s page is: "pool", "same_filled", "backing", or None."""
+        o = self._offset(offset)
+        with self._lock:
+            i = self._t.find_one(o)
+            return _KIND_NAMES[int(self._t.state[i])] if i >= 0 else None
+
+    def _handle_of(self, offset: int) -> int:
+        """The pool handle of a POOL entry (for tests that corrupt a stored block)."""
+        i = self._t.find_one(self._offset(offset))
+        if i < 0 or self._t.state[i] != POOL:
+            raise EntryNotFoundError(f"swap offset {offset} is not in the pool")
+        return int(self._t.handle[i])
+
+    def contains(self, offset: int) -> bool:
+        """True when ``offset`` is held in zswap or the backing file."""
+        return self.entry_kind(offset) is not None
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def codec(self):
+        """The codec, fixed at construction (a load binds its decoder once)."""
+        return self._codec
+
+    def stats(self) -> dict:
+        """Kernel debugfs names, plus same-filled and backing counts and the ratio."""
+        with self._lock:
+            pst = self.pool.stats()
+            t = self._t
+            in_pool = t.state == POOL
+            compressed = int(t.length[in_pool].sum())
+            n_pool = int(in_pool.sum())
+            n_same = int((t.state == SAME).sum())
+            st = dict(self._counters)
+            st.update({
+                "stored_pages": n_pool + n_same,
+                "same_filled_pages": n_same,
+                "stored_incompressible_pages": int((in_pool & (t.length == PAGE_SIZE)).sum()),
+                "backing_pages": int((t.state == FILE).sum()),
+                "pool_total_size": pst["pool_total_size"],
+                "stored_compressed_bytes": compressed,
+                "compression_ratio": (n_pool * PAGE_SIZE / compressed) if compressed else 0.0,
+                "max_pool_bytes": self._limit,
+                "accept_threshold_bytes": self._accept,
+                "pool_limit_reached": self._reached_full,
+                "entry_table_bytes": t.nbytes,
+                "compressor": self._codec.codec_id,
+                "blocks_on_device": self._blocks_on_device,
+                "backend": pst["backend"],
+            })
+            return st

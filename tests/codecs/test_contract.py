@@ -1,0 +1,463 @@
+"""Codecs: shared checks over every codec x a page corpus (after numcodecs' tests/common.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import lz4.block
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+import devpool
+from tests.conftest import cuda_usable
+from devpool.codecs import Codec, registered_codecs
+from devpool.codecs.registry import _LAZY
+from tests.pages import make_pages
+from tests.threads import run_in_threads
+
+FIXTURES = Path(__file__).with_name("fixtures")
+CONFIGS = [{"id": "lz4"}, {"id": "lz4", "acceleration": 4}, {"id": "lz4hc", "level": 4},
+           {"id": "raw"}, {"id": "lz4-njit"}, {"id": "zstd"}, {"id": "zstd", "level": 19}]
+LZ4_FAMILY = [c for c in CONFIGS if c["id"].startswith("lz4")]
+CORPUS = {k: (k,) for k in ("text", "struct", "random", "same", "zero")}
+CORPUS["mixed"] = ("text", "struct", "random", "same", "zero")
+
+
+def ids(cfg):
+    return "-".join(str(v) for v in cfg.values())
+
+
+def unpack(data, lengths):
+    starts = np.concatenate([[0], np.cumsum(lengths)])
+    return [data[starts[i]:starts[i + 1]].tobytes() for i in range(len(lengths))]
+
+
+# --- shared checks ---------------------------------------------------------------------
+def check_roundtrip(codec: Codec, pages: np.ndarray) -> None:
+    data, lengths = codec.compress_batch(pages)
+    assert data.dtype == np.uint8 and data.ndim == 1 and lengths.dtype == np.int64
+    assert int(lengths.sum()) == data.size and (lengths > 0).all()
+    np.testing.assert_array_equal(codec.decompress_batch(data, lengths), pages)
+    out = np.empty_like(pages)
+    assert codec.decompress_into(data, lengths, out).all()
+    np.testing.assert_array_equal(out, pages)
+    pick = np.arange(len(pages))[::-2]                 # blocks where they lie, by starts
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    out = np.zeros_like(pages)
+    assert codec.decompress_into(data, lengths[pick], out, pick, starts[pick]).all()
+    np.testing.assert_array_equal(out[pick], pages[pick])
+
+
+def check_batch_matches_single(codec: Codec, pages: np.ndarray) -> None:
+    data, lengths = codec.compress_batch(pages)
+    blocks = unpack(data, lengths)
+    for i in range(0, len(pages), 3):
+        d1, l1 = codec.compress_batch(pages[i:i + 1])
+        assert d1.tobytes() == blocks[i]
+    rows = np.arange(len(pages))[::-2]                # a subset, picked by rows
+    d2, l2 = codec.compress_batch(pages, rows)
+    assert unpack(d2, l2) == [blocks[i] for i in rows]
+    d3, s3, l3 = codec.compress_blocks(pages, rows)  # unpacked form: the same blocks
+    assert [d3[s:s + n].tobytes() for s, n in zip(s3, l3)] == [blocks[i] for i in rows]
+
+
+def check_single_page(codec: Codec, pages: np.ndarray) -> None:
+    """The one-page verbs make the batch's blocks and decode every block, both ways;
+    a cut block is a failure (False / None), never a page."""
+    data, lengths = codec.compress_batch(pages)
+    blocks = unpack(data, lengths)
+    for page, block in zip(pages, blocks):
+        buf, n = codec.compress_page(page)
+        assert n == len(block) and buf[:n].tobytes() == block
+        out = np.zeros(page.size, np.uint8)
+        assert codec.decompress_page(np.frombuffer(block, np.uint8), out)
+        np.testing.assert_array_equal(out, page)
+        fresh = codec._decompress_page(np.frombuffer(block, np.uint8).copy())   # the frontend's form
+        np.testing.assert_array_equal(fresh, page)
+        assert fresh.flags.writeable
+        if len(block) > 8:
+            cut = np.frombuffer(block[:len(block) // 2], np.uint8)
+            assert not codec.decompress_page(cut, out)
+
+
+def check_config(codec: Codec) -> None:
+    cfg = codec.get_config()
+    again = devpool.get_codec(json.loads(json.dumps(cfg)))
+    assert again == codec and repr(again) == repr(codec)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=ids)
+@pytest.mark.parametrize("corpus", sorted(CORPUS))
+def test_roundtrip(config, corpus, rng):
+    codec = devpool.get_codec(config)
+    pages = make_pages(9, rng, CORPUS[corpus])
+    check_roundtrip(codec, pages)
+    check_batch_matches_single(codec, pages)
+    check_single_page(codec, pages)
+    check_config(codec)
+
+
+@pytest.mark.parametrize("acceleration", [1, 4])
+def test_lz4_blocks_are_the_keyword_calls_bytes(acceleration, rng):
+    """The lz4 codec calls lz4.block positionally (keyword parsing costs a tenth of a
+    page's decode): its blocks and pages must be exactly what the documented keyword
+    calls give, so a reordered binding fails here instead of storing other bytes."""
+    codec = devpool.get_codec({"id": "lz4", "acceleration": acceleration})
+    mode = "fast" if acceleration > 1 else "default"
+    for page in make_pages(40, rng, sorted({k for kinds in CORPUS.values() for k in kinds})):
+        block, n = codec._compress_page(page)
+        want = lz4.block.compress(page, mode=mode, acceleration=acceleration, store_size=False)
+        assert block[:n].tobytes() == want
+        got = codec._decompress_page(np.frombuffer(want, np.uint8))
+        assert got.tobytes() == lz4.block.decompress(want, uncompressed_size=4096) == page.tobytes()
+
+
+@pytest.mark.parametrize("config", LZ4_FAMILY, ids=ids)
+def test_golden_blocks_from_liblz4_decode_exactly(config):
+    """Blocks lz4.block made (committed as fixtures) decode exactly with every LZ4 codec."""
+    codec = devpool.get_codec(config)
+    gold = np.load(FIXTURES / "lz4_golden.npz")
+    for kind in ("default", "hc9"):
+        got = codec.decompress_batch(gold[f"{kind}_data"], gold[f"{kind}_lengths"])
+        np.testing.assert_array_equal(got, gold["pages"])
+
+
+def test_lz4_njit_emits_liblz4s_bytes():
+    gold = np.load(FIXTURES / "lz4_golden.npz")
+    data, lengths = devpool.get_codec("lz4-njit").compress_batch(gold["pages"])
+    np.testing.assert_array_equal(lengths, gold["default_lengths"])
+    assert data.tobytes() == gold["default_data"].tobytes()
+
+
+# --- byte compatibility and hostile input (lz4-njit, and its bounds-checked twin) ---------
+def _padded(head: bytes, fill: int) -> bytes:
+    return (head + bytes([fill]) * 4096)[:4096]
+
+
+def _random(seed: int) -> bytes:
+    return np.random.default_rng(seed).integers(0, 256, 4096, dtype=np.uint8).tobytes()
+
+
+pages_strategy = st.one_of(
+    st.builds(_padded, st.binary(max_size=200), st.integers(0, 255)),
+    st.builds(_random, st.integers(0, 2**32 - 1)),
+    st.builds(lambda seed, alphabet, run: _structured(seed, alphabet, run),
+              st.integers(0, 2**32 - 1), st.integers(1, 256), st.integers(1, 600)),
+)
+
+
+def _structured(seed, alphabet, run):
+    """Repetitive pages: runs of a few symbols, long matches, short periods."""
+    r = np.random.default_rng(seed)
+    out = np.empty(4096, np.uint8)
+    i = 0
+    while i < 4096:
+        n = int(r.integers(1, run + 1))
+        if r.random() < 0.5:
+            out[i:i + n] = r.integers(0, alphabet)
+        else:
+            period = int(r.integers(1, 9))
+            pat = r.integers(0, alphabet, period).astype(np.uint8)
+            out[i:i + n] = np.resize(pat, min(n, 4096 - i))
+        i += n
+    return out.tobytes()
+
+
+@settings(max_examples=120, deadline=None)
+@given(page=pages_strategy)
+def test_lz4_njit_is_byte_compatible_both_ways(page):
+    from devpool.kernels.lz4 import build_checked
+    codec = devpool.get_codec("lz4-njit")
+    arr = np.frombuffer(page, np.uint8).reshape(1, 4096).copy()
+    data, lengths = codec.compress_batch(arr)
+    ref = lz4.block.compress(page, store_size=False)
+    assert data.tobytes() == ref                                  # identical bytes
+    assert lz4.block.decompress(data.tobytes(), uncompressed_size=4096) == page
+    hc = lz4.block.compress(page, mode="high_compression", compression=12, store_size=False)
+    for blob in (ref, hc):
+        np.testing.assert_array_equal(codec.decompress_batch(np.frombuffer(blob, np.uint8), [len(blob)])[0], arr[0])
+    # the bounds-checked twin agrees
+    cp, dp = build_checked()
+    out = np.empty((1, 4200), np.uint8)
+    lens = np.empty(1, np.int64)
+    from devpool.kernels.lz4 import table_entries
+    cp(arr, np.zeros(1, np.int64), out, lens, np.zeros((1, table_entries()), np.int32))
+    assert out[0, :lens[0]].tobytes() == ref
+
+
+@settings(max_examples=300, deadline=None)
+@given(page=pages_strategy, cuts=st.lists(st.tuples(st.integers(0, 5000), st.integers(0, 255)), max_size=6),
+       trunc=st.integers(0, 64))
+def test_hardened_decoder_never_overruns_and_never_returns_a_short_page(page, cuts, trunc):
+    from devpool.kernels.lz4 import build_checked
+    blob = bytearray(lz4.block.compress(page, store_size=False))
+    for pos, val in cuts:                                         # flip bytes
+        if blob:
+            blob[pos % len(blob)] = val
+    if trunc and len(blob) > trunc:
+        blob = blob[:-trunc]
+    data = np.frombuffer(bytes(blob), np.uint8)
+    _, dp = build_checked()                                       # IndexError = out of bounds
+    out = np.zeros((1, 4096), np.uint8)
+    ok = np.zeros(1, np.bool_)
+    dp(data, np.zeros(1, np.int64), np.array([len(blob)], np.int64), out, np.zeros(1, np.int64), ok, 1)
+    try:
+        ref = lz4.block.decompress(bytes(blob), uncompressed_size=4096)
+    except lz4.block.LZ4BlockError:
+        ref = None
+    if ok[0]:
+        # whatever we accept, liblz4 accepts too and decodes identically
+        assert ref == out[0].tobytes()
+    # the production codec reports the same verdict
+    codec = devpool.get_codec("lz4-njit")
+    out2 = np.zeros((1, 4096), np.uint8)
+    assert codec.decompress_into(data, np.array([len(blob)]), out2)[0] == ok[0]
+    # and its single-page decoder (raw pointers, whole-word copies) writes nothing
+    # outside its page: canaries on both sides, accepted or not
+    from devpool.kernels.lz4 import _single_page
+    big = np.full(4096 + 2 * 64, 0xA5, np.uint8)
+    n = _single_page()[1](data, big[64:64 + 4096])
+    assert (n == 4096) == bool(ok[0])
+    assert (big[:64] == 0xA5).all() and (big[64 + 4096:] == 0xA5).all()
+    if ok[0]:
+        assert big[64:64 + 4096].tobytes() == ref
+
+
+def test_cpu_copy_helpers_write_exactly_their_range():
+    """The fast twin's copies (whole words and vectors, the tail re-copied by one more
+    word ending at n) equal a byte-by-byte front-to-back copy for every length up to 80
+    and every offset an LZ4 match may take them at, and touch no byte outside
+    ``[d, d + n)``: a disjoint copy (a literal, a match at least its length back) and a
+    forward copy (a match overlapping its source, offset >= 8)."""
+    import numba
+    from devpool.kernels.lz4 import _cpu_helpers
+    _, _, _, copy_forward, copy_disjoint, _, _ = _cpu_helpers(False)
+
+    @numba.njit
+    def both(buf, d, s, n, disjoint):
+        if disjoint:
+            copy_disjoint(buf, d, buf, s, n)
+        else:
+            copy_forward(buf, d, buf, s, n)
+
+    rng = np.random.default_rng(11)
+    d = 200
+    for n in range(81):
+        for off in sorted({8, 9, 15, 16, 17, 31, 32, 33, n, n + 1, n + 17, 150}):
+            if off < 8 or off > d:
+                continue
+            for disjoint in ((False, True) if off >= n else (False,)):
+                buf = rng.integers(0, 256, 400).astype(np.uint8)
+                ref = buf.copy()
+                for k in range(n):                     # the LZ77 meaning of the copy
+                    ref[d + k] = ref[d - off + k]
+                both(buf, d, d - off, n, disjoint)
+                assert np.array_equal(buf, ref), (n, off, disjoint)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.one_of(st.binary(max_size=300), st.builds(lambda p, n: p[:n], pages_strategy, st.integers(0, 4096))))
+def test_any_length_block_matches_liblz4(data):
+    """Edge cases of the block format: empty, 1 byte, < 13 bytes (all literals), the
+    end-of-block literal rules, long runs: same bytes as liblz4 and back again."""
+    from devpool.kernels.lz4 import compress_bytes, decompress_bytes
+    ref = lz4.block.compress(data, store_size=False)
+    assert compress_bytes(data, checked=True) == ref
+    assert decompress_bytes(ref, len(data), checked=True) == data
+    if data:
+        assert decompress_bytes(ref, len(data) - 1, checked=True) is None   # no room: error
+
+
+def test_short_page_from_liblz4_is_a_decompress_failure():
+    """lz4.block can return a short page for a corrupt block; we never do."""
+    page = make_pages(1, np.random.default_rng(5), ("text",))[0]
+    blob = lz4.block.compress(page.tobytes(), store_size=False)
+    # a block that decodes to fewer bytes: drop the tail literals and fix the last token
+    short = lz4.block.compress(page.tobytes()[:3900], store_size=False)
+    assert len(lz4.block.decompress(short, uncompressed_size=4096)) == 3900   # liblz4: short
+    for cfg in LZ4_FAMILY:
+        codec = devpool.get_codec(cfg)
+        out = np.empty((2, 4096), np.uint8)
+        data = np.frombuffer(short + blob, np.uint8)
+        ok = codec.decompress_into(data, np.array([len(short), len(blob)]), out)
+        assert ok.tolist() == [False, True], cfg
+        with pytest.raises(devpool.CorruptDataError):
+            codec.decompress_batch(np.frombuffer(short, np.uint8), [len(short)])
+
+
+# --- registry ---------------------------------------------------------------------------
+def test_unknown_codec():
+    with pytest.raises(devpool.UnknownCodecError, match="brotli.*known: .*zstd"):
+        devpool.get_codec("brotli")
+    with pytest.raises(ValueError):
+        devpool.get_codec({"no": "id"})
+
+
+def test_get_codec_leaves_callers_dict_alone():
+    cfg = {"id": "lz4hc", "level": 3}
+    devpool.get_codec(cfg)
+    assert cfg == {"id": "lz4hc", "level": 3}
+
+
+def test_bad_codec_options():
+    for cfg in ({"id": "lz4hc", "level": 0}, {"id": "lz4hc", "level": 13}, {"id": "lz4", "acceleration": 0},
+                {"id": "lz4", "acceleration": (1 << 16) + 1}, {"id": "lz4", "acceleration": 1 << 31},
+                {"id": "lz4", "nope": 1},
+                {"id": "zstd", "level": 0}, {"id": "zstd", "level": 23}, {"id": "zstd", "level": True}):
+        with pytest.raises(devpool.BadInputError):
+            devpool.get_codec(cfg)
+
+
+def test_every_codec_subclass_is_registered():
+    reg = registered_codecs()
+
+    def subclasses(cls):
+        for sub in cls.__subclasses__():
+            yield sub
+            yield from subclasses(sub)
+
+    for cls in subclasses(Codec):
+        if cls.__name__.startswith("_") or cls.__module__.startswith("tests."):
+            continue
+        assert reg.get(cls.codec_id) is cls, cls
+    assert set(_LAZY) - {"lz4-device", "nvcomp-lz4"} <= set(reg)      # those two need a GPU stack
+
+
+def test_bad_pages():
+    codec = devpool.get_codec("lz4")
+    for bad in (np.zeros((2, 4095), np.uint8), np.zeros((2, 4096), np.int8), [b"x" * 4096],
+                np.zeros((2, 8192), np.uint8)[:, ::2]):
+        with pytest.raises(devpool.BadInputError):
+            codec.compress_batch(bad)
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=ids)
+def test_bad_arguments_are_refused_before_anything_is_written(config, rng):
+    """A compiled decoder trusts its arguments, so every codec checks them first: a block
+    outside the data or a row outside ``out`` is a BadInputError, and ``out`` is untouched."""
+    check_bad_arguments(devpool.get_codec(config), rng)
+
+
+def check_bad_arguments(codec, rng):
+    pages = make_pages(3, rng)
+    data, lengths = codec.compress_batch(pages)
+    out = np.zeros_like(pages)
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    cases = [
+        dict(rows=[0, 1, 3]),                                    # row outside out
+        dict(rows=[0, -1, 2]),
+        dict(rows=[0, 1]),                                       # too few rows
+        dict(starts=starts + 1),                                 # last block runs past data
+        dict(starts=[0, -5, 0]),
+        dict(out=np.zeros((3, 4095), np.uint8)),
+        dict(out=np.zeros((3, 8192), np.uint8)[:, ::2]),
+        dict(out=np.zeros((3, 4096), np.int8)),
+    ]
+    for kw in cases:
+        target = kw.pop("out", out)
+        with pytest.raises(devpool.BadInputError):
+            codec.decompress_into(data, lengths, target, **kw)
+        assert not out.any(), f"{kw} wrote into out"
+    with pytest.raises(devpool.BadInputError, match="rows"):
+        codec.compress_batch(pages, [0, 3])
+    with pytest.raises(devpool.BadInputError):
+        codec.decompress_into(data, np.append(lengths[:-1], -1), out)
+
+
+# --- lz4-device: the same algorithm compiled for the GPU (simulator in CI) ---------------
+def _device_ok():
+    return cuda_usable()[0]
+
+
+@pytest.mark.skipif(not _device_ok(), reason="no CUDA device and no simulator")
+def test_lz4_device_is_byte_identical_and_decodes_liblz4(rng):
+    codec = devpool.get_codec("lz4-device")
+    pages = make_pages(5, rng, ("text", "struct", "random", "same", "zero"))
+    check_roundtrip(codec, pages)
+    check_batch_matches_single(codec, pages)          # the shared checks, as every codec
+    check_single_page(codec, pages[:2])
+    check_config(codec)
+    data, lengths = codec.compress_batch(pages)
+    assert data.tobytes() == b"".join(lz4.block.compress(p.tobytes(), store_size=False) for p in pages)
+    gold = np.load(FIXTURES / "lz4_golden.npz")
+    sel = slice(20, 26)                                       # real pages, hc and default blocks
+    for kind in ("default", "hc9"):
+        blocks = unpack(gold[f"{kind}_data"], gold[f"{kind}_lengths"])[sel]
+        got = codec.decompress_batch(np.frombuffer(b"".join(blocks), np.uint8), [len(b) for b in blocks])
+        np.testing.assert_array_equal(got, gold["pages"][sel])
+    # a corrupt block is a failure, not a page
+    bad = bytearray(lz4.block.compress(pages[0].tobytes(), store_size=False))[:-7]
+    out = np.zeros((1, 4096), np.uint8)
+    assert not codec.decompress_into(np.frombuffer(bytes(bad), np.uint8), np.array([len(bad)]), out)[0]
+
+
+@pytest.mark.skipif(not _device_ok(), reason="no CUDA device and no simulator")
+def test_lz4_device_refuses_bad_arguments(rng):
+    check_bad_arguments(devpool.get_codec("lz4-device"), rng)
+
+
+@pytest.mark.parametrize("extra", [-1, 0, 1, 5])
+@pytest.mark.parametrize("claims", [1, 2, 5])
+def test_lz4_njit_workers_claim_every_page_once(claims, extra, rng):
+    """The drivers' workers claim runs of CLAIM pages from a shared counter: for batches
+    on and around those runs' edges, every page is compressed once, into its own slot
+    (liblz4's exact block), and every block decodes into its own row."""
+    from devpool.kernels.lz4 import CLAIM
+    n = claims * CLAIM + extra
+    codec = devpool.get_codec("lz4-njit")
+    pages = make_pages(n + 3, rng, ("text", "struct", "random", "zero"))
+    rows = rng.permutation(n + 3)[:n]
+    data, lengths = codec.compress_batch(pages, rows)
+    want = [lz4.block.compress(pages[r].tobytes(), store_size=False) for r in rows]
+    assert lengths.tolist() == [len(w) for w in want]
+    assert data.tobytes() == b"".join(want)
+    out = np.zeros_like(pages)
+    back = rng.permutation(n + 3)[:n]
+    assert codec.decompress_into(data, lengths, out, back).all()
+    np.testing.assert_array_equal(out[back], pages[rows])
+    untouched = np.setdiff1d(np.arange(n + 3), back)
+    assert not out[untouched].any()
+
+
+def test_lz4_njit_from_many_threads_at_once(rng):
+    """Parallel numba regions launched from several Python threads at once stay correct
+    (and never abort, whatever threading layer numba found)."""
+    codec = devpool.get_codec("lz4-njit")
+    pages = make_pages(64, rng, ("text", "struct", "random", "zero"))
+    want_data, want_len = codec.compress_batch(pages)
+
+    def work(_):
+        for _ in range(5):
+            data, lengths = codec.compress_batch(pages)
+            assert data.tobytes() == want_data.tobytes()
+            np.testing.assert_array_equal(codec.decompress_batch(data, lengths), pages)
+
+    run_in_threads(work, 4, timeout=60)
+
+
+def test_concurrent_parallel_regions_survive_the_workqueue_layer():
+    """numba's fallback threading layer aborts the process on concurrent parallel
+    launches; devpool serialises its regions, so this must exit cleanly."""
+    import os
+    import subprocess
+    import sys
+    code = (
+        "import threading, numpy as np, devpool\n"
+        "from devpool._packed import gather\n"
+        "c = devpool.get_codec('lz4-njit')\n"
+        "p = np.random.default_rng(0).integers(0, 4, (64, 4096), dtype=np.uint8)\n"
+        "big = np.zeros(4 << 20, np.uint8); L = np.full(1024, 4096, np.int64)\n"
+        "S = np.arange(1024, dtype=np.int64) * 4096\n"
+        "def w():\n"
+        "    for _ in range(5):\n"
+        "        d, l = c.compress_batch(p); c.decompress_batch(d, l)\n"
+        "        gather(big, S, L, np.empty(4 << 20, np.uint8), S)\n"
+        "ts = [threading.Thread(target=w) for _ in range(4)]\n"
+        "[t.start() for t in ts]; [t.join() for t in ts]\n"
+        "import numba; print('layer', numba.threading_layer())\n")
+    env = {**os.environ, "NUMBA_THREADING_LAYER": "workqueue"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "layer workqueue" in out.stdout

@@ -1,0 +1,259 @@
+"""Every benchmark runs end to end on the CPU (tiny sizes; the device ones under numba's
+CUDA simulator), so CI notices when one breaks; real figures come from full runs
+(benchmarks/results/)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.pages import make_pages
+
+BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
+
+
+def run_bench(tmp_path, script: str, *args: str, simulator: bool = False) -> dict:
+    """Run ``benchmarks/<script>`` with ``args`` and ``--json``; its exit status must be 0;
+    returns the JSON it wrote."""
+    out = tmp_path / (Path(script).stem + ".json")
+    env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"} if simulator else None
+    p = subprocess.run([sys.executable, str(BENCH / script), *args, "--json", str(out)],
+                       capture_output=True, text=True, env=env, timeout=600, cwd=BENCH)
+    assert p.returncode == 0, p.stderr
+    return json.loads(out.read_text())
+
+
+def pages_file(tmp_path, n: int, seed: int) -> str:
+    """``n`` synthetic pages saved as .npy (what ``--pages`` reads)."""
+    path = tmp_path / "pages.npy"
+    np.save(path, make_pages(n, np.random.default_rng(seed)))
+    return str(path)
+
+
+def test_bench_device_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_device.py", "--smoke", simulator=True)
+    assert [row["batch"] for row in r["rows"]] == [1, 4, 16]
+    assert all(row["write_pages_per_s"] > 0 and row["read_vs_raw"] > 0 for row in r["rows"])
+    assert "simulator" in r["device"]
+
+
+def test_bench_zswap_with_blocks_on_the_device_smoke(tmp_path):
+    """The GPU session's zswap benchmark (lz4-device over the cuda pool) runs end to end."""
+    r = run_bench(tmp_path, "bench_zswap.py", "--backend", "cuda", "--compressor", "lz4-device",
+                  "--pages", pages_file(tmp_path, 6, 1), "--batch", "3", "--repeats", "1",
+                  "--latency-pages", "1", simulator=True)
+    assert r["blocks_on_device"] is True and r["pages"] == 6 and r["store_pages_per_s"] > 0
+    assert "simulator" in r["device"]
+
+
+def test_bench_scaling_smoke(tmp_path):
+    """The scaling probe runs every workload in 1 and 2 worker processes and in numba
+    threads, and reports a positive rate and ratio for each."""
+    r = run_bench(tmp_path, "bench_scaling.py", "--pages", pages_file(tmp_path, 16, 2), "--procs", "2",
+                  "--window", "0.05", "--repeats", "2")
+    modes = {(row["workload"], row["mode"]) for row in r["rows"]}
+    assert ("lz4.block compress", "processes") in modes and ("lz4-njit decompress", "threads") in modes
+    assert len(modes) == 7
+    assert all(row["one_median"] > 0 and row["many_median"] > 0 and row["scaling_median"] > 0 for row in r["rows"])
+    assert r["compress_per_core_vs_loop"] > 0 and r["decompress_processes_vs_loop"] > 0
+    assert {(b["workload"], b["cpu"]) for b in r["bursts"]} == {
+        (w, c) for w in ("lz4.block compress", "lz4.block decompress") for c in os.sched_getaffinity(0)}
+    assert all(b["fastest"] >= b["median"] > 0 for b in r["bursts"])
+
+
+def test_bench_lz4_device_smoke(tmp_path):
+    """The device-LZ4 kernel benchmark runs end to end on the simulator: every block it
+    times is checked against lz4.block and every decoded page against the original."""
+    r = run_bench(tmp_path, "bench_lz4_device.py", "--smoke", simulator=True)
+    assert [(row["kernel"], row["workers"]) for row in r["rows"]] == [("compress", 2), ("compress", 4),
+                                                                       ("decompress", 4)]
+    assert all(row["GBps"] > 0 and row["vs_raw_h2d"] > 0 for row in r["rows"])
+    assert r["raw_h2d_GBps"] > 0 and "simulator" in r["device"]
+
+
+def test_bench_latency_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_latency.py", "--pages", pages_file(tmp_path, 300, 5), "--n", "60",
+                  "--passes", "1", "--backends", "host", "--codecs", "lz4")
+    run = [x for x in r["runs"] if "single_page" in x][0]
+    for verb in ("store", "load", "invalidate"):
+        v = run["single_page"][verb]
+        assert v["zswap"]["p50_us"] > 0 and v["bare"]["p50_us"] > 0 and v["p50_vs_bare"]["median"] > 0
+    assert "skipped" in r["zram"] or r["zram"]["load"]["p50_us"] > 0
+    parts = run["load_parts"]
+    assert parts["decode_p50_us"] > 0 and parts["pool_read_with_free_p50_us"] > 0
+    assert abs(parts["decode_p50_us"] + parts["pool_read_with_free_p50_us"] + parts["frontend_rest_us"]
+               - parts["load_p50_us"]) < 1e-6
+
+
+def _uffd_usable() -> bool:
+    from devpool.region import uffd as _uffd
+    try:
+        os.close(_uffd.open_uffd())
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _uffd_usable(), reason="userfaultfd unusable here (as tests/region/test_region.py)")
+def test_bench_uffd_ioctl_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_uffd_ioctl.py", "--pages", "64", "--passes", "1")
+    assert r["copy"]["p50_us"] > 0 and r["zeropage"]["p50_us"] > 0
+
+
+def test_bench_churn_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_churn.py", "--pages", pages_file(tmp_path, 400, 6), "--live", "300",
+                  "--churn", "1500", "--batch", "50", "--rounds", "10", "--no-zram", "--compressor", "lz4")
+    assert r["pool"]["held_per_live_after_compact"] < r["pool"]["held_per_live_max"] + 1e-9
+    assert r["pool"]["clean_steps"] >= 0 and r["zswap"]["pool_limit_hit"] == 0
+    assert r["zram"] == {"skipped": "--no-zram"}
+
+
+def test_bench_first_store_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_first_store.py", "--runs", "2")
+    assert len(r["runs"]) == 2 and all(x["import_and_first_store_s"] > 0 for x in r["runs"])
+
+
+def test_batch_ab_smoke(tmp_path):
+    """benchmarks/batch_ab.sh: two trees installed apart, run alternately, each printing
+    its store and load figures; its temporary worktree and installs are gone after."""
+    root = BENCH.parent
+    pages_file(tmp_path, 200, 3)
+    p = subprocess.run(["bash", str(BENCH / "batch_ab.sh"), "HEAD", "1", "pages.npy"],   # relative to cwd
+                       env={**os.environ, "PY": sys.executable}, capture_output=True, text=True, timeout=600,
+                       cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "== base (round 1)" in p.stdout and "== head (round 1)" in p.stdout
+    assert p.stdout.count("store_batch") == 2 and p.stdout.count("load_batch") == 2
+    worktrees = subprocess.run(["git", "-C", str(root), "worktree", "list"], capture_output=True, text=True).stdout
+    assert "devpool-batch-ab" not in worktrees
+    # an option where the commit goes is refused, not passed to git (it compared HEAD with HEAD)
+    p = subprocess.run(["bash", str(BENCH / "batch_ab.sh"), "--force", "1"], env={**os.environ, "PY": sys.executable},
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and "is not a commit" in p.stderr
+
+
+def test_bench_serial_threshold_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_serial_threshold.py", "--pages", pages_file(tmp_path, 64, 8), "--sizes", "4,16",
+                  "--passes", "1", "--total", "32")
+    assert [row["pages"] for row in r["rows"]] == [4, 16]
+    assert all(row["compress_parallel_vs_serial"][0] > 0 and row["serial_us_per_page"][1] > 0 for row in r["rows"])
+
+
+@pytest.fixture
+def haltpoll(tmp_path, monkeypatch):
+    """benchmarks/_haltpoll.py on a stand-in parameter file (never the real sysfs one)."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import _haltpoll
+    finally:
+        sys.path.pop(0)
+    param = tmp_path / "guest_halt_poll_ns"
+    param.write_text("0\n")
+    monkeypatch.setattr(_haltpoll, "PARAM", str(param))
+    monkeypatch.setattr(_haltpoll, "LOCK", str(tmp_path / "lock"))
+    return _haltpoll
+
+
+def test_guest_halt_poll_is_set_for_the_block_and_restored(haltpoll):
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert hp.why is None and hp.ns == 200_000 and haltpoll.read() == 200_000
+    assert haltpoll.read() == 0
+    with pytest.raises(RuntimeError, match="boom"):
+        with haltpoll.guest_halt_poll(50_000):
+            assert haltpoll.read() == 50_000
+            raise RuntimeError("boom")
+    assert haltpoll.read() == 0
+    with haltpoll.guest_halt_poll(None) as hp:             # the machine as found
+        assert hp.why is None and hp.ns == 0
+    for bad in (-1, 1 << 32, 1.5, True, "200"):
+        with pytest.raises(ValueError, match="guest_halt_poll_ns"):
+            with haltpoll.guest_halt_poll(bad):
+                pass
+    assert haltpoll.read() == 0
+
+
+def test_guest_halt_poll_repairs_what_a_dead_run_left(haltpoll, capsys):
+    """A run killed inside its block leaves the value it found in the lock file; the next
+    run puts it back before reading the value (which would otherwise be taken as found)."""
+    from pathlib import Path
+    Path(haltpoll.PARAM).write_text("200000\n")           # changed, and the run died
+    Path(haltpoll.LOCK).write_text("0")
+    with haltpoll.guest_halt_poll(100_000) as hp:
+        assert hp.why is None and haltpoll.read() == 100_000
+    assert haltpoll.read() == 0 and Path(haltpoll.LOCK).read_text() == ""
+    assert "left changed by a run that died" in capsys.readouterr().err
+
+
+def test_guest_halt_poll_refuses_a_planted_lock_link_and_odd_values(haltpoll, tmp_path):
+    from pathlib import Path
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    os.symlink(victim, haltpoll.LOCK)
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert "cannot be opened safely" in hp.why
+    assert victim.read_text() == "precious\n" and haltpoll.read() == 0
+    os.unlink(haltpoll.LOCK)
+    Path(haltpoll.PARAM).write_text("garbage\n")
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert "not a number" in hp.why
+    os.unlink(haltpoll.PARAM)
+    with haltpoll.guest_halt_poll(200_000) as hp:
+        assert "does not exist" in hp.why
+
+
+def test_guest_halt_poll_restore_failure_is_loud(haltpoll, monkeypatch, capsys):
+    """A restore that fails names the value to put back; it never hides the block's own
+    error, and the next run repairs it (the value stays recorded)."""
+    real = haltpoll._write
+
+    def broken(ns):
+        raise OSError(5, "I/O error")
+
+    with pytest.raises(RuntimeError, match="could not put .* back to 0"):
+        with haltpoll.guest_halt_poll(200_000):
+            monkeypatch.setattr(haltpoll, "_write", broken)
+    monkeypatch.setattr(haltpoll, "_write", real)
+    assert haltpoll.read() == 200_000
+    with haltpoll.guest_halt_poll(300_000):                  # repairs first, then sets
+        assert haltpoll.read() == 300_000
+    assert haltpoll.read() == 0
+    with pytest.raises(KeyError):
+        with haltpoll.guest_halt_poll(200_000):
+            monkeypatch.setattr(haltpoll, "_write", broken)
+            raise KeyError("the block's own")
+    assert "could not put" in capsys.readouterr().err
+    monkeypatch.setattr(haltpoll, "_write", real)
+    with haltpoll.guest_halt_poll(100_000):
+        pass
+    assert haltpoll.read() == 0
+
+
+def test_mutation_run_interrupted_leaves_no_copies():
+    """benchmarks/mutation.py works in copies of the tree under /tmp; interrupted (Ctrl-C
+    during its baseline run) it must remove them (killed runs had left five behind)."""
+    import glob
+    import signal
+    import time
+
+    before = set(glob.glob("/tmp/devpool-mutation-*"))
+    p = subprocess.Popen([sys.executable, str(BENCH / "mutation.py"), "--module", "devpool/pool/allocator.py",
+                          "--sample", "1", "--jobs", "1"], cwd=BENCH,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not set(glob.glob("/tmp/devpool-mutation-*")) - before:
+            time.sleep(0.05)
+        made = set(glob.glob("/tmp/devpool-mutation-*")) - before
+        assert made, "the run made no work directory"
+        time.sleep(1.0)                                 # copying the tree, or into the baseline
+        p.send_signal(signal.SIGINT)
+        p.wait(60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    assert not any(os.path.exists(d) for d in made), "an interrupted run left its copies behind"

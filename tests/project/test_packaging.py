@@ -1,0 +1,24 @@
+"""What an install puts in site-packages: devpool, devpool.kernels, devpool.host — and no
+generic top-level ``kernels`` or ``host`` module."""
+
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_wheel_maps_top_level_folders_into_the_package(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q",
+                          "-w", str(tmp_path), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    wheel = next(tmp_path.glob("devpool-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"devpool"}
+    for module in ("devpool/kernels/_device.py", "devpool/kernels/lz4.py", "devpool/host/_arena.py",
+                   "devpool/py.typed"):
+        assert module in names
+    meta = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "devpool = devpool.cli:main" in zipfile.ZipFile(wheel).read(meta).decode()
