@@ -121,7 +121,8 @@ def cmd_capture(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
     check_output_path(args.json)
-    check_plot_path(args.plot)
+    if check_plot_path(args.plot) is None:         # no --plot, or no matplotlib: no figure
+        args.plot = None
     pages, source = _pages(args)
     return run_bench(args, pages, source)
 
@@ -130,7 +131,8 @@ def cmd_bench(args) -> int:
 def cmd_replay(args) -> int:
     from .replay import run_replay
     check_output_path(args.json)
-    check_plot_path(args.plot)
+    if check_plot_path(args.plot) is None:         # no --plot, or no matplotlib: no figure
+        args.plot = None
     pages, source = _pages(args)
     return run_replay(args, pages, source)
 
