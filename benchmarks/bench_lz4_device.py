@@ -94,6 +94,7 @@ def main(argv=None) -> dict:
         row = {"kernel": kind, "GBps": nbytes / med / 1e9, "best_GBps": nbytes / best / 1e9,
                "pages_per_s": n / med, "vs_raw_h2d": h2d / med, **extra}
         res["rows"].append(row)
+        save(res, args.json, complete=False)                          # kept if the run is stopped
         print(f"{label:<34}{row['GBps']:>8.1f}{row['best_GBps']:>8.1f}{row['pages_per_s']:>12.0f}"
               f"{row['vs_raw_h2d']:>11.2f}")
 
