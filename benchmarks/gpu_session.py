@@ -41,6 +41,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import tempfile
 import time
 import zipfile
 from dataclasses import dataclass, field
@@ -374,10 +375,9 @@ class Session:
         package-dir mapping) in a run folder the steps import it from."""
         if self.dry:
             return True
-        site, run = Path("/tmp/devpool-site"), Path("/tmp/devpool-run")
-        for d in (site, run):
-            shutil.rmtree(d, ignore_errors=True)
-        run.mkdir(parents=True)
+        work = Path(tempfile.mkdtemp(prefix="devpool-gpu-session-"))   # fresh, ours: no planted path in /tmp
+        site, run = work / "site", work / "run"
+        run.mkdir()
         for name in ("tests", "benchmarks", "pyproject.toml", "README.md"):
             src = ROOT / name
             (shutil.copytree if src.is_dir() else shutil.copy)(src, run / name)
@@ -385,7 +385,7 @@ class Session:
         shutil.copytree(ROOT / "kernels", run / "devpool" / "kernels")
         shutil.copytree(ROOT / "host", run / "devpool" / "host")
         self.env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(run), str(site), os.environ.get("PYTHONPATH")]))
-        self.env["NUMBA_CACHE_DIR"] = "/tmp/devpool-numba-cache"     # every step's processes share it
+        self.env["NUMBA_CACHE_DIR"] = str(work / "numba-cache")       # every step's processes share it
         self.cwd = run
         # the CLI tests start the `devpool` script beside the interpreter
         launcher = Path(self.py).with_name("devpool")
@@ -437,7 +437,8 @@ def main(argv=None) -> int:
     ap.add_argument("--wheels", default=str(ROOT / ".whl"), help="the carried wheels (default .whl/)")
     ap.add_argument("--only", help="run only these steps (comma-separated), for a rerun")
     ap.add_argument("--out", default=os.environ.get("OUT", "/tmp/gpu-session-out"), help="where the 2 files go")
-    ap.add_argument("--results", default="/tmp/devpool-results", help="the steps' working results folder")
+    ap.add_argument("--results", help="the steps' working folder (default: a fresh one under the temp dir); "
+                    "it must not exist or be empty")
     ap.add_argument("--python", default=sys.executable, help="the interpreter the steps run")
     args = ap.parse_args(argv)
     # absolute, but not resolved: a virtual environment's python is a link that must stay one
@@ -452,9 +453,14 @@ def main(argv=None) -> int:
     if problems:
         print("gpu_session: refusing to start:\n" + "\n".join(f"  {p}" for p in problems), file=sys.stderr)
         return 2
+    if args.results is None:
+        args.results = tempfile.mkdtemp(prefix="devpool-results-")
     results = Path(args.results)
-    shutil.rmtree(results, ignore_errors=True)
-    results.mkdir(parents=True)
+    if results.is_symlink() or (results.exists() and (not results.is_dir() or any(results.iterdir()))):
+        print(f"gpu_session: refusing to start: --results {results} exists and is not an empty folder "
+              f"(nothing is deleted for you)", file=sys.stderr)
+        return 2
+    results.mkdir(parents=True, exist_ok=True)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     s = Session(args)
     if s.dry:
@@ -465,17 +471,23 @@ def main(argv=None) -> int:
         print("gpu_session: the carried wheels did not install: stopping (see install.txt)")
         s.pack()
         return 1
-    s.run(STEPS[0])
     try:
-        s.prereq = json.loads((results / "environment.json").read_text())["prerequisites"]
-    except (OSError, ValueError, KeyError):
-        pass
-    for step in STEPS[1:]:
-        o = s.run(step)
-        if step.part == "gate" and o.status.startswith(("failed", "interrupted")):
-            s.run(DIAGNOSE)
-            print("gpu_session: the smoke failed: stopping early, leaving device time for a rerun")
-            break
+        s.run(STEPS[0])
+        try:
+            s.prereq = json.loads((results / "environment.json").read_text())["prerequisites"]
+        except (OSError, ValueError, KeyError):
+            pass
+        for step in STEPS[1:]:
+            o = s.run(step)
+            if step.part == "gate" and o.status.startswith(("failed", "interrupted")):
+                s.run(DIAGNOSE)
+                print("gpu_session: the smoke failed: stopping early, leaving device time for a rerun")
+                break
+    except KeyboardInterrupt:                    # the step's group is gone (run_step); keep what was done
+        print("gpu_session: interrupted")
+        s.pack()
+        print(s.table(), end="")
+        return 130
     print(s.table(), end="")
     print(f"results: {s.archive} and {s.summary}")
     return 0

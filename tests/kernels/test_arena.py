@@ -218,3 +218,45 @@ def test_driver_errors_become_exceptions_naming_the_call():
         vmm._check("cuMemCreate", (driver.CUresult.CUDA_ERROR_OUT_OF_MEMORY, None))
     with pytest.raises(RuntimeError, match="cuMemMap: CUDA_ERROR_INVALID_VALUE"):
         vmm._check("cuMemMap", (driver.CUresult.CUDA_ERROR_INVALID_VALUE,))
+
+
+@pytest.mark.device
+def test_the_reallocating_fallback_keeps_every_byte_through_growth_and_trim(monkeypatch):
+    """Where mapping is refused the storage reallocates: bytes survive each growth and
+    each trim, a refused growth is PoolFullError with the pool intact, and the arena
+    says how it grows."""
+    import numpy as np
+
+    import devpool
+    from devpool.kernels import _device
+    from tests.conftest import cuda_usable
+    if not cuda_usable()[0]:
+        pytest.skip("no CUDA device and no simulator")
+    for provider in (_device._NumbaMemory, _device._CupyMemory, _device._SimMemory):
+        monkeypatch.setattr(provider, "arena", lambda self, cap: ReallocArena(self, cap, "reallocated: the test"))
+    rng = np.random.default_rng(5)
+    with devpool.open_pool("cuda", 8 << 20, segment_bytes=16384) as pool:
+        assert pool.stats()["arena"] == "reallocated" and pool.stats()["arena_how"] == "reallocated: the test"
+        sizes = rng.integers(500, 4000, 60)
+        payload = rng.integers(0, 256, int(sizes.sum()), dtype=np.uint8)
+        cut = int(sizes[:10].sum())
+        hs = pool.alloc_batch(sizes[:10])
+        pool.write_batch(hs, payload[:cut], sizes[:10])
+        more = pool.alloc_batch(sizes[10:])                      # grows: a copy into a larger arena
+        pool.write_batch(more, payload[cut:], sizes[10:])
+        hs = np.concatenate([hs, more])
+        grown = pool.stats()["arena_bytes"]
+        assert pool.stats()["arena_peak_bytes"] > grown            # old and new held at once while copying
+        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        pool.free_batch(hs[::2])
+        pool.compact()
+        assert pool.stats()["arena_bytes"] < grown                 # trimmed to the top
+        want = b"".join(payload[s:s + n].tobytes() for s, n in zip(starts[1::2], sizes[1::2]))
+        assert pool.read_batch(hs[1::2])[0].tobytes() == want
+
+        def oom(n):
+            raise MemoryError("out of memory (the test)")
+        monkeypatch.setattr(pool.storage.mem, "alloc_arena", oom)
+        with pytest.raises(devpool.PoolFullError, match="device out of memory"):
+            pool.alloc_batch([4000] * 200)
+        assert pool.read_batch(hs[1::2])[0].tobytes() == want

@@ -65,6 +65,30 @@ def test_refuses_before_starting_anything_naming_what_is_missing(tmp_path):
     assert not out.exists() and not results.exists()                           # nothing started
 
 
+def test_refuses_a_results_folder_it_did_not_make(tmp_path):
+    """The results folder is never emptied for you: a folder with files in it (or a
+    planted link) is refused before anything runs."""
+    wheels = stand_in_wheels(tmp_path / "whl")
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    (busy / "precious").write_text("x")
+    link = tmp_path / "link"
+    link.symlink_to(busy)
+    for results in (busy, link):
+        p = session("--dry-run", "--wheels", str(wheels), "--out", str(tmp_path / "out"), "--results", str(results))
+        assert p.returncode == 2 and "is not an empty folder" in p.stderr, p.stderr
+    assert (busy / "precious").read_text() == "x" and not (tmp_path / "out").exists()
+
+
+def test_only_runs_the_steps_named_and_says_why_not_the_rest(tmp_path):
+    out = tmp_path / "out"
+    p = session("--dry-run", "--only", "environment", "--wheels", str(stand_in_wheels(tmp_path / "whl")),
+                "--out", str(out), "--results", str(tmp_path / "r"), timeout=300)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "== environment: ok" in p.stdout and "== smoke: not run: not among --only" in p.stdout
+    assert session("--dry-run", "--only", "nosuch").returncode == 2
+
+
 def test_a_broken_wheel_is_named(tmp_path):
     wheels = stand_in_wheels(tmp_path / "whl")
     (wheels / FETCHED[0]).write_bytes(b"not a zip")
