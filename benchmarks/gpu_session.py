@@ -7,7 +7,7 @@
 
 A lease is about 15 minutes in all, one command of at most 10, no internet, at most 8
 files back. The image has Python 3.12, numpy, numba, numba-cuda, CuPy, pytest and
-matplotlib, but not lz4, zstandard or nVCOMP: ``--fetch-wheels`` downloads those (about
+matplotlib, but not lz4, zstandard or nvCOMP: ``--fetch-wheels`` downloads those (about
 40 MB) into ``.whl/``, and a run without them refuses in its first second, naming what is
 missing, instead of failing minutes in.
 
