@@ -67,6 +67,8 @@ def _norm(name: str) -> str:
 
 def _fits(tags: str) -> bool:
     """A wheel's ``python-abi-platform`` tags install on CPython 3.12, x86-64 Linux."""
+    if tags.count("-") != 2:
+        return False
     py, abi, plat = tags.split("-")
     pys, plats = py.split("."), plat.split(".")
     return (any(p in ("cp312", "py3", "py312") for p in pys) and abi in ("cp312", "abi3", "none")
@@ -79,7 +81,7 @@ def check_wheels(folder: Path) -> list[str]:
     have = sorted(folder.glob("*.whl")) if folder.is_dir() else []
     for name, version in WHEELS:
         found = [w for w in have if _norm(w.name.split("-")[0]) == _norm(name)]
-        good = [w for w in found if w.name.split("-")[1] == version and _fits("-".join(w.stem.split("-")[-3:]))]
+        good = [w for w in found if w.name.split("-")[1:2] == [version] and _fits("-".join(w.stem.split("-")[-3:]))]
         if not good:
             seen = f" (found {', '.join(w.name for w in found)})" if found else ""
             problems.append(f"{name}=={version} for CPython {PYTHON} on x86-64 Linux{seen}")

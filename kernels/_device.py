@@ -256,24 +256,7 @@ class _CupyMemory(_NumbaMemory):
                                 self.rt.memcpyDeviceToDevice, stream.ptr)
 
     def arena(self, capacity: int):
-        """A reserved virtual range mapped as it grows (:mod:`._arena`), tried once with
-        one chunk; where the driver or cuda-bindings refuse, reallocation, saying why."""
-        try:
-            arena = MappedArena(CudaVmm(self.cp.cuda.Device().id), capacity)
-        except Exception as exc:               # noqa: BLE001 - the reason is reported
-            return ReallocArena(self, capacity, f"reallocated: virtual memory management unavailable "
-                                                f"({type(exc).__name__}: {exc})")
-        try:
-            arena.resize(arena.chunk)          # map, set access, wrap for numba: each step once
-            arena.resize(0)
-            return arena
-        except Exception as exc:               # noqa: BLE001 - the reason is reported
-            try:
-                arena.close()
-            except Exception:                  # noqa: BLE001 - already failing
-                pass
-            return ReallocArena(self, capacity, f"reallocated: mapping device memory failed "
-                                                f"({type(exc).__name__}: {exc})")
+        return _mapped_or_reallocated(self, lambda: CudaVmm(self.cp.cuda.Device().id), capacity)
 
     def alloc_arena(self, n: int):
         # straight from the driver, outside CuPy's pool: a freed arena goes back at once
@@ -390,10 +373,32 @@ class _SimMemory(_NumbaMemory):
         self._ary(buf).fill(POISON)
 
     def arena(self, capacity: int):
-        return MappedArena(SimVmm(POISON), capacity)
+        return _mapped_or_reallocated(self, lambda: SimVmm(POISON), capacity)
 
     def device_name(self) -> str:
         return "numba CUDA simulator (CPU)"
+
+
+def _mapped_or_reallocated(mem, driver, capacity: int):
+    """A reserved virtual range mapped as it grows (:mod:`._arena`), tried once with one
+    chunk (map, set access, wrap for numba); where the driver refuses any of it (no
+    cuda-bindings, a range too large to reserve), reallocation, saying why."""
+    try:
+        arena = MappedArena(driver(), capacity)
+    except Exception as exc:                   # noqa: BLE001 - the reason is reported
+        return ReallocArena(mem, capacity, f"reallocated: virtual memory management unavailable "
+                                           f"({type(exc).__name__}: {exc})")
+    try:
+        arena.resize(arena.chunk)
+        arena.resize(0)
+        return arena
+    except Exception as exc:                   # noqa: BLE001 - the reason is reported
+        try:
+            arena.close()
+        except Exception:                      # noqa: BLE001 - already failing
+            pass
+        return ReallocArena(mem, capacity, f"reallocated: mapping device memory failed "
+                                           f"({type(exc).__name__}: {exc})")
 
 
 def _provider():

@@ -152,6 +152,29 @@ def test_chunks_follow_the_capacity_within_bounds():
     assert chunk_size(3 * GiB + 12345, g) % g == 0
 
 
+def test_a_range_too_large_to_reserve_falls_back_to_reallocation():
+    """Capacity is a ceiling: a storage of a petabyte opens (nothing is committed), its
+    arena reallocating because no such range can be reserved, and says so."""
+    import numpy as np
+
+    from tests.conftest import cuda_usable
+    if not cuda_usable()[0]:
+        pytest.skip("no CUDA device and no simulator")
+    from devpool.kernels._device import CudaStorage
+    st = CudaStorage(1 << 50)
+    try:
+        d = st.describe()
+        assert d["arena"] == "reallocated" and "unavailable" in d["arena_how"], d["arena_how"]
+        st.commit(0, 4096)
+        page = np.arange(4096, dtype=np.uint16).view(np.uint8)[:4096].copy()
+        st.write_one(0, page)
+        back = np.empty(4096, np.uint8)
+        st.read_one(0, back)
+        assert back.tobytes() == page.tobytes()
+    finally:
+        st.close()
+
+
 def test_without_a_driver_the_cupy_provider_says_why_it_reallocates():
     """Here (no driver) CUDA's virtual memory calls fail, and the provider falls back to
     reallocation saying why; on a GPU (``--gpu``) it maps."""
