@@ -4,6 +4,7 @@
     python benchmarks/gpu_checks.py smoke             # the pool round trip on the cuda backend: the gate
     python benchmarks/gpu_checks.py pool-size         # the arena grown to most of the card
     python benchmarks/gpu_checks.py codecs            # lz4-device and nvcomp-lz4 behind Zswap, each on its own
+    python benchmarks/gpu_checks.py diagnose          # after a failed smoke: every view of the device, each on its own
 
 Each prints what it found and exits 0 only when everything it checked held. The smoke
 checks the pool alone (batch and single-page round trips, compaction): a failure of a
@@ -165,10 +166,54 @@ def codecs() -> int:
     return 1 if failed else 0
 
 
+def diagnose() -> int:
+    """After a failed smoke: each view of the device on its own (one failing does not
+    hide the next); always exits 0, it only reports."""
+    def attempt(label, fn):
+        print(f"--- {label}")
+        try:
+            out = fn()
+            if out is not None:
+                print(out)
+        except Exception as exc:                               # noqa: BLE001 - the report is the point
+            print(f"FAILED: {type(exc).__name__}: {exc}")
+
+    def smi():
+        return subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+
+    def numba_detect():
+        from numba import cuda
+        return cuda.detect()
+
+    def cupy_devices():
+        import cupy
+        n = cupy.cuda.runtime.getDeviceCount()
+        return f"{n} device(s), runtime {cupy.cuda.runtime.runtimeGetVersion()}, driver " \
+               f"{cupy.cuda.runtime.driverGetVersion()}"
+
+    def backends():
+        import devpool
+        return devpool.available_backends()
+
+    def arena():
+        from devpool.kernels._device import CudaStorage
+        st = CudaStorage(1 << 26)
+        try:
+            return st.describe()
+        finally:
+            st.close()
+    for label, fn in (("nvidia-smi", smi), ("numba.cuda.detect()", numba_detect), ("CuPy", cupy_devices),
+                      ("devpool.available_backends()", backends), ("a device storage", arena)):
+        attempt(label, fn)
+    return 0
+
+
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    checks = {"environment": environment, "smoke": smoke, "pool-size": pool_size, "codecs": codecs}
-    if not argv or argv[0] not in checks or len(argv) > 2 or (len(argv) == 2 and argv[0] in ("smoke", "codecs")):
+    checks = {"environment": environment, "smoke": smoke, "pool-size": pool_size, "codecs": codecs,
+              "diagnose": diagnose}
+    if not argv or argv[0] not in checks or len(argv) > 2 or (len(argv) == 2 and argv[0] not in ("environment",
+                                                                                                  "pool-size")):
         print(f"usage: gpu_checks.py {{{','.join(checks)}}} (environment [F.json], pool-size [STEP_MIB])",
               file=sys.stderr)
         return 2

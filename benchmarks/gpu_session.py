@@ -218,8 +218,8 @@ STEPS = [
          files=["suite.xml"]),
 ]
 #: runs instead of the rest when the smoke fails: what explains it
-DIAGNOSE = Step("diagnose", "gate", 30, 10, "numba's CUDA report and the driver's view",
-                [PY, "-c", "import numba.cuda as c, devpool; c.detect(); print(devpool.available_backends())"])
+DIAGNOSE = Step("diagnose", "gate", 30, 10, "nvidia-smi, numba's and CuPy's view of the device, a storage",
+                [PY, "benchmarks/gpu_checks.py", "diagnose"])
 #: the install before the first step (the real run only): pip from .whl/, then devpool assembled
 INSTALL_LIMIT = 20
 

@@ -183,3 +183,20 @@ def test_dry_run_runs_every_step_with_the_same_files(tmp_path):
     for name in ("bench_device.json", "bench_lz4_device.json"):
         assert json.loads((results / name).read_text())["complete"] is True
     assert "why each GPU estimate" in p.stdout                       # the table, printed last
+
+
+def test_a_failed_smoke_runs_the_diagnosis_and_stops(tmp_path):
+    """The gate: every step's interpreter fails here (a stand-in that exits 3), so the
+    smoke fails; the diagnosis runs, nothing after the smoke does, and the two files
+    are there with the table saying so."""
+    broken = tmp_path / "python"
+    broken.write_text("#!/bin/sh\necho 'no device here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    out = tmp_path / "out"
+    p = session("--dry-run", "--python", str(broken), "--wheels", str(stand_in_wheels(tmp_path / "whl")),
+                "--out", str(out), "--results", str(tmp_path / "r"), timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "== smoke: failed (exit 3)" in p.stdout and "== diagnose: failed (exit 3)" in p.stdout
+    assert "the smoke failed: stopping early" in p.stdout
+    assert "== bench_device" not in p.stdout and "== suite" not in p.stdout
+    assert len(list(out.iterdir())) == 2
