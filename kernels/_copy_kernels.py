@@ -12,15 +12,15 @@ when it launches, so an error still says which step failed. This is
 :func:`devpool._packed.copy_ranges` for device memory.
 
 One CUDA block per object; its threads stride over the object, so neighbouring threads
-touch neighbouring words (coalesced) and a batch of any size is one launch. Wide words
-where alignment allows: ``dst8`` / ``src8`` are the same buffers seen as uint64 (both
-start 8-aligned: cudaMalloc gives 256, the arena's mapping its granularity), and when
-``wide`` is 1 and an object's destination and source offsets agree modulo 8, its bytes
-up to the first 8-aligned destination go one by one, the middle as 8-byte words, the
-last under 8 bytes one by one: a 4 KiB page is 512 word copies instead of 4096 byte
-copies, so compaction of tens of GB is not bound by instruction count. Objects whose
-offsets disagree (or a buffer that cannot be seen as uint64: ``wide`` 0) go byte by
-byte, as before. The per-object loop is a device function written once and also
+touch neighbouring words (coalesced) and a batch of any size is one launch. Wide words:
+``dst8`` / ``src8`` are the same buffers seen as uint64 (both start 8-aligned: cudaMalloc
+gives 256, the arena's mapping its granularity), and when ``wide`` is 1 an object's
+bytes up to the first 8-aligned destination go one by one, every whole destination word
+in the middle as one 8-byte store (from one source word where the offsets agree modulo
+8, else from two neighbouring source words shifted together: compaction moves objects
+to any offset), the last under 8 bytes one by one: a 4 KiB page is 512 word stores
+instead of 4096 byte stores, so compaction of tens of GB is not bound by instruction
+count. A buffer that cannot be seen as uint64 (``wide`` 0) goes byte by byte. The per-object loop is a device function written once and also
 compiled with ``numba.njit`` (``cpu_copy``): numba's CUDA simulator runs kernels as
 plain Python and does not reproduce numba's integer typing, so the compiled twin is
 what catches a typing mistake on the CPU, and the tests run it over every alignment.
@@ -55,10 +55,11 @@ SIGNATURE = (_u8, _u8, _u64, _u64, _i64, types.int64, types.int64, types.int64, 
 
 def _copy_part(dst, d, src, s, n, first, step, dst8, src8, wide):
     """This thread's share (``first``, ``first + step``, ...) of an ``n``-byte object
-    from ``src[s:]`` to ``dst[d:]``: wide words in the middle where ``wide`` and the
-    offsets agree modulo 8, bytes elsewhere."""
+    from ``src[s:]`` to ``dst[d:]``: with ``wide``, every whole 8-byte word of the
+    destination is written as one (from one source word, or two shifted together where
+    the source sits at another offset modulo 8), the ragged ends byte by byte."""
     head = n
-    if wide != 0 and (d - s) % 8 == 0:
+    if wide != 0:
         head = min(n, (8 - d % 8) % 8)        # bytes before the first 8-aligned destination
     k = first
     while k < head:
@@ -68,10 +69,20 @@ def _copy_part(dst, d, src, s, n, first, step, dst8, src8, wide):
         words = (n - head) // 8
         dw = (d + head) // 8
         sw = (s + head) // 8
+        shift = (s + head) % 8
         k = first
-        while k < words:
-            dst8[dw + k] = src8[sw + k]
-            k += step
+        if shift == 0:
+            while k < words:
+                dst8[dw + k] = src8[sw + k]
+                k += step
+        else:
+            # little-endian: the word's low bytes are the end of source word sw + k, its high
+            # bytes the start of the next, which the object itself reaches into (no read past it)
+            right = numba.uint64(8 * shift)
+            left = numba.uint64(64 - 8 * shift)
+            while k < words:
+                dst8[dw + k] = (src8[sw + k] >> right) | (src8[sw + k + 1] << left)
+                k += step
         k = head + words * 8 + first          # the last, under 8 bytes
         while k < n:
             dst[d + k] = src[s + k]
