@@ -262,13 +262,16 @@ def run_step(argv: list, log: Path, limit: float, env: dict, cwd: Path) -> tuple
             if p.poll() is None:                    # the session itself was interrupted
                 _signal_group(p, signal.SIGKILL)
                 p.wait()
+            # what the step left behind in its group (a helper process) would hold the GPU
+            # until the machine goes back: the group ends with the step
+            _signal_group(p, signal.SIGKILL)
     return rc, time.monotonic() - t0, interrupted
 
 
 def _signal_group(p: subprocess.Popen, sig: int) -> None:
     try:
         os.killpg(p.pid, sig)
-    except ProcessLookupError:
+    except (ProcessLookupError, PermissionError):     # the group is gone
         pass
 
 

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tarfile
 import textwrap
+import time
 import zipfile
 from pathlib import Path
 
@@ -136,6 +137,28 @@ def test_a_step_that_ignores_sigint_is_killed_at_its_limit(tmp_path):
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nprint('up', flush=True)\ntime.sleep(60)"
     rc, secs, interrupted = gs.run_step([sys.executable, "-c", code], tmp_path / "log", 3, dict(os.environ), tmp_path)
     assert interrupted and rc is None and secs < 3 + 1
+
+
+def test_what_a_step_leaves_running_ends_with_it(tmp_path):
+    """A step that starts a helper and exits: the helper (same process group) is ended
+    when the step is, not left holding the GPU until the machine goes back."""
+    pidfile = tmp_path / "helper.pid"
+    code = (f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+            f"open({str(pidfile)!r}, 'w').write(str(p.pid))\n")
+    rc, _, interrupted = gs.run_step([sys.executable, "-c", code], tmp_path / "log", 30, dict(os.environ), tmp_path)
+    assert rc == 0 and not interrupted
+    pid = int(pidfile.read_text())
+    for _ in range(100):                          # reaped by init once killed
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            break
+        time.sleep(0.05)
+    else:
+        os.kill(pid, 9)
+        raise AssertionError("the step's helper was left running")
 
 
 def test_pytest_stopped_at_its_limit_writes_its_summary_and_xml(tmp_path):
