@@ -302,7 +302,6 @@ def test_kernel_fault_is_a_device_error_and_the_storage_refuses_further_calls(rn
     """A fault while a kernel runs leaves a real CUDA context unusable (the error is
     sticky): the storage names the step, says so, refuses every later call with a
     DeviceError instead of pretending, and still closes."""
-    from devpool.kernels import _device
     pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
     hs = pool.alloc_batch([100, 200])
     _inject_fault(monkeypatch, pool.storage, lambda a: True, at)
@@ -372,7 +371,6 @@ def test_a_fault_in_compaction_is_reported_not_papered_over(rng, monkeypatch, at
     """The compaction's scatter faults after overwriting part of the arena. On a GPU
     the context is then dead, so no restore can run: the storage says the contents are
     lost and refuses further calls (no pretend restore)."""
-    from devpool.kernels import _device
     pool = devpool.open_pool("cuda", 1 << 20, segment_bytes=16384)
     sizes = rng.integers(500, 3000, 24)
     hs = pool.alloc_batch(sizes)
