@@ -30,7 +30,7 @@ import os
 import struct
 
 __all__ = [
-    "MSG_SIZE", "UffdUnavailable", "api", "copy", "open_uffd", "poison", "read_faults",
+    "MSG_SIZE", "UffdUnavailable", "api", "copy", "open_uffd", "place", "poison", "read_faults",
     "register", "unregister", "wake", "writeprotect", "zeropage",
 ]
 
@@ -292,6 +292,49 @@ def writeprotect(fd: int, start: int, length: int, protect: bool, wake_: bool = 
 def poison(fd: int, start: int, length: int) -> None:
     """UFFDIO_POISON: accesses to these (unmapped) pages raise SIGBUS from now on."""
     _retrying(fd, UFFDIO_POISON, _ZERO, [start, length, 0, 0], 3, (0,), 1)
+
+
+def place(fd: int, dst: int, length: int, src: int | None = None, *, poison_: bool = False) -> int:
+    """Resolve the missing faults of ``[dst, dst + length)`` and wake their threads:
+    copy the bytes at ``src`` (an address in this process), or map zero pages (``src``
+    None), or poison the pages (``poison_``: an access raises SIGBUS from now on).
+
+    A page already there (``EEXIST``: another thread's fault filled it first, or it was
+    poisoned before) keeps what it has, and its waiters are woken: a thread that read
+    the page table before the page went in may queue after the fill's wake, and the
+    kernel wakes no one when an ioctl fails. The ioctl stops at the first such page, so
+    the rest of the range goes a page at a time. ``EAGAIN`` (the address space changed
+    under the call) is retried by the ioctls themselves. Returns how many pages were
+    already there (0 on the common path: one ioctl, nothing else).
+    """
+    try:
+        _place(fd, dst, length, src, poison_)
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    if length <= PAGE_SIZE:
+        wake(fd, dst, length)
+        return 1
+    there = 0
+    for off in range(0, length, PAGE_SIZE):
+        try:
+            _place(fd, dst + off, PAGE_SIZE, None if src is None else src + off, poison_)
+        except OSError as exc:
+            if exc.errno != errno.EEXIST:
+                raise
+            there += 1
+            wake(fd, dst + off, PAGE_SIZE)
+    return there
+
+
+def _place(fd: int, dst: int, length: int, src: int | None, poison_: bool) -> None:
+    if poison_:
+        poison(fd, dst, length)
+    elif src is None:
+        zeropage(fd, dst, length)
+    else:
+        copy(fd, dst, src, length)
 
 
 _MSG = struct.Struct("B7xQQ8x")      # event, pagefault.flags, pagefault.address

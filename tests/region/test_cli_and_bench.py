@@ -1,0 +1,55 @@
+"""The command line's `replay --real` and the region benchmark, at tiny sizes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+
+from tests.region.helpers import needs_uffd
+
+pytestmark = needs_uffd
+
+
+def test_replay_real_plays_the_trace_on_real_memory(tmp_path):
+    import json
+
+    from devpool.cli import main
+    from tests.pages import make_pages
+    np.save(tmp_path / "pages.npy", make_pages(32, np.random.default_rng(3)))
+    out = tmp_path / "replay.json"
+    code = main(["replay", "--real", "--pages", str(tmp_path / "pages.npy"), "--backend", "host",
+                 "--compressor", "lz4", "--working-set", "64", "--ram-pages", "16", "--accesses", "600",
+                 "--pool-limit-pages", "64", "--quiet", "--json", str(out)])
+    assert code == 0
+    res = json.loads(out.read_text())
+    real = res["real"]
+    assert real["first_touch"] == res["first_touch"] > 32    # each page of the trace written once
+    assert real["zswap_hits"] + real["backing_reads"] > 0    # and came back from the pool
+    assert real["evicted"] > 0 and real["resident_pages"] <= 16
+    assert res["faults"] > 0                                 # the simulation ran beside it
+
+
+def test_bench_region_smoke(tmp_path):
+    import json
+    from pathlib import Path
+
+    from tests.pages import make_pages
+    np.save(tmp_path / "pages.npy", make_pages(16, np.random.default_rng(4)))
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    out = tmp_path / "r.json"
+    p = subprocess.run([sys.executable, str(bench / "bench_region.py"), "--pages", str(tmp_path / "pages.npy"),
+                        "--region-pages", "48", "--accesses", "200", "--policy-accesses", "200", "--passes", "1", "--no-zram",
+                        "--json", str(out)], capture_output=True, text=True, timeout=600, cwd=bench)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert [line["pattern"] for line in res["summary"]] == ["seq", "zipf", "random"]
+    for line in res["summary"]:
+        assert {"zswap", "zero page", "file", "file O_DIRECT"} <= set(line)
+        assert all(line[k]["bytes_ok"] for k in ("zswap", "file", "file O_DIRECT"))
+        assert line["zswap"]["faults"] > 0
+    assert "skipped" in res["zram"]
+    assert {row.get("policy") for row in res["policy_and_fault_around"]} >= {"lfu", "fifo"}
+    assert [row["delay_us"] for row in res["delay_sweep"]] == [0, 2, 5, 10]
+    assert all(row["faults"] > 0 for row in res["delay_sweep"])
