@@ -223,7 +223,21 @@ def _drop_inherited() -> None:
             res.watch = None
 
 
-os.register_at_fork(after_in_child=_drop_inherited)
+def _keep_out_of_children() -> None:
+    """Before every fork() of this process through Python (``os.fork``, multiprocessing's
+    fork, ...): mark each region's memory MADV_DONTFORK again, whatever the caller did
+    with it since. A child that got the mapping (after ``madvise(MADV_DOFORK)``) would
+    not have the userfaultfd registration (the kernel drops it in a child), so its read
+    of an evicted page would fill the memfd's hole with zeros: it would read zeros and
+    the parent's page would read zeros for good. Without the mapping, the child's access
+    faults (SIGSEGV): loud, and the parent's pages stay whole. A fork() made from C
+    outside Python is not seen here (see the README)."""
+    for res in list(_LIVE):
+        if res.addr and res.owner == os.getpid():
+            _libc.madvise(res.addr, res.length, MADV_DONTFORK)
+
+
+os.register_at_fork(before=_keep_out_of_children, after_in_child=_drop_inherited)
 
 
 def _children(pid: int) -> list[int]:

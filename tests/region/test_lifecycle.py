@@ -300,3 +300,45 @@ def test_a_stopped_handler_is_reported_not_waited_out(region):
     st = r.stats()
     assert st["resident_pages"] <= 16 and st["handler_pid"] == hpid
     assert r.evict(2) >= 0 and (r.array == 3).all()
+
+
+_DOFORK_SCRIPT = textwrap.dedent("""
+    import ctypes, os, signal, sys
+    import numpy as np
+    import devpool
+    libc = ctypes.CDLL(None, use_errno=True)
+    n = 16
+    with devpool.swap_region(n * 4096, resident_bytes=4 * 4096, backend="host") as r:
+        a = r.array
+        a[:] = np.arange(a.size, dtype=np.uint64).astype(np.uint8) | 1    # no zero byte anywhere
+        r.evict()
+        vec = (ctypes.c_ubyte * n)()
+        libc.mincore(ctypes.c_void_p(a.ctypes.data), ctypes.c_size_t(n * 4096), vec)
+        p = [k for k in range(n) if not vec[k] & 1][0]                     # an evicted page
+        # the caller undoes the region's MADV_DONTFORK (MADV_DOFORK = 11)
+        assert libc.madvise(ctypes.c_void_p(a.ctypes.data), ctypes.c_size_t(n * 4096), 11) == 0
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.write(1, f"child read {int(a[p * 4096 + 1])}\\n".encode())
+            finally:
+                os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        sig = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        want = np.arange(a.size, dtype=np.uint64).astype(np.uint8) | 1
+        print("child signal", sig, flush=True)
+        print("parent intact", bool(np.array_equal(a, want)), flush=True)
+""")
+
+
+def test_a_child_forked_after_madv_dofork_never_reads_zeros_nor_zeroes_the_parent():
+    """The caller undoes MADV_DONTFORK on the region and forks. Before: the child got
+    the shared mapping without the userfaultfd registration, read an evicted page as
+    zeros, and filled the memfd's hole with them, so the parent's page read zeros for
+    good. Now every fork through Python marks the region MADV_DONTFORK again first: the
+    child's access faults (SIGSEGV) and the parent's pages stay whole."""
+    proc = subprocess.run([sys.executable, "-c", _DOFORK_SCRIPT], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-2000:])
+    out = proc.stdout.splitlines()
+    assert not any(line.startswith("child read") for line in out), out     # no value came back
+    assert "child signal 11" in out and "parent intact True" in out, out
