@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import mmap
 import os
 import pickle
@@ -44,6 +45,8 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import warnings
 import weakref
 from collections.abc import Mapping
 
@@ -147,8 +150,13 @@ class _Resources:
         # 1. the handler stops watching the guard (else it would take the guard's exit
         #    below for a death and start another) and dismisses any guard it started
         answers = self.handler is not None and self.handler.poll() is None
+        stopped = False
         if answers:
-            answers = ask(self.handler_sock, (protocol.UNGUARD, "unguard"), timeout)
+            # a stopped handler (SIGSTOP, a debugger) answers nothing: noticed within
+            # STOPPED_CHECK_S, not waited out for the whole timeout
+            wait = _reply_waiter(self.handler.pid, timeout)
+            answers = ask(self.handler_sock, (protocol.UNGUARD, "unguard"), timeout, wait)
+            stopped = not answers and wait.stopped
         # 2. the guard: from here on the handler's exit is not a death
         if self.guard is not None:
             stop_guard(self.guard, self.guard_sock)
@@ -156,7 +164,9 @@ class _Resources:
         # 3. the handler frees its pool and exits
         if self.handler is not None:
             if answers:
-                answers = ask(self.handler_sock, (protocol.CLOSE, "close"), timeout)
+                wait = _reply_waiter(self.handler.pid, timeout)
+                answers = ask(self.handler_sock, (protocol.CLOSE, "close"), timeout, wait)
+                stopped = not answers and wait.stopped
             if not answers and self.handler.poll() is None:
                 # no answer (stopped, wedged) or no socket (closed under us): the
                 # handler serves until this process exits, so it cannot be asked. A
@@ -169,8 +179,14 @@ class _Resources:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+            pid = self.handler.pid
             wait_or_kill(self.handler, 10.0)
             self.handler = None
+            if stopped:
+                warnings.warn(f"swap region close(): the handler process {pid} was stopped (SIGSTOP or a "
+                              f"debugger) and could not be asked to close; it was killed, and the region's "
+                              f"evicted pages, which only it held, were discarded with its pool",
+                              RuntimeWarning, stacklevel=3)
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
         # no access, so a stale array faults instead of reading someone else's mapping
         if self.addr:
@@ -238,6 +254,33 @@ def _keep_out_of_children() -> None:
 
 
 os.register_at_fork(before=_keep_out_of_children, after_in_child=_drop_inherited)
+
+
+class _NoAnswer(OSError):
+    """The handler will not answer: it is stopped, or the wait ran out."""
+
+
+def _reply_waiter(pid: int, timeout: float):
+    """A ``wait(sock)`` for :func:`protocol.reply_to` that returns once a reply can be
+    read and raises :class:`_NoAnswer` when process ``pid`` is stopped (looked at every
+    STOPPED_CHECK_S) or ``timeout`` seconds have passed; ``.stopped`` says which."""
+    deadline = time.monotonic() + timeout
+
+    def wait(sock: socket.socket) -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _NoAnswer(errno.ETIMEDOUT, f"the region's handler process {pid} did not answer")
+            if poller.poll(min(left, STOPPED_CHECK_S) * 1000):
+                return
+            if _process_state(pid) in ("T", "t"):
+                wait.stopped = True
+                raise _NoAnswer(errno.EAGAIN, f"the region's handler process {pid} is stopped")
+
+    wait.stopped = False
+    return wait
 
 
 def _children(pid: int) -> list[int]:
@@ -525,14 +568,13 @@ class SwapRegion:
         nothing until continued: that is raised, not waited out in silence. The region
         stays usable; the request runs once the handler continues, and its late reply is
         skipped by the next request."""
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
         pid = self._res.handler.pid
-        while not poller.poll(STOPPED_CHECK_S * 1000):
-            if _process_state(pid) in ("T", "t"):
-                raise DevpoolError(f"the region's handler process {pid} is stopped (SIGSTOP or a debugger): "
-                                   f"it serves no fault and answers no request until it is continued "
-                                   f"(SIGCONT); this request was sent and runs then")
+        try:
+            _reply_waiter(pid, math.inf)(sock)
+        except _NoAnswer:
+            raise DevpoolError(f"the region's handler process {pid} is stopped (SIGSTOP or a debugger): "
+                               f"it serves no fault and answers no request until it is continued "
+                               f"(SIGCONT); this request was sent and runs then") from None
 
     def _request(self, *req):
         with self._lock:

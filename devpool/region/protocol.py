@@ -78,14 +78,14 @@ def reply_to(sock: socket.socket, tag, wait=None) -> tuple:
             return reply
 
 
-def ask(sock: socket.socket, req: tuple, timeout: float) -> bool:
+def ask(sock: socket.socket, req: tuple, timeout: float, wait=None) -> bool:
     """Send ``req`` and wait (at most ``timeout`` seconds per read) for its reply; False
-    when the peer did not answer (or its socket failed). An EOF is an exiting handler:
-    an answer of sorts (True)."""
+    when the peer did not answer (or its socket failed, or ``wait(sock)``, run before
+    each read, raised OSError). An EOF is an exiting handler: an answer of sorts (True)."""
     try:
         sock.settimeout(timeout)
         send(sock, req)
-        reply_to(sock, req[-1])
+        reply_to(sock, req[-1], wait)
         return True
     except EOFError:
         return True

@@ -342,3 +342,20 @@ def test_a_child_forked_after_madv_dofork_never_reads_zeros_nor_zeroes_the_paren
     out = proc.stdout.splitlines()
     assert not any(line.startswith("child read") for line in out), out     # no value came back
     assert "child signal 11" in out and "parent intact True" in out, out
+
+
+def test_close_with_the_handler_stopped_kills_it_at_once_and_says_what_was_lost(region):
+    """close() with the handler stopped (SIGSTOP): before, it waited out its 30 s timeout
+    for each of two requests the stopped handler could not answer. Now it notices the
+    stop within about a second, kills and reaps the handler (and its guard goes), and
+    warns that the evicted pages were discarded with it."""
+    r = region(16, 4, backend="host")
+    r.array[:] = 3
+    hpid, gpid = r.handler_pid, r._res.guard.pid
+    os.kill(hpid, signal.SIGSTOP)
+    t = time.monotonic()
+    with pytest.warns(RuntimeWarning, match=f"handler process {hpid} was stopped.*evicted pages"):
+        r.close()
+    assert time.monotonic() - t < 10              # 60 s before
+    assert _gone_within(hpid, gpid)
+    assert r.closed and r._res.handler is None
