@@ -56,7 +56,7 @@ from .. import _errors
 from . import protocol
 from . import uffd as _uffd
 from .._checks import check_int, check_real
-from .._errors import BackendUnavailableError, BadInputError, DevpoolError
+from .._errors import BackendUnavailableError, BadInputError, DevpoolError, RegionError
 from .guard import MEMFD_NAME, start_guard, stop_guard, wait_or_kill
 from .protocol import ask, recv, reply_to, send
 from .residency import POLICIES
@@ -83,6 +83,9 @@ _MAP_FAILED = ctypes.c_void_p(-1).value
 _HANDLER_MAIN = "import sys; from devpool.region.handler import handler_main; sys.exit(handler_main(sys.argv[1:]))"
 #: the handler keeps 18 bytes of state per page: a 1 TiB region costs it 4.5 GiB
 MAX_NBYTES = 1 << 40
+#: descriptors an open region holds in this process: the userfaultfd, the memfd, the
+#: handler's pidfd, two sockets, the watch thread's pipe (two ends)
+FDS_PER_REGION = 7
 MADV_DONTFORK = 10          # a fork()ed child gets no mapping: it could fill holes with zeros
 MADV_NOHUGEPAGE = 15        # faults and evictions go a page at a time
 
@@ -256,6 +259,21 @@ def _keep_out_of_children() -> None:
 os.register_at_fork(before=_keep_out_of_children, after_in_child=_drop_inherited)
 
 
+def _refused(what: str, exc: OSError) -> RegionError:
+    """``exc``, an OSError of the system's, as a RegionError that says what it refused."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        why += (f" (this process may hold {soft} file descriptors, RLIMIT_NOFILE; an open region "
+                f"holds {FDS_PER_REGION} of them)" if exc.errno == errno.EMFILE else " (the whole system's limit)")
+    elif exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        why += " (no process or memory to be had: RLIMIT_NPROC, a pids cgroup, or memory)"
+    err = RegionError(f"{what}: {why}")
+    err.errno = exc.errno                   # (strerror stays unset: str() is the whole message)
+    return err
+
+
 class _NoAnswer(OSError):
     """The handler will not answer: it is stopped, or the wait ran out."""
 
@@ -376,6 +394,11 @@ class SwapRegion:
         }
         try:
             self._open(cfg, start_timeout)
+        except OSError as exc:
+            self._finalizer()
+            if isinstance(exc, DevpoolError):
+                raise
+            raise _refused("swap_region", exc) from exc
         except BaseException:
             self._finalizer()
             raise
@@ -463,7 +486,9 @@ class SwapRegion:
         res.fds.append(pidfd)
         try:
             res.guard, res.guard_sock = start_guard(fd, pidfd, addr, self.nbytes, os.getpid())
-        except (OSError, subprocess.SubprocessError) as exc:
+        except OSError as exc:
+            raise _refused("swap_region: the guard process did not start", exc) from exc
+        except subprocess.SubprocessError as exc:
             raise DevpoolError(f"swap_region: the guard process did not start: {exc}") from exc
         res.socks.append(res.guard_sock)
         # the last line, for when the guard cannot answer either (both killed at once, a

@@ -163,6 +163,9 @@ def open_uffd(nonblocking: bool = True) -> int:
         return fd
     err = ctypes.get_errno()
     errors.append(f"userfaultfd(2): {os.strerror(err)}")
+    if err in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        # out of descriptors or memory: no permission is missing, the fix is elsewhere
+        raise OSError(err, f"userfaultfd: {os.strerror(err)}")
     if err == errno.ENOSYS:
         raise UffdUnavailable(errno.ENOSYS, "this kernel has no userfaultfd (CONFIG_USERFAULTFD is off; "
                               f"Linux 4.3+ with it enabled is needed): {'; '.join(errors)}")

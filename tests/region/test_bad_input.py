@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
@@ -97,3 +100,54 @@ def test_without_permission_the_error_names_the_fix():
     msg = msg.decode()
     assert msg.startswith("BackendUnavailableError"), msg
     assert "unprivileged_userfaultfd" in msg and "/dev/userfaultfd" in msg
+
+
+def test_pool_options_name_the_option_at_fault(region):
+    """A segment too small for one page blamed capacity_bytes, which the caller never set."""
+    with pytest.raises(devpool.BadInputError, match="segment_bytes") as info:
+        region(16, 4, backend="host", pool_options={"segment_bytes": 3})
+    assert "capacity_bytes" not in str(info.value)
+
+
+_OUT_OF_FDS_SCRIPT = textwrap.dedent("""
+    import os, resource
+    import devpool
+    from devpool.region.client import _children
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    first = len(os.listdir("/proc/self/fd"))
+    seen = set()
+    for extra in range(0, 12):             # each limit runs out at another step of the open
+        resource.setrlimit(resource.RLIMIT_NOFILE, (first + extra, hard))
+        fds, kids = sorted(os.listdir("/proc/self/fd")), set(_children(os.getpid()))
+        try:
+            r = devpool.swap_region(16 * 4096, resident_bytes=4 * 4096, backend="host")
+        except devpool.DevpoolError as exc:
+            assert isinstance(exc, OSError) or "Too many open files" in str(exc), repr(exc)
+            assert "Too many open files" in str(exc) or "RLIMIT_NOFILE" in str(exc), repr(exc)
+            seen.add(type(exc).__name__)
+        except BaseException as exc:
+            print("raw", type(exc).__name__, exc, flush=True)
+            raise SystemExit(1)
+        else:
+            r.array[:] = 1
+            r.close()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        assert sorted(os.listdir("/proc/self/fd")) == fds, "a descriptor was left behind"
+        left = set(_children(os.getpid())) - kids
+        for pid in left:                   # reaped by now, or the test fails
+            os.waitpid(pid, 0)
+        assert not left, "a process was left behind"
+    print(*sorted(seen), flush=True)
+""")
+
+
+def test_out_of_descriptors_is_a_devpool_error_and_leaves_nothing_behind():
+    """RLIMIT_NOFILE just above what the process holds: each open runs out at another
+    step (the userfaultfd, the memfd, the sockets, the handler's Popen, the guard, the
+    watch thread's pipe). Before: a raw OSError from subprocess.Popen (or a userfaultfd
+    error saying permission was missing). Now a DevpoolError naming the descriptor limit,
+    and no descriptor or process is left behind."""
+    proc = subprocess.run([sys.executable, "-c", _OUT_OF_FDS_SCRIPT], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, (proc.returncode, proc.stdout, proc.stderr[-3000:])
+    assert "RegionError" in proc.stdout.split()
