@@ -66,17 +66,16 @@ LAT_RING = 1 << 16
 
 
 class LatencyRing:
-    """The last ``size`` latencies (ns) and their percentiles (us)."""
+    """The last ``size`` latencies (ns; ``size`` a power of two) and their percentiles (us)."""
 
     def __init__(self, size: int):
         self.values = np.zeros(size, np.float64)
+        self.mask = size - 1
         self.n = 0
 
-    def add(self, ns: float, times: int = 1) -> None:
-        size = self.values.size
-        for _ in range(times):
-            self.values[self.n % size] = ns
-            self.n += 1
+    def add(self, ns: float) -> None:
+        self.values[self.n & self.mask] = ns
+        self.n += 1
 
     def percentile_us(self, q: float) -> float:
         kept = self.values[:min(self.n, self.values.size)]
@@ -364,6 +363,8 @@ class Handler:
         failed (those pages are poisoned: the access raises SIGBUS, never reads zeros)."""
         n = len(chunk)
         out = self.buf[:n]
+        if not self.source.needs_bytes:
+            return [True] * n                   # a source that keeps no bytes has none to load
         if n <= self.source.one_by_one:
             return self._load_each(chunk, out)
         try:

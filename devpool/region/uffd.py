@@ -310,8 +310,13 @@ def place(fd: int, dst: int, length: int, src: int | None = None, *, poison_: bo
     under the call) is retried by the ioctls themselves. Returns how many pages were
     already there (0 on the common path: one ioctl, nothing else).
     """
-    try:
-        _place(fd, dst, length, src, poison_)
+    try:                                 # the fault's hot path: one call, one ioctl
+        if src is not None:
+            copy(fd, dst, src, length)
+        elif poison_:
+            poison(fd, dst, length)
+        else:
+            zeropage(fd, dst, length)
         return 0
     except OSError as exc:
         if exc.errno != errno.EEXIST:
@@ -320,24 +325,9 @@ def place(fd: int, dst: int, length: int, src: int | None = None, *, poison_: bo
         wake(fd, dst, length)
         return 1
     there = 0
-    for off in range(0, length, PAGE_SIZE):
-        try:
-            _place(fd, dst + off, PAGE_SIZE, None if src is None else src + off, poison_)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-            there += 1
-            wake(fd, dst + off, PAGE_SIZE)
+    for off in range(0, length, PAGE_SIZE):     # a page at a time: each one there is woken
+        there += place(fd, dst + off, PAGE_SIZE, None if src is None else src + off, poison_=poison_)
     return there
-
-
-def _place(fd: int, dst: int, length: int, src: int | None, poison_: bool) -> None:
-    if poison_:
-        poison(fd, dst, length)
-    elif src is None:
-        zeropage(fd, dst, length)
-    else:
-        copy(fd, dst, src, length)
 
 
 _MSG = struct.Struct("B7xQQ8x")      # event, pagefault.flags, pagefault.address
