@@ -10,14 +10,25 @@ Every page of the region is in one state (one byte per page)::
                                                   +--cannot be loaded--> LOST (poisoned)
 
 Victim policy ``"lfu"``: the handler sees faults, not accesses (a resident page's loads
-and stores never reach it), so it ranks resident pages by how often they have faulted
-in, halving every count each 8 x budget faults so that old heat fades, and evicts the
-coldest, oldest first. ``"fifo"``: the oldest first. Pages most recently faulted in are
-kept (``keep_recent``): an instruction touching several pages of the region (a copy
-across a page boundary) must find them all resident.
+and stores never reach it), so it ranks pages by how often they have faulted in,
+halving every count each 8 x budget faults so that old heat fades. Resident pages wait
+in a queue in the order they came in; a round of ``n`` victims looks at the ``4n``
+oldest (a window), evicts the ``n`` coldest of them (the oldest among equals) and puts
+the others back at the tail. ``"fifo"``: the ``n`` oldest. Pages most recently faulted
+in are kept (``keep_recent``): an instruction touching several pages of the region (a
+copy across a page boundary) must find them all resident.
+
+Cost, bounded by the work, never by the region: a fault appends to the queue and ages
+nothing (a page's count is halved lazily, by the eras it missed, when it is next
+looked at); a round of ``n`` victims looks at ``4n`` pages plus queue entries gone
+stale. Where the window holds every resident page (``nres <= 4n``) the choice is exact
+LFU; beyond, the coldest of each window, a sampled LFU (``bench_region.py`` measures
+its faults against FIFO; ``benchmarks/bench_region_growth.py`` its cost at 1 GiB).
 """
 
 from __future__ import annotations
+
+import collections
 
 import numpy as np
 
@@ -31,11 +42,18 @@ LOST = 3         # the source failed to give it back: poisoned (an access raises
 POLICIES = ("lfu", "fifo")
 #: hit counts are capped so that (hits << 40) | seq stays an int64 key
 _HITS_CAP = (1 << 22) - 1
+#: a queue entry is (seq << SEQ_SHIFT) | page: pages below 2**28 (a 1 TiB region)
+SEQ_SHIFT = 28
+_PAGE_MASK = (1 << SEQ_SHIFT) - 1
+_LOW32 = (1 << 32) - 1
 
 
 class Residency:
     """The state of each of ``npages`` pages, the resident count against ``budget``,
-    and the victim policy's heat (``hits``) and age (``seq``) per page."""
+    and the victim policy's heat (``hits``, aged by era) and age (``seq``) per page."""
+
+    #: a round of n victims looks at this many times n of the oldest resident pages
+    WINDOW = 4
 
     def __init__(self, npages: int, budget: int, policy: str = "lfu"):
         if policy not in POLICIES:
@@ -45,29 +63,50 @@ class Residency:
         self.policy = policy
         n = self.npages
         self.state = np.zeros(n, np.uint8)
-        self.hits = np.zeros(n, np.int64)         # fault-ins, halved as they age
-        self.seq = np.zeros(n, np.int64)          # when the page last came in
+        # per page, (era << 32) | hits: its fault-ins, as of the aging era it was last
+        # brought to (one word, so that a fault reads and writes one array element)
+        self.heat = np.zeros(n, np.uint64)
+        self.seq = np.zeros(n, np.int64)          # when the page last came in (or was written)
         self.refused = np.zeros(n, np.bool_)      # the source refused it; retried once written
+        # resident pages in the order they came in, as (seq << SEQ_SHIFT) | page; an entry
+        # whose page left (or came in again, or was refused) since is stale: skipped
+        self.queue: collections.deque[int] = collections.deque()
         self.next_seq = 1
         self.nres = 0                             # pages RESIDENT
         self.nstored = 0                          # pages EVICTED
+        self.era = 0                              # every count halves once per era
         self.faults_since_aging = 0
 
     # --- transitions -----------------------------------------------------------------------
     def came_in(self, p: int, heat: int = 1) -> None:
         """Page ``p`` is resident now: faulted in (``heat`` 1) or brought back with a
         faulting neighbour (``heat`` 0)."""
-        if self.state[p] == EVICTED:
+        # the fault's hot path: Python ints, one read and one write per array
+        state = self.state
+        if state.item(p) == EVICTED:
             self.nstored -= 1
-        self.state[p] = RESIDENT
-        self.hits[p] += heat
-        self.seq[p] = self.next_seq
-        self.next_seq += 1
+        state[p] = RESIDENT
+        h = self.heat.item(p)
+        missed = self.era - (h >> 32)
+        hits = ((h & _LOW32) >> missed if missed < 32 else 0) + heat
+        if hits > _HITS_CAP:
+            hits = _HITS_CAP
+        self.heat[p] = (self.era << 32) | hits
+        seq = self.next_seq
+        self.seq[p] = seq
+        self.next_seq = seq + 1
+        self.queue.append((seq << SEQ_SHIFT) | p)
         self.nres += 1
         self.faults_since_aging += heat
         if self.faults_since_aging >= 8 * self.budget:
-            self.hits >>= 1
+            self.era += 1                         # every count halves, lazily
             self.faults_since_aging = 0
+
+    def _enqueue(self, p: int) -> None:
+        seq = self.next_seq
+        self.seq[p] = seq
+        self.next_seq = seq + 1
+        self.queue.append((seq << SEQ_SHIFT) | p)
 
     def went_out(self, pages: np.ndarray) -> None:
         """``pages`` (resident) were evicted into the source."""
@@ -81,8 +120,11 @@ class Residency:
         self.refused[pages] = True
 
     def written(self, p: int) -> None:
-        """Resident page ``p`` was written: worth trying to evict again."""
-        self.refused[p] = False
+        """Resident page ``p`` was written: worth trying to evict again (as a page that
+        was just used: it joins the queue's tail)."""
+        if self.refused[p] and self.state[p] == RESIDENT:
+            self.refused[p] = False
+            self._enqueue(p)
 
     def lost(self, p: int) -> None:
         """Page ``p`` could not be brought back: it is poisoned for good."""
@@ -91,27 +133,53 @@ class Residency:
         self.state[p] = LOST
 
     # --- the victim policy -----------------------------------------------------------------
-    def effective_hits(self, pages: np.ndarray) -> np.ndarray:
-        """The heat of ``pages`` as the policy sees it now (aged)."""
-        return self.hits[pages]
-
     def over_budget(self) -> int:
         """Resident pages beyond the budget (0 when within it)."""
         return max(0, self.nres - self.budget)
 
+    def effective_hits(self, pages: np.ndarray) -> np.ndarray:
+        """The heat of ``pages`` as the policy sees it now (aged by the eras they missed)."""
+        h = self.heat[pages]
+        missed = np.minimum(self.era - (h >> np.uint64(32)).astype(np.int64), 32)
+        return (h & np.uint64(_LOW32)).astype(np.int64) >> missed
+
+    def _window(self, want: int, recent: int | None) -> tuple[np.ndarray, list]:
+        """Up to ``want`` valid entries from the queue's head (stale ones dropped), and
+        the valid ones at or after seq ``recent`` (kept back: the caller re-queues them)."""
+        queue = self.queue
+        found, kept_back = [], []
+        nfound = 0
+        while queue and nfound < want:
+            k = min(len(queue), want - nfound)
+            entries = np.array([queue.popleft() for _ in range(k)], np.int64)
+            p, s = entries & _PAGE_MASK, entries >> SEQ_SHIFT
+            entries = entries[(self.state[p] == RESIDENT) & (self.seq[p] == s) & ~self.refused[p]]
+            if recent is not None:
+                late = (entries >> SEQ_SHIFT) >= recent
+                kept_back += entries[late].tolist()
+                entries = entries[~late]
+            found.append(entries)
+            nfound += entries.size
+        window = np.concatenate(found) if found else np.zeros(0, np.int64)
+        return window, kept_back
+
     def pick(self, n: int, keep_recent: int) -> np.ndarray:
         """Up to ``n`` victims among the resident pages not refused and not among the
         ``keep_recent`` most recently faulted in, sorted by page number."""
-        cand = np.flatnonzero((self.state == RESIDENT) & ~self.refused)
-        if keep_recent:
-            cand = cand[self.seq[cand] < self.next_seq - keep_recent]
-        if cand.size == 0:
-            return cand
-        if self.policy == "fifo":
-            key = self.seq[cand]
-        else:
-            key = (np.minimum(self.hits[cand], _HITS_CAP) << 40) | self.seq[cand]
-        if n < cand.size:
-            cand = cand[np.argpartition(key, n - 1)[:n]]
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        want = n if self.policy == "fifo" else self.WINDOW * n
+        window, kept_back = self._window(want, self.next_seq - keep_recent if keep_recent else None)
+        if window.size == 0:
+            self.queue.extend(kept_back)
+            return window
+        cand = window & _PAGE_MASK
+        if n < cand.size:                         # lfu only: the coldest, oldest among equals
+            key = (np.minimum(self.effective_hits(cand), _HITS_CAP) << 40) | (window >> SEQ_SHIFT)
+            order = np.argpartition(key, n - 1)
+            # the survivors wait at the tail, in their order
+            self.queue.extend(window[np.sort(order[n:])].tolist())
+            cand = cand[order[:n]]
+        self.queue.extend(kept_back)
         cand.sort()
         return cand

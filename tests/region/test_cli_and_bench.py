@@ -53,3 +53,25 @@ def test_bench_region_smoke(tmp_path):
     assert {row.get("policy") for row in res["policy_and_fault_around"]} >= {"lfu", "fifo"}
     assert [row["delay_us"] for row in res["delay_sweep"]] == [0, 2, 5, 10]
     assert all(row["faults"] > 0 for row in res["delay_sweep"])
+
+
+def test_bench_region_growth_smoke(tmp_path):
+    import json
+    from pathlib import Path
+
+    from tests.pages import make_pages
+    np.save(tmp_path / "pages.npy", make_pages(16, np.random.default_rng(5)))
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    out, png = tmp_path / "g.json", tmp_path / "g.png"
+    p = subprocess.run([sys.executable, str(bench / "bench_region_growth.py"), "--pages", str(tmp_path / "pages.npy"),
+                        "--sizes-mib", "0.25,0.5", "--touches", "150", "--passes", "2", "--json", str(out),
+                        "--plot", str(png)], capture_output=True, text=True, timeout=600, cwd=bench)
+    assert p.returncode == 0, p.stderr
+    res = json.loads(out.read_text())
+    assert [s["size_mib"] for s in res["summary"]] == [0.25, 0.5]
+    for s in res["summary"]:
+        assert s["evicted_pages"] > 0 and s["fault_p50_us"] > 0
+        assert s["handler_rss_per_evicted_page"] > 0
+    assert res["summary"][0]["p50_vs_smallest"] == 1.0
+    assert len(res["rows"]) == 4 and all(row["timed_faults"] > 0 for row in res["rows"])
+    assert png.stat().st_size > 1000

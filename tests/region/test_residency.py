@@ -26,14 +26,33 @@ def test_states_and_counts_follow_the_transitions():
     assert r.state[2] == LOST and r.nstored == 0 and r.nres == 5
 
 
-def test_pick_returns_resident_candidates_sorted_and_at_most_n():
+def _six_in_one_out() -> Residency:
     r = Residency(32, 4)
     _fill(r, [9, 3, 20, 7, 15, 1])
     r.went_out(np.array([20]))
+    return r
+
+
+def test_pick_returns_resident_candidates_sorted_and_at_most_n():
+    r = _six_in_one_out()
     got = r.pick(3, keep_recent=0)
     assert got.size == 3 and list(got) == sorted(got)
     assert all(r.state[p] == RESIDENT for p in got)
-    assert set(r.pick(100, keep_recent=0)) == {9, 3, 7, 15, 1}
+    assert set(_six_in_one_out().pick(100, keep_recent=0)) == {9, 3, 7, 15, 1}
+
+
+def test_victims_are_handed_over_once():
+    """A victim goes out or is refused; it is not offered again meanwhile, and a refused
+    one comes back once written."""
+    r = _six_in_one_out()
+    first = r.pick(2, keep_recent=0)
+    second = r.pick(100, keep_recent=0)
+    assert not set(first) & set(second) and set(first) | set(second) == {9, 3, 7, 15, 1}
+    r.refuse(first)
+    r.went_out(second)
+    assert r.pick(100, keep_recent=0).size == 0
+    r.written(int(first[0]))
+    assert list(r.pick(100, keep_recent=0)) == [first[0]]
 
 
 def test_the_most_recent_faults_are_never_victims():
