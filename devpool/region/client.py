@@ -193,14 +193,16 @@ class _Resources:
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
         # no access, so a stale array faults instead of reading someone else's mapping
         if self.addr:
+            # forgotten first: a fork in another thread (its hook marks every live
+            # region MADV_DONTFORK) must not reach an address another mapping may take
+            addr, self.addr = self.addr, 0
             if self.keep_reserved:
-                got = _libc.mmap(self.addr, self.length, 0,                      # PROT_NONE
+                got = _libc.mmap(addr, self.length, 0,                      # PROT_NONE
                                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x10 | 0x4000, -1, 0)  # FIXED, NORESERVE
                 if got in (None, _MAP_FAILED):
-                    _libc.munmap(self.addr, self.length)
+                    _libc.munmap(addr, self.length)
             else:
-                _libc.munmap(self.addr, self.length)
-            self.addr = 0
+                _libc.munmap(addr, self.length)
         for s in self.socks:
             try:
                 s.close()

@@ -40,11 +40,8 @@ EVICTED = 2      # in the page source (Zswap: pool, fill word or backing file; a
 LOST = 3         # the source failed to give it back: poisoned (an access raises SIGBUS)
 
 POLICIES = ("lfu", "fifo")
-#: hit counts are capped so that (hits << 40) | seq stays an int64 key
+#: hit counts are capped (a page's heat word holds its era and a 32-bit count)
 _HITS_CAP = (1 << 22) - 1
-#: a queue entry is (seq << SEQ_SHIFT) | page: pages below 2**28 (a 1 TiB region)
-SEQ_SHIFT = 28
-_PAGE_MASK = (1 << SEQ_SHIFT) - 1
 _LOW32 = (1 << 32) - 1
 
 
@@ -68,9 +65,11 @@ class Residency:
         self.heat = np.zeros(n, np.uint64)
         self.seq = np.zeros(n, np.int64)          # when the page last came in (or was written)
         self.refused = np.zeros(n, np.bool_)      # the source refused it; retried once written
-        # resident pages in the order they came in, as (seq << SEQ_SHIFT) | page; an entry
-        # whose page left (or came in again, or was refused) since is stale: skipped
+        # resident pages in the order they came in, with the seq each came in with (two
+        # queues in step); an entry whose page left (or came in again, or was refused)
+        # since is stale: skipped when met
         self.queue: collections.deque[int] = collections.deque()
+        self.queue_seq: collections.deque[int] = collections.deque()
         self.next_seq = 1
         self.nres = 0                             # pages RESIDENT
         self.nstored = 0                          # pages EVICTED
@@ -95,7 +94,8 @@ class Residency:
         seq = self.next_seq
         self.seq[p] = seq
         self.next_seq = seq + 1
-        self.queue.append((seq << SEQ_SHIFT) | p)
+        self.queue.append(p)
+        self.queue_seq.append(seq)
         self.nres += 1
         self.faults_since_aging += heat
         if self.faults_since_aging >= 8 * self.budget:
@@ -106,7 +106,8 @@ class Residency:
         seq = self.next_seq
         self.seq[p] = seq
         self.next_seq = seq + 1
-        self.queue.append((seq << SEQ_SHIFT) | p)
+        self.queue.append(p)
+        self.queue_seq.append(seq)
 
     def went_out(self, pages: np.ndarray) -> None:
         """``pages`` (resident) were evicted into the source."""
@@ -143,43 +144,49 @@ class Residency:
         missed = np.minimum(self.era - (h >> np.uint64(32)).astype(np.int64), 32)
         return (h & np.uint64(_LOW32)).astype(np.int64) >> missed
 
-    def _window(self, want: int, recent: int | None) -> tuple[np.ndarray, list]:
-        """Up to ``want`` valid entries from the queue's head (stale ones dropped), and
-        the valid ones at or after seq ``recent`` (kept back: the caller re-queues them)."""
-        queue = self.queue
-        found, kept_back = [], []
+    def _window(self, want: int, recent: int | None) -> tuple[np.ndarray, np.ndarray, list]:
+        """Up to ``want`` valid entries from the queue's head (stale ones dropped) as
+        (pages, seqs), and the valid ones at or after seq ``recent`` (kept back, as
+        (page, seq) pairs: the caller queues them again)."""
+        queue, queue_seq = self.queue, self.queue_seq
+        pages, seqs, kept_back = [], [], []
         nfound = 0
         while queue and nfound < want:
             k = min(len(queue), want - nfound)
-            entries = np.array([queue.popleft() for _ in range(k)], np.int64)
-            p, s = entries & _PAGE_MASK, entries >> SEQ_SHIFT
-            entries = entries[(self.state[p] == RESIDENT) & (self.seq[p] == s) & ~self.refused[p]]
+            p = np.array([queue.popleft() for _ in range(k)], np.int64)
+            s = np.array([queue_seq.popleft() for _ in range(k)], np.int64)
+            valid = (self.state[p] == RESIDENT) & (self.seq[p] == s) & ~self.refused[p]
+            p, s = p[valid], s[valid]
             if recent is not None:
-                late = (entries >> SEQ_SHIFT) >= recent
-                kept_back += entries[late].tolist()
-                entries = entries[~late]
-            found.append(entries)
-            nfound += entries.size
-        window = np.concatenate(found) if found else np.zeros(0, np.int64)
-        return window, kept_back
+                late = s >= recent
+                kept_back += zip(p[late].tolist(), s[late].tolist())
+                p, s = p[~late], s[~late]
+            pages.append(p)
+            seqs.append(s)
+            nfound += p.size
+        if not pages:
+            return np.zeros(0, np.int64), np.zeros(0, np.int64), kept_back
+        return np.concatenate(pages), np.concatenate(seqs), kept_back
+
+    def _requeue(self, pages, seqs) -> None:
+        self.queue.extend(pages)
+        self.queue_seq.extend(seqs)
 
     def pick(self, n: int, keep_recent: int) -> np.ndarray:
         """Up to ``n`` victims among the resident pages not refused and not among the
-        ``keep_recent`` most recently faulted in, sorted by page number."""
+        ``keep_recent`` most recently faulted in, sorted by page number. They are handed
+        over: each must then go out (:meth:`went_out`) or be refused (:meth:`refuse`)."""
         if n <= 0:
             return np.zeros(0, np.int64)
         want = n if self.policy == "fifo" else self.WINDOW * n
-        window, kept_back = self._window(want, self.next_seq - keep_recent if keep_recent else None)
-        if window.size == 0:
-            self.queue.extend(kept_back)
-            return window
-        cand = window & _PAGE_MASK
+        cand, seqs, kept_back = self._window(want, self.next_seq - keep_recent if keep_recent else None)
         if n < cand.size:                         # lfu only: the coldest, oldest among equals
-            key = (np.minimum(self.effective_hits(cand), _HITS_CAP) << 40) | (window >> SEQ_SHIFT)
-            order = np.argpartition(key, n - 1)
-            # the survivors wait at the tail, in their order
-            self.queue.extend(window[np.sort(order[n:])].tolist())
+            hits = np.minimum(self.effective_hits(cand), _HITS_CAP)
+            order = np.lexsort((seqs, hits))
+            back = np.sort(order[n:])             # the survivors wait at the tail, in their order
+            self._requeue(cand[back].tolist(), seqs[back].tolist())
             cand = cand[order[:n]]
-        self.queue.extend(kept_back)
+        for p, s in kept_back:
+            self._requeue((p,), (s,))
         cand.sort()
         return cand

@@ -114,3 +114,30 @@ def test_old_heat_fades():
 def test_unknown_policy_is_refused():
     with pytest.raises(ValueError, match="policy"):
         Residency(16, 4, policy="lru")
+
+
+def test_a_round_looks_at_a_window_of_the_oldest_and_requeues_the_rest():
+    """Beyond 4n resident pages a round of n victims picks the coldest of the 4n oldest
+    (sampled LFU: its cost follows n, not the region); the survivors wait at the tail."""
+    r = Residency(64, 8, policy="lfu")
+    hot = list(range(8))
+    for _ in range(3):                             # pages 0..7: hot, and the oldest
+        _fill(r, hot)
+        r.went_out(np.array(hot))
+    _fill(r, hot)
+    _fill(r, range(8, 40))                         # 32 cold pages after them
+    first = r.pick(2, keep_recent=0)               # the window is 0..7, all hot
+    assert list(first) == [0, 1]                   # the oldest of equals
+    r.went_out(first)
+    assert list(r.pick(2, keep_recent=0)) == [8, 9]   # 2..7 went to the tail: the next window is cold
+
+
+def test_sequence_numbers_beyond_int64_keys_still_order_and_validate():
+    """Days of faults: a packed (seq, page) key would overflow int64 after 2**35 faults."""
+    r = Residency(16, 4, policy="lfu")
+    r.next_seq = 1 << 62
+    _fill(r, [3, 1, 2])
+    r.went_out(np.array([1]))
+    _fill(r, [1])
+    assert list(r.pick(1, keep_recent=0)) == [3]
+    assert list(r.pick(5, keep_recent=1)) == [2]   # 1 is the most recent
