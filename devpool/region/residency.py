@@ -13,8 +13,8 @@ Victim policy ``"lfu"``: the handler sees faults, not accesses (a resident page'
 and stores never reach it), so it ranks pages by how often they have faulted in,
 halving every count each 8 x budget faults so that old heat fades. Resident pages wait
 in a queue in the order they came in; a round of ``n`` victims looks at the ``4n``
-oldest (a window), evicts the ``n`` coldest of them (the oldest among equals) and puts
-the others back at the tail. ``"fifo"``: the ``n`` oldest. Pages most recently faulted
+oldest (a window), evicts the ``n`` coldest of them (the earliest queued among equals)
+and puts the others back at the tail. ``"fifo"``: the ``n`` oldest. Pages most recently faulted
 in are kept (``keep_recent``): an instruction touching several pages of the region (a
 copy across a page boundary) must find them all resident.
 
@@ -28,8 +28,6 @@ its faults against FIFO; ``benchmarks/bench_region_growth.py`` its cost at 1 GiB
 
 from __future__ import annotations
 
-import collections
-
 import numpy as np
 
 __all__ = ["EVICTED", "LOST", "POLICIES", "RESIDENT", "UNTOUCHED", "Residency"]
@@ -40,14 +38,17 @@ EVICTED = 2      # in the page source (Zswap: pool, fill word or backing file; a
 LOST = 3         # the source failed to give it back: poisoned (an access raises SIGBUS)
 
 POLICIES = ("lfu", "fifo")
-#: hit counts are capped (a page's heat word holds its era and a 32-bit count)
+#: hit counts are capped, well inside the 32 bits their word gives them
 _HITS_CAP = (1 << 22) - 1
 _LOW32 = (1 << 32) - 1
+#: the victim queue's first size (it doubles as needed)
+_RING0 = 1024
 
 
 class Residency:
     """The state of each of ``npages`` pages, the resident count against ``budget``,
-    and the victim policy's heat (``hits``, aged by era) and age (``seq``) per page."""
+    and the victim policy's heat (``heat``: fault-ins, aged by era) and age (``seq``)
+    per page."""
 
     #: a round of n victims looks at this many times n of the oldest resident pages
     WINDOW = 4
@@ -65,11 +66,13 @@ class Residency:
         self.heat = np.zeros(n, np.uint64)
         self.seq = np.zeros(n, np.int64)          # when the page last came in (or was written)
         self.refused = np.zeros(n, np.bool_)      # the source refused it; retried once written
-        # resident pages in the order they came in, with the seq each came in with (two
-        # queues in step); an entry whose page left (or came in again, or was refused)
-        # since is stale: skipped when met
-        self.queue: collections.deque[int] = collections.deque()
-        self.queue_seq: collections.deque[int] = collections.deque()
+        # resident pages in the order they came in, with the seq each came in with: a
+        # ring of two arrays, entries head..tail-1; an entry whose page left (or came in
+        # again, or was refused) since is stale: dropped when met
+        self.ring_page = np.zeros(_RING0, np.int64)
+        self.ring_seq = np.zeros(_RING0, np.int64)
+        self.ring_mask = _RING0 - 1
+        self.head = self.tail = 0
         self.next_seq = 1
         self.nres = 0                             # pages RESIDENT
         self.nstored = 0                          # pages EVICTED
@@ -80,7 +83,8 @@ class Residency:
     def came_in(self, p: int, heat: int = 1) -> None:
         """Page ``p`` is resident now: faulted in (``heat`` 1) or brought back with a
         faulting neighbour (``heat`` 0)."""
-        # the fault's hot path: Python ints, one read and one write per array
+        # the fault's hot path: Python ints, one read and one write per array, and
+        # _enqueue written out (a call costs as much as one of these lines)
         state = self.state
         if state.item(p) == EVICTED:
             self.nstored -= 1
@@ -94,8 +98,13 @@ class Residency:
         seq = self.next_seq
         self.seq[p] = seq
         self.next_seq = seq + 1
-        self.queue.append(p)
-        self.queue_seq.append(seq)
+        t = self.tail
+        if t - self.head > self.ring_mask:
+            self._grow()
+        i = t & self.ring_mask
+        self.ring_page[i] = p
+        self.ring_seq[i] = seq
+        self.tail = t + 1
         self.nres += 1
         self.faults_since_aging += heat
         if self.faults_since_aging >= 8 * self.budget:
@@ -106,8 +115,27 @@ class Residency:
         seq = self.next_seq
         self.seq[p] = seq
         self.next_seq = seq + 1
-        self.queue.append(p)
-        self.queue_seq.append(seq)
+        self._push(np.array([p], np.int64), np.array([seq], np.int64))
+
+    def _push(self, pages: np.ndarray, seqs: np.ndarray) -> None:
+        """Append entries at the ring's tail."""
+        k = pages.size
+        while self.tail - self.head + k > self.ring_mask + 1:
+            self._grow()
+        idx = (self.tail + np.arange(k)) & self.ring_mask
+        self.ring_page[idx] = pages
+        self.ring_seq[idx] = seqs
+        self.tail += k
+
+    def _grow(self) -> None:
+        """Twice the ring, its entries in order from index 0."""
+        n = self.tail - self.head
+        idx = (self.head + np.arange(n)) & self.ring_mask
+        size = 2 * self.ring_page.size
+        page, seq = np.zeros(size, np.int64), np.zeros(size, np.int64)
+        page[:n], seq[:n] = self.ring_page[idx], self.ring_seq[idx]
+        self.ring_page, self.ring_seq, self.ring_mask = page, seq, size - 1
+        self.head, self.tail = 0, n
 
     def went_out(self, pages: np.ndarray) -> None:
         """``pages`` (resident) were evicted into the source."""
@@ -144,33 +172,30 @@ class Residency:
         missed = np.minimum(self.era - (h >> np.uint64(32)).astype(np.int64), 32)
         return (h & np.uint64(_LOW32)).astype(np.int64) >> missed
 
-    def _window(self, want: int, recent: int | None) -> tuple[np.ndarray, np.ndarray, list]:
-        """Up to ``want`` valid entries from the queue's head (stale ones dropped) as
-        (pages, seqs), and the valid ones at or after seq ``recent`` (kept back, as
-        (page, seq) pairs: the caller queues them again)."""
-        queue, queue_seq = self.queue, self.queue_seq
-        pages, seqs, kept_back = [], [], []
+    def _window(self, want: int, recent: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Up to ``want`` valid entries taken from the ring's head (stale ones dropped),
+        as (pages, seqs), and those at or after seq ``recent`` (kept back: the caller
+        queues them again), also as (pages, seqs)."""
+        pages, seqs, back_p, back_s = [], [], [], []
         nfound = 0
-        while queue and nfound < want:
-            k = min(len(queue), want - nfound)
-            p = np.array([queue.popleft() for _ in range(k)], np.int64)
-            s = np.array([queue_seq.popleft() for _ in range(k)], np.int64)
+        while self.tail > self.head and nfound < want:
+            k = min(self.tail - self.head, want - nfound)
+            idx = (self.head + np.arange(k)) & self.ring_mask
+            self.head += k
+            p, s = self.ring_page[idx], self.ring_seq[idx]
             valid = (self.state[p] == RESIDENT) & (self.seq[p] == s) & ~self.refused[p]
             p, s = p[valid], s[valid]
             if recent is not None:
                 late = s >= recent
-                kept_back += zip(p[late].tolist(), s[late].tolist())
+                back_p.append(p[late])
+                back_s.append(s[late])
                 p, s = p[~late], s[~late]
             pages.append(p)
             seqs.append(s)
             nfound += p.size
-        if not pages:
-            return np.zeros(0, np.int64), np.zeros(0, np.int64), kept_back
-        return np.concatenate(pages), np.concatenate(seqs), kept_back
-
-    def _requeue(self, pages, seqs) -> None:
-        self.queue.extend(pages)
-        self.queue_seq.extend(seqs)
+        empty = np.zeros(0, np.int64)
+        cat = lambda parts: np.concatenate(parts) if parts else empty  # noqa: E731
+        return cat(pages), cat(seqs), cat(back_p), cat(back_s)
 
     def pick(self, n: int, keep_recent: int) -> np.ndarray:
         """Up to ``n`` victims among the resident pages not refused and not among the
@@ -179,14 +204,13 @@ class Residency:
         if n <= 0:
             return np.zeros(0, np.int64)
         want = n if self.policy == "fifo" else self.WINDOW * n
-        cand, seqs, kept_back = self._window(want, self.next_seq - keep_recent if keep_recent else None)
-        if n < cand.size:                         # lfu only: the coldest, oldest among equals
-            hits = np.minimum(self.effective_hits(cand), _HITS_CAP)
-            order = np.lexsort((seqs, hits))
+        cand, seqs, back_p, back_s = self._window(want, self.next_seq - keep_recent if keep_recent else None)
+        if n < cand.size:                         # lfu only: the coldest, the earliest queued among equals
+            key = (np.minimum(self.effective_hits(cand), _HITS_CAP) << 32) | np.arange(cand.size)
+            order = np.argpartition(key, n - 1)
             back = np.sort(order[n:])             # the survivors wait at the tail, in their order
-            self._requeue(cand[back].tolist(), seqs[back].tolist())
+            self._push(cand[back], seqs[back])
             cand = cand[order[:n]]
-        for p, s in kept_back:
-            self._requeue((p,), (s,))
+        self._push(back_p, back_s)
         cand.sort()
         return cand
