@@ -81,7 +81,8 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _HANDLER_MAIN = "import sys; from devpool.region.handler import handler_main; sys.exit(handler_main(sys.argv[1:]))"
-#: the handler keeps 18 bytes of state per page: a 1 TiB region costs it 4.5 GiB
+#: the handler keeps 18 bytes of state per page (residency.py; and 16 per resident page
+#: in its victim queue): a 1 TiB region costs it 4.5 GiB
 MAX_NBYTES = 1 << 40
 #: descriptors an open region holds in this process: the userfaultfd, the memfd, the
 #: handler's pidfd, two sockets, the watch thread's pipe (two ends)
