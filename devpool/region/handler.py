@@ -437,11 +437,11 @@ class Handler:
         4. punch the stored ones out of the memfd, lift protection from refused ones.
         Messages that arrive meanwhile are answered after the batch (see ``serve``).
         """
+        t0 = time.monotonic_ns()                    # the round's cost includes choosing its victims
         victims = self.pages.pick(min(n, MAX_BATCH), keep_recent)
         if victims.size == 0:
             self.evict_blocked = True
             return 0
-        t0 = time.monotonic_ns()
         base, fd = self.base, self.uffd
         victim_runs = runs(victims)
         for lo, hi in victim_runs:

@@ -62,8 +62,9 @@ class Residency:
         n = self.npages
         self.state = np.zeros(n, np.uint8)
         # per page, (era << 32) | hits: its fault-ins, as of the aging era it was last
-        # brought to (one word, so that a fault reads and writes one array element)
-        self.heat = np.zeros(n, np.uint64)
+        # brought to (one word, so that a fault reads and writes one array element;
+        # int64, since numpy converts a Python int into uint64 at twice the cost)
+        self.heat = np.zeros(n, np.int64)
         self.seq = np.zeros(n, np.int64)          # when the page last came in (or was written)
         self.refused = np.zeros(n, np.bool_)      # the source refused it; retried once written
         # resident pages in the order they came in, with the seq each came in with: a
@@ -169,8 +170,8 @@ class Residency:
     def effective_hits(self, pages: np.ndarray) -> np.ndarray:
         """The heat of ``pages`` as the policy sees it now (aged by the eras they missed)."""
         h = self.heat[pages]
-        missed = np.minimum(self.era - (h >> np.uint64(32)).astype(np.int64), 32)
-        return (h & np.uint64(_LOW32)).astype(np.int64) >> missed
+        missed = np.minimum(self.era - (h >> 32), 32)
+        return (h & _LOW32) >> missed
 
     def _window(self, want: int, recent: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Up to ``want`` valid entries taken from the ring's head (stale ones dropped),
