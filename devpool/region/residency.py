@@ -18,9 +18,10 @@ and puts the others back at the tail. ``"fifo"``: the ``n`` oldest. Pages most r
 in are kept (``keep_recent``): an instruction touching several pages of the region (a
 copy across a page boundary) must find them all resident.
 
-Cost, bounded by the work, never by the region: a fault appends to the queue and ages
-nothing (a page's count is halved lazily, by the eras it missed, when it is next
-looked at); a round of ``n`` victims looks at ``4n`` pages plus queue entries gone
+Cost, bounded by the work, never by the region: a fault sets the page's state and
+notes the page (its count, seq and queue entry are settled for many pages at once, in
+numpy, before the policy next looks; no count is halved until then, each by the eras
+it missed); a round of ``n`` victims looks at ``4n`` pages plus queue entries gone
 stale. Where the window holds every resident page (``nres <= 4n``) the choice is exact
 LFU; beyond, the coldest of each window, a sampled LFU (``bench_region.py`` measures
 its faults against FIFO; ``benchmarks/bench_region_growth.py`` its cost at 1 GiB).
@@ -74,6 +75,10 @@ class Residency:
         self.ring_seq = np.zeros(_RING0, np.int64)
         self.ring_mask = _RING0 - 1
         self.head = self.tail = 0
+        # came_in's pages whose bookkeeping waits for _settle (page, heat, era each)
+        self._pend_page: list[int] = []
+        self._pend_heat: list[int] = []
+        self._pend_era: list[int] = []
         self.next_seq = 1
         self.nres = 0                             # pages RESIDENT
         self.nstored = 0                          # pages EVICTED
@@ -84,35 +89,50 @@ class Residency:
     def came_in(self, p: int, heat: int = 1) -> None:
         """Page ``p`` is resident now: faulted in (``heat`` 1) or brought back with a
         faulting neighbour (``heat`` 0)."""
-        # the fault's hot path: Python ints, one read and one write per array, and
-        # _enqueue written out (a call costs as much as one of these lines)
+        # the fault's hot path: the state and the counts now (the handler reads them on
+        # the next fault), the policy's bookkeeping (heat, seq, queue) noted in three
+        # lists and done for many pages at once, vectorised, before it is next read
         state = self.state
         if state.item(p) == EVICTED:
             self.nstored -= 1
         state[p] = RESIDENT
-        h = self.heat.item(p)
-        missed = self.era - (h >> 32)
-        hits = ((h & _LOW32) >> missed if missed < 32 else 0) + heat
-        if hits > _HITS_CAP:
-            hits = _HITS_CAP
-        self.heat[p] = (self.era << 32) | hits
-        seq = self.next_seq
-        self.seq[p] = seq
-        self.next_seq = seq + 1
-        t = self.tail
-        if t - self.head > self.ring_mask:
-            self._grow()
-        i = t & self.ring_mask
-        self.ring_page[i] = p
-        self.ring_seq[i] = seq
-        self.tail = t + 1
         self.nres += 1
+        self._pend_page.append(p)
+        self._pend_heat.append(heat)
+        self._pend_era.append(self.era)
         self.faults_since_aging += heat
         if self.faults_since_aging >= 8 * self.budget:
             self.era += 1                         # every count halves, lazily
             self.faults_since_aging = 0
 
+    def _settle(self) -> None:
+        """The pages noted by ``came_in`` since last time: their counts, brought to the
+        era each came in at and raised by its heat, their seq numbers (in the order they
+        came in) and their queue entries."""
+        if not self._pend_page:
+            return
+        pages = np.array(self._pend_page, np.int64)
+        heats = np.array(self._pend_heat, np.int64)
+        eras = np.array(self._pend_era, np.int64)
+        self._pend_page, self._pend_heat, self._pend_era = [], [], []
+        if np.unique(pages).size < pages.size:    # one page twice (it went out between): in order
+            for p, h, e in zip(pages.tolist(), heats.tolist(), eras.tolist()):
+                self._settle_some(np.array([p]), np.array([h]), np.array([e]))
+        else:
+            self._settle_some(pages, heats, eras)
+
+    def _settle_some(self, pages: np.ndarray, heats: np.ndarray, eras: np.ndarray) -> None:
+        old = self.heat[pages]
+        missed = np.minimum(eras - (old >> 32), 32)
+        hits = np.minimum(((old & _LOW32) >> missed) + heats, _HITS_CAP)
+        self.heat[pages] = (eras << 32) | hits
+        seqs = self.next_seq + np.arange(pages.size)
+        self.next_seq += pages.size
+        self.seq[pages] = seqs
+        self._push(pages, seqs)
+
     def _enqueue(self, p: int) -> None:
+        self._settle()
         seq = self.next_seq
         self.seq[p] = seq
         self.next_seq = seq + 1
@@ -140,6 +160,7 @@ class Residency:
 
     def went_out(self, pages: np.ndarray) -> None:
         """``pages`` (resident) were evicted into the source."""
+        self._settle()
         self.state[pages] = EVICTED
         self.nres -= int(pages.size)
         self.nstored += int(pages.size)
@@ -169,6 +190,7 @@ class Residency:
 
     def effective_hits(self, pages: np.ndarray) -> np.ndarray:
         """The heat of ``pages`` as the policy sees it now (aged by the eras they missed)."""
+        self._settle()
         h = self.heat[pages]
         missed = np.minimum(self.era - (h >> 32), 32)
         return (h & _LOW32) >> missed
@@ -204,6 +226,7 @@ class Residency:
         over: each must then go out (:meth:`went_out`) or be refused (:meth:`refuse`)."""
         if n <= 0:
             return np.zeros(0, np.int64)
+        self._settle()
         want = n if self.policy == "fifo" else self.WINDOW * n
         cand, seqs, back_p, back_s = self._window(want, self.next_seq - keep_recent if keep_recent else None)
         if n < cand.size:                         # lfu only: the coldest, the earliest queued among equals
