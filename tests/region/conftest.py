@@ -1,17 +1,21 @@
 """The ``region`` fixture: a factory of swap regions, each closed and its processes checked
-gone after the test."""
+gone after the test.
+
+Nothing here imports devpool at module level: pytest loads this file before the root
+conftest's ``pytest_configure`` sets ``NUMBA_ENABLE_CUDASIM`` when ``tests/region`` is
+named on the command line, and numba read its configuration at that first import (the
+"auto" backend then took the CUDA driver for present)."""
 
 from __future__ import annotations
 
 import pytest
 
-import devpool
-from tests.region.helpers import P, _gone_within
-
 
 @pytest.fixture
 def region():
     """Factory; every region is closed and its processes are checked gone afterwards."""
+    import devpool
+    from tests.region.helpers import P, _gone_within
     made = []
 
     def factory(npages, resident, **kw):
