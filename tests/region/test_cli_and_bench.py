@@ -75,3 +75,21 @@ def test_bench_region_growth_smoke(tmp_path):
     assert res["summary"][0]["p50_vs_smallest"] == 1.0
     assert len(res["rows"]) == 4 and all(row["timed_faults"] > 0 for row in res["rows"])
     assert png.stat().st_size > 1000
+
+
+def test_bench_region_policy_smoke(tmp_path):
+    import json
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    root = bench.parent
+    old = tmp_path / "residency_old.py"
+    old.write_text((root / "devpool" / "region" / "residency.py").read_text())   # any residency.py
+    out = tmp_path / "p.json"
+    p = subprocess.run([sys.executable, str(bench / "bench_region_policy.py"), "--sizes-mib", "1,2", "--faults", "300",
+                        "--passes", "1", "--old", str(old), "--json", str(out)], capture_output=True, text=True,
+                       timeout=300, cwd=bench)
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["size_mib"], r["code"]) for r in rows} == {(1.0, "old"), (1.0, "new"), (2.0, "old"), (2.0, "new")}
+    assert all(r["rounds"] > 0 and r["faults"] == 300 and r["came_in_p10_ns"] > 0 for r in rows)
