@@ -37,6 +37,7 @@ __all__ = [
     "InvalidSizeError",
     "PoolClosedError",
     "PoolFullError",
+    "RegionError",
     "UnknownCodecError",
     "WritebackError",
 ]
@@ -98,6 +99,11 @@ class EntryNotFoundError(DevpoolError, KeyError):
 
 class WritebackError(DevpoolError, OSError):
     """The backing swap file could not be written or read."""
+
+
+class RegionError(DevpoolError, OSError):
+    """The system refused what a swap region needs (a file descriptor, a process, memory);
+    ``errno`` and the message name what and why."""
 
 
 class CaptureError(DevpoolError, OSError):

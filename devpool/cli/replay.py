@@ -193,7 +193,7 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
     print(f"  fault latency: zswap p50 {res['zswap_fault_p50_us']:.0f} us p99 {res['zswap_fault_p99_us']:.0f} us; "
           f"backing p50 {res['backing_fault_p50_us']:.0f} us p99 {res['backing_fault_p99_us']:.0f} us")
     if getattr(args, "real", False):
-        from ..region.client import print_replay_real, replay_real
+        from .replay_real import print_replay_real, replay_real
         res["real"] = replay_real(args, trace, content)
         print_replay_real(res["real"])
     write_outputs(res, args, _plot)
