@@ -45,6 +45,16 @@ layout, 16-bit generations reused last in, first out, aliased after 65 535 cycle
 Pool ids are not hashed: a registry hands each open pool an id no other open pool holds,
 so another live pool's handle is always foreign; a closed pool's id is reused last.
 
+Handles of closed pools. Ids are few (1023), so a later pool gets a closed pool's id
+back (first in, first out: after 1 022 other opens). It does not get its generations
+back: the registry remembers, per id, one past the highest generation any holder issued,
+and the next holder starts every slot there. A closed pool's handle is then refused by
+every later pool exactly as that pool's own stale handle would be: it could only be
+accepted once the id's generations have gone round all 2**25 - 1 values, which takes
+one pool lifetime per value (3.4e10 pool opens across the 1023 ids) or as many
+generations of one slot (the 5.5e11 allocations above). The cost is nothing on any
+handle check (the same equality test) and one pass over the generation table at close.
+
 The value is not an address and says nothing about where the bytes are.
 """
 
@@ -99,24 +109,44 @@ class CleaningPlan(NamedTuple):
     head_fill: int          # its bump pointer
 
 
-# --- pool ids: unique among open pools ---------------------------------------------------
+# --- pool ids: unique among open pools, generations never reused across them -----------
 # re-entrant: a pool dropped unclosed gives its id back from a garbage-collection pass,
 # which may run in any thread at any allocation, also inside these locked sections
 _ids_lock = threading.RLock()
 _free_ids = collections.deque(range(1, 1 << _ID_BITS))   # first in, first out
+#: per pool id, the generation its next holder starts every slot at: one past the
+#: highest its earlier holders issued, so a closed pool's handle (its id, a generation
+#: it issued) is refused by every later pool with that id as if it were that pool's own
+#: stale handle (see the module docstring: "Handles of closed pools")
+_next_gen = [1] * (1 << _ID_BITS)
 
 
-def _take_pool_id() -> int:
-    with _ids_lock:
-        if not _free_ids:
-            raise PoolFullError(f"too many pools open at once (at most {(1 << _ID_BITS) - 1}); "
-                                f"close some first")
-        return _free_ids.popleft()
+class _PoolId:
+    """One allocator's lease of a pool id, and the generations it issued under it.
 
+    Kept apart from the allocator so that a finalizer can give the id back when a pool
+    is dropped unclosed (it holds this, never the allocator)."""
 
-def _give_pool_id(pool_id: int) -> None:
-    with _ids_lock:
-        _free_ids.append(pool_id)
+    __slots__ = ("id", "base", "gens")
+
+    def __init__(self):
+        with _ids_lock:
+            if not _free_ids:
+                raise PoolFullError(f"too many pools open at once (at most {(1 << _ID_BITS) - 1}); "
+                                    f"close some first")
+            self.id = _free_ids.popleft()
+            self.base = _next_gen[self.id]
+        self.gens = None            # the allocator's generation table, kept current
+
+    def give_back(self) -> None:
+        """Return the id, recording how far its generations went (whole-table: once,
+        at close). Generations cycle through 1.._GEN_MASK, starting at ``base``."""
+        gens = self.gens
+        span = 0 if gens is None or gens.size == 0 else int(((gens - self.base) % _GEN_MASK).max()) + 1
+        with _ids_lock:
+            _next_gen[self.id] = (self.base - 1 + span) % _GEN_MASK + 1
+            _free_ids.append(self.id)
+        self.gens = None
 
 # _decode's error codes
 _OK, _MALFORMED, _FOREIGN, _STALE, _DUPLICATE = 0, 1, 2, 3, 4
@@ -292,7 +322,8 @@ class Allocator:
     the same figures, which the model tests compare.
     """
 
-    def __init__(self, capacity_bytes: int, segment_bytes: int, max_object_bytes: int):
+    def __init__(self, capacity_bytes: int, segment_bytes: int, max_object_bytes: int,
+                 handle_key: int = 0):
         if segment_bytes <= 0 or segment_bytes % 4096:
             raise InvalidSizeError(f"segment_bytes must be a positive multiple of 4096, got {segment_bytes}")
         if max_object_bytes <= 0 or max_object_bytes > segment_bytes:
@@ -319,10 +350,13 @@ class Allocator:
             memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use))
         self.head = -1
         # handle table: slot -> arena offset (-1: free), requested size, generation
-        self.pool_id = _take_pool_id()
+        self._lease = _PoolId()
+        self.pool_id = self._lease.id
+        #: XORed into every handle (a hostile policy's scrambling; 0: none)
+        self.handle_key = int(handle_key)
         # a pool dropped without close() gives its id back when collected: ids are few
         # (1023), and a process that leaked them could open no pool at all
-        self._id_back = weakref.finalize(self, _give_pool_id, self.pool_id)
+        self._id_back = weakref.finalize(self, self._lease.give_back)
         self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
         self.locs = np.full(0, -1, np.int64)
@@ -350,6 +384,7 @@ class Allocator:
         self._m_locs, self._m_sizes, self._m_gens, self._m_ring = (
             memoryview(a) for a in (self.locs, self.sizes, self.gens, self._ring))
         self._nslots = self.locs.shape[0]
+        self._lease.gens = self.gens
 
     def close(self) -> None:
         """Give the pool id back (reused last); idempotent."""
@@ -359,23 +394,23 @@ class Allocator:
 
     # --- handle encoding: the only place that knows the bit layout -------------------
     def handles(self, slots: np.ndarray) -> np.ndarray:
-        """The (unscrambled) handles of these slots."""
-        return np.int64(self._tag_bits) | (self.gens[slots] << _SLOT_BITS) | slots
+        """The handles of these slots."""
+        return (np.int64(self._tag_bits) | (self.gens[slots] << _SLOT_BITS) | slots) ^ np.int64(self.handle_key)
 
     def handle_of(self, slot: int) -> int:
-        """The (unscrambled) handle of one slot."""
-        return self._tag_bits | (int(self.gens[slot]) << _SLOT_BITS) | slot
+        """The handle of one slot."""
+        return (self._tag_bits | (self._m_gens[slot] << _SLOT_BITS) | slot) ^ self.handle_key
 
-    def decode(self, handles: np.ndarray, key: int, check_duplicates: bool = False) -> np.ndarray:
+    def decode(self, handles: np.ndarray, check_duplicates: bool = False) -> np.ndarray:
         """Validate handles and return their slots; raise naming the first bad one."""
-        slots, bad, code = _decode(handles, np.int64(key), np.int64(self.pool_id), self.gens,
+        slots, bad, code = _decode(handles, np.int64(self.handle_key), np.int64(self.pool_id), self.gens,
                                    self.locs, check_duplicates, self._seen)
         if bad >= 0:
             raise InvalidHandleError(
                 f"handle {int(handles[bad])} (batch index {bad}) {_REASONS[code]}")
         return slots
 
-    def decode_one(self, handle, key: int) -> tuple[int, int, int]:
+    def decode_one(self, handle) -> tuple[int, int, int]:
         """Validate one handle (an int or numpy integer) and return (slot, arena offset,
         size) of its object; the rules of ``_decode``, checked on Python ints (the
         offset comes with the check that the slot is live: a single read needs no
@@ -386,7 +421,7 @@ class Allocator:
             if isinstance(handle, bool) or not isinstance(handle, (int, np.integer)):
                 raise InvalidHandleError(f"handle {handle!r} is not an integer")
             handle = int(handle)
-        h = handle ^ key
+        h = handle ^ self.handle_key
         slot = h & _SLOT_MASK
         if (h > 0 and h >> _TAG_SHIFT == self.pool_id and slot < self._nslots
                 and self._m_gens[slot] == (h >> _SLOT_BITS) & _GEN_MASK and (off := self._m_locs[slot]) >= 0):
@@ -529,7 +564,9 @@ class Allocator:
         queued = self._ring[(self._ring_head + np.arange(self._ring_count)) % max(old, 1)]
         self.locs = np.concatenate([self.locs, np.full(new - old, -1, np.int64)])
         self.sizes = np.concatenate([self.sizes, np.zeros(new - old, np.int64)])
-        self.gens = np.concatenate([self.gens, np.ones(new - old, np.int64)])
+        # new slots start at the id's generation floor (not 1): handles of closed pools
+        # that held this id name generations below it
+        self.gens = np.concatenate([self.gens, np.full(new - old, self._lease.base, np.int64)])
         self._seen = np.zeros(new, np.uint8)
         ring = np.empty(new, np.int64)
         ring[:queued.size] = queued
@@ -565,21 +602,44 @@ class Allocator:
     def spare_segments(self) -> int:
         return int(self.seg_warm.sum())
 
-    # --- relocation (migration): objects move, handles stay -------------------------------
-    def plan_relocation(self, slots: np.ndarray) -> Placement | None:
-        """Fresh space for these live objects (``slots``), as a migration needs; None
-        when there is no room. Changes nothing."""
-        return self.plan(self.sizes[slots])
+    # --- migration: objects move, handles stay ----------------------------------------
+    def segments_of(self, slots: np.ndarray) -> np.ndarray:
+        """The segments holding these live slots, each once, in the order first named."""
+        segs = self.locs[slots] // self.seg_bytes
+        _, first = np.unique(segs, return_index=True)
+        return segs[np.sort(first)]
 
-    def commit_relocation(self, slots: np.ndarray, plan: Placement):
-        """The objects now live at ``plan.offsets`` (their bytes copied there already):
-        re-point the slots, free the old space. Returns (old offsets, aligned sizes,
-        emptied segments) as :meth:`free` does."""
-        sizes = self.sizes[slots]
-        old = self.locs[slots].copy()
-        temp = self.commit_alloc(sizes, plan)      # the new places, under borrowed slots
-        self.locs[slots], self.locs[temp] = self.locs[temp].copy(), old
-        return self.free(temp)                     # which now name the old places
+    def plan_evacuation(self, victims: np.ndarray):
+        """Plan moving every live object out of ``victims`` (in-use segments) into free
+        segments (spares first), packed next-fit in arena order: a :class:`CleaningPlan`
+        after which the victims are empty, with at most as many segments in use as
+        before (each victim's objects fit one segment, so next-fit over them opens at
+        most one per victim). None when the free segments do not hold them."""
+        slots = self._live_in(victims)
+        a = aligned(self.sizes[slots])
+        dst, head, fill, _ = _place(a, -1, 0, self.seg_in_use, self.seg_warm, self.seg_bytes)
+        if head == -2:
+            return None
+        return CleaningPlan(slots, self.locs[slots], dst, a, victims, int(head), int(fill))
+
+    def sample_live(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """Up to ``count`` distinct live slots chosen at random (all of them when fewer
+        live). Draws slot numbers and keeps the live ones: the cost follows ``count``
+        and the table's share of free slots (at most ``MIN_FREE_SLOTS`` + half the
+        table), never the number of live objects."""
+        live, nslots = self.live_objects, self.locs.shape[0]
+        if count <= 0 or live == 0:
+            return np.zeros(0, np.int64)
+        if count >= live:
+            return np.flatnonzero(self.locs >= 0)
+        picked = np.zeros(0, np.int64)
+        for _ in range(16):                    # each round finds the rest with p > 0.9
+            want = count - picked.size
+            draws = rng.integers(0, nslots, int(min(nslots, want * nslots / live * 2 + 8)))
+            picked = np.union1d(picked, draws[self.locs[draws] >= 0])
+            if picked.size >= count:
+                break
+        return rng.permutation(picked)[:count]
 
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):
@@ -653,14 +713,21 @@ class Allocator:
         k = min(int(np.searchsorted(room, max(want_bytes, self.seg_bytes) + self.seg_bytes)) + 1, order.size)
         return self._plan_victims(order[:k])
 
-    def _plan_victims(self, victims: np.ndarray, repack: bool = False):
-        if victims.size == 0:
-            return None
+    def _live_in(self, victims: np.ndarray) -> np.ndarray:
+        """The live slots in segments ``victims``, in arena order. (A pass over the
+        handle table, vectorised: ~1 ns a slot.)"""
         live = np.flatnonzero(self.locs >= 0)
         is_victim = np.zeros(self.n_segs, np.bool_)
         is_victim[victims] = True
         slots = live[is_victim[self.locs[live] // self.seg_bytes]]
-        slots = slots[np.argsort(self.locs[slots], kind="stable")]
+        return slots[np.argsort(self.locs[slots], kind="stable")]
+
+    def _plan_victims(self, victims: np.ndarray, repack: bool = False):
+        if victims.size == 0:
+            return None
+        is_victim = np.zeros(self.n_segs, np.bool_)
+        is_victim[victims] = True
+        slots = self._live_in(victims)
         a = aligned(self.sizes[slots])
         # destinations: free segments and the victims themselves (storage.move reads
         # every source before writing), lowest index first so the arena's top empties

@@ -16,6 +16,11 @@ live) with a :class:`~devpool.pool.storage.Storage` (what memory holds them). Ru
 
 Every public method holds one re-entrant lock, so a pool is safe to share between
 threads (the copies themselves run in numba or on the device, without the GIL).
+
+Under a hostile storage (``storage.hostility``, the chaos test policy) the pool turns on
+its own callers' assumptions: before each operation on objects it migrates a few random
+live objects, and one more per object the call names (:meth:`Pool.migrate`); it scrambles every
+handle with a random key. The storage only states the policy; the pool acts on it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 import numpy as np
 
 from .allocator import Allocator, aligned
-from .._checks import PAGE_SIZE, as_int_array, check_flag, check_real, first_range_outside
+from .._checks import PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside
 from .._packed import packed_starts
 from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
 from .storage import Storage
@@ -41,25 +46,23 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024
 _NO_ARG = object()          # read_with's arg left out
 
 
-def _refuse_reentry(pool) -> None:
-    """The storage hook while ``read_with`` lends a block: a call back into the pool."""
-    raise BadInputError("read_with's consume called back into the pool it is reading; "
-                        "a lent block must be consumed without touching the pool")
+#: what a locked verb is, for :meth:`Pool._enter`: an operation on one object (or on
+#: the pool's objects at large: compact), a batch (it counts its objects and provokes a
+#: hostile step itself, :meth:`Pool._provoke`), or a question that touches no object
+_ONE, _BATCH, _QUERY = 1, None, -1
 
 
-def _locked(method=None, *, hook: bool = True):
-    """Serialise a public method; before an operation on objects, run the storage hook.
-    (The single-object verbs do the same inline: a decorator's extra call is a tenth of
+def _locked(method=None, *, kind=_ONE):
+    """Serialise a public method and make ``_enter``'s checks before it. (The
+    single-object verbs do the same inline: a decorator's extra call is a tenth of
     their cost.)"""
 
     def decorate(method):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             with self._lock:
-                if self._closed:
-                    raise PoolClosedError("the pool is closed")
-                if hook and self._hook is not None:
-                    self._hook(self)
+                if self._slow:
+                    self._enter(kind)
                 return method(self, *args, **kwargs)
         return wrapper
 
@@ -119,28 +122,50 @@ class Pool:
     def __init__(self, storage: Storage, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  max_object_bytes: int = PAGE_SIZE, backend_reason: str = ""):
         self.storage = storage
-        self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes)
-        self._key = np.int64(storage.handle_key)
-        self._ikey = int(storage.handle_key)        # the same key as a Python int
-        # the storage's per-call hook, or None where it is the base's no-op
-        self._hook = (None if type(storage).before_call is Storage.before_call
-                      else storage.before_call)
+        #: the storage's test policy (a :class:`~devpool.pool.storage.Hostility`) or None
+        self._hostility = storage.hostility
+        key = 0
+        if self._hostility is not None and self._hostility.scramble_handles:
+            key = int(self._hostility.rng.integers(1, 1 << 62))
+        self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes, handle_key=key)
         self._lock = threading.RLock()
         self._closed = False
+        self._lending = False          # read_with's consume is running (see there)
+        # True when _enter must run before a verb: closed, lending, or hostile (one
+        # test on the single verbs' path instead of three)
+        self._slow = self._hostility is not None
         self.backend_reason = backend_reason
-        self._counters = {"alloc_fail": 0, "compactions": 0, "clean_fail": 0}
+        self._counters = {"alloc_fail": 0, "compactions": 0, "clean_fail": 0,
+                          "hostile_calls": 0, "migrated_objects": 0}
         #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._clean_floor = 0          # see _maybe_clean
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
-    def _enter(self) -> None:
-        """What ``_locked`` does after taking the lock, for the inline single verbs."""
+    def _enter(self, kind=_ONE) -> None:
+        """The checks behind ``_slow``, made after taking the lock: a closed pool
+        refuses; while ``read_with`` lends a block, every verb on objects refuses (a
+        consume that called back into the pool could free, move or close what it is
+        reading: the lock is re-entrant); under a hostile policy, a verb on one object
+        provokes a hostile step (a batch verb does so itself, once it knows its size)."""
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        if self._hook is not None:
-            self._hook(self)
+        if kind is _QUERY:
+            return
+        if self._lending:
+            raise BadInputError("read_with's consume called back into the pool it is reading; "
+                                "a lent block must be consumed without touching the pool")
+        if kind is _ONE and self._hostility is not None:
+            self._provoke(1)
+
+    def _provoke(self, named: int) -> None:
+        """The hostile policy's step before a call naming ``named`` objects: migrate a
+        few random live objects and more per object named (bounded by the call, not
+        the pool)."""
+        h = self._hostility
+        self._counters["hostile_calls"] += 1
+        self.migrate(h.migrate_per_call + h.migrate_per_object * named, rng=h.rng)   # public: a subclass sees it
 
     # --- context manager -------------------------------------------------------------
     def __enter__(self) -> "Pool":
@@ -217,7 +242,7 @@ class Pool:
             self.storage.trim()
 
     # --- allocation ------------------------------------------------------------------
-    @_locked
+    @_locked(kind=_BATCH)
     def alloc_batch(self, sizes, *, max_total: int | None = None) -> np.ndarray:
         """Allocate one object per size; returns their handles (int64 array).
 
@@ -230,6 +255,8 @@ class Pool:
         the same locked call as the allocation, so nothing can move in between.
         """
         sizes = self.alloc_.check_sizes(sizes)
+        if self._hostility is not None:
+            self._provoke(sizes.size)
         if max_total is not None:
             sizes = sizes[:self._within(sizes, max_total)]
             if not sizes.size:
@@ -246,7 +273,7 @@ class Pool:
         self.alloc_.ensure_slots(sizes.shape[0])   # a full handle table refuses before storage grows
         self._commit_segments(plan.opened)     # fallible: device OOM -> PoolFullError
         slots = self.alloc_.commit_alloc(sizes, plan)
-        return self.alloc_.handles(slots) ^ self._key
+        return self.alloc_.handles(slots)
 
     # --- a limit on the pool's size, checked with the allocation --------------------------
     def _growth(self, sizes: np.ndarray) -> int:
@@ -298,7 +325,7 @@ class Pool:
                 keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
         return keep
 
-    @_locked(hook=False)      # a question about placement, not an operation on objects
+    @_locked(kind=_QUERY)      # a question about placement, not an operation on objects
     def growth_for(self, sizes) -> int:
         """Bytes by which ``pool_total_size`` would grow if ``sizes`` were allocated now.
 
@@ -327,7 +354,7 @@ class Pool:
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
             size = self.alloc_.check_size(nbytes)
             if data is not None and data.size != size:
@@ -342,7 +369,7 @@ class Pool:
                 except BaseException:
                     self._free_one(slot, offset, size)
                     raise
-            return self.alloc_.handle_of(slot) ^ self._ikey
+            return self.alloc_.handle_of(slot)
 
     def _fits_one(self, size: int, max_total: int) -> bool:
         """:meth:`_within` for one object, with the common case first: the head segment
@@ -383,7 +410,7 @@ class Pool:
         data = _as_bytes_array(payload, "payload")
         return data, data.size
 
-    @_locked
+    @_locked(kind=_BATCH)
     def write_batch(self, handles, payload, lengths=None, *, src_starts=None) -> None:
         """Copy ``payload`` into the objects, ``lengths[i]`` bytes to ``handles[i]``.
 
@@ -395,7 +422,9 @@ class Pool:
         """
         hs = _as_handles(handles)
         data, nbytes = self._payload(payload)
-        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        if self._hostility is not None:
+            self._provoke(hs.size)
+        slots = self.alloc_.decode(hs, check_duplicates=True)
         offsets, sizes = self.alloc_.location(slots)
         if lengths is not None:
             lens = as_int_array(lengths, "lengths")
@@ -437,9 +466,9 @@ class Pool:
         if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
             data = self._payload(data)[0]
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            slot, offset, size = self.alloc_.decode_one(handle)
             if not isinstance(data, np.ndarray):       # a device buffer
                 return self._write_device([slot], data)
             if data.size != size:
@@ -447,7 +476,7 @@ class Pool:
             self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
 
     # --- copy-out --------------------------------------------------------------------
-    @_locked
+    @_locked(kind=_BATCH)
     def read_batch(self, handles, out=None, *, device: bool = False) -> tuple[object, np.ndarray]:
         """Copy objects out: returns ``(payload, lengths)``, payload packed back to back.
 
@@ -462,7 +491,9 @@ class Pool:
                                     f"this pool's storage is {self.storage.kind}")
             if out is not None:
                 raise BadInputError("read_batch(device=True) returns a fresh device buffer; out must be None")
-        slots = self.alloc_.decode(hs, self._key)
+        if self._hostility is not None:
+            self._provoke(hs.size)
+        slots = self.alloc_.decode(hs)
         offsets, sizes = self.alloc_.location(slots)
         if device:
             return self.storage.gather_device(offsets, sizes), sizes.copy()
@@ -482,9 +513,9 @@ class Pool:
         if free is not False and free is not True:      # check_flag's test, inline
             free = check_flag(free, "free")
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            slot, offset, size = self.alloc_.decode_one(handle)
             if out is None:
                 out = np.empty(size, np.uint8)
             elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
@@ -512,18 +543,18 @@ class Pool:
         if not callable(consume):
             raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            slot, offset, size = self.alloc_.decode_one(handle)
             # the lock is re-entrant: a consume that called back into the pool could
             # free, move or close what it is reading; every verb refuses until it returns
-            hook, self._hook = self._hook, _refuse_reentry
+            slow, self._lending, self._slow = self._slow, True, True
             try:
                 block = self.storage.lend_one(offset, size)
                 # one optional argument, not *args: packing a tuple cost ~60 ns a load
                 result = consume(block) if arg is _NO_ARG else consume(block, arg)
             finally:
-                self._hook = hook
+                self._lending, self._slow = False, slow
             if free and result is not None:
                 self._free_one(slot, offset, size)
             return result
@@ -531,14 +562,16 @@ class Pool:
     @_locked
     def size_of(self, handle: int) -> int:
         """The allocated size of the object ``handle`` names."""
-        return self.alloc_.decode_one(handle, self._ikey)[2]
+        return self.alloc_.decode_one(handle)[2]
 
     # --- free ------------------------------------------------------------------------
-    @_locked
+    @_locked(kind=_BATCH)
     def free_batch(self, handles) -> None:
         """Free every object; a stale, foreign or repeated handle frees none."""
         hs = _as_handles(handles)
-        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        if self._hostility is not None:
+            self._provoke(hs.size)
+        slots = self.alloc_.decode(hs, check_duplicates=True)
         offsets, asz, released = self.alloc_.free(slots)
         self.storage.discard(offsets, asz)
         self._release_segments(released)
@@ -547,9 +580,9 @@ class Pool:
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            self._free_one(*self.alloc_.decode_one(handle, self._ikey))
+            self._free_one(*self.alloc_.decode_one(handle))
 
     def _free_one(self, slot: int, offset: int, size: int) -> None:
         """Free one slot ``decode_one`` validated (with the offset and size it gave)."""
@@ -636,33 +669,44 @@ class Pool:
         self._release_segments(np.zeros(0, np.int64), keep_spares=False)
         return before - self.storage.committed_bytes
 
-    def _relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
-        """Move a random share of live objects to fresh space (chaos storage's tool).
+    # --- migration: objects move, handles stay ------------------------------------------
+    @_locked(kind=_BATCH)        # refused while a block is lent; provokes nothing itself
+    def migrate(self, count: int, *, rng: np.random.Generator | None = None) -> int:
+        """Move live objects to fresh arena space: the segments holding ``count``
+        objects chosen at random (by ``rng``), at most ``count`` objects' worth of
+        segments, are emptied into free segments and given back. Returns how many
+        objects moved. Every handle stays valid and every read returns the same bytes;
+        only where the bytes lie changes, and the pool holds no more than before.
 
-        A real migration through the allocator's verbs: new space is planned, committed
-        and copied into, then the old copies are freed; handles stay valid. Skipped when
-        there is no room.
+        A real migration through the allocator and storage's own ``move`` (device to
+        device on a GPU), as a cleaning step is. Nothing moves when no free segment can
+        take the objects. The pool does this on its own only under a hostile storage's
+        policy (``chaos``), before every call; the work follows ``count``, not the
+        pool's size.
         """
-        live = np.flatnonzero(self.alloc_.locs >= 0)
-        pick = live[rng.random(live.size) < fraction]
+        count = check_int(count, "count", lo=0)
+        return self._migrate(count, np.random.default_rng() if rng is None else rng)
+
+    def _migrate(self, count: int, rng: np.random.Generator) -> int:
+        al = self.alloc_
+        pick = al.sample_live(rng, count)
         if pick.size == 0:
             return 0
-        plan = self.alloc_.plan_relocation(pick)
+        most = max(1, count * al.max_object // al.seg_bytes)      # segments: count objects' worth
+        plan = al.plan_evacuation(al.segments_of(pick)[:most])
         if plan is None:
             return 0
         try:
-            self.alloc_.ensure_slots(pick.size)    # the move borrows a slot per object
+            self._execute_clean(plan)
         except PoolFullError:
-            return 0
-        self._commit_segments(plan.opened)
-        self.storage.move(self.alloc_.locs[pick], plan.offsets, aligned(self.alloc_.sizes[pick]))
-        offsets, asz, released = self.alloc_.commit_relocation(pick, plan)
-        self.storage.discard(offsets, asz)
-        self._release_segments(released)
-        return int(pick.size)
+            return 0                         # no room for the destinations: nothing moved
+        # the victims were spares now; give them back so the pool holds what it held
+        self._release_segments(np.zeros(0, np.int64), keep_spares=False)
+        self._counters["migrated_objects"] += int(plan.slots.size)
+        return int(plan.slots.size)
 
     # --- figures and teardown --------------------------------------------------------
-    @_locked(hook=False)      # reading figures is not an operation on objects
+    @_locked(kind=_QUERY)      # reading figures is not an operation on objects
     def stats(self) -> dict:
         """Pool figures (zsmalloc names where one exists) and the backend in use."""
         st = self.alloc_.stats()
@@ -679,10 +723,10 @@ class Pool:
     def close(self) -> None:
         """Free every object and give the arena back; idempotent."""
         with self._lock:
-            if self._hook is _refuse_reentry:
-                _refuse_reentry(self)
+            if self._lending:
+                self._enter()                    # refuses: a consume may not close the pool
             if not self._closed:
-                self._closed = True
+                self._closed = self._slow = True
                 try:
                     self.storage.close()
                 finally:

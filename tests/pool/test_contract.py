@@ -530,10 +530,17 @@ def test_auto_takes_a_working_backend_and_says_why():
 
 
 class FlakyStorage:
-    """Wraps a pool's storage so that the k-th commit fails like a device OOM."""
+    """Wraps a pool's storage so that the k-th commit of a batch (counted from the
+    ``reserve`` that precedes a batch's commits) fails like a device OOM. Per batch,
+    because under chaos the pool migrates objects before the call, committing segments
+    of its own first (a migration that cannot grow moves nothing and fails nothing)."""
 
     def __init__(self, storage, fail_at):
         self._s, self._n, self._fail_at = storage, 0, fail_at
+
+    def reserve(self, end):
+        self._n = 0
+        return self._s.reserve(end)
 
     def commit(self, offset, nbytes):
         self._n += 1
