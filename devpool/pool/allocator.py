@@ -736,9 +736,19 @@ class Allocator:
         no_warmth = np.zeros(self.n_segs, np.bool_)
         dst, head, fill, opened = _place(a, -1, 0, blocked, no_warmth, self.seg_bytes)
         assert head != -2, "next-fit in arena order never needs more segments than before"
-        if not repack and opened.size >= victims.size and (opened.size == 0 or opened.max() >= victims.max()):
+        if not repack and opened.size >= victims.size and self._top_after(is_victim, opened) >= self._top():
             return None   # nothing would be freed, nor would the arena's top come down
         return CleaningPlan(slots, self.locs[slots], dst, a, victims, int(head), int(fill))
+
+    def _top(self) -> int:
+        """The highest segment in use (-1: none): a device arena shrinks to it."""
+        used = np.flatnonzero(self.seg_in_use)
+        return int(used[-1]) if used.size else -1
+
+    def _top_after(self, is_victim: np.ndarray, opened: np.ndarray) -> int:
+        """:meth:`_top` once the victims are emptied into ``opened``."""
+        kept = np.flatnonzero(self.seg_in_use & ~is_victim)
+        return max(int(kept[-1]) if kept.size else -1, int(opened.max()) if opened.size else -1)
 
     def commit_compact(self, plan: CleaningPlan) -> tuple[np.ndarray, np.ndarray]:
         """Re-point moved slots and rebuild segment figures; returns (freed, newly used)."""
