@@ -230,11 +230,13 @@ class Pool:
             raise
         self.alloc_.held(segs)                     # only once the commit stands
 
-    def _release_segments(self, segs: np.ndarray, keep_spares: bool = True) -> None:
-        """Freed segments become spares; past the budget the highest go back to storage."""
+    def _release_segments(self, segs: np.ndarray, keep_spares: bool = True, budget: int | None = None) -> None:
+        """Freed segments become spares; past the budget (``budget`` spares when given)
+        the highest go back to storage."""
         sb = self.alloc_.seg_bytes
-        budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
-                  if keep_spares else 0)
+        if budget is None:
+            budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
+                      if keep_spares else 0)
         give = self.alloc_.retire(segs, budget)
         if give.size:
             for s in give.tolist():
@@ -674,7 +676,8 @@ class Pool:
     def migrate(self, count: int, *, rng: np.random.Generator | None = None) -> int:
         """Move live objects to fresh arena space: the segments holding ``count``
         objects chosen at random (by ``rng``), at most ``count`` objects' worth of
-        segments, are emptied into free segments and given back. Returns how many
+        segments and the emptiest first, are emptied into free segments; as many
+        segments as they took are given back. Returns how many
         objects moved. Every handle stays valid and every read returns the same bytes;
         only where the bytes lie changes, and the pool holds no more than before.
 
@@ -692,16 +695,21 @@ class Pool:
         pick = al.sample_live(rng, count)
         if pick.size == 0:
             return 0
-        most = max(1, count * al.max_object // al.seg_bytes)      # segments: count objects' worth
-        plan = al.plan_evacuation(al.segments_of(pick)[:most])
+        # segments: count objects' worth; of those the picked objects lie in, the
+        # emptiest first (fewest bytes to copy for a segment's worth of hostility)
+        segs = al.segments_of(pick)
+        segs = segs[np.argsort(al.seg_live[segs], kind="stable")][:max(1, count * al.max_object // al.seg_bytes)]
+        plan = al.plan_evacuation(segs)
         if plan is None:
             return 0
+        spares = al.spare_segments
         try:
             self._execute_clean(plan)
         except PoolFullError:
             return 0                         # no room for the destinations: nothing moved
-        # the victims were spares now; give them back so the pool holds what it held
-        self._release_segments(np.zeros(0, np.int64), keep_spares=False)
+        # the victims are spares now: keep as many as there were, so the pool holds
+        # what it held (a destination taken from the spares leaves a victim in its place)
+        self._release_segments(np.zeros(0, np.int64), budget=spares)
         self._counters["migrated_objects"] += int(plan.slots.size)
         return int(plan.slots.size)
 
