@@ -622,6 +622,38 @@ class Allocator:
         _, first = np.unique(segs, return_index=True)
         return segs[np.sort(first)]
 
+    def plan_move(self, slots: np.ndarray) -> Placement | None:
+        """Where these live objects would go if moved now without the arena growing:
+        the head segment's room, then spare segments (storage holds both already);
+        never a segment storage would have to commit. None when they do not fit."""
+        a = aligned(self.sizes[slots])
+        offsets, head, fill, opened = _place(a, self.head, self.seg_fill[self.head] if self.head >= 0 else 0,
+                                             self.seg_in_use | ~self.seg_warm, self.seg_warm, self.seg_bytes)
+        if head == -2:
+            return None
+        return Placement(offsets, head, fill, opened)
+
+    def commit_move(self, slots: np.ndarray, plan: Placement):
+        """The objects now live at ``plan.offsets`` (their bytes copied there already):
+        re-point the slots (same slots, so every handle stays valid), count them in
+        their new segments and out of their old ones. Returns (old offsets, aligned
+        sizes, segments emptied), as :meth:`free` does."""
+        sizes = self.sizes[slots]
+        a = aligned(sizes)
+        old = self.locs[slots].copy()
+        _record(slots, sizes, a, plan.offsets, plan.opened, self.seg_bytes, self.seg_fill, self.seg_live,
+                self.seg_placed, self.seg_in_use, self.locs, self.sizes)
+        self.head = plan.head
+        src = old // self.seg_bytes
+        np.subtract.at(self.seg_live, src, a)
+        src = np.unique(src)
+        emptied = src[(self.seg_live[src] == 0) & self.seg_in_use[src] & (src != self.head)]
+        self.seg_in_use[emptied] = False
+        self.seg_fill[emptied] = 0
+        self.seg_placed[emptied] = 0
+        self.segs_in_use += plan.opened.size - emptied.size
+        return old, a, emptied
+
     def plan_evacuation(self, victims: np.ndarray):
         """Plan moving every live object out of ``victims`` (in-use segments) into free
         segments (spares first), packed next-fit in arena order: a :class:`CleaningPlan`

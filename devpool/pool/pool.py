@@ -674,18 +674,18 @@ class Pool:
     # --- migration: objects move, handles stay ------------------------------------------
     @_locked(kind=_BATCH)        # refused while a block is lent; provokes nothing itself
     def migrate(self, count: int, *, rng: np.random.Generator | None = None) -> int:
-        """Move live objects to fresh arena space: the segments holding ``count``
-        objects chosen at random (by ``rng``), at most ``count`` objects' worth of
-        segments and the emptiest first, are emptied into free segments; as many
-        segments as they took are given back. Returns how many
-        objects moved. Every handle stays valid and every read returns the same bytes;
-        only where the bytes lie changes, and the pool holds no more than before.
+        """Move up to ``count`` live objects, chosen at random (by ``rng``), to other
+        arena space; returns how many moved. Every handle stays valid and every read
+        returns the same bytes; only where the bytes lie changes, and the pool grows by
+        nothing.
 
-        A real migration through the allocator and storage's own ``move`` (device to
-        device on a GPU), as a cleaning step is. Nothing moves when no free segment can
-        take the objects. The pool does this on its own only under a hostile storage's
-        policy (``chaos``), before every call; the work follows ``count``, not the
-        pool's size.
+        The objects go where the arena has room already (the open segment's tail, then
+        spare segments); their old places are freed and cleaned as any free is. When
+        there is no such room, one segment holding a chosen object (the emptiest) is
+        emptied into a fresh one instead and given back. A real migration through the
+        allocator and storage's own ``move`` (device to device on a GPU). The pool does
+        this on its own only under a hostile storage's policy (``chaos``), before every
+        call; the work follows ``count``, not the pool's size.
         """
         count = check_int(count, "count", lo=0)
         return self._migrate(count, np.random.default_rng() if rng is None else rng)
@@ -695,20 +695,43 @@ class Pool:
         pick = al.sample_live(rng, count)
         if pick.size == 0:
             return 0
-        # segments: count objects' worth; of those the picked objects lie in, the
-        # emptiest first (fewest bytes to copy for a segment's worth of hostility)
+        plan = al.plan_move(pick)
+        if plan is None and count >= al.live_objects:
+            return self._evacuate(pick, pick.size)      # every object asked for: segments and all
+        while plan is None and pick.size > 1:           # the longest prefix there is room for
+            pick = pick[:pick.size // 2]
+            plan = al.plan_move(pick)
+        if plan is None:
+            return self._evacuate(pick, 1)
+        self._commit_segments(plan.opened)              # spares: nothing to commit, no growth
+        try:
+            self.storage.move(al.locs[pick], plan.offsets, aligned(al.sizes[pick]))
+        except BaseException:
+            self._release_segments(plan.opened)
+            raise
+        offsets, asz, emptied = al.commit_move(pick, plan)
+        self.storage.discard(offsets, asz)              # the old copies: freed bytes now
+        self._release_segments(emptied)
+        self._counters["migrated_objects"] += int(pick.size)
+        self._maybe_clean()
+        return int(pick.size)
+
+    def _evacuate(self, pick: np.ndarray, most: int) -> int:
+        """Empty up to ``most`` segments holding objects of ``pick`` (the emptiest first)
+        into fresh segments and give as many back as they took (when the arena has no
+        room elsewhere); returns the objects moved."""
+        al = self.alloc_
         segs = al.segments_of(pick)
-        segs = segs[np.argsort(al.seg_live[segs], kind="stable")][:max(1, count * al.max_object // al.seg_bytes)]
-        plan = al.plan_evacuation(segs)
+        plan = al.plan_evacuation(segs[np.argsort(al.seg_live[segs], kind="stable")][:most])
         if plan is None:
             return 0
         spares = al.spare_segments
         try:
             self._execute_clean(plan)
         except PoolFullError:
-            return 0                         # no room for the destinations: nothing moved
-        # the victims are spares now: keep as many as there were, so the pool holds
-        # what it held (a destination taken from the spares leaves a victim in its place)
+            return 0                         # no room for the destination: nothing moved
+        # the victim is a spare now: keep as many as there were, so the pool holds what
+        # it held
         self._release_segments(np.zeros(0, np.int64), budget=spares)
         self._counters["migrated_objects"] += int(plan.slots.size)
         return int(plan.slots.size)

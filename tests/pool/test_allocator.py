@@ -222,6 +222,29 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert self.al.segs_in_use <= before and not self.al.seg_in_use[victims].any()
         event("evacuate: done")
 
+    @precondition(lambda self: self.model)
+    @rule(count=st.integers(1, 6), seed=st.integers(0, 2**32 - 1))
+    def move_within_held_space(self, count, seed):
+        """Objects moved into the head's room or spares only: no segment storage must
+        commit, every moved object at a new place, its old bytes dead."""
+        pick = self.al.sample_live(np.random.default_rng(seed), count)
+        plan = self.al.plan_move(pick)
+        if plan is None:
+            event("move: no held room")
+            return
+        assert self.al.seg_warm[plan.opened].all(), "a move opened a segment storage does not hold"
+        old = self.al.locs[pick].copy()
+        copies = [self.arena[o:o + aligned(self.model[s][0])].copy() for s, o in zip(pick.tolist(), old.tolist())]
+        for d, c in zip(plan.offsets.tolist(), copies):
+            self.arena[d:d + c.size] = c
+        self.al.held(plan.opened)
+        offsets, asz, emptied = self.al.commit_move(pick, plan)
+        assert offsets.tolist() == old.tolist() and (self.al.locs[pick] == plan.offsets).all()
+        assert (self.al.locs[pick] != old).all()
+        self.check_emptied(emptied)
+        self.retire(emptied)
+        event("move: done")
+
     # --- handles ------------------------------------------------------------------------
     @precondition(lambda self: self.dead)
     @rule(data=st.data(), batch=st.booleans())
