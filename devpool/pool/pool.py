@@ -230,13 +230,18 @@ class Pool:
             raise
         self.alloc_.held(segs)                     # only once the commit stands
 
+    def _spare_room(self) -> int:
+        """How many spare segments the pool keeps: 1/16 of capacity, at most 8 MiB, at
+        most 1/64 of the live bytes but two segments at least."""
+        sb = self.alloc_.seg_bytes
+        return min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
+
     def _release_segments(self, segs: np.ndarray, keep_spares: bool = True, budget: int | None = None) -> None:
         """Freed segments become spares; past the budget (``budget`` spares when given)
         the highest go back to storage."""
         sb = self.alloc_.seg_bytes
         if budget is None:
-            budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
-                      if keep_spares else 0)
+            budget = self._spare_room() if keep_spares else 0
         give = self.alloc_.retire(segs, budget)
         if give.size:
             for s in give.tolist():
@@ -642,6 +647,7 @@ class Pool:
         slots, give emptied segments back; returns bytes freed."""
         if plan is None:
             return 0
+        spares = self.alloc_.spare_segments
         src, dst, a = plan.src, plan.dst, plan.asizes
         touched = np.unique(dst // self.alloc_.seg_bytes)
         fresh = touched[~self.alloc_.seg_in_use[touched]]
@@ -652,7 +658,10 @@ class Pool:
             self._release_segments(fresh)
             raise
         freed, _ = self.alloc_.commit_compact(plan)
-        self._release_segments(freed)
+        # no more spares than before the step: a destination storage had to commit is
+        # paid back by a victim, so cleaning (which a free may trigger) never grows the
+        # pool's total, e.g. past a zswap limit that was checked before the free
+        self._release_segments(freed, budget=min(self._spare_room(), spares))
         self._counters["compactions"] += 1
         return int(freed.size) * self.alloc_.seg_bytes
 
@@ -725,14 +734,10 @@ class Pool:
         plan = al.plan_evacuation(segs[np.argsort(al.seg_live[segs], kind="stable")][:most])
         if plan is None:
             return 0
-        spares = al.spare_segments
         try:
-            self._execute_clean(plan)
+            self._execute_clean(plan)        # grows nothing: a victim pays for each destination
         except PoolFullError:
             return 0                         # no room for the destination: nothing moved
-        # the victim is a spare now: keep as many as there were, so the pool holds what
-        # it held
-        self._release_segments(np.zeros(0, np.int64), budget=spares)
         self._counters["migrated_objects"] += int(plan.slots.size)
         return int(plan.slots.size)
 
