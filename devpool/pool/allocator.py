@@ -89,6 +89,10 @@ _GEN_MASK = (1 << _GEN_BITS) - 1
 MAX_SLOTS = 1 << _SLOT_BITS
 #: freed slots wait behind at least this many others before reuse (see the docstring)
 MIN_FREE_SLOTS = 1 << 14
+#: the handle table's types: a size is at most a segment, a generation 25 bits, a slot 28
+_SIZE_T, _GEN_T, _SLOT_T = np.int32, np.int32, np.int32
+#: the largest object a pool takes (its size is kept in 32 bits: 2 GiB - 1)
+MAX_OBJECT_BYTES = (1 << 31) - 1
 
 class Placement(NamedTuple):
     """Where a batch would go (:meth:`Allocator.plan`); nothing is changed yet."""
@@ -339,9 +343,9 @@ class Allocator:
                  handle_key: int = 0):
         if segment_bytes <= 0 or segment_bytes % 4096:
             raise InvalidSizeError(f"segment_bytes must be a positive multiple of 4096, got {segment_bytes}")
-        if max_object_bytes <= 0 or max_object_bytes > segment_bytes:
-            raise InvalidSizeError(
-                f"max_object_bytes must be in 1..segment_bytes ({segment_bytes}), got {max_object_bytes}")
+        if max_object_bytes <= 0 or max_object_bytes > min(segment_bytes, MAX_OBJECT_BYTES):
+            raise InvalidSizeError(f"max_object_bytes must be in 1..segment_bytes ({segment_bytes}) and at "
+                                   f"most {MAX_OBJECT_BYTES}, got {max_object_bytes}")
         if capacity_bytes < segment_bytes:
             raise InvalidSizeError(
                 f"capacity_bytes ({capacity_bytes}) is smaller than one segment ({segment_bytes})")
@@ -372,12 +376,14 @@ class Allocator:
         self._id_back = weakref.finalize(self, self._lease.give_back)
         self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
+        # 21 bytes a slot: the offset needs 64 bits (arenas past 4 GiB); a size fits 32
+        # (at most a segment), a generation 25 and a slot number 28 (were 64 each: 33)
         self.locs = np.full(0, -1, np.int64)
-        self.sizes = np.zeros(0, np.int64)
-        self.gens = np.zeros(0, np.int64)
+        self.sizes = np.zeros(0, _SIZE_T)
+        self.gens = np.zeros(0, _GEN_T)
         self._seen = np.zeros(0, np.uint8)
         # free slots, a ring queue: taken at _ring_head, freed slots join at the tail
-        self._ring = np.zeros(0, np.int64)
+        self._ring = np.zeros(0, _SLOT_T)
         self._ring_head = 0
         self._ring_count = 0
         self._min_free = min(MIN_FREE_SLOTS, max(1, self.capacity // ALIGN))
@@ -408,7 +414,7 @@ class Allocator:
     # --- handle encoding: the only place that knows the bit layout -------------------
     def handles(self, slots: np.ndarray) -> np.ndarray:
         """The handles of these slots."""
-        return (np.int64(self._tag_bits) | (self.gens[slots] << _SLOT_BITS) | slots) ^ np.int64(self.handle_key)
+        return (np.int64(self._tag_bits) | (self.gens[slots].astype(np.int64) << _SLOT_BITS) | slots) ^ np.int64(self.handle_key)
 
     def handle_of(self, slot: int) -> int:
         """The handle of one slot."""
@@ -454,7 +460,7 @@ class Allocator:
     # --- queries ---------------------------------------------------------------------
     def location(self, slots: np.ndarray):
         """(arena offsets, requested sizes) of live slots."""
-        return self.locs[slots], self.sizes[slots]
+        return self.locs[slots], self.sizes[slots].astype(np.int64)
 
     def where(self, slot: int) -> tuple[int, int]:
         """(arena offset, requested size) of one live slot, as Python ints."""
@@ -557,7 +563,7 @@ class Allocator:
         self.ensure_slots(n)
         cap = self._ring.shape[0]
         idx = (self._ring_head + np.arange(n, dtype=np.int64)) % cap
-        slots = self._ring[idx]
+        slots = self._ring[idx].astype(np.int64)
         self._ring_head = (self._ring_head + n) % cap
         self._ring_count -= n
         return slots
@@ -576,14 +582,14 @@ class Allocator:
             return
         queued = self._ring[(self._ring_head + np.arange(self._ring_count)) % max(old, 1)]
         self.locs = np.concatenate([self.locs, np.full(new - old, -1, np.int64)])
-        self.sizes = np.concatenate([self.sizes, np.zeros(new - old, np.int64)])
+        self.sizes = np.concatenate([self.sizes, np.zeros(new - old, _SIZE_T)])
         # new slots start at the id's generation floor (not 1): handles of closed pools
         # that held this id name generations below it
-        self.gens = np.concatenate([self.gens, np.full(new - old, self._lease.base, np.int64)])
+        self.gens = np.concatenate([self.gens, np.full(new - old, self._lease.base, _GEN_T)])
         self._seen = np.zeros(new, np.uint8)
-        ring = np.empty(new, np.int64)
+        ring = np.empty(new, _SLOT_T)
         ring[:queued.size] = queued
-        ring[queued.size:queued.size + new - old] = np.arange(old, new, dtype=np.int64)
+        ring[queued.size:queued.size + new - old] = np.arange(old, new, dtype=_SLOT_T)
         self._ring = ring
         self._ring_head = 0
         self._ring_count = queued.size + new - old
@@ -638,7 +644,7 @@ class Allocator:
         re-point the slots (same slots, so every handle stays valid), count them in
         their new segments and out of their old ones. Returns (old offsets, aligned
         sizes, segments emptied), as :meth:`free` does."""
-        sizes = self.sizes[slots]
+        sizes = self.sizes[slots].astype(np.int64)
         a = aligned(sizes)
         old = self.locs[slots].copy()
         _record(slots, sizes, a, plan.offsets, plan.opened, self.seg_bytes, self.seg_fill, self.seg_live,
@@ -799,7 +805,7 @@ class Allocator:
         for arr in (self.seg_fill, self.seg_live, self.seg_placed):
             arr[victims] = 0
         opened = np.unique(dst // self.seg_bytes)
-        _record(slots, self.sizes[slots], a, dst, opened, self.seg_bytes, self.seg_fill,
+        _record(slots, self.sizes[slots].astype(np.int64), a, dst, opened, self.seg_bytes, self.seg_fill,
                 self.seg_live, self.seg_placed, self.seg_in_use, self.locs, self.sizes)
         # continue appending in the last packed segment; an old head that was not
         # cleaned keeps its unused tail until a later clean.
@@ -816,6 +822,12 @@ class Allocator:
         return freed, grown
 
     # --- figures ---------------------------------------------------------------------
+    @property
+    def table_bytes(self) -> int:
+        """Host bytes the handle table holds (21 a slot; slots: the most objects ever
+        live at once, plus ``MIN_FREE_SLOTS``, rounded up to a doubling)."""
+        return self.locs.nbytes + self.sizes.nbytes + self.gens.nbytes + self._ring.nbytes + self._seen.nbytes
+
     def stats(self) -> dict:
         in_use = self.segs_in_use
         return {
@@ -832,4 +844,7 @@ class Allocator:
             "segments_compacted": self.segments_compacted,
             "compactable_bytes": self.dead_bytes,
             "capacity_bytes": self.capacity,
+            "handle_table_bytes": self.table_bytes,
+            "segment_table_bytes": self.seg_fill.nbytes + self.seg_live.nbytes + self.seg_placed.nbytes
+                                   + self.seg_in_use.nbytes + self.seg_warm.nbytes,
         }

@@ -689,7 +689,7 @@ class Pool:
         nothing.
 
         The objects go where the arena has room already (the open segment's tail, then
-        spare segments); their old places are freed and cleaned as any free is. When
+        spare segments); their old places are dead bytes, cleaned as freed ones are. When
         there is no such room, one segment holding a chosen object (the emptiest) is
         emptied into a fresh one instead and given back. A real migration through the
         allocator and storage's own ``move`` (device to device on a GPU). The pool does
@@ -721,8 +721,10 @@ class Pool:
         offsets, asz, emptied = al.commit_move(pick, plan)
         self.storage.discard(offsets, asz)              # the old copies: freed bytes now
         self._release_segments(emptied)
+        # (no cleaning here: the room a move takes is held room, so the dead bytes it
+        # leaves are bounded by the spares and the open segment, and cleaned as the
+        # pool's own frees clean)
         self._counters["migrated_objects"] += int(pick.size)
-        self._maybe_clean()
         return int(pick.size)
 
     def _evacuate(self, pick: np.ndarray, most: int) -> int:
