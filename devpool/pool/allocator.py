@@ -90,7 +90,10 @@ MAX_SLOTS = 1 << _SLOT_BITS
 #: freed slots wait behind at least this many others before reuse (see the docstring)
 MIN_FREE_SLOTS = 1 << 14
 #: the handle table's types: a size is at most a segment, a generation 25 bits, a slot 28
-_SIZE_T, _GEN_T, _SLOT_T = np.int32, np.int32, np.int32
+_SIZE_T, _SLOT_T = np.int32, np.int32
+#: a handle's generation field: one up, and back from the top to 1 (never 0)
+_GEN_ONE = 1 << _SLOT_BITS
+_GEN_BACK = (_GEN_MASK - 1) << _SLOT_BITS
 #: the largest object a pool takes (its size is kept in 32 bits: 2 GiB - 1)
 MAX_OBJECT_BYTES = (1 << 31) - 1
 
@@ -131,7 +134,7 @@ class _PoolId:
     Kept apart from the allocator so that a finalizer can give the id back when a pool
     is dropped unclosed (it holds this, never the allocator)."""
 
-    __slots__ = ("id", "base", "gens")
+    __slots__ = ("id", "base", "hv")
 
     def __init__(self):
         with _ids_lock:
@@ -140,17 +143,18 @@ class _PoolId:
                                     f"close some first")
             self.id = _free_ids.popleft()
             self.base = _next_gen[self.id]
-        self.gens = None            # the allocator's generation table, kept current
+        self.hv = None              # the allocator's handle table, kept current
 
     def give_back(self) -> None:
         """Return the id, recording how far its generations went (whole-table: once,
         at close). Generations cycle through 1.._GEN_MASK, starting at ``base``."""
-        gens = self.gens
+        hv = self.hv
+        gens = None if hv is None else (hv >> _SLOT_BITS) & _GEN_MASK
         span = 0 if gens is None or gens.size == 0 else int(((gens - self.base) % _GEN_MASK).max()) + 1
         with _ids_lock:
             _next_gen[self.id] = (self.base - 1 + span) % _GEN_MASK + 1
             _free_ids.append(self.id)
-        self.gens = None
+        self.hv = None
 
 # _decode's error codes
 _OK, _MALFORMED, _FOREIGN, _STALE, _DUPLICATE = 0, 1, 2, 3, 4
@@ -168,24 +172,26 @@ def aligned(sizes: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode(handles, key, tag, gens, locs, check_duplicates, seen):
-    """Handles -> slots; returns (slots, index of first bad handle or -1, error code)."""
+def _decode(handles, key, tag, hv, locs, check_duplicates, seen):
+    """Handles -> slots; returns (slots, index of first bad handle or -1, error code).
+    A handle is good when its slot answers to exactly that value (``hv``: pool id,
+    generation, slot) and holds an object; only a bad one is taken apart, for why."""
     n = handles.shape[0]
     slots = np.empty(n, dtype=np.int64)
-    nslots = gens.shape[0]
+    nslots = hv.shape[0]
     for i in range(n):
         h = handles[i] ^ key
+        slot = h & _SLOT_MASK
+        if slot < nslots and hv[slot] == h and locs[slot] >= 0:
+            slots[i] = slot
+            continue
         if h <= 0:
             return slots, i, _MALFORMED
         if (h >> _TAG_SHIFT) != tag:
             return slots, i, _FOREIGN
-        slot = h & _SLOT_MASK
-        gen = (h >> _SLOT_BITS) & _GEN_MASK
-        if slot >= nslots or gen == 0:
+        if slot >= nslots or (h >> _SLOT_BITS) & _GEN_MASK == 0:
             return slots, i, _MALFORMED
-        if gens[slot] != gen or locs[slot] < 0:
-            return slots, i, _STALE
-        slots[i] = slot
+        return slots, i, _STALE
     if check_duplicates:
         # seen[] is all-zero on entry and restored before return
         bad = -1
@@ -288,7 +294,7 @@ def _record(slots, sizes, asizes, offsets, opened, seg_bytes,
 
 
 @numba.njit(cache=True, nogil=True)
-def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_placed,
+def _forget(slots, locs, size_tab, hv, seg_bytes, seg_fill, seg_live, seg_placed,
             in_use, ring, ring_head, ring_count, head):
     """Free validated slots: segment figures, generations, the free-slot queue's tail.
 
@@ -323,8 +329,8 @@ def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_plac
         asz[i] = a
         total += size
         locs[slot] = -1
-        g = gens[slot] + 1
-        gens[slot] = 1 if g > _GEN_MASK else g        # wrap, never 0
+        v = hv[slot]                                    # the next generation, never 0
+        hv[slot] = v + _GEN_ONE if (v >> _SLOT_BITS) & _GEN_MASK != _GEN_MASK else v - _GEN_BACK
         ring[(ring_head + ring_count) % cap] = slot
         ring_count += 1
     return offsets, asz, emptied[:n_empty], ring_count, total
@@ -376,11 +382,14 @@ class Allocator:
         self._id_back = weakref.finalize(self, self._lease.give_back)
         self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
-        # 21 bytes a slot: the offset needs 64 bits (arenas past 4 GiB); a size fits 32
-        # (at most a segment), a generation 25 and a slot number 28 (were 64 each: 33)
+        # 25 bytes a slot (were 33): the offset and the handle the slot answers to in 64
+        # bits, the size (at most 2 GiB - 1) and the free-slot queue's entry in 32, one
+        # byte of scratch for finding repeats in a batch
         self.locs = np.full(0, -1, np.int64)
         self.sizes = np.zeros(0, _SIZE_T)
-        self.gens = np.zeros(0, _GEN_T)
+        #: per slot, the (unscrambled) handle it answers to: this pool's id, the slot's
+        #: generation, the slot; one comparison checks all three
+        self.hv = np.zeros(0, np.int64)
         self._seen = np.zeros(0, np.uint8)
         # free slots, a ring queue: taken at _ring_head, freed slots join at the tail
         self._ring = np.zeros(0, _SLOT_T)
@@ -400,10 +409,10 @@ class Allocator:
 
     def _table_views(self) -> None:
         """(Re)make the single paths' views of the handle table after it is replaced."""
-        self._m_locs, self._m_sizes, self._m_gens, self._m_ring = (
-            memoryview(a) for a in (self.locs, self.sizes, self.gens, self._ring))
+        self._m_locs, self._m_sizes, self._m_hv, self._m_ring = (
+            memoryview(a) for a in (self.locs, self.sizes, self.hv, self._ring))
         self._nslots = self.locs.shape[0]
-        self._lease.gens = self.gens
+        self._lease.hv = self.hv
 
     def close(self) -> None:
         """Give the pool id back (reused last); idempotent."""
@@ -414,15 +423,15 @@ class Allocator:
     # --- handle encoding: the only place that knows the bit layout -------------------
     def handles(self, slots: np.ndarray) -> np.ndarray:
         """The handles of these slots."""
-        return (np.int64(self._tag_bits) | (self.gens[slots].astype(np.int64) << _SLOT_BITS) | slots) ^ np.int64(self.handle_key)
+        return self.hv[slots] ^ np.int64(self.handle_key)
 
     def handle_of(self, slot: int) -> int:
         """The handle of one slot."""
-        return (self._tag_bits | (self._m_gens[slot] << _SLOT_BITS) | slot) ^ self.handle_key
+        return self._m_hv[slot] ^ self.handle_key
 
     def decode(self, handles: np.ndarray, check_duplicates: bool = False) -> np.ndarray:
         """Validate handles and return their slots; raise naming the first bad one."""
-        slots, bad, code = _decode(handles, np.int64(self.handle_key), np.int64(self.pool_id), self.gens,
+        slots, bad, code = _decode(handles, np.int64(self.handle_key), np.int64(self.pool_id), self.hv,
                                    self.locs, check_duplicates, self._seen)
         if bad >= 0:
             raise InvalidHandleError(
@@ -442,8 +451,7 @@ class Allocator:
             handle = int(handle)
         h = handle ^ self.handle_key
         slot = h & _SLOT_MASK
-        if (h > 0 and h >> _TAG_SHIFT == self.pool_id and slot < self._nslots
-                and self._m_gens[slot] == (h >> _SLOT_BITS) & _GEN_MASK and (off := self._m_locs[slot]) >= 0):
+        if slot < self._nslots and self._m_hv[slot] == h and (off := self._m_locs[slot]) >= 0:
             return slot, off, self._m_sizes[slot]
         raise InvalidHandleError(f"handle {handle} {_REASONS[self._why_bad(h)]}")
 
@@ -453,7 +461,7 @@ class Allocator:
             return _MALFORMED
         if h >> _TAG_SHIFT != self.pool_id:
             return _FOREIGN
-        if h & _SLOT_MASK >= self.gens.shape[0] or (h >> _SLOT_BITS) & _GEN_MASK == 0:
+        if h & _SLOT_MASK >= self.hv.shape[0] or (h >> _SLOT_BITS) & _GEN_MASK == 0:
             return _MALFORMED
         return _STALE
 
@@ -526,6 +534,32 @@ class Allocator:
             return None
         return int(plan.offsets[0]), int(plan.opened[0])
 
+    def bump_one(self, size: int):
+        """Place and record one object in the head segment's room, the common case of
+        :meth:`place_one` + :meth:`commit_one` + :meth:`handle_of` in one call: returns
+        ``(slot, offset, handle)``, or None (changing nothing) when the head has no
+        room or the handle table must grow first (the pool then takes the long way)."""
+        head = self.head
+        a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
+        if head < 0 or self._ring_count <= self._min_free:
+            return None
+        fill = self._m_fill[head]
+        if fill + a > self.seg_bytes:
+            return None
+        slot = self._m_ring[self._ring_head]
+        self._ring_head = (self._ring_head + 1) % self._nslots
+        self._ring_count -= 1
+        self._m_live[head] += a
+        self._m_placed[head] += 1
+        self._m_fill[head] = fill + a
+        offset = head * self.seg_bytes + fill
+        self._m_locs[slot] = offset
+        self._m_sizes[slot] = size
+        self.live_bytes += size
+        self.live_objects += 1
+        self.live_aligned += a
+        return slot, offset, self._m_hv[slot] ^ self.handle_key
+
     def commit_one(self, size: int, offset: int, opened: int) -> int:
         """Record one placed object (the point of no return); returns its slot.
         The figures ``_record`` keeps for a batch, on scalars."""
@@ -585,7 +619,8 @@ class Allocator:
         self.sizes = np.concatenate([self.sizes, np.zeros(new - old, _SIZE_T)])
         # new slots start at the id's generation floor (not 1): handles of closed pools
         # that held this id name generations below it
-        self.gens = np.concatenate([self.gens, np.full(new - old, self._lease.base, _GEN_T)])
+        self.hv = np.concatenate([self.hv, np.int64(self._tag_bits | self._lease.base << _SLOT_BITS)
+                                  | np.arange(old, new, dtype=np.int64)])
         self._seen = np.zeros(new, np.uint8)
         ring = np.empty(new, _SLOT_T)
         ring[:queued.size] = queued
@@ -693,7 +728,7 @@ class Allocator:
     def free(self, slots: np.ndarray):
         """Forget validated slots; returns (offsets, aligned sizes, emptied segments)."""
         offsets, asz, emptied, self._ring_count, total = _forget(
-            slots, self.locs, self.sizes, self.gens, self.seg_bytes, self.seg_fill, self.seg_live,
+            slots, self.locs, self.sizes, self.hv, self.seg_bytes, self.seg_fill, self.seg_live,
             self.seg_placed, self.seg_in_use, self._ring, self._ring_head,
             self._ring_count, self.head)
         self.live_objects -= slots.shape[0]
@@ -720,9 +755,9 @@ class Allocator:
                 emptied = seg
                 self.segs_in_use -= 1
         self._m_locs[slot] = -1
-        gens = self._m_gens
-        g = gens[slot] + 1
-        gens[slot] = g if g <= _GEN_MASK else 1         # wrap, never 0
+        hv = self._m_hv
+        v = hv[slot]                                    # the next generation, never 0
+        hv[slot] = v + _GEN_ONE if (v >> _SLOT_BITS) & _GEN_MASK != _GEN_MASK else v - _GEN_BACK
         n = self._ring_count
         self._m_ring[(self._ring_head + n) % self._nslots] = slot
         self._ring_count = n + 1
@@ -823,10 +858,15 @@ class Allocator:
 
     # --- figures ---------------------------------------------------------------------
     @property
+    def gens(self) -> np.ndarray:
+        """Each slot's generation (a copy: the table keeps them inside ``hv``)."""
+        return (self.hv >> _SLOT_BITS) & _GEN_MASK
+
+    @property
     def table_bytes(self) -> int:
-        """Host bytes the handle table holds (21 a slot; slots: the most objects ever
+        """Host bytes the handle table holds (25 a slot; slots: the most objects ever
         live at once, plus ``MIN_FREE_SLOTS``, rounded up to a doubling)."""
-        return self.locs.nbytes + self.sizes.nbytes + self.gens.nbytes + self._ring.nbytes + self._seen.nbytes
+        return self.locs.nbytes + self.sizes.nbytes + self.hv.nbytes + self._ring.nbytes + self._seen.nbytes
 
     def stats(self) -> dict:
         in_use = self.segs_in_use

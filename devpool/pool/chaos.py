@@ -79,6 +79,7 @@ class ChaosStorage(Storage):
     poisoned."""
 
     kind = "chaos"
+    scrubs_freed = True                  # freed bytes are poisoned
 
     def __init__(self, upstream: Storage, seed: int | None = None, migrate_per_call: int = 8,
                  migrate_per_object: int = 1):
@@ -146,6 +147,9 @@ class ChaosStorage(Storage):
 
     def read_one(self, offset, out):
         self.upstream.read_one(offset, out)
+
+    def copy_one(self, offset, nbytes):
+        return self.upstream.copy_one(offset, nbytes)
 
     def lend_one(self, offset, nbytes):
         return self.upstream.lend_one(offset, nbytes)

@@ -131,6 +131,7 @@ class Pool:
         self._lock = threading.RLock()
         self._closed = False
         self._lending = False          # read_with's consume is running (see there)
+        self._scrubs = storage.scrubs_freed   # discard_one does something: call it
         # True when _enter must run before a verb: closed, lending, or hostile (one
         # test on the single verbs' path instead of three)
         self._slow = self._hostility is not None
@@ -363,20 +364,25 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            size = self.alloc_.check_size(nbytes)
+            al = self.alloc_
+            size = nbytes if type(nbytes) is int and 0 < nbytes <= al.max_object else al.check_size(nbytes)
             if data is not None and data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
-            if max_total is not None and not self._fits_one(size, max_total):
-                return None
-            slot = self._alloc_one(size)
+            # the common case in one call: room in the open segment (which grows nothing,
+            # so a limit has nothing to say)
+            got = al.bump_one(size)
+            if got is None:
+                if max_total is not None and not self._fits_one(size, max_total):
+                    return None
+                got = self._alloc_one(size)
+            slot, offset, handle = got
             if data is not None:
-                offset = self.alloc_.where(slot)[0]
                 try:
                     self.storage.write_one(offset, data)
                 except BaseException:
                     self._free_one(slot, offset, size)
                     raise
-            return self.alloc_.handle_of(slot)
+            return handle
 
     def _fits_one(self, size: int, max_total: int) -> bool:
         """:meth:`_within` for one object, with the common case first: the head segment
@@ -385,8 +391,9 @@ class Pool:
             return True
         return self._within(np.array([size], np.int64), max_total) == 1
 
-    def _alloc_one(self, size: int) -> int:
-        """Allocate one object (a valid size); returns its slot."""
+    def _alloc_one(self, size: int):
+        """Allocate one object (a valid size) the long way: a new segment, cleaning
+        under pressure, a growing table; returns ``(slot, offset, handle)``."""
         al = self.alloc_
         placed = al.place_one(size)
         if placed is None:
@@ -400,7 +407,8 @@ class Pool:
         if opened >= 0:
             al.ensure_slots(1)                 # a full handle table refuses before storage grows
             self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
-        return al.commit_one(size, offset, opened)
+        slot = al.commit_one(size, offset, opened)
+        return slot, offset, al.handle_of(slot)
 
     # --- copy-in ---------------------------------------------------------------------
     def _payload(self, payload) -> tuple[object, int]:
@@ -524,11 +532,12 @@ class Pool:
                 self._enter()
             slot, offset, size = self.alloc_.decode_one(handle)
             if out is None:
-                out = np.empty(size, np.uint8)
-            elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
-                      and (flags := out.flags).c_contiguous and flags.writeable):
-                out = _check_out(out, size)
-            self.storage.read_one(offset, out)
+                out = self.storage.copy_one(offset, size)
+            else:
+                if not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
+                        and (flags := out.flags).c_contiguous and flags.writeable):
+                    out = _check_out(out, size)
+                self.storage.read_one(offset, out)
             if free:
                 self._free_one(slot, offset, size)
             return out
@@ -594,7 +603,8 @@ class Pool:
     def _free_one(self, slot: int, offset: int, size: int) -> None:
         """Free one slot ``decode_one`` validated (with the offset and size it gave)."""
         asize, emptied = self.alloc_.free_one(slot, offset, size)
-        self.storage.discard_one(offset, asize)
+        if self._scrubs:
+            self.storage.discard_one(offset, asize)
         if emptied >= 0:
             self._release_segments(np.array([emptied], np.int64))
         self._maybe_clean()

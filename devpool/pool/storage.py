@@ -33,7 +33,7 @@ copy and no batch metadata; the defaults fall back on the batch verbs:
     copy-in of one object: ``data`` (1-D host uint8) lands at arena ``offset``.
 ``read_one(offset, out)``
     copy-out of one object: ``out.size`` bytes from arena ``offset`` into ``out`` (1-D
-    host uint8, writable).
+    host uint8, writable); ``copy_one(offset, nbytes)`` the same into a new array.
 ``lend_one(offset, nbytes)``
     one object's bytes as a read-only 1-D host uint8 array, to be read at once and
     dropped while the pool's lock is held: a copy by default; host RAM lends the arena's
@@ -92,6 +92,9 @@ class Storage:
     kind = "abstract"
     #: how hostile the pool must be (a :class:`Hostility`); None: not at all
     hostility: Hostility | None = None
+    #: True when ``discard`` / ``discard_one`` do something (scrub freed ranges); the
+    #: pool's single free skips the call otherwise
+    scrubs_freed = False
     #: True when the arena is device memory that implements the ``*_device`` verbs
     device_resident = False
 
@@ -128,6 +131,13 @@ class Storage:
         """Copy ``out.size`` bytes at arena ``offset`` into ``out`` (1-D uint8, host)."""
         self.gather(np.array([offset], np.int64), np.array([out.size], np.int64), out,
                     np.zeros(1, np.int64))
+
+    def copy_one(self, offset: int, nbytes: int) -> np.ndarray:
+        """The object at arena ``offset`` as a fresh, writable 1-D uint8 host array
+        (``read_one`` into a new array; a storage may make the copy in one step)."""
+        out = np.empty(nbytes, np.uint8)
+        self.read_one(offset, out)
+        return out
 
     def discard_one(self, offset: int, nbytes: int) -> None:
         """One freed range (see :meth:`discard`)."""

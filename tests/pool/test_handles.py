@@ -74,7 +74,7 @@ def test_generations_carry_on_across_holders_of_an_id():
     al = a.alloc_
     h = a.alloc(16)
     slot = al.decode_one(h)[0]
-    al.gens[slot] += 1000                         # as after 1 000 reuses of that slot
+    al.hv[slot] += 1000 << 28                     # as after 1 000 reuses of that slot
     aid, top = al.pool_id, int(al.gens[slot])
     a.close()
     b = _later_pool_with_id("host", aid, lambda pool: None)

@@ -340,7 +340,7 @@ def test_generation_wraps_to_one_never_zero(batch):
         al = pool.alloc_
         h = pool.alloc(32)
         slot = al.decode_one(h)[0]
-        al.gens[slot] = _GEN_MASK
+        al.hv[slot] = (al.hv[slot] & ~(_GEN_MASK << _SLOT_BITS)) | (_GEN_MASK << _SLOT_BITS)
         h = al.handle_of(slot)              # the same object, top generation
         pool.free_batch([h]) if batch else pool.free(h)
         assert al.gens[slot] == 1
