@@ -728,8 +728,9 @@ class Pool:
         except BaseException:
             self._release_segments(plan.opened)
             raise
-        offsets, asz, emptied = al.commit_move(pick, plan)
-        self.storage.discard(offsets, asz)              # the old copies: freed bytes now
+        emptied = al.commit_move(pick, plan)[2]
+        # (no discard: the old copies were the move's sources, which storage's move
+        # already treats as left behind, as after a cleaning step's move)
         self._release_segments(emptied)
         # (no cleaning here: the room a move takes is held room, so the dead bytes it
         # leaves are bounded by the spares and the open segment, and cleaned as the

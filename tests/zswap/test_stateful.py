@@ -347,7 +347,7 @@ def make_machine(backend: str, tmpdir, with_backing: bool):
 def test_zswap_matches_its_model(backend, tmp_path, with_backing, sized):
     machine = make_machine(backend, tmp_path, with_backing)
     machine.TestCase.settings = settings(
-        max_examples=sized(100, 15, 4), stateful_step_count=40, deadline=None,
+        max_examples=sized(100, 15, 20), stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture,
                                HealthCheck.filter_too_much])
     machine.TestCase().runTest()
