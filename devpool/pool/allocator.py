@@ -718,11 +718,12 @@ class Allocator:
             return np.zeros(0, np.int64)
         if count >= live:
             return np.flatnonzero(self.locs >= 0)
-        while True:                           # one round finds them all with p > 0.99
+        for _ in range(8):                    # one round finds them all with p > 0.99
             draws = rng.integers(0, nslots, int(min(4 * nslots, count * nslots / live * 3 + 32)))
             picked = list(dict.fromkeys(draws[self.locs[draws] >= 0].tolist()))   # distinct, in order
             if len(picked) >= count:
                 return np.array(picked[:count], np.int64)
+        return rng.permutation(np.flatnonzero(self.locs >= 0))[:count]     # (never seen: a bound)
 
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):

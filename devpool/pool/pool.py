@@ -707,6 +707,8 @@ class Pool:
         call; the work follows ``count``, not the pool's size.
         """
         count = check_int(count, "count", lo=0)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise BadInputError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
         return self._migrate(count, np.random.default_rng() if rng is None else rng)
 
     def _migrate(self, count: int, rng: np.random.Generator) -> int:
