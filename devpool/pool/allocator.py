@@ -367,6 +367,7 @@ class Allocator:
         self.seg_placed = np.zeros(self.n_segs, np.int64)
         self.seg_in_use = np.zeros(self.n_segs, np.bool_)
         self.seg_warm = np.zeros(self.n_segs, np.bool_)   # free but still held by storage
+        self._n_spare = 0                                   # seg_warm.sum(), kept
         # memoryviews of the same arrays for the single-object paths: indexing one gives
         # a Python int in half the time a numpy scalar takes (measured 16 vs 32-68 ns)
         self._m_fill, self._m_live, self._m_placed, self._m_in_use = (
@@ -641,20 +642,30 @@ class Allocator:
 
     def held(self, segs: np.ndarray) -> None:
         """``segs`` are committed and in use now: spares among them are spares no longer."""
-        self.seg_warm[segs] = False
+        if segs.size:
+            segs = np.unique(segs)
+            self._n_spare -= int(self.seg_warm[segs].sum())
+            self.seg_warm[segs] = False
 
     def retire(self, segs: np.ndarray, budget: int) -> np.ndarray:
         """Freed ``segs`` become spares; returns the spares past ``budget`` (the highest:
-        the arena's top empties) that storage must take back, cold from now on."""
-        self.seg_warm[segs] = True
-        spares = np.flatnonzero(self.seg_warm)
-        give = spares[budget:]
+        the arena's top empties) that storage must take back, cold from now on. Costs
+        what ``segs`` are, and a pass over the segments only when spares are given back."""
+        if segs.size:
+            segs = np.unique(segs)
+            self._n_spare += int(segs.size - self.seg_warm[segs].sum())
+            self.seg_warm[segs] = True
+        if self._n_spare <= budget:
+            return np.zeros(0, np.int64)
+        give = np.flatnonzero(self.seg_warm)[max(budget, 0):]
         self.seg_warm[give] = False
+        self._n_spare -= give.size
         return give
 
     @property
     def spare_segments(self) -> int:
-        return int(self.seg_warm.sum())
+        """Segments freed but still held by storage (kept count of: no pass)."""
+        return self._n_spare
 
     # --- migration: objects move, handles stay ----------------------------------------
     def segments_of(self, slots: np.ndarray) -> np.ndarray:

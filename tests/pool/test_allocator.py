@@ -303,6 +303,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         assert np.array_equal(al.seg_live, live)
         assert al.seg_in_use[live > 0].all()
         assert not (al.seg_in_use & al.seg_warm).any(), "a spare is not in use"
+        assert al.spare_segments == int(al.seg_warm.sum())
         assert al.live_objects == len(self.model)
         assert al.live_bytes == sum(n for n, _ in self.model.values())
         assert al.live_aligned == int(live.sum())
