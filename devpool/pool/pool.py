@@ -142,6 +142,7 @@ class Pool:
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._clean_floor = 0          # see _maybe_clean
+        self._repack_floor = 0         # see _within
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
     def _enter(self, kind=_ONE) -> None:
@@ -317,20 +318,39 @@ class Pool:
     def _within(self, sizes: np.ndarray, max_total: int) -> int:
         """The longest prefix of ``sizes`` that keeps ``pool_total_size`` within
         ``max_total``. Dead bytes and spare segments are not pressure: when the prefix is
-        short, clean (compact, and give the spares back: they count in the total), and if
-        that is not enough yet dead bytes would hold the rest, repack every segment so
-        the free space gathers behind the last object."""
+        short, give the spares back (they count in the total), then clean in bounded
+        steps sized to what is still missing (the emptiest segments: the work follows
+        the call, not the pool), and only if dead bytes would hold the rest and no step
+        frees anything, repack every segment so the free space gathers behind the last
+        object (a whole-pool pass, not repeated until another segment's worth of bytes
+        has died)."""
         keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
         if keep == sizes.size:
             return keep
+        al, none = self.alloc_, np.zeros(0, np.int64)
         need = int(aligned(sizes[keep:keep + 1]).sum())
-        if self.alloc_.dead_bytes >= need or self.alloc_.spare_segments:
-            self._clean(1.0)
+        if al.dead_bytes < need and not al.spare_segments:
+            return keep
+        if al.spare_segments:
+            self._release_segments(none, keep_spares=False)
             keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
-            if keep < sizes.size and self.alloc_.dead_bytes >= need:
-                self._execute_clean(self.alloc_.plan_compact(1.0, repack=True))
-                self._release_segments(np.zeros(0, np.int64), keep_spares=False)
-                keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        while keep < sizes.size and al.dead_bytes >= need:
+            plan = al.plan_clean(int(aligned(sizes[keep:]).sum()), self.CLEAN_STEP_SEGMENTS)
+            if plan is None:
+                break
+            self._execute_clean(plan)
+            self._release_segments(none, keep_spares=False)
+            more = self._fitting(sizes, max_total - self.storage.committed_bytes)
+            if more == keep:
+                break
+            keep = more
+        if keep < sizes.size and al.dead_bytes >= max(need, self._repack_floor):
+            self._execute_clean(al.plan_compact(1.0, repack=True))
+            self._release_segments(none, keep_spares=False)
+            self._repack_floor = al.dead_bytes + al.seg_bytes
+            keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        if keep == sizes.size:
+            self._repack_floor = 0
         return keep
 
     @_locked(kind=_QUERY)      # a question about placement, not an operation on objects
