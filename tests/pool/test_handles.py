@@ -84,3 +84,27 @@ def test_generations_carry_on_across_holders_of_an_id():
         assert b.read(hb).tolist() == list(range(16))
     finally:
         b.close()
+
+
+def test_a_dropped_pools_handle_is_refused_too():
+    """A pool dropped without close() gives its id back when collected; its
+    generations go with it into the registry, as a closed pool's do."""
+    import gc
+
+    a = devpool.open_pool("host", 1 << 16, segment_bytes=4096)
+    h = a.alloc(8, data=b"AAAAAAAA")
+    aid = a.alloc_.pool_id
+    del a
+    gc.collect()
+
+    def setup(pool):
+        pool.mine = pool.alloc(8, data=b"BBBBBBBB")
+
+    b = _later_pool_with_id("host", aid, setup)
+    try:
+        assert b.mine != h
+        with pytest.raises(devpool.InvalidHandleError):
+            b.read(h)
+        assert b.read(b.mine).tobytes() == b"BBBBBBBB"
+    finally:
+        b.close()
