@@ -6,8 +6,9 @@
 A swap-in fault is one object: what the pool costs around its copies is interpreter
 work (calls, checks, the lock), and a busy machine scales it. So each pair runs this
 tree and ``--base`` (another checkout: ``git worktree add /tmp/base main``) in fresh
-processes one after the other, the same objects (LZ4-page-like sizes, 500..4000 bytes)
-on host storage, and takes p50 per process of:
+processes one after the other, the same objects (LZ4 blocks of 400..3800 bytes) on host
+storage, timed by ``bench_latency.pool_latency`` (this tree's copy, for both), and takes
+p50 per process (median over passes) of:
 
 - ``alloc`` + ``write`` + ``read`` + ``free`` of one object (the four verbs);
 - ``alloc(n, data=)`` + ``read(h, free=True)`` (the two calls zswap makes).
@@ -24,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -34,31 +34,17 @@ TREE = HERE.parent
 
 
 def child(n: int, passes: int) -> dict:
-    import gc
-
+    """p50s in this process: ``bench_latency.pool_latency`` (the same loop the latency
+    benchmark times) over pages whose LZ4 blocks run 400..3800 bytes, once per pass."""
     import devpool
+    from bench_latency import pool_latency
     rng = np.random.default_rng(0)
-    blocks = [rng.integers(0, 255, int(s), dtype=np.uint8) for s in rng.integers(500, 4000, n)]
-    pool = devpool.open_pool("host", 64 << 20)
-    for b in blocks[:300]:                                 # warm-up
-        pool.read(pool.alloc(b.size, data=b), free=True)
-    clock = time.perf_counter
-    four, two = [], []
-    gc.disable()
-    for _ in range(passes):
-        for b in blocks:
-            t = clock()
-            h = pool.alloc(b.size)
-            pool.write(h, b)
-            pool.read(h)
-            pool.free(h)
-            four.append(clock() - t)
-            t = clock()
-            got = pool.read(pool.alloc(b.size, data=b), free=True)
-            two.append(clock() - t)
-    assert np.array_equal(got, blocks[-1])
-    pool.close()
-    return {"four_p50_us": float(np.percentile(four, 50) * 1e6), "two_p50_us": float(np.percentile(two, 50) * 1e6),
+    pages = np.zeros((n, 4096), np.uint8)
+    for page, k in zip(pages, rng.integers(400, 3800, n).tolist()):
+        page[:k] = rng.integers(0, 256, k, dtype=np.uint8)          # the rest zeros: compresses to ~k
+    runs = [pool_latency("host", pages) for _ in range(passes)]
+    return {"four_p50_us": float(np.median([r["alloc_write_read_free_p50_us"] for r in runs])),
+            "two_p50_us": float(np.median([r["alloc_data_read_free_p50_us"] for r in runs])),
             "devpool": devpool.__file__}
 
 
@@ -83,10 +69,10 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--json")
     args = ap.parse_args()
+    sys.path.insert(0, str(HERE))
     if args.child:
         print(json.dumps(child(args.n, args.passes)))
         return
-    sys.path.insert(0, str(HERE))
     from _common import header, save
     r = header("bench_pool_single", base=args.base, pairs=args.pairs, n=args.n, passes=args.passes)
     print(f"# {r['command']}  ({r['date']}, {r['machine']})")

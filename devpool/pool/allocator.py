@@ -471,10 +471,6 @@ class Allocator:
         """(arena offsets, requested sizes) of live slots."""
         return self.locs[slots], self.sizes[slots].astype(np.int64)
 
-    def where(self, slot: int) -> tuple[int, int]:
-        """(arena offset, requested size) of one live slot, as Python ints."""
-        return self._m_locs[slot], self._m_sizes[slot]
-
     def check_sizes(self, sizes) -> np.ndarray:
         """Sizes as int64, or InvalidSizeError naming the first bad one."""
         arr = as_int_array(sizes, "sizes", error=InvalidSizeError)
