@@ -271,3 +271,9 @@ def test_bench_pool_single_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_pool_single.py", "--base", tree, "--pairs", "1", "--n", "50", "--passes", "1")
     assert r["this_four_p50_us"]["median"] > 0 and r["base_two_p50_us"]["median"] > 0
     assert r["ratio_four_p50_us"]["median"] > 0
+
+
+def test_bench_pool_bytes_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_pool_bytes.py", "--sizes", "100,1000")
+    assert [row["live_objects"] for row in r["rows"]] == [100, 1000]
+    assert all(row["handle_table_bytes"] >= 21 * row["slots"] for row in r["rows"])
