@@ -457,10 +457,12 @@ def test_ctrl_c_while_waiting_for_the_lock_leaves_it_free(name, make):
                 time.sleep(0.2)                 # the main thread is waiting in the verb now
                 _thread.interrupt_main()        # Ctrl-C, delivered once it holds the lock
         t = threading.Thread(target=holder)
-        t.start()
-        held.wait()
         interrupted = False
         try:
+            # (inside the try: on a loaded machine this thread can stall past the 0.2 s,
+            # and an interrupt landing before the verb escaped into the test runner)
+            t.start()
+            held.wait()
             call()
             for _ in range(1000):               # an interrupt pending after the verb fires here
                 pass
