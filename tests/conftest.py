@@ -103,7 +103,7 @@ def hostile(backend) -> bool:
 def sized(simulated, hostile):
     """``sized(full, small, tiny)``: how much work a test does here: ``full`` on host and
     chaos, ``small`` under the simulator, ``tiny`` for chaos under the simulator (every
-    call relocates and cleans with simulated kernels; ``small`` when not given)."""
+    call migrates objects with simulated kernels; ``small`` when not given)."""
     def pick(full, small, tiny=None):
         if simulated:
             return tiny if hostile and tiny is not None else small

@@ -257,3 +257,23 @@ def test_mutation_run_interrupted_leaves_no_copies():
             p.kill()
             p.wait()
     assert not any(os.path.exists(d) for d in made), "an interrupted run left its copies behind"
+
+
+def test_bench_chaos_scale_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_chaos_scale.py", "--sizes", "60,240", "--calls", "12", "--passes", "2")
+    assert [row["live_objects"] for row in r["rows"]] == [60, 240]
+    assert all(row["us_per_call_median"] > 0 and row["migrated_objects"] > 0 for row in r["rows"])
+
+
+def test_bench_pool_single_smoke(tmp_path):
+    """Against this very tree as the base: both sides run, and the ratio is reported."""
+    tree = str(BENCH.parent)
+    r = run_bench(tmp_path, "bench_pool_single.py", "--base", tree, "--pairs", "1", "--n", "50", "--passes", "1")
+    assert r["this_four_p50_us"]["median"] > 0 and r["base_two_p50_us"]["median"] > 0
+    assert r["ratio_four_p50_us"]["median"] > 0
+
+
+def test_bench_pool_bytes_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_pool_bytes.py", "--sizes", "100,1000")
+    assert [row["live_objects"] for row in r["rows"]] == [100, 1000]
+    assert all(row["handle_table_bytes"] >= 21 * row["slots"] for row in r["rows"])
