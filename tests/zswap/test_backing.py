@@ -98,14 +98,18 @@ def test_another_users_file_is_refused(tmp_path):
         BackingFile(f)
 
 
-def test_a_new_file_is_created_0600_and_an_existing_private_one_reused(tmp_path):
+def test_a_new_file_is_created_0600_and_an_existing_private_one_taken_empty(tmp_path):
     f = tmp_path / "swap"
     with BackingFile(f) as b:
         assert b.created and stat.S_IMODE(os.stat(f).st_mode) == 0o600
         b.write_pages(np.array([1]), page(7))
-    with BackingFile(f) as b:                      # ours, 0600: reused, its slots intact
-        assert not b.created
-        assert (b.read_pages(np.array([1])) == 7).all()
+    f.write_bytes(b"left by a process that died" * 1000)   # ours, 0600: taken, emptied
+    os.chmod(f, 0o600)
+    with BackingFile(f) as b:
+        assert not b.created and os.stat(f).st_size == 0
+        with pytest.raises(WritebackError, match="short read"):
+            b.read_pages(np.array([1]))
+    assert f.exists() and os.stat(f).st_size == 0          # not ours to remove; emptied
 
 
 @pytest.mark.parametrize("path", [3, None, b"a\0b", "a\0b", "", 1.5])
@@ -133,8 +137,10 @@ def test_a_second_backing_file_on_the_same_path_is_refused_until_the_first_close
     assert open_fds() == fds and f.exists()        # the refusal leaked nothing, removed nothing
     assert (first.read_pages(np.array([0])) == 1).all()
     first.close()
+    assert not f.exists()                          # it made the file: its close removed it
     with BackingFile(f) as again:
-        assert (again.read_pages(np.array([0])) == 1).all()
+        again.write_pages(np.array([0]), page(2))
+        assert (again.read_pages(np.array([0])) == 2).all()
 
 
 def test_two_zswaps_on_one_path_are_refused(tmp_path):
