@@ -164,9 +164,12 @@ def check_output_path(path: str | None) -> None:
     Never opens ``path`` itself (opening a FIFO blocks until a reader comes): an existing
     entry must be a regular file we may write, and the folder must take a new file (a
     probe file, created exclusively and removed again, shows that; nothing stays behind).
+    None means "no such output"; an empty path is refused.
     """
-    if not path:
+    if path is None:
         return
+    if not path:                          # "-o ''": refused before the work, not after it
+        raise BadInputError("an output path is empty; name a file")
     try:
         st = os.lstat(path)
     except FileNotFoundError:

@@ -128,11 +128,12 @@ def cmd_bench(args) -> int:
 
 # --- replay -------------------------------------------------------------------------------
 def cmd_replay(args) -> int:
-    from .replay import run_replay
+    from .replay import prepare_replay, run_replay
     check_output_path(args.json)
     check_plot_path(args.plot)
+    prepared = prepare_replay(args)          # every refusal before pages are captured
     pages, source = _pages(args)
-    return run_replay(args, pages, source)
+    return run_replay(args, pages, source, prepared)
 
 
 # --- check-kernels --------------------------------------------------------------------------
