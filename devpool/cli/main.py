@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from .io import (
+    ProgressBar,
     check_output_path,
     check_plot_path,
     load_pages_file,
@@ -74,7 +75,8 @@ def _pages(args) -> tuple[np.ndarray, str]:
     if args.pages:
         pages, source = load_pages_file(args.pages, args.max_pages), args.pages
     elif args.pid is not None:
-        pages, source = capture_pid(args.pid, max_pages=args.max_pages), f"pid {args.pid}"
+        with ProgressBar(f"capture pid {args.pid}", quiet=args.quiet) as bar:
+            pages, source = capture_pid(args.pid, max_pages=args.max_pages, progress=bar), f"pid {args.pid}"
     else:
         if not args.quiet:
             print("capturing pages from built-in workloads (python heap, sqlite, numeric) ...", file=sys.stderr)
