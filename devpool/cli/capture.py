@@ -224,6 +224,8 @@ def capture_pid(pid: int, max_pages: int | None = None, progress=None) -> np.nda
                     break
         if _exited(pidfd):
             raise ProcessLookupError(errno.ESRCH, "exited")
+    except CaptureError:
+        raise
     except FileNotFoundError as exc:
         raise CaptureError(f"process {pid} does not exist (or exited during capture)") from exc
     except PermissionError as exc:

@@ -50,7 +50,7 @@ import weakref
 import numba
 import numpy as np
 
-from .._checks import check_int
+from .._checks import as_int_array, check_int
 from .._errors import BadInputError, WritebackError
 
 __all__ = ["BackingFile"]
@@ -247,15 +247,32 @@ class BackingFile:
                                  f"a fork()ed child may not {what} it (its parent's slots)")
 
     # --- slots ---------------------------------------------------------------------------
-    def check_words(self, offsets: np.ndarray, pages: np.ndarray) -> np.ndarray:
-        """The check word of each ``pages[i]`` in the slot of ``offsets[i]`` (uint64)."""
-        words = np.ascontiguousarray(pages).reshape(len(offsets), self.page_size).view(np.uint64)
-        return _check_words(words, np.asarray(offsets, np.int64), self._key)
+    def _slots(self, offsets) -> np.ndarray:
+        offsets = as_int_array(offsets, "offsets")
+        if offsets.size and offsets.min() < 0:
+            raise BadInputError(f"slot offsets must be >= 0, got {int(offsets.min())}")
+        return offsets
 
-    def write_pages(self, offsets: np.ndarray, pages: np.ndarray) -> np.ndarray:
+    def _pages(self, pages, n: int) -> np.ndarray:
+        pages = np.asarray(pages)
+        if pages.dtype != np.uint8 or pages.shape != (n, self.page_size):
+            raise BadInputError(f"pages must be ({n}, {self.page_size}) uint8, got {pages.dtype} {pages.shape}")
+        return pages
+
+    def check_words(self, offsets, pages) -> np.ndarray:
+        """The check word of each ``pages[i]`` in the slot of ``offsets[i]`` (uint64)."""
+        offsets = self._slots(offsets)
+        return self._words(offsets, self._pages(pages, offsets.size))
+
+    def _words(self, offsets: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        return _check_words(np.ascontiguousarray(pages).view(np.uint64), offsets, self._key)
+
+    def write_pages(self, offsets, pages) -> np.ndarray:
         """Write ``pages[i]`` to the slot of ``offsets[i]``; all or raise WritebackError.
         Returns the pages' check words, for :meth:`read_pages`'s ``expect``."""
-        words = self.check_words(offsets, pages)
+        offsets = self._slots(offsets)
+        pages = self._pages(pages, offsets.size)
+        words = self._words(offsets, pages)
         order = np.argsort(offsets, kind="stable")
         offs = offsets[order]
         with self._lock:
@@ -282,6 +299,12 @@ class BackingFile:
         ``expect``: the check words :meth:`write_pages` returned for these slots; a slot
         whose page does not match raises WritebackError (its ``offsets`` attribute names
         them) instead of returning bytes that are not the page written there."""
+        offsets = self._slots(offsets)
+        if expect is not None:
+            expect = np.asarray(expect)
+            if expect.dtype != np.uint64 or expect.shape != offsets.shape:
+                raise BadInputError(f"expect must be {offsets.size} uint64 check words, got "
+                                    f"{expect.dtype} {expect.shape}")
         out = np.empty((offsets.size, self.page_size), np.uint8)
         order = np.argsort(offsets, kind="stable")
         offs = offsets[order]
@@ -289,7 +312,7 @@ class BackingFile:
             self._check_open()
             self._read_runs(offsets, offs, order, out)
         if expect is not None:
-            bad = np.flatnonzero(self.check_words(offsets, out) != expect)
+            bad = np.flatnonzero(self._words(offsets, out) != expect)
             if bad.size:
                 lost = offsets[bad]
                 exc = WritebackError(

@@ -194,3 +194,18 @@ def test_a_process_that_dies_midway_is_an_error_not_a_capture(pattern_child, way
 
     with pytest.raises(CaptureError, match="exited during capture"):
         capture_pid(pattern_child.pid, progress=kill_it)
+
+
+@pytest.mark.parametrize("way", ["scan"], indirect=True)
+@pytest.mark.parametrize("regions", [1, 2, 59])
+def test_a_scan_whose_buffer_fills_goes_on_where_it_stopped(pattern_child, way, monkeypatch, regions):
+    """60 runs of present pages, fewer page_regions per ioctl: the walk resumes at
+    walk_end, nothing skipped, nothing twice."""
+    monkeypatch.setattr(_capture, "_SCAN_REGIONS", regions)
+    assert marks(capture_pid(pattern_child.pid), b"patt", 4) == PATTERN
+
+
+@pytest.mark.parametrize("pid", [2])
+def test_a_kernel_thread_has_nothing_to_capture(pid):
+    with pytest.raises(CaptureError, match="no resident anonymous pages"):
+        capture_pid(pid)

@@ -274,3 +274,72 @@ def test_a_page_beyond_what_the_file_can_hold_is_reported_not_lost(zswap, rng, t
         zs.store_batch(huge, pages)
     assert e.value.stored.tolist() == [False, True] and e.value.not_kept.tolist() == [huge[0]]
     np.testing.assert_array_equal(zs.load(5), pages[1])
+
+
+# --- a hostile caller -------------------------------------------------------------------------
+def test_a_path_swapped_for_a_symlink_under_us_is_neither_removed_nor_written_through(rng, tmp_path):
+    """Renamed away and replaced by a link to a victim while open: close empties our
+    file (through its descriptor), removes nothing and leaves the victim whole."""
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious" * 512)
+    f = devpool.BackingFile(tmp_path / "swap")
+    f.write_pages([0, 1], make_pages(2, rng))
+    os.rename(tmp_path / "swap", tmp_path / "moved")
+    (tmp_path / "swap").symlink_to(victim)
+    f.close()
+    assert victim.read_bytes() == b"precious" * 512
+    assert (tmp_path / "swap").is_symlink() and os.stat(tmp_path / "moved").st_size == 0
+
+
+def test_a_file_replaced_under_us_is_not_removed_and_our_pages_are_checked(zswap, rng, tmp_path):
+    """Another file renamed over the path: our slots live on in our descriptor (reads
+    still check out); the stranger's file is not ours to truncate or remove."""
+    zs = zswap()
+    pages = make_pages(3, rng, ("text",))
+    written_back(zs, np.arange(3), pages)
+    stranger = tmp_path / "stranger"
+    stranger.write_bytes(b"not yours" * 100)
+    os.chmod(stranger, 0o600)
+    os.rename(stranger, tmp_path / "swap")
+    np.testing.assert_array_equal(zs.load_batch(np.arange(3)), pages)
+    zs.close()
+    assert (tmp_path / "swap").read_bytes() == b"not yours" * 100
+
+
+@pytest.mark.parametrize("call", [
+    lambda f: f.write_pages([1, 2], np.zeros((1, PAGE), np.uint8)),          # one page for two slots
+    lambda f: f.write_pages([1], np.zeros((1, 100), np.uint8)),              # not a page
+    lambda f: f.write_pages([1], np.zeros((1, PAGE), np.int32)),             # not bytes
+    lambda f: f.write_pages([-1], np.zeros((1, PAGE), np.uint8)),            # before the file
+    lambda f: f.write_pages([1.5], np.zeros((1, PAGE), np.uint8)),
+    lambda f: f.read_pages([1], expect=np.zeros(2, np.uint64)),              # words for two
+    lambda f: f.read_pages([1], expect=np.zeros(1, np.int64)),               # not check words
+    lambda f: f.read_pages([[1]]),
+])
+def test_bad_slots_pages_and_words_are_refused_and_change_nothing(tmp_path, call):
+    with devpool.BackingFile(tmp_path / "swap") as f:
+        words = f.write_pages([1], np.full((1, PAGE), 7, np.uint8))
+        with pytest.raises(devpool.BadInputError):
+            call(f)
+        assert os.stat(tmp_path / "swap").st_size == 2 * PAGE
+        assert (f.read_pages([1], expect=words) == 7).all()
+
+
+def test_threads_storing_writing_back_and_loading_get_their_own_pages(zswap, rng):
+    """Four threads at once on one Zswap over a one-segment limit: stores spill to the
+    file, writeback runs, loads come from pool and file; every page checks out."""
+    from tests.threads import run_in_threads
+    zs = zswap(capacity_bytes=1 << 20, max_pool_bytes=16384)
+    pages = make_pages(4 * 48, rng, ("text", "struct", "random"))
+
+    def worker(i):
+        offs = np.arange(i * 48, (i + 1) * 48)
+        for lo in range(0, 48, 8):
+            zs.store_batch(offs[lo:lo + 8], pages[offs[lo:lo + 8]])
+            zs.writeback(4)
+        for o in offs[::2].tolist():
+            np.testing.assert_array_equal(zs.load(o), pages[o])
+        np.testing.assert_array_equal(zs.load_batch(offs[1::2]), pages[offs[1::2]])
+
+    run_in_threads(worker, 4, timeout=120)
+    assert zs.stats()["backing_read_fail"] == 0
