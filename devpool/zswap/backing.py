@@ -104,6 +104,20 @@ def _check_words(words, offsets, key):
     return out
 
 
+@numba.njit(cache=True, nogil=True)
+def _mismatched(words, offsets, key, expect):
+    """Rows of ``words`` whose check word is not ``expect``'s (one compiled call: a
+    single page's load pays one dispatch, not a hash and a numpy compare)."""
+    got = _check_words(words, offsets, key)
+    bad = np.empty(got.shape[0], np.int64)
+    k = 0
+    for i in range(got.shape[0]):
+        if got[i] != expect[i]:
+            bad[k] = i
+            k += 1
+    return bad[:k]
+
+
 def _runs(offsets: np.ndarray):
     """(start index, end index) of runs of consecutive values in sorted ``offsets``."""
     breaks = np.flatnonzero(np.diff(offsets) != 1) + 1
@@ -247,11 +261,21 @@ class BackingFile:
                                  f"a fork()ed child may not {what} it (its parent's slots)")
 
     # --- slots ---------------------------------------------------------------------------
-    def _slots(self, offsets) -> np.ndarray:
-        offsets = as_int_array(offsets, "offsets")
-        if offsets.size and offsets.min() < 0:
-            raise BadInputError(f"slot offsets must be >= 0, got {int(offsets.min())}")
-        return offsets
+    @staticmethod
+    def _slots(offsets) -> np.ndarray:
+        """Slot numbers as 1-D int64 (what the frontend passes goes straight through)."""
+        if type(offsets) is np.ndarray and offsets.dtype == np.int64 and offsets.ndim == 1:
+            return offsets
+        return as_int_array(offsets, "offsets")
+
+    @staticmethod
+    def _sorted(offsets: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(order, offsets[order])``; BadInputError for a slot before the file's start."""
+        order = np.argsort(offsets, kind="stable")
+        offs = offsets[order]
+        if offs.size and offs[0] < 0:
+            raise BadInputError(f"slot offsets must be >= 0, got {int(offs[0])}")
+        return order, offs
 
     def _pages(self, pages, n: int) -> np.ndarray:
         pages = np.asarray(pages)
@@ -272,9 +296,8 @@ class BackingFile:
         Returns the pages' check words, for :meth:`read_pages`'s ``expect``."""
         offsets = self._slots(offsets)
         pages = self._pages(pages, offsets.size)
+        order, offs = self._sorted(offsets)
         words = self._words(offsets, pages)
-        order = np.argsort(offsets, kind="stable")
-        offs = offsets[order]
         with self._lock:
             self._check_open()
             self._check_owner("write")
@@ -301,18 +324,18 @@ class BackingFile:
         them) instead of returning bytes that are not the page written there."""
         offsets = self._slots(offsets)
         if expect is not None:
-            expect = np.asarray(expect)
+            if type(expect) is not np.ndarray:
+                expect = np.asarray(expect)
             if expect.dtype != np.uint64 or expect.shape != offsets.shape:
                 raise BadInputError(f"expect must be {offsets.size} uint64 check words, got "
                                     f"{expect.dtype} {expect.shape}")
+        order, offs = self._sorted(offsets)
         out = np.empty((offsets.size, self.page_size), np.uint8)
-        order = np.argsort(offsets, kind="stable")
-        offs = offsets[order]
         with self._lock:
             self._check_open()
             self._read_runs(offsets, offs, order, out)
         if expect is not None:
-            bad = np.flatnonzero(self._words(offsets, out) != expect)
+            bad = _mismatched(out.view(np.uint64), offsets, self._key, expect)
             if bad.size:
                 lost = offsets[bad]
                 exc = WritebackError(

@@ -257,3 +257,12 @@ def test_mutation_run_interrupted_leaves_no_copies():
             p.kill()
             p.wait()
     assert not any(os.path.exists(d) for d in made), "an interrupted run left its copies behind"
+
+
+def test_bench_backing_smoke(tmp_path):
+    """The slot check's cost: checked and unchecked file I/O, per batch size."""
+    r = run_bench(tmp_path, "bench_backing.py", "--passes", "3", "--batches", "1,4")
+    assert [row["batch"] for row in r["rows"]] == [1, 4]
+    for row in r["rows"]:
+        assert row["per_page_us"]["words"] > 0 and row["write_checked_over_before"]["median"] > 0
+        assert row["read_checked_over_before"]["median"] > 0
