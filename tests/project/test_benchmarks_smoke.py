@@ -266,3 +266,9 @@ def test_bench_backing_smoke(tmp_path):
     for row in r["rows"]:
         assert row["per_page_us"]["words"] > 0 and row["write_checked_over_before"]["median"] > 0
         assert row["read_checked_over_before"]["median"] > 0
+
+
+def test_bench_capture_smoke(tmp_path):
+    """Both ways of finding a sparse mapping's pages run and find every touched page."""
+    r = run_bench(tmp_path, "bench_capture.py", "--gib", "1", "--passes", "1")
+    assert set(r["seconds"]) == {"pagemap", "scan"} and r["pagemap_over_scan"]["median"] > 0
