@@ -243,3 +243,39 @@ def test_a_dropped_backing_file_releases_its_descriptor_and_lock(tmp_path):
     gc.collect()
     assert open_fds() == fds
     BackingFile(tmp_path / "swap").close()            # and the lock went with it
+
+
+# --- what the file holds outlives nothing: emptying that fails is loud -------------------
+def test_a_file_that_cannot_be_emptied_is_refused_and_nothing_leaks(tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.write_bytes(b"left by a crash" * 100)
+    os.chmod(old, 0o600)
+
+    def eio(fd, length):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_backing.os, "ftruncate", eio)
+    fds = open_fds()
+    for path in (tmp_path / "new", old):
+        with pytest.raises(WritebackError, match="cannot empty"):
+            BackingFile(path)
+    assert open_fds() == fds and not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    BackingFile(old).close()
+
+
+def test_close_says_so_when_a_file_it_did_not_make_keeps_its_pages(tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.write_bytes(b"")
+    os.chmod(old, 0o600)
+    made, found = BackingFile(tmp_path / "made"), BackingFile(old)
+    for f in (made, found):
+        f.write_pages(np.array([2]), page(9))
+    monkeypatch.setattr(_backing.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(5, "EIO")))
+    made.close()                                     # removed: its pages went with it
+    assert not (tmp_path / "made").exists()
+    with pytest.raises(WritebackError, match="cannot empty"):
+        found.close()
+    assert found.closed                              # closed and unlocked all the same
+    monkeypatch.undo()
+    BackingFile(old).close()
