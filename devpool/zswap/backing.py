@@ -62,8 +62,9 @@ _OPEN_FLAGS = os.O_RDWR | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC
 # xxHash64's round and avalanche (multiply-rotate, four independent lanes), seeded with a
 # per-open random key and the swap offset: a page moved to another offset's slot, a hole
 # (zeros) or any changed word gives another word, but for a chance of about 2**-64.
-# About 0.8 us a page here, against a 4 KiB pread/pwrite of ~2 us; nothing on the pool's
-# paths pays for it. Eight bytes per written-back page, kept in the entry's spare word.
+# 0.38 us a page in a batch, 1.8 us for one (the call's dispatch), against 3-12 us of
+# file I/O a page (benchmarks/bench_backing.py); nothing on the pool's paths pays for it.
+# Eight bytes per written-back page, kept in the entry's spare word.
 _P1 = np.uint64(0x9E3779B185EBCA87)
 _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
 _P3 = np.uint64(0x165667B19E3779F9)
