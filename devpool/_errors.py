@@ -98,7 +98,19 @@ class EntryNotFoundError(DevpoolError, KeyError):
 
 
 class WritebackError(DevpoolError, OSError):
-    """The backing swap file could not be written or read."""
+    """The backing swap file could not be written or read.
+
+    What a caller needs to act without probing is attached where it is known (None
+    where not): ``offsets``, the swap offsets whose slots failed a read's check (their
+    pages are lost); from ``Zswap.store_batch`` / ``store``, ``stored`` (the mask the
+    call would have returned: True where zswap cached the page) and ``not_kept`` (the
+    offsets whose pages are held nowhere: refused by zswap, and their write to the file
+    failed; the caller still owns them).
+    """
+
+    offsets = None
+    stored = None
+    not_kept = None
 
 
 class RegionError(DevpoolError, OSError):

@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 from .io import (
+    ProgressBar,
     check_output_path,
     check_plot_path,
     load_pages_file,
@@ -74,7 +75,8 @@ def _pages(args) -> tuple[np.ndarray, str]:
     if args.pages:
         pages, source = load_pages_file(args.pages, args.max_pages), args.pages
     elif args.pid is not None:
-        pages, source = capture_pid(args.pid, max_pages=args.max_pages), f"pid {args.pid}"
+        with ProgressBar(f"capture pid {args.pid}", quiet=args.quiet) as bar:
+            pages, source = capture_pid(args.pid, max_pages=args.max_pages, progress=bar), f"pid {args.pid}"
     else:
         if not args.quiet:
             print("capturing pages from built-in workloads (python heap, sqlite, numeric) ...", file=sys.stderr)
@@ -129,12 +131,13 @@ def cmd_bench(args) -> int:
 
 # --- replay -------------------------------------------------------------------------------
 def cmd_replay(args) -> int:
-    from .replay import run_replay
+    from .replay import prepare_replay, run_replay
     check_output_path(args.json)
     if check_plot_path(args.plot) is None:         # no --plot, or no matplotlib: no figure
         args.plot = None
+    prepared = prepare_replay(args)          # every refusal before pages are captured
     pages, source = _pages(args)
-    return run_replay(args, pages, source)
+    return run_replay(args, pages, source, prepared)
 
 
 # --- check-kernels --------------------------------------------------------------------------

@@ -277,3 +277,17 @@ def test_bench_pool_bytes_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_pool_bytes.py", "--sizes", "100,1000")
     assert [row["live_objects"] for row in r["rows"]] == [100, 1000]
     assert all(row["handle_table_bytes"] >= 21 * row["slots"] for row in r["rows"])
+
+def test_bench_backing_smoke(tmp_path):
+    """The slot check's cost: checked and unchecked file I/O, per batch size."""
+    r = run_bench(tmp_path, "bench_backing.py", "--passes", "3", "--batches", "1,4")
+    assert [row["batch"] for row in r["rows"]] == [1, 4]
+    for row in r["rows"]:
+        assert row["per_page_us"]["words"] > 0 and row["write_checked_over_before"]["median"] > 0
+        assert row["read_checked_over_before"]["median"] > 0
+
+
+def test_bench_capture_smoke(tmp_path):
+    """Both ways of finding a sparse mapping's pages run and find every touched page."""
+    r = run_bench(tmp_path, "bench_capture.py", "--gib", "1", "--passes", "1")
+    assert set(r["seconds"]) == {"pagemap", "scan"} and r["pagemap_over_scan"]["median"] > 0
