@@ -44,6 +44,8 @@ def pages_file(tmp_path):
     ["capture", "-o", "", "--quiet"],
     ["replay", "--json", "", "--pid", str(os.getpid()), "--quiet"],
     ["bench", "--json", "", "--pid", str(os.getpid()), "--quiet"],
+    ["bench", "--plot", "", "--pid", str(os.getpid()), "--quiet"],
+    ["replay", "--plot", "", "--pid", str(os.getpid()), "--quiet"],
 ])
 def test_an_empty_output_path_is_refused_before_capturing(capsys, no_work, argv):
     rc, out, err = cli(capsys, *argv)
