@@ -24,7 +24,7 @@ import warnings
 import numpy as np
 from numba import types
 
-from devpool.codecs.base import Codec, check_decode_args, check_pages, check_rows, on_device
+from devpool.codecs.base import Codec, on_device
 from devpool.codecs.registry import register_codec
 from devpool._errors import DeviceError
 from devpool._packed import packed_starts
@@ -114,9 +114,8 @@ class Lz4Device(Codec):
 
         Block ``i`` is row ``i`` of an (N, PAGE_BOUND) device array; only the lengths
         come back to the host."""
-        pages = check_pages(pages, self.page_size)
         if rows is not None:
-            pages = pages[check_rows(rows, pages.shape[0])]
+            pages = pages[rows]
         n = pages.shape[0]
         workers = max(1, min(n, 4096))
         try:
@@ -135,13 +134,15 @@ class Lz4Device(Codec):
             raise DeviceError(f"device LZ4 compression of {n} pages failed: {exc}") from exc
         return d_out, lengths
 
-    def compress_batch(self, pages, rows=None):
+    packed_blocks = True
+
+    def compress_blocks_trusted(self, pages, rows):
         """Blocks packed on the device by the storage's copy kernel, then one copy of
         exactly their bytes to the host (not every 4 KiB row)."""
         d_out, lengths = self._compress_on_device(pages, rows)
         n = lengths.shape[0]
         if n == 0:
-            return np.zeros(0, np.uint8), lengths
+            return np.zeros(0, np.uint8), np.zeros(0, np.int64), lengths
         packed = packed_starts(lengths)
         total = int(lengths.sum())
         meta = np.concatenate([np.arange(n, dtype=np.int64) * core.PAGE_BOUND, packed, lengths])
@@ -156,18 +157,16 @@ class Lz4Device(Codec):
                 data = d_packed.copy_to_host()
         except Exception as exc:
             raise DeviceError(f"packing and copying {n} device LZ4 blocks to the host failed: {exc}") from exc
-        return data, lengths
+        return data, packed, lengths
 
-    def compress_to_device(self, pages, rows=None):
+    def compress_to_device_trusted(self, pages, rows):
         """Blocks left in device memory: ``(device data, starts, lengths)``."""
         d_out, lengths = self._compress_on_device(pages, rows)
         starts = np.arange(lengths.shape[0], dtype=np.int64) * core.PAGE_BOUND
         return d_out.reshape(d_out.shape[0] * core.PAGE_BOUND), starts, lengths
 
-    def decompress_into(self, data, lengths, out, rows=None, starts=None):
+    def decompress_into_trusted(self, data, lengths, out, rows, starts):
         """Decode on the device; ``data`` may be host bytes or already in device memory."""
-        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size,
-                                                        device_ok=True)
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n == 0:

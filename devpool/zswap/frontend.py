@@ -148,7 +148,7 @@ class Zswap:
         self.accept_threshold_percent = accept_threshold_percent
         self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
         self._codec = get_codec(compressor)
-        self._decode_page = self._codec._decompress_page     # bound once: a load's decoder
+        self._decode_page = self._codec.decompress_page_trusted     # bound once: a load's decoder
         if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
             raise BadInputError(f"backing must be a path, a BackingFile or None, got {type(backing).__name__}")
         if isinstance(backing, (str, bytes)) and ("\0" in backing if isinstance(backing, str) else b"\0" in backing):
@@ -390,12 +390,13 @@ class Zswap:
 
     # --- compress / decompress -----------------------------------------------------------
     def _compress(self, pages: np.ndarray, todo: np.ndarray):
-        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``."""
+        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``
+        (the codec's trusted verbs: the pages were checked once, at our edge)."""
         if not todo.size:
             return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
         if self._blocks_on_device:
-            return self._codec.compress_to_device(pages, todo)
-        return self._codec.compress_blocks(pages, todo)
+            return self._codec.compress_to_device_trusted(pages, todo)
+        return self._codec.compress_blocks_trusted(pages, todo)
 
     def _decompress_into(self, idx: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Decode POOL entries ``idx`` into ``out[rows]``; returns the ok mask.
@@ -414,7 +415,7 @@ class Zswap:
                 self._decompress_into(idx[raw], out, rows[raw])        # as-is pages only
             comp = np.flatnonzero(~raw)
             data, lens = self.pool.read_batch(t.handle[idx[comp]], device=True)
-            ok[comp] = self._codec.decompress_into(data, lens, out, rows[comp])
+            ok[comp] = self._codec.decompress_into_trusted(data, lens, out, rows[comp], packed_starts(lens))
             self._counters["decompress_fail"] += int((~ok).sum())
             return ok
         total = int(t.length[idx].sum())
@@ -429,9 +430,9 @@ class Zswap:
             return ok
         comp = np.flatnonzero(~raw)
         if comp.size == idx.size:
-            ok = self._codec.decompress_into(data, lens, out, rows)
+            ok = self._codec.decompress_into_trusted(data, lens, out, rows, starts)
         else:                                # the compressed blocks where they lie: no copy
-            ok[comp] = self._codec.decompress_into(data, lens[comp], out, rows[comp], starts[comp])
+            ok[comp] = self._codec.decompress_into_trusted(data, lens[comp], out, rows[comp], starts[comp])
         self._counters["decompress_fail"] += int((~ok).sum())
         return ok
 
@@ -586,7 +587,7 @@ class Zswap:
             handle = None
             if not same:
                 # 1. fallible work first
-                block, n = self._codec._compress_page(page)     # page checked at our edge
+                block, n = self._codec.compress_page_trusted(page)     # page checked at our edge
                 accepted, as_is, size = self._verdict(n)
                 if not accepted:
                     self._tally_refusals(n, accepted)
