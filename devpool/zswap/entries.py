@@ -25,13 +25,14 @@ swap area:
 - **counters** per state (and the POOL entries' bytes) are kept as entries change, so
   ``Zswap.stats()`` costs the same at any size.
 
-Both speeds run the same code. Each rule of the table (probe, insert, remove, enter
-and leave a state, link, unlink) is one plain Python function below, written in the
-integer arithmetic Python and numba share (63-bit products, masked); the batch verbs
-run it compiled by numba over numpy arrays, in loops, and the single-page verbs run
-the very same function in the interpreter over memoryviews of the same arrays (a
-call into compiled code costs 0.6 - 1 us on these machines, more than the work).
-``tests/zswap/test_entries.py`` holds both against a dict model.
+Both speeds run the same code. Every change of an entry (a new one, a new state, a
+removal) is one plain Python function, :func:`_set`, and a lookup another,
+:func:`_bucket`, written in the integer arithmetic Python and numba share (63-bit
+products, masked). The batch verbs run them compiled by numba over numpy arrays, in
+loops; the single-page verbs run the very same functions in the interpreter over
+memoryviews of the same arrays (a call into compiled code costs 0.6 - 1 us on these
+machines, more than the work). ``tests/zswap/test_entries.py`` holds both against a
+model.
 """
 
 from __future__ import annotations
@@ -73,7 +74,8 @@ _SHIFT = 6          # 63 - log2(buckets): a hash's top bits are its bucket
 _FULL = 7           # the page size: a POOL entry this long is stored as-is
 _POOL_BYTES = 8     # sum of the POOL entries' lengths
 _N_FULL = 9         # POOL entries stored as-is
-_N_STATE = 10       # 10 + state: entries in each state
+_LRU = 10           # 1: POOL entries are kept on the LRU (0: no writeback will ever ask)
+_N_STATE = 11       # 11 + state: entries in each state
 _META = _N_STATE + _STATES
 
 
@@ -89,119 +91,91 @@ def _bucket(buckets, keys, shift, key):
         b = (b + 1) & mask
 
 
-def _unbucket(buckets, keys, shift, b):
-    """Empty bucket ``b``, shifting back the entries after it that probed past it
-    (linear probing's deletion without tombstones)."""
-    mask = len(buckets) - 1
-    q = b
-    while True:
-        q = (q + 1) & mask
-        s = buckets[q]
-        if s < 0:
-            break
-        home = ((keys[s] * _GOLD) & _M63) >> shift
-        if ((q - home) & mask) >= ((q - b) & mask):      # the hole lies on s's probe path
-            buckets[b] = s
-            b = q
-    buckets[b] = -1
+def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, st, w, n, b):
+    """Every change of an entry: ``key`` now holds ``(st, w, n)``, or nothing when ``st``
+    is ABSENT. ``b`` is the bucket holding ``key``'s slot if the caller knows it (a
+    stale or -1 hint is looked up). Returns ``(slot, old state, old word)``; the old
+    state is ABSENT where ``key`` held nothing (the caller frees what an old POOL word
+    names). Room for a new entry was made beforehand.
 
-
-def _link(prev, nxt, meta, i):
-    """Slot ``i`` joins the LRU's young end."""
-    t = meta[_TAIL]
-    prev[i] = t
-    nxt[i] = -1
-    if t >= 0:
-        nxt[t] = i
-    else:
-        meta[_HEAD] = i
-    meta[_TAIL] = i
-
-
-def _unlink(prev, nxt, meta, i):
-    """Slot ``i`` leaves the LRU."""
-    a = prev[i]
-    z = nxt[i]
-    if a >= 0:
-        nxt[a] = z
-    else:
-        meta[_HEAD] = z
-    if z >= 0:
-        prev[z] = a
-    else:
-        meta[_TAIL] = a
-
-
-def _enter(length, state, referenced, prev, nxt, meta, i, st):
-    """Slot ``i`` (its length set) takes state ``st``: counted, and a POOL entry joins
-    the LRU's young end, referenced (a second chance before writeback)."""
+    Written flat, as one function (leaving the old state, taking the new one, the LRU's
+    links, the index's backward-shift deletion), because the single-page verbs run it
+    in the interpreter, where each call costs more than the work in it."""
+    if b < 0 or buckets[b] < 0 or key_[buckets[b]] != key:
+        b = _bucket(buckets, key_, meta[_SHIFT], key)
+    i = buckets[b]
+    if i >= 0:                                  # leave the old state
+        old_st = state[i]
+        old_w = word[i]
+        meta[_N_STATE + old_st] -= 1
+        if old_st == POOL:
+            m = length[i]
+            meta[_POOL_BYTES] -= m
+            if m >= meta[_FULL]:
+                meta[_N_FULL] -= 1
+            if meta[_LRU]:                      # unlink from the LRU
+                a = prev[i]
+                z = nxt[i]
+                if a >= 0:
+                    nxt[a] = z
+                else:
+                    meta[_HEAD] = z
+                if z >= 0:
+                    prev[z] = a
+                else:
+                    meta[_TAIL] = a
+    elif st == ABSENT:
+        return -1, ABSENT, 0
+    else:                                       # a new slot: the free list's first, or a fresh one
+        old_st = ABSENT
+        old_w = 0
+        i = meta[_FREE]
+        if i >= 0:
+            meta[_FREE] = nxt[i]
+            meta[_NFREE] -= 1
+        else:
+            i = meta[_USED]
+            meta[_USED] = i + 1
+        buckets[b] = i
+        key_[i] = key
+        meta[_COUNT] += 1
     state[i] = st
+    if st == ABSENT:                            # out of the index (backward shift) and freed
+        mask = len(buckets) - 1
+        shift = meta[_SHIFT]
+        q = b
+        while True:
+            q = (q + 1) & mask
+            s = buckets[q]
+            if s < 0:
+                break
+            home = ((key_[s] * _GOLD) & _M63) >> shift
+            if ((q - home) & mask) >= ((q - b) & mask):      # the hole lies on s's probe path
+                buckets[b] = s
+                b = q
+        buckets[b] = -1
+        nxt[i] = meta[_FREE]
+        meta[_FREE] = i
+        meta[_NFREE] += 1
+        meta[_COUNT] -= 1
+        return i, old_st, old_w
+    word[i] = w                                 # take the new state
+    length[i] = n
     meta[_N_STATE + st] += 1
     if st == POOL:
-        n = length[i]
         meta[_POOL_BYTES] += n
         if n >= meta[_FULL]:
             meta[_N_FULL] += 1
-        referenced[i] = 1
-        _link(prev, nxt, meta, i)
-
-
-def _leave(length, state, prev, nxt, meta, i):
-    """Slot ``i`` gives up its state (the reverse of :func:`_enter`)."""
-    st = state[i]
-    meta[_N_STATE + st] -= 1
-    if st == POOL:
-        n = length[i]
-        meta[_POOL_BYTES] -= n
-        if n >= meta[_FULL]:
-            meta[_N_FULL] -= 1
-        _unlink(prev, nxt, meta, i)
-    state[i] = ABSENT
-
-
-def _insert(buckets, key_, word, length, state, referenced, prev, nxt, meta, b, key, st, w, n):
-    """A new entry for ``key`` in empty bucket ``b`` (room was made beforehand)."""
-    i = meta[_FREE]
-    if i >= 0:
-        meta[_FREE] = nxt[i]
-        meta[_NFREE] -= 1
-    else:
-        i = meta[_USED]
-        meta[_USED] = i + 1
-    buckets[b] = i
-    key_[i] = key
-    word[i] = w
-    length[i] = n
-    meta[_COUNT] += 1
-    _enter(length, state, referenced, prev, nxt, meta, i, st)
-    return i
-
-
-def _remove(buckets, key_, length, state, prev, nxt, meta, i):
-    """Present slot ``i`` leaves the table and goes on the free list."""
-    _leave(length, state, prev, nxt, meta, i)
-    shift = meta[_SHIFT]
-    _unbucket(buckets, key_, shift, _bucket(buckets, key_, shift, key_[i]))
-    nxt[i] = meta[_FREE]
-    meta[_FREE] = i
-    meta[_NFREE] += 1
-    meta[_COUNT] -= 1
-
-
-def _put(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, st, w, n):
-    """Entry ``key`` now holds ``(st, w, n)``: a new slot, or the old one's fields
-    replaced in place. Returns ``(slot, old state, old word)`` (old state ABSENT when
-    ``key`` was new; the caller frees what the old word named)."""
-    b = _bucket(buckets, key_, meta[_SHIFT], key)
-    i = buckets[b]
-    if i < 0:
-        return _insert(buckets, key_, word, length, state, referenced, prev, nxt, meta, b, key, st, w, n), ABSENT, 0
-    old_st = state[i]
-    old_w = word[i]
-    _leave(length, state, prev, nxt, meta, i)
-    word[i] = w
-    length[i] = n
-    _enter(length, state, referenced, prev, nxt, meta, i, st)
+        referenced[i] = 1                       # a second chance before writeback
+        if meta[_LRU]:                          # join the LRU's young end
+            t = meta[_TAIL]
+            prev[i] = t
+            nxt[i] = -1
+            if t >= 0:
+                nxt[t] = i
+            else:
+                meta[_HEAD] = i
+            meta[_TAIL] = i
     return i, old_st, old_w
 
 
@@ -220,7 +194,7 @@ def _compiled(fn):
     return jitted
 
 
-for _rule in (_bucket, _unbucket, _link, _unlink, _enter, _leave, _insert, _remove, _put):
+for _rule in (_bucket, _set):
     _compiled(_rule)
 
 
@@ -232,32 +206,27 @@ def _find_many(buckets, key_, shift, offs, idx):
 
 
 @_compiled
-def _put_many(buckets, key_, word, length, state, referenced, prev, nxt, meta, offs, st, words, lengths, idx, old,
+def _set_many(buckets, key_, word, length, state, referenced, prev, nxt, meta, offs, st, words, lengths, idx, old,
               old_words):
+    """:func:`_set` for each offset (``words`` and ``lengths`` per offset)."""
     for j in range(offs.shape[0]):
-        i, o, w = _put(buckets, key_, word, length, state, referenced, prev, nxt, meta, offs[j], st,
-                       words[j], lengths[j])
+        i, o, w = _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, offs[j], st,
+                       words[j], lengths[j], -1)
         idx[j] = i
         old[j] = o
         old_words[j] = w
 
 
 @_compiled
-def _remove_many(buckets, key_, length, state, prev, nxt, meta, idx):
-    for j in range(idx.shape[0]):
-        _remove(buckets, key_, length, state, prev, nxt, meta, idx[j])
-
-
-@_compiled
-def _restate_many(length, state, referenced, prev, nxt, meta, idx, st):
+def _restate_many(buckets, key_, word, length, state, referenced, prev, nxt, meta, idx, st):
+    """Present slots take state ``st``, keeping their word and length."""
     for j in range(idx.shape[0]):
         i = idx[j]
-        _leave(length, state, prev, nxt, meta, i)
-        _enter(length, state, referenced, prev, nxt, meta, i, st)
+        _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key_[i], st, word[i], length[i], -1)
 
 
 @_compiled
-def _lru_pick(referenced, prev, nxt, meta, n, out):
+def _lru_pick(buckets, key_, word, length, state, referenced, prev, nxt, meta, n, out):
     """Up to ``n`` oldest unreferenced POOL slots into ``out``, walking from the LRU's
     head: a referenced entry passed on the way loses its bit and moves to the young
     end (its second chance), where the walk meets it again. Returns how many."""
@@ -265,10 +234,10 @@ def _lru_pick(referenced, prev, nxt, meta, n, out):
     i = meta[_HEAD]
     while i >= 0 and k < n:
         z = nxt[i]
-        if referenced[i]:
+        if referenced[i]:               # rotate: leave and rejoin at the young end, unreferenced
+            _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key_[i], POOL, word[i],
+                 length[i], -1)
             referenced[i] = 0
-            _unlink(prev, nxt, meta, i)
-            _link(prev, nxt, meta, i)
             if z < 0:                    # it was the youngest: meet it again at once
                 z = i
         else:
@@ -304,7 +273,7 @@ def _renumber(key_, word, length, state, referenced, prev, nxt, meta, new_of):
             length[j] = length[i]
             state[j] = state[i]
             referenced[j] = referenced[i]
-            if state[i] == POOL:
+            if state[i] == POOL and meta[_LRU]:
                 a = prev[i]
                 z = nxt[i]
                 prev[j] = new_of[a] if a >= 0 else -1
@@ -342,10 +311,11 @@ class EntryTable:
                ("length", np.uint16, 24), ("state", np.uint8, 26), ("referenced", np.uint8, 27))
     RECORD = 32
 
-    def __init__(self, page_size: int = 4096):
+    def __init__(self, page_size: int = 4096, lru: bool = True):
         self.meta = np.zeros(_META, np.int64)
         self.meta[[_HEAD, _TAIL, _FREE]] = -1
         self.meta[_FULL] = page_size
+        self.meta[_LRU] = bool(lru)            # without writeback nothing walks it: no links kept
         self._records = np.zeros((_MIN_SLOTS, self.RECORD), np.uint8)
         self.buckets = np.zeros(0, np.int32)
         self._set_buckets(_MIN_BUCKETS)
@@ -365,6 +335,7 @@ class EntryTable:
         nb = self.buckets.shape[0]
         self._grow_at = int(nb * _MAX_LOAD)
         self._shrink_at = nb // 10 if nb > _MIN_BUCKETS else -1
+        self._hint = 0              # the bucket find_one found last (remove_one checks it)
 
     def _set_buckets(self, nb: int) -> None:
         buckets = np.full(nb, -1, np.int32)
@@ -399,6 +370,11 @@ class EntryTable:
         self._records = self._records[:max(_MIN_SLOTS, 2 * count)].copy()
         self._set_buckets(max(_MIN_BUCKETS, _pow2_at_least(2 * count / _MAX_LOAD)))
 
+    def _arrays(self):
+        """The arrays every rule takes, in its order."""
+        return (self.buckets, self.key, self.word, self.length, self.state, self.referenced, self.prev,
+                self.next, self.meta)
+
     @property
     def nbytes(self) -> int:
         """Bytes the table's arrays hold (slots never touched cost no RAM, but count here)."""
@@ -424,28 +400,29 @@ class EntryTable:
         idx = np.empty(n, np.int64)
         old = np.empty(n, np.int64)
         old_words = np.empty(n, np.int64)
-        _put_many(self.buckets, self.key, self.word, self.length, self.state, self.referenced, self.prev,
-                  self.next, self.meta, offsets, state, np.broadcast_to(np.asarray(words, np.int64), (n,)),
+        _set_many(*self._arrays(), offsets, state, np.broadcast_to(np.asarray(words, np.int64), (n,)),
                   np.broadcast_to(np.asarray(lengths, np.int64), (n,)), idx, old, old_words)
         return idx, old, old_words
 
     def remove(self, idx: np.ndarray) -> None:
         """Present slots leave the table (their slot indices are invalid afterwards)."""
         if idx.size:
-            _remove_many(self.buckets, self.key, self.length, self.state, self.prev, self.next, self.meta, idx)
+            n = idx.shape[0]
+            _set_many(*self._arrays(), self.key[idx], ABSENT, np.zeros(n, np.int64), np.zeros(n, np.int64),
+                      np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64))
             if self.meta[_COUNT] < self._shrink_at:
                 self._shrink()
 
     def restate(self, idx: np.ndarray, state: int) -> None:
         """Present slots take ``state`` (a POOL entry written back becomes FILE)."""
         if idx.size:
-            _restate_many(self.length, self.state, self.referenced, self.prev, self.next, self.meta, idx, state)
+            _restate_many(*self._arrays(), idx, state)
 
     def lru_pick(self, n: int) -> np.ndarray:
         """Up to ``n`` oldest POOL slots, oldest first, after the second chance: referenced
         entries on the way lose their bit and move to the young end. Nothing leaves."""
-        out = np.empty(min(n, int(self.meta[_N_STATE + POOL])), np.int64)
-        k = _lru_pick(self.referenced, self.prev, self.next, self.meta, out.shape[0], out)
+        out = np.empty(min(n, int(self.meta[_N_STATE + POOL])) if self.meta[_LRU] else 0, np.int64)
+        k = _lru_pick(*self._arrays(), out.shape[0], out)
         return out[:k]
 
     def lru_order(self) -> list[int]:
@@ -486,7 +463,8 @@ class EntryTable:
     def find_one(self, offset: int) -> int:
         """Slot of one offset, or -1."""
         buckets = self.m_buckets
-        return buckets[_bucket(buckets, self.m_key, self.m_meta[_SHIFT], offset)]
+        self._hint = b = _bucket(buckets, self.m_key, self.m_meta[_SHIFT], offset)
+        return buckets[b]
 
     def put_one(self, offset: int, state: int, word: int, length: int):
         """Offset ``offset`` now holds ``(state, word, length)``: returns ``(slot, old
@@ -496,12 +474,13 @@ class EntryTable:
         if meta[_COUNT] >= self._grow_at or (meta[_NFREE] == 0 and meta[_USED] == self._slots):
             self._room(1)
             meta = self.m_meta
-        return _put(self.m_buckets, self.m_key, self.m_word, self.m_length, self.m_state, self.m_referenced,
-                    self.m_prev, self.m_next, meta, offset, state, word, length)
+        return _set(self.m_buckets, self.m_key, self.m_word, self.m_length, self.m_state, self.m_referenced,
+                    self.m_prev, self.m_next, meta, offset, state, word, length, -1)
 
     def remove_one(self, i: int) -> None:
-        """Present slot ``i`` leaves the table."""
+        """Present slot ``i`` leaves the table (where find_one found it: no second lookup)."""
         meta = self.m_meta
-        _remove(self.m_buckets, self.m_key, self.m_length, self.m_state, self.m_prev, self.m_next, meta, i)
+        _set(self.m_buckets, self.m_key, self.m_word, self.m_length, self.m_state, self.m_referenced,
+             self.m_prev, self.m_next, meta, self.m_key[i], ABSENT, 0, 0, self._hint)
         if meta[_COUNT] < self._shrink_at:
             self._shrink()

@@ -156,7 +156,6 @@ class Zswap:
         self._closed = False
         self._reached_full = False
         self._counters = dict.fromkeys(self._COUNTERS, 0)
-        self._t = EntryTable(PAGE_SIZE)            # swap offset -> entry, and the LRU
         self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
         self._own_backing = not (backing is None or isinstance(backing, BackingFile))
         self.backing = BackingFile(backing) if self._own_backing else backing
@@ -167,7 +166,9 @@ class Zswap:
                 if self._own_backing:
                     self.backing.close(remove_created=True)
                 raise
-        self.writeback_enabled = bool(writeback) and self.backing is not None
+        self._writeback_enabled = bool(writeback) and self.backing is not None
+        # swap offset -> entry; the LRU only where writeback will walk it
+        self._t = EntryTable(PAGE_SIZE, lru=self._writeback_enabled)
 
     def __enter__(self) -> "Zswap":
         return self
@@ -724,6 +725,12 @@ class Zswap:
     def contains(self, offset: int) -> bool:
         """True when ``offset`` is held in zswap or the backing file."""
         return self.entry_kind(offset) is not None
+
+    @property
+    def writeback_enabled(self) -> bool:
+        """Whether the shrinker may write pages back (a backing file, and writeback=True);
+        fixed at construction: the LRU is kept only when it is True."""
+        return self._writeback_enabled
 
     @property
     def closed(self) -> bool:
