@@ -42,6 +42,8 @@ import types
 import numba
 import numpy as np
 
+from .._errors import PoolFullError
+
 __all__ = ["ABSENT", "POOL", "SAME", "FILE", "EntryTable", "as_word"]
 
 # --- entry states (one byte per entry) ---------------------------------------------------
@@ -62,6 +64,8 @@ _M63 = (1 << 63) - 1
 _MAX_LOAD = 0.7
 _MIN_BUCKETS = 64
 _MIN_SLOTS = 32
+#: slot numbers are int32 (the index and the LRU's links): at most this many entries
+MAX_ENTRIES = (1 << 31) - 1
 
 # --- the meta array: the table's scalars, one int64 each (shared by both speeds) ---------
 _COUNT = 0          # entries present (in the index)
@@ -333,7 +337,7 @@ class EntryTable:
         self.m_meta = memoryview(self.meta)
         self._slots = rec.shape[0]
         nb = self.buckets.shape[0]
-        self._grow_at = int(nb * _MAX_LOAD)
+        self._grow_at = min(int(nb * _MAX_LOAD), MAX_ENTRIES)
         self._shrink_at = nb // 10 if nb > _MIN_BUCKETS else -1
         self._hint = 0              # the bucket find_one found last (remove_one checks it)
 
@@ -352,13 +356,18 @@ class EntryTable:
         self._records = rec
         self._views()
 
-    def _room(self, k: int) -> None:
-        """Make room for ``k`` more entries."""
+    def reserve(self, k: int) -> None:
+        """Make room for ``k`` more entries now, or raise :class:`~devpool.PoolFullError`
+        (past ``MAX_ENTRIES``) or MemoryError, changing nothing: a caller that reserves
+        before its fallible work cannot fail once it commits."""
         meta = self.meta
         count = int(meta[_COUNT])
+        if count + k > MAX_ENTRIES:
+            raise PoolFullError(f"the entry table holds at most {MAX_ENTRIES} entries ({count} stored, "
+                                f"{k} more asked for)")
         spare = int(meta[_NFREE]) + self._slots - int(meta[_USED])
         if spare < k:
-            self._set_slots(max(2 * self._slots, self._slots + k - spare))
+            self._set_slots(min(MAX_ENTRIES, max(2 * self._slots, self._slots + k - spare)))
         if count + k > self._grow_at:
             self._set_buckets(max(2 * self.buckets.shape[0], _pow2_at_least((count + k) / _MAX_LOAD)))
 
@@ -396,7 +405,7 @@ class EntryTable:
         young end in this order. Returns ``(slots, old states, old words)`` (the
         caller frees what old POOL words name). :meth:`put_one`'s rule, per offset."""
         n = offsets.shape[0]
-        self._room(n)
+        self.reserve(n)
         idx = np.empty(n, np.int64)
         old = np.empty(n, np.int64)
         old_words = np.empty(n, np.int64)
@@ -471,8 +480,9 @@ class EntryTable:
         state, old word)`` (old state ABSENT when it held nothing; the caller frees what
         an old POOL word names)."""
         meta = self.m_meta
-        if meta[_COUNT] >= self._grow_at or (meta[_NFREE] == 0 and meta[_USED] == self._slots):
-            self._room(1)
+        if (meta[_COUNT] >= self._grow_at or (meta[_NFREE] == 0 and meta[_USED] == self._slots)) \
+                and self.find_one(offset) < 0:            # a new entry, and no room for it yet
+            self.reserve(1)
             meta = self.m_meta
         return _set(self.m_buckets, self.m_key, self.m_word, self.m_length, self.m_state, self.m_referenced,
                     self.m_prev, self.m_next, meta, offset, state, word, length, -1)

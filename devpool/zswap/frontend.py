@@ -152,6 +152,7 @@ class Zswap:
         # a device codec over a pool in device memory keeps blocks on the device: they
         # go into the arena device to device and are decoded there on load
         self._blocks_on_device = bool(self._codec.device_resident and pool.device_resident)
+        self._max_object = pool.max_object_bytes   # fixed with the pool: read once, not per store
         self._lock = threading.RLock()
         self._closed = False
         self._reached_full = False
@@ -310,16 +311,16 @@ class Zswap:
         shrink below a page is stored as-is (``sizes`` = PAGE_SIZE) when writeback may
         later take it, else refused (Linux without writeback); an object larger than
         the pool's ``max_object_bytes`` is refused."""
-        writeback = self.writeback_enabled
+        writeback = self._writeback_enabled
         as_is = (lengths >= PAGE_SIZE) & writeback
         sizes = lengths + (PAGE_SIZE - lengths) * as_is
-        accepted = (lengths >= 0) & ((lengths < PAGE_SIZE) | writeback) & (sizes <= self.pool.max_object_bytes)
+        accepted = (lengths >= 0) & ((lengths < PAGE_SIZE) | writeback) & (sizes <= self._max_object)
         return accepted, as_is, sizes
 
     def _tally_refusals(self, lengths, accepted) -> None:
         """Count each refusal :meth:`_verdict` made under its kernel name."""
         failed = lengths < 0
-        poor = (lengths >= PAGE_SIZE) & (not self.writeback_enabled)
+        poor = (lengths >= PAGE_SIZE) & (not self._writeback_enabled)
         self._add("reject_compress_fail", failed)
         self._add("reject_compress_poor", poor)
         self._add("reject_alloc_fail", (accepted | failed | poor) ^ True)     # too big for the pool
@@ -341,8 +342,14 @@ class Zswap:
             self.pool.free_batch(old_words[old == POOL])
 
     def _record_one(self, o: int, state: int, word: int = 0, length: int = 0) -> None:
-        """:meth:`_record` for one offset."""
-        old, old_word = self._t.put_one(o, state, word, length)[1:]
+        """:meth:`_record` for one offset (if the table cannot take it, a new POOL object
+        is freed and the store fails whole)."""
+        try:
+            old, old_word = self._t.put_one(o, state, word, length)[1:]
+        except BaseException:
+            if state == POOL:
+                self.pool.free(word)
+            raise
         if old == POOL:
             self.pool.free(old_word)
 
@@ -487,6 +494,7 @@ class Zswap:
             return self._store(offs, pages)
 
     def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        self._t.reserve(offs.size)           # the table's room first: the commit cannot fail on it
         same, fill = same_filled(pages)
         cached = same.copy()
         # 1. fallible work first: compress, decide, allocate, copy in
@@ -540,7 +548,8 @@ class Zswap:
         o = self._offset(offset)
         page = self._page(page)
         with self._lock:
-            self._check_open()
+            if self._closed:
+                self._check_open()
             if self._blocks_on_device:        # the device codec works in batches
                 return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
             same, fill = same_filled_one(page)

@@ -529,3 +529,25 @@ def test_zswap_checks_pages_once_and_calls_only_the_codecs_trusted_verbs(make_po
     assert zs.writeback(3) == 3
     np.testing.assert_array_equal(zs.load_batch(np.arange(6, 12)), pages[6:])
     zs.close()
+
+
+def test_a_full_entry_table_refuses_the_store_whole(make_pool, rng, monkeypatch):
+    """Past the entry table's last slot a store raises PoolFullError and changes nothing:
+    no pool object is left behind, every stored page is still there (the batch reserves
+    the table's room before it compresses; a single store frees its object)."""
+    from devpool.zswap import entries
+    monkeypatch.setattr(entries, "MAX_ENTRIES", 6)
+    zs = devpool.Zswap(make_pool(capacity_bytes=4 << 20), max_pool_percent=100)
+    pages = make_pages(8, rng, ("text",))
+    assert zs.store_batch(np.arange(4), pages[:4]).all()
+    before = (zs.stats()["stored_pages"], zs.pool.stats()["obj_used"])
+    with pytest.raises(devpool.PoolFullError, match="entry table"):
+        zs.store_batch(np.arange(4, 7), pages[4:7])
+    assert (zs.stats()["stored_pages"], zs.pool.stats()["obj_used"]) == before
+    assert zs.store(4, pages[4]) and zs.store(5, pages[5])
+    with pytest.raises(devpool.PoolFullError, match="entry table"):
+        zs.store(6, pages[6])
+    assert zs.pool.stats()["obj_used"] == 6 and not zs.contains(6)
+    assert zs.store(5, pages[7])                     # a store over a stored offset needs no new slot
+    np.testing.assert_array_equal(zs.load_batch(np.arange(6)), np.concatenate([pages[:5], pages[7:8]]))
+    zs.close()
