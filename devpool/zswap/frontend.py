@@ -494,7 +494,7 @@ class Zswap:
             return self._store(offs, pages)
 
     def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
-        self._t.reserve(offs.size)           # the table's room first: the commit cannot fail on it
+        self._t.reserve_for(offs)            # the table's room first: the commit cannot fail on it
         same, fill = same_filled(pages)
         cached = same.copy()
         # 1. fallible work first: compress, decide, allocate, copy in

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import devpool
+from devpool.codecs.lz4_block import Lz4
 
 SEG = 8192
 
@@ -206,7 +207,7 @@ def test_two_threads_single_and_batch_lose_nothing(kind, tmp_path):
     pool.close()
 
 
-class _FlakyLz4(devpool.codecs.lz4_block.Lz4):
+class _FlakyLz4(Lz4):
     """lz4 that fails on pages whose byte 100 is 13 (a codec fault on chosen pages)."""
 
     def _compress_one(self, page):
