@@ -155,6 +155,7 @@ class Zswap:
         self._max_object = pool.max_object_bytes   # fixed with the pool: read once, not per store
         self._lock = threading.RLock()
         self._closed = False
+        self._decoding = False                     # a single load's decoder is running (see load)
         self._reached_full = False
         self._counters = dict.fromkeys(self._COUNTERS, 0)
         self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
@@ -188,6 +189,8 @@ class Zswap:
         with self._lock:
             if self._closed:
                 return
+            if self._decoding:
+                self._check_open()                 # refused: nothing changes
             refused = False
             try:
                 if not self.pool.closed:
@@ -210,6 +213,11 @@ class Zswap:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this Zswap is closed")
+        if self._decoding:
+            # the lock is re-entrant: a codec's decoder, run by a single load under it,
+            # could otherwise change the table under the load (a same-filled page needs
+            # no pool call, so the pool's own refusal would not stop it)
+            raise BadInputError("a codec's decoder called back into this Zswap during a load; refused")
 
     # --- argument checks ----------------------------------------------------------------
     def _offset(self, offset) -> int:
@@ -548,7 +556,7 @@ class Zswap:
         o = self._offset(offset)
         page = self._page(page)
         with self._lock:
-            if self._closed:
+            if self._closed or self._decoding:
                 self._check_open()
             if self._blocks_on_device:        # the device codec works in batches
                 return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
@@ -640,7 +648,7 @@ class Zswap:
         if keep is not False and keep is not True:      # check_flag's test, inline
             keep = check_flag(keep, "keep")
         with self._lock:
-            if self._closed:
+            if self._closed or self._decoding:
                 self._check_open()
             t = self._t
             i = t.find_one(o)
@@ -662,7 +670,11 @@ class Zswap:
                 else:
                     # decoded where the block lies (host RAM) and freed only once it made
                     # a page: a corrupt block stays stored, as in load_batch
-                    page = self.pool.read_with(handle, self._decode_page, out, free=free)
+                    self._decoding = True
+                    try:
+                        page = self.pool.read_with(handle, self._decode_page, out, free=free)
+                    finally:
+                        self._decoding = False
                     if page is None:
                         self._counters["decompress_fail"] += 1
                         raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
