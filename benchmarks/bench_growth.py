@@ -110,8 +110,8 @@ def structures(zs, pool) -> dict:
     out = {}
     if hasattr(t, "_records"):
         used = int(t.meta[entries._USED])                # slots ever handed out
-        out["entry_table_slots"] = used * t.RECORD
-        out["lru_links_in_slots"] = used * 8
+        out["entry_table_slots"] = used * t.record_bytes
+        out["lru_links_in_slots"] = used * 8 if t.meta[entries._LRU] else 0
         out["entry_index"] = int(t.buckets.nbytes)
     else:                                              # an older table: its arrays
         out["entry_table_slots"] = int(t.nbytes)

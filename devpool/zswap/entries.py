@@ -308,26 +308,33 @@ class EntryTable:
     is ``word`` read as uint64. Slot indices are valid until the next verb that
     removes entries (a shrink renumbers them)."""
 
-    #: one 32-byte record per slot (field, dtype, byte offset): a single-page verb at a
-    #: random offset touches one cache line of slots, not one per field (measured at 10^6
-    #: entries: separate arrays per field cost 4x more per entry changed)
-    _FIELDS = (("key", np.int64, 0), ("word", np.int64, 8), ("prev", np.int32, 16), ("next", np.int32, 20),
-               ("length", np.uint16, 24), ("state", np.uint8, 26), ("referenced", np.uint8, 27))
-    RECORD = 32
+    #: one record per slot (field, dtype, byte offset), not one array per field: a
+    #: single-page verb at a random offset then touches one or two cache lines of slots
+    #: rather than one per field (a dependent load that misses costs ~350 ns on these
+    #: VMs, measured by pointer chasing over 8 MiB, 8 ns within 16 KiB). Without the
+    #: LRU there is no ``prev`` (``next`` still threads the free list): 24 bytes, not 32.
+    _FIELDS_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("prev", np.int32, 16), ("next", np.int32, 20),
+                   ("length", np.uint16, 24), ("state", np.uint8, 26), ("referenced", np.uint8, 27))
+    _FIELDS_NO_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("next", np.int32, 16),
+                      ("length", np.uint16, 20), ("state", np.uint8, 22), ("referenced", np.uint8, 23))
 
     def __init__(self, page_size: int = 4096, lru: bool = True):
         self.meta = np.zeros(_META, np.int64)
         self.meta[[_HEAD, _TAIL, _FREE]] = -1
         self.meta[_FULL] = page_size
         self.meta[_LRU] = bool(lru)            # without writeback nothing walks it: no links kept
-        self._records = np.zeros((_MIN_SLOTS, self.RECORD), np.uint8)
+        self._fields = self._FIELDS_LRU if lru else self._FIELDS_NO_LRU
+        self.record_bytes = 32 if lru else 24
+        self.prev = np.zeros(1, np.int32)      # (with the LRU, a field of the records)
+        self.m_prev = memoryview(self.prev)
+        self._records = np.zeros((_MIN_SLOTS, self.record_bytes), np.uint8)
         self.buckets = np.zeros(0, np.int32)
         self._set_buckets(_MIN_BUCKETS)
 
     # --- memory: slots and buckets grow and shrink with the entries ------------------------
     def _views(self) -> None:
         rec = self._records
-        for name, dtype, at in self._FIELDS:
+        for name, dtype, at in self._fields:
             field = rec[:, at:at + np.dtype(dtype).itemsize].view(dtype)[:, 0]
             setattr(self, name, field)
             setattr(self, "m_" + name, memoryview(field))
@@ -351,7 +358,7 @@ class EntryTable:
 
     def _set_slots(self, n: int) -> None:
         used = int(self.meta[_USED])
-        rec = np.zeros((n, self.RECORD), np.uint8)         # the untouched tail costs no RAM
+        rec = np.zeros((n, self.record_bytes), np.uint8)         # the untouched tail costs no RAM
         rec[:used] = self._records[:used]
         self._records = rec
         self._views()
