@@ -40,6 +40,7 @@ from __future__ import annotations
 import types
 
 import numba
+import numba.extending
 import numpy as np
 
 from .._errors import PoolFullError
@@ -64,6 +65,10 @@ _M63 = (1 << 63) - 1
 _MAX_LOAD = 0.7
 _MIN_BUCKETS = 64
 _MIN_SLOTS = 32
+#: a table never shrinks below this many buckets (and the slots to fill 70 % of them,
+#: ~85 KB in all): a zswap that fills and empties a few thousand pages over and over
+#: (a region's working set, a benchmark's pass) would otherwise rebuild it every time
+_SHRINK_FLOOR = 4096
 #: slot numbers are int32 (the index and the LRU's links): at most this many entries
 MAX_ENTRIES = (1 << 31) - 1
 
@@ -80,7 +85,37 @@ _POOL_BYTES = 8     # sum of the POOL entries' lengths
 _N_FULL = 9         # POOL entries stored as-is
 _LRU = 10           # 1: POOL entries are kept on the LRU (0: no writeback will ever ask)
 _N_STATE = 11       # 11 + state: entries in each state
-_META = _N_STATE + _STATES
+_OLD_STATE = _N_STATE + _STATES     # what the last single-entry call replaced (see _set_one)
+_OLD_WORD = _OLD_STATE + 1
+_AT_BUCKETS = _OLD_WORD + 1         # where the index and the records are, and their lengths,
+_AT_RECORDS = _AT_BUCKETS + 1       # for _set_one (set whenever an array is replaced)
+_N_BUCKETS = _AT_RECORDS + 1
+_N_SLOTS = _N_BUCKETS + 1
+_META = _N_SLOTS + 1
+
+# --- slot records: one per slot (field, dtype, byte offset), not one array per field: a
+# single-page verb at a random offset then touches one or two cache lines of slots rather
+# than one per field (a dependent load that misses costs ~350 ns on these VMs, measured by
+# pointer chasing over 8 MiB, 8 ns within 16 KiB). Without the LRU there is no ``prev``
+# (``next`` still threads the free list): 24 bytes, not 32.
+_FIELDS_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("prev", np.int32, 16), ("next", np.int32, 20),
+               ("length", np.uint16, 24), ("state", np.uint8, 26), ("referenced", np.uint8, 27))
+_FIELDS_NO_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("next", np.int32, 16),
+                  ("length", np.uint16, 20), ("state", np.uint8, 22), ("referenced", np.uint8, 23))
+
+
+_CK, _CW, _CP, _CN, _CL, _CS, _CR, _CREC = range(8)
+
+
+def _columns(fields, record):
+    """Each field's column when a record row is read as that field's dtype (in the order
+    of the _C* indices; a table without ``prev`` names ``next`` there), and the size."""
+    col = {name: at // np.dtype(dt).itemsize for name, dt, at in fields}
+    col.setdefault("prev", col["next"])
+    return tuple(col[f] for f in ("key", "word", "prev", "next", "length", "state", "referenced")) + (record,)
+
+
+_C_LRU, _C_NO = _columns(_FIELDS_LRU, 32), _columns(_FIELDS_NO_LRU, 24)
 
 
 # === the rules, one function each: run compiled (batch) and interpreted (one page) =======
@@ -229,6 +264,43 @@ def _restate_many(buckets, key_, word, length, state, referenced, prev, nxt, met
         _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key_[i], st, word[i], length[i], -1)
 
 
+# --- one entry, compiled, called with integers only -------------------------------------------
+# A call into compiled code with array arguments costs ~0.65 us plus ~0.3 us per array
+# here (numba types each one), one with ten integers ~0.55 us, while _set interpreted over
+# memoryviews cost ~2 us (tens of bytecodes at ~20 ns). So the single-entry verbs pass
+# the arrays' addresses, and the views are rebuilt inside from them.
+@numba.extending.intrinsic
+def _at(typingctx, address, dtype):
+    """A typed pointer from an integer address (``dtype`` a numba number class)."""
+    ptr = numba.types.CPointer(dtype.instance_type)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(address, dtype), codegen
+
+
+@_compiled
+def _set_one(meta_at, key, st, w, n, b):
+    """:func:`_set` on the table whose meta array is at ``meta_at`` (it holds the other
+    arrays' addresses); the old state and word go to meta. Returns the slot."""
+    meta = numba.carray(_at(meta_at, numba.int64), (_META,))
+    records_at, n_slots = meta[_AT_RECORDS], meta[_N_SLOTS]
+    c = _C_LRU if meta[_LRU] else _C_NO        # (without the LRU, prev is next: never touched)
+    r = c[_CREC]
+    r64 = numba.carray(_at(records_at, numba.int64), (n_slots, r // 8))
+    r32 = numba.carray(_at(records_at, numba.int32), (n_slots, r // 4))
+    r16 = numba.carray(_at(records_at, numba.uint16), (n_slots, r // 2))
+    r8 = numba.carray(_at(records_at, numba.uint8), (n_slots, r))
+    if key < 0:                                # -1 - key: remove this slot (its key read here)
+        key = r64[-1 - key, c[_CK]]
+    i, old, old_w = _set(numba.carray(_at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],)), r64[:, c[_CK]],
+                         r64[:, c[_CW]], r16[:, c[_CL]], r8[:, c[_CS]], r8[:, c[_CR]], r32[:, c[_CP]],
+                         r32[:, c[_CN]], meta, key, st, w, n, b)
+    meta[_OLD_STATE] = old
+    meta[_OLD_WORD] = old_w
+    return i
+
+
 @_compiled
 def _lru_pick(buckets, key_, word, length, state, referenced, prev, nxt, meta, n, out):
     """Up to ``n`` oldest unreferenced POOL slots into ``out``, walking from the LRU's
@@ -308,23 +380,13 @@ class EntryTable:
     is ``word`` read as uint64. Slot indices are valid until the next verb that
     removes entries (a shrink renumbers them)."""
 
-    #: one record per slot (field, dtype, byte offset), not one array per field: a
-    #: single-page verb at a random offset then touches one or two cache lines of slots
-    #: rather than one per field (a dependent load that misses costs ~350 ns on these
-    #: VMs, measured by pointer chasing over 8 MiB, 8 ns within 16 KiB). Without the
-    #: LRU there is no ``prev`` (``next`` still threads the free list): 24 bytes, not 32.
-    _FIELDS_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("prev", np.int32, 16), ("next", np.int32, 20),
-                   ("length", np.uint16, 24), ("state", np.uint8, 26), ("referenced", np.uint8, 27))
-    _FIELDS_NO_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("next", np.int32, 16),
-                      ("length", np.uint16, 20), ("state", np.uint8, 22), ("referenced", np.uint8, 23))
-
     def __init__(self, page_size: int = 4096, lru: bool = True):
         self.meta = np.zeros(_META, np.int64)
         self.meta[[_HEAD, _TAIL, _FREE]] = -1
         self.meta[_FULL] = page_size
         self.meta[_LRU] = bool(lru)            # without writeback nothing walks it: no links kept
-        self._fields = self._FIELDS_LRU if lru else self._FIELDS_NO_LRU
-        self.record_bytes = 32 if lru else 24
+        self._fields = _FIELDS_LRU if lru else _FIELDS_NO_LRU
+        self.record_bytes = (_C_LRU if lru else _C_NO)[_CREC]
         self.prev = np.zeros(1, np.int32)      # (with the LRU, a field of the records)
         self.m_prev = memoryview(self.prev)
         self._records = np.zeros((_MIN_SLOTS, self.record_bytes), np.uint8)
@@ -345,8 +407,13 @@ class EntryTable:
         self._slots = rec.shape[0]
         nb = self.buckets.shape[0]
         self._grow_at = min(int(nb * _MAX_LOAD), MAX_ENTRIES)
-        self._shrink_at = nb // 10 if nb > _MIN_BUCKETS else -1
+        self._shrink_at = nb // 10 if nb > _SHRINK_FLOOR else -1
         self._hint = 0              # the bucket find_one found last (remove_one checks it)
+        # where the arrays are, for _set_one: taken again whenever an array is replaced
+        meta = self.meta
+        meta[[_AT_BUCKETS, _AT_RECORDS, _N_BUCKETS, _N_SLOTS]] = (self.buckets.ctypes.data, rec.ctypes.data, nb,
+                                                                 rec.shape[0])
+        self._meta_at = meta.ctypes.data
 
     def _set_buckets(self, nb: int) -> None:
         buckets = np.full(nb, -1, np.int32)
@@ -374,7 +441,9 @@ class EntryTable:
                                 f"{k} more asked for)")
         spare = int(meta[_NFREE]) + self._slots - int(meta[_USED])
         if spare < k:
-            self._set_slots(min(MAX_ENTRIES, max(2 * self._slots, self._slots + k - spare)))
+            # a quarter more than asked at least: a batch filled to the last slot would make
+            # every single store after it look for room first
+            self._set_slots(min(MAX_ENTRIES, max(2 * self._slots, (self._slots + k - spare) * 5 // 4)))
         if count + k > self._grow_at:
             self._set_buckets(max(2 * self.buckets.shape[0], _pow2_at_least((count + k) / _MAX_LOAD)))
 
@@ -383,8 +452,9 @@ class EntryTable:
         count = int(self.meta[_COUNT])
         _renumber(self.key, self.word, self.length, self.state, self.referenced, self.prev, self.next,
                   self.meta, np.empty(int(self.meta[_USED]), np.int64))
-        self._records = self._records[:max(_MIN_SLOTS, 2 * count)].copy()
-        self._set_buckets(max(_MIN_BUCKETS, _pow2_at_least(2 * count / _MAX_LOAD)))
+        nb = max(_SHRINK_FLOOR, _pow2_at_least(2 * count / _MAX_LOAD))
+        self._records = self._records[:max(2 * count, int(nb * _MAX_LOAD))].copy()
+        self._set_buckets(nb)
 
     def _arrays(self):
         """The arrays every rule takes, in its order."""
@@ -496,13 +566,12 @@ class EntryTable:
                 and self.find_one(offset) < 0:            # a new entry, and no room for it yet
             self.reserve(1)
             meta = self.m_meta
-        return _set(self.m_buckets, self.m_key, self.m_word, self.m_length, self.m_state, self.m_referenced,
-                    self.m_prev, self.m_next, meta, offset, state, word, length, -1)
+        i = _set_one(self._meta_at, offset, state, word, length, -1)
+        return i, meta[_OLD_STATE], meta[_OLD_WORD]
 
     def remove_one(self, i: int) -> None:
         """Present slot ``i`` leaves the table (where find_one found it: no second lookup)."""
         meta = self.m_meta
-        _set(self.m_buckets, self.m_key, self.m_word, self.m_length, self.m_state, self.m_referenced,
-             self.m_prev, self.m_next, meta, self.m_key[i], ABSENT, 0, 0, self._hint)
+        _set_one(self._meta_at, -1 - i, ABSENT, 0, 0, self._hint)
         if meta[_COUNT] < self._shrink_at:
             self._shrink()

@@ -263,7 +263,7 @@ def test_bench_growth_smoke(tmp_path):
     """The growth benchmark runs end to end at tiny sizes: both layouts, every verb timed
     against the smallest size, memory measured in its own processes, replay at two sizes."""
     r = run_bench(tmp_path, "bench_growth.py", "--pages", pages_file(tmp_path, 40, 3), "--sizes", "300,1200",
-                  "--passes", "2", "--probe", "20", "--batch", "64", "--replay-pages", "300",
+                  "--passes", "2", "--probe", "20", "--batch", "64", "--batch-pages", "128", "--replay-pages", "300",
                   "--plot", str(tmp_path / "g.png"))
     assert [(x["pages"], x["layout"]) for x in r["subjects"]] == [(300, "dense"), (300, "sparse"),
                                                                  (1200, "dense"), (1200, "sparse")]
