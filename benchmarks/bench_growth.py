@@ -22,7 +22,8 @@ pass after pass, in alternating order:
 Offsets are *dense* (0..N-1) or *sparse* (spread at random over a swap device's whole
 range, ``nr_pages`` = 2**32). Host memory per stored page outside the pool is measured
 in a fresh process per size and layout (no allocator state from other runs): RSS
-growth while filling, minus ``pool_total_size``; ``tracemalloc``'s growth beside it
+growth while filling, minus ``pool_total_size`` (and again once ``malloc_trim`` gave the C
+heap's freed memory back: the fill's batch temporaries); ``tracemalloc``'s growth beside it
 (numpy's arrays are traced, the pool's mmap'd arena is not); and the structures by
 name: the entry table's slot records (of which 8 bytes a slot are the LRU's links) and
 its index, the pool's handle table and its allocator's segment arrays (target: <= 64
@@ -73,6 +74,15 @@ def _offsets(n: int, layout: str, extra: int) -> np.ndarray:
     rng = np.random.default_rng(SPARSE_SEED + n)
     got = np.unique(rng.integers(0, NR_PAGES, int((n + extra) * 1.02) + 64, dtype=np.int64))
     return rng.permutation(got)[:n + extra]
+
+
+def _malloc_trim() -> None:
+    """Give the C heap's free memory back to the OS (glibc), where there is one."""
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _rss() -> int:
@@ -143,11 +153,14 @@ def memory_child(n: int, layout: str, pages_path: str, batch: int, compressor: s
     del offs
     gc.collect()
     rss1, tm1 = _rss(), tracemalloc.get_traced_memory()[0]
+    _malloc_trim()
+    rss2 = _rss()                  # the C heap's freed-but-kept memory given back (batch temporaries)
     st = zs.stats()
     pool_bytes, stored = st["pool_total_size"], st["stored_pages"]      # refused pages are not kept
     return {"pages": n, "layout": layout, "fill_s": fill_s, "rss_growth": rss1 - rss0,
             "pool_total_size": pool_bytes, "stored_pages": stored,
             "rss_outside_pool_per_page": (rss1 - rss0 - pool_bytes) / stored,
+            "rss_trimmed_outside_pool_per_page": (rss2 - rss0 - pool_bytes) / stored,
             "tracemalloc_per_page": (tm1 - tm0) / stored,
             "structures_per_page": {k: v / stored for k, v in structures(zs, pool).items()}}
 
@@ -403,7 +416,8 @@ def report(r: dict) -> None:
     print("host bytes per stored page outside the pool (fresh process per row):")
     for m in r["memory"]:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in m["structures_per_page"].items())
-        print(f"{m['pages']:>9} {m['layout']:7} RSS {m['rss_outside_pool_per_page']:6.1f}  tracemalloc "
+        print(f"{m['pages']:>9} {m['layout']:7} RSS {m['rss_outside_pool_per_page']:6.1f} "
+              f"(after malloc_trim {m['rss_trimmed_outside_pool_per_page']:6.1f})  tracemalloc "
               f"{m['tracemalloc_per_page']:6.1f}   ({parts}; fill {m['fill_s']:.1f} s)")
     for x in r.get("replay", []):
         if "failed" in x:
