@@ -300,11 +300,13 @@ def plot(r: dict, path: str) -> None:
         for verb, c in (("store", "C0"), ("load", "C1"), ("invalidate", "C2")):
             a.plot(ns, [x["p50_us"][verb] for x in rows], style, c=c, marker="o", label=f"{verb} ({layout})")
         mem = [x for x in r["memory"] if x["layout"] == layout]
-        b.plot([x["pages"] for x in mem], [x["rss_outside_pool_per_page"] for x in mem], style, c="C3",
-               marker="o", label=f"RSS outside the pool ({layout})")
-        b.plot([x["pages"] for x in mem], [sum(x["structures_per_page"].values()) -
-                                           x["structures_per_page"].get("lru_links_in_slots", 0) for x in mem],
-               style, c="C4", marker="s", label=f"named structures ({layout})")
+        ns = [x["pages"] for x in mem]
+        sp = [x["structures_per_page"] for x in mem]
+        b.plot(ns, [x.get("rss_trimmed_outside_pool_per_page", x["rss_outside_pool_per_page"]) for x in mem], style,
+               c="C3", marker="o", label=f"RSS outside the pool, trimmed ({layout})")
+        b.plot(ns, [x["entry_table_slots"] + x.get("entry_index", 0) for x in sp], style, c="C4", marker="s",
+               label=f"entry table: slots + index ({layout})")
+        b.plot(ns, [x["handle_table"] for x in sp], style, c="C5", marker="^", label=f"pool's handle table ({layout})")
     b.axhline(64, c="gray", ls=":", label="target 64 B")
     for ax, title, unit in ((a, "one page: p50", "us"), (b, "host bytes per stored page", "bytes")):
         ax.set_xscale("log")
