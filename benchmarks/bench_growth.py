@@ -145,6 +145,7 @@ def memory_child(n: int, layout: str, pages_path: str, batch: int, compressor: s
     pool.close()
     del pool, zs, offs
     gc.collect()
+    _malloc_trim()                 # trimmed before as after: the difference is the fill's
     tracemalloc.start()
     rss0, tm0 = _rss(), tracemalloc.get_traced_memory()[0]
     t0 = time.perf_counter()
