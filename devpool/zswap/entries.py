@@ -2,37 +2,40 @@
 
 Linux keys zswap entries by swap offset in an xarray and strings the pool's entries on
 a list_lru; a ``zswap_entry`` plus its xarray slot costs about 60-70 bytes. This table
-does the same work in about 37 bytes an entry (measured at 10^6 entries by
-``benchmarks/bench_growth.py``), whether the offsets are dense or spread over the whole
-swap area:
+does the same work in 33 bytes an entry without the LRU and 41 with it (measured at
+10^6 entries by ``benchmarks/bench_growth.py``), whether the offsets are dense or
+spread over the whole swap area:
 
-- **entries** live in *slots*, rows of flat numpy arrays: ``key`` (the swap offset,
+- **entries** live in *slots*: one record per slot holding ``key`` (the swap offset,
   int64), ``word`` (the pool handle, or a same-filled page's fill word, int64),
   ``length`` (uint16), ``state`` (uint8: ABSENT, POOL, SAME, FILE), ``referenced``
-  (uint8) and the LRU's two links ``prev`` / ``next`` (int32): 28 bytes a slot. Slots
-  are taken lowest first (a free list threads the freed ones through ``next``), so the
-  arrays' untouched tail costs no RAM; the frontend reads and writes the fields by
-  slot index, vectorised for a batch, by scalar for one page.
+  (uint8) and the LRU's links ``prev`` / ``next`` (int32): 32 bytes, 24 without the
+  LRU. Each field is a strided numpy view of the records (and a memoryview of it), so
+  the frontend reads and writes fields by slot index, vectorised for a batch, by
+  scalar for one page. Slots are taken lowest first (a free list threads the freed
+  ones through ``next``), so the records' untouched tail costs no RAM.
 - **the index** is an open-addressing hash of offset -> slot: an int32 array, a power
   of two long and at most 70 % full (4 - 11 bytes an entry), with linear probing,
   Fibonacci hashing (the top bits of ``offset * 2**63/phi``: sequential and strided
   offsets spread evenly) and backward-shift deletion (no tombstones, so a lookup's
   cost never grows with churn).
-- **the LRU** is intrusive: POOL entries form a doubly linked list through
-  ``prev`` / ``next``, oldest at the head; a store appends at the tail, a load or an
-  invalidation unlinks in O(1), and writeback walks from the head giving referenced
-  entries their second chance (:meth:`EntryTable.lru_pick`) — no scan of the table.
+- **the LRU** (kept only when writeback may walk it) is intrusive: POOL entries form a
+  doubly linked list through ``prev`` / ``next``, oldest at the head; a store appends
+  at the tail, a load or an invalidation unlinks in O(1), and writeback walks from the
+  head giving referenced entries their second chance (:meth:`EntryTable.lru_pick`) —
+  no scan of the table.
 - **counters** per state (and the POOL entries' bytes) are kept as entries change, so
   ``Zswap.stats()`` costs the same at any size.
 
-Both speeds run the same code. Every change of an entry (a new one, a new state, a
+Both speeds run the same code: every change of an entry (a new one, a new state, a
 removal) is one plain Python function, :func:`_set`, and a lookup another,
 :func:`_bucket`, written in the integer arithmetic Python and numba share (63-bit
-products, masked). The batch verbs run them compiled by numba over numpy arrays, in
-loops; the single-page verbs run the very same functions in the interpreter over
-memoryviews of the same arrays (a call into compiled code costs 0.6 - 1 us on these
-machines, more than the work). ``tests/zswap/test_entries.py`` holds both against a
-model.
+products, masked). The batch verbs run them compiled by numba, in loops over numpy
+arrays. One page: a lookup runs :func:`_bucket` interpreted over memoryviews (cheaper
+than any call into compiled code here), a change runs the compiled :func:`_set` through
+:func:`_set_one`, a call that takes integers only (numba types an array argument in
+~0.3 us, an integer in a few ns; the table's arrays are found from their addresses).
+``tests/zswap/test_entries.py`` holds both speeds against a model.
 """
 
 from __future__ import annotations
