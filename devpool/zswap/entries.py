@@ -40,6 +40,7 @@ than any call into compiled code here), a change runs the compiled :func:`_set` 
 
 from __future__ import annotations
 
+import functools
 import types
 
 import numba
@@ -372,6 +373,19 @@ def as_word(fill: int) -> int:
     return fill - ((fill >> 63) << 64)
 
 
+def _set_interpreted(table: "EntryTable", key, st, w, n, b):
+    """:func:`_set_one`'s contract, running :func:`_set` in the interpreter over the
+    table's memoryviews (numba's JIT off)."""
+    meta = table.m_meta
+    if key < 0:
+        key = table.m_key[-1 - key]
+    i, old, old_w = _set(table.m_buckets, table.m_key, table.m_word, table.m_length, table.m_state,
+                         table.m_referenced, table.m_prev, table.m_next, meta, key, st, w, n, b)
+    meta[_OLD_STATE] = old
+    meta[_OLD_WORD] = old_w
+    return i
+
+
 def _pow2_at_least(n: int) -> int:
     return 1 << max(int(n) - 1, 1).bit_length()
 
@@ -416,7 +430,10 @@ class EntryTable:
         meta = self.meta
         meta[[_AT_BUCKETS, _AT_RECORDS, _N_BUCKETS, _N_SLOTS]] = (self.buckets.ctypes.data, rec.ctypes.data, nb,
                                                                  rec.shape[0])
-        self._meta_at = meta.ctypes.data
+        # one change of one entry: compiled, given the addresses (or, with numba's JIT
+        # off, where the intrinsic behind _set_one cannot run, the same rule interpreted)
+        self._set1 = (functools.partial(_set_one, meta.ctypes.data) if not numba.config.DISABLE_JIT
+                      else functools.partial(_set_interpreted, self))
 
     def _set_buckets(self, nb: int) -> None:
         buckets = np.full(nb, -1, np.int32)
@@ -569,12 +586,12 @@ class EntryTable:
                 and self.find_one(offset) < 0:            # a new entry, and no room for it yet
             self.reserve(1)
             meta = self.m_meta
-        i = _set_one(self._meta_at, offset, state, word, length, -1)
+        i = self._set1(offset, state, word, length, -1)
         return i, meta[_OLD_STATE], meta[_OLD_WORD]
 
     def remove_one(self, i: int) -> None:
         """Present slot ``i`` leaves the table (where find_one found it: no second lookup)."""
         meta = self.m_meta
-        _set_one(self._meta_at, -1 - i, ABSENT, 0, 0, self._hint)
+        self._set1(-1 - i, ABSENT, 0, 0, self._hint)
         if meta[_COUNT] < self._shrink_at:
             self._shrink()

@@ -196,3 +196,33 @@ def test_a_stride_of_a_power_of_two_does_not_cluster():
         home = ((offs.astype(object) * E._GOLD) & E._M63) >> int(t.meta[E._SHIFT])
         disp = (pos - np.array(home.tolist(), np.int64)) % b.size
         assert disp.mean() < 1.0 and disp.max() < 16, (k, disp.mean(), disp.max())
+
+
+def test_without_numba_jit_the_same_rules_run_interpreted(tmp_path):
+    """NUMBA_DISABLE_JIT (a debugging switch, and the region's guard path) runs every
+    rule in the interpreter; the single-entry change, compiled through raw addresses
+    otherwise, takes the interpreted path and gives the same table."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import numpy as np
+        from devpool.zswap.entries import EntryTable, POOL, SAME, ABSENT
+        for lru in (True, False):
+            t = EntryTable(lru=lru)
+            t.put(np.arange(50, dtype=np.int64), POOL, np.arange(50), 100)
+            for o in range(40, 70):
+                t.put_one(o, SAME, o, 0)
+            for o in range(0, 30, 3):
+                t.remove_one(t.find_one(o))
+            t.remove(t.find(np.arange(60, 65, dtype=np.int64)))
+            want = sorted(set(range(70)) - set(range(0, 30, 3)) - set(range(60, 65)))
+            assert sorted(t.key[t.present()].tolist()) == want, lru
+            assert t.count(POOL) == 40 - 10 and t.count(SAME) == 30 - 5
+            assert [int(t.key[i]) for i in t.lru_order()] == ([o for o in range(40) if o % 3 or o >= 30] if lru else [])
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
