@@ -189,10 +189,17 @@ def check_output_path(path: str | None) -> None:
 
 def check_plot_path(path: str | None) -> str | None:
     """``check_output_path`` for a figure, plus its format: the extension must be one
-    matplotlib writes (checked before the run; needs matplotlib, the ``bench`` extra)."""
+    matplotlib writes (checked before the run). Without matplotlib (the ``bench``
+    extra) the figure is the one thing lost: a warning says so and None comes back,
+    so the caller drops ``--plot`` and the run, its table and ``--json`` go on."""
     if not path:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError as exc:
+        print(f"devpool: warning: no plot will be written to {path}: matplotlib is not installed ({exc}); "
+              f"pip install 'devpool[bench]'", file=sys.stderr)
+        return None
     formats = FigureCanvasAgg.get_supported_filetypes()
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     if ext not in formats:
