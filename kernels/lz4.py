@@ -26,7 +26,7 @@ from numba.core import cgutils, types
 from numba.core.caching import FunctionCache
 from numba.extending import intrinsic
 
-from devpool.codecs.base import Codec, check_decode_args, check_pages, check_rows, pack_blocks
+from devpool.codecs.base import Codec
 from devpool.codecs.registry import register_codec
 from devpool._packed import PARALLEL_LOCK
 
@@ -494,10 +494,10 @@ class Lz4Njit(Codec):
     def get_config(self) -> dict:
         return {"id": self.codec_id}
 
-    def compress_blocks(self, pages, rows=None):
+    def compress_blocks_trusted(self, pages, rows):
         """Blocks left in this thread's scratch rows (no packing): ``(data, starts, lengths)``."""
-        pages = check_pages(pages, self.page_size)
-        rows = check_rows(rows, pages.shape[0])           # the driver trusts them
+        if rows is None:
+            rows = np.arange(pages.shape[0], dtype=np.int64)
         n = rows.shape[0]
         lengths = np.empty(n, np.int64)
         if not n:
@@ -506,12 +506,7 @@ class Lz4Njit(Codec):
         _drivers_for(n)[0](pages, rows, scratch, lengths, tables)
         return scratch.reshape(-1), np.arange(n, dtype=np.int64) * scratch.shape[1], lengths
 
-    def compress_batch(self, pages, rows=None):
-        data, starts, lengths = self.compress_blocks(pages, rows)
-        return pack_blocks(data, starts, lengths), lengths
-
-    def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+    def decompress_into_trusted(self, data, lengths, out, rows, starts):
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n:
@@ -519,7 +514,7 @@ class Lz4Njit(Codec):
         return ok
 
     # --- one page: the block functions themselves, no driver, no worker threads ---------
-    def _compress_page(self, page):
+    def compress_page_trusted(self, page):
         sc = self._scratch
         if getattr(sc, "page_out", None) is None:
             sc.page_out = np.empty(core.PAGE_BOUND, np.uint8)
@@ -527,7 +522,7 @@ class Lz4Njit(Codec):
         n = _single_page()[0](page, sc.page_out, sc.page_table)
         return sc.page_out, int(n)
 
-    def _decompress_page(self, block, out=None):
+    def decompress_page_trusted(self, block, out=None):
         out = np.empty(self.page_size, np.uint8) if out is None else out
         return out if (_single or _single_page())[1](block, out) == self.page_size else None
 

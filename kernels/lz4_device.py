@@ -34,7 +34,7 @@ import numba.cuda
 import numpy as np
 from numba import types
 
-from devpool.codecs.base import Codec, check_decode_args, check_pages, check_rows, on_device
+from devpool.codecs.base import Codec, on_device
 from devpool.codecs.registry import register_codec
 from devpool._errors import DeviceError
 from devpool._packed import packed_starts
@@ -170,9 +170,8 @@ class Lz4Device(Codec):
         copy into pinned staging), one synchronisation; returns (device blocks as an
         (N, PAGE_BOUND) array, lengths). The blocks stay in this thread's staging,
         valid until its next call."""
-        pages = check_pages(pages, self.page_size)
         if rows is not None:
-            pages = pages[check_rows(rows, pages.shape[0])]
+            pages = pages[rows]
         n = pages.shape[0]
         st = self._state()
         workers = self.workers(n)
@@ -197,13 +196,15 @@ class Lz4Device(Codec):
             raise DeviceError(f"device LZ4 compression of {n} pages failed: {exc}") from exc
         return d_out[:max(n, 1) * core.PAGE_BOUND].reshape(max(n, 1), core.PAGE_BOUND), lengths.copy()
 
-    def compress_batch(self, pages, rows=None):
+    packed_blocks = True
+
+    def compress_blocks_trusted(self, pages, rows):
         """Blocks packed on the device by the storage's copy kernel (one metadata copy
         in, one copy of exactly their bytes out, one synchronisation)."""
         d_out, lengths = self._compress_on_device(pages, rows)
         n = lengths.shape[0]
         if n == 0:
-            return np.zeros(0, np.uint8), lengths
+            return np.zeros(0, np.uint8), np.zeros(0, np.int64), lengths
         packed = packed_starts(lengths)
         total = int(lengths.sum())
         st = self._state()
@@ -229,21 +230,19 @@ class Lz4Device(Codec):
                 data = host[24 * n:24 * n + total].copy()
         except Exception as exc:
             raise DeviceError(f"packing and copying {n} device LZ4 blocks to the host failed: {exc}") from exc
-        return data, lengths
+        return data, packed, lengths
 
-    def compress_to_device(self, pages, rows=None):
+    def compress_to_device_trusted(self, pages, rows):
         """Blocks left in device memory: ``(device data, starts, lengths)``, valid until
         this thread's next call (the pool copies them into its arena at once)."""
         d_out, lengths = self._compress_on_device(pages, rows)
         starts = np.arange(lengths.shape[0], dtype=np.int64) * core.PAGE_BOUND
         return d_out.reshape(d_out.shape[0] * core.PAGE_BOUND), starts, lengths
 
-    def decompress_into(self, data, lengths, out, rows=None, starts=None):
+    def decompress_into_trusted(self, data, lengths, out, rows, starts):
         """Decode on the device; ``data`` may be host bytes or already in device memory.
         One copy in from pinned staging (starts, lengths and, from the host, the blocks),
         one kernel, one copy out (pages and their ok flags), one synchronisation."""
-        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size,
-                                                        device_ok=True)
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         if n == 0:

@@ -18,7 +18,7 @@ import nvidia.nvcomp as nvcomp   # not ``from nvidia import nvcomp``: with the C
 import numpy as np                # ``nvidia`` namespace always exists, and that form then raises a plain
                                   # ImportError where this raises ModuleNotFoundError (nvCOMP absent)
 
-from devpool.codecs.base import Codec, _pack_blocks, check_decode_args, check_pages, check_rows
+from devpool.codecs.base import Codec, _pack_blocks
 from devpool.codecs.registry import register_codec
 from devpool._errors import DeviceError
 from devpool._checks import PAGE_SIZE
@@ -47,13 +47,14 @@ class NvcompLz4(Codec):
     def get_config(self) -> dict:
         return {"id": self.codec_id}
 
-    def compress_batch(self, pages, rows=None):
-        pages = check_pages(pages, self.page_size)
+    packed_blocks = True
+
+    def compress_blocks_trusted(self, pages, rows):
         if rows is not None:
-            pages = pages[check_rows(rows, pages.shape[0])]
+            pages = pages[rows]
         n = pages.shape[0]
         if n == 0:
-            return np.zeros(0, np.uint8), np.zeros(0, np.int64)
+            return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
         try:
             d = self._cp.asarray(np.ascontiguousarray(pages).reshape(-1))           # one copy in
             enc = self._codec.encode(nvcomp.as_arrays(d, (np.arange(n) * PAGE).tolist(), [PAGE] * n))
@@ -76,8 +77,7 @@ class NvcompLz4(Codec):
         return [np.asarray(host[i]).view(np.uint8).reshape(-1) if sizes[i] == PAGE else None
                 for i in range(len(sizes))]
 
-    def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+    def decompress_into_trusted(self, data, lengths, out, rows, starts):
         n = lengths.shape[0]
         ok = np.zeros(n, np.bool_)
         todo = np.flatnonzero(lengths > 0)                   # an empty block is no page

@@ -1,48 +1,65 @@
 """Page codecs behind a small registry (after numcodecs' ``Codec`` / ``get_codec``).
 
-Contract a codec implements
----------------------------
-``compress_batch(pages, rows=None)``
-    ``pages`` is an (N, page_size) uint8 array; ``rows`` optionally picks which pages
-    to compress (no copy of the rest). Returns ``(data, lengths)``: the compressed
-    blocks packed back to back in one uint8 array and their int64 lengths.
-    A block that failed to compress has length ``-1`` and no bytes in ``data`` (the
-    frontend counts it as ``reject_compress_fail``); a block may be longer than a page
-    (incompressible data), the frontend decides what to do with it.
-``decompress_into(data, lengths, out, rows=None, starts=None)``
-    decode block ``i`` (packed, or at ``data[starts[i]:]`` when ``starts`` is given)
-    into ``out[rows[i]]`` (``rows`` defaults to 0..N-1) and return a boolean array:
-    True where block ``i`` decoded to *exactly* one page. Never raises for corrupt data.
-``decompress_batch(data, lengths)``
-    convenience: a fresh (N, page_size) array, or :class:`~devpool.CorruptDataError`
-    naming the blocks that failed.
+Two doors, one codec
+--------------------
+Every verb comes twice. The **public verbs** (``compress_batch``, ``compress_blocks``,
+``decompress_into``, ``decompress_batch``, ``compress_page``, ``decompress_page``,
+``compress_to_device``) take anything a caller hands in, check it with this module's
+checks and raise :class:`~devpool.BadInputError` before anything is written. The
+**trusted verbs** (the same names ending in ``_trusted``) take arguments a caller has
+already checked with those same checks, and check nothing again: the frontend checks
+pages once at its own edge and calls these, so a batch is checked once, not once by the
+frontend and again by the codec, and a single page pays no second look. Handing a
+trusted verb anything else is a bug in the caller (a compiled codec may read out of
+bounds); untrusted callers use the public verbs. A codec implements the trusted verbs;
+the base class builds the public ones on top (check, then call).
 
-``compress_blocks(pages, rows=None)``
-    like ``compress_batch`` but returns ``(data, starts, lengths)``: block ``i`` is at
-    ``data[starts[i]:starts[i]+lengths[i]]``, so a codec may hand out its own output
-    rows without packing them (the frontend copies them into the pool at once). The
-    default packs via ``compress_batch``. ``data`` may be the codec's scratch, valid
-    until the codec's next call from the same thread.
+The trusted verbs a codec implements
+------------------------------------
+``compress_blocks_trusted(pages, rows)``
+    ``pages`` is a checked (N, page_size) C-contiguous uint8 array (:func:`check_pages`),
+    ``rows`` None (every page) or int64 indices into it (:func:`check_rows`). Returns
+    ``(data, starts, lengths)``: block ``i`` is at ``data[starts[i]:starts[i]+lengths[i]]``,
+    so a codec may hand out its own output rows without packing them (the frontend
+    copies them into the pool at once); ``data`` may be the codec's scratch, valid until
+    the codec's next call from the same thread. A block that failed to compress has
+    length ``-1`` (the frontend counts it as ``reject_compress_fail``); a block may be
+    longer than a page (incompressible data), the frontend decides what to do with it.
+    A codec whose ``data`` is always fresh and packed back to back sets
+    ``packed_blocks = True``, and ``compress_batch`` hands it out uncopied.
+``decompress_into_trusted(data, lengths, out, rows, starts)``
+    the arguments as :func:`check_decode_args` returns them (``rows`` and ``starts``
+    int64 arrays, never None): decode block ``i`` (at ``data[starts[i]:]``) into
+    ``out[rows[i]]`` and return a boolean array, True where block ``i`` decoded to
+    *exactly* one page. Never raises for corrupt data.
+``compress_page_trusted(page)``
+    one checked page (:func:`check_page_args`: a C-contiguous (page_size,) uint8 array);
+    returns ``(buffer, length)``, the block being ``buffer[:length]`` (length -1:
+    compression failed). ``buffer`` may be the codec's scratch, valid until its next
+    call from the same thread, or the page itself (``raw``). A swap-in fault is one
+    page, and a batch of one would pay a batch's set-up: fast codecs override the
+    default, which goes through the batch verb.
+``decompress_page_trusted(block, out=None)``
+    decode one block (a 1-D C-contiguous uint8 array) into ``out`` (a checked writable
+    (page_size,) uint8 array) and return it, or, when ``out`` is None, return a new
+    page (a codec whose library returns a fresh buffer hands it over uncopied); None
+    when the block did not make exactly one page. Never raises for corrupt data.
 
-One page at a time (a swap-in fault is one page; a batch of one would pay a batch's
-set-up), every codec also offers:
-
-``compress_page(page)``
-    ``page`` is one C-contiguous (page_size,) uint8 array; returns ``(buffer, length)``,
-    the block being ``buffer[:length]`` (length -1: compression failed). ``buffer`` may
-    be the codec's scratch, valid until its next call from the same thread, or the page
-    itself (``raw``). The defaults go through the batch verbs; fast codecs override.
-``decompress_page(block, out)``
-    decode one block (1-D uint8) into ``out`` (a writable (page_size,) uint8 array);
-    True when it made exactly one page. Never raises for corrupt data.
+The public verbs built on them
+------------------------------
+``compress_batch(pages, rows=None)`` -> ``(data, lengths)``, blocks packed back to back;
+``compress_blocks(pages, rows=None)`` -> ``(data, starts, lengths)``;
+``decompress_into(data, lengths, out, rows=None, starts=None)`` -> ok mask (``starts``
+None: the blocks are packed); ``decompress_batch(data, lengths)`` -> a fresh (N,
+page_size) array, or :class:`~devpool.CorruptDataError` naming the blocks that failed;
+``compress_page(page)`` -> ``(buffer, length)``; ``decompress_page(block, out)`` -> True
+when it made one page (``block`` any bytes-like object or uint8 array).
 
 A codec that computes on a device may also keep its blocks there (``device_resident``):
-
-``compress_to_device(pages, rows=None)``
-    returns ``(data, starts, lengths)`` with ``data`` a uint8 buffer in device memory and
-    block ``i`` at ``data[starts[i]:starts[i]+lengths[i]]`` (``starts``/``lengths`` on the
-    host); a pool in device memory copies the blocks in device to device.
-``decompress_into`` then also accepts ``data`` in device memory (packed, as
+``compress_to_device_trusted(pages, rows)`` (public: ``compress_to_device``) returns
+``(data, starts, lengths)`` with ``data`` a uint8 buffer in device memory (``starts`` /
+``lengths`` on the host); a pool in device memory copies the blocks in device to
+device. ``decompress_into`` then also accepts ``data`` in device memory (packed, as
 ``Pool.read_batch(device=True)`` returns it).
 
 Configuration is the public attributes (JSON-friendly) plus ``codec_id``;
@@ -62,6 +79,8 @@ from .._packed import gather, packed_starts
 __all__ = ["Codec", "check_pages", "check_rows", "check_decode_args", "check_page_args", "on_device", "pack_blocks"]
 
 PAGE = PAGE_SIZE
+_ROW0 = np.zeros(1, np.int64)     # row 0 / start 0 of a one-block call
+_ROW0.flags.writeable = False
 
 
 def check_pages(pages, page_size: int = PAGE) -> np.ndarray:
@@ -167,31 +186,70 @@ def pack_blocks(data: np.ndarray, starts: np.ndarray, lengths: np.ndarray) -> np
 
 
 class Codec:
-    """Base class: override ``compress_batch`` and ``decompress_into``."""
+    """Base class: implement ``compress_blocks_trusted`` and ``decompress_into_trusted``
+    (and, for speed, the two ``*_page_trusted`` verbs); the public verbs check and call them."""
 
     codec_id: str = "abstract"
     page_size: int = PAGE
     #: True when ``compress_to_device`` exists and ``decompress_into`` reads device buffers
     device_resident: bool = False
+    #: True when ``compress_blocks_trusted`` returns fresh blocks packed back to back
+    packed_blocks: bool = False
 
-    def compress_batch(self, pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        raise NotImplementedError(f"{type(self).__name__} must implement compress_batch()")
+    # --- the trusted verbs: what a codec implements (arguments checked by the caller) ---
+    def compress_blocks_trusted(self, pages: np.ndarray, rows: np.ndarray | None):
+        raise NotImplementedError(f"{type(self).__name__} must implement compress_blocks_trusted()")
 
-    def decompress_into(self, data: np.ndarray, lengths: np.ndarray, out: np.ndarray,
-                        rows: np.ndarray | None = None, starts: np.ndarray | None = None) -> np.ndarray:
-        raise NotImplementedError(f"{type(self).__name__} must implement decompress_into()")
+    def decompress_into_trusted(self, data, lengths: np.ndarray, out: np.ndarray, rows: np.ndarray,
+                                starts: np.ndarray) -> np.ndarray:
+        raise NotImplementedError(f"{type(self).__name__} must implement decompress_into_trusted()")
+
+    def compress_to_device_trusted(self, pages: np.ndarray, rows: np.ndarray | None):
+        raise NotImplementedError(f"{type(self).__name__} does not keep blocks in device memory")
+
+    def compress_page_trusted(self, page: np.ndarray) -> tuple[np.ndarray, int]:
+        """One checked page -> ``(buffer, length)``, the block being ``buffer[:length]``."""
+        data, starts, lengths = self.compress_blocks_trusted(page.reshape(1, -1), None)
+        n, s = int(lengths[0]), int(starts[0])
+        return data[s:s + max(n, 0)], n
+
+    def decompress_page_trusted(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
+        """One block (1-D contiguous uint8) -> the page (``out`` or a new one), or None."""
+        out = np.empty(self.page_size, np.uint8) if out is None else out
+        ok = self.decompress_into_trusted(block, np.array([block.size], np.int64), out.reshape(1, -1),
+                                          _ROW0, _ROW0)[0]
+        return out if ok else None
+
+    # --- the public verbs: check, then the trusted verb ---------------------------------
+    def _checked(self, pages, rows):
+        pages = check_pages(pages, self.page_size)
+        return pages, (None if rows is None else check_rows(rows, pages.shape[0]))
 
     def compress_blocks(self, pages: np.ndarray, rows: np.ndarray | None = None):
-        data, lengths = self.compress_batch(pages, rows)
-        return data, packed_starts(np.maximum(lengths, 0)), lengths
+        """``(data, starts, lengths)`` of ``pages[rows]`` (every page when None)."""
+        return self.compress_blocks_trusted(*self._checked(pages, rows))
+
+    def compress_batch(self, pages: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``(data, lengths)``: the blocks of ``pages[rows]`` packed back to back."""
+        data, starts, lengths = self.compress_blocks(pages, rows)
+        if not self.packed_blocks:
+            data = pack_blocks(data, starts, np.maximum(lengths, 0))
+        return data, lengths
 
     def compress_to_device(self, pages: np.ndarray, rows: np.ndarray | None = None):
-        raise NotImplementedError(f"{type(self).__name__} does not keep blocks in device memory")
+        """``(device data, starts, lengths)``: the blocks left in device memory."""
+        return self.compress_to_device_trusted(*self._checked(pages, rows))
+
+    def decompress_into(self, data, lengths, out: np.ndarray, rows=None, starts=None) -> np.ndarray:
+        """Decode block ``i`` into ``out[rows[i]]``; True where it made exactly one page."""
+        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size,
+                                                        device_ok=self.device_resident)
+        return self.decompress_into_trusted(data, lengths, out, rows, starts)
 
     def compress_page(self, page: np.ndarray) -> tuple[np.ndarray, int]:
         """One page -> ``(buffer, length)``, the block being ``buffer[:length]``."""
         check_page_args(page, None, self.page_size)
-        return self._compress_page(page)
+        return self.compress_page_trusted(page)
 
     def decompress_page(self, block, out: np.ndarray) -> bool:
         """Decode one block into ``out`` (page_size,); True when it made one page."""
@@ -204,23 +262,7 @@ class Codec:
                          else np.ascontiguousarray(np.frombuffer(block, np.uint8)))
             except (TypeError, ValueError) as exc:
                 raise BadInputError(f"block must be a bytes-like object or 1-D uint8 array: {exc}") from exc
-        return self._decompress_page(block, out) is not None
-
-    # What a codec overrides for one page: the arguments are checked already (a
-    # (page_size,) C-contiguous uint8 page; a 1-D uint8 block and a writable out), so a
-    # frontend that checked them at its own edge calls these directly.
-    # ``_decompress_page`` returns the page (``out``, or a new array when ``out`` is
-    # None: a codec whose library returns a fresh buffer hands it over uncopied) or None
-    # when the block did not make exactly one page.
-    def _compress_page(self, page: np.ndarray) -> tuple[np.ndarray, int]:
-        data, starts, lengths = self.compress_blocks(page.reshape(1, -1))
-        n, s = int(lengths[0]), int(starts[0])
-        return data[s:s + max(n, 0)], n
-
-    def _decompress_page(self, block: np.ndarray, out: np.ndarray | None = None) -> np.ndarray | None:
-        out = np.empty(self.page_size, np.uint8) if out is None else out
-        ok = self.decompress_into(block, np.array([block.size], np.int64), out.reshape(1, -1))[0]
-        return out if ok else None
+        return self.decompress_page_trusted(block, out) is not None
 
     def decompress_batch(self, data, lengths) -> np.ndarray:
         data = as_block_data(data)
@@ -251,7 +293,8 @@ class Codec:
         return f"{type(self).__name__}({args})"
 
 
-def _pack_blocks(blocks: list[bytes | None]) -> tuple[np.ndarray, np.ndarray]:
+def _pack_blocks(blocks: list[bytes | None]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Blocks from a binding (None: failed) as ``compress_blocks_trusted``'s packed triple."""
     lengths = np.array([-1 if b is None else len(b) for b in blocks], np.int64)
     data = np.frombuffer(b"".join(b for b in blocks if b is not None), np.uint8)
-    return data, lengths
+    return data, packed_starts(np.maximum(lengths, 0)), lengths

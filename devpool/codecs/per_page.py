@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Codec, _pack_blocks, check_decode_args, check_pages, check_rows
+from .base import Codec, _pack_blocks
 
 __all__: list[str] = []
 
@@ -26,10 +26,12 @@ class _PerPage(Codec):
     def _decompress_one(self, block: np.ndarray) -> bytes | bytearray:
         raise NotImplementedError
 
-    def compress_batch(self, pages, rows=None):
-        pages = check_pages(pages, self.page_size)
+    # a fresh bytes object per block, joined: packed already
+    packed_blocks = True
+
+    def compress_blocks_trusted(self, pages, rows):
         if rows is not None:
-            pages = pages[check_rows(rows, pages.shape[0])]
+            pages = pages[rows]
         blocks = []
         for p in pages:
             try:
@@ -38,14 +40,14 @@ class _PerPage(Codec):
                 blocks.append(None)
         return _pack_blocks(blocks)
 
-    def _compress_page(self, page):
+    def compress_page_trusted(self, page):
         try:
             block = self._compress_one(page)
         except Exception:            # a codec failure refuses the page, never loses it
             return _NO_BYTES, -1
         return np.frombuffer(block, np.uint8), len(block)
 
-    def _decompress_page(self, block, out=None):
+    def decompress_page_trusted(self, block, out=None):
         try:
             page = self._decompress_one(block)
         except Exception:
@@ -58,11 +60,9 @@ class _PerPage(Codec):
         out[:] = arr
         return out
 
-    def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+    def decompress_into_trusted(self, data, lengths, out, rows, starts):
         ok = np.zeros(lengths.shape[0], np.bool_)
-        rows = rows.tolist()
-        for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows)):
+        for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows.tolist())):
             try:
                 page = self._decompress_one(data[s:s + n])
             except Exception:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .._packed import gather
-from .base import Codec, check_decode_args, check_pages, check_rows
+from .base import Codec
 
 __all__ = ["Raw"]
 
@@ -15,16 +15,16 @@ class Raw(Codec):
 
     codec_id = "raw"
 
-    def compress_batch(self, pages, rows=None):
-        pages = check_pages(pages, self.page_size)
-        if rows is not None:
-            pages = pages[check_rows(rows, pages.shape[0])]
-        return pages.reshape(-1).copy(), np.full(pages.shape[0], self.page_size, np.int64)
+    def compress_blocks_trusted(self, pages, rows):
+        # the pages where they lie, no copy: the frontend copies them into the pool at
+        # once, and compress_batch packs them (packed_blocks is False)
+        rows = np.arange(pages.shape[0], dtype=np.int64) if rows is None else rows
+        return pages.reshape(-1), rows * self.page_size, np.full(rows.shape[0], self.page_size, np.int64)
 
-    def _compress_page(self, page):
+    def compress_page_trusted(self, page):
         return page, self.page_size           # the page itself: the pool copies it in
 
-    def _decompress_page(self, block, out=None):
+    def decompress_page_trusted(self, block, out=None):
         if block.size != self.page_size:
             return None
         if out is None:
@@ -32,8 +32,7 @@ class Raw(Codec):
         out[:] = block
         return out
 
-    def decompress_into(self, data, lengths, out, rows=None, starts=None):
-        data, lengths, rows, starts = check_decode_args(data, lengths, out, rows, starts, self.page_size)
+    def decompress_into_trusted(self, data, lengths, out, rows, starts):
         ok = lengths == self.page_size
         flat = out.reshape(-1)
         gather(data, starts[ok], lengths[ok], flat, rows[ok] * self.page_size)

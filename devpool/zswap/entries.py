@@ -1,215 +1,598 @@
-"""Zswap's entry table: swap offset -> entry, with memory that follows what is stored.
+"""Zswap's entry table: swap offset -> entry, and the LRU, in memory that follows what is stored.
 
-Linux keys zswap entries by swap offset in an xarray, so a store at offset 2**32 - 2
-costs one entry, not four gigabytes. This table does the same with two levels: offsets
-are grouped in chunks of ``CHUNK`` (64) consecutive offsets; a dict maps a chunk number
-to a *row* of flat numpy arrays (state, handle, length, fill word, LRU age, referenced
-bit), and a row is given back once every entry in it is absent. An *entry index* is
-``row * CHUNK + offset % CHUNK``: the frontend reads and writes the field arrays with
-those indices, vectorised for a batch, by scalar for one page.
+Linux keys zswap entries by swap offset in an xarray and strings the pool's entries on
+a list_lru; a ``zswap_entry`` plus its xarray slot costs about 60-70 bytes. This table
+does the same work in 33 bytes an entry without the LRU and 41 with it (measured at
+10^6 entries by ``benchmarks/bench_growth.py``), whether the offsets are dense or
+spread over the whole swap area:
 
-Cost. A row is 64 entries x 34 bytes = 2.2 KiB: dense swap (consecutive offsets) costs
-34 bytes per stored page, and the worst case, every page in a chunk of its own, 2.2 KiB
-per page (1 000 pages at random offsets below 2**32: 2.2 MB). A batch looks its chunks
-up with one ``np.unique`` and one C-level ``map`` over the distinct chunks (no Python
-loop over pages); one page costs a dict lookup.
+- **entries** live in *slots*: one record per slot holding ``key`` (the swap offset,
+  int64), ``word`` (the pool handle, or a same-filled page's fill word, int64),
+  ``length`` (uint16), ``state`` (uint8: ABSENT, POOL, SAME, FILE), ``referenced``
+  (uint8) and the LRU's links ``prev`` / ``next`` (int32): 32 bytes, 24 without the
+  LRU. Each field is a strided numpy view of the records (and a memoryview of it), so
+  the frontend reads and writes fields by slot index, vectorised for a batch, by
+  scalar for one page. Slots are taken lowest first (a free list threads the freed
+  ones through ``next``), so the records' untouched tail costs no RAM.
+- **the index** is an open-addressing hash of offset -> slot: an int32 array, a power
+  of two long and at most 70 % full (4 - 11 bytes an entry), with linear probing,
+  Fibonacci hashing (the top bits of ``offset * 2**63/phi``: sequential and strided
+  offsets spread evenly) and backward-shift deletion (no tombstones, so a lookup's
+  cost never grows with churn).
+- **the LRU** (kept only when writeback may walk it) is intrusive: POOL entries form a
+  doubly linked list through ``prev`` / ``next``, oldest at the head; a store appends
+  at the tail, a load or an invalidation unlinks in O(1), and writeback walks from the
+  head giving referenced entries their second chance (:meth:`EntryTable.lru_pick`) —
+  no scan of the table.
+- **counters** per state (and the POOL entries' bytes) are kept as entries change, so
+  ``Zswap.stats()`` costs the same at any size.
+
+Both speeds run the same code: every change of an entry (a new one, a new state, a
+removal) is one plain Python function, :func:`_set`, and a lookup another,
+:func:`_bucket`, written in the integer arithmetic Python and numba share (63-bit
+products, masked). The batch verbs run them compiled by numba, in loops over numpy
+arrays. One page: a lookup runs :func:`_bucket` interpreted over memoryviews (cheaper
+than any call into compiled code here), a change runs the compiled :func:`_set` through
+:func:`_set_one`, a call that takes integers only (numba types an array argument in
+~0.3 us, an integer in a few ns; the table's arrays are found from their addresses).
+``tests/zswap/test_entries.py`` holds both speeds against a model.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
+import types
 
 import numba
+import numba.extending
 import numpy as np
 
-__all__ = ["ABSENT", "CHUNK", "EntryTable"]
+from .._errors import PoolFullError
 
-#: offsets per row: small enough that a lone page costs 2 KiB, large enough that dense
-#: swap pays one dict entry per 64 pages
-CHUNK_BITS = 6
-CHUNK = 1 << CHUNK_BITS
-_LOW = CHUNK - 1
+__all__ = ["ABSENT", "POOL", "SAME", "FILE", "EntryTable", "as_word"]
 
-#: the state of an offset that holds nothing
-ABSENT = 0
+# --- entry states (one byte per entry) ---------------------------------------------------
+ABSENT = 0     # a free slot (never in the index)
+POOL = 1       # compressed (or, at length == the page size, stored as-is) in the pool
+SAME = 2       # same-filled page: only the 8-byte fill word is kept, no pool space
+FILE = 3       # in the backing swap file (written back, or refused by zswap); its word
+               # is the slot's check word (BackingFile.write_pages), checked on load
+_STATES = 4
+
+# --- the index's hash ---------------------------------------------------------------------
+#: 2**63 / phi, odd: the top bits of ``key * _GOLD`` (mod 2**63) spread any arithmetic
+#: progression of keys evenly over the buckets (Knuth's multiplicative hashing)
+_GOLD = 0x4F1BBCDCBFA53E0B
+_M63 = (1 << 63) - 1
+#: the index is rebuilt larger once more than this share of its buckets is taken
+#: (linear probing: 2.2 probes a hit, 6 a miss on average at the most), and smaller
+#: once fewer than a tenth are (memory follows what is stored)
+_MAX_LOAD = 0.7
+_MIN_BUCKETS = 64
+_MIN_SLOTS = 32
+#: a table never shrinks below this many buckets (and the slots to fill 70 % of them,
+#: ~85 KB in all): a zswap that fills and empties a few thousand pages over and over
+#: (a region's working set, a benchmark's pass) would otherwise rebuild it every time
+_SHRINK_FLOOR = 4096
+#: slot numbers are int32 (the index and the LRU's links): at most this many entries
+MAX_ENTRIES = (1 << 31) - 1
+
+# --- the meta array: the table's scalars, one int64 each (shared by both speeds) ---------
+_COUNT = 0          # entries present (in the index)
+_HEAD = 1           # the LRU's oldest slot (-1: empty)
+_TAIL = 2           # the LRU's youngest slot
+_FREE = 3           # first slot of the free list (-1: none)
+_NFREE = 4          # slots on the free list
+_USED = 5           # slots ever handed out: slots at or above it were never touched
+_SHIFT = 6          # 63 - log2(buckets): a hash's top bits are its bucket
+_FULL = 7           # the page size: a POOL entry this long is stored as-is
+_POOL_BYTES = 8     # sum of the POOL entries' lengths
+_N_FULL = 9         # POOL entries stored as-is
+_LRU = 10           # 1: POOL entries are kept on the LRU (0: no writeback will ever ask)
+_N_STATE = 11       # 11 + state: entries in each state
+_OLD_STATE = _N_STATE + _STATES     # what the last single-entry call replaced (see _set_one)
+_OLD_WORD = _OLD_STATE + 1
+_AT_BUCKETS = _OLD_WORD + 1         # where the index and the records are, and their lengths,
+_AT_RECORDS = _AT_BUCKETS + 1       # for _set_one (set whenever an array is replaced)
+_N_BUCKETS = _AT_RECORDS + 1
+_N_SLOTS = _N_BUCKETS + 1
+_META = _N_SLOTS + 1
+
+# --- slot records: one per slot (field, dtype, byte offset), not one array per field: a
+# single-page verb at a random offset then touches one or two cache lines of slots rather
+# than one per field (a dependent load that misses costs ~350 ns on these VMs, measured by
+# pointer chasing over 8 MiB, 8 ns within 16 KiB). Without the LRU there is no ``prev``
+# (``next`` still threads the free list): 24 bytes, not 32.
+_FIELDS_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("prev", np.int32, 16), ("next", np.int32, 20),
+               ("length", np.uint16, 24), ("state", np.uint8, 26), ("referenced", np.uint8, 27))
+_FIELDS_NO_LRU = (("key", np.int64, 0), ("word", np.int64, 8), ("next", np.int32, 16),
+                  ("length", np.uint16, 20), ("state", np.uint8, 22), ("referenced", np.uint8, 23))
 
 
-@numba.njit(cache=True, nogil=True)
-def _runs(values):
-    """``(distinct values, inverse, True)`` of values that never decrease, in one pass;
-    ``(.., .., False)`` as soon as one decreases."""
-    n = values.shape[0]
-    uniq = np.empty(n, np.int64)
-    inv = np.empty(n, np.int64)
-    k = -1
-    for i in range(n):
-        v = values[i]
-        if k < 0 or v != uniq[k]:
-            if k >= 0 and v < uniq[k]:
-                return uniq[:0], inv[:0], False
+_CK, _CW, _CP, _CN, _CL, _CS, _CR, _CREC = range(8)
+
+
+def _columns(fields, record):
+    """Each field's column when a record row is read as that field's dtype (in the order
+    of the _C* indices; a table without ``prev`` names ``next`` there), and the size."""
+    col = {name: at // np.dtype(dt).itemsize for name, dt, at in fields}
+    col.setdefault("prev", col["next"])
+    return tuple(col[f] for f in ("key", "word", "prev", "next", "length", "state", "referenced")) + (record,)
+
+
+_C_LRU, _C_NO = _columns(_FIELDS_LRU, 32), _columns(_FIELDS_NO_LRU, 24)
+
+
+# === the rules, one function each: run compiled (batch) and interpreted (one page) =======
+def _bucket(buckets, keys, shift, key):
+    """The bucket holding ``key``'s slot, or the empty bucket where it would go."""
+    mask = len(buckets) - 1
+    b = ((key * _GOLD) & _M63) >> shift
+    while True:
+        s = buckets[b]
+        if s < 0 or keys[s] == key:
+            return b
+        b = (b + 1) & mask
+
+
+def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, st, w, n, b):
+    """Every change of an entry: ``key`` now holds ``(st, w, n)``, or nothing when ``st``
+    is ABSENT. ``b`` is the bucket holding ``key``'s slot if the caller knows it (a
+    stale or -1 hint is looked up). Returns ``(slot, old state, old word)``; the old
+    state is ABSENT where ``key`` held nothing (the caller frees what an old POOL word
+    names). Room for a new entry was made beforehand.
+
+    Written flat, as one function (leaving the old state, taking the new one, the LRU's
+    links, the index's backward-shift deletion), because the single-page verbs run it
+    in the interpreter, where each call costs more than the work in it."""
+    if b < 0 or buckets[b] < 0 or key_[buckets[b]] != key:
+        b = _bucket(buckets, key_, meta[_SHIFT], key)
+    i = buckets[b]
+    if i >= 0:                                  # leave the old state
+        old_st = state[i]
+        old_w = word[i]
+        meta[_N_STATE + old_st] -= 1
+        if old_st == POOL:
+            m = length[i]
+            meta[_POOL_BYTES] -= m
+            if m >= meta[_FULL]:
+                meta[_N_FULL] -= 1
+            if meta[_LRU]:                      # unlink from the LRU
+                a = prev[i]
+                z = nxt[i]
+                if a >= 0:
+                    nxt[a] = z
+                else:
+                    meta[_HEAD] = z
+                if z >= 0:
+                    prev[z] = a
+                else:
+                    meta[_TAIL] = a
+    elif st == ABSENT:
+        return -1, ABSENT, 0
+    else:                                       # a new slot: the free list's first, or a fresh one
+        old_st = ABSENT
+        old_w = 0
+        i = meta[_FREE]
+        if i >= 0:
+            meta[_FREE] = nxt[i]
+            meta[_NFREE] -= 1
+        else:
+            i = meta[_USED]
+            meta[_USED] = i + 1
+        buckets[b] = i
+        key_[i] = key
+        meta[_COUNT] += 1
+    state[i] = st
+    if st == ABSENT:                            # out of the index (backward shift) and freed
+        mask = len(buckets) - 1
+        shift = meta[_SHIFT]
+        q = b
+        while True:
+            q = (q + 1) & mask
+            s = buckets[q]
+            if s < 0:
+                break
+            home = ((key_[s] * _GOLD) & _M63) >> shift
+            if ((q - home) & mask) >= ((q - b) & mask):      # the hole lies on s's probe path
+                buckets[b] = s
+                b = q
+        buckets[b] = -1
+        nxt[i] = meta[_FREE]
+        meta[_FREE] = i
+        meta[_NFREE] += 1
+        meta[_COUNT] -= 1
+        return i, old_st, old_w
+    word[i] = w                                 # take the new state
+    length[i] = n
+    meta[_N_STATE + st] += 1
+    if st == POOL:
+        meta[_POOL_BYTES] += n
+        if n >= meta[_FULL]:
+            meta[_N_FULL] += 1
+        referenced[i] = 1                       # a second chance before writeback
+        if meta[_LRU]:                          # join the LRU's young end
+            t = meta[_TAIL]
+            prev[i] = t
+            nxt[i] = -1
+            if t >= 0:
+                nxt[t] = i
+            else:
+                meta[_HEAD] = i
+            meta[_TAIL] = i
+    return i, old_st, old_w
+
+
+# --- compiled: the same rules, for the batch verbs -------------------------------------------
+_COMPILED: dict = {}
+
+
+def _compiled(fn):
+    """``fn`` compiled by numba, with the rules it calls bound to their compiled forms
+    (the same code object: one source for both speeds)."""
+    env = dict(fn.__globals__)
+    env.update(_COMPILED)
+    clone = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
+    clone.__qualname__ = fn.__qualname__
+    _COMPILED[fn.__name__] = jitted = numba.njit(cache=True, nogil=True)(clone)
+    return jitted
+
+
+for _rule in (_bucket, _set):
+    _compiled(_rule)
+
+
+# --- batch loops over the rules (compiled only) ------------------------------------------------
+@_compiled
+def _find_many(buckets, key_, shift, offs, idx):
+    for j in range(offs.shape[0]):
+        idx[j] = buckets[_bucket(buckets, key_, shift, offs[j])]
+
+
+@_compiled
+def _set_many(buckets, key_, word, length, state, referenced, prev, nxt, meta, offs, st, words, lengths, idx, old,
+              old_words):
+    """:func:`_set` for each offset (``words`` and ``lengths`` per offset)."""
+    for j in range(offs.shape[0]):
+        i, o, w = _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, offs[j], st,
+                       words[j], lengths[j], -1)
+        idx[j] = i
+        old[j] = o
+        old_words[j] = w
+
+
+@_compiled
+def _restate_many(buckets, key_, word, length, state, referenced, prev, nxt, meta, idx, st):
+    """Present slots take state ``st``, keeping their word and length."""
+    for j in range(idx.shape[0]):
+        i = idx[j]
+        _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key_[i], st, word[i], length[i], -1)
+
+
+# --- one entry, compiled, called with integers only -------------------------------------------
+# A call into compiled code with array arguments costs ~0.65 us plus ~0.3 us per array
+# here (numba types each one), one with ten integers ~0.55 us, while _set interpreted over
+# memoryviews cost ~2 us (tens of bytecodes at ~20 ns). So the single-entry verbs pass
+# the arrays' addresses, and the views are rebuilt inside from them.
+@numba.extending.intrinsic
+def _at(typingctx, address, dtype):
+    """A typed pointer from an integer address (``dtype`` a numba number class)."""
+    ptr = numba.types.CPointer(dtype.instance_type)
+
+    def codegen(context, builder, sig, args):
+        return builder.inttoptr(args[0], context.get_value_type(ptr))
+    return ptr(address, dtype), codegen
+
+
+@_compiled
+def _set_one(meta_at, key, st, w, n, b):
+    """:func:`_set` on the table whose meta array is at ``meta_at`` (it holds the other
+    arrays' addresses); the old state and word go to meta. Returns the slot."""
+    meta = numba.carray(_at(meta_at, numba.int64), (_META,))
+    records_at, n_slots = meta[_AT_RECORDS], meta[_N_SLOTS]
+    c = _C_LRU if meta[_LRU] else _C_NO        # (without the LRU, prev is next: never touched)
+    r = c[_CREC]
+    r64 = numba.carray(_at(records_at, numba.int64), (n_slots, r // 8))
+    r32 = numba.carray(_at(records_at, numba.int32), (n_slots, r // 4))
+    r16 = numba.carray(_at(records_at, numba.uint16), (n_slots, r // 2))
+    r8 = numba.carray(_at(records_at, numba.uint8), (n_slots, r))
+    if key < 0:                                # -1 - key: remove this slot (its key read here)
+        key = r64[-1 - key, c[_CK]]
+    i, old, old_w = _set(numba.carray(_at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],)), r64[:, c[_CK]],
+                         r64[:, c[_CW]], r16[:, c[_CL]], r8[:, c[_CS]], r8[:, c[_CR]], r32[:, c[_CP]],
+                         r32[:, c[_CN]], meta, key, st, w, n, b)
+    meta[_OLD_STATE] = old
+    meta[_OLD_WORD] = old_w
+    return i
+
+
+@_compiled
+def _lru_pick(buckets, key_, word, length, state, referenced, prev, nxt, meta, n, out):
+    """Up to ``n`` oldest unreferenced POOL slots into ``out``, walking from the LRU's
+    head: a referenced entry passed on the way loses its bit and moves to the young
+    end (its second chance), where the walk meets it again. Returns how many."""
+    k = 0
+    i = meta[_HEAD]
+    while i >= 0 and k < n:
+        z = nxt[i]
+        if referenced[i]:               # rotate: leave and rejoin at the young end, unreferenced
+            _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key_[i], POOL, word[i],
+                 length[i], -1)
+            referenced[i] = 0
+            if z < 0:                    # it was the youngest: meet it again at once
+                z = i
+        else:
+            out[k] = i
             k += 1
-            uniq[k] = v
-        inv[i] = k
-    return uniq[:k + 1], inv, True
+        i = z
+    return k
 
 
-def _distinct(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``np.unique(values, return_inverse=True)`` (inverse flat): one compiled pass when
-    ``values`` are 1-D int64 that never decrease (swap offsets come in runs: the common
-    case; the six numpy passes it replaces cost 6.7 us per 1024 offsets, measured, on
-    every batch store and load), a sort otherwise (any other dtype too: the pass keeps
-    int64, so uint64 or float values would be merged or wrapped)."""
-    ok = values.dtype == np.int64 and values.ndim == 1
-    if ok:
-        uniq, inv, ok = _runs(values)
-    if not ok:
-        uniq, inv = np.unique(values, return_inverse=True)
-        inv = inv.reshape(-1)
-    return uniq, inv
+@_compiled
+def _rebuild(buckets, key_, state, used, shift):
+    """Index every present slot below ``used`` in empty ``buckets``."""
+    for i in range(used):
+        if state[i] != ABSENT:
+            buckets[_bucket(buckets, key_, shift, key_[i])] = i
 
 
-@numba.njit(cache=True, nogil=True)
-def _indices(rows, inv, offsets):
-    """Entry index of each offset from its chunk's row (-1 where the chunk has none)."""
-    idx = np.empty(offsets.shape[0], np.int64)
-    for i in range(offsets.shape[0]):
-        r = rows[inv[i]]
-        idx[i] = r * CHUNK + (offsets[i] & _LOW) if r >= 0 else -1
-    return idx
+@_compiled
+def _renumber(key_, word, length, state, referenced, prev, nxt, meta, new_of):
+    """Move the present slots down to 0..count-1, in order, links and all (slot ids
+    change: called only between verbs). The free list is empty afterwards."""
+    used = meta[_USED]
+    k = 0
+    for i in range(used):
+        if state[i] != ABSENT:
+            new_of[i] = k
+            k += 1
+    for i in range(used):
+        if state[i] != ABSENT:            # j <= i, and slot i is intact until it moves
+            j = new_of[i]
+            key_[j] = key_[i]
+            word[j] = word[i]
+            length[j] = length[i]
+            state[j] = state[i]
+            referenced[j] = referenced[i]
+            if state[i] == POOL and meta[_LRU]:
+                a = prev[i]
+                z = nxt[i]
+                prev[j] = new_of[a] if a >= 0 else -1
+                nxt[j] = new_of[z] if z >= 0 else -1
+    for i in range(k, used):
+        state[i] = ABSENT
+    if meta[_HEAD] >= 0:
+        meta[_HEAD] = new_of[meta[_HEAD]]
+        meta[_TAIL] = new_of[meta[_TAIL]]
+    meta[_FREE] = -1
+    meta[_NFREE] = 0
+    meta[_USED] = k
+
+
+def as_word(fill: int) -> int:
+    """A uint64 fill word as the int64 ``word`` field holds it (the same 64 bits)."""
+    return fill - ((fill >> 63) << 64)
+
+
+def _set_interpreted(table: "EntryTable", key, st, w, n, b):
+    """:func:`_set_one`'s contract, running :func:`_set` in the interpreter over the
+    table's memoryviews (numba's JIT off)."""
+    meta = table.m_meta
+    if key < 0:
+        key = table.m_key[-1 - key]
+    i, old, old_w = _set(table.m_buckets, table.m_key, table.m_word, table.m_length, table.m_state,
+                         table.m_referenced, table.m_prev, table.m_next, meta, key, st, w, n, b)
+    meta[_OLD_STATE] = old
+    meta[_OLD_WORD] = old_w
+    return i
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << max(int(n) - 1, 1).bit_length()
 
 
 class EntryTable:
-    """Fields per entry (public arrays, indexed by entry index): ``state`` (uint8, 0 =
-    absent), ``handle``, ``length``, ``fill``, ``seq``, ``referenced``. Each also has a
-    memoryview ``m_<field>`` over the same memory, for the single-page paths: indexing
-    one yields a Python int in a quarter of a numpy scalar's time."""
+    """Swap offset -> entry (see the module docstring). Fields per slot are public
+    arrays (``key``, ``word``, ``length``, ``state``, ``referenced``), each with a
+    memoryview ``m_<field>`` over the same memory for the single-page verbs; ``fill``
+    is ``word`` read as uint64. Slot indices are valid until the next verb that
+    removes entries (a shrink renumbers them)."""
 
-    _FIELDS = (("state", np.uint8), ("handle", np.int64), ("length", np.int64),
-               ("fill", np.uint64), ("seq", np.int64), ("referenced", np.bool_))
+    def __init__(self, page_size: int = 4096, lru: bool = True):
+        self.meta = np.zeros(_META, np.int64)
+        self.meta[[_HEAD, _TAIL, _FREE]] = -1
+        self.meta[_FULL] = page_size
+        self.meta[_LRU] = bool(lru)            # without writeback nothing walks it: no links kept
+        self._fields = _FIELDS_LRU if lru else _FIELDS_NO_LRU
+        self.record_bytes = (_C_LRU if lru else _C_NO)[_CREC]
+        self.prev = np.zeros(1, np.int32)      # (with the LRU, a field of the records)
+        self.m_prev = memoryview(self.prev)
+        self._records = np.zeros((_MIN_SLOTS, self.record_bytes), np.uint8)
+        self.buckets = np.zeros(0, np.int32)
+        self._set_buckets(_MIN_BUCKETS)
 
-    def __init__(self):
-        self._dir: dict[int, int] = {}              # chunk number -> row
-        self._free_rows: list[int] = []
-        self._row_chunk = np.zeros(0, np.int64)     # row -> chunk number (-1: free)
-        self._row_used = np.zeros(0, np.int64)      # present entries per row
-        for name, dtype in self._FIELDS:
-            setattr(self, name, np.zeros(0, dtype))
+    # --- memory: slots and buckets grow and shrink with the entries ------------------------
+    def _views(self) -> None:
+        rec = self._records
+        for name, dtype, at in self._fields:
+            field = rec[:, at:at + np.dtype(dtype).itemsize].view(dtype)[:, 0]
+            setattr(self, name, field)
+            setattr(self, "m_" + name, memoryview(field))
+        self.fill = rec[:, 8:16].view(np.uint64)[:, 0]
+        self.m_fill = memoryview(self.fill)
+        self.m_buckets = memoryview(self.buckets)
+        self.m_meta = memoryview(self.meta)
+        self._slots = rec.shape[0]
+        nb = self.buckets.shape[0]
+        self._grow_at = min(int(nb * _MAX_LOAD), MAX_ENTRIES)
+        self._shrink_at = nb // 10 if nb > _SHRINK_FLOOR else -1
+        self._hint = 0              # the bucket find_one found last (remove_one checks it)
+        # where the arrays are, for _set_one: taken again whenever an array is replaced
+        meta = self.meta
+        meta[[_AT_BUCKETS, _AT_RECORDS, _N_BUCKETS, _N_SLOTS]] = (self.buckets.ctypes.data, rec.ctypes.data, nb,
+                                                                 rec.shape[0])
+        # one change of one entry: compiled, given the addresses (or, with numba's JIT
+        # off, where the intrinsic behind _set_one cannot run, the same rule interpreted)
+        self._set1 = (functools.partial(_set_one, meta.ctypes.data) if not numba.config.DISABLE_JIT
+                      else functools.partial(_set_interpreted, self))
+
+    def _set_buckets(self, nb: int) -> None:
+        buckets = np.full(nb, -1, np.int32)
+        self._views()
+        self.meta[_SHIFT] = 64 - nb.bit_length()          # 63 - log2(nb)
+        _rebuild(buckets, self.key, self.state, self.meta[_USED], self.meta[_SHIFT])
+        self.buckets = buckets
         self._views()
 
-    def _views(self) -> None:
-        for name, _ in self._FIELDS:
-            setattr(self, "m_" + name, memoryview(getattr(self, name)))
-        self._m_used = memoryview(self._row_used)
+    def _set_slots(self, n: int) -> None:
+        used = int(self.meta[_USED])
+        rec = np.zeros((n, self.record_bytes), np.uint8)         # the untouched tail costs no RAM
+        rec[:used] = self._records[:used]
+        self._records = rec
+        self._views()
 
-    # --- rows ----------------------------------------------------------------------------
+    def reserve(self, k: int) -> None:
+        """Make room for ``k`` more entries now, or raise :class:`~devpool.PoolFullError`
+        (past ``MAX_ENTRIES``) or MemoryError, changing nothing: a caller that reserves
+        before its fallible work cannot fail once it commits."""
+        meta = self.meta
+        count = int(meta[_COUNT])
+        if count + k > MAX_ENTRIES:
+            raise PoolFullError(f"the entry table holds at most {MAX_ENTRIES} entries ({count} stored, "
+                                f"{k} more asked for)")
+        spare = int(meta[_NFREE]) + self._slots - int(meta[_USED])
+        if spare < k:
+            # a quarter more than asked at least: a batch filled to the last slot would make
+            # every single store after it look for room first
+            self._set_slots(min(MAX_ENTRIES, max(2 * self._slots, (self._slots + k - spare) * 5 // 4)))
+        if count + k > self._grow_at:
+            self._set_buckets(max(2 * self.buckets.shape[0], _pow2_at_least((count + k) / _MAX_LOAD)))
+
+    def _shrink(self) -> None:
+        """Few entries left: renumber the slots down, then a smaller index and arrays."""
+        count = int(self.meta[_COUNT])
+        _renumber(self.key, self.word, self.length, self.state, self.referenced, self.prev, self.next,
+                  self.meta, np.empty(int(self.meta[_USED]), np.int64))
+        nb = max(_SHRINK_FLOOR, _pow2_at_least(2 * count / _MAX_LOAD))
+        self._records = self._records[:max(2 * count, int(nb * _MAX_LOAD))].copy()
+        self._set_buckets(nb)
+
+    def _arrays(self):
+        """The arrays every rule takes, in its order."""
+        return (self.buckets, self.key, self.word, self.length, self.state, self.referenced, self.prev,
+                self.next, self.meta)
+
+    def reserve_for(self, offsets: np.ndarray) -> None:
+        """:meth:`reserve` for those of ``offsets`` not stored yet (as :meth:`put_one`
+        grows only for a new entry: both speeds hold the same memory)."""
+        self.reserve(int(np.count_nonzero(self.find(offsets) < 0)))
+
     @property
     def nbytes(self) -> int:
-        """Bytes the table's arrays hold (the dict not counted: ~100 bytes per row)."""
-        return sum(getattr(self, n).nbytes for n, _ in self._FIELDS) + \
-            self._row_chunk.nbytes + self._row_used.nbytes
+        """Bytes the table's arrays hold (slots never touched cost no RAM, but count here)."""
+        return self._records.nbytes + self.buckets.nbytes + self.meta.nbytes
 
-    def _grow(self, rows_needed: int) -> None:
-        old = self._row_chunk.shape[0]
-        new = max(old * 2, old + rows_needed, 16)
-        for name, dtype in self._FIELDS:
-            arr = getattr(self, name)
-            setattr(self, name, np.concatenate([arr, np.zeros((new - old) * CHUNK, dtype)]))
-        self._row_chunk = np.concatenate([self._row_chunk, np.full(new - old, -1, np.int64)])
-        self._row_used = np.concatenate([self._row_used, np.zeros(new - old, np.int64)])
-        self._views()
-        self._free_rows.extend(range(new - 1, old - 1, -1))   # lowest row taken first
+    def __len__(self) -> int:
+        return int(self.meta[_COUNT])
 
-    def _new_rows(self, chunks: list[int]) -> list[int]:
-        if len(self._free_rows) < len(chunks):
-            self._grow(len(chunks) - len(self._free_rows))
-        # ascending, as the chunks come (a batch's chunks are sorted): the entry indices
-        # of a run of offsets then ascend too, and set_state finds their rows in one
-        # linear pass instead of a sort (rows given back by _release would otherwise come
-        # out in reverse)
-        rows = sorted(self._free_rows[-len(chunks):])
-        del self._free_rows[-len(chunks):]
-        self._dir.update(zip(chunks, rows))
-        self._row_chunk[rows] = chunks
-        return rows
+    # --- batch verbs (compiled) -----------------------------------------------------------
+    def find(self, offsets: np.ndarray) -> np.ndarray:
+        """Slot of each offset (int64 array), -1 where none is stored."""
+        idx = np.empty(offsets.shape[0], np.int64)
+        _find_many(self.buckets, self.key, self.meta[_SHIFT], offsets, idx)
+        return idx
 
-    # --- lookups -------------------------------------------------------------------------
-    def find(self, offsets: np.ndarray, create: bool = False) -> np.ndarray:
-        """Entry indices of ``offsets`` (int64 array); -1 where the chunk has no row
-        (``create`` makes the rows first, so every index is valid)."""
-        if offsets.size == 0:
-            return np.zeros(0, np.int64)
-        chunks, inv = _distinct(offsets >> CHUNK_BITS)
-        keys = chunks.tolist()
-        rows = np.fromiter(map(self._dir.get, keys, itertools.repeat(-1)), np.int64, len(keys))
-        if create:
-            missing = np.flatnonzero(rows < 0)
-            if missing.size:
-                rows[missing] = self._new_rows([keys[i] for i in missing.tolist()])
-        return _indices(rows, inv, offsets)
+    def put(self, offsets: np.ndarray, state: int, words, lengths):
+        """Distinct ``offsets`` now hold ``(state, words, lengths)`` (arrays or one value
+        for all): new slots, or old ones replaced in place; POOL entries join the LRU's
+        young end in this order. Returns ``(slots, old states, old words)`` (the
+        caller frees what old POOL words name). :meth:`put_one`'s rule, per offset."""
+        n = offsets.shape[0]
+        self.reserve_for(offsets)
+        idx = np.empty(n, np.int64)
+        old = np.empty(n, np.int64)
+        old_words = np.empty(n, np.int64)
+        _set_many(*self._arrays(), offsets, state, np.broadcast_to(np.asarray(words, np.int64), (n,)),
+                  np.broadcast_to(np.asarray(lengths, np.int64), (n,)), idx, old, old_words)
+        return idx, old, old_words
 
-    def find_one(self, offset: int, create: bool = False) -> int:
-        """Entry index of one offset, or -1 when nothing in its chunk is stored."""
-        row = self._dir.get(offset >> CHUNK_BITS)
-        if row is None:
-            if not create:
-                return -1
-            row = self._new_rows([offset >> CHUNK_BITS])[0]
-        return row * CHUNK + (offset & _LOW)
+    def remove(self, idx: np.ndarray) -> None:
+        """Present slots leave the table (their slot indices are invalid afterwards)."""
+        if idx.size:
+            n = idx.shape[0]
+            _set_many(*self._arrays(), self.key[idx], ABSENT, np.zeros(n, np.int64), np.zeros(n, np.int64),
+                      np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64))
+            if self.meta[_COUNT] < self._shrink_at:
+                self._shrink()
 
-    def offsets_of(self, idx: np.ndarray) -> np.ndarray:
-        """The swap offsets of entry indices."""
-        return (self._row_chunk[idx >> CHUNK_BITS] << CHUNK_BITS) | (idx & _LOW)
+    def restate(self, idx: np.ndarray, state: int) -> None:
+        """Present slots take ``state`` (a POOL entry written back becomes FILE)."""
+        if idx.size:
+            _restate_many(*self._arrays(), idx, state)
 
-    def states(self, idx: np.ndarray) -> np.ndarray:
-        """``state`` at indices from :meth:`find`, ABSENT where the index is -1."""
-        out = np.zeros(idx.shape[0], np.uint8)
-        ok = idx >= 0
-        out[ok] = self.state[idx[ok]]
+    def lru_pick(self, n: int) -> np.ndarray:
+        """Up to ``n`` oldest POOL slots, oldest first, after the second chance: referenced
+        entries on the way lose their bit and move to the young end. Nothing leaves."""
+        out = np.empty(min(n, int(self.meta[_N_STATE + POOL])) if self.meta[_LRU] else 0, np.int64)
+        k = _lru_pick(*self._arrays(), out.shape[0], out)
+        return out[:k]
+
+    def lru_order(self) -> list[int]:
+        """The LRU's slots, oldest first (for tests)."""
+        out, i = [], int(self.meta[_HEAD])
+        while i >= 0:
+            out.append(i)
+            i = int(self.next[i])
         return out
 
+    def states(self, idx: np.ndarray) -> np.ndarray:
+        """``state`` of slots from :meth:`find`, ABSENT where the slot is -1."""
+        return np.where(idx >= 0, self.state[idx], ABSENT).astype(np.uint8)
+
     def present(self) -> np.ndarray:
-        """Entry indices of every present entry."""
-        return np.flatnonzero(self.state != ABSENT)
+        """Slots of every present entry."""
+        return np.flatnonzero(self.state[:int(self.meta[_USED])] != ABSENT)
 
-    # --- state changes: the only writers of ``state`` -------------------------------------
-    def set_state(self, idx: np.ndarray, value: int) -> None:
-        """Set entries' state (valid indices); rows left with no entry are given back."""
-        if idx.size == 0:
-            return
-        self.state[idx] = value
-        rows = _distinct(idx >> CHUNK_BITS)[0]
-        used = (self.state.reshape(-1, CHUNK)[rows] != ABSENT).sum(axis=1)
-        self._row_used[rows] = used
-        if value == ABSENT:
-            self._release(rows[used == 0])
+    def offsets_of(self, idx: np.ndarray) -> np.ndarray:
+        """The swap offsets of slots."""
+        return self.key[idx]
 
-    def set_state_one(self, i: int, value: int) -> None:
-        """Set one entry's state (the rule of :meth:`set_state`, on scalars)."""
-        was = self.m_state[i]
-        if value == ABSENT:
-            if was != ABSENT:
-                self.clear_one(i)
-            return
-        self.m_state[i] = value
-        if was == ABSENT:
-            self._m_used[i >> CHUNK_BITS] += 1
+    def count(self, state: int) -> int:
+        """Entries in ``state``."""
+        return int(self.meta[_N_STATE + state])
 
-    def clear_one(self, i: int) -> None:
-        """A present entry leaves (its row is given back when it was the last)."""
-        self.m_state[i] = ABSENT
-        row = i >> CHUNK_BITS
-        used = self._m_used
-        left = used[row] - 1
-        used[row] = left
-        if left == 0:                               # the rule of _release, for one row
-            del self._dir[int(self._row_chunk[row])]
-            self._row_chunk[row] = -1
-            self._free_rows.append(row)
+    @property
+    def pool_bytes(self) -> int:
+        """Sum of the POOL entries' lengths."""
+        return int(self.meta[_POOL_BYTES])
 
-    def _release(self, rows) -> None:
-        rows = np.asarray(rows, np.int64)
-        if rows.size == 0:
-            return
-        list(map(self._dir.pop, self._row_chunk[rows].tolist()))   # C-level, no bytecode per row
-        self._row_chunk[rows] = -1
-        self._free_rows.extend(rows.tolist())
+    @property
+    def pool_as_is(self) -> int:
+        """POOL entries stored as-is (length == the page size)."""
+        return int(self.meta[_N_FULL])
+
+    # --- single-entry verbs (the same rules, interpreted over memoryviews) ------------------
+    def find_one(self, offset: int) -> int:
+        """Slot of one offset, or -1."""
+        buckets = self.m_buckets
+        self._hint = b = _bucket(buckets, self.m_key, self.m_meta[_SHIFT], offset)
+        return buckets[b]
+
+    def put_one(self, offset: int, state: int, word: int, length: int):
+        """Offset ``offset`` now holds ``(state, word, length)``: returns ``(slot, old
+        state, old word)`` (old state ABSENT when it held nothing; the caller frees what
+        an old POOL word names)."""
+        meta = self.m_meta
+        if (meta[_COUNT] >= self._grow_at or (meta[_NFREE] == 0 and meta[_USED] == self._slots)) \
+                and self.find_one(offset) < 0:            # a new entry, and no room for it yet
+            self.reserve(1)
+            meta = self.m_meta
+        i = self._set1(offset, state, word, length, -1)
+        return i, meta[_OLD_STATE], meta[_OLD_WORD]
+
+    def remove_one(self, i: int) -> None:
+        """Present slot ``i`` leaves the table (where find_one found it: no second lookup)."""
+        meta = self.m_meta
+        self._set1(-1 - i, ABSENT, 0, 0, self._hint)
+        if meta[_COUNT] < self._shrink_at:
+            self._shrink()

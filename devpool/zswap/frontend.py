@@ -42,7 +42,7 @@ from .backing import BackingFile
 from .._checks import as_int_array, check_flag, check_int, check_real
 from ..codecs import Codec, get_codec
 from ..codecs.base import check_pages
-from .entries import ABSENT, EntryTable
+from .entries import ABSENT, FILE, POOL, SAME, EntryTable, as_word
 from .._errors import (
     BadInputError,
     ClosedError,
@@ -58,12 +58,7 @@ from .._checks import PAGE_SIZE
 
 __all__ = ["Zswap"]
 
-# --- entry states (one byte per swap offset) -------------------------------------------
-POOL = 1       # compressed (or, at length == PAGE_SIZE, stored as-is) in the pool
-SAME = 2       # same-filled page: only the 8-byte fill word is kept, no pool space
-FILE = 3       # in the backing swap file (written back, or refused by zswap); its
-               # ``fill`` word holds the slot's check word (BackingFile.write_pages)
-
+# entry states (POOL, SAME, FILE; ABSENT) are the entry table's: see entries.py
 _KIND_NAMES = {ABSENT: None, POOL: "pool", SAME: "same_filled", FILE: "backing"}
 
 #: pages written back per round of the shrinker: big enough to batch the file I/O,
@@ -151,7 +146,7 @@ class Zswap:
         self.accept_threshold_percent = accept_threshold_percent
         self.nr_pages = check_int(nr_pages, "nr_pages", lo=1, hi=MAX_NR_PAGES)
         self._codec = get_codec(compressor)
-        self._decode_page = self._codec._decompress_page     # bound once: a load's decoder
+        self._decode_page = self._codec.decompress_page_trusted     # bound once: a load's decoder
         if not (backing is None or isinstance(backing, (BackingFile, str, bytes, os.PathLike))):
             raise BadInputError(f"backing must be a path, a BackingFile or None, got {type(backing).__name__}")
         if isinstance(backing, (str, bytes)) and ("\0" in backing if isinstance(backing, str) else b"\0" in backing):
@@ -159,12 +154,12 @@ class Zswap:
         # a device codec over a pool in device memory keeps blocks on the device: they
         # go into the arena device to device and are decoded there on load
         self._blocks_on_device = bool(self._codec.device_resident and pool.device_resident)
+        self._max_object = pool.max_object_bytes   # fixed with the pool: read once, not per store
         self._lock = threading.RLock()
         self._closed = False
+        self._decoding = False                     # a single load's decoder is running (see load)
         self._reached_full = False
         self._counters = dict.fromkeys(self._COUNTERS, 0)
-        self._t = EntryTable()                     # swap offset -> entry
-        self._next_seq = 0                         # LRU age of the next entry stored
         self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
         self._own_backing = not (backing is None or isinstance(backing, BackingFile))
         self.backing = BackingFile(backing) if self._own_backing else backing
@@ -175,7 +170,9 @@ class Zswap:
                 if self._own_backing:
                     self.backing.close(remove_created=True)
                 raise
-        self.writeback_enabled = bool(writeback) and self.backing is not None
+        self._writeback_enabled = bool(writeback) and self.backing is not None
+        # swap offset -> entry; the LRU only where writeback will walk it
+        self._t = EntryTable(PAGE_SIZE, lru=self._writeback_enabled)
 
     def __enter__(self) -> "Zswap":
         return self
@@ -195,6 +192,8 @@ class Zswap:
         with self._lock:
             if self._closed:
                 return
+            if self._decoding:
+                self._check_open()                 # refused: nothing changes
             refused = False
             try:
                 if not self.pool.closed:
@@ -208,7 +207,7 @@ class Zswap:
                 if not refused:
                     self._closed = True
                     # a closed pool took its objects with it: the entries name nothing now
-                    self._t.set_state(self._t.present(), ABSENT)
+                    self._t.remove(self._t.present())
                     if self.backing is not None:
                         self.backing.detach(self)
                         if self._own_backing:
@@ -219,6 +218,11 @@ class Zswap:
     def _check_open(self) -> None:
         if self._closed:
             raise ClosedError("this Zswap is closed")
+        if self._decoding:
+            # the lock is re-entrant: a codec's decoder, run by a single load under it,
+            # could otherwise change the table under the load (a same-filled page needs
+            # no pool call, so the pool's own refusal would not stop it)
+            raise BadInputError("a codec's decoder called back into this Zswap during a load; refused")
 
     # --- argument checks ----------------------------------------------------------------
     def _offset(self, offset) -> int:
@@ -320,16 +324,16 @@ class Zswap:
         shrink below a page is stored as-is (``sizes`` = PAGE_SIZE) when writeback may
         later take it, else refused (Linux without writeback); an object larger than
         the pool's ``max_object_bytes`` is refused."""
-        writeback = self.writeback_enabled
+        writeback = self._writeback_enabled
         as_is = (lengths >= PAGE_SIZE) & writeback
         sizes = lengths + (PAGE_SIZE - lengths) * as_is
-        accepted = (lengths >= 0) & ((lengths < PAGE_SIZE) | writeback) & (sizes <= self.pool.max_object_bytes)
+        accepted = (lengths >= 0) & ((lengths < PAGE_SIZE) | writeback) & (sizes <= self._max_object)
         return accepted, as_is, sizes
 
     def _tally_refusals(self, lengths, accepted) -> None:
         """Count each refusal :meth:`_verdict` made under its kernel name."""
         failed = lengths < 0
-        poor = (lengths >= PAGE_SIZE) & (not self.writeback_enabled)
+        poor = (lengths >= PAGE_SIZE) & (not self._writeback_enabled)
         self._add("reject_compress_fail", failed)
         self._add("reject_compress_poor", poor)
         self._add("reject_alloc_fail", (accepted | failed | poor) ^ True)     # too big for the pool
@@ -339,48 +343,41 @@ class Zswap:
 
     # --- entries -------------------------------------------------------------------------
     def _record(self, offs: np.ndarray, state: int, handles=None, lengths=None, fill=None) -> None:
-        """New entries at ``offs`` (absent before); POOL entries join the LRU's young end."""
+        """Entries at ``offs`` now hold pages in ``state``, replacing what they held (the
+        POOL objects old entries named are freed); POOL entries join the LRU's young end."""
         if offs.size == 0:
             return
-        t = self._t
-        idx = t.find(offs, create=True)
         if state == POOL:
-            t.handle[idx] = handles
-            t.length[idx] = lengths
-            t.seq[idx] = self._next_seq + np.arange(offs.size)
-            self._next_seq += offs.size
-            t.referenced[idx] = True
-        elif fill is not None:               # SAME: the fill word; FILE: the slot's check word
-            t.fill[idx] = fill
-        t.set_state(idx, state)
+            old, old_words = self._t.put(offs, POOL, handles, lengths)[1:]
+        else:                       # SAME: the fill word; FILE: the slot's check word (or 0)
+            old, old_words = self._t.put(offs, state, 0 if fill is None else fill.view(np.int64), 0)[1:]
+        if (old == POOL).any():
+            self.pool.free_batch(old_words[old == POOL])
 
-    def _record_one(self, o: int, state: int, handle: int = 0, length: int = 0, fill: int = 0) -> None:
-        """:meth:`_record` for one offset."""
-        t = self._t
-        i = t.find_one(o, create=True)
-        if state == POOL:
-            t.m_handle[i] = handle
-            t.m_length[i] = length
-            t.m_seq[i] = self._next_seq
-            self._next_seq += 1
-            t.m_referenced[i] = True
-        elif state == SAME:
-            t.m_fill[i] = fill
-        t.set_state_one(i, state)
+    def _record_one(self, o: int, state: int, word: int = 0, length: int = 0) -> None:
+        """:meth:`_record` for one offset (if the table cannot take it, a new POOL object
+        is freed and the store fails whole)."""
+        try:
+            old, old_word = self._t.put_one(o, state, word, length)[1:]
+        except BaseException:
+            if state == POOL:
+                self.pool.free(word)
+            raise
+        if old == POOL:
+            self.pool.free(old_word)
 
     def _drop_idx(self, idx: np.ndarray) -> None:
-        """Forget present entries (valid indices): pool objects are freed."""
+        """Forget present entries (valid slots): pool objects are freed."""
         t = self._t
         pooled = idx[t.state[idx] == POOL]
         if pooled.size:
-            self.pool.free_batch(t.handle[pooled])
-        t.set_state(idx, ABSENT)
+            self.pool.free_batch(t.word[pooled])
+        t.remove(idx)
 
     def _drop(self, offs: np.ndarray) -> None:
         """Forget whatever ``offs`` hold (absent ones are ignored)."""
         idx = self._t.find(offs)
-        idx = idx[idx >= 0]
-        self._drop_idx(idx[self._t.state[idx] != ABSENT])
+        self._drop_idx(idx[idx >= 0])
 
     def _drop_one(self, o: int) -> None:
         """:meth:`_drop` for one offset."""
@@ -388,20 +385,19 @@ class Zswap:
         i = t.find_one(o)
         if i < 0:
             return
-        state = t.m_state[i]
-        if state == POOL:
-            self.pool.free(t.m_handle[i])
-        if state != ABSENT:
-            t.set_state_one(i, ABSENT)
+        if t.m_state[i] == POOL:
+            self.pool.free(t.m_word[i])
+        t.remove_one(i)
 
     # --- compress / decompress -----------------------------------------------------------
     def _compress(self, pages: np.ndarray, todo: np.ndarray):
-        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``."""
+        """``(data, starts, lengths)`` of rows ``todo``: block ``i`` is at ``data[starts[i]:]``
+        (the codec's trusted verbs: the pages were checked once, at our edge)."""
         if not todo.size:
             return np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64)
         if self._blocks_on_device:
-            return self._codec.compress_to_device(pages, todo)
-        return self._codec.compress_blocks(pages, todo)
+            return self._codec.compress_to_device_trusted(pages, todo)
+        return self._codec.compress_blocks_trusted(pages, todo)
 
     def _decompress_into(self, idx: np.ndarray, out: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Decode POOL entries ``idx`` into ``out[rows]``; returns the ok mask.
@@ -419,14 +415,14 @@ class Zswap:
             if raw.any():
                 self._decompress_into(idx[raw], out, rows[raw])        # as-is pages only
             comp = np.flatnonzero(~raw)
-            data, lens = self.pool.read_batch(t.handle[idx[comp]], device=True)
-            ok[comp] = self._codec.decompress_into(data, lens, out, rows[comp])
+            data, lens = self.pool.read_batch(t.word[idx[comp]], device=True)
+            ok[comp] = self._codec.decompress_into_trusted(data, lens, out, rows[comp], packed_starts(lens))
             self._counters["decompress_fail"] += int((~ok).sum())
             return ok
         total = int(t.length[idx].sum())
         if self._scratch.size < total:       # reused: a fresh buffer faults in per batch
             self._scratch = np.empty(max(total, 2 * self._scratch.size), np.uint8)
-        data, lens = self.pool.read_batch(t.handle[idx], out=self._scratch[:total])
+        data, lens = self.pool.read_batch(t.word[idx], out=self._scratch[:total])
         ok = np.ones(idx.size, np.bool_)
         starts = packed_starts(lens)
         if raw.any():
@@ -435,34 +431,13 @@ class Zswap:
             return ok
         comp = np.flatnonzero(~raw)
         if comp.size == idx.size:
-            ok = self._codec.decompress_into(data, lens, out, rows)
+            ok = self._codec.decompress_into_trusted(data, lens, out, rows, starts)
         else:                                # the compressed blocks where they lie: no copy
-            ok[comp] = self._codec.decompress_into(data, lens[comp], out, rows[comp], starts[comp])
+            ok[comp] = self._codec.decompress_into_trusted(data, lens[comp], out, rows[comp], starts[comp])
         self._counters["decompress_fail"] += int((~ok).sum())
         return ok
 
     # --- writeback and the shrinker ------------------------------------------------------
-    def _pick_lru(self, n: int) -> np.ndarray:
-        """Up to ``n`` oldest POOL entries (indices), referenced ones get a second chance."""
-        t = self._t
-        while True:
-            cand = np.flatnonzero(t.state == POOL)
-            if cand.size == 0:
-                return cand
-            k = min(n, cand.size)
-            oldest = cand[np.argpartition(t.seq[cand], k - 1)[:k]] if k < cand.size else cand
-            oldest = oldest[np.argsort(t.seq[oldest], kind="stable")]
-            ref = t.referenced[oldest]
-            if not ref.any():
-                return oldest
-            # rotate: clear the bit and move to the young end, then look again
-            rot = oldest[ref]
-            t.referenced[rot] = False
-            t.seq[rot] = self._next_seq + np.arange(rot.size)
-            self._next_seq += rot.size
-            if (~ref).any():
-                return oldest[~ref]
-
     def _writeback(self, n: int) -> int:
         if not self.writeback_enabled or n <= 0:
             return 0
@@ -470,7 +445,7 @@ class Zswap:
         written = 0
         failed = np.zeros(0, np.int64)
         while written < n:
-            victims = self._pick_lru(n - written)
+            victims = t.lru_pick(n - written)        # the second chance given on the way
             victims = victims[~np.isin(victims, failed)]
             if victims.size == 0:
                 break
@@ -485,9 +460,9 @@ class Zswap:
             except WritebackError:
                 self._counters["writeback_fail"] += good.size
                 raise                       # the entries stay in the pool
-            self.pool.free_batch(t.handle[good])
-            t.fill[good] = words            # what load checks the slot against
-            t.set_state(good, FILE)
+            self.pool.free_batch(t.word[good])
+            t.word[good] = words.view(np.int64)     # what load checks the slot against
+            t.restate(good, FILE)
             written += good.size
             self._counters["written_back_pages"] += good.size
         return written
@@ -550,6 +525,7 @@ class Zswap:
             return self._store(offs, pages)
 
     def _store(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        self._t.reserve_for(offs)            # the table's room first: the commit cannot fail on it
         same, fill = same_filled(pages)
         cached = same.copy()
         # 1. fallible work first: compress, decide, allocate, copy in
@@ -574,11 +550,11 @@ class Zswap:
                 self.pool.free_batch(handles)
                 raise
         # 2. commit point: nothing below fails except the backing write of refused pages
-        self._drop(offs)
         stored = todo[want]
         cached[stored] = True
-        self._record(offs[stored], POOL, handles, sizes[want])
+        self._record(offs[stored], POOL, handles, sizes[want])      # replacing what they held
         self._record(offs[same], SAME, fill=fill[same])
+        self._drop(offs[~cached])                                   # refused: the stale entry goes
         self._counters["same_filled_stores"] += int(same.sum())
         if self._reached_full:
             self._shrink()
@@ -602,14 +578,15 @@ class Zswap:
         o = self._offset(offset)
         page = self._page(page)
         with self._lock:
-            self._check_open()
+            if self._closed or self._decoding:
+                self._check_open()
             if self._blocks_on_device:        # the device codec works in batches
                 return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
             same, fill = same_filled_one(page)
             handle = None
             if not same:
                 # 1. fallible work first
-                block, n = self._codec._compress_page(page)     # page checked at our edge
+                block, n = self._codec.compress_page_trusted(page)     # page checked at our edge
                 accepted, as_is, size = self._verdict(n)
                 if not accepted:
                     self._tally_refusals(n, accepted)
@@ -619,12 +596,13 @@ class Zswap:
                     except PoolFullError:
                         self._counters["reject_alloc_fail"] += 1
             # 2. commit point
-            self._drop_one(o)
             if same:
-                self._record_one(o, SAME, fill=fill)
+                self._record_one(o, SAME, as_word(fill))
                 self._counters["same_filled_stores"] += 1
             elif handle is not None:
                 self._record_one(o, POOL, handle, size)
+            else:
+                self._drop_one(o)
             if self._reached_full:
                 self._shrink()
             if same or handle is not None:
@@ -694,7 +672,7 @@ class Zswap:
         if keep is not False and keep is not True:      # check_flag's test, inline
             keep = check_flag(keep, "keep")
         with self._lock:
-            if self._closed:
+            if self._closed or self._decoding:
                 self._check_open()
             t = self._t
             i = t.find_one(o)
@@ -702,7 +680,7 @@ class Zswap:
             if state == ABSENT:
                 raise EntryNotFoundError(f"swap offset {o} is not stored")
             if state == POOL:
-                handle, n = t.m_handle[i], t.m_length[i]
+                handle, n = t.m_word[i], t.m_length[i]
                 free = not keep
                 if n == PAGE_SIZE:
                     page = self.pool.read(handle, out, free=free)
@@ -716,7 +694,11 @@ class Zswap:
                 else:
                     # decoded where the block lies (host RAM) and freed only once it made
                     # a page: a corrupt block stays stored, as in load_batch
-                    page = self.pool.read_with(handle, self._decode_page, out, free=free)
+                    self._decoding = True
+                    try:
+                        page = self.pool.read_with(handle, self._decode_page, out, free=free)
+                    finally:
+                        self._decoding = False
                     if page is None:
                         self._counters["decompress_fail"] += 1
                         raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
@@ -734,9 +716,9 @@ class Zswap:
                     out[:] = got
                 self._counters["loads_from_backing"] += 1
             if keep:
-                t.m_referenced[i] = True     # used again: a second chance before writeback
+                t.m_referenced[i] = 1        # used again: a second chance before writeback
             else:
-                t.clear_one(i)               # commit: exclusive load
+                t.remove_one(i)              # commit: exclusive load
             return page
 
     def invalidate_batch(self, offsets) -> None:
@@ -778,18 +760,24 @@ class Zswap:
         o = self._offset(offset)
         with self._lock:
             i = self._t.find_one(o)
-            return _KIND_NAMES[int(self._t.state[i])] if i >= 0 else None
+            return _KIND_NAMES[self._t.m_state[i]] if i >= 0 else None
 
     def _handle_of(self, offset: int) -> int:
         """The pool handle of a POOL entry (for tests that corrupt a stored block)."""
         i = self._t.find_one(self._offset(offset))
-        if i < 0 or self._t.state[i] != POOL:
+        if i < 0 or self._t.m_state[i] != POOL:
             raise EntryNotFoundError(f"swap offset {offset} is not in the pool")
-        return int(self._t.handle[i])
+        return self._t.m_word[i]
 
     def contains(self, offset: int) -> bool:
         """True when ``offset`` is held in zswap or the backing file."""
         return self.entry_kind(offset) is not None
+
+    @property
+    def writeback_enabled(self) -> bool:
+        """Whether the shrinker may write pages back (a backing file, and writeback=True);
+        fixed at construction: the LRU is kept only when it is True."""
+        return self._writeback_enabled
 
     @property
     def closed(self) -> bool:
@@ -804,17 +792,16 @@ class Zswap:
         """Kernel debugfs names, plus same-filled and backing counts and the ratio."""
         with self._lock:
             pst = self.pool.stats()
-            t = self._t
-            in_pool = t.state == POOL
-            compressed = int(t.length[in_pool].sum())
-            n_pool = int(in_pool.sum())
-            n_same = int((t.state == SAME).sum())
+            t = self._t                 # counted as entries change: no scan of the table
+            compressed = t.pool_bytes
+            n_pool = t.count(POOL)
+            n_same = t.count(SAME)
             st = dict(self._counters)
             st.update({
                 "stored_pages": n_pool + n_same,
                 "same_filled_pages": n_same,
-                "stored_incompressible_pages": int((in_pool & (t.length == PAGE_SIZE)).sum()),
-                "backing_pages": int((t.state == FILE).sum()),
+                "stored_incompressible_pages": t.pool_as_is,
+                "backing_pages": t.count(FILE),
                 "pool_total_size": pst["pool_total_size"],
                 "stored_compressed_bytes": compressed,
                 "compression_ratio": (n_pool * PAGE_SIZE / compressed) if compressed else 0.0,

@@ -74,7 +74,7 @@ def check_single_page(codec: Codec, pages: np.ndarray) -> None:
         out = np.zeros(page.size, np.uint8)
         assert codec.decompress_page(np.frombuffer(block, np.uint8), out)
         np.testing.assert_array_equal(out, page)
-        fresh = codec._decompress_page(np.frombuffer(block, np.uint8).copy())   # the frontend's form
+        fresh = codec.decompress_page_trusted(np.frombuffer(block, np.uint8).copy())   # the frontend's form
         np.testing.assert_array_equal(fresh, page)
         assert fresh.flags.writeable
         if len(block) > 8:
@@ -107,10 +107,10 @@ def test_lz4_blocks_are_the_keyword_calls_bytes(acceleration, rng):
     codec = devpool.get_codec({"id": "lz4", "acceleration": acceleration})
     mode = "fast" if acceleration > 1 else "default"
     for page in make_pages(40, rng, sorted({k for kinds in CORPUS.values() for k in kinds})):
-        block, n = codec._compress_page(page)
+        block, n = codec.compress_page_trusted(page)
         want = lz4.block.compress(page, mode=mode, acceleration=acceleration, store_size=False)
         assert block[:n].tobytes() == want
-        got = codec._decompress_page(np.frombuffer(want, np.uint8))
+        got = codec.decompress_page_trusted(np.frombuffer(want, np.uint8))
         assert got.tobytes() == lz4.block.decompress(want, uncompressed_size=4096) == page.tobytes()
 
 
@@ -463,3 +463,59 @@ def test_concurrent_parallel_regions_survive_the_workqueue_layer():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "layer workqueue" in out.stdout
+
+
+class _TrustedOnly(Codec):
+    """A codec that implements only the trusted verbs (the contract's minimum), and
+    counts how often they are reached."""
+
+    codec_id = "test-trusted-only"
+    calls = 0
+
+    def compress_blocks_trusted(self, pages, rows):
+        type(self).calls += 1
+        picked = pages if rows is None else pages[rows]
+        return picked.reshape(-1).copy(), np.arange(picked.shape[0]) * 4096, np.full(picked.shape[0], 4096)
+
+    def decompress_into_trusted(self, data, lengths, out, rows, starts):
+        type(self).calls += 1
+        for i, (r, s, n) in enumerate(zip(rows, starts, lengths)):
+            if n == 4096:
+                out[r] = data[s:s + n]
+        return lengths == 4096
+
+
+def test_the_public_verbs_check_and_then_call_the_trusted_ones(rng):
+    """The base class builds every public verb on the two trusted ones: a codec that
+    implements only those round-trips through all of them, and a bad argument is
+    refused before the trusted verb is reached."""
+    codec = _TrustedOnly()
+    pages = make_pages(5, rng, ("text", "random"))
+    check_roundtrip(codec, pages)
+    check_batch_matches_single(codec, pages)
+    check_single_page(codec, pages)
+    _TrustedOnly.calls = 0
+    for bad in (np.zeros((2, 4095), np.uint8), pages.view(np.int8), pages[:, ::-1], [b"x" * 4096]):
+        for verb in (codec.compress_batch, codec.compress_blocks):
+            with pytest.raises(devpool.BadInputError):
+                verb(bad)
+    with pytest.raises(devpool.BadInputError):
+        codec.compress_blocks(pages, [0, 5])                   # a row outside the batch
+    with pytest.raises(devpool.BadInputError):
+        codec.compress_page(pages[:2].reshape(-1))
+    out = np.zeros((2, 4096), np.uint8)
+    with pytest.raises(devpool.BadInputError):
+        codec.decompress_into(np.zeros(4096, np.uint8), [4096, 4096], out)   # block 1 outside the data
+    with pytest.raises(devpool.BadInputError):
+        codec.decompress_page(np.zeros(4096, np.uint8), np.zeros(4096, np.int8))
+    assert _TrustedOnly.calls == 0 and not out.any()
+
+
+def test_a_codec_missing_a_trusted_verb_says_which():
+    class Half(Codec):
+        codec_id = "test-half"
+
+    with pytest.raises(NotImplementedError, match="compress_blocks_trusted"):
+        Half().compress_batch(np.zeros((1, 4096), np.uint8))
+    with pytest.raises(NotImplementedError, match="decompress_into_trusted"):
+        Half().decompress_batch(np.zeros(4, np.uint8), [4])

@@ -278,6 +278,7 @@ def test_bench_pool_bytes_smoke(tmp_path):
     assert [row["live_objects"] for row in r["rows"]] == [100, 1000]
     assert all(row["handle_table_bytes"] >= 21 * row["slots"] for row in r["rows"])
 
+
 def test_bench_backing_smoke(tmp_path):
     """The slot check's cost: checked and unchecked file I/O, per batch size."""
     r = run_bench(tmp_path, "bench_backing.py", "--passes", "3", "--batches", "1,4")
@@ -291,3 +292,21 @@ def test_bench_capture_smoke(tmp_path):
     """Both ways of finding a sparse mapping's pages run and find every touched page."""
     r = run_bench(tmp_path, "bench_capture.py", "--gib", "1", "--passes", "1")
     assert set(r["seconds"]) == {"pagemap", "scan"} and r["pagemap_over_scan"]["median"] > 0
+
+
+def test_bench_growth_smoke(tmp_path):
+    """The growth benchmark runs end to end at tiny sizes: both layouts, every verb timed
+    against the smallest size, memory measured in its own processes, replay at two sizes."""
+    r = run_bench(tmp_path, "bench_growth.py", "--pages", pages_file(tmp_path, 40, 3), "--sizes", "300,1200",
+                  "--passes", "2", "--probe", "20", "--batch", "64", "--batch-pages", "128", "--replay-pages", "300",
+                  "--plot", str(tmp_path / "g.png"))
+    assert [(x["pages"], x["layout"]) for x in r["subjects"]] == [(300, "dense"), (300, "sparse"),
+                                                                 (1200, "dense"), (1200, "sparse")]
+    for x in r["subjects"]:
+        assert all(v > 0 for v in x["p50_us"].values()) and x["batch_pages_per_s"]["load_batch"] > 0
+        assert x["p50_vs_smallest"]["load"]["median"] > 0
+    assert {(m["pages"], m["layout"]) for m in r["memory"]} == {(300, "dense"), (300, "sparse"),
+                                                               (1200, "dense"), (1200, "sparse")}
+    assert all(0 < m["stored_pages"] <= m["pages"] and m["structures_per_page"]["entry_index"] > 0 for m in r["memory"])
+    assert [x["pages"] for x in r["replay"]] == [300] and all("failed" not in x for x in r["replay"])
+    assert (tmp_path / "g.png").stat().st_size > 0

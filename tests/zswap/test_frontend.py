@@ -172,17 +172,12 @@ class FailingCodec(Lz4):
 
     codec_id = "test-failing"
 
-    def compress_batch(self, pages, rows=None):
-        pages = pages if rows is None else pages[rows]
-        data, lengths = super().compress_batch(pages)
-        bad = pages[:, 0] == 0xEE
-        if bad.any():
-            starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
-            keep = np.concatenate([data[s:s + n] for s, n, b in zip(starts, lengths, bad) if not b] or
-                                  [np.zeros(0, np.uint8)])
-            lengths = np.where(bad, -1, lengths)
-            data = keep
-        return data, lengths
+    packed_blocks = False          # a failed block's bytes stay in data, skipped by starts
+
+    def compress_blocks_trusted(self, pages, rows):
+        data, starts, lengths = super().compress_blocks_trusted(pages, rows)
+        picked = pages if rows is None else pages[rows]
+        return data, starts, np.where(picked[:, 0] == 0xEE, -1, lengths)
 
 
 @pytest.fixture
@@ -498,3 +493,62 @@ def test_one_backing_file_object_has_one_zswap(make_pool, tmp_path):
     zs.close()
     devpool.Zswap(make_pool(), backing=bf).close()         # free again once the first closed
     bf.close()
+
+
+def test_zswap_checks_pages_once_and_calls_only_the_codecs_trusted_verbs(make_pool, rng, tmp_path,
+                                                                          monkeypatch):
+    """The frontend checks pages at its own edge, then calls the codec's trusted verbs:
+    a batch is checked once (it used to be checked by the frontend and again by the
+    codec), and neither speed reaches the codec's checked public verbs or its private
+    methods."""
+    import devpool.codecs.base as codec_base
+    import devpool.zswap.frontend as frontend
+
+    class TrustedOnlyLz4(Lz4):
+        def _refuse(self, *a, **k):
+            raise AssertionError("Zswap called a checked codec verb")
+        compress_batch = compress_blocks = decompress_into = decompress_batch = _refuse
+        compress_page = decompress_page = _refuse
+
+    seen = []
+
+    def counting(real):
+        def check(pages, *a):
+            seen.append(pages.shape)
+            return real(pages, *a)
+        return check
+    monkeypatch.setattr(codec_base, "check_pages", counting(codec_base.check_pages))
+    monkeypatch.setattr(frontend, "check_pages", counting(frontend.check_pages))
+    zs = devpool.Zswap(make_pool(capacity_bytes=4 << 20), TrustedOnlyLz4(), backing=tmp_path / "swap")
+    pages = make_pages(12, rng, KINDS)
+    assert zs.store_batch(np.arange(12), pages).all()
+    assert seen == [(12, 4096)]                        # once, at Zswap's edge
+    np.testing.assert_array_equal(zs.load_batch(np.arange(6)), pages[:6])
+    for i in range(6, 12):
+        np.testing.assert_array_equal(zs.load(i), pages[i])
+        assert zs.store(i, pages[i])
+    assert zs.writeback(3) == 3
+    np.testing.assert_array_equal(zs.load_batch(np.arange(6, 12)), pages[6:])
+    zs.close()
+
+
+def test_a_full_entry_table_refuses_the_store_whole(make_pool, rng, monkeypatch):
+    """Past the entry table's last slot a store raises PoolFullError and changes nothing:
+    no pool object is left behind, every stored page is still there (the batch reserves
+    the table's room before it compresses; a single store frees its object)."""
+    from devpool.zswap import entries
+    monkeypatch.setattr(entries, "MAX_ENTRIES", 6)
+    zs = devpool.Zswap(make_pool(capacity_bytes=4 << 20), max_pool_percent=100)
+    pages = make_pages(8, rng, ("text",))
+    assert zs.store_batch(np.arange(4), pages[:4]).all()
+    before = (zs.stats()["stored_pages"], zs.pool.stats()["obj_used"])
+    with pytest.raises(devpool.PoolFullError, match="entry table"):
+        zs.store_batch(np.arange(4, 7), pages[4:7])
+    assert (zs.stats()["stored_pages"], zs.pool.stats()["obj_used"]) == before
+    assert zs.store(4, pages[4]) and zs.store(5, pages[5])
+    with pytest.raises(devpool.PoolFullError, match="entry table"):
+        zs.store(6, pages[6])
+    assert zs.pool.stats()["obj_used"] == 6 and not zs.contains(6)
+    assert zs.store(5, pages[7])                     # a store over a stored offset needs no new slot
+    np.testing.assert_array_equal(zs.load_batch(np.arange(6)), np.concatenate([pages[:5], pages[7:8]]))
+    zs.close()

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import devpool
+from devpool.codecs.lz4_block import Lz4
 
 SEG = 8192
 
@@ -206,7 +207,7 @@ def test_two_threads_single_and_batch_lose_nothing(kind, tmp_path):
     pool.close()
 
 
-class _FlakyLz4(devpool.codecs.lz4_block.Lz4):
+class _FlakyLz4(Lz4):
     """lz4 that fails on pages whose byte 100 is 13 (a codec fault on chosen pages)."""
 
     def _compress_one(self, page):
@@ -322,7 +323,7 @@ def test_a_corrupt_block_in_a_full_pool_still_raises_corrupt_data(kind):
 
 
 @pytest.mark.parametrize("kind", ["host", "chaos"])
-@pytest.mark.parametrize("call", ["close", "store", "load"])
+@pytest.mark.parametrize("call", ["close", "store", "load", "load_same", "invalidate_same", "store_zero"])
 def test_a_decoder_that_calls_back_into_zswap_changes_nothing(kind, call, rng):
     """A single load decodes under the pool's lock (the block is lent in place); a codec
     whose decoder calls back into the Zswap that owns the pool (close, a store that
@@ -333,12 +334,14 @@ def test_a_decoder_that_calls_back_into_zswap_changes_nothing(kind, call, rng):
     class Hostile(Lz4):
         armed = False
 
-        def _decompress_page(self, block, out=None):
+        def decompress_page_trusted(self, block, out=None):
             if Hostile.armed:
                 Hostile.armed = False
                 {"close": zs.close, "store": lambda: zs.store(99, pages[3]),
-                 "load": lambda: zs.load(4)}[call]()
-            return super()._decompress_page(block, out)
+                 "load": lambda: zs.load(4), "load_same": lambda: zs.load(1),
+                 "invalidate_same": lambda: zs.invalidate(5),
+                 "store_zero": lambda: zs.store(42, pages[0])}[call]()
+            return super().decompress_page_trusted(block, out)
 
     pool = devpool.open_pool(kind, 1 << 20, segment_bytes=SEG)
     zs = devpool.Zswap(pool, Hostile(), max_pool_percent=100)
@@ -347,9 +350,12 @@ def test_a_decoder_that_calls_back_into_zswap_changes_nothing(kind, call, rng):
     assert {3, 4, 8} <= set(kept.tolist()) and zs.entry_kind(8) == "pool"
     before = (zs.stats()["stored_pages"], pool.stats()["obj_used"])
     Hostile.armed = True
-    with pytest.raises(devpool.BadInputError, match="called back into the pool"):
+    with pytest.raises(devpool.BadInputError, match="called back into"):
         zs.load(8)
-    assert not zs.closed and not zs.contains(99)
+    # the calls that need no pool (same-filled pages) are refused too: they used to
+    # change the entry table under the load
+    assert not zs.closed and not zs.contains(99) and not zs.contains(42)
+    assert zs.entry_kind(1) == zs.entry_kind(5) == "same_filled" and zs.entry_kind(8) == "pool"
     assert (zs.stats()["stored_pages"], pool.stats()["obj_used"]) == before
     np.testing.assert_array_equal(zs.load_batch(kept), pages[kept])
     with pytest.raises(AttributeError):
