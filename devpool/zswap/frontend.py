@@ -610,16 +610,19 @@ class Zswap:
                 self._write_refused(np.array([o], np.int64), page.reshape(1, -1))
             return False
 
-    def load_batch(self, offsets, out=None) -> np.ndarray:
+    def load_batch(self, offsets, out=None, *, keep: bool = False) -> np.ndarray:
         """Load pages (N, 4096); exclusive: each leaves zswap and the backing file.
 
         ``out`` may be a writable (N, 4096) uint8 array to fill instead of a new one.
         An offset held nowhere raises EntryNotFoundError; a block that fails to decode
         raises CorruptDataError (``decompress_fail`` counted); a file read error raises
         WritebackError. In every error case nothing is removed (``out`` may have been
-        partly written).
+        partly written). ``keep=True`` makes the loads non-exclusive, as in :meth:`load`
+        (a swap device's reads: the kernel may read a slot again).
         """
         offs = self._offsets(offsets)
+        if keep is not False and keep is not True:
+            keep = check_flag(keep, "keep")
         n = offs.size
         if out is not None:
             if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (n, PAGE_SIZE)
@@ -650,7 +653,10 @@ class Zswap:
             # commit: exclusive load
             self._counters["loads_from_pool"] += in_pool.size + same.size
             self._counters["loads_from_backing"] += in_file.size
-            self._drop_idx(idx)
+            if keep:
+                t.referenced[idx[in_pool]] = True    # used again: a second chance before writeback
+            else:
+                self._drop_idx(idx)                  # commit: exclusive load
             return out
 
     def load(self, offset: int, out=None, *, keep: bool = False) -> np.ndarray:
