@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import glob
+import hashlib
 import json
 import os
 import re
@@ -221,6 +222,14 @@ class SwapDevice:
         return loops[0] if loops else self.state.get("loop")
 
     @property
+    def default_backing(self) -> str:
+        """Where the device's own backing file goes (named after the folder, so that a
+        crashed run whose state file is lost still finds it): a disk, never the run
+        directory, which may be tmpfs, i.e. RAM."""
+        tag = hashlib.sha1(os.fsencode(os.path.abspath(self.folder))).hexdigest()[:12]
+        return os.path.join(os.environ.get("DEVPOOL_BACKING_DIR", "/var/tmp"), f"devpool-{self.name}-{tag}.swap")
+
+    @property
     def pid(self) -> int | None:
         return self.state.get("pid")
 
@@ -272,14 +281,17 @@ def _new_folder() -> str:
 
 def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_pool_percent: float = 20,
            backing: str | None = None, priority: int = 100, spin_us: float = 50,
-           start_timeout: float = 120) -> SwapDevice:
+           start_timeout: float = 120, activate: bool = True) -> SwapDevice:
     """Start a server, mount its file, attach a loop device, ``mkswap`` and ``swapon
     --discard=pages -p priority``. Returns the device; on any failure undoes every step
     and raises (BadInputError for a bad option, SwapDeviceError for the system).
 
     ``backing``: a swap file for pages zswap refuses (created 0600); None makes one under
     /var/tmp that goes with the device; ``"none"`` keeps none (then a refused page's
-    write fails and the kernel keeps the page in RAM).
+    write fails and the kernel keeps the page in RAM). ``spin_us``: how long the server
+    keeps polling after a request before it sleeps. ``activate=False`` stops after the
+    loop device (no mkswap, no swapon): a block device over the pool that tests and
+    benchmarks read and write directly.
     """
     size = parse_size(size)
     if backend not in BACKENDS:
@@ -297,8 +309,7 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     dev = SwapDevice(folder)
     remove_backing = backing is None
     if backing is None:
-        backing = os.path.join(os.environ.get("DEVPOOL_BACKING_DIR", "/var/tmp"),
-                               f"devpool-{os.path.basename(run_dir())}-{dev.name}-{os.getpid()}.swap")
+        backing = dev.default_backing
     elif backing == "none":
         backing = None
     else:
@@ -312,8 +323,9 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
         loop = _run(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", str(PAGE),
                      dev.file]).strip()
         dev.save(loop=loop)
-        _run(["mkswap", "-L", f"devpool-{dev.name}", loop])
-        _run(["swapon", "--discard=pages", "-p", str(priority), loop])
+        if activate:
+            _run(["mkswap", "-L", f"devpool-{dev.name}", loop])
+            _run(["swapon", "--discard=pages", "-p", str(priority), loop])
     except BaseException as exc:
         try:
             _teardown(dev)
@@ -383,14 +395,19 @@ def _abort_connection(dev: SwapDevice) -> bool:
 
 def _teardown(dev: SwapDevice) -> list[str]:
     steps, left = [], []
-    alive = _server_alive(dev.pid)
+    alive = responsive = _server_alive(dev.pid)
     if alive:
         try:
             ask(dev.control, "ping", timeout=5)
         except SwapDeviceError:
-            alive = False                 # alive but not answering: a hung server
+            alive = responsive = False    # alive but not answering: a hung (or stopped) server
     if not alive and _abort_connection(dev):
-        steps.append("aborted the FUSE connection (server gone)")
+        steps.append("aborted the FUSE connection (server gone or not answering)")
+    elif not responsive and _server_alive(dev.pid):
+        # no fusectl to abort through: the connection ends when its last /dev/fuse
+        # descriptor closes, so a hung server goes first (else swapoff would wait on it)
+        _stop_server(dev.pid, patient=False)
+        steps.append(f"server {dev.pid} killed (it did not answer): its FUSE connection ended")
     loops = loops_over(dev.file)
     if dev.state.get("loop") and dev.state["loop"] not in loops and os.path.exists(dev.state["loop"]):
         # a dead mount can hide the name loop reports; trust the state file's
@@ -405,7 +422,7 @@ def _teardown(dev: SwapDevice) -> list[str]:
     for loop in loops:
         if loop in swaps:
             try:
-                _run(["swapoff", loop], timeout=3600)
+                _swapoff(loop)
                 steps.append(f"swapoff {loop}")
             except SwapDeviceError as exc:
                 left.append(str(exc))
@@ -426,11 +443,11 @@ def _teardown(dev: SwapDevice) -> list[str]:
                 left.append(str(exc))
         steps.append(f"umount {dev.mountpoint}")
     if _server_alive(dev.pid):
-        _stop_server(dev.pid)
+        _stop_server(dev.pid, patient=responsive)
         steps.append(f"server {dev.pid} stopped")
-    if dev.state.get("remove_backing") and dev.state.get("backing"):
+    if dev.state.get("remove_backing", True):      # ours (or the state is lost: the default is ours)
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(dev.state["backing"])
+            os.unlink(dev.default_backing)
     if left:
         raise SwapDeviceError(errno.EBUSY, f"{dev.name}: could not undo: {'; '.join(left)}")
     for leaf in ("ctl.sock", "state.json", "state.json.tmp", "server.log"):
@@ -442,9 +459,29 @@ def _teardown(dev: SwapDevice) -> list[str]:
     return steps
 
 
-def _stop_server(pid: int) -> None:
-    """Wait for the server to leave (it does once unmounted), then TERM, then KILL."""
-    for sig, wait in ((None, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+def _swapoff(loop: str, tries: int = 10) -> None:
+    """swapoff, retried a while on ENOMEM: the kernel must bring every page back into RAM
+    (and into its owner's cgroup), and a process that is dying (of SIGBUS, its server
+    gone) frees its pages a moment later."""
+    for i in range(tries):
+        try:
+            _run(["swapoff", loop], timeout=3600)
+            return
+        except SwapDeviceError as exc:
+            if "allocate memory" not in str(exc) or i == tries - 1:
+                if "allocate memory" in str(exc):
+                    raise SwapDeviceError(errno.ENOMEM, f"{exc} (swapoff brings every page back into RAM, "
+                                          f"and into its owner's memory cgroup: make room and run "
+                                          f"`devpool swapoff` again)") from None
+                raise
+            time.sleep(0.5)
+
+
+def _stop_server(pid: int, patient: bool = True) -> None:
+    """Wait for the server to leave (it does once unmounted), then TERM, then KILL; a
+    server that did not answer (hung, or stopped) is killed at once."""
+    plan = ((None, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)) if patient else ((signal.SIGKILL, 5.0),)
+    for sig, wait in plan:
         if sig is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)

@@ -9,26 +9,25 @@ import os
 
 import pytest
 
-from devpool.swapdev import device, workload
+# (devpool is imported inside the functions: this conftest loads before the root one
+# sets NUMBA_ENABLE_CUDASIM, and numba reads it once, at its import)
 
 
 def can_swap() -> tuple[bool, str]:
+    from devpool.swapdev.workload import cgroup_version
     if os.geteuid() != 0:
         return False, "needs root"
     for path, what in (("/dev/fuse", "FUSE"), ("/dev/loop-control", "loop devices")):
         if not os.path.exists(path):
             return False, f"no {what} ({path})"
-    if workload.cgroup_version() is None:
+    if cgroup_version() is None:
         return False, "no memory cgroup hierarchy"
     return True, ""
 
 
-_OK, _WHY = can_swap()
-needs_swap = pytest.mark.skipif(not _OK, reason=f"the swap device cannot run here: {_WHY}")
-
-
 def leftovers(run_dir: str) -> dict:
     """What of ours exists on the machine now (swap, loops, mounts, cgroups, servers)."""
+    from devpool.swapdev import device, workload
     mine = [d.file for d in device.devices()]
     loops = sorted({loop for f in mine for loop in device.loops_over(f)})
     for bf in glob.glob("/sys/block/loop*/loop/backing_file"):
@@ -61,6 +60,7 @@ EMPTY = {"swaps": [], "loops": [], "mounts": [], "cgroups": [], "servers": [], "
 def swap_env(tmp_path, monkeypatch):
     """A private run directory (and backing-file directory) for this test; afterwards
     everything is undone and the test fails if anything of it was left behind."""
+    from devpool.swapdev import device, workload
     run = str(tmp_path / "run")
     monkeypatch.setenv("DEVPOOL_RUN_DIR", run)
     monkeypatch.setenv("DEVPOOL_BACKING_DIR", str(tmp_path))
