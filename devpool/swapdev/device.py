@@ -281,7 +281,7 @@ def _new_folder() -> str:
 
 def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_pool_percent: float = 20,
            backing: str | None = None, priority: int = 100, spin_us: float = 50,
-           start_timeout: float = 120, activate: bool = True) -> SwapDevice:
+           start_timeout: float = 120, activate: bool = True, _lock: bool = True) -> SwapDevice:
     """Start a server, mount its file, attach a loop device, ``mkswap`` and ``swapon
     --discard=pages -p priority``. Returns the device; on any failure undoes every step
     and raises (BadInputError for a bad option, SwapDeviceError for the system).
@@ -316,7 +316,7 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
         backing = os.path.abspath(backing)
     cfg = {"name": dev.name, "size": size, "backend": backend, "compressor": compressor,
            "pool_limit": limit, "backing": backing, "remove_backing": remove_backing,
-           "mountpoint": dev.mountpoint, "control": dev.control, "spin_us": spin_us}
+           "mountpoint": dev.mountpoint, "control": dev.control, "spin_us": spin_us, "lock": bool(_lock)}
     dev.save(**cfg, priority=priority, pid=None, loop=None, created=time.time())
     try:
         _start_server(dev, cfg, start_timeout)

@@ -66,7 +66,7 @@ class ZswapFile(fuse.FileOps):
         self.lat = np.zeros(LATENCY_RING, np.int64)
         self.c = dict.fromkeys((
             "reads", "writes", "read_pages", "written_pages", "discards", "discarded_pages",
-            "read_errors", "write_errors", "zero_reads", "faults_timed"), 0)
+            "read_errors", "write_errors", "zero_reads", "faults_timed", "read_ns", "write_ns"), 0)
 
     # --- reads ----------------------------------------------------------------------------
     def _load(self, first: int, n: int, out: np.ndarray) -> None:
@@ -166,6 +166,9 @@ class ZswapFile(fuse.FileOps):
         if opcode == fuse.READ:
             self.lat[self.c["faults_timed"] % LATENCY_RING] = nanoseconds
             self.c["faults_timed"] += 1
+            self.c["read_ns"] += nanoseconds
+        elif opcode == fuse.WRITE:
+            self.c["write_ns"] += nanoseconds
 
     def stats(self) -> dict:
         st = dict(self.c)
@@ -216,7 +219,8 @@ class Server:
 
     def __init__(self, cfg: dict):
         self.cfg = cfg
-        self.warnings = [w for w in (leave_workload_cgroup(), lock_memory(), ask_io_flusher()) if w]
+        lock = lock_memory() if cfg.get("lock", True) else "mlockall not asked (lock off: measurement only)"
+        self.warnings = [w for w in (leave_workload_cgroup(), lock, ask_io_flusher()) if w]
         self.locked = not any(w.startswith("mlockall") for w in self.warnings)
         self.io_flusher = not any("IO_FLUSHER" in w for w in self.warnings)
         import devpool

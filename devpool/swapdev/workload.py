@@ -149,6 +149,27 @@ def _order(n: int, touches: int, pattern: str, rng) -> np.ndarray:
 CHUNK = 256
 
 
+def _touch(region: np.ndarray, order: np.ndarray) -> dict:
+    """Read one byte of each page in ``order``; the time of every access that was a
+    major fault (a swap-in), as p50 / p90 in microseconds."""
+    lat = []
+    ru = resource.getrusage
+    clock = time.perf_counter_ns
+    for i in order.tolist():
+        m0 = ru(resource.RUSAGE_SELF).ru_majflt
+        t0 = clock()
+        region[i, 100]                               # one load: a swap-in if the page is out
+        t1 = clock()
+        if ru(resource.RUSAGE_SELF).ru_majflt != m0:
+            lat.append(t1 - t0)
+    out = {"touches": len(order), "faults": len(lat)}
+    if lat:
+        a = np.sort(np.array(lat)) / 1000
+        out["fault_p50_us"] = float(a[a.size // 2])
+        out["fault_p90_us"] = float(a[int(a.size * 0.9)])
+    return out
+
+
 def _expected(cfg: dict, source, lo: int, hi: int) -> np.ndarray:
     if source is None:
         return synthetic_pages(lo, hi, cfg.get("seed", 0))
@@ -183,26 +204,17 @@ def child(cfg: dict) -> dict:
         print(json.dumps({"filled": True, **out}), flush=True)
         sys.stdin.readline()
     out["bad_after_fill"] = _verify(cfg, region, source)
-    lat = []
     rng = np.random.default_rng(cfg.get("seed", 0) + 1)
-    order = _order(n, cfg.get("touches", 0), cfg.get("pattern", "zipf"), rng)
-    ru = resource.getrusage
-    clock = time.perf_counter_ns
-    for i in order.tolist():
-        m0 = ru(resource.RUSAGE_SELF).ru_majflt
-        t0 = clock()
-        region[i, 100]                               # one load: a swap-in if the page is out
-        t1 = clock()
-        if ru(resource.RUSAGE_SELF).ru_majflt != m0:
-            lat.append(t1 - t0)
-    out["touches"] = len(order)
-    out["faults"] = len(lat)
-    if lat:
-        a = np.sort(np.array(lat)) / 1000
-        out["fault_p50_us"] = float(a[a.size // 2])
-        out["fault_p90_us"] = float(a[int(a.size * 0.9)])
+    out["touch"] = {}
+    for pattern in cfg.get("patterns", [cfg.get("pattern", "zipf")]):
+        out["touch"][pattern] = _touch(region, _order(n, cfg.get("touches", 0), pattern, rng))
+    first = next(iter(out["touch"].values()), {})
+    out.update(first)                                # the first pattern's figures, at the top too
     out["bad_pages"] = _verify(cfg, region, source)
-    out["majflt"] = ru(resource.RUSAGE_SELF).ru_majflt
+    out["majflt"] = resource.getrusage(resource.RUSAGE_SELF).ru_majflt
+    if cfg.get("pause_end"):                         # the caller reads the store's figures now
+        print(json.dumps({"done": True}), flush=True)
+        sys.stdin.readline()
     del region
     buf.close()                                      # give the region back before exiting
     return out

@@ -257,3 +257,31 @@ def test_mutation_run_interrupted_leaves_no_copies():
             p.kill()
             p.wait()
     assert not any(os.path.exists(d) for d in made), "an interrupted run left its copies behind"
+
+
+def _can_swap() -> bool:
+    from tests.swapdev.conftest import can_swap
+    return can_swap()[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
+                    reason="the swap device benchmark needs root, FUSE, loop and a memory cgroup")
+def test_bench_swapdev_smoke(tmp_path):
+    """The machine-swap benchmark (devpool against a plain swap file, and the IOPS part
+    against zram) runs end to end, loses no page and puts every setting back."""
+    assert _can_swap()
+    before = {p: open(p).read() for p in ("/proc/sys/vm/page-cluster", "/sys/module/zswap/parameters/enabled",
+                                         "/sys/block/zram0/disksize") if os.path.exists(p)}
+    r = run_bench(tmp_path, "bench_swapdev.py", "--pages", pages_file(tmp_path, 256, 5), "--limit-mb", "32",
+                  "--region-mb", "64", "--touches", "100", "--passes", "1", "--subjects", "devpool-lz4,swapfile",
+                  "--iops", "--iops-mb", "4", "--iops-seconds", "0.2")
+    for s in ("devpool-lz4", "swapfile"):
+        row = r["summary"][s]
+        assert row["passes"] == 1 and row["pages_lost"] == 0 and row["failed_runs"] == 0, row
+        assert row["fill_mb_s"][0] > 0 and row["zipf_faults"][0] > 0
+    assert r["summary"]["devpool-lz4"]["compression_ratio"][0] > 1
+    assert r["targets"]["fill devpool-lz4 / swapfile (>= 1)"][0] > 0
+    assert r["iops"]["devpool-lz4"][0]["read_qd16"] > 0
+    after = {p: open(p).read() for p in before}
+    assert after == before
+    assert open("/proc/swaps").read().count("\n") == 1          # the header only: no swap left
