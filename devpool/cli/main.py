@@ -269,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backing", metavar="FILE", default=None,
                    help="swap file for pages zswap refuses (default: one under /var/tmp, removed with the device; "
                         "'none' for none)")
-    p.add_argument("--priority", type=_int_arg(-1, 32767), default=100, help="swap priority (default 100)")
+    p.add_argument("--priority", type=_int_arg(0, 32767), default=100, help="swap priority (default 100)")
     p.set_defaults(func=cmd_swapon)
 
     p = sub.add_parser("swapoff", help="undo devpool swap devices: swapoff, loop detach, unmount, server exit")

@@ -27,6 +27,7 @@ import re
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -51,7 +52,7 @@ class SwapDeviceError(DevpoolError, OSError):
 
 
 def run_dir() -> str:
-    return os.environ.get("DEVPOOL_RUN_DIR", "/run/devpool")
+    return os.path.abspath(os.environ.get("DEVPOOL_RUN_DIR", "/run/devpool"))
 
 
 # --- argument checks -------------------------------------------------------------------------
@@ -265,9 +266,22 @@ def devices() -> list[SwapDevice]:
     return [SwapDevice(d) for d in sorted(glob.glob(os.path.join(run_dir(), "swap[0-9]*"))) if os.path.isdir(d)]
 
 
+def _check_run_dir(root: str) -> None:
+    """The run directory holds control sockets and mount points of root's swap: it must
+    be a real directory of ours that nobody else can write (a planted link or a shared
+    folder is refused)."""
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        raise SwapDeviceError(errno.ENOTDIR, f"run directory {root} is not a directory (a link?): refused")
+    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
+        raise SwapDeviceError(errno.EPERM, f"run directory {root} belongs to uid {st.st_uid} or others may "
+                              f"write it (mode {stat.filemode(st.st_mode)}): refused")
+
+
 def _new_folder() -> str:
     root = run_dir()
     os.makedirs(root, mode=0o700, exist_ok=True)
+    _check_run_dir(root)
     for i in range(1024):
         folder = os.path.join(root, f"swap{i}")
         try:
@@ -299,10 +313,13 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     from ..codecs import get_codec
     get_codec(compressor)                         # UnknownCodecError (a BadInputError kind) now
     max_pool_percent = check_real(max_pool_percent, "max_pool_percent", lo=0, hi=100, lo_open=True)
-    priority = check_int(priority, "priority", lo=-1, hi=32767)
+    priority = check_int(priority, "priority", lo=0, hi=32767)
     spin_us = check_real(spin_us, "spin_us", lo=0, hi=1e6)
     if backing is not None and (not isinstance(backing, str) or not backing or "\0" in backing):
         raise BadInputError(f"backing must be a file path or 'none', got {backing!r}")
+    if len(os.fsencode(os.path.join(os.path.abspath(run_dir()), "swap1023", "ctl.sock"))) > 107:
+        raise BadInputError(f"run directory {run_dir()!r} is too long for a control socket's path "
+                            f"(107 bytes at most): set DEVPOOL_RUN_DIR to a shorter one")
     check_prerequisites()
     limit = pool_limit(size, max_pool_percent)
     folder = _new_folder()

@@ -218,13 +218,14 @@ class OneFileFS:
             if opcode == READ:
                 _, off, size, *_ = RW_IN.unpack_from(self.buf, 40)
                 self._check_io(node, off, size)
-                self._reply(unique, self.ops.read(off, size))
+                self._reply(unique, self.ops.read(off, size) if size else b"")
             elif opcode == WRITE:
                 _, off, size, *_ = RW_IN.unpack_from(self.buf, 40)
                 self._check_io(node, off, size)
                 if 80 + size > n:
                     raise OSError(errno.EINVAL, "short write request")
-                self.ops.write(off, self.view[80:80 + size])
+                if size:
+                    self.ops.write(off, self.view[80:80 + size])
                 self._reply(unique, WRITE_OUT.pack(size, 0))
             elif opcode in NO_REPLY:
                 return True

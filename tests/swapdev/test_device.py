@@ -210,7 +210,7 @@ def test_bad_sizes_are_refused(size, tmp_path, monkeypatch):
 @pytest.mark.parametrize("option, value, match", [
     ("backend", "gpu", "backend"), ("compressor", "nope", "codec"), ("max_pool_percent", 0, "max_pool_percent"),
     ("max_pool_percent", 101, "max_pool_percent"), ("max_pool_percent", float("nan"), "max_pool_percent"),
-    ("priority", -2, "priority"), ("priority", 40000, "priority"), ("backing", "", "backing"),
+    ("priority", -1, "priority"), ("priority", 40000, "priority"), ("backing", "", "backing"),
     ("backing", "a\0b", "backing"), ("spin_us", -1, "spin_us"),
 ])
 def test_bad_options_are_refused(option, value, match, tmp_path, monkeypatch):
@@ -254,3 +254,35 @@ def test_swapoff_of_an_unknown_device_is_refused(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DEVPOOL_RUN_DIR", str(tmp_path / "run"))
     assert cli(["swapoff", "/dev/sda"]) == 1
     assert "not a devpool swap device" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("planted", ["link", "group-writable", "too-long"])
+def test_a_planted_or_unfit_run_directory_is_refused(planted, tmp_path, monkeypatch):
+    if os.geteuid() != 0:
+        monkeypatch.setattr(device, "check_prerequisites", lambda: None)
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o700)
+    run = tmp_path / "run"
+    if planted == "link":
+        run.symlink_to(target)
+    elif planted == "group-writable":
+        run.mkdir()
+        run.chmod(0o775)
+    else:
+        run = tmp_path / ("x" * 100)
+    monkeypatch.setenv("DEVPOOL_RUN_DIR", str(run))
+    with pytest.raises((SwapDeviceError, devpool.BadInputError), match="run directory"):
+        swapon("64M")
+    assert list(target.iterdir()) == []
+    if planted == "group-writable":
+        assert list(run.iterdir()) == []
+
+
+@needs_swap
+def test_a_backing_file_others_can_read_is_refused_and_nothing_is_set_up(swap_env, tmp_path):
+    bad = tmp_path / "shared.swap"
+    bad.write_bytes(b"")
+    bad.chmod(0o644)
+    with pytest.raises(SwapDeviceError, match="shared.swap"):
+        swapon("64M", backend="host", backing=str(bad))
+    assert device.devices() == []

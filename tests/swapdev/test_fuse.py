@@ -162,3 +162,60 @@ def test_unmount_ends_the_serving_loop(served):
     fuse.umount(mnt)
     thread.join(5)
     assert not thread.is_alive()
+
+
+# --- hostile requests, straight into the dispatcher (replies read back from a pipe) ----------
+def request(fs, opcode, node, body=b"", unique=7):
+    """Put one request in ``fs``'s buffer and dispatch it; the reply (error, body) or None."""
+    msg = fuse.IN_HEADER.pack(fuse.IN_HEADER.size + len(body), opcode, unique, node, 0, 0, 0, 0) + body
+    fs.buf[:len(msg)] = msg
+    fs.handle(len(msg))
+    try:
+        data = os.read(fs._reply_pipe, 1 << 21)
+    except BlockingIOError:
+        return None
+    length, error, uniq = fuse.OUT_HEADER.unpack_from(data)
+    assert length == len(data) and uniq == unique
+    return error, data[fuse.OUT_HEADER.size:]
+
+
+@pytest.fixture
+def dispatcher():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    fs = fuse.OneFileFS(w, DictFile())
+    fs._reply_pipe = r
+    yield fs
+    os.close(r)
+    os.close(w)
+
+
+def rw_in(offset, size):
+    return fuse.RW_IN.pack(1, offset, size, 0, 0, 0, 0)
+
+
+def test_hostile_requests_get_errors_not_crashes(dispatcher):
+    fs = dispatcher
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(4096, 0)) == (0, b"")          # empty read
+    assert request(fs, fuse.WRITE, fuse.FILE_ID, rw_in(0, 0)) == (0, fuse.WRITE_OUT.pack(0, 0))
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(2**64 - 4096, 4096))[0] == -errno.ENOSPC
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(SIZE, 1))[0] == -errno.ENOSPC
+    assert request(fs, fuse.READ, fuse.ROOT_ID, rw_in(0, 4096))[0] == -errno.EISDIR
+    assert request(fs, fuse.READ, 99, rw_in(0, 4096))[0] == -errno.EISDIR
+    # a WRITE that claims more bytes than the request carries
+    assert request(fs, fuse.WRITE, fuse.FILE_ID, rw_in(0, 4096) + b"x" * 10)[0] == -errno.EINVAL
+    assert request(fs, fuse.FALLOCATE, fuse.FILE_ID, fuse.FALLOCATE_IN.pack(1, 0, 4096, 0x40, 0))[0] \
+        == -errno.EOPNOTSUPP
+    assert request(fs, fuse.FALLOCATE, fuse.FILE_ID, fuse.FALLOCATE_IN.pack(1, 0, SIZE + 1, 0, 0))[0] \
+        == -errno.ENOSPC
+    assert request(fs, fuse.LOOKUP, fuse.ROOT_ID, b"../etc\0")[0] == -errno.ENOENT
+    assert request(fs, fuse.OPEN, fuse.ROOT_ID, b"\0" * 8)[0] == -errno.EISDIR
+    assert request(fs, fuse.SETATTR, fuse.FILE_ID, fuse.SETATTR_IN.pack(fuse.FATTR_SIZE, 0, 0, 0)
+                   + b"\0" * 64)[0] == -errno.EPERM
+    assert request(fs, 4242, fuse.FILE_ID)[0] == -errno.ENOSYS
+    assert request(fs, fuse.FORGET, fuse.FILE_ID, b"\0" * 8) is None                 # no reply expected
+    assert fs.ops.data == bytearray(SIZE)                                              # nothing written
+    # a punch past the end is cut at the end
+    assert request(fs, fuse.FALLOCATE, fuse.FILE_ID, fuse.FALLOCATE_IN.pack(
+        1, SIZE - 4096, 1 << 30, fuse.FALLOC_FL_PUNCH_HOLE | fuse.FALLOC_FL_KEEP_SIZE, 0)) == (0, b"")
+    assert fs.ops.calls[-1] == ("punch", SIZE - 4096, 4096)
