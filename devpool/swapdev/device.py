@@ -295,7 +295,8 @@ def _new_folder() -> str:
 
 def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_pool_percent: float = 20,
            backing: str | None = None, priority: int = 100, spin_us: float = 50,
-           start_timeout: float = 120, activate: bool = True, _lock: bool = True) -> SwapDevice:
+           start_timeout: float = 120, activate: bool = True, _lock: bool = True,
+           _loop_dio: bool = True) -> SwapDevice:
     """Start a server, mount its file, attach a loop device, ``mkswap`` and ``swapon
     --discard=pages -p priority``. Returns the device; on any failure undoes every step
     and raises (BadInputError for a bad option, SwapDeviceError for the system).
@@ -337,7 +338,8 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     dev.save(**cfg, priority=priority, pid=None, loop=None, created=time.time())
     try:
         _start_server(dev, cfg, start_timeout)
-        loop = _run(["losetup", "--find", "--show", "--direct-io=on", "--sector-size", str(PAGE),
+        loop = _run(["losetup", "--find", "--show", f"--direct-io={'on' if _loop_dio else 'off'}",
+                     "--sector-size", str(PAGE),
                      dev.file]).strip()
         dev.save(loop=loop)
         if activate:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import devpool
-from devpool.swapdev.server import ZswapFile
+from devpool.swapdev.server import SERIAL_MAX, ZswapFile
 from tests.pages import random_page, text_page
 
 PAGE = 4096
@@ -38,9 +38,9 @@ def pages_of(rng, n):
     return np.stack([text_page(rng) if i % 3 else random_page(rng) for i in range(n)])
 
 
-def test_a_write_of_n_pages_is_stored_and_reads_back_any_number_of_times(zfile, rng, sized):
+@pytest.mark.parametrize("n", [5, SERIAL_MAX + 8], ids=["page-by-page", "batched"])
+def test_a_write_of_n_pages_is_stored_and_reads_back_any_number_of_times(zfile, rng, n):
     f = zfile()
-    n = sized(12, 4)
     pages = pages_of(rng, n)
     f.write(8 * PAGE, memoryview(pages.reshape(-1)))
     st = f.zs.stats()
@@ -173,3 +173,13 @@ def test_a_host_pool_works_in_a_locked_process():
     done = subprocess.run([sys.executable, "-c", LOCKED], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.startswith("ok")
+
+
+def test_warm_up_leaves_nothing_stored_and_nothing_counted(zfile, rng):
+    f = zfile()
+    f.warm_up()
+    st = f.stats()
+    assert st["zswap"]["stored_pages"] == 0 and st["zswap"]["backing_pages"] == 0
+    assert st["reads"] == st["writes"] == st["slots_written"] == 0
+    f.write(NPAGES * PAGE - PAGE, memoryview(text_page(rng)))     # the slots it used work as any
+    assert f.zs.stats()["stored_pages"] == 1
