@@ -20,8 +20,9 @@ are medians of per-pass values with their range; ratios are medians of per-pass 
 
 ``--iops`` adds 4 KiB ``O_DIRECT`` random read / write IOPS on the devpool loop device
 (not activated as swap) and on zram, at queue depth 1 and 16, with fio when installed
-(libaio), else a threaded Python reader. ``--levers`` measures what the server's spinning
-after a request gains (``spin_us`` 0 against the default).
+(libaio), else a threaded Python reader. ``--levers`` measures what the transport's levers
+gain: the server spinning 50 us after a request (against ``spin_us=0``), loop with direct
+I/O (against buffered).
 
     flock /tmp/devpool-bench.lock python benchmarks/bench_swapdev.py --json out.json
 """
@@ -149,15 +150,19 @@ def _meminfo(key: str) -> int:
 
 
 # --- one run of the workload against one subject --------------------------------------------------
-def run_once(subject: str, args, source: str, folder: str, spin_us: float | None = None) -> dict:
+#: the transport's levers, each devpool-lz4 with one setting changed
+LEVERS = {"devpool-lz4-nospin": {"spin_us": 0},           # the server sleeps in poll at once
+          "devpool-lz4-loopbuf": {"_loop_dio": False}}     # loop without direct I/O
+
+
+def run_once(subject: str, args, source: str, folder: str) -> dict:
     size = args.region_mb * 3 // 2 << 20
     cfg = {"pages": args.region_mb << 20 >> 12, "source": source, "touches": args.touches,
-           "patterns": ["zipf", "uniform"], "pause_end": True}
+           "patterns": ["zipf", "uniform"]}
     store = {}
     if subject.startswith("devpool"):
-        opts = {"spin_us": spin_us} if spin_us is not None else {}
-        ctx = swap_device(size, backend=args.backend, compressor=subject.split("-", 1)[1],
-                          max_pool_percent=100, priority=PRIORITY, **opts)
+        ctx = swap_device(size, backend=args.backend, compressor=subject.split("-")[1],
+                          max_pool_percent=100, priority=PRIORITY, **LEVERS.get(subject, {}))
     elif subject == "zswap":
         ctx = zswap_in_front(size, folder)
     elif subject == "zram":
@@ -165,22 +170,8 @@ def run_once(subject: str, args, source: str, folder: str, spin_us: float | None
     else:
         ctx = swap_file(size, folder)
     with ctx as dev:
-        with workload.memory_cgroup(args.limit_mb << 20, tag="devpool-bench") as procs:
-            child = workload.start(cfg, procs)
-            try:
-                line = child.stdout.readline()
-                if line.startswith("{") and json.loads(line).get("done"):
-                    store = _store_figures(subject, dev)     # while the pages are still out
-                    child.stdin.write("\n")
-                    child.stdin.flush()
-                out, _ = child.communicate(timeout=args.timeout)
-            finally:
-                if child.poll() is None:
-                    child.kill()
-                    child.wait()
-    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
-    result = lines[-1] if lines else {}
-    result["returncode"] = child.returncode
+        result = workload.run(cfg, args.limit_mb << 20, timeout=args.timeout, tag="devpool-bench",
+                              at_end=lambda: store.update(_store_figures(subject, dev)))  # pages still out
     result["store"] = store
     return result
 
@@ -291,6 +282,20 @@ def _iops_set(device: str, pages, nbytes: int, args) -> dict:
 
 
 # --- the run ------------------------------------------------------------------------------------
+def why_not() -> str | None:
+    """None when this machine can run the benchmark, else why not (root, FUSE, loop
+    devices, the tools, a memory cgroup hierarchy)."""
+    from devpool.swapdev.device import SwapDeviceError, check_prerequisites
+    try:
+        check_prerequisites()
+    except SwapDeviceError as exc:
+        return str(exc.strerror or exc)
+    if workload.cgroup_version() is None:
+        return "no memory cgroup hierarchy is mounted"
+    return None
+
+
+
 def med(values):
     v = [x for x in values if x is not None]
     return (float(np.median(v)), float(min(v)), float(max(v))) if v else (None, None, None)
@@ -331,7 +336,7 @@ def main(argv=None) -> int:
     ap.add_argument("--subjects", default=",".join(SUBJECTS))
     ap.add_argument("--backend", default="host", help="the devpool pool's backend (host, cuda, chaos)")
     ap.add_argument("--page-cluster", type=int, default=0)
-    ap.add_argument("--levers", action="store_true", help="also devpool-lz4 with the server's spinning off")
+    ap.add_argument("--levers", action="store_true", help="also devpool-lz4 with each transport lever off")
     ap.add_argument("--iops", action="store_true", help="also 4 KiB O_DIRECT random IOPS, devpool against zram")
     ap.add_argument("--iops-mb", type=int, default=64)
     ap.add_argument("--iops-seconds", type=float, default=3)
@@ -342,8 +347,9 @@ def main(argv=None) -> int:
     unknown = set(subjects) - set(SUBJECTS)
     if unknown:
         ap.error(f"unknown subjects {sorted(unknown)}; known: {', '.join(SUBJECTS)}")
-    if os.geteuid() != 0:
-        print("bench_swapdev: needs root (swapon, cgroups, zswap's parameters)", file=sys.stderr)
+    why = why_not()
+    if why:
+        print(f"bench_swapdev: cannot run here: {why}", file=sys.stderr)
         return 2
     if active_swaps():
         print(f"bench_swapdev: swap is already active ({', '.join(active_swaps())}); the subjects "
@@ -355,17 +361,14 @@ def main(argv=None) -> int:
                     passes=args.passes, backend=args.backend, page_cluster=args.page_cluster,
                     zswap_compressor=_read(f"{ZSWAP}/compressor"), published=PUBLISHED)
     runs: dict[str, list] = {}
-    order = list(subjects) + (["devpool-lz4-nospin"] if args.levers else [])
+    order = list(subjects) + (list(LEVERS) if args.levers else [])
     with tempfile.TemporaryDirectory(dir="/var/tmp", prefix="bench-swapdev-") as folder:
         source = os.path.join(folder, "pages.npy")
         np.save(source, pages)
         with settings({"/proc/sys/vm/page-cluster": args.page_cluster}):
             for p in range(args.passes):
                 for s in order:
-                    if s == "devpool-lz4-nospin":
-                        r = run_once("devpool-lz4", args, source, folder, spin_us=0)
-                    else:
-                        r = run_once(s, args, source, folder)
+                    r = run_once(s, args, source, folder)
                     runs.setdefault(s, []).append(r)
                     t = r.get("touch", {}).get("zipf", {})
                     print(f"pass {p + 1} {s:<20} fill {r.get('fill_mb_s', 0):7.1f} MB/s  zipf p50 "
@@ -382,6 +385,8 @@ def main(argv=None) -> int:
         "zipf p50 devpool-lz4 / swapfile (<= 1.5)": ratios(runs, "devpool-lz4", "swapfile", p50),
         "fill devpool-lz4 / swapfile (>= 1)": ratios(runs, "devpool-lz4", "swapfile", fill),
         "zipf p50 devpool-lz4 spin off / on": ratios(runs, "devpool-lz4-nospin", "devpool-lz4", p50),
+        "zipf p50 devpool-lz4 loop buffered / direct": ratios(runs, "devpool-lz4-loopbuf", "devpool-lz4", p50),
+        "fill devpool-lz4 loop buffered / direct": ratios(runs, "devpool-lz4-loopbuf", "devpool-lz4", fill),
     }
     print_table(result)
     save(result, args.json)

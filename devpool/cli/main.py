@@ -158,9 +158,10 @@ def cmd_check_kernels(args) -> int:
 # --- the machine's swap: swapon / swapoff / status ----------------------------------------------
 def cmd_swapon(args) -> int:
     from ..swapdev import swapon
+    from ..swapdev.device import human_size
     dev = swapon(args.size, backend=args.backend, compressor=args.compressor,
                  max_pool_percent=args.max_pool_percent, backing=args.backing, priority=args.priority)
-    print(f"{dev.device}: devpool swap ({dev.name}), {args.size}, backend {dev.state.get('backend_used')}, "
+    print(f"{dev.device}: devpool swap ({dev.name}), {human_size(args.size)}, backend {dev.state.get('backend_used')}, "
           f"{args.compressor}, priority {args.priority}; server pid {dev.pid}")
     for warning in dev.state.get("warnings", []):
         print(f"  note: {warning}")

@@ -50,6 +50,9 @@ SERVER_MODULE = "devpool.swapdev.server"
 class SwapDeviceError(DevpoolError, OSError):
     """A swap device could not be set up or undone; the message says which step and why."""
 
+    def __str__(self) -> str:            # the message alone, not "[Errno N] ...": one plain line
+        return self.strerror if isinstance(self.strerror, str) else super().__str__()
+
 
 def run_dir() -> str:
     return os.path.abspath(os.environ.get("DEVPOOL_RUN_DIR", "/run/devpool"))
@@ -560,7 +563,7 @@ def status() -> list[dict]:
     return rows
 
 
-def _human(n) -> str:
+def human_size(n) -> str:
     if n is None:
         return "-"
     for unit in ("B", "K", "M", "G", "T"):
@@ -579,13 +582,13 @@ def format_status(rows: list[dict]) -> str:
     lines = [COLUMNS]
     for r in rows:
         if "error" in r:
-            lines.append((r["device"] or r["name"], "-", "-", _human(r["disksize"])) + ("-",) * 8 + (r["error"],))
+            lines.append((r["device"] or r["name"], "-", "-", human_size(r["disksize"])) + ("-",) * 8 + (r["error"],))
             continue
         z = r["zswap"]
         data = (z["stored_pages"] + z["backing_pages"]) * PAGE
         p50 = r["read_service_p50_us"]
-        lines.append((r["device"] or r["name"], z["backend"], z["compressor"], _human(r["size"]), _human(data),
-                      _human(z["stored_compressed_bytes"]), _human(z["pool_total_size"]), str(z["stored_pages"]),
+        lines.append((r["device"] or r["name"], z["backend"], z["compressor"], human_size(r["size"]), human_size(data),
+                      human_size(z["stored_compressed_bytes"]), human_size(z["pool_total_size"]), str(z["stored_pages"]),
                       str(z["same_filled_pages"]), str(z["written_back_pages"]), str(r["reads"]),
                       str(r["writes"]), "-" if p50 is None else f"{p50:.0f}us"))
     widths = [max(len(str(line[i])) for line in lines if i < len(line)) for i in range(len(COLUMNS))]

@@ -102,11 +102,21 @@ def start(cfg: dict, procs: str) -> subprocess.Popen:
                             preexec_fn=join, close_fds=True)
 
 
-def run(cfg: dict, limit_bytes: int, timeout: float = 300) -> dict:
-    """Run the workload to its end in a fresh cgroup; its JSON result (with ``returncode``)."""
-    with memory_cgroup(limit_bytes) as procs:
+def run(cfg: dict, limit_bytes: int, timeout: float = 300, at_end=None, tag: str = "devpool-swap") -> dict:
+    """Run the workload to its end in a fresh cgroup; its JSON result (with ``returncode``).
+    ``at_end()``, if given, runs once the child has touched and verified everything but
+    before it exits (its pages still swapped out): a benchmark reads the store's figures."""
+    if at_end is not None:
+        cfg = {**cfg, "pause_end": True}
+    with memory_cgroup(limit_bytes, tag=tag) as procs:
         child = start(cfg, procs)
         try:
+            if at_end is not None:
+                line = child.stdout.readline()
+                if line.startswith("{") and json.loads(line).get("done"):
+                    at_end()
+                    child.stdin.write("\n")
+                    child.stdin.flush()
             out, _ = child.communicate(timeout=timeout)
         finally:
             if child.poll() is None:
