@@ -235,7 +235,20 @@ class SwapDevice:
 
     @property
     def pid(self) -> int | None:
-        return self.state.get("pid")
+        """The server's pid: from the state file, else found by its command line (which
+        names this folder's control socket), for a run whose state file is lost."""
+        if self.state.get("pid"):
+            return self.state["pid"]
+        needle = f'"control": {json.dumps(self.control)}'.encode()
+        for cmd in glob.glob("/proc/[0-9]*/cmdline"):
+            try:
+                with open(cmd, "rb") as f:
+                    text = f.read()
+            except OSError:
+                continue
+            if SERVER_MODULE.encode() in text and needle in text:
+                return int(cmd.split("/")[2])
+        return None
 
     def save(self, **changes) -> None:
         self.state.update(changes)

@@ -143,6 +143,17 @@ def test_a_hung_server_with_pages_out_is_cut_off_and_cleaned_up(swap_env):
 
 
 @needs_swap
+def test_a_live_server_whose_state_file_is_lost_is_found_and_stopped(swap_env):
+    dev = swapon("64M", backend="host")
+    pid = dev.pid
+    os.unlink(dev.state_path)
+    lost = device.devices()[0]
+    assert lost.state == {} and lost.pid == pid
+    steps = lost.swapoff()
+    assert f"server {pid} stopped" in steps and not device._server_alive(pid)
+
+
+@needs_swap
 def test_what_a_crashed_run_left_is_cleaned_by_swapoff_all(swap_env, capsys):
     dev = swapon("64M", backend="host")
     os.kill(dev.pid, signal.SIGKILL)
@@ -286,3 +297,17 @@ def test_a_backing_file_others_can_read_is_refused_and_nothing_is_set_up(swap_en
     with pytest.raises(SwapDeviceError, match="shared.swap"):
         swapon("64M", backend="host", backing=str(bad))
     assert device.devices() == []
+
+
+def test_status_table_has_zramctl_columns_and_says_when_a_server_is_dead():
+    z = {"stored_pages": 10, "backing_pages": 2, "stored_compressed_bytes": 9000, "pool_total_size": 262144,
+         "same_filled_pages": 1, "written_back_pages": 2, "backend": "host", "compressor": "lz4"}
+    rows = [{"name": "swap0", "device": "/dev/loop7", "size": 64 << 20, "disksize": 64 << 20, "zswap": z,
+             "reads": 5, "writes": 3, "read_service_p50_us": 21.4},
+            {"name": "swap1", "device": None, "disksize": 1 << 30,
+             "error": "server dead or not answering: `devpool swapoff` cleans up"}]
+    lines = device.format_status(rows).splitlines()
+    assert lines[0].split() == list(device.COLUMNS)
+    assert lines[1].split() == ["/dev/loop7", "host", "lz4", "64.0M", "48.0K", "8.8K", "256.0K", "10", "1", "2",
+                                "5", "3", "21us"]
+    assert lines[2].startswith("swap1") and "1.0G" in lines[2] and lines[2].endswith("cleans up")
