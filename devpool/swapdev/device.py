@@ -310,7 +310,7 @@ def _new_folder() -> str:
 
 
 def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_pool_percent: float = 20,
-           backing: str | None = None, priority: int = 100, spin_us: float = 50,
+           backing: str | None = None, priority: int = 100, spin_us: float = 0,
            start_timeout: float = 120, activate: bool = True, _lock: bool = True,
            _loop_dio: bool = True) -> SwapDevice:
     """Start a server, mount its file, attach a loop device, ``mkswap`` and ``swapon
@@ -320,7 +320,9 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     ``backing``: a swap file for pages zswap refuses (created 0600); None makes one under
     /var/tmp that goes with the device; ``"none"`` keeps none (then a refused page's
     write fails and the kernel keeps the page in RAM). ``spin_us``: how long the server
-    keeps polling after a request before it sleeps. ``activate=False`` stops after the
+    keeps polling after a request before it sleeps (0: at once; spinning 50 us doubled
+    the fault p50 on this 2-vCPU machine, where the spinner takes the CPU the faulting
+    thread and loop's worker need: bench_swapdev's levers). ``activate=False`` stops after the
     loop device (no mkswap, no swapon): a block device over the pool that tests and
     benchmarks read and write directly.
     """
@@ -430,7 +432,8 @@ def _abort_connection(dev: SwapDevice) -> bool:
 
 def _teardown(dev: SwapDevice) -> list[str]:
     steps, left = [], []
-    alive = responsive = _server_alive(dev.pid)
+    pid = dev.pid                         # once: found by its command line, it goes when it exits
+    alive = responsive = _server_alive(pid)
     if alive:
         try:
             ask(dev.control, "ping", timeout=5)
@@ -438,11 +441,11 @@ def _teardown(dev: SwapDevice) -> list[str]:
             alive = responsive = False    # alive but not answering: a hung (or stopped) server
     if not alive and _abort_connection(dev):
         steps.append("aborted the FUSE connection (server gone or not answering)")
-    elif not responsive and _server_alive(dev.pid):
+    elif not responsive and _server_alive(pid):
         # no fusectl to abort through: the connection ends when its last /dev/fuse
         # descriptor closes, so a hung server goes first (else swapoff would wait on it)
-        _stop_server(dev.pid, patient=False)
-        steps.append(f"server {dev.pid} killed (it did not answer): its FUSE connection ended")
+        _stop_server(pid, patient=False)
+        steps.append(f"server {pid} killed (it did not answer): its FUSE connection ended")
     loops = loops_over(dev.file)
     if dev.state.get("loop") and dev.state["loop"] not in loops and os.path.exists(dev.state["loop"]):
         # a dead mount can hide the name loop reports; trust the state file's
@@ -477,9 +480,9 @@ def _teardown(dev: SwapDevice) -> list[str]:
             except OSError as exc:
                 left.append(str(exc))
         steps.append(f"umount {dev.mountpoint}")
-    if _server_alive(dev.pid):
-        _stop_server(dev.pid, patient=responsive)
-        steps.append(f"server {dev.pid} stopped")
+    if _server_alive(pid):
+        _stop_server(pid, patient=responsive)
+        steps.append(f"server {pid} stopped")
     if dev.state.get("remove_backing", True):      # ours (or the state is lost: the default is ours)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(dev.default_backing)
