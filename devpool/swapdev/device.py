@@ -516,9 +516,10 @@ def _swapoff(loop: str, tries: int = 10) -> None:
 
 
 def _stop_server(pid: int, patient: bool = True) -> None:
-    """Wait for the server to leave (it does once unmounted), then TERM, then KILL; a
-    server that did not answer (hung, or stopped) is killed at once."""
-    plan = ((None, 10.0), (signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)) if patient else ((signal.SIGKILL, 5.0),)
+    """Wait for the server to leave (it does once unmounted), then KILL (it ignores TERM:
+    it may hold swapped pages); a server that did not answer (hung, or stopped) is killed
+    at once."""
+    plan = ((None, 10.0), (signal.SIGKILL, 5.0)) if patient else ((signal.SIGKILL, 5.0),)
     for sig, wait in plan:
         if sig is not None:
             with contextlib.suppress(ProcessLookupError):

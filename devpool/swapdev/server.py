@@ -357,9 +357,13 @@ def main(argv=None) -> int:
             server.close()
         return 1
 
-    def stop(signum, frame):
-        server.stopping = True
-    signal.signal(signal.SIGTERM, stop)
+    def refuse(signum, frame):
+        # swapped-out pages of other processes live only here: a stray `kill` would turn
+        # every one of them into a SIGBUS. The server leaves when its filesystem is
+        # unmounted (`devpool swapoff` does that after swapoff), or by SIGKILL.
+        sys.stderr.write(f"devpool swap server: signal {signum} ignored: this device may hold swapped "
+                         f"pages; `devpool swapoff` undoes it\n")
+    signal.signal(signal.SIGTERM, refuse)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # a Ctrl-C at the caller's terminal is not ours
     _say({"ready": True, "pid": os.getpid(), "warnings": server.warnings,
           "backend": server.pool.stats()["backend"]})

@@ -311,3 +311,23 @@ def test_status_table_has_zramctl_columns_and_says_when_a_server_is_dead():
     assert lines[1].split() == ["/dev/loop7", "host", "lz4", "64.0M", "48.0K", "8.8K", "256.0K", "10", "1", "2",
                                 "5", "3", "21us"]
     assert lines[2].startswith("swap1") and "1.0G" in lines[2] and lines[2].endswith("cleans up")
+
+
+@needs_swap
+def test_a_stray_sigterm_does_not_drop_the_swapped_pages(swap_env):
+    """The server ignores SIGTERM (its pages are other processes' memory); swapoff still
+    stops it."""
+    with swap_device("64M", backend="host", activate=False) as dev:
+        fd = os.open(dev.device, os.O_RDWR | os.O_DIRECT)
+        buf = mmap.mmap(-1, PAGE)
+        try:
+            buf[:] = b"\x5a" * PAGE
+            os.pwritev(fd, [buf], 7 * PAGE)
+            os.kill(dev.pid, signal.SIGTERM)
+            time.sleep(0.3)
+            buf[:] = bytes(PAGE)
+            assert os.preadv(fd, [buf], 7 * PAGE) == PAGE and buf[:] == b"\x5a" * PAGE
+            assert dev.stats()["zswap"]["stored_pages"] == 1
+        finally:
+            os.close(fd)
+            buf.close()
