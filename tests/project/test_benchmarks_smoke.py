@@ -285,3 +285,17 @@ def test_bench_swapdev_smoke(tmp_path):
     after = {p: open(p).read() for p in before}
     assert after == before
     assert open("/proc/swaps").read().count("\n") == 1          # the header only: no swap left
+
+
+def test_bench_swapdev_iops_without_fio(tmp_path, monkeypatch):
+    """The IOPS fallback when fio is not installed: threads doing O_DIRECT I/O."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_swapdev
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.setattr(bench_swapdev.shutil, "which", lambda name: None)
+    target = tmp_path / "dev"
+    target.write_bytes(bytes(1 << 20))
+    for rw in ("read", "write"):
+        assert bench_swapdev.iops(str(target), rw, 2, 0.1, 1 << 20) > 0
