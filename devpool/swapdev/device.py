@@ -182,6 +182,20 @@ def _server_alive(pid: int | None) -> bool:
     return SERVER_MODULE.encode() in cmd
 
 
+def server_pids(mentioning: str = "") -> list[int]:
+    """Pids of devpool swap servers whose command line mentions ``mentioning``."""
+    found = []
+    for cmd in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmd, "rb") as f:
+                text = f.read()
+        except OSError:
+            continue
+        if SERVER_MODULE.encode() in text and mentioning.encode() in text:
+            found.append(int(cmd.split("/")[2]))
+    return found
+
+
 def ask(control: str, request: str = "stats", timeout: float = 3.0) -> dict:
     """One request over a server's control socket; its JSON reply (SwapDeviceError if none)."""
     try:
@@ -239,16 +253,8 @@ class SwapDevice:
         names this folder's control socket), for a run whose state file is lost."""
         if self.state.get("pid"):
             return self.state["pid"]
-        needle = f'"control": {json.dumps(self.control)}'.encode()
-        for cmd in glob.glob("/proc/[0-9]*/cmdline"):
-            try:
-                with open(cmd, "rb") as f:
-                    text = f.read()
-            except OSError:
-                continue
-            if SERVER_MODULE.encode() in text and needle in text:
-                return int(cmd.split("/")[2])
-        return None
+        found = server_pids(f'"control": {json.dumps(self.control)}')
+        return found[0] if found else None
 
     def save(self, **changes) -> None:
         self.state.update(changes)

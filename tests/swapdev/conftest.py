@@ -39,15 +39,7 @@ def leftovers(run_dir: str) -> dict:
     swaps = [s for s in device.active_swaps() if s in loops]
     cg_root = workload.V1 if workload.cgroup_version() == 1 else workload.V2
     cgroups = sorted(os.path.basename(p) for p in glob.glob(os.path.join(cg_root, "devpool-swap-*")))
-    servers = []
-    for cmd in glob.glob("/proc/[0-9]*/cmdline"):
-        try:
-            with open(cmd, "rb") as f:
-                text = f.read()
-        except OSError:
-            continue
-        if b"devpool.swapdev.server" in text and run_dir.encode() in text:
-            servers.append(cmd.split("/")[2])
+    servers = device.server_pids(run_dir)
     folders = sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
     return {"swaps": swaps, "loops": sorted(set(loops)), "mounts": mounts, "cgroups": cgroups,
             "servers": servers, "folders": folders}
