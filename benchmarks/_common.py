@@ -59,9 +59,16 @@ def header(name: str, **extra) -> dict:
             **extra}
 
 
-def save(result: dict, path: str | None) -> None:
+def save(result: dict, path: str | None, complete: bool = True) -> None:
+    """``result`` as JSON at ``path``, atomically (a reader never sees half a file).
+    Benchmarks save as they measure, ``complete=False`` until the last figure, so a run
+    stopped at its limit (a GPU session's step gets SIGINT) leaves every figure it took,
+    marked ``"complete": false``."""
     if path:
-        Path(path).write_text(json.dumps(result, indent=2, default=float))
+        text = json.dumps(dict(result, complete=complete), indent=2, default=float)
+        tmp = Path(f"{path}.partial")
+        tmp.write_text(text)
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager

@@ -92,6 +92,7 @@ def main(argv=None) -> dict:
                "read_pages_per_s": b / r, "read_GBps": nbytes / r / 1e9,
                "raw_d2h_GBps": nbytes / d2h / 1e9, "read_vs_raw": d2h / r}
         rows.append(row)
+        save(dict(res, rows=rows), args.json, complete=False)          # kept if the run is stopped
         print(f"{b:>7}{row['write_pages_per_s']:>15.0f}{row['write_GBps']:>7.2f}{row['write_vs_raw']:>10.2f}"
               f"{row['read_pages_per_s']:>14.0f}{row['read_GBps']:>7.2f}{row['read_vs_raw']:>10.2f}")
         pool.free_batch(hs)

@@ -173,6 +173,7 @@ def main() -> None:
                 res = single_page_ratios(zs, pages, args.passes)
                 parts = load_breakdown(zs, pages, args.passes)
             r["runs"].append({"backend": backend, "codec": codec, "single_page": res, "load_parts": parts})
+            save(r, args.json, complete=False)                        # kept if the run is stopped
             for verb, v in res.items():
                 q = v["p50_vs_bare"]
                 print(f"{backend:8}{codec:10}{verb:12}{v['zswap']['p50_us']:>8.1f}{v['zswap']['p99_us']:>8.1f}"

@@ -56,8 +56,10 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--pages")
     ap.add_argument("--max-pages", type=int, default=65536)
-    ap.add_argument("--workers", default="4096,16384,65536", help="compression worker threads to try")
-    ap.add_argument("--threads", type=int, default=128, help="threads per block")
+    from devpool.kernels.lz4_device import THREADS
+    ap.add_argument("--workers", default="default,4096,65536",
+                    help="compression worker threads to try ('default': what lz4-device uses on this device)")
+    ap.add_argument("--threads", type=int, default=THREADS, help="threads per block")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--smoke", action="store_true", help="tiny sizes (for the CUDA simulator)")
     ap.add_argument("--json")
@@ -94,13 +96,15 @@ def main(argv=None) -> dict:
         row = {"kernel": kind, "GBps": nbytes / med / 1e9, "best_GBps": nbytes / best / 1e9,
                "pages_per_s": n / med, "vs_raw_h2d": h2d / med, **extra}
         res["rows"].append(row)
+        save(res, args.json, complete=False)                          # kept if the run is stopped
         print(f"{label:<34}{row['GBps']:>8.1f}{row['best_GBps']:>8.1f}{row['pages_per_s']:>12.0f}"
               f"{row['vs_raw_h2d']:>11.2f}")
 
     d_pages = cuda.to_device(pages)
     d_out = cuda.device_array((n, core.PAGE_BOUND), np.uint8)
     d_len = cuda.device_array(n, np.int64)
-    for workers in sorted({min(int(w), n) for w in args.workers.split(",")}):
+    codec_workers = devpool.get_codec("lz4-device").workers(n)
+    for workers in sorted({min(codec_workers if w == "default" else int(w), n) for w in args.workers.split(",")}):
         d_tab = cuda.device_array(workers * TABLE, np.int32)
         grid = -(-workers // args.threads)
         times = timed(lambda: launch(compress_kernel, grid, args.threads, None, d_pages, d_out, d_len, d_tab, workers),

@@ -166,6 +166,7 @@ def main(argv=None) -> dict:
                         continue
                     group = pattern if idle is None else f"{pattern} poll{idle // 1000}us"
                     rows += run_subjects(subjects, group, ps, content, trace, budget, n)
+                    save(dict(res, rows=rows), args.json, complete=False)     # kept if the run is stopped
     # how the zero page's fault grows with the handler's service time
     sweep = []
     if args.delay_sweep and "random" in args.patterns.split(","):
@@ -194,6 +195,7 @@ def main(argv=None) -> dict:
             row = run_subject("zswap", dict(subjects["zswap"], **opts), content, trace, budget, 9, True)
             row.update(pattern=pattern, pass_=ps, accesses=accesses, **opts)
             extra.append(row)
+            save(dict(res, rows=rows, policy_and_fault_around=extra), args.json, complete=False)
             print(f"  {pattern:6} pass {ps} zswap {opts}: faults {row['faults']}  p50 {row['p50_us']:.1f} us  "
                   f"touches/s {row['touches_per_s']:.0f}  ok {row['bytes_ok']}", flush=True)
     res["rows"] = rows

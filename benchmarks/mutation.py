@@ -46,7 +46,7 @@ TARGETS = {
     "devpool/pool/pool.py": ["tests/pool/test_contract.py", "tests/pool/test_stateful.py", "tests/pool/test_chaos.py",
                          "tests/pool/test_single_vs_batch.py", "tests/pool/test_hardening.py", "tests/project/test_bounds.py",
                          "tests/cli/test_input_fuzz.py", "tests/kernels/test_device_storage.py"],
-    "devpool/pool/allocator.py": ["tests/pool/test_contract.py", "tests/pool/test_stateful.py",
+    "devpool/pool/allocator.py": ["tests/pool/test_allocator.py", "tests/pool/test_contract.py", "tests/pool/test_stateful.py",
                               "tests/pool/test_single_vs_batch.py", "tests/pool/test_hardening.py"],
     # chaos is the hostile backend every contract test also runs on
     "devpool/pool/chaos.py": ["tests/pool/test_chaos.py", "tests/pool/test_contract.py", "tests/zswap/test_frontend.py"],

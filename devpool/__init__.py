@@ -29,6 +29,7 @@ from ._errors import (
     InvalidSizeError,
     PoolClosedError,
     PoolFullError,
+    RegionError,
     UnknownCodecError,
     WritebackError,
 )
@@ -61,6 +62,7 @@ __all__ = sorted([
     "Pool",
     "PoolClosedError",
     "PoolFullError",
+    "RegionError",
     "SwapRegion",
     "UnknownCodecError",
     "WritebackError",

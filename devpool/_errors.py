@@ -37,6 +37,7 @@ __all__ = [
     "InvalidSizeError",
     "PoolClosedError",
     "PoolFullError",
+    "RegionError",
     "UnknownCodecError",
     "WritebackError",
 ]
@@ -97,7 +98,24 @@ class EntryNotFoundError(DevpoolError, KeyError):
 
 
 class WritebackError(DevpoolError, OSError):
-    """The backing swap file could not be written or read."""
+    """The backing swap file could not be written or read.
+
+    What a caller needs to act without probing is attached where it is known (None
+    where not): ``offsets``, the swap offsets whose slots failed a read's check (their
+    pages are lost); from ``Zswap.store_batch`` / ``store``, ``stored`` (the mask the
+    call would have returned: True where zswap cached the page) and ``not_kept`` (the
+    offsets whose pages are held nowhere: refused by zswap, and their write to the file
+    failed; the caller still owns them).
+    """
+
+    offsets = None
+    stored = None
+    not_kept = None
+
+
+class RegionError(DevpoolError, OSError):
+    """The system refused what a swap region needs (a file descriptor, a process, memory);
+    ``errno`` and the message name what and why."""
 
 
 class CaptureError(DevpoolError, OSError):

@@ -44,6 +44,8 @@ class Row:
     local: int | None = None
     occupancy: float | None = None
     error: str | None = None
+    #: why a module was not checked (an optional package it wraps is absent): not a failure
+    skipped: str | None = None
 
 
 def parse_archs(text: str) -> list[int]:
@@ -69,23 +71,25 @@ def occupancy(registers: int, threads: int, arch: int) -> float:
 
 
 def _declared():
-    """Import every module of devpool.kernels; returns (declared kernels, undeclared names)."""
+    """Import every module of devpool.kernels; returns (declared kernels, undeclared names,
+    modules skipped because an optional package they wrap is not installed)."""
     import devpool.kernels as pkg
     from ._cuda import KERNELS, cuda
-    undeclared = []
+    undeclared, skipped = [], []
     for info in pkgutil.iter_modules(pkg.__path__):
         try:
             mod = importlib.import_module(f"{pkg.__name__}.{info.name}")
-        except ModuleNotFoundError as exc:      # an optional package (nvCOMP): no kernels of ours
-            if (exc.name or "").startswith("devpool"):
-                raise
+        except ImportError as exc:      # an optional package (nvCOMP) is absent: no kernels of ours
+            if (exc.name or "devpool").startswith("devpool"):
+                raise                   # our own import broke: that is a failure, not an absence
+            skipped.append((info.name, f"{exc}: an optional package, no kernels of ours"))
             continue
         for name, obj in vars(mod).items():
             is_kernel = (type(obj).__name__ == "CUDADispatcher" and not obj.targetoptions.get("device", False))
             if is_kernel and not hasattr(obj, "_devpool_kernel") and obj.py_func.__module__ == mod.__name__:
                 undeclared.append(f"{mod.__name__}.{name}")
     del cuda
-    return dict(KERNELS), undeclared
+    return dict(KERNELS), undeclared, skipped
 
 
 def _assemble(ptx: str, arch: int) -> str:
@@ -154,9 +158,10 @@ def check_kernels(archs: list[int]) -> list[Row]:
     from ._cuda import cuda, simulated
     if simulated():
         raise RuntimeError("the CUDA simulator is on (NUMBA_ENABLE_CUDASIM=1): nothing can be compiled; unset it")
-    kernels, undeclared = _declared()
+    kernels, undeclared, skipped = _declared()
     rows = [Row(name, "-", "-", 0, error="a CUDA kernel without declared launch signatures (@kernel(...))")
             for name in undeclared]
+    rows += [Row(name, "-", "-", 0, skipped=why) for name, why in skipped]
     for name, k in sorted(kernels.items()):
         for sig in k.signatures:
             text = ", ".join(map(str, sig))
@@ -178,6 +183,8 @@ def format_rows(rows: list[Row]) -> str:
     for r in rows:
         if r.error:
             lines.append(f"{r.kernel:<34}{r.arch:<8}  FAILED: {r.error}")
+        elif r.skipped:
+            lines.append(f"{r.kernel:<34}{r.arch:<8}  not checked: {r.skipped}")
         else:
             lines.append(f"{r.kernel:<34}{r.arch:<8}{r.threads:>8}{r.registers:>10}"
                          f"{f'{r.spill_stores}/{r.spill_loads}':>13}{r.stack:>7}{r.local:>7}{r.occupancy:>10.0%} ")

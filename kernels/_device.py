@@ -23,12 +23,14 @@ Mechanism and cost, per verb:
   output is scattered into the arena straight from device memory, and loads gather into
   a fresh device buffer for a device decoder; only the int64 metadata (24 bytes per
   object) crosses PCIe.
-- growth: the arena is one device allocation. It grows to the highest committed end,
-  by at least 1.5x (``reserve(end)`` grows once for a whole batch), with one
-  device-to-device memcpy; ``trim`` shrinks it to the top once an eighth of it is
-  free there. The old allocation goes back to the driver at once (CuPy's pool would
-  otherwise keep every old arena). Device OOM while growing is a ``PoolFullError`` and
-  leaves the old arena untouched.
+- growth (:mod:`._arena`): the pool's capacity is reserved once as virtual addresses and
+  physical memory is mapped into it in chunks up to the highest committed end
+  (``reserve(end)`` grows once for a whole batch); ``trim`` unmaps whole chunks above
+  the top. Nothing moves or is copied, and the card holds at most one chunk more than
+  the arena, so a pool can use most of the card. Where the driver cannot map, the arena
+  is one allocation grown by 1.5x with a device-to-device copy (``describe()['arena']``
+  says which, and why). Device OOM while growing is a ``PoolFullError`` and leaves the
+  arena as it was.
 
 Kernels take their arguments wrapped for numba once (the arena when it is allocated,
 staging when it grows), so a launch costs numba's dispatch and nothing per argument;
@@ -61,6 +63,7 @@ from devpool._packed import packed_starts
 from devpool.pool.storage import Storage
 
 from . import _copy_kernels as K
+from ._arena import CudaVmm, MappedArena, ReallocArena, SimVmm
 from ._cuda import launch, simulated
 
 __all__ = ["CudaStorage", "probe", "simulated"]
@@ -172,8 +175,14 @@ class _NumbaMemory:
     def retire(self, buf) -> None:
         """A buffer the storage no longer uses (the caller synchronised first)."""
 
-    def release_cached(self) -> None:
-        """Give cached device memory back to the driver."""
+    def arena(self, capacity: int):
+        """The arena of a pool of ``capacity`` bytes (:mod:`._arena`): numba alone maps no
+        virtual memory here, so it grows by reallocation."""
+        return ReallocArena(self, capacity, "reallocated: numba device arrays (CuPy is not usable)")
+
+    def alloc_arena(self, n: int):
+        """A reallocated arena's one allocation."""
+        return self.alloc(n)
 
     def discard_queue(self) -> None:
         """Forget queued work (after a fault): only the simulator queues."""
@@ -246,9 +255,14 @@ class _CupyMemory(_NumbaMemory):
             self.rt.memcpyAsync(dst.data.ptr + doff, src.data.ptr + soff, n,
                                 self.rt.memcpyDeviceToDevice, stream.ptr)
 
-    def release_cached(self) -> None:
-        self.cp.get_default_memory_pool().free_all_blocks()
-        self.cp.get_default_pinned_memory_pool().free_all_blocks()
+    def arena(self, capacity: int):
+        return _mapped_or_reallocated(self, lambda: CudaVmm(self.cp.cuda.Device().id), capacity)
+
+    def alloc_arena(self, n: int):
+        # straight from the driver, outside CuPy's pool: a freed arena goes back at once
+        # (the pool would keep every old arena), and nobody else's pool is emptied for it
+        mem = self.cp.cuda.Memory(_align(max(n, 1)))
+        return self.cp.ndarray((_align(max(n, 1)),), self.cp.uint8, self.cp.cuda.MemoryPointer(mem, 0))
 
     def device_name(self) -> str:
         props = self.rt.getDeviceProperties(self.cp.cuda.Device().id)
@@ -358,8 +372,33 @@ class _SimMemory(_NumbaMemory):
     def retire(self, buf) -> None:
         self._ary(buf).fill(POISON)
 
+    def arena(self, capacity: int):
+        return _mapped_or_reallocated(self, lambda: SimVmm(POISON), capacity)
+
     def device_name(self) -> str:
         return "numba CUDA simulator (CPU)"
+
+
+def _mapped_or_reallocated(mem, driver, capacity: int):
+    """A reserved virtual range mapped as it grows (:mod:`._arena`), tried once with one
+    chunk (map, set access, wrap for numba); where the driver refuses any of it (no
+    cuda-bindings, a range too large to reserve), reallocation, saying why."""
+    try:
+        arena = MappedArena(driver(), capacity)
+    except Exception as exc:                   # noqa: BLE001 - the reason is reported
+        return ReallocArena(mem, capacity, f"reallocated: virtual memory management unavailable "
+                                           f"({type(exc).__name__}: {exc})")
+    try:
+        arena.resize(arena.chunk)
+        arena.resize(0)
+        return arena
+    except Exception as exc:                   # noqa: BLE001 - the reason is reported
+        try:
+            arena.close()
+        except Exception:                      # noqa: BLE001 - already failing
+            pass
+        return ReallocArena(mem, capacity, f"reallocated: mapping device memory failed "
+                                           f"({type(exc).__name__}: {exc})")
 
 
 def _provider():
@@ -390,11 +429,13 @@ class CudaStorage(Storage):
             self.stream = self.mem.stream()
             self._kstream = self.mem.kernel_stream(self.stream)
             self._events = [self.mem.event(), self.mem.event()]
+            self.arena = self.mem.arena(self.capacity_bytes)
         except Exception as exc:
             raise DeviceError(f"could not set up the CUDA device: {exc}") from exc
         self.threads = K.threads_per_block(simulated())
-        self._arena = None                    # the provider's buffer (copies address it)
-        self._arena_k = None                  # the same, wrapped for kernels once
+        self._arena = None                    # the arena's buffer (copies address it)
+        self._arena_k = None                  # the same, wrapped for kernels once per size
+        self._arena_w = self._dev_w = None    # arena and staging seen as uint64 (wide copies)
         self._size = 0
         self._live: dict[int, int] = {}       # committed ranges: offset -> bytes
         self._live_bytes = 0
@@ -437,42 +478,55 @@ class CudaStorage(Storage):
         except Exception as exc:
             raise DeviceError(f"{what} failed: {exc}") from exc
 
+    def _words(self, buf):
+        """``buf`` seen as uint64 for the copy kernel's wide path: made once for the arena
+        and staging; ``None`` where it cannot be (the kernel then copies bytes)."""
+        if buf is self._arena_k:
+            return self._arena_w
+        if buf is self._dev_u8:
+            return self._dev_w
+        return K.words(buf)[0]
+
     def _launch(self, what: str, n: int, dst, src, src_col: int, dst_col: int, len_col: int,
                 dst_shift: int = 0, src_shift: int = 0) -> None:
         """The copy kernel over ``n`` objects whose int64 columns are in device staging."""
         if n == 0:
             return
+        dst8, src8 = self._words(dst), self._words(src)
+        wide = int(dst8 is not None and src8 is not None)
+        if not wide:                          # the signature wants uint64 arrays: any will do, unread
+            dst8 = src8 = self._dev_w
         try:
             self.mem.launch(f"{what} kernel over {n} objects", K.copy_kernel, n, self.threads, self._kstream,
-                            (dst, src, self._dev_i64, src_col, dst_col, len_col, n, dst_shift, src_shift))
+                            (dst, src, dst8, src8, self._dev_i64, src_col, dst_col, len_col, n, dst_shift, src_shift,
+                             wide))
         except Exception as exc:
             raise DeviceError(f"{what} kernel over {n} objects failed to launch: {exc}") from exc
 
     # --- growth -------------------------------------------------------------------------
     def _grown(self, end: int) -> int:
-        """The size to grow to for ``end``: at least 1.5x, in 64 KiB steps, within capacity."""
-        return min(self.capacity_bytes, _align(max(end, self._size + self._size // 2), 1 << 16))
+        """The size to grow to for ``end``, within capacity (the arena's policy)."""
+        return self.arena.target(end, self.capacity_bytes)
 
     def _resize(self, new_size: int) -> None:
-        """Reallocate the arena (one device-to-device memcpy); OOM leaves the old one intact."""
+        """Grow or shrink the arena (:mod:`._arena`); device OOM is a ``PoolFullError``
+        and leaves the arena as it was."""
         self._alive()
         try:
-            new = self.mem.alloc(new_size) if new_size else None
-        except self.mem.oom as exc:
-            raise PoolFullError(f"device out of memory growing the arena to {new_size} bytes") from exc
+            self.arena.resize(new_size, self._arena_copy)
+        except self.mem.oom + (MemoryError,) as exc:
+            raise PoolFullError(f"device out of memory growing the arena to {new_size} bytes: {exc}") from exc
+        except DeviceError:
+            raise
         except Exception as exc:
-            raise DeviceError(f"allocating a {new_size}-byte device arena failed: {exc}") from exc
-        keep = min(self._size, new_size)
-        if keep:
-            self._copy(f"copying {keep} bytes into the resized arena", self.mem.d2d, new, 0, self._arena, 0, keep)
-            self._sync("resizing the device arena")
-        old = self._arena
-        self._arena, self._size = new, new_size
-        self._arena_k = self.mem.kview(new)[0] if new is not None else None
-        if old is not None:
-            self.mem.retire(old)
-        del old
-        self.mem.release_cached()
+            raise DeviceError(f"resizing the device arena to {new_size} bytes failed: {exc}") from exc
+        self._arena, self._arena_k, self._size = self.arena.buf, self.arena.k, self.arena.size
+        self._arena_w = K.words(self._arena_k)[0] if self._arena_k is not None else None
+
+    def _arena_copy(self, new, old, nbytes: int) -> None:
+        """A reallocated arena's contents into its new allocation (one copy, one sync)."""
+        self._copy(f"copying {nbytes} bytes into the resized arena", self.mem.d2d, new, 0, old, 0, nbytes)
+        self._sync("resizing the device arena")
 
     def reserve(self, end: int) -> None:
         """Grow once to hold ``[0, end)`` (a batch's highest end), before its commits."""
@@ -491,7 +545,7 @@ class CudaStorage(Storage):
 
     def trim(self) -> None:
         top = max((o + n for o, n in self._live.items()), default=0)
-        if top < self._size - self._size // 8:   # at least 1/8 free at the top: shrink to it
+        if self.arena.worth_shrinking(top):
             self._resize(top)
 
     @property
@@ -523,6 +577,7 @@ class CudaStorage(Storage):
             self.mem.retire(self._pinned)
         self._dev = dev
         self._dev_u8, self._dev_i64 = self.mem.kview(dev)
+        self._dev_w = K.words(self._dev_u8)[0]
         self._pinned = pinned
         self._pinned64 = pinned[:size].view(np.int64)
         self._stage_size = size
@@ -691,15 +746,17 @@ class CudaStorage(Storage):
 
     def describe(self) -> dict:
         d = {"backend": self.kind, "device": self.mem.device_name(), "memory": self.mem.name,
-             "arena_bytes": self._size, "staging_bytes": int(self._stage_size)}
+             "arena": self.arena.kind, "arena_how": self.arena.why, "arena_bytes": self._size,
+             "arena_unit_bytes": getattr(self.arena, "chunk", 0),
+             "arena_peak_bytes": self.arena.peak, "staging_bytes": int(self._stage_size)}
         if self._dead is not None:
             d["device_fault"] = self._dead
         return d
 
     def close(self) -> None:
         self.mem.discard_queue()
-        self._arena = self._arena_k = None
-        self._dev = self._dev_u8 = self._dev_i64 = None
+        self._arena = self._arena_k = self._arena_w = None
+        self._dev = self._dev_u8 = self._dev_i64 = self._dev_w = None
         self._pinned = np.zeros(0, np.uint8)
         self._pinned64 = self._pinned.view(np.int64)
         self._page = None
@@ -708,6 +765,6 @@ class CudaStorage(Storage):
         self._live.clear()
         self._live_bytes = 0
         try:
-            self.mem.release_cached()
+            self.arena.close()
         except Exception:                     # a dead context: nothing more to give back
             pass

@@ -14,8 +14,9 @@ then raises a :class:`~devpool.DeviceError` saying why.
 
 from __future__ import annotations
 
-import numpy as np
-from nvidia import nvcomp
+import nvidia.nvcomp as nvcomp   # not ``from nvidia import nvcomp``: with the CUDA wheels the
+import numpy as np                # ``nvidia`` namespace always exists, and that form then raises a plain
+                                  # ImportError where this raises ModuleNotFoundError (nvCOMP absent)
 
 from devpool.codecs.base import Codec, _pack_blocks, check_decode_args, check_pages, check_rows
 from devpool.codecs.registry import register_codec

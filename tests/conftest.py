@@ -27,6 +27,27 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     if not config.getoption("--gpu"):
         os.environ.setdefault("NUMBA_ENABLE_CUDASIM", "1")
+    config.addinivalue_line("markers", "device: touches a CUDA device (the cuda backend, a device codec, "
+                            "nvCOMP); select the GPU's tests with -m device")
+
+
+#: modules whose every test touches the device (the storage's own tests, nvCOMP's)
+DEVICE_MODULES = {"tests.kernels.test_device_storage", "tests.codecs.test_nvcomp"}
+#: parameter values that put a test on the device
+DEVICE_PARAMS = {"cuda", "chaos-cuda", "lz4-device", "nvcomp-lz4"}
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark ``device`` every test that touches the device, so a GPU run selects exactly
+    those (``-m device``) and no CPU-only test by an accident of its name: a backend
+    or codec parameter on the device, a module of device tests, or the mark written
+    on the test. The compile-only checks (check-kernels, the CuPy API table, the kernel
+    cache) need no GPU and are not marked: they run on the CPU, in CI."""
+    for item in items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if (item.module.__name__ in DEVICE_MODULES
+                or any(isinstance(v, str) and v in DEVICE_PARAMS for v in params.values())):
+            item.add_marker(pytest.mark.device)
 
 
 _CUDA_USABLE: tuple[bool, str] | None = None
@@ -82,7 +103,7 @@ def hostile(backend) -> bool:
 def sized(simulated, hostile):
     """``sized(full, small, tiny)``: how much work a test does here: ``full`` on host and
     chaos, ``small`` under the simulator, ``tiny`` for chaos under the simulator (every
-    call relocates and cleans with simulated kernels; ``small`` when not given)."""
+    call migrates objects with simulated kernels; ``small`` when not given)."""
     def pick(full, small, tiny=None):
         if simulated:
             return tiny if hostile and tiny is not None else small

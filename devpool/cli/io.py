@@ -24,13 +24,14 @@ import os
 import stat
 import sys
 import tempfile
+import time
 
 import numpy as np
 
 from .._errors import BadInputError, DevpoolError
 from .._checks import PAGE_SIZE
 
-__all__ = ["OutputError", "check_output_path", "check_plot_path", "load_pages_file", "open_npy",
+__all__ = ["OutputError", "ProgressBar", "check_output_path", "check_plot_path", "load_pages_file", "open_npy",
            "open_regular_file", "progress", "save_pages", "write_atomically", "write_outputs"]
 
 PAGE = PAGE_SIZE          # the one page size (devpool._checks)
@@ -50,6 +51,54 @@ def progress(iterable, desc: str, total: int | None = None, quiet: bool = False)
     except ImportError:
         return iterable
     return tqdm(iterable, desc=desc, total=total, leave=False, file=sys.stderr)
+
+
+class ProgressBar:
+    """``bar(done, total)`` follows a count (pages read, say): a tqdm bar when tqdm is
+    installed (the ``bench`` extra), else a plain line on stderr at most every
+    ``PLAIN_EVERY`` seconds; nothing when ``quiet``. A context manager: closed on exit."""
+
+    #: seconds between two plain progress lines (without tqdm)
+    PLAIN_EVERY = 2.0
+
+    def __init__(self, desc: str, quiet: bool = False, unit: str = "page"):
+        self.desc, self.unit, self.quiet = desc, unit, quiet
+        self._bar = None
+        self._tqdm = None
+        self._next_line = 0.0
+        if not quiet:
+            try:
+                from tqdm import tqdm
+                self._tqdm = tqdm
+            except ImportError:
+                pass
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if self.quiet:
+            return
+        if self._tqdm is None:
+            now = time.monotonic()
+            if now >= self._next_line:
+                self._next_line = now + self.PLAIN_EVERY
+                of = f" of {total}" if total else ""
+                print(f"{self.desc}: {done}{of} {self.unit}s", file=sys.stderr, flush=True)
+            return
+        if self._bar is None:
+            self._bar = self._tqdm(total=total, desc=self.desc, unit=self.unit, leave=False, file=sys.stderr)
+        elif total is not None and total != self._bar.total:
+            self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def __enter__(self) -> "ProgressBar":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # --- inputs -------------------------------------------------------------------------------
@@ -164,9 +213,12 @@ def check_output_path(path: str | None) -> None:
     Never opens ``path`` itself (opening a FIFO blocks until a reader comes): an existing
     entry must be a regular file we may write, and the folder must take a new file (a
     probe file, created exclusively and removed again, shows that; nothing stays behind).
+    None means "no such output"; an empty path is refused.
     """
-    if not path:
+    if path is None:
         return
+    if not path:                          # "-o ''": refused before the work, not after it
+        raise BadInputError("an output path is empty; name a file")
     try:
         st = os.lstat(path)
     except FileNotFoundError:
@@ -189,10 +241,19 @@ def check_output_path(path: str | None) -> None:
 
 def check_plot_path(path: str | None) -> str | None:
     """``check_output_path`` for a figure, plus its format: the extension must be one
-    matplotlib writes (checked before the run; needs matplotlib, the ``bench`` extra)."""
-    if not path:
+    matplotlib writes (checked before the run). Without matplotlib (the ``bench``
+    extra) the figure is the one thing lost: a warning says so and None comes back,
+    so the caller drops ``--plot`` and the run, its table and ``--json`` go on."""
+    if path is None:
         return None
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    if not path:                          # "--plot ''": refused, as every empty output is
+        raise BadInputError("an output path is empty; name a file")
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+    except ImportError as exc:
+        print(f"devpool: warning: no plot will be written to {path}: matplotlib is not installed ({exc}); "
+              f"pip install 'devpool[bench]'", file=sys.stderr)
+        return None
     formats = FigureCanvasAgg.get_supported_filetypes()
     ext = os.path.splitext(path)[1].lower().lstrip(".")
     if ext not in formats:

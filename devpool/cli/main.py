@@ -15,6 +15,7 @@ import sys
 import numpy as np
 
 from .io import (
+    ProgressBar,
     check_output_path,
     check_plot_path,
     load_pages_file,
@@ -75,7 +76,8 @@ def _pages(args) -> tuple[np.ndarray, str]:
     if args.pages:
         pages, source = load_pages_file(args.pages, args.max_pages), args.pages
     elif args.pid is not None:
-        pages, source = capture_pid(args.pid, max_pages=args.max_pages), f"pid {args.pid}"
+        with ProgressBar(f"capture pid {args.pid}", quiet=args.quiet) as bar:
+            pages, source = capture_pid(args.pid, max_pages=args.max_pages, progress=bar), f"pid {args.pid}"
     else:
         if not args.quiet:
             print("capturing pages from built-in workloads (python heap, sqlite, numeric) ...", file=sys.stderr)
@@ -122,18 +124,21 @@ def cmd_capture(args) -> int:
 def cmd_bench(args) -> int:
     from .bench import run_bench
     check_output_path(args.json)
-    check_plot_path(args.plot)
+    if check_plot_path(args.plot) is None:         # no --plot, or no matplotlib: no figure
+        args.plot = None
     pages, source = _pages(args)
     return run_bench(args, pages, source)
 
 
 # --- replay -------------------------------------------------------------------------------
 def cmd_replay(args) -> int:
-    from .replay import run_replay
+    from .replay import prepare_replay, run_replay
     check_output_path(args.json)
-    check_plot_path(args.plot)
+    if check_plot_path(args.plot) is None:         # no --plot, or no matplotlib: no figure
+        args.plot = None
+    prepared = prepare_replay(args)          # every refusal before pages are captured
     pages, source = _pages(args)
-    return run_replay(args, pages, source)
+    return run_replay(args, pages, source, prepared)
 
 
 # --- check-kernels --------------------------------------------------------------------------
@@ -151,7 +156,8 @@ def cmd_check_kernels(args) -> int:
     print(format_rows(rows))
     failed = [r for r in rows if r.error]
     if failed:
-        print(f"devpool check-kernels: {len(failed)} of {len(rows)} kernel builds failed", file=sys.stderr)
+        built = [r for r in rows if not r.skipped]          # a module not checked is no build
+        print(f"devpool check-kernels: {len(failed)} of {len(built)} kernel builds failed", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -22,12 +22,13 @@ import warnings
 import numpy as np
 
 from ..pool.backends import open_pool
+from ..pool.pool import DEFAULT_SEGMENT_BYTES
 from .._checks import check_int, check_real
 from .io import open_npy, open_regular_file, progress, write_outputs
 from .._errors import BadInputError, DevpoolError
 from ..zswap.frontend import Zswap
 
-__all__ = ["MAX_ACCESSES", "MAX_WORKING_SET", "load_trace", "make_trace", "run_replay"]
+__all__ = ["MAX_ACCESSES", "MAX_WORKING_SET", "load_trace", "make_trace", "prepare_replay", "run_replay"]
 
 #: pages evicted together once RAM is over budget: a store_batch per fault would model
 #: no batching at all, a large one evicts pages that are about to be touched again
@@ -68,10 +69,14 @@ def load_trace(path: str) -> np.ndarray:
             count = int(np.prod(shape, dtype=np.int64)) if shape else 1
             if dtype.kind not in "iu":
                 raise BadInputError(f"{path}: a trace holds integer page numbers, got {dtype}")
+            if len(shape) != 1:
+                raise BadInputError(f"{path}: a trace is a 1-D array of page numbers, got shape {shape}")
             if count > MAX_ACCESSES:
                 raise BadInputError(f"{path}: {count} accesses; a trace holds at most {MAX_ACCESSES}")
             f.seek(0)
             trace = np.load(f, allow_pickle=False)
+        if trace.ndim != 1:                   # the file changed since its header was read
+            raise BadInputError(f"{path}: a trace is a 1-D array of page numbers, got shape {trace.shape}")
     else:
         with open_regular_file(path) as f:
             size = os.fstat(f.fileno()).st_size
@@ -98,16 +103,63 @@ def load_trace(path: str) -> np.ndarray:
     return trace.astype(np.int64)
 
 
-def run_replay(args, pages: np.ndarray, source: str) -> int:
+def prepare_replay(args) -> tuple[np.ndarray, np.random.Generator]:
+    """Everything ``devpool replay`` can refuse, checked before any work (pages are
+    captured, the simulation runs): the arguments, the pattern (a trace file is read
+    and checked here) and, with ``--real``, the real region's pool and limit. Returns
+    the trace and the random generator that made it (the replay draws on it after)."""
     for name in ("working_set", "ram_pages", "pool_limit_pages"):
         check_int(getattr(args, name), "--" + name.replace("_", "-"), lo=1, hi=MAX_WORKING_SET)
     check_int(args.accesses, "--accesses", lo=1, hi=MAX_ACCESSES)
     rng = np.random.default_rng(check_int(args.seed, "--seed", lo=0))
     if args.incompressible is not None:
         check_real(args.incompressible, "--incompressible", lo=0, hi=1)
+    trace = make_trace(args.pattern, args.working_set, args.ram_pages, args.accesses, rng)
+    _dry_open(args, _segment_bytes(args))              # backend, codec, limit: as simulated
+    if getattr(args, "real", False):
+        try:
+            _dry_open(args, None)                      # as the real region opens them
+        except BadInputError as exc:
+            least = DEFAULT_SEGMENT_BYTES // 4096
+            hint = (f"; its pool has {least}-page segments: use --pool-limit-pages {least} or more"
+                    if args.pool_limit_pages < least else "")
+            raise BadInputError(f"--real: the real region would refuse this run: {exc}{hint}") from exc
+    return trace, rng
+
+
+def _segment_bytes(args) -> int:
+    """The simulation's pool segments: at most an eighth of the limit (16..256 KiB), so
+    the limit is felt in fine steps rather than whole 256 KiB segments."""
+    limit = args.pool_limit_pages * 4096
+    return min(256 << 10, max(16 << 10, 1 << max(12, (limit // 8).bit_length() - 1)))
+
+
+def _open_zswap(args, segment_bytes: int | None, backing=None) -> tuple:
+    """``(pool, zswap)`` of a replay: the limit, backend and codec of ``args``; a pool of
+    ``segment_bytes`` segments (None: the pool's default, as ``replay_real``'s region
+    opens it, with the same capacity)."""
+    limit = args.pool_limit_pages * 4096
+    options = {} if segment_bytes is None else {"segment_bytes": segment_bytes}
+    pool = open_pool(args.backend, capacity_bytes=max(16 << 20, 4 * limit), **options)
+    try:
+        return pool, Zswap(pool, compressor=args.compressor, max_pool_bytes=limit, backing=backing)
+    except BaseException:
+        pool.close()
+        raise
+
+
+def _dry_open(args, segment_bytes: int | None) -> None:
+    """Open and close what a run will open, so that what it would refuse is refused now."""
+    pool, zs = _open_zswap(args, segment_bytes)
+    zs.close()
+    pool.close()
+
+
+def run_replay(args, pages: np.ndarray, source: str, prepared=None) -> int:
+    """Replay ``prepared`` (what :func:`prepare_replay` returned; made here if None)."""
+    trace, rng = prepared if prepared is not None else prepare_replay(args)
     if pages.shape[0] == 0:
         raise BadInputError("no pages to replay")
-    trace = make_trace(args.pattern, args.working_set, args.ram_pages, args.accesses, rng)
     ws = int(trace.max()) + 1
     content = pages[np.arange(ws) % pages.shape[0]]
     if args.incompressible:
@@ -115,13 +167,7 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
         content[noisy] = rng.integers(0, 256, (int(noisy.sum()), 4096), dtype=np.uint8)
 
     tmp = tempfile.TemporaryDirectory(prefix="devpool-replay-")
-    limit = args.pool_limit_pages * 4096
-    # segments of at most an eighth of the limit (16..256 KiB), so the limit is felt in
-    # fine steps rather than whole 256 KiB segments
-    segment = min(256 << 10, max(16 << 10, 1 << max(12, (limit // 8).bit_length() - 1)))
-    pool = open_pool(args.backend, capacity_bytes=max(16 << 20, 4 * limit), segment_bytes=segment)
-    zs = Zswap(pool, compressor=args.compressor, max_pool_bytes=args.pool_limit_pages * 4096,
-               backing=os.path.join(tmp.name, "swap"))
+    pool, zs = _open_zswap(args, _segment_bytes(args), backing=os.path.join(tmp.name, "swap"))
     # warm-up (compiles the codec) on an offset the trace cannot reach
     spare = ws + 1
     zs.store_batch([spare], content[:1])
@@ -193,7 +239,7 @@ def run_replay(args, pages: np.ndarray, source: str) -> int:
     print(f"  fault latency: zswap p50 {res['zswap_fault_p50_us']:.0f} us p99 {res['zswap_fault_p99_us']:.0f} us; "
           f"backing p50 {res['backing_fault_p50_us']:.0f} us p99 {res['backing_fault_p99_us']:.0f} us")
     if getattr(args, "real", False):
-        from ..region.client import print_replay_real, replay_real
+        from .replay_real import print_replay_real, replay_real
         res["real"] = replay_real(args, trace, content)
         print_replay_real(res["real"])
     write_outputs(res, args, _plot)

@@ -3,9 +3,9 @@
 zstd is what many distributions configure for zswap and zram: slower than LZ4, a better
 ratio. A block is a bare frame (no content size, checksum or dictionary id: the page
 size is known), decoded with the page size as its limit, so a block that decodes to
-anything but exactly one page is a failure. The per-page loop is the lz4 binding
-codecs'; compressor and decompressor contexts are made once per thread (a context is
-not safe to share between threads).
+anything but exactly one page is a failure. The per-page loop is :mod:`.per_page`'s
+(the lz4 binding codecs' too); compressor and decompressor contexts are made once per
+thread (a context is not safe to share between threads).
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import threading
 
 import zstandard
 
-from .lz4_block import _Lz4Block
+from .per_page import _PerPage
 from .registry import register_codec
 from .._checks import check_int
 
 __all__ = ["Zstd"]
 
 
-class Zstd(_Lz4Block):
+class Zstd(_PerPage):
     """Zstandard frames, ``level`` 1..22 (zstd's default is 3, as the kernel's)."""
 
     codec_id = "zstd"

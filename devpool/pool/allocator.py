@@ -45,6 +45,16 @@ layout, 16-bit generations reused last in, first out, aliased after 65 535 cycle
 Pool ids are not hashed: a registry hands each open pool an id no other open pool holds,
 so another live pool's handle is always foreign; a closed pool's id is reused last.
 
+Handles of closed pools. Ids are few (1023), so a later pool gets a closed pool's id
+back (first in, first out: after 1 022 other opens). It does not get its generations
+back: the registry remembers, per id, one past the highest generation any holder issued,
+and the next holder starts every slot there. A closed pool's handle is then refused by
+every later pool exactly as that pool's own stale handle would be: it could only be
+accepted once the id's generations have gone round all 2**25 - 1 values, which takes
+one pool lifetime per value (3.4e10 pool opens across the 1023 ids) or as many
+generations of one slot (the 5.5e11 allocations above). The cost is nothing on any
+handle check (the same equality test) and one pass over the generation table at close.
+
 The value is not an address and says nothing about where the bytes are.
 """
 
@@ -79,6 +89,13 @@ _GEN_MASK = (1 << _GEN_BITS) - 1
 MAX_SLOTS = 1 << _SLOT_BITS
 #: freed slots wait behind at least this many others before reuse (see the docstring)
 MIN_FREE_SLOTS = 1 << 14
+#: the handle table's types: a size is at most a segment, a generation 25 bits, a slot 28
+_SIZE_T, _SLOT_T = np.int32, np.int32
+#: a handle's generation field: one up, and back from the top to 1 (never 0)
+_GEN_ONE = 1 << _SLOT_BITS
+_GEN_BACK = (_GEN_MASK - 1) << _SLOT_BITS
+#: the largest object a pool takes (its size is kept in 32 bits: 2 GiB - 1)
+MAX_OBJECT_BYTES = (1 << 31) - 1
 
 class Placement(NamedTuple):
     """Where a batch would go (:meth:`Allocator.plan`); nothing is changed yet."""
@@ -99,24 +116,45 @@ class CleaningPlan(NamedTuple):
     head_fill: int          # its bump pointer
 
 
-# --- pool ids: unique among open pools ---------------------------------------------------
+# --- pool ids: unique among open pools, generations never reused across them -----------
 # re-entrant: a pool dropped unclosed gives its id back from a garbage-collection pass,
 # which may run in any thread at any allocation, also inside these locked sections
 _ids_lock = threading.RLock()
 _free_ids = collections.deque(range(1, 1 << _ID_BITS))   # first in, first out
+#: per pool id, the generation its next holder starts every slot at: one past the
+#: highest its earlier holders issued, so a closed pool's handle (its id, a generation
+#: it issued) is refused by every later pool with that id as if it were that pool's own
+#: stale handle (see the module docstring: "Handles of closed pools")
+_next_gen = [1] * (1 << _ID_BITS)
 
 
-def _take_pool_id() -> int:
-    with _ids_lock:
-        if not _free_ids:
-            raise PoolFullError(f"too many pools open at once (at most {(1 << _ID_BITS) - 1}); "
-                                f"close some first")
-        return _free_ids.popleft()
+class _PoolId:
+    """One allocator's lease of a pool id, and the generations it issued under it.
 
+    Kept apart from the allocator so that a finalizer can give the id back when a pool
+    is dropped unclosed (it holds this, never the allocator)."""
 
-def _give_pool_id(pool_id: int) -> None:
-    with _ids_lock:
-        _free_ids.append(pool_id)
+    __slots__ = ("id", "base", "hv")
+
+    def __init__(self):
+        with _ids_lock:
+            if not _free_ids:
+                raise PoolFullError(f"too many pools open at once (at most {(1 << _ID_BITS) - 1}); "
+                                    f"close some first")
+            self.id = _free_ids.popleft()
+            self.base = _next_gen[self.id]
+        self.hv = None              # the allocator's handle table, kept current
+
+    def give_back(self) -> None:
+        """Return the id, recording how far its generations went (whole-table: once,
+        at close). Generations cycle through 1.._GEN_MASK, starting at ``base``."""
+        hv = self.hv
+        gens = None if hv is None else (hv >> _SLOT_BITS) & _GEN_MASK
+        span = 0 if gens is None or gens.size == 0 else int(((gens - self.base) % _GEN_MASK).max()) + 1
+        with _ids_lock:
+            _next_gen[self.id] = (self.base - 1 + span) % _GEN_MASK + 1
+            _free_ids.append(self.id)
+        self.hv = None
 
 # _decode's error codes
 _OK, _MALFORMED, _FOREIGN, _STALE, _DUPLICATE = 0, 1, 2, 3, 4
@@ -134,24 +172,26 @@ def aligned(sizes: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode(handles, key, tag, gens, locs, check_duplicates, seen):
-    """Handles -> slots; returns (slots, index of first bad handle or -1, error code)."""
+def _decode(handles, key, tag, hv, locs, check_duplicates, seen):
+    """Handles -> slots; returns (slots, index of first bad handle or -1, error code).
+    A handle is good when its slot answers to exactly that value (``hv``: pool id,
+    generation, slot) and holds an object; only a bad one is taken apart, for why."""
     n = handles.shape[0]
     slots = np.empty(n, dtype=np.int64)
-    nslots = gens.shape[0]
+    nslots = hv.shape[0]
     for i in range(n):
         h = handles[i] ^ key
+        slot = h & _SLOT_MASK
+        if slot < nslots and hv[slot] == h and locs[slot] >= 0:
+            slots[i] = slot
+            continue
         if h <= 0:
             return slots, i, _MALFORMED
         if (h >> _TAG_SHIFT) != tag:
             return slots, i, _FOREIGN
-        slot = h & _SLOT_MASK
-        gen = (h >> _SLOT_BITS) & _GEN_MASK
-        if slot >= nslots or gen == 0:
+        if slot >= nslots or (h >> _SLOT_BITS) & _GEN_MASK == 0:
             return slots, i, _MALFORMED
-        if gens[slot] != gen or locs[slot] < 0:
-            return slots, i, _STALE
-        slots[i] = slot
+        return slots, i, _STALE
     if check_duplicates:
         # seen[] is all-zero on entry and restored before return
         bad = -1
@@ -165,6 +205,19 @@ def _decode(handles, key, tag, gens, locs, check_duplicates, seen):
         if bad >= 0:
             return slots, bad, _DUPLICATE
     return slots, -1, _OK
+
+
+@numba.njit(cache=True, nogil=True)
+def _slots_in(locs, is_victim, seg_bytes):
+    """The live slots whose object lies in a segment marked in ``is_victim``."""
+    out = np.empty(locs.shape[0], dtype=np.int64)
+    n = 0
+    for slot in range(locs.shape[0]):
+        off = locs[slot]
+        if off >= 0 and is_victim[off // seg_bytes]:
+            out[n] = slot
+            n += 1
+    return out[:n]
 
 
 @numba.njit(cache=True, nogil=True)
@@ -241,7 +294,7 @@ def _record(slots, sizes, asizes, offsets, opened, seg_bytes,
 
 
 @numba.njit(cache=True, nogil=True)
-def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_placed,
+def _forget(slots, locs, size_tab, hv, seg_bytes, seg_fill, seg_live, seg_placed,
             in_use, ring, ring_head, ring_count, head):
     """Free validated slots: segment figures, generations, the free-slot queue's tail.
 
@@ -276,8 +329,8 @@ def _forget(slots, locs, size_tab, gens, seg_bytes, seg_fill, seg_live, seg_plac
         asz[i] = a
         total += size
         locs[slot] = -1
-        g = gens[slot] + 1
-        gens[slot] = 1 if g > _GEN_MASK else g        # wrap, never 0
+        v = hv[slot]                                    # the next generation, never 0
+        hv[slot] = v + _GEN_ONE if (v >> _SLOT_BITS) & _GEN_MASK != _GEN_MASK else v - _GEN_BACK
         ring[(ring_head + ring_count) % cap] = slot
         ring_count += 1
     return offsets, asz, emptied[:n_empty], ring_count, total
@@ -292,12 +345,13 @@ class Allocator:
     the same figures, which the model tests compare.
     """
 
-    def __init__(self, capacity_bytes: int, segment_bytes: int, max_object_bytes: int):
+    def __init__(self, capacity_bytes: int, segment_bytes: int, max_object_bytes: int,
+                 handle_key: int = 0):
         if segment_bytes <= 0 or segment_bytes % 4096:
             raise InvalidSizeError(f"segment_bytes must be a positive multiple of 4096, got {segment_bytes}")
-        if max_object_bytes <= 0 or max_object_bytes > segment_bytes:
-            raise InvalidSizeError(
-                f"max_object_bytes must be in 1..segment_bytes ({segment_bytes}), got {max_object_bytes}")
+        if max_object_bytes <= 0 or max_object_bytes > min(segment_bytes, MAX_OBJECT_BYTES):
+            raise InvalidSizeError(f"max_object_bytes must be in 1..segment_bytes ({segment_bytes}) and at "
+                                   f"most {MAX_OBJECT_BYTES}, got {max_object_bytes}")
         if capacity_bytes < segment_bytes:
             raise InvalidSizeError(
                 f"capacity_bytes ({capacity_bytes}) is smaller than one segment ({segment_bytes})")
@@ -313,24 +367,33 @@ class Allocator:
         self.seg_placed = np.zeros(self.n_segs, np.int64)
         self.seg_in_use = np.zeros(self.n_segs, np.bool_)
         self.seg_warm = np.zeros(self.n_segs, np.bool_)   # free but still held by storage
+        self._n_spare = 0                                   # seg_warm.sum(), kept
         # memoryviews of the same arrays for the single-object paths: indexing one gives
         # a Python int in half the time a numpy scalar takes (measured 16 vs 32-68 ns)
         self._m_fill, self._m_live, self._m_placed, self._m_in_use = (
             memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use))
         self.head = -1
         # handle table: slot -> arena offset (-1: free), requested size, generation
-        self.pool_id = _take_pool_id()
+        self._lease = _PoolId()
+        self.pool_id = self._lease.id
+        #: XORed into every handle (a hostile policy's scrambling; 0: none)
+        self.handle_key = int(handle_key)
         # a pool dropped without close() gives its id back when collected: ids are few
         # (1023), and a process that leaked them could open no pool at all
-        self._id_back = weakref.finalize(self, _give_pool_id, self.pool_id)
+        self._id_back = weakref.finalize(self, self._lease.give_back)
         self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
+        # 25 bytes a slot (were 33): the offset and the handle the slot answers to in 64
+        # bits, the size (at most 2 GiB - 1) and the free-slot queue's entry in 32, one
+        # byte of scratch for finding repeats in a batch
         self.locs = np.full(0, -1, np.int64)
-        self.sizes = np.zeros(0, np.int64)
-        self.gens = np.zeros(0, np.int64)
+        self.sizes = np.zeros(0, _SIZE_T)
+        #: per slot, the (unscrambled) handle it answers to: this pool's id, the slot's
+        #: generation, the slot; one comparison checks all three
+        self.hv = np.zeros(0, np.int64)
         self._seen = np.zeros(0, np.uint8)
         # free slots, a ring queue: taken at _ring_head, freed slots join at the tail
-        self._ring = np.zeros(0, np.int64)
+        self._ring = np.zeros(0, _SLOT_T)
         self._ring_head = 0
         self._ring_count = 0
         self._min_free = min(MIN_FREE_SLOTS, max(1, self.capacity // ALIGN))
@@ -347,9 +410,10 @@ class Allocator:
 
     def _table_views(self) -> None:
         """(Re)make the single paths' views of the handle table after it is replaced."""
-        self._m_locs, self._m_sizes, self._m_gens, self._m_ring = (
-            memoryview(a) for a in (self.locs, self.sizes, self.gens, self._ring))
+        self._m_locs, self._m_sizes, self._m_hv, self._m_ring = (
+            memoryview(a) for a in (self.locs, self.sizes, self.hv, self._ring))
         self._nslots = self.locs.shape[0]
+        self._lease.hv = self.hv
 
     def close(self) -> None:
         """Give the pool id back (reused last); idempotent."""
@@ -359,23 +423,23 @@ class Allocator:
 
     # --- handle encoding: the only place that knows the bit layout -------------------
     def handles(self, slots: np.ndarray) -> np.ndarray:
-        """The (unscrambled) handles of these slots."""
-        return np.int64(self._tag_bits) | (self.gens[slots] << _SLOT_BITS) | slots
+        """The handles of these slots."""
+        return self.hv[slots] ^ np.int64(self.handle_key)
 
     def handle_of(self, slot: int) -> int:
-        """The (unscrambled) handle of one slot."""
-        return self._tag_bits | (int(self.gens[slot]) << _SLOT_BITS) | slot
+        """The handle of one slot."""
+        return self._m_hv[slot] ^ self.handle_key
 
-    def decode(self, handles: np.ndarray, key: int, check_duplicates: bool = False) -> np.ndarray:
+    def decode(self, handles: np.ndarray, check_duplicates: bool = False) -> np.ndarray:
         """Validate handles and return their slots; raise naming the first bad one."""
-        slots, bad, code = _decode(handles, np.int64(key), np.int64(self.pool_id), self.gens,
+        slots, bad, code = _decode(handles, np.int64(self.handle_key), np.int64(self.pool_id), self.hv,
                                    self.locs, check_duplicates, self._seen)
         if bad >= 0:
             raise InvalidHandleError(
                 f"handle {int(handles[bad])} (batch index {bad}) {_REASONS[code]}")
         return slots
 
-    def decode_one(self, handle, key: int) -> tuple[int, int, int]:
+    def decode_one(self, handle) -> tuple[int, int, int]:
         """Validate one handle (an int or numpy integer) and return (slot, arena offset,
         size) of its object; the rules of ``_decode``, checked on Python ints (the
         offset comes with the check that the slot is live: a single read needs no
@@ -386,10 +450,9 @@ class Allocator:
             if isinstance(handle, bool) or not isinstance(handle, (int, np.integer)):
                 raise InvalidHandleError(f"handle {handle!r} is not an integer")
             handle = int(handle)
-        h = handle ^ key
+        h = handle ^ self.handle_key
         slot = h & _SLOT_MASK
-        if (h > 0 and h >> _TAG_SHIFT == self.pool_id and slot < self._nslots
-                and self._m_gens[slot] == (h >> _SLOT_BITS) & _GEN_MASK and (off := self._m_locs[slot]) >= 0):
+        if slot < self._nslots and self._m_hv[slot] == h and (off := self._m_locs[slot]) >= 0:
             return slot, off, self._m_sizes[slot]
         raise InvalidHandleError(f"handle {handle} {_REASONS[self._why_bad(h)]}")
 
@@ -399,18 +462,14 @@ class Allocator:
             return _MALFORMED
         if h >> _TAG_SHIFT != self.pool_id:
             return _FOREIGN
-        if h & _SLOT_MASK >= self.gens.shape[0] or (h >> _SLOT_BITS) & _GEN_MASK == 0:
+        if h & _SLOT_MASK >= self.hv.shape[0] or (h >> _SLOT_BITS) & _GEN_MASK == 0:
             return _MALFORMED
         return _STALE
 
     # --- queries ---------------------------------------------------------------------
     def location(self, slots: np.ndarray):
         """(arena offsets, requested sizes) of live slots."""
-        return self.locs[slots], self.sizes[slots]
-
-    def where(self, slot: int) -> tuple[int, int]:
-        """(arena offset, requested size) of one live slot, as Python ints."""
-        return self._m_locs[slot], self._m_sizes[slot]
+        return self.locs[slots], self.sizes[slots].astype(np.int64)
 
     def check_sizes(self, sizes) -> np.ndarray:
         """Sizes as int64, or InvalidSizeError naming the first bad one."""
@@ -472,6 +531,32 @@ class Allocator:
             return None
         return int(plan.offsets[0]), int(plan.opened[0])
 
+    def bump_one(self, size: int):
+        """Place and record one object in the head segment's room, the common case of
+        :meth:`place_one` + :meth:`commit_one` + :meth:`handle_of` in one call: returns
+        ``(slot, offset, handle)``, or None (changing nothing) when the head has no
+        room or the handle table must grow first (the pool then takes the long way)."""
+        head = self.head
+        a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
+        if head < 0 or self._ring_count <= self._min_free:
+            return None
+        fill = self._m_fill[head]
+        if fill + a > self.seg_bytes:
+            return None
+        slot = self._m_ring[self._ring_head]
+        self._ring_head = (self._ring_head + 1) % self._nslots
+        self._ring_count -= 1
+        self._m_live[head] += a
+        self._m_placed[head] += 1
+        self._m_fill[head] = fill + a
+        offset = head * self.seg_bytes + fill
+        self._m_locs[slot] = offset
+        self._m_sizes[slot] = size
+        self.live_bytes += size
+        self.live_objects += 1
+        self.live_aligned += a
+        return slot, offset, self._m_hv[slot] ^ self.handle_key
+
     def commit_one(self, size: int, offset: int, opened: int) -> int:
         """Record one placed object (the point of no return); returns its slot.
         The figures ``_record`` keeps for a batch, on scalars."""
@@ -509,7 +594,7 @@ class Allocator:
         self.ensure_slots(n)
         cap = self._ring.shape[0]
         idx = (self._ring_head + np.arange(n, dtype=np.int64)) % cap
-        slots = self._ring[idx]
+        slots = self._ring[idx].astype(np.int64)
         self._ring_head = (self._ring_head + n) % cap
         self._ring_count -= n
         return slots
@@ -528,12 +613,15 @@ class Allocator:
             return
         queued = self._ring[(self._ring_head + np.arange(self._ring_count)) % max(old, 1)]
         self.locs = np.concatenate([self.locs, np.full(new - old, -1, np.int64)])
-        self.sizes = np.concatenate([self.sizes, np.zeros(new - old, np.int64)])
-        self.gens = np.concatenate([self.gens, np.ones(new - old, np.int64)])
+        self.sizes = np.concatenate([self.sizes, np.zeros(new - old, _SIZE_T)])
+        # new slots start at the id's generation floor (not 1): handles of closed pools
+        # that held this id name generations below it
+        self.hv = np.concatenate([self.hv, np.int64(self._tag_bits | self._lease.base << _SLOT_BITS)
+                                  | np.arange(old, new, dtype=np.int64)])
         self._seen = np.zeros(new, np.uint8)
-        ring = np.empty(new, np.int64)
+        ring = np.empty(new, _SLOT_T)
         ring[:queued.size] = queued
-        ring[queued.size:queued.size + new - old] = np.arange(old, new, dtype=np.int64)
+        ring[queued.size:queued.size + new - old] = np.arange(old, new, dtype=_SLOT_T)
         self._ring = ring
         self._ring_head = 0
         self._ring_count = queued.size + new - old
@@ -550,42 +638,105 @@ class Allocator:
 
     def held(self, segs: np.ndarray) -> None:
         """``segs`` are committed and in use now: spares among them are spares no longer."""
-        self.seg_warm[segs] = False
+        if segs.size:
+            segs = np.unique(segs)
+            self._n_spare -= int(self.seg_warm[segs].sum())
+            self.seg_warm[segs] = False
 
     def retire(self, segs: np.ndarray, budget: int) -> np.ndarray:
         """Freed ``segs`` become spares; returns the spares past ``budget`` (the highest:
-        the arena's top empties) that storage must take back, cold from now on."""
-        self.seg_warm[segs] = True
-        spares = np.flatnonzero(self.seg_warm)
-        give = spares[budget:]
+        the arena's top empties) that storage must take back, cold from now on. Costs
+        what ``segs`` are, and a pass over the segments only when spares are given back."""
+        if segs.size:
+            segs = np.unique(segs)
+            self._n_spare += int(segs.size - self.seg_warm[segs].sum())
+            self.seg_warm[segs] = True
+        if self._n_spare <= budget:
+            return np.zeros(0, np.int64)
+        give = np.flatnonzero(self.seg_warm)[max(budget, 0):]
         self.seg_warm[give] = False
+        self._n_spare -= give.size
         return give
 
     @property
     def spare_segments(self) -> int:
-        return int(self.seg_warm.sum())
+        """Segments freed but still held by storage (kept count of: no pass)."""
+        return self._n_spare
 
-    # --- relocation (migration): objects move, handles stay -------------------------------
-    def plan_relocation(self, slots: np.ndarray) -> Placement | None:
-        """Fresh space for these live objects (``slots``), as a migration needs; None
-        when there is no room. Changes nothing."""
-        return self.plan(self.sizes[slots])
+    # --- migration: objects move, handles stay ----------------------------------------
+    def segments_of(self, slots: np.ndarray) -> np.ndarray:
+        """The segments holding these live slots, each once, in the order first named."""
+        segs = self.locs[slots] // self.seg_bytes
+        _, first = np.unique(segs, return_index=True)
+        return segs[np.sort(first)]
 
-    def commit_relocation(self, slots: np.ndarray, plan: Placement):
+    def plan_move(self, slots: np.ndarray) -> Placement | None:
+        """Where these live objects would go if moved now without the arena growing:
+        the head segment's room, then spare segments (storage holds both already);
+        never a segment storage would have to commit. None when they do not fit."""
+        a = aligned(self.sizes[slots])
+        offsets, head, fill, opened = _place(a, self.head, self.seg_fill[self.head] if self.head >= 0 else 0,
+                                             self.seg_in_use | ~self.seg_warm, self.seg_warm, self.seg_bytes)
+        if head == -2:
+            return None
+        return Placement(offsets, head, fill, opened)
+
+    def commit_move(self, slots: np.ndarray, plan: Placement):
         """The objects now live at ``plan.offsets`` (their bytes copied there already):
-        re-point the slots, free the old space. Returns (old offsets, aligned sizes,
-        emptied segments) as :meth:`free` does."""
-        sizes = self.sizes[slots]
+        re-point the slots (same slots, so every handle stays valid), count them in
+        their new segments and out of their old ones. Returns (old offsets, aligned
+        sizes, segments emptied), as :meth:`free` does."""
+        sizes = self.sizes[slots].astype(np.int64)
+        a = aligned(sizes)
         old = self.locs[slots].copy()
-        temp = self.commit_alloc(sizes, plan)      # the new places, under borrowed slots
-        self.locs[slots], self.locs[temp] = self.locs[temp].copy(), old
-        return self.free(temp)                     # which now name the old places
+        _record(slots, sizes, a, plan.offsets, plan.opened, self.seg_bytes, self.seg_fill, self.seg_live,
+                self.seg_placed, self.seg_in_use, self.locs, self.sizes)
+        self.head = plan.head
+        src = old // self.seg_bytes
+        np.subtract.at(self.seg_live, src, a)
+        src = np.unique(src)
+        emptied = src[(self.seg_live[src] == 0) & self.seg_in_use[src] & (src != self.head)]
+        self.seg_in_use[emptied] = False
+        self.seg_fill[emptied] = 0
+        self.seg_placed[emptied] = 0
+        self.segs_in_use += plan.opened.size - emptied.size
+        return old, a, emptied
+
+    def plan_evacuation(self, victims: np.ndarray):
+        """Plan moving every live object out of ``victims`` (in-use segments) into free
+        segments (spares first), packed next-fit in arena order: a :class:`CleaningPlan`
+        after which the victims are empty, with at most as many segments in use as
+        before (each victim's objects fit one segment, so next-fit over them opens at
+        most one per victim). None when the free segments do not hold them."""
+        slots = self._live_in(victims)
+        a = aligned(self.sizes[slots])
+        dst, head, fill, _ = _place(a, -1, 0, self.seg_in_use, self.seg_warm, self.seg_bytes)
+        if head == -2:
+            return None
+        return CleaningPlan(slots, self.locs[slots], dst, a, victims, int(head), int(fill))
+
+    def sample_live(self, rng: np.random.Generator, count: int) -> np.ndarray:
+        """Up to ``count`` distinct live slots chosen at random (all of them when fewer
+        live). Draws slot numbers and keeps the live ones: the cost follows ``count``
+        and the table's share of free slots (at most ``MIN_FREE_SLOTS`` + half the
+        table), never the number of live objects."""
+        live, nslots = self.live_objects, self.locs.shape[0]
+        if count <= 0 or live == 0:
+            return np.zeros(0, np.int64)
+        if count >= live:
+            return np.flatnonzero(self.locs >= 0)
+        for _ in range(8):                    # one round finds them all with p > 0.99
+            draws = rng.integers(0, nslots, int(min(4 * nslots, count * nslots / live * 3 + 32)))
+            picked = list(dict.fromkeys(draws[self.locs[draws] >= 0].tolist()))   # distinct, in order
+            if len(picked) >= count:
+                return np.array(picked[:count], np.int64)
+        return rng.permutation(np.flatnonzero(self.locs >= 0))[:count]     # (never seen: a bound)
 
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):
         """Forget validated slots; returns (offsets, aligned sizes, emptied segments)."""
         offsets, asz, emptied, self._ring_count, total = _forget(
-            slots, self.locs, self.sizes, self.gens, self.seg_bytes, self.seg_fill, self.seg_live,
+            slots, self.locs, self.sizes, self.hv, self.seg_bytes, self.seg_fill, self.seg_live,
             self.seg_placed, self.seg_in_use, self._ring, self._ring_head,
             self._ring_count, self.head)
         self.live_objects -= slots.shape[0]
@@ -612,9 +763,9 @@ class Allocator:
                 emptied = seg
                 self.segs_in_use -= 1
         self._m_locs[slot] = -1
-        gens = self._m_gens
-        g = gens[slot] + 1
-        gens[slot] = g if g <= _GEN_MASK else 1         # wrap, never 0
+        hv = self._m_hv
+        v = hv[slot]                                    # the next generation, never 0
+        hv[slot] = v + _GEN_ONE if (v >> _SLOT_BITS) & _GEN_MASK != _GEN_MASK else v - _GEN_BACK
         n = self._ring_count
         self._m_ring[(self._ring_head + n) % self._nslots] = slot
         self._ring_count = n + 1
@@ -653,14 +804,20 @@ class Allocator:
         k = min(int(np.searchsorted(room, max(want_bytes, self.seg_bytes) + self.seg_bytes)) + 1, order.size)
         return self._plan_victims(order[:k])
 
+    def _live_in(self, victims: np.ndarray) -> np.ndarray:
+        """The live slots in segments ``victims``, in arena order. (One compiled pass
+        over the handle table: ~1 ns a slot.)"""
+        is_victim = np.zeros(self.n_segs, np.bool_)
+        is_victim[victims] = True
+        slots = _slots_in(self.locs, is_victim, self.seg_bytes)
+        return slots[np.argsort(self.locs[slots], kind="stable")]
+
     def _plan_victims(self, victims: np.ndarray, repack: bool = False):
         if victims.size == 0:
             return None
-        live = np.flatnonzero(self.locs >= 0)
         is_victim = np.zeros(self.n_segs, np.bool_)
         is_victim[victims] = True
-        slots = live[is_victim[self.locs[live] // self.seg_bytes]]
-        slots = slots[np.argsort(self.locs[slots], kind="stable")]
+        slots = self._live_in(victims)
         a = aligned(self.sizes[slots])
         # destinations: free segments and the victims themselves (storage.move reads
         # every source before writing), lowest index first so the arena's top empties
@@ -669,9 +826,19 @@ class Allocator:
         no_warmth = np.zeros(self.n_segs, np.bool_)
         dst, head, fill, opened = _place(a, -1, 0, blocked, no_warmth, self.seg_bytes)
         assert head != -2, "next-fit in arena order never needs more segments than before"
-        if not repack and opened.size >= victims.size and (opened.size == 0 or opened.max() >= victims.max()):
+        if not repack and opened.size >= victims.size and self._top_after(is_victim, opened) >= self._top():
             return None   # nothing would be freed, nor would the arena's top come down
         return CleaningPlan(slots, self.locs[slots], dst, a, victims, int(head), int(fill))
+
+    def _top(self) -> int:
+        """The highest segment in use (-1: none): a device arena shrinks to it."""
+        used = np.flatnonzero(self.seg_in_use)
+        return int(used[-1]) if used.size else -1
+
+    def _top_after(self, is_victim: np.ndarray, opened: np.ndarray) -> int:
+        """:meth:`_top` once the victims are emptied into ``opened``."""
+        kept = np.flatnonzero(self.seg_in_use & ~is_victim)
+        return max(int(kept[-1]) if kept.size else -1, int(opened.max()) if opened.size else -1)
 
     def commit_compact(self, plan: CleaningPlan) -> tuple[np.ndarray, np.ndarray]:
         """Re-point moved slots and rebuild segment figures; returns (freed, newly used)."""
@@ -681,7 +848,7 @@ class Allocator:
         for arr in (self.seg_fill, self.seg_live, self.seg_placed):
             arr[victims] = 0
         opened = np.unique(dst // self.seg_bytes)
-        _record(slots, self.sizes[slots], a, dst, opened, self.seg_bytes, self.seg_fill,
+        _record(slots, self.sizes[slots].astype(np.int64), a, dst, opened, self.seg_bytes, self.seg_fill,
                 self.seg_live, self.seg_placed, self.seg_in_use, self.locs, self.sizes)
         # continue appending in the last packed segment; an old head that was not
         # cleaned keeps its unused tail until a later clean.
@@ -698,6 +865,17 @@ class Allocator:
         return freed, grown
 
     # --- figures ---------------------------------------------------------------------
+    @property
+    def gens(self) -> np.ndarray:
+        """Each slot's generation (a copy: the table keeps them inside ``hv``)."""
+        return (self.hv >> _SLOT_BITS) & _GEN_MASK
+
+    @property
+    def table_bytes(self) -> int:
+        """Host bytes the handle table holds (25 a slot; slots: the most objects ever
+        live at once, plus ``MIN_FREE_SLOTS``, rounded up to a doubling)."""
+        return self.locs.nbytes + self.sizes.nbytes + self.hv.nbytes + self._ring.nbytes + self._seen.nbytes
+
     def stats(self) -> dict:
         in_use = self.segs_in_use
         return {
@@ -714,4 +892,7 @@ class Allocator:
             "segments_compacted": self.segments_compacted,
             "compactable_bytes": self.dead_bytes,
             "capacity_bytes": self.capacity,
+            "handle_table_bytes": self.table_bytes,
+            "segment_table_bytes": self.seg_fill.nbytes + self.seg_live.nbytes + self.seg_placed.nbytes
+                                   + self.seg_in_use.nbytes + self.seg_warm.nbytes,
         }

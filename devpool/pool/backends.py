@@ -80,6 +80,7 @@ def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
     capacity_bytes = check_int(capacity_bytes, "capacity_bytes", lo=1)
     segment_bytes = check_int(segment_bytes, "segment_bytes", lo=1)
     max_object_bytes = check_int(max_object_bytes, "max_object_bytes", lo=1)
+    asked_segment = segment_bytes
     segment_bytes = min(segment_bytes, max(4096, capacity_bytes // 4096 * 4096))
     if backend == "auto":
         ok, why = probe_backend("cuda")
@@ -89,6 +90,9 @@ def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
         if not ok:
             raise BackendUnavailableError(f"backend {backend!r} is unavailable: {why}")
         name, reason = backend, why
+    if asked_segment < max_object_bytes:       # the caller's segment, not the capacity, is too small
+        raise BadInputError(f"segment_bytes ({asked_segment}) cannot hold one object of max_object_bytes "
+                            f"({max_object_bytes})")
     if segment_bytes < max_object_bytes:
         raise BadInputError(f"capacity_bytes ({capacity_bytes}) cannot hold one object of {max_object_bytes}")
     cls = _storage_class(name)

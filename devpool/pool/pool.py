@@ -16,6 +16,11 @@ live) with a :class:`~devpool.pool.storage.Storage` (what memory holds them). Ru
 
 Every public method holds one re-entrant lock, so a pool is safe to share between
 threads (the copies themselves run in numba or on the device, without the GIL).
+
+Under a hostile storage (``storage.hostility``, the chaos test policy) the pool turns on
+its own callers' assumptions: before each operation on objects it migrates a few random
+live objects, and one more per object the call names (:meth:`Pool.migrate`); it scrambles every
+handle with a random key. The storage only states the policy; the pool acts on it.
 """
 
 from __future__ import annotations
@@ -27,7 +32,7 @@ import time
 import numpy as np
 
 from .allocator import Allocator, aligned
-from .._checks import PAGE_SIZE, as_int_array, check_flag, check_real, first_range_outside
+from .._checks import PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside
 from .._packed import packed_starts
 from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
 from .storage import Storage
@@ -41,25 +46,23 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024
 _NO_ARG = object()          # read_with's arg left out
 
 
-def _refuse_reentry(pool) -> None:
-    """The storage hook while ``read_with`` lends a block: a call back into the pool."""
-    raise BadInputError("read_with's consume called back into the pool it is reading; "
-                        "a lent block must be consumed without touching the pool")
+#: what a locked verb is, for :meth:`Pool._enter`: an operation on one object (or on
+#: the pool's objects at large: compact), a batch (it counts its objects and provokes a
+#: hostile step itself, :meth:`Pool._provoke`), or a question that touches no object
+_ONE, _BATCH, _QUERY = 1, None, -1
 
 
-def _locked(method=None, *, hook: bool = True):
-    """Serialise a public method; before an operation on objects, run the storage hook.
-    (The single-object verbs do the same inline: a decorator's extra call is a tenth of
+def _locked(method=None, *, kind=_ONE):
+    """Serialise a public method and make ``_enter``'s checks before it. (The
+    single-object verbs do the same inline: a decorator's extra call is a tenth of
     their cost.)"""
 
     def decorate(method):
         @functools.wraps(method)
         def wrapper(self, *args, **kwargs):
             with self._lock:
-                if self._closed:
-                    raise PoolClosedError("the pool is closed")
-                if hook and self._hook is not None:
-                    self._hook(self)
+                if self._slow:
+                    self._enter(kind)
                 return method(self, *args, **kwargs)
         return wrapper
 
@@ -119,28 +122,52 @@ class Pool:
     def __init__(self, storage: Storage, *, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
                  max_object_bytes: int = PAGE_SIZE, backend_reason: str = ""):
         self.storage = storage
-        self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes)
-        self._key = np.int64(storage.handle_key)
-        self._ikey = int(storage.handle_key)        # the same key as a Python int
-        # the storage's per-call hook, or None where it is the base's no-op
-        self._hook = (None if type(storage).before_call is Storage.before_call
-                      else storage.before_call)
+        #: the storage's test policy (a :class:`~devpool.pool.storage.Hostility`) or None
+        self._hostility = storage.hostility
+        key = 0
+        if self._hostility is not None and self._hostility.scramble_handles:
+            key = int(self._hostility.rng.integers(1, 1 << 62))
+        self.alloc_ = Allocator(storage.capacity_bytes, segment_bytes, max_object_bytes, handle_key=key)
         self._lock = threading.RLock()
         self._closed = False
+        self._lending = False          # read_with's consume is running (see there)
+        self._scrubs = storage.scrubs_freed   # discard_one does something: call it
+        # True when _enter must run before a verb: closed, lending, or hostile (one
+        # test on the single verbs' path instead of three)
+        self._slow = self._hostility is not None
         self.backend_reason = backend_reason
-        self._counters = {"alloc_fail": 0, "compactions": 0, "clean_fail": 0}
+        self._counters = {"alloc_fail": 0, "compactions": 0, "clean_fail": 0,
+                          "hostile_calls": 0, "migrated_objects": 0}
         #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._clean_floor = 0          # see _maybe_clean
+        self._repack_floor = 0         # see _within
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
-    def _enter(self) -> None:
-        """What ``_locked`` does after taking the lock, for the inline single verbs."""
+    def _enter(self, kind=_ONE) -> None:
+        """The checks behind ``_slow``, made after taking the lock: a closed pool
+        refuses; while ``read_with`` lends a block, every verb on objects refuses (a
+        consume that called back into the pool could free, move or close what it is
+        reading: the lock is re-entrant); under a hostile policy, a verb on one object
+        provokes a hostile step (a batch verb does so itself, once it knows its size)."""
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        if self._hook is not None:
-            self._hook(self)
+        if kind is _QUERY:
+            return
+        if self._lending:
+            raise BadInputError("read_with's consume called back into the pool it is reading; "
+                                "a lent block must be consumed without touching the pool")
+        if kind is _ONE and self._hostility is not None:
+            self._provoke(1)
+
+    def _provoke(self, named: int) -> None:
+        """The hostile policy's step before a call naming ``named`` objects: migrate a
+        few random live objects and more per object named (bounded by the call, not
+        the pool)."""
+        h = self._hostility
+        self._counters["hostile_calls"] += 1
+        self.migrate(h.migrate_per_call + h.migrate_per_object * named, rng=h.rng)   # public: a subclass sees it
 
     # --- context manager -------------------------------------------------------------
     def __enter__(self) -> "Pool":
@@ -205,11 +232,18 @@ class Pool:
             raise
         self.alloc_.held(segs)                     # only once the commit stands
 
-    def _release_segments(self, segs: np.ndarray, keep_spares: bool = True) -> None:
-        """Freed segments become spares; past the budget the highest go back to storage."""
+    def _spare_room(self) -> int:
+        """How many spare segments the pool keeps: 1/16 of capacity, at most 8 MiB, at
+        most 1/64 of the live bytes but two segments at least."""
         sb = self.alloc_.seg_bytes
-        budget = (min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
-                  if keep_spares else 0)
+        return min(self._spare_budget, max(2 * sb, self.alloc_.live_aligned // 64)) // sb
+
+    def _release_segments(self, segs: np.ndarray, keep_spares: bool = True, budget: int | None = None) -> None:
+        """Freed segments become spares; past the budget (``budget`` spares when given)
+        the highest go back to storage."""
+        sb = self.alloc_.seg_bytes
+        if budget is None:
+            budget = self._spare_room() if keep_spares else 0
         give = self.alloc_.retire(segs, budget)
         if give.size:
             for s in give.tolist():
@@ -217,7 +251,7 @@ class Pool:
             self.storage.trim()
 
     # --- allocation ------------------------------------------------------------------
-    @_locked
+    @_locked(kind=_BATCH)
     def alloc_batch(self, sizes, *, max_total: int | None = None) -> np.ndarray:
         """Allocate one object per size; returns their handles (int64 array).
 
@@ -230,6 +264,8 @@ class Pool:
         the same locked call as the allocation, so nothing can move in between.
         """
         sizes = self.alloc_.check_sizes(sizes)
+        if self._hostility is not None:
+            self._provoke(sizes.size)
         if max_total is not None:
             sizes = sizes[:self._within(sizes, max_total)]
             if not sizes.size:
@@ -246,7 +282,7 @@ class Pool:
         self.alloc_.ensure_slots(sizes.shape[0])   # a full handle table refuses before storage grows
         self._commit_segments(plan.opened)     # fallible: device OOM -> PoolFullError
         slots = self.alloc_.commit_alloc(sizes, plan)
-        return self.alloc_.handles(slots) ^ self._key
+        return self.alloc_.handles(slots)
 
     # --- a limit on the pool's size, checked with the allocation --------------------------
     def _growth(self, sizes: np.ndarray) -> int:
@@ -282,23 +318,42 @@ class Pool:
     def _within(self, sizes: np.ndarray, max_total: int) -> int:
         """The longest prefix of ``sizes`` that keeps ``pool_total_size`` within
         ``max_total``. Dead bytes and spare segments are not pressure: when the prefix is
-        short, clean (compact, and give the spares back: they count in the total), and if
-        that is not enough yet dead bytes would hold the rest, repack every segment so
-        the free space gathers behind the last object."""
+        short, give the spares back (they count in the total), then clean in bounded
+        steps sized to what is still missing (the emptiest segments: the work follows
+        the call, not the pool), and only if dead bytes would hold the rest and no step
+        frees anything, repack every segment so the free space gathers behind the last
+        object (a whole-pool pass, not repeated until another segment's worth of bytes
+        has died)."""
         keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
         if keep == sizes.size:
             return keep
+        al, none = self.alloc_, np.zeros(0, np.int64)
         need = int(aligned(sizes[keep:keep + 1]).sum())
-        if self.alloc_.dead_bytes >= need or self.alloc_.spare_segments:
-            self._clean(1.0)
+        if al.dead_bytes < need and not al.spare_segments:
+            return keep
+        if al.spare_segments:
+            self._release_segments(none, keep_spares=False)
             keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
-            if keep < sizes.size and self.alloc_.dead_bytes >= need:
-                self._execute_clean(self.alloc_.plan_compact(1.0, repack=True))
-                self._release_segments(np.zeros(0, np.int64), keep_spares=False)
-                keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        while keep < sizes.size and al.dead_bytes >= need:
+            plan = al.plan_clean(int(aligned(sizes[keep:]).sum()), self.CLEAN_STEP_SEGMENTS)
+            if plan is None:
+                break
+            self._execute_clean(plan)
+            self._release_segments(none, keep_spares=False)
+            more = self._fitting(sizes, max_total - self.storage.committed_bytes)
+            if more == keep:
+                break
+            keep = more
+        if keep < sizes.size and al.dead_bytes >= max(need, self._repack_floor):
+            self._execute_clean(al.plan_compact(1.0, repack=True))
+            self._release_segments(none, keep_spares=False)
+            self._repack_floor = al.dead_bytes + al.seg_bytes
+            keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
+        if keep == sizes.size:
+            self._repack_floor = 0
         return keep
 
-    @_locked(hook=False)      # a question about placement, not an operation on objects
+    @_locked(kind=_QUERY)      # a question about placement, not an operation on objects
     def growth_for(self, sizes) -> int:
         """Bytes by which ``pool_total_size`` would grow if ``sizes`` were allocated now.
 
@@ -327,22 +382,27 @@ class Pool:
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            size = self.alloc_.check_size(nbytes)
+            al = self.alloc_
+            size = nbytes if type(nbytes) is int and 0 < nbytes <= al.max_object else al.check_size(nbytes)
             if data is not None and data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
-            if max_total is not None and not self._fits_one(size, max_total):
-                return None
-            slot = self._alloc_one(size)
+            # the common case in one call: room in the open segment (which grows nothing,
+            # so a limit has nothing to say)
+            got = al.bump_one(size)
+            if got is None:
+                if max_total is not None and not self._fits_one(size, max_total):
+                    return None
+                got = self._alloc_one(size)
+            slot, offset, handle = got
             if data is not None:
-                offset = self.alloc_.where(slot)[0]
                 try:
                     self.storage.write_one(offset, data)
                 except BaseException:
                     self._free_one(slot, offset, size)
                     raise
-            return self.alloc_.handle_of(slot) ^ self._ikey
+            return handle
 
     def _fits_one(self, size: int, max_total: int) -> bool:
         """:meth:`_within` for one object, with the common case first: the head segment
@@ -351,8 +411,9 @@ class Pool:
             return True
         return self._within(np.array([size], np.int64), max_total) == 1
 
-    def _alloc_one(self, size: int) -> int:
-        """Allocate one object (a valid size); returns its slot."""
+    def _alloc_one(self, size: int):
+        """Allocate one object (a valid size) the long way: a new segment, cleaning
+        under pressure, a growing table; returns ``(slot, offset, handle)``."""
         al = self.alloc_
         placed = al.place_one(size)
         if placed is None:
@@ -366,7 +427,8 @@ class Pool:
         if opened >= 0:
             al.ensure_slots(1)                 # a full handle table refuses before storage grows
             self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
-        return al.commit_one(size, offset, opened)
+        slot = al.commit_one(size, offset, opened)
+        return slot, offset, al.handle_of(slot)
 
     # --- copy-in ---------------------------------------------------------------------
     def _payload(self, payload) -> tuple[object, int]:
@@ -383,7 +445,7 @@ class Pool:
         data = _as_bytes_array(payload, "payload")
         return data, data.size
 
-    @_locked
+    @_locked(kind=_BATCH)
     def write_batch(self, handles, payload, lengths=None, *, src_starts=None) -> None:
         """Copy ``payload`` into the objects, ``lengths[i]`` bytes to ``handles[i]``.
 
@@ -395,7 +457,9 @@ class Pool:
         """
         hs = _as_handles(handles)
         data, nbytes = self._payload(payload)
-        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        if self._hostility is not None:
+            self._provoke(hs.size)
+        slots = self.alloc_.decode(hs, check_duplicates=True)
         offsets, sizes = self.alloc_.location(slots)
         if lengths is not None:
             lens = as_int_array(lengths, "lengths")
@@ -437,9 +501,9 @@ class Pool:
         if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
             data = self._payload(data)[0]
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            slot, offset, size = self.alloc_.decode_one(handle)
             if not isinstance(data, np.ndarray):       # a device buffer
                 return self._write_device([slot], data)
             if data.size != size:
@@ -447,7 +511,7 @@ class Pool:
             self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
 
     # --- copy-out --------------------------------------------------------------------
-    @_locked
+    @_locked(kind=_BATCH)
     def read_batch(self, handles, out=None, *, device: bool = False) -> tuple[object, np.ndarray]:
         """Copy objects out: returns ``(payload, lengths)``, payload packed back to back.
 
@@ -462,7 +526,9 @@ class Pool:
                                     f"this pool's storage is {self.storage.kind}")
             if out is not None:
                 raise BadInputError("read_batch(device=True) returns a fresh device buffer; out must be None")
-        slots = self.alloc_.decode(hs, self._key)
+        if self._hostility is not None:
+            self._provoke(hs.size)
+        slots = self.alloc_.decode(hs)
         offsets, sizes = self.alloc_.location(slots)
         if device:
             return self.storage.gather_device(offsets, sizes), sizes.copy()
@@ -482,15 +548,16 @@ class Pool:
         if free is not False and free is not True:      # check_flag's test, inline
             free = check_flag(free, "free")
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            slot, offset, size = self.alloc_.decode_one(handle)
             if out is None:
-                out = np.empty(size, np.uint8)
-            elif not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
-                      and (flags := out.flags).c_contiguous and flags.writeable):
-                out = _check_out(out, size)
-            self.storage.read_one(offset, out)
+                out = self.storage.copy_one(offset, size)
+            else:
+                if not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
+                        and (flags := out.flags).c_contiguous and flags.writeable):
+                    out = _check_out(out, size)
+                self.storage.read_one(offset, out)
             if free:
                 self._free_one(slot, offset, size)
             return out
@@ -512,18 +579,18 @@ class Pool:
         if not callable(consume):
             raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle, self._ikey)
+            slot, offset, size = self.alloc_.decode_one(handle)
             # the lock is re-entrant: a consume that called back into the pool could
             # free, move or close what it is reading; every verb refuses until it returns
-            hook, self._hook = self._hook, _refuse_reentry
+            slow, self._lending, self._slow = self._slow, True, True
             try:
                 block = self.storage.lend_one(offset, size)
                 # one optional argument, not *args: packing a tuple cost ~60 ns a load
                 result = consume(block) if arg is _NO_ARG else consume(block, arg)
             finally:
-                self._hook = hook
+                self._lending, self._slow = False, slow
             if free and result is not None:
                 self._free_one(slot, offset, size)
             return result
@@ -531,14 +598,16 @@ class Pool:
     @_locked
     def size_of(self, handle: int) -> int:
         """The allocated size of the object ``handle`` names."""
-        return self.alloc_.decode_one(handle, self._ikey)[2]
+        return self.alloc_.decode_one(handle)[2]
 
     # --- free ------------------------------------------------------------------------
-    @_locked
+    @_locked(kind=_BATCH)
     def free_batch(self, handles) -> None:
         """Free every object; a stale, foreign or repeated handle frees none."""
         hs = _as_handles(handles)
-        slots = self.alloc_.decode(hs, self._key, check_duplicates=True)
+        if self._hostility is not None:
+            self._provoke(hs.size)
+        slots = self.alloc_.decode(hs, check_duplicates=True)
         offsets, asz, released = self.alloc_.free(slots)
         self.storage.discard(offsets, asz)
         self._release_segments(released)
@@ -547,14 +616,15 @@ class Pool:
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
         with self._lock:
-            if self._closed or self._hook is not None:     # _enter's test, inline
+            if self._slow:                      # _locked's test, inline
                 self._enter()
-            self._free_one(*self.alloc_.decode_one(handle, self._ikey))
+            self._free_one(*self.alloc_.decode_one(handle))
 
     def _free_one(self, slot: int, offset: int, size: int) -> None:
         """Free one slot ``decode_one`` validated (with the offset and size it gave)."""
         asize, emptied = self.alloc_.free_one(slot, offset, size)
-        self.storage.discard_one(offset, asize)
+        if self._scrubs:
+            self.storage.discard_one(offset, asize)
         if emptied >= 0:
             self._release_segments(np.array([emptied], np.int64))
         self._maybe_clean()
@@ -607,6 +677,7 @@ class Pool:
         slots, give emptied segments back; returns bytes freed."""
         if plan is None:
             return 0
+        spares = self.alloc_.spare_segments
         src, dst, a = plan.src, plan.dst, plan.asizes
         touched = np.unique(dst // self.alloc_.seg_bytes)
         fresh = touched[~self.alloc_.seg_in_use[touched]]
@@ -617,7 +688,10 @@ class Pool:
             self._release_segments(fresh)
             raise
         freed, _ = self.alloc_.commit_compact(plan)
-        self._release_segments(freed)
+        # no more spares than before the step: a destination storage had to commit is
+        # paid back by a victim, so cleaning (which a free may trigger) never grows the
+        # pool's total, e.g. past a zswap limit that was checked before the free
+        self._release_segments(freed, budget=min(self._spare_room(), spares))
         self._counters["compactions"] += 1
         return int(freed.size) * self.alloc_.seg_bytes
 
@@ -636,33 +710,74 @@ class Pool:
         self._release_segments(np.zeros(0, np.int64), keep_spares=False)
         return before - self.storage.committed_bytes
 
-    def _relocate_random(self, rng: np.random.Generator, fraction: float) -> int:
-        """Move a random share of live objects to fresh space (chaos storage's tool).
+    # --- migration: objects move, handles stay ------------------------------------------
+    @_locked(kind=_BATCH)        # refused while a block is lent; provokes nothing itself
+    def migrate(self, count: int, *, rng: np.random.Generator | None = None) -> int:
+        """Move up to ``count`` live objects, chosen at random (by ``rng``), to other
+        arena space; returns how many moved. Every handle stays valid and every read
+        returns the same bytes; only where the bytes lie changes, and the pool grows by
+        nothing.
 
-        A real migration through the allocator's verbs: new space is planned, committed
-        and copied into, then the old copies are freed; handles stay valid. Skipped when
-        there is no room.
+        The objects go where the arena has room already (the open segment's tail, then
+        spare segments); their old places are dead bytes, cleaned as freed ones are. When
+        there is no such room, one segment holding a chosen object (the emptiest) is
+        emptied into a fresh one instead and given back. A real migration through the
+        allocator and storage's own ``move`` (device to device on a GPU). The pool does
+        this on its own only under a hostile storage's policy (``chaos``), before every
+        call; the work follows ``count``, not the pool's size.
         """
-        live = np.flatnonzero(self.alloc_.locs >= 0)
-        pick = live[rng.random(live.size) < fraction]
+        count = check_int(count, "count", lo=0)
+        if rng is not None and not isinstance(rng, np.random.Generator):
+            raise BadInputError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+        return self._migrate(count, np.random.default_rng() if rng is None else rng)
+
+    def _migrate(self, count: int, rng: np.random.Generator) -> int:
+        al = self.alloc_
+        pick = al.sample_live(rng, count)
         if pick.size == 0:
             return 0
-        plan = self.alloc_.plan_relocation(pick)
+        plan = al.plan_move(pick)
+        if plan is None and count >= al.live_objects:
+            return self._evacuate(pick, pick.size)      # every object asked for: segments and all
+        while plan is None and pick.size > 1:           # the longest prefix there is room for
+            pick = pick[:pick.size // 2]
+            plan = al.plan_move(pick)
+        if plan is None:
+            return self._evacuate(pick, 1)
+        self._commit_segments(plan.opened)              # spares: nothing to commit, no growth
+        try:
+            self.storage.move(al.locs[pick], plan.offsets, aligned(al.sizes[pick]))
+        except BaseException:
+            self._release_segments(plan.opened)
+            raise
+        emptied = al.commit_move(pick, plan)[2]
+        # (no discard: the old copies were the move's sources, which storage's move
+        # already treats as left behind, as after a cleaning step's move)
+        self._release_segments(emptied)
+        # (no cleaning here: the room a move takes is held room, so the dead bytes it
+        # leaves are bounded by the spares and the open segment, and cleaned as the
+        # pool's own frees clean)
+        self._counters["migrated_objects"] += int(pick.size)
+        return int(pick.size)
+
+    def _evacuate(self, pick: np.ndarray, most: int) -> int:
+        """Empty up to ``most`` segments holding objects of ``pick`` (the emptiest first)
+        into fresh segments and give as many back as they took (when the arena has no
+        room elsewhere); returns the objects moved."""
+        al = self.alloc_
+        segs = al.segments_of(pick)
+        plan = al.plan_evacuation(segs[np.argsort(al.seg_live[segs], kind="stable")][:most])
         if plan is None:
             return 0
         try:
-            self.alloc_.ensure_slots(pick.size)    # the move borrows a slot per object
+            self._execute_clean(plan)        # grows nothing: a victim pays for each destination
         except PoolFullError:
-            return 0
-        self._commit_segments(plan.opened)
-        self.storage.move(self.alloc_.locs[pick], plan.offsets, aligned(self.alloc_.sizes[pick]))
-        offsets, asz, released = self.alloc_.commit_relocation(pick, plan)
-        self.storage.discard(offsets, asz)
-        self._release_segments(released)
-        return int(pick.size)
+            return 0                         # no room for the destination: nothing moved
+        self._counters["migrated_objects"] += int(plan.slots.size)
+        return int(plan.slots.size)
 
     # --- figures and teardown --------------------------------------------------------
-    @_locked(hook=False)      # reading figures is not an operation on objects
+    @_locked(kind=_QUERY)      # reading figures is not an operation on objects
     def stats(self) -> dict:
         """Pool figures (zsmalloc names where one exists) and the backend in use."""
         st = self.alloc_.stats()
@@ -679,10 +794,10 @@ class Pool:
     def close(self) -> None:
         """Free every object and give the arena back; idempotent."""
         with self._lock:
-            if self._hook is _refuse_reentry:
-                _refuse_reentry(self)
+            if self._lending:
+                self._enter()                    # refuses: a consume may not close the pool
             if not self._closed:
-                self._closed = True
+                self._closed = self._slow = True
                 try:
                     self.storage.close()
                 finally:

@@ -33,7 +33,7 @@ copy and no batch metadata; the defaults fall back on the batch verbs:
     copy-in of one object: ``data`` (1-D host uint8) lands at arena ``offset``.
 ``read_one(offset, out)``
     copy-out of one object: ``out.size`` bytes from arena ``offset`` into ``out`` (1-D
-    host uint8, writable).
+    host uint8, writable); ``copy_one(offset, nbytes)`` the same into a new array.
 ``lend_one(offset, nbytes)``
     one object's bytes as a read-only 1-D host uint8 array, to be read at once and
     dropped while the pool's lock is held: a copy by default; host RAM lends the arena's
@@ -49,15 +49,40 @@ Device memory may also take and give device buffers directly (``device_resident`
 ``gather_device(offsets, lengths)``
     copy-out into a fresh packed buffer in the arena's memory (a copy, never a view).
 
-Two hooks exist for the hostile test storage and default to doing nothing:
-``handle_key`` (XORed into every handle the pool hands out) and ``before_call(pool)``.
+A test policy may ask the pool to be hostile to its own callers' assumptions:
+``hostility`` is None for every real storage, or a :class:`Hostility` the pool reads once
+when it opens and then acts on itself (it migrates objects and scrambles handles: the
+storage never sees a handle and never drives the pool).
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
-__all__ = ["Storage"]
+__all__ = ["Hostility", "Storage"]
+
+
+class Hostility(NamedTuple):
+    """How hostile a test storage wants the pool above it to be (``Storage.hostility``).
+
+    The pool reads it once and acts through its own verbs; the storage is never called
+    back. Hostility per call is bounded by the call, never by the pool's size, so a
+    hostile pool runs at any size.
+    """
+
+    #: every random choice the pool makes for the policy (seeded by the storage, so a
+    #: failing run replays)
+    rng: np.random.Generator
+    #: before each public operation on objects the pool migrates (:meth:`Pool.migrate`)
+    #: this many random live objects, plus ``migrate_per_object`` per object the call
+    #: names: an address remembered across two calls is wrong
+    migrate_per_call: int
+    migrate_per_object: int
+    #: the pool XORs a random key (drawn from ``rng``) into every handle it hands out,
+    #: so arithmetic on handles, or another pool's handles, fail loudly
+    scramble_handles: bool
 
 
 class Storage:
@@ -65,8 +90,11 @@ class Storage:
 
     #: short name shown in ``stats()['backend']``
     kind = "abstract"
-    #: XORed into handles by the pool; only the chaos storage sets it
-    handle_key = 0
+    #: how hostile the pool must be (a :class:`Hostility`); None: not at all
+    hostility: Hostility | None = None
+    #: True when ``discard`` / ``discard_one`` do something (scrub freed ranges); the
+    #: pool's single free skips the call otherwise
+    scrubs_freed = False
     #: True when the arena is device memory that implements the ``*_device`` verbs
     device_resident = False
 
@@ -104,6 +132,13 @@ class Storage:
         self.gather(np.array([offset], np.int64), np.array([out.size], np.int64), out,
                     np.zeros(1, np.int64))
 
+    def copy_one(self, offset: int, nbytes: int) -> np.ndarray:
+        """The object at arena ``offset`` as a fresh, writable 1-D uint8 host array
+        (``read_one`` into a new array; a storage may make the copy in one step)."""
+        out = np.empty(nbytes, np.uint8)
+        self.read_one(offset, out)
+        return out
+
     def discard_one(self, offset: int, nbytes: int) -> None:
         """One freed range (see :meth:`discard`)."""
         self.discard(np.array([offset], np.int64), np.array([nbytes], np.int64))
@@ -135,9 +170,6 @@ class Storage:
 
     def discard(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Freed ranges: nothing to do unless the storage wants to scrub them."""
-
-    def before_call(self, pool) -> None:
-        """Called by the pool at the start of every public operation."""
 
     def trim(self) -> None:
         """After a run of ``release`` calls: give back what can only go in bulk."""

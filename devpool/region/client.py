@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import math
 import mmap
 import os
 import pickle
@@ -44,16 +45,22 @@ import socket
 import subprocess
 import sys
 import threading
+import time
+import warnings
 import weakref
 from collections.abc import Mapping
 
 import numpy as np
 
 from .. import _errors
+from . import protocol
 from . import uffd as _uffd
 from .._checks import check_int, check_real
-from .._errors import BackendUnavailableError, BadInputError, DevpoolError
-from .handler import recv, send, start_guard, stop_guard, wait_or_kill
+from .._errors import BackendUnavailableError, BadInputError, DevpoolError, RegionError
+from .guard import MEMFD_NAME, start_guard, stop_guard, wait_or_kill
+from .protocol import ask, recv, reply_to, send
+from .residency import POLICIES
+from .sources import SOURCES
 from .watch import RegionWatch
 
 __all__ = ["SwapRegion", "swap_region"]
@@ -74,8 +81,12 @@ _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
 _MAP_FAILED = ctypes.c_void_p(-1).value
 _HANDLER_MAIN = "import sys; from devpool.region.handler import handler_main; sys.exit(handler_main(sys.argv[1:]))"
-#: the handler keeps 18 bytes of state per page: a 1 TiB region costs it 4.5 GiB
+#: the handler keeps 18 bytes of state per page (residency.py; and 16 per resident page
+#: in its victim queue): a 1 TiB region costs it 4.5 GiB
 MAX_NBYTES = 1 << 40
+#: descriptors an open region holds in this process: the userfaultfd, the memfd, the
+#: handler's pidfd, two sockets, the watch thread's pipe (two ends)
+FDS_PER_REGION = 7
 MADV_DONTFORK = 10          # a fork()ed child gets no mapping: it could fill holes with zeros
 MADV_NOHUGEPAGE = 15        # faults and evictions go a page at a time
 
@@ -143,8 +154,13 @@ class _Resources:
         # 1. the handler stops watching the guard (else it would take the guard's exit
         #    below for a death and start another) and dismisses any guard it started
         answers = self.handler is not None and self.handler.poll() is None
+        stopped = False
         if answers:
-            answers = _ask_handler(self.handler_sock, ("unguard", "unguard"), timeout)
+            # a stopped handler (SIGSTOP, a debugger) answers nothing: noticed within
+            # STOPPED_CHECK_S, not waited out for the whole timeout
+            wait = _reply_waiter(self.handler.pid, timeout)
+            answers = ask(self.handler_sock, (protocol.UNGUARD, "unguard"), timeout, wait)
+            stopped = not answers and wait.stopped
         # 2. the guard: from here on the handler's exit is not a death
         if self.guard is not None:
             stop_guard(self.guard, self.guard_sock)
@@ -152,7 +168,9 @@ class _Resources:
         # 3. the handler frees its pool and exits
         if self.handler is not None:
             if answers:
-                answers = _ask_handler(self.handler_sock, ("close", "close"), timeout)
+                wait = _reply_waiter(self.handler.pid, timeout)
+                answers = ask(self.handler_sock, (protocol.CLOSE, "close"), timeout, wait)
+                stopped = not answers and wait.stopped
             if not answers and self.handler.poll() is None:
                 # no answer (stopped, wedged) or no socket (closed under us): the
                 # handler serves until this process exits, so it cannot be asked. A
@@ -165,19 +183,27 @@ class _Resources:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:
                         pass
+            pid = self.handler.pid
             wait_or_kill(self.handler, 10.0)
             self.handler = None
+            if stopped:
+                warnings.warn(f"swap region close(): the handler process {pid} was stopped (SIGSTOP or a "
+                              f"debugger) and could not be asked to close; it was killed, and the region's "
+                              f"evicted pages, which only it held, were discarded with its pool",
+                              RuntimeWarning, stacklevel=3)
         # 3. the memory: unmapped, or (an array over it is still referenced) reserved with
         # no access, so a stale array faults instead of reading someone else's mapping
         if self.addr:
+            # forgotten first: a fork in another thread (its hook marks every live
+            # region MADV_DONTFORK) must not reach an address another mapping may take
+            addr, self.addr = self.addr, 0
             if self.keep_reserved:
-                got = _libc.mmap(self.addr, self.length, 0,                      # PROT_NONE
+                got = _libc.mmap(addr, self.length, 0,                      # PROT_NONE
                                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | 0x10 | 0x4000, -1, 0)  # FIXED, NORESERVE
                 if got in (None, _MAP_FAILED):
-                    _libc.munmap(self.addr, self.length)
+                    _libc.munmap(addr, self.length)
             else:
-                _libc.munmap(self.addr, self.length)
-            self.addr = 0
+                _libc.munmap(addr, self.length)
         for s in self.socks:
             try:
                 s.close()
@@ -219,36 +245,63 @@ def _drop_inherited() -> None:
             res.watch = None
 
 
-os.register_at_fork(after_in_child=_drop_inherited)
+def _keep_out_of_children() -> None:
+    """Before every fork() of this process through Python (``os.fork``, multiprocessing's
+    fork, ...): mark each region's memory MADV_DONTFORK again, whatever the caller did
+    with it since. A child that got the mapping (after ``madvise(MADV_DOFORK)``) would
+    not have the userfaultfd registration (the kernel drops it in a child), so its read
+    of an evicted page would fill the memfd's hole with zeros: it would read zeros and
+    the parent's page would read zeros for good. Without the mapping, the child's access
+    faults (SIGSEGV): loud, and the parent's pages stay whole. A fork() made from C
+    outside Python is not seen here (see the README)."""
+    for res in list(_LIVE):
+        if res.addr and res.owner == os.getpid():
+            _libc.madvise(res.addr, res.length, MADV_DONTFORK)
 
 
-def _ask_handler(sock: socket.socket, req: tuple, timeout: float) -> bool:
-    """Send ``req`` and wait (bounded) for its reply, skipping replies to earlier requests
-    whose callers were interrupted; False when the handler did not answer (or its
-    socket failed). An EOF is an exiting handler: an answer of sorts (True)."""
-    try:
-        sock.settimeout(timeout)
-        send(sock, req)
-        _reply_to(sock, req[-1])
-        return True
-    except EOFError:
-        return True
-    except OSError:
-        return False
+os.register_at_fork(before=_keep_out_of_children, after_in_child=_drop_inherited)
 
 
-def _reply_to(sock: socket.socket, tag, wait=None) -> tuple:
-    """The reply that ends with ``tag`` (the request's last element). Replies to earlier
-    requests whose callers were interrupted while waiting (an exception from a signal
-    handler: KeyboardInterrupt, an alarm) are still in the socket: they are skipped, not
-    taken for this one's (every later reply would be one behind). ``wait(sock)``, if
-    given, runs before each read."""
-    while True:
-        if wait is not None:
-            wait(sock)
-        reply = recv(sock)
-        if reply and reply[-1] == tag:
-            return reply
+def _refused(what: str, exc: OSError) -> RegionError:
+    """``exc``, an OSError of the system's, as a RegionError that says what it refused."""
+    why = exc.strerror or str(exc)
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        why += (f" (this process may hold {soft} file descriptors, RLIMIT_NOFILE; an open region "
+                f"holds {FDS_PER_REGION} of them)" if exc.errno == errno.EMFILE else " (the whole system's limit)")
+    elif exc.errno in (errno.EAGAIN, errno.ENOMEM):
+        why += " (no process or memory to be had: RLIMIT_NPROC, a pids cgroup, or memory)"
+    err = RegionError(f"{what}: {why}")
+    err.errno = exc.errno                   # (strerror stays unset: str() is the whole message)
+    return err
+
+
+class _NoAnswer(OSError):
+    """The handler will not answer: it is stopped, or the wait ran out."""
+
+
+def _reply_waiter(pid: int, timeout: float):
+    """A ``wait(sock)`` for :func:`protocol.reply_to` that returns once a reply can be
+    read and raises :class:`_NoAnswer` when process ``pid`` is stopped (looked at every
+    STOPPED_CHECK_S) or ``timeout`` seconds have passed; ``.stopped`` says which."""
+    deadline = time.monotonic() + timeout
+
+    def wait(sock: socket.socket) -> None:
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN)
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise _NoAnswer(errno.ETIMEDOUT, f"the region's handler process {pid} did not answer")
+            if poller.poll(min(left, STOPPED_CHECK_S) * 1000):
+                return
+            if _process_state(pid) in ("T", "t"):
+                wait.stopped = True
+                raise _NoAnswer(errno.EAGAIN, f"the region's handler process {pid} is stopped")
+
+    wait.stopped = False
+    return wait
 
 
 def _children(pid: int) -> list[int]:
@@ -290,13 +343,13 @@ class SwapRegion:
         resident_bytes = check_int(resident_bytes, "resident_bytes", lo=0)
         if resident_bytes < PAGE_SIZE:
             raise BadInputError(f"resident_bytes must be at least one page ({PAGE_SIZE} bytes), got {resident_bytes}")
-        if policy not in ("lfu", "fifo"):
-            raise BadInputError(f"policy must be 'lfu' or 'fifo', got {policy!r}")
+        if policy not in POLICIES:
+            raise BadInputError(f"policy must be one of {POLICIES}, got {policy!r}")
         fault_around = check_int(fault_around, "fault_around", lo=0, hi=1 << 20)
         if fault_around & (fault_around - 1):
             raise BadInputError(f"fault_around must be 0 or a power of two, got {fault_around}")
-        if serve not in ("zswap", "zero", "file"):
-            raise BadInputError(f"serve must be 'zswap', 'zero' or 'file', got {serve!r}")
+        if serve not in SOURCES:
+            raise BadInputError(f"serve must be one of {tuple(SOURCES)}, got {serve!r}")
         if serve == "file" and file is None:
             raise BadInputError("serve='file' needs file= (a path for the plain swap file)")
         serve_delay_us = check_real(serve_delay_us, "serve_delay_us", lo=0, hi=1e4)
@@ -344,6 +397,11 @@ class SwapRegion:
         }
         try:
             self._open(cfg, start_timeout)
+        except OSError as exc:
+            self._finalizer()
+            if isinstance(exc, DevpoolError):
+                raise
+            raise _refused("swap_region", exc) from exc
         except BaseException:
             self._finalizer()
             raise
@@ -365,7 +423,7 @@ class SwapRegion:
         except _uffd.UffdUnavailable as exc:
             raise BackendUnavailableError(f"swap_region: {exc.strerror}") from exc
         self._uffd = fd
-        memfd = os.memfd_create("devpool-region", os.MFD_CLOEXEC)
+        memfd = os.memfd_create(MEMFD_NAME, os.MFD_CLOEXEC)
         res.fds.append(memfd)
         try:
             os.ftruncate(memfd, self.nbytes)
@@ -431,7 +489,9 @@ class SwapRegion:
         res.fds.append(pidfd)
         try:
             res.guard, res.guard_sock = start_guard(fd, pidfd, addr, self.nbytes, os.getpid())
-        except (OSError, subprocess.SubprocessError) as exc:
+        except OSError as exc:
+            raise _refused("swap_region: the guard process did not start", exc) from exc
+        except subprocess.SubprocessError as exc:
             raise DevpoolError(f"swap_region: the guard process did not start: {exc}") from exc
         res.socks.append(res.guard_sock)
         # the last line, for when the guard cannot answer either (both killed at once, a
@@ -441,7 +501,7 @@ class SwapRegion:
             res.watch = None
         mine.settimeout(None)
         # the handler watches the guard from now on and starts another if it dies
-        self._request("guard", res.guard.pid)
+        self._request(protocol.GUARD, res.guard.pid)
         self._cbuf = (ctypes.c_uint8 * self.nbytes).from_address(addr)
         self._array = np.ctypeslib.as_array(self._cbuf)
 
@@ -467,13 +527,13 @@ class SwapRegion:
         refuses stay resident)."""
         if n is not None:
             n = check_int(n, "n", lo=0)
-        return self._request("evict", n)
+        return self._request(protocol.EVICT, n)
 
     def stats(self) -> dict:
         """Counters: faults, zero_fills, loads_from_pool, loads_from_backing, evicted_pages,
         resident_pages, fault_p50_us / fault_p99_us (service time in the handler), ...,
         and the Zswap's own statistics under ``"zswap"``."""
-        st = self._request("stats")
+        st = self._request(protocol.STATS)
         st["nbytes"] = self.nbytes
         st["resident_bytes"] = self.resident_bytes
         return st
@@ -536,26 +596,25 @@ class SwapRegion:
         nothing until continued: that is raised, not waited out in silence. The region
         stays usable; the request runs once the handler continues, and its late reply is
         skipped by the next request."""
-        poller = select.poll()
-        poller.register(sock.fileno(), select.POLLIN)
         pid = self._res.handler.pid
-        while not poller.poll(STOPPED_CHECK_S * 1000):
-            if _process_state(pid) in ("T", "t"):
-                raise DevpoolError(f"the region's handler process {pid} is stopped (SIGSTOP or a debugger): "
-                                   f"it serves no fault and answers no request until it is continued "
-                                   f"(SIGCONT); this request was sent and runs then")
+        try:
+            _reply_waiter(pid, math.inf)(sock)
+        except _NoAnswer:
+            raise DevpoolError(f"the region's handler process {pid} is stopped (SIGSTOP or a debugger): "
+                               f"it serves no fault and answers no request until it is continued "
+                               f"(SIGCONT); this request was sent and runs then") from None
 
     def _request(self, *req):
         with self._lock:
             self._check_usable()
             sock = self._res.handler_sock
             # the handler ends each reply with the request's last element: a serial
-            # number, by which _reply_to tells this request's reply from late ones
+            # number, by which reply_to tells this request's reply from late ones
             self._serial += 1
             serial = self._serial
             try:
                 send(sock, (*req, serial))
-                kind, *rest = _reply_to(sock, serial, self._wait_for_reply)
+                kind, *rest = reply_to(sock, serial, self._wait_for_reply)
                 rest.pop()
             except (OSError, EOFError) as exc:
                 code = self._res.handler.poll()
@@ -594,80 +653,3 @@ def _raise_remote(name: str, message: str):
     if isinstance(cls, type) and issubclass(cls, DevpoolError):
         raise cls(message)
     raise DevpoolError(f"region handler: {name}: {message}")
-
-
-# --- devpool replay --real -------------------------------------------------------------------
-def replay_real(args, trace: np.ndarray, content: np.ndarray) -> dict:
-    """Play ``trace`` on a real region (``devpool replay --real``): the same working set,
-    RAM budget, zswap limit, backend and codec as the simulation, but the touches are
-    loads and stores of real memory and the faults are the kernel's.
-
-    A page's first touch writes its content; every later touch reads the whole page back
-    and checks it (a mismatch raises DevpoolError). Fault latency is timed in the
-    touching thread, for touches that ``mincore`` (outside the timer) found non-resident.
-    """
-    import tempfile
-    import time
-    ws = content.shape[0]
-    mincore = _libc.mincore
-    mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-    vec = (ctypes.c_ubyte * 1)()
-    limit = args.pool_limit_pages * PAGE_SIZE
-    lat = []
-    touched = np.zeros(ws, np.bool_)
-    with tempfile.TemporaryDirectory(prefix="devpool-replay-real-") as tmp:
-        with swap_region(ws * PAGE_SIZE, resident_bytes=args.ram_pages * PAGE_SIZE, backend=args.backend,
-                         compressor=args.compressor, capacity_bytes=max(16 << 20, 4 * limit),
-                         max_pool_bytes=limit, backing=os.path.join(tmp, "swap")) as region:
-            a = region.array
-            pages = a.reshape(ws, PAGE_SIZE)
-            base = a.ctypes.data
-            clock = time.perf_counter_ns
-            t_all = time.perf_counter()
-            for p in trace.tolist():
-                mincore(base + p * PAGE_SIZE, PAGE_SIZE, vec)
-                resident = vec[0] & 1
-                if not touched[p]:
-                    t = clock()
-                    pages[p] = content[p]
-                    dt = clock() - t
-                    touched[p] = True
-                else:
-                    t = clock()
-                    same = np.array_equal(pages[p], content[p])
-                    dt = clock() - t
-                    if not same:
-                        raise DevpoolError(f"real region: page {p} came back different from what was written")
-                if not resident:
-                    lat.append(dt)
-            elapsed = time.perf_counter() - t_all
-            st = region.stats()
-    lat = np.array(lat, np.int64)
-
-    def pct(q):
-        return float(np.percentile(lat, q) / 1e3) if lat.size else 0.0
-
-    zst = st["zswap"]
-    swap_faults = st["loads_from_pool"] + st["loads_from_backing"]
-    return {
-        "faults": st["faults"], "first_touch": st["zero_fills"], "zswap_hits": st["loads_from_pool"],
-        "backing_reads": st["loads_from_backing"], "evicted": st["evicted_pages"],
-        "zswap_hit_rate": st["loads_from_pool"] / swap_faults if swap_faults else 0.0,
-        "written_back_pages": zst["written_back_pages"], "pool_limit_hit": zst["pool_limit_hit"],
-        "backing_direct_writes": zst["backing_direct_writes"], "resident_pages": st["resident_pages"],
-        "fault_p50_us": pct(50), "fault_p99_us": pct(99),
-        "handler_service_p50_us": st["fault_p50_us"], "handler_service_p99_us": st["fault_p99_us"],
-        "touches_per_s": trace.size / elapsed, "policy": st["policy"],
-    }
-
-
-def print_replay_real(real: dict) -> None:
-    print(f"  real region (userfaultfd, policy {real['policy']}): faults {real['faults']} (first touch "
-          f"{real['first_touch']}, from zswap {real['zswap_hits']}, from backing file {real['backing_reads']}); "
-          f"zswap hit rate {100 * real['zswap_hit_rate']:.1f} %")
-    print(f"    evicted {real['evicted']}, written back {real['written_back_pages']}, pool limit hit "
-          f"{real['pool_limit_hit']}x, refused straight to file {real['backing_direct_writes']}; "
-          f"every page checked on every touch")
-    print(f"    fault latency in the touching thread: p50 {real['fault_p50_us']:.0f} us p99 "
-          f"{real['fault_p99_us']:.0f} us (handler service p50 {real['handler_service_p50_us']:.0f} us); "
-          f"{real['touches_per_s']:.0f} touches/s")

@@ -30,7 +30,7 @@ import os
 import struct
 
 __all__ = [
-    "MSG_SIZE", "UffdUnavailable", "api", "copy", "open_uffd", "poison", "read_faults",
+    "MSG_SIZE", "UffdUnavailable", "api", "copy", "open_uffd", "place", "poison", "read_faults",
     "register", "unregister", "wake", "writeprotect", "zeropage",
 ]
 
@@ -163,6 +163,9 @@ def open_uffd(nonblocking: bool = True) -> int:
         return fd
     err = ctypes.get_errno()
     errors.append(f"userfaultfd(2): {os.strerror(err)}")
+    if err in (errno.EMFILE, errno.ENFILE, errno.ENOMEM):
+        # out of descriptors or memory: no permission is missing, the fix is elsewhere
+        raise OSError(err, f"userfaultfd: {os.strerror(err)}")
     if err == errno.ENOSYS:
         raise UffdUnavailable(errno.ENOSYS, "this kernel has no userfaultfd (CONFIG_USERFAULTFD is off; "
                               f"Linux 4.3+ with it enabled is needed): {'; '.join(errors)}")
@@ -292,6 +295,39 @@ def writeprotect(fd: int, start: int, length: int, protect: bool, wake_: bool = 
 def poison(fd: int, start: int, length: int) -> None:
     """UFFDIO_POISON: accesses to these (unmapped) pages raise SIGBUS from now on."""
     _retrying(fd, UFFDIO_POISON, _ZERO, [start, length, 0, 0], 3, (0,), 1)
+
+
+def place(fd: int, dst: int, length: int, src: int | None = None, *, poison_: bool = False) -> int:
+    """Resolve the missing faults of ``[dst, dst + length)`` and wake their threads:
+    copy the bytes at ``src`` (an address in this process), or map zero pages (``src``
+    None), or poison the pages (``poison_``: an access raises SIGBUS from now on).
+
+    A page already there (``EEXIST``: another thread's fault filled it first, or it was
+    poisoned before) keeps what it has, and its waiters are woken: a thread that read
+    the page table before the page went in may queue after the fill's wake, and the
+    kernel wakes no one when an ioctl fails. The ioctl stops at the first such page, so
+    the rest of the range goes a page at a time. ``EAGAIN`` (the address space changed
+    under the call) is retried by the ioctls themselves. Returns how many pages were
+    already there (0 on the common path: one ioctl, nothing else).
+    """
+    try:                                 # the fault's hot path: one call, one ioctl
+        if src is not None:
+            copy(fd, dst, src, length)
+        elif poison_:
+            poison(fd, dst, length)
+        else:
+            zeropage(fd, dst, length)
+        return 0
+    except OSError as exc:
+        if exc.errno != errno.EEXIST:
+            raise
+    if length <= PAGE_SIZE:
+        wake(fd, dst, length)
+        return 1
+    there = 0
+    for off in range(0, length, PAGE_SIZE):     # a page at a time: each one there is woken
+        there += place(fd, dst + off, PAGE_SIZE, None if src is None else src + off, poison_=poison_)
+    return there
 
 
 _MSG = struct.Struct("B7xQQ8x")      # event, pagefault.flags, pagefault.address

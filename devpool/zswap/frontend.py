@@ -61,7 +61,8 @@ __all__ = ["Zswap"]
 # --- entry states (one byte per swap offset) -------------------------------------------
 POOL = 1       # compressed (or, at length == PAGE_SIZE, stored as-is) in the pool
 SAME = 2       # same-filled page: only the 8-byte fill word is kept, no pool space
-FILE = 3       # in the backing swap file (written back, or refused by zswap)
+FILE = 3       # in the backing swap file (written back, or refused by zswap); its
+               # ``fill`` word holds the slot's check word (BackingFile.write_pages)
 
 _KIND_NAMES = {ABSENT: None, POOL: "pool", SAME: "same_filled", FILE: "backing"}
 
@@ -128,6 +129,8 @@ class Zswap:
         "backing_direct_writes",   # refused pages written straight to the backing file
         "loads_from_pool",         # loads served from the pool (or a fill word)
         "loads_from_backing",      # loads served from the backing file
+        "backing_read_fail",       # pages the file could not give back (I/O error, short
+                                   # read, or a slot that failed its check: lost)
     )
 
     # --- tunables ----------------------------------------------------------------------
@@ -185,9 +188,10 @@ class Zswap:
                 raise
 
     def close(self) -> None:
-        """Drop every entry from the pool (not the pool itself) and close an owned file.
-        Idempotent; safe after the pool was closed. Every later operation raises
-        :class:`~devpool.ClosedError`."""
+        """Drop every entry from the pool (not the pool itself) and empty the backing
+        file (no entry survives: its slots held only our pages); one this Zswap opened
+        from a path is closed too, and removed if it created it. Idempotent; safe after
+        the pool was closed. Every later operation raises :class:`~devpool.ClosedError`."""
         with self._lock:
             if self._closed:
                 return
@@ -208,7 +212,9 @@ class Zswap:
                     if self.backing is not None:
                         self.backing.detach(self)
                         if self._own_backing:
-                            self.backing.close()
+                            self.backing.close()       # emptied, and removed if it made it
+                        elif not self.backing.closed:
+                            self.backing.discard()     # no entry of ours is in it any more
 
     def _check_open(self) -> None:
         if self._closed:
@@ -344,7 +350,7 @@ class Zswap:
             t.seq[idx] = self._next_seq + np.arange(offs.size)
             self._next_seq += offs.size
             t.referenced[idx] = True
-        elif state == SAME:
+        elif fill is not None:               # SAME: the fill word; FILE: the slot's check word
             t.fill[idx] = fill
         t.set_state(idx, state)
 
@@ -475,11 +481,12 @@ class Zswap:
             if good.size == 0:
                 continue
             try:
-                self.backing.write_pages(t.offsets_of(good), pages[ok])
+                words = self.backing.write_pages(t.offsets_of(good), pages[ok])
             except WritebackError:
                 self._counters["writeback_fail"] += good.size
                 raise                       # the entries stay in the pool
             self.pool.free_batch(t.handle[good])
+            t.fill[good] = words            # what load checks the slot against
             t.set_state(good, FILE)
             written += good.size
             self._counters["written_back_pages"] += good.size
@@ -498,12 +505,28 @@ class Zswap:
         except WritebackError:
             self._counters["reject_reclaim_fail"] += 1
 
-    def _write_refused(self, offs: np.ndarray, pages: np.ndarray) -> None:
-        """Refused pages go to the backing file, as the swap core does (may raise: then
-        they are not kept and the caller still owns them)."""
-        self.backing.write_pages(offs, pages)
-        self._record(offs, FILE)
-        self._counters["backing_direct_writes"] += offs.size
+    def _write_refused(self, offs: np.ndarray, pages: np.ndarray, cached: np.ndarray) -> None:
+        """The pages zswap refused (``~cached``) go to the backing file, as the swap core
+        does. If the write fails none of them is kept (the caller still owns them): the
+        WritebackError carries ``stored`` (``cached``) and ``not_kept`` (their offsets),
+        so the caller learns what happened without probing ``contains()``."""
+        refused = np.flatnonzero(~cached)
+        try:
+            words = self.backing.write_pages(offs[refused], pages[refused])
+        except WritebackError as exc:
+            exc.stored, exc.not_kept = cached, offs[refused]
+            raise
+        self._record(offs[refused], FILE, fill=words)
+        self._counters["backing_direct_writes"] += refused.size
+
+    def _read_file(self, offs: np.ndarray, words: np.ndarray) -> np.ndarray:
+        """The pages of FILE entries at ``offs``, each checked against its slot's word;
+        a failure is counted (``backing_read_fail``) and raised: nothing is removed."""
+        try:
+            return self.backing.read_pages(offs, expect=words)
+        except WritebackError as exc:
+            self._counters["backing_read_fail"] += offs.size if exc.offsets is None else exc.offsets.size
+            raise
 
     # --- main API ------------------------------------------------------------------------
     def store_batch(self, offsets, pages) -> np.ndarray:
@@ -515,7 +538,8 @@ class Zswap:
         replaced either way. Bad input raises BadInputError and changes nothing. If a
         refused page's write to the backing file fails, WritebackError is raised after
         everything else committed; those offsets are then empty and the caller still
-        owns the pages.
+        owns the pages. The error says which: ``exc.stored`` is the mask this call would
+        have returned (the cached pages), ``exc.not_kept`` the offsets held nowhere.
         """
         offs = self._offsets(offsets)
         pages = check_pages(pages)
@@ -558,9 +582,8 @@ class Zswap:
         self._counters["same_filled_stores"] += int(same.sum())
         if self._reached_full:
             self._shrink()
-        refused = np.flatnonzero(~cached)
-        if refused.size and self.backing is not None:
-            self._write_refused(offs[refused], pages[refused])
+        if self.backing is not None and not cached.all():
+            self._write_refused(offs, pages, cached)
         return cached
 
     def _write(self, handles, pages, todo, data, starts, sizes, want, as_is) -> None:
@@ -607,7 +630,7 @@ class Zswap:
             if same or handle is not None:
                 return True
             if self.backing is not None:
-                self._write_refused(np.array([o], np.int64), page.reshape(1, -1))
+                self._write_refused(np.array([o], np.int64), page.reshape(1, -1), np.zeros(1, np.bool_))
             return False
 
     def load_batch(self, offsets, out=None, *, keep: bool = False) -> np.ndarray:
@@ -616,9 +639,11 @@ class Zswap:
         ``out`` may be a writable (N, 4096) uint8 array to fill instead of a new one.
         An offset held nowhere raises EntryNotFoundError; a block that fails to decode
         raises CorruptDataError (``decompress_fail`` counted); a file read error raises
-        WritebackError. In every error case nothing is removed (``out`` may have been
-        partly written). ``keep=True`` makes the loads non-exclusive, as in :meth:`load`
-        (a swap device's reads: the kernel may read a slot again).
+        WritebackError, as does a slot of the file that does not hold the page written
+        there (truncated or changed under us: ``backing_read_fail`` counted, never zeros
+        or another page returned). In every error case nothing is removed (``out`` may
+        have been partly written). ``keep=True`` makes the loads non-exclusive, as in
+        :meth:`load` (a swap device's reads: the kernel may read a slot again).
         """
         offs = self._offsets(offsets)
         if keep is not False and keep is not True:
@@ -649,7 +674,7 @@ class Zswap:
                 out.view(np.uint64)[same] = t.fill[idx[same], None]
             in_file = np.flatnonzero(state == FILE)
             if in_file.size:
-                out[in_file] = self.backing.read_pages(offs[in_file])
+                out[in_file] = self._read_file(offs[in_file], t.fill[idx[in_file]])
             # commit: exclusive load
             self._counters["loads_from_pool"] += in_pool.size + same.size
             self._counters["loads_from_backing"] += in_file.size
@@ -707,7 +732,7 @@ class Zswap:
                 page.view(np.uint64)[:] = t.m_fill[i]
                 self._counters["loads_from_pool"] += 1
             else:
-                got = self.backing.read_pages(np.array([o], np.int64))[0]
+                got = self._read_file(np.array([o], np.int64), t.fill[i:i + 1])[0]
                 if out is None:
                     page = got
                 else:
@@ -735,10 +760,12 @@ class Zswap:
             self._drop_one(o)
 
     def invalidate_area(self) -> None:
-        """Forget every offset (swapoff of the whole area)."""
+        """Forget every offset (swapoff of the whole area); the backing file is emptied."""
         with self._lock:
             self._check_open()
             self._drop_idx(self._t.present())
+            if self.backing is not None:
+                self.backing.discard()
 
     def writeback(self, n: int) -> int:
         """Write up to ``n`` least-recently-stored pages to the backing file now.

@@ -133,6 +133,7 @@ def test_unknown_backend(pages_file):
     assert_clean_failure(run("bench", "--backend", "tpu", "--pages", str(pages_file), "--quiet"), "unknown backend")
 
 
+@pytest.mark.device
 def test_cuda_backend_runs_or_says_why(pages_file):
     ok, _ = cuda_usable()
     env_run = subprocess.run([DEVPOOL, "bench", "--backend", "cuda", "--compressor", "lz4", "--pages",

@@ -150,7 +150,7 @@ def test_open_pool_works_or_refuses_cleanly(option, value, name):
 @pytest.mark.parametrize("name", ["host", "chaos"])
 @pytest.mark.parametrize("kw", [{"segment_bytes": "x"}, {"segment_bytes": 1.5}, {"capacity_bytes": True},
                                 {"max_object_bytes": "4096"}, {"bogus": 1}, {"seed": "x"}, {"seed": -1},
-                                {"move_fraction": float("nan")}])
+                                {"migrate_per_object": float("nan")}, {"migrate_per_object": -1}])
 def test_open_pool_bad_arguments_are_bad_input(name, kw):
     """(host takes no chaos options: an unknown keyword there, refused as well)"""
     with pytest.raises(devpool.BadInputError):

@@ -371,6 +371,7 @@ def _device_ok():
     return cuda_usable()[0]
 
 
+@pytest.mark.device
 @pytest.mark.skipif(not _device_ok(), reason="no CUDA device and no simulator")
 def test_lz4_device_is_byte_identical_and_decodes_liblz4(rng):
     codec = devpool.get_codec("lz4-device")
@@ -393,6 +394,7 @@ def test_lz4_device_is_byte_identical_and_decodes_liblz4(rng):
     assert not codec.decompress_into(np.frombuffer(bytes(bad), np.uint8), np.array([len(bad)]), out)[0]
 
 
+@pytest.mark.device
 @pytest.mark.skipif(not _device_ok(), reason="no CUDA device and no simulator")
 def test_lz4_device_refuses_bad_arguments(rng):
     check_bad_arguments(devpool.get_codec("lz4-device"), rng)

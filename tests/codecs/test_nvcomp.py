@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import devpool
+from tests.absent import without
 from tests.pages import make_pages
 
 nvcomp = pytest.importorskip("nvidia.nvcomp")
@@ -27,7 +28,8 @@ def test_refused_clearly_without_a_driver():
 
 
 def test_not_registered_when_nvcomp_does_not_import():
-    code = ("import sys; sys.modules['nvidia.nvcomp'] = None\n"
+    """As on the GPU image: the ``nvidia`` namespace is there (CUDA wheels), nvCOMP is not."""
+    code = (without("nvidia.nvcomp") +
             "import devpool\n"
             "try:\n    devpool.get_codec('nvcomp-lz4')\n"
             "except devpool.UnknownCodecError as e:\n    print('UNKNOWN', e)\n")

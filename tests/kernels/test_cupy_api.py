@@ -31,9 +31,10 @@ USED = {
     "cp.cuda.alloc_pinned_memory": ((P,), {}),
     "cp.cuda.Stream": ((), {"non_blocking": True}),
     "cp.cuda.Event": ((), {"block": False, "disable_timing": True}),
-    "cp.get_default_memory_pool": ((), {}),
-    "cp.get_default_pinned_memory_pool": ((), {}),
     "cp.cuda.Device": ((), {}),
+    "cp.cuda.Memory": ((P,), {}),
+    "cp.cuda.MemoryPointer": ((P, 0), {}),
+    "cp.ndarray": ((P, P, P), {}),
     "rt.memcpyAsync": ((P, P, P, P, P), {}),
     "rt.memcpyHostToDevice": None,
     "rt.memcpyDeviceToHost": None,
@@ -49,8 +50,6 @@ RESULTS = [
     (cupy.ndarray, "data", None),
     (cupy.cuda.MemoryPointer, "ptr", None),
     (cupy.cuda.Device, "id", None),
-    (cupy.cuda.MemoryPool, "free_all_blocks", ((), {})),
-    (cupy.cuda.PinnedMemoryPool, "free_all_blocks", ((), {})),
 ]
 
 

@@ -268,6 +268,6 @@ def make_machine(backend: str):
 def test_pool_matches_dict_model(backend, sized):
     machine = make_machine(backend)
     machine.TestCase.settings = settings(
-        max_examples=sized(150, 8, 3), stateful_step_count=40, deadline=None,
+        max_examples=sized(150, 8, 20), stateful_step_count=40, deadline=None,
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much])
     machine.TestCase().runTest()

@@ -259,6 +259,40 @@ def test_mutation_run_interrupted_leaves_no_copies():
     assert not any(os.path.exists(d) for d in made), "an interrupted run left its copies behind"
 
 
+def test_bench_chaos_scale_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_chaos_scale.py", "--sizes", "60,240", "--calls", "12", "--passes", "2")
+    assert [row["live_objects"] for row in r["rows"]] == [60, 240]
+    assert all(row["us_per_call_median"] > 0 and row["migrated_objects"] > 0 for row in r["rows"])
+
+
+def test_bench_pool_single_smoke(tmp_path):
+    """Against this very tree as the base: both sides run, and the ratio is reported."""
+    tree = str(BENCH.parent)
+    r = run_bench(tmp_path, "bench_pool_single.py", "--base", tree, "--pairs", "1", "--n", "50", "--passes", "1")
+    assert r["this_four_p50_us"]["median"] > 0 and r["base_two_p50_us"]["median"] > 0
+    assert r["ratio_four_p50_us"]["median"] > 0
+
+
+def test_bench_pool_bytes_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_pool_bytes.py", "--sizes", "100,1000")
+    assert [row["live_objects"] for row in r["rows"]] == [100, 1000]
+    assert all(row["handle_table_bytes"] >= 21 * row["slots"] for row in r["rows"])
+
+def test_bench_backing_smoke(tmp_path):
+    """The slot check's cost: checked and unchecked file I/O, per batch size."""
+    r = run_bench(tmp_path, "bench_backing.py", "--passes", "3", "--batches", "1,4")
+    assert [row["batch"] for row in r["rows"]] == [1, 4]
+    for row in r["rows"]:
+        assert row["per_page_us"]["words"] > 0 and row["write_checked_over_before"]["median"] > 0
+        assert row["read_checked_over_before"]["median"] > 0
+
+
+def test_bench_capture_smoke(tmp_path):
+    """Both ways of finding a sparse mapping's pages run and find every touched page."""
+    r = run_bench(tmp_path, "bench_capture.py", "--gib", "1", "--passes", "1")
+    assert set(r["seconds"]) == {"pagemap", "scan"} and r["pagemap_over_scan"]["median"] > 0
+
+
 def _can_swap() -> bool:
     from tests.swapdev.conftest import can_swap
     return can_swap()[0]

@@ -98,14 +98,18 @@ def test_another_users_file_is_refused(tmp_path):
         BackingFile(f)
 
 
-def test_a_new_file_is_created_0600_and_an_existing_private_one_reused(tmp_path):
+def test_a_new_file_is_created_0600_and_an_existing_private_one_taken_empty(tmp_path):
     f = tmp_path / "swap"
     with BackingFile(f) as b:
         assert b.created and stat.S_IMODE(os.stat(f).st_mode) == 0o600
         b.write_pages(np.array([1]), page(7))
-    with BackingFile(f) as b:                      # ours, 0600: reused, its slots intact
-        assert not b.created
-        assert (b.read_pages(np.array([1])) == 7).all()
+    f.write_bytes(b"left by a process that died" * 1000)   # ours, 0600: taken, emptied
+    os.chmod(f, 0o600)
+    with BackingFile(f) as b:
+        assert not b.created and os.stat(f).st_size == 0
+        with pytest.raises(WritebackError, match="short read"):
+            b.read_pages(np.array([1]))
+    assert f.exists() and os.stat(f).st_size == 0          # not ours to remove; emptied
 
 
 @pytest.mark.parametrize("path", [3, None, b"a\0b", "a\0b", "", 1.5])
@@ -133,8 +137,10 @@ def test_a_second_backing_file_on_the_same_path_is_refused_until_the_first_close
     assert open_fds() == fds and f.exists()        # the refusal leaked nothing, removed nothing
     assert (first.read_pages(np.array([0])) == 1).all()
     first.close()
+    assert not f.exists()                          # it made the file: its close removed it
     with BackingFile(f) as again:
-        assert (again.read_pages(np.array([0])) == 1).all()
+        again.write_pages(np.array([0]), page(2))
+        assert (again.read_pages(np.array([0])) == 2).all()
 
 
 def test_two_zswaps_on_one_path_are_refused(tmp_path):
@@ -237,3 +243,39 @@ def test_a_dropped_backing_file_releases_its_descriptor_and_lock(tmp_path):
     gc.collect()
     assert open_fds() == fds
     BackingFile(tmp_path / "swap").close()            # and the lock went with it
+
+
+# --- what the file holds outlives nothing: emptying that fails is loud -------------------
+def test_a_file_that_cannot_be_emptied_is_refused_and_nothing_leaks(tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.write_bytes(b"left by a crash" * 100)
+    os.chmod(old, 0o600)
+
+    def eio(fd, length):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(_backing.os, "ftruncate", eio)
+    fds = open_fds()
+    for path in (tmp_path / "new", old):
+        with pytest.raises(WritebackError, match="cannot empty"):
+            BackingFile(path)
+    assert open_fds() == fds and not (tmp_path / "new").exists()
+    monkeypatch.undo()
+    BackingFile(old).close()
+
+
+def test_close_says_so_when_a_file_it_did_not_make_keeps_its_pages(tmp_path, monkeypatch):
+    old = tmp_path / "old"
+    old.write_bytes(b"")
+    os.chmod(old, 0o600)
+    made, found = BackingFile(tmp_path / "made"), BackingFile(old)
+    for f in (made, found):
+        f.write_pages(np.array([2]), page(9))
+    monkeypatch.setattr(_backing.os, "ftruncate", lambda fd, n: (_ for _ in ()).throw(OSError(5, "EIO")))
+    made.close()                                     # removed: its pages went with it
+    assert not (tmp_path / "made").exists()
+    with pytest.raises(WritebackError, match="cannot empty"):
+        found.close()
+    assert found.closed                              # closed and unlocked all the same
+    monkeypatch.undo()
+    BackingFile(old).close()

@@ -485,6 +485,7 @@ def test_every_codec_behind_the_frontend(zswap, rng, compressor):
     np.testing.assert_array_equal(zs.load_batch(np.arange(20)), pages)
 
 
+@pytest.mark.device
 def test_device_codec_behind_the_frontend(zswap, rng):
     if not cuda_usable()[0]:
         pytest.skip("no CUDA device and no simulator")
