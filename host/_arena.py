@@ -15,6 +15,7 @@ Cost: scatter/gather are memcpy-bound (several GB/s per core); no transfers.
 
 from __future__ import annotations
 
+import errno
 import mmap
 import sys
 
@@ -90,7 +91,13 @@ class HostStorage(Storage):
             try:
                 self._map.madvise(RELEASE_ADVICE, offset, nbytes)
             except OSError:          # MADV_FREE unsupported by this kernel: eager release
-                self._map.madvise(mmap.MADV_DONTNEED, offset, nbytes)
+                try:
+                    self._map.madvise(mmap.MADV_DONTNEED, offset, nbytes)
+                except OSError as exc:
+                    # EINVAL on locked memory: a process that mlockall'ed (the swap
+                    # device's server) wants its pool resident; the pages stay, reused
+                    if exc.errno != errno.EINVAL:
+                        raise
 
     def scatter(self, payload, src_starts, dst_offsets, lengths):
         _copy.scatter(self._arena, payload, src_starts, dst_offsets, lengths)

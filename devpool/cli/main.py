@@ -1,4 +1,5 @@
-"""The ``devpool`` command line: ``bench`` (the main job), ``capture``, ``replay``, ``info``.
+"""The ``devpool`` command line: ``bench`` (the main job), ``capture``, ``replay``, ``info``,
+and the machine's swap: ``swapon``, ``swapoff``, ``status``.
 
 Every failure a user can cause (a bad argument, unknown backend or codec, unreadable
 pid, bad input file, unwritable output) ends as one line on stderr and a non-zero exit,
@@ -160,6 +161,59 @@ def cmd_check_kernels(args) -> int:
     return 1 if failed else 0
 
 
+# --- the machine's swap: swapon / swapoff / status ----------------------------------------------
+def cmd_swapon(args) -> int:
+    from ..swapdev import swapon
+    from ..swapdev.device import human_size
+    dev = swapon(args.size, backend=args.backend, compressor=args.compressor,
+                 max_pool_percent=args.max_pool_percent, backing=args.backing, priority=args.priority)
+    print(f"{dev.device}: devpool swap ({dev.name}), {human_size(args.size)}, backend {dev.state.get('backend_used')}, "
+          f"{args.compressor}, priority {args.priority}; server pid {dev.pid}")
+    for warning in dev.state.get("warnings", []):
+        print(f"  note: {warning}")
+    print(f"  undo: devpool swapoff {dev.device}")
+    return 0
+
+
+def cmd_swapoff(args) -> int:
+    from ..swapdev import swapoff, swapoff_all
+    if args.all == (args.device is not None):
+        raise BadInputError("name one device (such as /dev/loop3) or --all")
+    steps = swapoff_all() if args.all else swapoff(args.device)
+    for step in steps:
+        print(step)
+    return 0
+
+
+def cmd_status(args) -> int:
+    from ..swapdev.device import format_status, status
+    rows = status()
+    if args.json:
+        import json
+        print(json.dumps(rows, indent=1))
+    elif rows:
+        print(format_status(rows))
+    return 0
+
+
+def _size_arg(text: str) -> int:
+    from ..swapdev.device import parse_size
+    try:
+        return parse_size(text)
+    except BadInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _percent_arg(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0.0 < value <= 100.0:
+        raise argparse.ArgumentTypeError(f"expected a percentage in (0, 100], got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = _Parser(prog="devpool", description="A compressed memory pool in GPU (or host) memory, zswap-style.")
     sub = ap.add_subparsers(dest="command", required=True)
@@ -211,6 +265,28 @@ def build_parser() -> argparse.ArgumentParser:
                        "registers, spills, stack, occupancy")
     p.add_argument("--arch", default="sm_80,sm_90", help="architectures, comma-separated (default sm_80,sm_90)")
     p.set_defaults(func=cmd_check_kernels)
+
+    p = sub.add_parser("swapon", help="swap the whole machine into a pool: a FUSE file served from a "
+                       "Zswap, a loop device, mkswap, swapon (root)")
+    p.add_argument("--size", type=_size_arg, default="4G", help="swap device size, such as 4G (default 4G)")
+    p.add_argument("--backend", choices=("auto", "host", "cuda", "chaos"), default="auto")
+    p.add_argument("--compressor", default="lz4", help="codec id (default lz4)")
+    p.add_argument("--max-pool-percent", type=_percent_arg, default=20,
+                   help="the pool's limit, percent of RAM as zswap's (default 20); beyond it pages go to the backing file")
+    p.add_argument("--backing", metavar="FILE", default=None,
+                   help="swap file for pages zswap refuses (default: one under /var/tmp, removed with the device; "
+                        "'none' for none)")
+    p.add_argument("--priority", type=_int_arg(0, 32767), default=100, help="swap priority (default 100)")
+    p.set_defaults(func=cmd_swapon)
+
+    p = sub.add_parser("swapoff", help="undo devpool swap devices: swapoff, loop detach, unmount, server exit")
+    p.add_argument("device", nargs="?", help="the loop device (or name) that `devpool status` lists")
+    p.add_argument("--all", action="store_true", help="every devpool swap device, and what crashed runs left")
+    p.set_defaults(func=cmd_swapoff)
+
+    p = sub.add_parser("status", help="devpool swap devices, zramctl-style")
+    p.add_argument("--json", action="store_true", help="every statistic, as JSON")
+    p.set_defaults(func=cmd_status)
 
     p = sub.add_parser("info", help="version, backends available and why not, device name")
     p.set_defaults(func=cmd_info)

@@ -611,7 +611,7 @@ class Zswap:
                 self._write_refused(np.array([o], np.int64), page.reshape(1, -1), np.zeros(1, np.bool_))
             return False
 
-    def load_batch(self, offsets, out=None) -> np.ndarray:
+    def load_batch(self, offsets, out=None, *, keep: bool = False) -> np.ndarray:
         """Load pages (N, 4096); exclusive: each leaves zswap and the backing file.
 
         ``out`` may be a writable (N, 4096) uint8 array to fill instead of a new one.
@@ -620,9 +620,12 @@ class Zswap:
         WritebackError, as does a slot of the file that does not hold the page written
         there (truncated or changed under us: ``backing_read_fail`` counted, never zeros
         or another page returned). In every error case nothing is removed (``out`` may
-        have been partly written).
+        have been partly written). ``keep=True`` makes the loads non-exclusive, as in
+        :meth:`load` (a swap device's reads: the kernel may read a slot again).
         """
         offs = self._offsets(offsets)
+        if keep is not False and keep is not True:
+            keep = check_flag(keep, "keep")
         n = offs.size
         if out is not None:
             if (not isinstance(out, np.ndarray) or out.dtype != np.uint8 or out.shape != (n, PAGE_SIZE)
@@ -653,7 +656,10 @@ class Zswap:
             # commit: exclusive load
             self._counters["loads_from_pool"] += in_pool.size + same.size
             self._counters["loads_from_backing"] += in_file.size
-            self._drop_idx(idx)
+            if keep:
+                t.referenced[idx[in_pool]] = True    # used again: a second chance before writeback
+            else:
+                self._drop_idx(idx)                  # commit: exclusive load
             return out
 
     def load(self, offset: int, out=None, *, keep: bool = False) -> np.ndarray:

@@ -310,3 +310,45 @@ def test_bench_growth_smoke(tmp_path):
     assert all(0 < m["stored_pages"] <= m["pages"] and m["structures_per_page"]["entry_index"] > 0 for m in r["memory"])
     assert [x["pages"] for x in r["replay"]] == [300] and all("failed" not in x for x in r["replay"])
     assert (tmp_path / "g.png").stat().st_size > 0
+
+
+def _can_swap() -> bool:
+    from tests.swapdev.conftest import can_swap
+    return can_swap()[0]
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
+                    reason="the swap device benchmark needs root, FUSE, loop and a memory cgroup")
+def test_bench_swapdev_smoke(tmp_path):
+    """The machine-swap benchmark (devpool against a plain swap file, and the IOPS part
+    against zram) runs end to end, loses no page and puts every setting back."""
+    assert _can_swap()
+    before = {p: open(p).read() for p in ("/proc/sys/vm/page-cluster", "/sys/module/zswap/parameters/enabled",
+                                         "/sys/block/zram0/disksize") if os.path.exists(p)}
+    r = run_bench(tmp_path, "bench_swapdev.py", "--pages", pages_file(tmp_path, 256, 5), "--limit-mb", "32",
+                  "--region-mb", "64", "--touches", "100", "--passes", "1", "--subjects", "devpool-lz4,swapfile",
+                  "--iops", "--iops-mb", "4", "--iops-seconds", "0.2")
+    for s in ("devpool-lz4", "swapfile"):
+        row = r["summary"][s]
+        assert row["passes"] == 1 and row["pages_lost"] == 0 and row["failed_runs"] == 0, row
+        assert row["fill_mb_s"][0] > 0 and row["zipf_faults"][0] > 0
+    assert r["summary"]["devpool-lz4"]["compression_ratio"][0] > 1
+    assert r["targets"]["fill devpool-lz4 / swapfile (>= 1)"][0] > 0
+    assert r["iops"]["devpool-lz4"][0]["read_qd16"] > 0
+    after = {p: open(p).read() for p in before}
+    assert after == before
+    assert open("/proc/swaps").read().count("\n") == 1          # the header only: no swap left
+
+
+def test_bench_swapdev_iops_without_fio(tmp_path, monkeypatch):
+    """The IOPS fallback when fio is not installed: threads doing O_DIRECT I/O."""
+    sys.path.insert(0, str(BENCH))
+    try:
+        import bench_swapdev
+    finally:
+        sys.path.remove(str(BENCH))
+    monkeypatch.setattr(bench_swapdev.shutil, "which", lambda name: None)
+    target = tmp_path / "dev"
+    target.write_bytes(bytes(1 << 20))
+    for rw in ("read", "write"):
+        assert bench_swapdev.iops(str(target), rw, 2, 0.1, 1 << 20) > 0

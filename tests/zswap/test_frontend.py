@@ -99,6 +99,32 @@ def test_a_kept_load_leaves_the_page_stored(zswap, rng):
     assert zs.contains(5)
 
 
+def test_a_kept_batch_load_leaves_every_page_stored(zswap, rng):
+    """``load_batch(offs, keep=True)`` (a swap device's read: the kernel may read a slot
+    again) gives every page from every place one can be, removes none, and marks the
+    pool's entries referenced; a later exclusive batch load gives the same bytes."""
+    zs = zswap()
+    pages = np.stack([text_page(rng), random_page(rng), same_page(rng), text_page(rng)])
+    offs = np.array([7, 3, 11, 5])
+    assert zs.store_batch(offs, pages).all()
+    assert zs.writeback(1) == 1                          # one of them in the backing file
+    before = zs.stats()
+    for _ in range(2):
+        out = np.full((4, 4096), 0xEE, np.uint8)
+        assert zs.load_batch(offs, out=out, keep=True) is out
+        np.testing.assert_array_equal(out, pages)
+    st = zs.stats()
+    assert st["stored_pages"] == before["stored_pages"] and st["backing_pages"] == before["backing_pages"]
+    assert st["pool_total_size"] == before["pool_total_size"]
+    assert st["loads_from_pool"] - before["loads_from_pool"] == 6
+    assert st["loads_from_backing"] - before["loads_from_backing"] == 2
+    np.testing.assert_array_equal(zs.load_batch(offs), pages)   # exclusive: gone after
+    assert not any(zs.contains(int(o)) for o in offs)
+    with pytest.raises(devpool.BadInputError, match="keep"):
+        zs.store(5, pages[0]) and zs.load_batch([5], keep="yes")
+    assert zs.contains(5)
+
+
 @pytest.mark.parametrize("bad", ["short", "2-d", "int8", "read-only", "strided", "list"])
 def test_single_load_refuses_a_bad_out_and_keeps_the_page(zswap, rng, bad):
     zs = zswap()

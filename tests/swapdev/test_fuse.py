@@ -1,0 +1,221 @@
+"""The FUSE protocol module against the kernel (a real mount, never a mock): one file
+served from a dict, reached through ordinary system calls."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import mmap
+import os
+import threading
+
+import pytest
+
+from devpool.swapdev import fuse
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not os.path.exists("/dev/fuse"),
+                                reason="mounting FUSE needs root and /dev/fuse")
+
+SIZE = 1 << 20
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_long, ctypes.c_long]
+
+
+class DictFile(fuse.FileOps):
+    """A file in a bytearray that records what the kernel asked of it."""
+
+    def __init__(self):
+        self.size = SIZE
+        self.data = bytearray(SIZE)
+        self.calls = []
+        self.fail_reads_at = None
+
+    def read(self, offset, size):
+        self.calls.append(("read", offset, size))
+        if self.fail_reads_at is not None and offset <= self.fail_reads_at < offset + size:
+            raise OSError(errno.EIO, "lost")
+        return self.data[offset:offset + size]
+
+    def write(self, offset, data):
+        self.calls.append(("write", offset, len(data)))
+        self.data[offset:offset + len(data)] = data
+
+    def punch(self, offset, length):
+        self.calls.append(("punch", offset, length))
+        self.data[offset:offset + length] = bytes(length)
+
+
+@pytest.fixture
+def served(tmp_path):
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    fd = fuse.open_fuse()
+    ops = DictFile()
+    fs = fuse.OneFileFS(fd, ops)
+    try:
+        fuse.mount(fd, mnt)
+    except BaseException:
+        os.close(fd)
+        raise
+    thread = threading.Thread(target=fs.serve, kwargs={"spin_us": 20}, daemon=True)
+    thread.start()
+    try:
+        yield mnt, ops, fs, thread
+    finally:
+        if os.path.ismount(mnt):
+            fuse.umount(mnt, lazy=True)
+        thread.join(5)
+        os.close(fd)
+    assert not thread.is_alive()
+
+
+def test_dev_fuse_is_close_on_exec():
+    fd = fuse.open_fuse()
+    try:
+        assert fcntl.fcntl(fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+    finally:
+        os.close(fd)
+
+
+def test_one_file_with_the_size_and_mode_served(served):
+    mnt, ops, fs, _ = served
+    assert os.listdir(mnt) == ["swap"]
+    st = os.stat(os.path.join(mnt, "swap"))
+    assert st.st_size == SIZE and oct(st.st_mode & 0o777) == "0o600" and st.st_uid == os.geteuid()
+    with pytest.raises(FileNotFoundError):
+        os.stat(os.path.join(mnt, "other"))
+    assert fs.kernel_minor >= fuse.FUSE_MINOR
+    assert fs.flags & fuse.FUSE_MAX_PAGES, "the kernel must have accepted max_pages"
+
+
+def test_reads_and_writes_at_any_alignment_reach_the_file(served):
+    mnt, ops, *_ = served
+    fd = os.open(os.path.join(mnt, "swap"), os.O_RDWR)
+    try:
+        assert os.pwrite(fd, b"hello" * 1000, 4096 + 7) == 5000
+        assert os.pread(fd, 5000, 4096 + 7) == b"hello" * 1000
+        assert ops.data[4096 + 7:4096 + 12] == b"hello"
+        assert ("write", 4096 + 7, 5000) in ops.calls   # FOPEN_DIRECT_IO: as asked, no page cache
+        # the largest write (from a page-aligned buffer) is one request of max_write (1 MiB)
+        ops.calls.clear()
+        big = mmap.mmap(-1, SIZE)
+        big[:] = b"\x01" * SIZE
+        assert os.pwrite(fd, big, 0) == SIZE
+        big.close()
+        assert [c for c in ops.calls if c[0] == "write"] == [("write", 0, SIZE)]
+    finally:
+        os.close(fd)
+
+
+def test_o_direct_page_reads(served):
+    mnt, ops, *_ = served
+    ops.data[8192:12288] = b"\xab" * 4096
+    fd = os.open(os.path.join(mnt, "swap"), os.O_RDONLY | os.O_DIRECT)
+    buf = mmap.mmap(-1, 4096)
+    try:
+        assert os.preadv(fd, [buf], 8192) == 4096
+        assert buf[:] == b"\xab" * 4096
+    finally:
+        os.close(fd)
+        buf.close()
+
+
+def test_punch_hole_reaches_the_file_and_statfs_says_4096(served):
+    mnt, ops, *_ = served
+    ops.data[:] = b"\x07" * SIZE
+    fd = os.open(os.path.join(mnt, "swap"), os.O_RDWR)
+    try:
+        rc = _libc.fallocate(fd, fuse.FALLOC_FL_PUNCH_HOLE | fuse.FALLOC_FL_KEEP_SIZE, 4096, 2 << 20 >> 4)
+        assert rc == 0, os.strerror(ctypes.get_errno())
+        assert ("punch", 4096, 2 << 20 >> 4) in ops.calls
+        assert os.pread(fd, 4096, 4096) == bytes(4096)
+        assert _libc.fallocate(fd, 0x08, 0, 4096) != 0          # COLLAPSE_RANGE: not served
+        assert ctypes.get_errno() == errno.EOPNOTSUPP
+    finally:
+        os.close(fd)
+    sv = os.statvfs(mnt)
+    assert sv.f_bsize == 4096 and sv.f_frsize == 4096 and sv.f_blocks == SIZE // 4096
+
+
+def test_errors_come_back_as_errno(served):
+    mnt, ops, *_ = served
+    path = os.path.join(mnt, "swap")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        with pytest.raises(OSError) as e:
+            os.pwrite(fd, b"x" * 10, SIZE - 4)          # past the end: the device is full
+        assert e.value.errno == errno.ENOSPC
+        ops.fail_reads_at = 4096
+        with pytest.raises(OSError) as e:
+            os.pread(fd, 4096, 4096)
+        assert e.value.errno == errno.EIO                # a lost page is an error, never zeros
+        with pytest.raises(OSError) as e:
+            os.truncate(path, 4096)
+        assert e.value.errno == errno.EPERM              # a swap device keeps its size
+    finally:
+        os.close(fd)
+
+
+def test_unmount_ends_the_serving_loop(served):
+    mnt, ops, fs, thread = served
+    fuse.umount(mnt)
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+# --- hostile requests, straight into the dispatcher (replies read back from a pipe) ----------
+def request(fs, opcode, node, body=b"", unique=7):
+    """Put one request in ``fs``'s buffer and dispatch it; the reply (error, body) or None."""
+    msg = fuse.IN_HEADER.pack(fuse.IN_HEADER.size + len(body), opcode, unique, node, 0, 0, 0, 0) + body
+    fs.buf[:len(msg)] = msg
+    fs.handle(len(msg))
+    try:
+        data = os.read(fs._reply_pipe, 1 << 21)
+    except BlockingIOError:
+        return None
+    length, error, uniq = fuse.OUT_HEADER.unpack_from(data)
+    assert length == len(data) and uniq == unique
+    return error, data[fuse.OUT_HEADER.size:]
+
+
+@pytest.fixture
+def dispatcher():
+    r, w = os.pipe()
+    os.set_blocking(r, False)
+    fs = fuse.OneFileFS(w, DictFile())
+    fs._reply_pipe = r
+    yield fs
+    os.close(r)
+    os.close(w)
+
+
+def rw_in(offset, size):
+    return fuse.RW_IN.pack(1, offset, size, 0, 0, 0, 0)
+
+
+def test_hostile_requests_get_errors_not_crashes(dispatcher):
+    fs = dispatcher
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(4096, 0)) == (0, b"")          # empty read
+    assert request(fs, fuse.WRITE, fuse.FILE_ID, rw_in(0, 0)) == (0, fuse.WRITE_OUT.pack(0, 0))
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(2**64 - 4096, 4096))[0] == -errno.ENOSPC
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(SIZE, 1))[0] == -errno.ENOSPC
+    assert request(fs, fuse.READ, fuse.ROOT_ID, rw_in(0, 4096))[0] == -errno.EISDIR
+    assert request(fs, fuse.READ, 99, rw_in(0, 4096))[0] == -errno.EISDIR
+    # a WRITE that claims more bytes than the request carries
+    assert request(fs, fuse.WRITE, fuse.FILE_ID, rw_in(0, 4096) + b"x" * 10)[0] == -errno.EINVAL
+    assert request(fs, fuse.FALLOCATE, fuse.FILE_ID, fuse.FALLOCATE_IN.pack(1, 0, 4096, 0x40, 0))[0] \
+        == -errno.EOPNOTSUPP
+    assert request(fs, fuse.FALLOCATE, fuse.FILE_ID, fuse.FALLOCATE_IN.pack(1, 0, SIZE + 1, 0, 0))[0] \
+        == -errno.ENOSPC
+    assert request(fs, fuse.LOOKUP, fuse.ROOT_ID, b"../etc\0")[0] == -errno.ENOENT
+    assert request(fs, fuse.OPEN, fuse.ROOT_ID, b"\0" * 8)[0] == -errno.EISDIR
+    assert request(fs, fuse.SETATTR, fuse.FILE_ID, fuse.SETATTR_IN.pack(fuse.FATTR_SIZE, 0, 0, 0)
+                   + b"\0" * 64)[0] == -errno.EPERM
+    assert request(fs, 4242, fuse.FILE_ID)[0] == -errno.ENOSYS
+    assert request(fs, fuse.FORGET, fuse.FILE_ID, b"\0" * 8) is None                 # no reply expected
+    assert fs.ops.data == bytearray(SIZE)                                              # nothing written
+    # a punch past the end is cut at the end
+    assert request(fs, fuse.FALLOCATE, fuse.FILE_ID, fuse.FALLOCATE_IN.pack(
+        1, SIZE - 4096, 1 << 30, fuse.FALLOC_FL_PUNCH_HOLE | fuse.FALLOC_FL_KEEP_SIZE, 0)) == (0, b"")
+    assert fs.ops.calls[-1] == ("punch", SIZE - 4096, 4096)
