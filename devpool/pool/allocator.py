@@ -402,6 +402,10 @@ class Allocator:
         self.live_bytes = 0            # requested bytes of live objects (payload)
         self.live_aligned = 0          # arena bytes they occupy (Σ seg_live)
         self.segs_in_use = 0           # seg_in_use.sum(), kept as objects come and go
+        #: arena bytes objects have left (freed, migrated or cleaned away) since the pool
+        #: opened; only grows. Dead bytes rise and fall (segments empty, cleaning gives
+        #: them back): a wait for "more bytes died" must count here, not in dead_bytes
+        self.vacated_bytes = 0
         # cleaning figures (zsmalloc explains compaction through its stats; so do we)
         self.clean_steps = 0
         self.cleaned_segments = 0      # segments emptied by cleaning (steps and compact)
@@ -700,6 +704,7 @@ class Allocator:
         self.seg_fill[emptied] = 0
         self.seg_placed[emptied] = 0
         self.segs_in_use += plan.opened.size - emptied.size
+        self.vacated_bytes += int(a.sum())
         return old, a, emptied
 
     def plan_evacuation(self, victims: np.ndarray):
@@ -741,7 +746,9 @@ class Allocator:
             self._ring_count, self.head)
         self.live_objects -= slots.shape[0]
         self.live_bytes -= total
-        self.live_aligned -= int(asz.sum())
+        gone = int(asz.sum())
+        self.live_aligned -= gone
+        self.vacated_bytes += gone
         self.segs_in_use -= emptied.size
         return offsets, asz, emptied
 
@@ -772,6 +779,7 @@ class Allocator:
         self.live_objects -= 1
         self.live_bytes -= size
         self.live_aligned -= a
+        self.vacated_bytes += a
         return a, emptied
 
     # --- cleaning --------------------------------------------------------------------
@@ -861,6 +869,7 @@ class Allocator:
         self.segments_compacted += freed.size
         self.cleaned_segments += freed.size
         self.cleaned_bytes_moved += int(a.sum())
+        self.vacated_bytes += int(a.sum())
         self.segs_in_use = int(self.seg_in_use.sum())
         return freed, grown
 

@@ -141,8 +141,8 @@ class Pool:
         #: bytes of freed segments kept for reuse (1/16 of capacity, at most 8 MiB, and
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
-        self._clean_floor = 0          # see _maybe_clean
-        self._repack_floor = 0         # see _within
+        self._clean_after = 0          # see _maybe_clean
+        self._repacked_at = -1         # see _within
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
     def _enter(self, kind=_ONE) -> None:
@@ -322,8 +322,9 @@ class Pool:
         steps sized to what is still missing (the emptiest segments: the work follows
         the call, not the pool), and only if dead bytes would hold the rest and no step
         frees anything, repack every segment so the free space gathers behind the last
-        object (a whole-pool pass, not repeated until another segment's worth of bytes
-        has died)."""
+        object (a whole-pool pass, not repeated while no object has left its place since
+        the last one: the layout is packed already, so another would move every byte
+        and gather nothing; any byte that leaves may let the next one help)."""
         keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
         if keep == sizes.size:
             return keep
@@ -344,13 +345,11 @@ class Pool:
             if more == keep:
                 break
             keep = more
-        if keep < sizes.size and al.dead_bytes >= max(need, self._repack_floor):
+        if keep < sizes.size and al.dead_bytes >= need and al.vacated_bytes != self._repacked_at:
             self._execute_clean(al.plan_compact(1.0, repack=True))
             self._release_segments(none, keep_spares=False)
-            self._repack_floor = al.dead_bytes + al.seg_bytes
+            self._repacked_at = al.vacated_bytes
             keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
-        if keep == sizes.size:
-            self._repack_floor = 0
         return keep
 
     @_locked(kind=_QUERY)      # a question about placement, not an operation on objects
@@ -645,14 +644,17 @@ class Pool:
     def _maybe_clean(self) -> None:
         al = self.alloc_
         dead = al.segs_in_use * al.seg_bytes - al.live_aligned        # al.dead_bytes, inline
-        if dead > self._clean_floor and dead > 2 * al.seg_bytes and dead > al.live_aligned * self.CLEAN_TRIGGER:
+        if (dead > 2 * al.seg_bytes and dead > al.live_aligned * self.CLEAN_TRIGGER
+                and al.vacated_bytes >= self._clean_after):
             limit = al.live_aligned * self.CLEAN_TRIGGER
             t0 = time.perf_counter()
             plan = al.plan_clean(int(dead - limit * 3 / 4), self.CLEAN_STEP_SEGMENTS)
             if plan is None:
-                # nothing packs into fewer segments yet: wait for another segment's worth
-                # of dead bytes before planning again (a plan scans the handle table)
-                self._clean_floor = dead + al.seg_bytes
+                # nothing packs into fewer segments yet: wait until another segment's
+                # worth of bytes has died before planning again (a plan scans the handle
+                # table). Counted in vacated_bytes, which only grows: a floor on dead
+                # bytes went stale when they fell (segments emptied) and held cleaning off
+                self._clean_after = al.vacated_bytes + al.seg_bytes
             else:
                 # the free that got here has committed: a failed step (device OOM for a
                 # destination, a failed move) changes nothing and must not make that
@@ -662,9 +664,9 @@ class Pool:
                     self._execute_clean(plan)
                 except DevpoolError:
                     self._counters["clean_fail"] += 1
-                    self._clean_floor = dead + al.seg_bytes
+                    self._clean_after = al.vacated_bytes + al.seg_bytes
                 else:
-                    self._clean_floor = 0
+                    self._clean_after = 0
                     al.clean_steps += 1
             self._clean_seconds += time.perf_counter() - t0
 

@@ -9,6 +9,7 @@ object keeps its bytes, and that Zswap never refuses a store because of dead byt
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import devpool
 from tests.pages import make_pages
@@ -134,4 +135,67 @@ def test_a_store_at_the_limit_cleans_what_it_needs_not_the_pool(rng):
     # a step gathers two segments of dead space from the emptiest segments (a seventh
     # dead each here): ~14 segments' live bytes; the whole pool is 400
     assert 0 < moved <= 16 * seg, f"cleaned {moved} bytes for one object"
+    pool.close()
+
+
+@pytest.mark.parametrize("verb", ["alloc", "alloc_batch"])
+def test_a_repack_that_did_not_help_does_not_block_later_ones(verb):
+    """A repack at the limit that cannot help (the layout is packed already) is not
+    repeated until objects leave their places; but once they have, the next store the
+    dead space would hold gets its repack, however the dead bytes rose and fell in
+    between. (The pool remembered the dead bytes at the useless repack and repacked
+    again only past them plus a segment: after everything was freed and a new, smaller
+    amount died, a store that fit was refused with the pool at the limit; found by
+    test_zswap_matches_its_model[chaos-backing].)"""
+    seg = 16384
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=seg)
+    pool.CLEAN_TRIGGER = 1e9                            # only the limit cleans
+    limit = 2 * seg
+
+    def store(size):
+        if verb == "alloc":
+            return pool.alloc(size, max_total=limit)
+        got = pool.alloc_batch([size], max_total=limit)
+        return int(got[0]) if got.size else None
+
+    # two full-but-for-the-tails segments: 10 objects of 3000, tails of 1384 each; a
+    # 2000-byte object fits neither tail, and packing changes nothing: refused
+    first = pool.alloc_batch(np.full(10, 3000))
+    assert pool.stats()["pool_total_size"] == limit
+    assert store(2000) is None
+    moved = pool.stats()["cleaned_bytes_moved"]
+    assert store(2000) is None                          # nothing left its place: no second pass
+    assert pool.stats()["cleaned_bytes_moved"] == moved
+    pool.free_batch(first)
+    # a new layout: 8 objects of 4000 in two segments, one freed from the first: 4768
+    # dead bytes (fewer than at the useless repack), and a repack gathers 4384 at the end
+    hs = pool.alloc_batch(np.full(8, 4000))
+    assert pool.stats()["pool_total_size"] == limit
+    pool.free(int(hs[0]))
+    h = store(4000)
+    assert h is not None, "refused although packing the two segments makes room under the limit"
+    assert pool.stats()["pool_total_size"] <= limit
+    pool.write(h, np.full(4000, 7, np.uint8))
+    assert pool.read(int(hs[5])).size == 4000
+    pool.close()
+
+
+def test_a_cleaning_step_that_found_nothing_waits_for_deaths_not_for_more_dead_bytes():
+    """A cleaning step that finds nothing to pack waits until another segment's worth
+    of bytes has died, counted as bytes die: when whole segments empty in between, dead
+    bytes fall, and a floor set on them (dead bytes then plus a segment) held cleaning
+    off while the pool went on holding more dead bytes than the trigger allows."""
+    seg = 8192
+    pool = devpool.open_pool("host", 4 << 20, segment_bytes=seg)
+    hs = pool.alloc_batch(np.full(60, 3000))          # 30 segments of two, 2192-byte tails
+    pool.free(int(hs[0]))                              # no segment packs tighter: nothing to do
+    assert pool.stats()["clean_steps"] == 0
+    pool.free_batch(hs[1:20])                          # ten whole segments go: dead bytes fall
+    for k in (20, 22, 24, 26, 28):                     # one object from five more segments
+        pool.free(int(hs[k]))
+    st = pool.stats()
+    assert st["clean_steps"] > 0, "a segment's worth of bytes died and still no cleaning step"
+    assert st["segments_in_use"] < 20
+    for k in range(30, 60):                            # the survivors kept their bytes
+        assert pool.read(int(hs[k])).size == 3000
     pool.close()
