@@ -25,9 +25,11 @@ import copy
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -199,14 +201,90 @@ def mutants_of(path: str) -> list[Mutant]:
 PYTEST_ARGS = ["-x", "-q", "-p", "no:cacheprovider", "-k", "not cuda", "--hypothesis-seed=0"]
 
 
+class Runs:
+    """The pytest runs in flight, each in its own process group, so that an interrupt
+    ends them (and whatever they started) at once. Interrupted, the run used to wait
+    for the pytest its worker threads were waiting on: a baseline takes minutes, and
+    the work directory stayed until it ended (past a minute on a busy machine)."""
+
+    #: how long an interrupted pytest has to run its teardowns before it is killed
+    GRACE_S = 5.0
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._procs: set[subprocess.Popen] = set()
+        self.stopping = False
+
+    def run(self, cmd: list[str], timeout: float, **kw) -> subprocess.CompletedProcess | None:
+        """``cmd`` run to its end (output captured); None when it timed out or was stopped."""
+        with self._lock:
+            if self.stopping:
+                return None
+            # its own session: a terminal's Ctrl-C reaches only us, and stop() ends the group
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                    start_new_session=True, **kw)
+            self._procs.add(proc)
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._end(proc, signal.SIGKILL)
+            proc.communicate()
+            return None
+        finally:
+            with self._lock:
+                self._procs.discard(proc)
+        return None if self.stopping else subprocess.CompletedProcess(cmd, proc.returncode, out, err)
+
+    def stop(self) -> None:
+        """Start no more runs; interrupt those in flight (their teardowns run), then kill
+        whatever is left of them after GRACE_S."""
+        with self._lock:
+            self.stopping = True
+            procs = list(self._procs)
+        for p in procs:
+            self._end(p, signal.SIGINT)
+        deadline = time.monotonic() + self.GRACE_S
+        for p in procs:
+            # (its worker thread reaps it: wait for the group to go, not on the Popen)
+            while self._end(p, 0) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            self._end(p, signal.SIGKILL)     # the group: also what the tests started
+
+    @staticmethod
+    def _end(proc: subprocess.Popen, sig: int) -> bool:
+        """Send ``sig`` to the run's process group; False when the group is gone."""
+        try:
+            os.killpg(proc.pid, sig)         # its group outlives it while a member lives
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+
+
+RUNS = Runs()
+
+
+def in_parallel(jobs: int, fn, items) -> list:
+    """``[fn(item) for item in items]`` on ``jobs`` threads. Interrupted (Ctrl-C, or a
+    SIGTERM: see main), the queued items are dropped and the runs in flight ended before
+    the threads are waited for, so the caller's cleanup follows within seconds."""
+    ex = ThreadPoolExecutor(jobs)
+    try:
+        return list(ex.map(fn, items))
+    except BaseException:
+        ex.shutdown(wait=False, cancel_futures=True)
+        RUNS.stop()
+        raise
+    finally:
+        ex.shutdown(wait=True)
+
+
 def run_tests(tree: Path, tests: list[str], timeout: float, extra: list[str] = ()) -> str:
     cmd = [sys.executable, "-c", RUNNER, *PYTEST_ARGS, *extra, *tests]
     site = tree.parent / "site"
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tree), str(site)]), "PYTHONDONTWRITEBYTECODE": "1"}
-    try:
-        proc = subprocess.run(cmd, cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return "timeout"
+    proc = RUNS.run(cmd, timeout, cwd=tree, env=env)
+    if proc is None:
+        return "stopped" if RUNS.stopping else "timeout"
     if proc.returncode == 0:
         return "survived"
     if proc.returncode == 1:
@@ -272,11 +350,18 @@ def main(argv=None) -> int:
     if args.list:
         print("\n".join(f"{m}  {m.code()}" for m in sample))
         return 0
+    # a SIGTERM (kill, a CI step's timeout) cleans up as Ctrl-C does: killed runs had
+    # left their copies of the tree behind
+    signal.signal(signal.SIGTERM, _interrupted)
     work = Path(tempfile.mkdtemp(prefix="devpool-mutation-"))
     try:
         return _run_sample(args, argv, work, modules, everything, sample, gone)
     finally:
         shutil.rmtree(work, ignore_errors=True)        # also when interrupted or failing
+
+
+def _interrupted(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def _run_sample(args, argv, work: Path, modules, everything, sample, gone) -> int:
@@ -289,8 +374,7 @@ def _run_sample(args, argv, work: Path, modules, everything, sample, gone) -> in
     # its own numba cache now, not inside the first mutant's timeout
     every_test = sorted({t for m in modules for t in TARGETS[m]})
     t0 = time.time()
-    with ThreadPoolExecutor(args.jobs) as ex:
-        baselines = list(ex.map(lambda tree: run_tests(tree, every_test, 1800, extra), trees))
+    baselines = in_parallel(args.jobs, lambda tree: run_tests(tree, every_test, 1800, extra), trees)
     baseline_s = time.time() - t0
     if any(b != "survived" for b in baselines):
         print(f"the unmutated tree does not pass its tests ({baselines}); nothing to measure")
@@ -313,8 +397,7 @@ def _run_sample(args, argv, work: Path, modules, everything, sample, gone) -> in
             free.append(tree)
 
     t0 = time.time()
-    with ThreadPoolExecutor(args.jobs) as ex:
-        list(ex.map(one, sample))
+    in_parallel(args.jobs, one, sample)
     killed = [r for r in results if r[1].startswith(("killed", "crashed")) or r[1] == "timeout"]
     survived = [r for r in results if r[1] == "survived"]
     errors = [r for r in results if r not in killed and r not in survived]

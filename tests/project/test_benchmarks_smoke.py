@@ -232,31 +232,54 @@ def test_guest_halt_poll_restore_failure_is_loud(haltpoll, monkeypatch, capsys):
     assert haltpoll.read() == 0
 
 
-def test_mutation_run_interrupted_leaves_no_copies():
-    """benchmarks/mutation.py works in copies of the tree under /tmp; interrupted (Ctrl-C
-    during its baseline run) it must remove them (killed runs had left five behind)."""
+def _working_in(dirs: set[str]) -> list[int]:
+    """Processes whose working directory is in one of ``dirs`` (or was: deleted)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                cwd = os.readlink(f"/proc/{entry}/cwd")
+            except OSError:
+                continue
+            if any(cwd == d or cwd.startswith(d + os.sep) for d in dirs):
+                pids.append(int(entry))
+    return pids
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_mutation_run_interrupted_leaves_no_copies(sig):
+    """benchmarks/mutation.py works in copies of the tree under /tmp; interrupted (Ctrl-C,
+    or a SIGTERM) while its baseline pytest runs, it must stop that pytest and remove the
+    copies promptly (killed runs had left five behind; an interrupted one waited for its
+    baseline, minutes on a busy machine, before it looked)."""
     import glob
     import signal
     import time
 
     before = set(glob.glob("/tmp/devpool-mutation-*"))
-    p = subprocess.Popen([sys.executable, str(BENCH / "mutation.py"), "--module", "devpool/pool/allocator.py",
+    # pool.py's baseline runs eight test files: minutes, far past the wait below
+    p = subprocess.Popen([sys.executable, str(BENCH / "mutation.py"), "--module", "devpool/pool/pool.py",
                           "--sample", "1", "--jobs", "1"], cwd=BENCH,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    made: set[str] = set()
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not set(glob.glob("/tmp/devpool-mutation-*")) - before:
-            time.sleep(0.05)
-        made = set(glob.glob("/tmp/devpool-mutation-*")) - before
-        assert made, "the run made no work directory"
-        time.sleep(1.0)                                 # copying the tree, or into the baseline
-        p.send_signal(signal.SIGINT)
-        p.wait(60)
+        # generous waits up to the interrupt (listing the mutants takes seconds, more on
+        # a busy machine); the interrupt comes once the baseline pytest runs in a copy
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and p.poll() is None:
+            made = set(glob.glob("/tmp/devpool-mutation-*")) - before
+            if made and _working_in(made):
+                break
+            time.sleep(0.1)
+        assert made and _working_in(made), "the run started no baseline in a copy of the tree"
+        p.send_signal(getattr(signal, sig))
+        p.wait(60)                                  # its own cleanup: seconds, not a baseline's minutes
     finally:
         if p.poll() is None:
             p.kill()
             p.wait()
     assert not any(os.path.exists(d) for d in made), "an interrupted run left its copies behind"
+    assert not _working_in(made), "an interrupted run left its pytest running"
 
 
 def test_bench_chaos_scale_smoke(tmp_path):
