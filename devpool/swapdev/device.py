@@ -170,8 +170,17 @@ def _fuse_connection(path: str) -> str | None:
     return None
 
 
-def _server_alive(pid: int | None) -> bool:
-    """True when ``pid`` is a devpool swap server (not a recycled pid)."""
+def _control_marker(control: str) -> str:
+    """What a server's command line (its JSON configuration) says about its control socket:
+    it names the one device the server serves."""
+    return f'"control": {json.dumps(control)}'
+
+
+def _server_alive(pid: int | None, control: str | None = None) -> bool:
+    """True when ``pid`` is a devpool swap server (not a recycled pid) and, given
+    ``control``, the server of the device whose control socket that is: a pid recycled
+    by another device's server is not this device's (undoing this one must never kill
+    that one)."""
     if not pid:
         return False
     try:
@@ -179,7 +188,7 @@ def _server_alive(pid: int | None) -> bool:
             cmd = f.read()
     except OSError:
         return False
-    return SERVER_MODULE.encode() in cmd
+    return SERVER_MODULE.encode() in cmd and (control is None or _control_marker(control).encode() in cmd)
 
 
 def server_pids(mentioning: str = "") -> list[int]:
@@ -251,9 +260,9 @@ class SwapDevice:
     def pid(self) -> int | None:
         """The server's pid: from the state file, else found by its command line (which
         names this folder's control socket), for a run whose state file is lost."""
-        if self.state.get("pid"):
+        if _server_alive(self.state.get("pid"), self.control):
             return self.state["pid"]
-        found = server_pids(f'"control": {json.dumps(self.control)}')
+        found = server_pids(_control_marker(self.control))
         return found[0] if found else None
 
     def save(self, **changes) -> None:
@@ -439,7 +448,7 @@ def _abort_connection(dev: SwapDevice) -> bool:
 def _teardown(dev: SwapDevice) -> list[str]:
     steps, left = [], []
     pid = dev.pid                         # once: found by its command line, it goes when it exits
-    alive = responsive = _server_alive(pid)
+    alive = responsive = _server_alive(pid, dev.control)
     if alive:
         try:
             ask(dev.control, "ping", timeout=5)
@@ -447,7 +456,7 @@ def _teardown(dev: SwapDevice) -> list[str]:
             alive = responsive = False    # alive but not answering: a hung (or stopped) server
     if not alive and _abort_connection(dev):
         steps.append("aborted the FUSE connection (server gone or not answering)")
-    elif not responsive and _server_alive(pid):
+    elif not responsive and _server_alive(pid, dev.control):
         # no fusectl to abort through: the connection ends when its last /dev/fuse
         # descriptor closes, so a hung server goes first (else swapoff would wait on it)
         _stop_server(pid, patient=False)
@@ -486,7 +495,7 @@ def _teardown(dev: SwapDevice) -> list[str]:
             except OSError as exc:
                 left.append(str(exc))
         steps.append(f"umount {dev.mountpoint}")
-    if _server_alive(pid):
+    if _server_alive(pid, dev.control):
         _stop_server(pid, patient=responsive)
         steps.append(f"server {pid} stopped")
     if dev.state.get("remove_backing", True):      # ours (or the state is lost: the default is ours)
@@ -581,7 +590,7 @@ def status() -> list[dict]:
             row.update(dev.stats())
         except SwapDeviceError as exc:
             row["error"] = "server dead or not answering: `devpool swapoff` cleans up" \
-                if not _server_alive(dev.pid) else str(exc)
+                if not _server_alive(dev.pid, dev.control) else str(exc)
         rows.append(row)
     return rows
 
