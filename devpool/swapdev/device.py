@@ -293,8 +293,20 @@ class SwapDevice:
 
 
 def devices() -> list[SwapDevice]:
-    """Every devpool swap device (state folder) under the run directory."""
-    return [SwapDevice(d) for d in sorted(glob.glob(os.path.join(run_dir(), "swap[0-9]*"))) if os.path.isdir(d)]
+    """Every devpool swap device (state folder) under the run directory. The folders are
+    trusted (swapoff stops what they name and deletes their files), so the run directory
+    is checked as swapon checks it (SwapDeviceError if another user could write it), and
+    an entry that is not a real folder of ours (a planted link) is no device."""
+    root = run_dir()
+    if not os.path.lexists(root):
+        return []
+    _check_run_dir(root)
+    found = []
+    for folder in sorted(glob.glob(os.path.join(root, "swap[0-9]*"))):
+        st = os.lstat(folder)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            found.append(SwapDevice(folder))
+    return found
 
 
 def _check_run_dir(root: str) -> None:

@@ -44,3 +44,40 @@ def test_undoing_a_crashed_device_never_kills_the_server_of_another_device(swap_
     rows = {r["name"]: r for r in device.status()}
     assert list(rows) == [b.name] and "error" not in rows[b.name]
     b.swapoff()
+
+
+@needs_swap
+def test_a_planted_link_in_the_run_directory_is_no_device(swap_env, tmp_path):
+    """Undoing follows what the run directory's folders say: a link planted there (to a
+    folder of someone else's files) must not have them deleted or its pid stopped."""
+    dev = swapon("1M", backend="host", activate=False)
+    victim = tmp_path / "victim"
+    (victim / "mnt").mkdir(parents=True)
+    for leaf in ("state.json", "server.log", "ctl.sock"):
+        (victim / leaf).write_text("{}")
+    os.symlink(victim, os.path.join(swap_env, "swap7"))
+    try:
+        assert [d.name for d in device.devices()] == [dev.name]
+        steps = device.swapoff_all()
+        assert not any("swap7" in s for s in steps), steps
+        assert sorted(os.listdir(victim)) == ["ctl.sock", "mnt", "server.log", "state.json"]
+    finally:
+        os.unlink(os.path.join(swap_env, "swap7"))
+        device.swapoff_all()
+
+
+@needs_swap
+@pytest.mark.parametrize("mode", [0o777, 0o720])
+def test_a_run_directory_others_may_write_is_refused_by_swapoff_and_status(swap_env, mode):
+    """swapon refuses such a directory; swapoff and status trusted it: anyone could have
+    put a folder there naming what root then stops and deletes."""
+    dev = swapon("1M", backend="host", activate=False)
+    os.chmod(swap_env, mode)
+    try:
+        for call in (device.status, device.swapoff_all, lambda: device.swapoff(dev.name)):
+            with pytest.raises(device.SwapDeviceError, match="others may write"):
+                call()
+        assert device._server_alive(dev.pid, dev.control)
+    finally:
+        os.chmod(swap_env, 0o700)
+        dev.swapoff()
