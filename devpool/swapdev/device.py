@@ -366,6 +366,7 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     if len(os.fsencode(os.path.join(os.path.abspath(run_dir()), "swap1023", "ctl.sock"))) > 107:
         raise BadInputError(f"run directory {run_dir()!r} is too long for a control socket's path "
                             f"(107 bytes at most): set DEVPOOL_RUN_DIR to a shorter one")
+    _check_backing(backing)
     check_prerequisites()
     limit = pool_limit(size, max_pool_percent)
     folder = _new_folder()
@@ -399,6 +400,21 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
             raise SwapDeviceError(exc.errno or errno.EIO, str(exc)) from exc
         raise
     return dev
+
+
+def _check_backing(backing: str | None) -> None:
+    """A named backing file is emptied when the device starts (no page outlives the
+    server that wrote it): one that holds data is refused, so a mistyped ``--backing``
+    destroys nothing (what a crashed device left there: remove it first)."""
+    if backing is None or backing == "none":
+        return
+    try:
+        st = os.lstat(backing)
+    except OSError:
+        return                                   # a new file (or the server says why not)
+    if stat.S_ISREG(st.st_mode) and st.st_size:
+        raise BadInputError(f"backing file {backing!r} exists and holds {st.st_size} bytes: refused "
+                            f"(the device empties its backing file); remove it or name a new path")
 
 
 def _start_server(dev: SwapDevice, cfg: dict, timeout: float) -> None:

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from devpool import BadInputError
 from devpool.swapdev import device, swapon
 from tests.swapdev.conftest import can_swap
 
@@ -81,3 +82,22 @@ def test_a_run_directory_others_may_write_is_refused_by_swapoff_and_status(swap_
     finally:
         os.chmod(swap_env, 0o700)
         dev.swapoff()
+
+
+@needs_swap
+def test_a_backing_file_that_holds_data_is_refused_and_kept(swap_env, tmp_path):
+    """``--backing`` naming a file with data (a mistyped path): the device would empty it
+    when it starts; it is refused before anything is set up, the data untouched."""
+    precious = tmp_path / "precious.db"
+    precious.write_bytes(b"x" * 10000)
+    os.chmod(precious, 0o600)
+    with pytest.raises(BadInputError, match="holds 10000 bytes"):
+        swapon("1M", backend="host", activate=False, backing=str(precious))
+    assert precious.read_bytes() == b"x" * 10000
+    assert device.devices() == []
+    # an empty one is taken (and left empty: it was the caller's)
+    empty = tmp_path / "empty.swap"
+    empty.touch(mode=0o600)
+    dev = swapon("1M", backend="host", activate=False, backing=str(empty))
+    dev.swapoff()
+    assert empty.exists() and empty.stat().st_size == 0
