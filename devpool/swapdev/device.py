@@ -244,9 +244,25 @@ class SwapDevice:
 
     @property
     def device(self) -> str | None:
-        """The loop device (``/dev/loopN``) the kernel swaps to."""
+        """The loop device (``/dev/loopN``) the kernel swaps to; None once it is gone."""
+        loops = self.loops()
+        return loops[0] if loops else None
+
+    def loops(self) -> list[str]:
+        """The loop devices over this device's file. A dead mount can hide the name loop
+        reports; the state file's device counts too, but only while loop still names a
+        file under this device's mount point: once detached, its name may be another
+        device's (then naming it must reach that one, and undoing this one must not)."""
         loops = loops_over(self.file)
-        return loops[0] if loops else self.state.get("loop")
+        loop = self.state.get("loop")
+        if isinstance(loop, str) and loop not in loops and os.path.exists(loop):
+            try:
+                with open(f"/sys/block/{os.path.basename(loop)}/loop/backing_file") as f:
+                    if f.read().strip().startswith(self.mountpoint):
+                        loops.append(loop)
+            except OSError:
+                pass
+        return loops
 
     @property
     def default_backing(self) -> str:
@@ -489,16 +505,7 @@ def _teardown(dev: SwapDevice) -> list[str]:
         # descriptor closes, so a hung server goes first (else swapoff would wait on it)
         _stop_server(pid, patient=False)
         steps.append(f"server {pid} killed (it did not answer): its FUSE connection ended")
-    loops = loops_over(dev.file)
-    if dev.state.get("loop") and dev.state["loop"] not in loops and os.path.exists(dev.state["loop"]):
-        # a dead mount can hide the name loop reports; trust the state file's
-        # device only when loop still names a file of ours
-        try:
-            with open(f"/sys/block/{os.path.basename(dev.state['loop'])}/loop/backing_file") as f:
-                if f.read().strip().startswith(dev.mountpoint):
-                    loops.append(dev.state["loop"])
-        except OSError:
-            pass
+    loops = dev.loops()
     swaps = active_swaps()
     for loop in loops:
         if loop in swaps:
@@ -582,7 +589,7 @@ def _reap(pid: int) -> None:
 
 def _find(device: str) -> SwapDevice:
     for dev in devices():
-        if device in (dev.name, dev.device, dev.folder, dev.state.get("loop")):
+        if device in (dev.name, dev.folder) or device in dev.loops():
             return dev
     raise BadInputError(f"{device!r} is not a devpool swap device (see `devpool status`)")
 

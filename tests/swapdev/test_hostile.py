@@ -6,6 +6,10 @@ test leaves nothing behind (``swap_env`` checks)."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
+import sys
+import tempfile
 import os
 import signal
 import time
@@ -101,3 +105,27 @@ def test_a_backing_file_that_holds_data_is_refused_and_kept(swap_env, tmp_path):
     dev = swapon("1M", backend="host", activate=False, backing=str(empty))
     dev.swapoff()
     assert empty.exists() and empty.stat().st_size == 0
+
+
+@needs_swap
+def test_a_loop_name_reused_by_another_device_reaches_that_device(swap_env):
+    """swap0 crashed and its loop device was detached by hand; swap1 got the same
+    /dev/loopN. Its state file still names that loop: `swapoff /dev/loopN` must undo
+    swap1 (it undid the dead swap0 and left swap1 swapping), and status must not show
+    swap0 on it."""
+    a = swapon("1M", backend="host", activate=False)
+    _crash(a)
+    device._run(["losetup", "-d", a.device])
+    deadline = time.monotonic() + 20                # a detach can be deferred a moment
+    while device.loops_over(a.file) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert device.loops_over(a.file) == []
+    b = swapon("1M", backend="host", activate=False)
+    a.save(loop=b.device)                      # what the state says if loop reused the name
+    rows = {r["name"]: r for r in device.status()}
+    assert rows[b.name]["device"] == b.device and rows[a.name]["device"] is None
+    device.swapoff(b.device)
+    assert not device._server_alive(b.pid) and not os.path.exists(b.folder)
+    assert [d.name for d in device.devices()] == [a.name]
+    device.swapoff_all()
+
