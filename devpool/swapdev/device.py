@@ -332,9 +332,14 @@ def _check_run_dir(root: str) -> None:
     st = os.lstat(root)
     if not stat.S_ISDIR(st.st_mode):
         raise SwapDeviceError(errno.ENOTDIR, f"run directory {root} is not a directory (a link?): refused")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise SwapDeviceError(errno.EPERM, f"run directory {root} belongs to uid {st.st_uid} or others may "
-                              f"write it (mode {stat.filemode(st.st_mode)}): refused")
+    if st.st_uid not in (0, os.geteuid()):        # root's, or ours: nobody else's
+        raise SwapDeviceError(errno.EPERM, f"run directory {root} belongs to uid {st.st_uid}: refused")
+    if st.st_mode & 0o022:
+        raise SwapDeviceError(errno.EPERM, f"run directory {root}: others may write it (mode "
+                              f"{stat.filemode(st.st_mode)}): refused")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise SwapDeviceError(errno.EACCES, f"cannot read run directory {root}: devpool swap devices "
+                              f"are root's (run it with sudo)")
 
 
 def _new_folder() -> str:

@@ -80,7 +80,7 @@ def test_a_run_directory_others_may_write_is_refused_by_swapoff_and_status(swap_
     os.chmod(swap_env, mode)
     try:
         for call in (device.status, device.swapoff_all, lambda: device.swapoff(dev.name)):
-            with pytest.raises(device.SwapDeviceError, match="others may write"):
+            with pytest.raises(device.SwapDeviceError, match="others may write it"):
                 call()
         assert device._server_alive(dev.pid, dev.control)
     finally:
@@ -129,3 +129,23 @@ def test_a_loop_name_reused_by_another_device_reaches_that_device(swap_env):
     assert [d.name for d in device.devices()] == [a.name]
     device.swapoff_all()
 
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv")
+def test_status_and_swapoff_as_a_user_say_they_need_root(tmp_path):
+    """A user's `devpool status` on root's run directory (0700, root's): it said the
+    directory "belongs to uid 0 or others may write it" (root's is the one owner that is
+    right); now it says the devices are root's."""
+    top = tempfile.mkdtemp(prefix="devpool-attack-")
+    try:
+        os.chmod(top, 0o755)
+        run = os.path.join(top, "run")
+        os.mkdir(run, 0o700)
+        env = dict(os.environ, DEVPOOL_RUN_DIR=run)
+        for cmd in (["status"], ["swapoff", "--all"]):
+            done = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                                   sys.executable, "-m", "devpool.cli.main", *cmd],
+                                  capture_output=True, text=True, env=env, timeout=120, cwd=top)
+            assert done.returncode != 0 and "run it with sudo" in done.stderr, (cmd, done.stderr)
+            assert "belongs to uid" not in done.stderr
+    finally:
+        shutil.rmtree(top)
