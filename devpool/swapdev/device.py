@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import hashlib
 import json
@@ -342,18 +343,53 @@ def _check_run_dir(root: str) -> None:
                               f"are root's (run it with sudo)")
 
 
-def _new_folder() -> str:
+@contextlib.contextmanager
+def _dir_locked(path: str):
+    """An exclusive flock on a directory for the block (brief: taken to create a folder,
+    or to claim one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim(folder: str) -> int | None:
+    """Lock a device's folder: a swapon holds it for its whole setup, an undo for its
+    whole run, so a ``swapoff`` racing either is refused (it removed the folder of a
+    device being set up, which then failed with a raw FileNotFoundError) and two undos
+    of one device never run at once. Returns the descriptor that holds the lock (closing
+    it releases; a command that dies releases with it), or None if the folder is gone.
+    The caller holds the run directory's lock, so a new folder is claimed before any
+    other command can see it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SwapDeviceError(errno.EBUSY, f"{os.path.basename(folder)}: another devpool command is setting "
+                              f"it up or undoing it; try again once that has finished") from None
+    return fd
+
+
+def _new_folder() -> tuple[str, int]:
+    """A new device folder, claimed (see :func:`_claim`): (its path, the lock's descriptor)."""
     root = run_dir()
     os.makedirs(root, mode=0o700, exist_ok=True)
     _check_run_dir(root)
-    for i in range(1024):
-        folder = os.path.join(root, f"swap{i}")
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            continue
-        os.mkdir(os.path.join(folder, "mnt"), 0o700)
-        return folder
+    with _dir_locked(root):
+        for i in range(1024):
+            folder = os.path.join(root, f"swap{i}")
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                continue
+            os.mkdir(os.path.join(folder, "mnt"), 0o700)
+            return folder, _claim(folder)
     raise SwapDeviceError(errno.ENOSPC, f"1024 devpool swap devices exist under {root}")
 
 
@@ -390,8 +426,16 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     _check_backing(backing)
     check_prerequisites()
     limit = pool_limit(size, max_pool_percent)
-    folder = _new_folder()
-    dev = SwapDevice(folder)
+    folder, hold = _new_folder()
+    try:
+        return _set_up(SwapDevice(folder), hold, size, backend, compressor, limit, backing, priority,
+                       spin_us, start_timeout, activate, _lock, _loop_dio)
+    finally:
+        os.close(hold)
+
+
+def _set_up(dev: SwapDevice, hold: int, size, backend, compressor, limit, backing, priority, spin_us,
+            start_timeout, activate, _lock, _loop_dio) -> SwapDevice:
     remove_backing = backing is None
     if backing is None:
         backing = dev.default_backing
@@ -414,7 +458,7 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
             _run(["swapon", "--discard=pages", "-p", str(priority), loop])
     except BaseException as exc:
         try:
-            _teardown(dev)
+            _teardown(dev, hold)
         except Exception as undo:
             raise SwapDeviceError(errno.EIO, f"{exc}; undoing it failed too: {undo}") from exc
         if isinstance(exc, OSError) and not isinstance(exc, DevpoolError):
@@ -494,7 +538,22 @@ def _abort_connection(dev: SwapDevice) -> bool:
         return False
 
 
-def _teardown(dev: SwapDevice) -> list[str]:
+def _teardown(dev: SwapDevice, hold: int | None = None) -> list[str]:
+    """Undo ``dev``, its folder claimed (``hold``: the caller's claim, else one taken here;
+    SwapDeviceError EBUSY while another command holds it)."""
+    if hold is not None:
+        return _undo(dev)
+    with _dir_locked(os.path.dirname(dev.folder)):
+        hold = _claim(dev.folder)
+    if hold is None:
+        return []                                  # undone meanwhile
+    try:
+        return _undo(dev)
+    finally:
+        os.close(hold)
+
+
+def _undo(dev: SwapDevice) -> list[str]:
     steps, left = [], []
     pid = dev.pid                         # once: found by its command line, it goes when it exits
     alive = responsive = _server_alive(pid, dev.control)

@@ -5,11 +5,13 @@ test leaves nothing behind (``swap_env`` checks)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import os
 import signal
 import time
@@ -149,3 +151,34 @@ def test_status_and_swapoff_as_a_user_say_they_need_root(tmp_path):
             assert "belongs to uid" not in done.stderr
     finally:
         shutil.rmtree(top)
+
+
+@needs_swap
+def test_swapoff_racing_a_swapon_is_refused_and_the_device_comes_up_whole(swap_env, monkeypatch):
+    """`swapoff --all` while a swapon is setting its device up: it removed the device's
+    folder under the setup (which then failed with a raw FileNotFoundError, or left a
+    server whose folder was gone); now it is refused (EBUSY) and the setup completes."""
+    gate, started = threading.Event(), threading.Event()
+    real = device._start_server
+
+    def slow_start(dev, cfg, timeout):
+        started.set()
+        assert gate.wait(60)
+        real(dev, cfg, timeout)
+    monkeypatch.setattr(device, "_start_server", slow_start)
+    got = {}
+    thread = threading.Thread(target=lambda: got.update(dev=swapon("1M", backend="host", activate=False)))
+    thread.start()
+    try:
+        assert started.wait(60)
+        with pytest.raises(device.SwapDeviceError, match="another devpool command") as e:
+            device.swapoff_all()
+        assert e.value.errno == errno.EBUSY
+        with pytest.raises(device.SwapDeviceError, match="another devpool command"):
+            device.swapoff("swap0")
+    finally:
+        gate.set()
+        thread.join(120)
+    dev = got["dev"]
+    assert dev.stats()["pid"] == dev.pid and dev.device
+    assert device.swapoff_all()
