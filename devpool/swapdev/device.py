@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import glob
 import hashlib
 import json
@@ -170,8 +171,17 @@ def _fuse_connection(path: str) -> str | None:
     return None
 
 
-def _server_alive(pid: int | None) -> bool:
-    """True when ``pid`` is a devpool swap server (not a recycled pid)."""
+def _control_marker(control: str) -> str:
+    """What a server's command line (its JSON configuration) says about its control socket:
+    it names the one device the server serves."""
+    return f'"control": {json.dumps(control)}'
+
+
+def _server_alive(pid: int | None, control: str | None = None) -> bool:
+    """True when ``pid`` is a devpool swap server (not a recycled pid) and, given
+    ``control``, the server of the device whose control socket that is: a pid recycled
+    by another device's server is not this device's (undoing this one must never kill
+    that one)."""
     if not pid:
         return False
     try:
@@ -179,7 +189,7 @@ def _server_alive(pid: int | None) -> bool:
             cmd = f.read()
     except OSError:
         return False
-    return SERVER_MODULE.encode() in cmd
+    return SERVER_MODULE.encode() in cmd and (control is None or _control_marker(control).encode() in cmd)
 
 
 def server_pids(mentioning: str = "") -> list[int]:
@@ -235,9 +245,25 @@ class SwapDevice:
 
     @property
     def device(self) -> str | None:
-        """The loop device (``/dev/loopN``) the kernel swaps to."""
+        """The loop device (``/dev/loopN``) the kernel swaps to; None once it is gone."""
+        loops = self.loops()
+        return loops[0] if loops else None
+
+    def loops(self) -> list[str]:
+        """The loop devices over this device's file. A dead mount can hide the name loop
+        reports; the state file's device counts too, but only while loop still names a
+        file under this device's mount point: once detached, its name may be another
+        device's (then naming it must reach that one, and undoing this one must not)."""
         loops = loops_over(self.file)
-        return loops[0] if loops else self.state.get("loop")
+        loop = self.state.get("loop")
+        if isinstance(loop, str) and loop not in loops and os.path.exists(loop):
+            try:
+                with open(f"/sys/block/{os.path.basename(loop)}/loop/backing_file") as f:
+                    if f.read().strip().startswith(self.mountpoint):
+                        loops.append(loop)
+            except OSError:
+                pass
+        return loops
 
     @property
     def default_backing(self) -> str:
@@ -251,9 +277,9 @@ class SwapDevice:
     def pid(self) -> int | None:
         """The server's pid: from the state file, else found by its command line (which
         names this folder's control socket), for a run whose state file is lost."""
-        if self.state.get("pid"):
+        if _server_alive(self.state.get("pid"), self.control):
             return self.state["pid"]
-        found = server_pids(f'"control": {json.dumps(self.control)}')
+        found = server_pids(_control_marker(self.control))
         return found[0] if found else None
 
     def save(self, **changes) -> None:
@@ -284,8 +310,20 @@ class SwapDevice:
 
 
 def devices() -> list[SwapDevice]:
-    """Every devpool swap device (state folder) under the run directory."""
-    return [SwapDevice(d) for d in sorted(glob.glob(os.path.join(run_dir(), "swap[0-9]*"))) if os.path.isdir(d)]
+    """Every devpool swap device (state folder) under the run directory. The folders are
+    trusted (swapoff stops what they name and deletes their files), so the run directory
+    is checked as swapon checks it (SwapDeviceError if another user could write it), and
+    an entry that is not a real folder of ours (a planted link) is no device."""
+    root = run_dir()
+    if not os.path.lexists(root):
+        return []
+    _check_run_dir(root)
+    found = []
+    for folder in sorted(glob.glob(os.path.join(root, "swap[0-9]*"))):
+        st = os.lstat(folder)
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
+            found.append(SwapDevice(folder))
+    return found
 
 
 def _check_run_dir(root: str) -> None:
@@ -295,23 +333,63 @@ def _check_run_dir(root: str) -> None:
     st = os.lstat(root)
     if not stat.S_ISDIR(st.st_mode):
         raise SwapDeviceError(errno.ENOTDIR, f"run directory {root} is not a directory (a link?): refused")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise SwapDeviceError(errno.EPERM, f"run directory {root} belongs to uid {st.st_uid} or others may "
-                              f"write it (mode {stat.filemode(st.st_mode)}): refused")
+    if st.st_uid not in (0, os.geteuid()):        # root's, or ours: nobody else's
+        raise SwapDeviceError(errno.EPERM, f"run directory {root} belongs to uid {st.st_uid}: refused")
+    if st.st_mode & 0o022:
+        raise SwapDeviceError(errno.EPERM, f"run directory {root}: others may write it (mode "
+                              f"{stat.filemode(st.st_mode)}): refused")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise SwapDeviceError(errno.EACCES, f"cannot read run directory {root}: devpool swap devices "
+                              f"are root's (run it with sudo)")
 
 
-def _new_folder() -> str:
+@contextlib.contextmanager
+def _dir_locked(path: str):
+    """An exclusive flock on a directory for the block (brief: taken to create a folder,
+    or to claim one)."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _claim(folder: str) -> int | None:
+    """Lock a device's folder: a swapon holds it for its whole setup, an undo for its
+    whole run, so a ``swapoff`` racing either is refused (it removed the folder of a
+    device being set up, which then failed with a raw FileNotFoundError) and two undos
+    of one device never run at once. Returns the descriptor that holds the lock (closing
+    it releases; a command that dies releases with it), or None if the folder is gone.
+    The caller holds the run directory's lock, so a new folder is claimed before any
+    other command can see it."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise SwapDeviceError(errno.EBUSY, f"{os.path.basename(folder)}: another devpool command is setting "
+                              f"it up or undoing it; try again once that has finished") from None
+    return fd
+
+
+def _new_folder() -> tuple[str, int]:
+    """A new device folder, claimed (see :func:`_claim`): (its path, the lock's descriptor)."""
     root = run_dir()
     os.makedirs(root, mode=0o700, exist_ok=True)
     _check_run_dir(root)
-    for i in range(1024):
-        folder = os.path.join(root, f"swap{i}")
-        try:
-            os.mkdir(folder, 0o700)
-        except FileExistsError:
-            continue
-        os.mkdir(os.path.join(folder, "mnt"), 0o700)
-        return folder
+    with _dir_locked(root):
+        for i in range(1024):
+            folder = os.path.join(root, f"swap{i}")
+            try:
+                os.mkdir(folder, 0o700)
+            except FileExistsError:
+                continue
+            os.mkdir(os.path.join(folder, "mnt"), 0o700)
+            return folder, _claim(folder)
     raise SwapDeviceError(errno.ENOSPC, f"1024 devpool swap devices exist under {root}")
 
 
@@ -345,10 +423,19 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     if len(os.fsencode(os.path.join(os.path.abspath(run_dir()), "swap1023", "ctl.sock"))) > 107:
         raise BadInputError(f"run directory {run_dir()!r} is too long for a control socket's path "
                             f"(107 bytes at most): set DEVPOOL_RUN_DIR to a shorter one")
+    _check_backing(backing)
     check_prerequisites()
     limit = pool_limit(size, max_pool_percent)
-    folder = _new_folder()
-    dev = SwapDevice(folder)
+    folder, hold = _new_folder()
+    try:
+        return _set_up(SwapDevice(folder), hold, size, backend, compressor, limit, backing, priority,
+                       spin_us, start_timeout, activate, _lock, _loop_dio)
+    finally:
+        os.close(hold)
+
+
+def _set_up(dev: SwapDevice, hold: int, size, backend, compressor, limit, backing, priority, spin_us,
+            start_timeout, activate, _lock, _loop_dio) -> SwapDevice:
     remove_backing = backing is None
     if backing is None:
         backing = dev.default_backing
@@ -371,13 +458,28 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
             _run(["swapon", "--discard=pages", "-p", str(priority), loop])
     except BaseException as exc:
         try:
-            _teardown(dev)
+            _teardown(dev, hold)
         except Exception as undo:
             raise SwapDeviceError(errno.EIO, f"{exc}; undoing it failed too: {undo}") from exc
         if isinstance(exc, OSError) and not isinstance(exc, DevpoolError):
             raise SwapDeviceError(exc.errno or errno.EIO, str(exc)) from exc
         raise
     return dev
+
+
+def _check_backing(backing: str | None) -> None:
+    """A named backing file is emptied when the device starts (no page outlives the
+    server that wrote it): one that holds data is refused, so a mistyped ``--backing``
+    destroys nothing (what a crashed device left there: remove it first)."""
+    if backing is None or backing == "none":
+        return
+    try:
+        st = os.lstat(backing)
+    except OSError:
+        return                                   # a new file (or the server says why not)
+    if stat.S_ISREG(st.st_mode) and st.st_size:
+        raise BadInputError(f"backing file {backing!r} exists and holds {st.st_size} bytes: refused "
+                            f"(the device empties its backing file); remove it or name a new path")
 
 
 def _start_server(dev: SwapDevice, cfg: dict, timeout: float) -> None:
@@ -436,10 +538,25 @@ def _abort_connection(dev: SwapDevice) -> bool:
         return False
 
 
-def _teardown(dev: SwapDevice) -> list[str]:
+def _teardown(dev: SwapDevice, hold: int | None = None) -> list[str]:
+    """Undo ``dev``, its folder claimed (``hold``: the caller's claim, else one taken here;
+    SwapDeviceError EBUSY while another command holds it)."""
+    if hold is not None:
+        return _undo(dev)
+    with _dir_locked(os.path.dirname(dev.folder)):
+        hold = _claim(dev.folder)
+    if hold is None:
+        return []                                  # undone meanwhile
+    try:
+        return _undo(dev)
+    finally:
+        os.close(hold)
+
+
+def _undo(dev: SwapDevice) -> list[str]:
     steps, left = [], []
     pid = dev.pid                         # once: found by its command line, it goes when it exits
-    alive = responsive = _server_alive(pid)
+    alive = responsive = _server_alive(pid, dev.control)
     if alive:
         try:
             ask(dev.control, "ping", timeout=5)
@@ -447,21 +564,12 @@ def _teardown(dev: SwapDevice) -> list[str]:
             alive = responsive = False    # alive but not answering: a hung (or stopped) server
     if not alive and _abort_connection(dev):
         steps.append("aborted the FUSE connection (server gone or not answering)")
-    elif not responsive and _server_alive(pid):
+    elif not responsive and _server_alive(pid, dev.control):
         # no fusectl to abort through: the connection ends when its last /dev/fuse
         # descriptor closes, so a hung server goes first (else swapoff would wait on it)
         _stop_server(pid, patient=False)
         steps.append(f"server {pid} killed (it did not answer): its FUSE connection ended")
-    loops = loops_over(dev.file)
-    if dev.state.get("loop") and dev.state["loop"] not in loops and os.path.exists(dev.state["loop"]):
-        # a dead mount can hide the name loop reports; trust the state file's
-        # device only when loop still names a file of ours
-        try:
-            with open(f"/sys/block/{os.path.basename(dev.state['loop'])}/loop/backing_file") as f:
-                if f.read().strip().startswith(dev.mountpoint):
-                    loops.append(dev.state["loop"])
-        except OSError:
-            pass
+    loops = dev.loops()
     swaps = active_swaps()
     for loop in loops:
         if loop in swaps:
@@ -486,7 +594,7 @@ def _teardown(dev: SwapDevice) -> list[str]:
             except OSError as exc:
                 left.append(str(exc))
         steps.append(f"umount {dev.mountpoint}")
-    if _server_alive(pid):
+    if _server_alive(pid, dev.control):
         _stop_server(pid, patient=responsive)
         steps.append(f"server {pid} stopped")
     if dev.state.get("remove_backing", True):      # ours (or the state is lost: the default is ours)
@@ -545,7 +653,7 @@ def _reap(pid: int) -> None:
 
 def _find(device: str) -> SwapDevice:
     for dev in devices():
-        if device in (dev.name, dev.device, dev.folder, dev.state.get("loop")):
+        if device in (dev.name, dev.folder) or device in dev.loops():
             return dev
     raise BadInputError(f"{device!r} is not a devpool swap device (see `devpool status`)")
 
@@ -581,7 +689,7 @@ def status() -> list[dict]:
             row.update(dev.stats())
         except SwapDeviceError as exc:
             row["error"] = "server dead or not answering: `devpool swapoff` cleans up" \
-                if not _server_alive(dev.pid) else str(exc)
+                if not _server_alive(dev.pid, dev.control) else str(exc)
         rows.append(row)
     return rows
 

@@ -217,6 +217,10 @@ class OneFileFS:
         try:
             if opcode == READ:
                 _, off, size, *_ = RW_IN.unpack_from(self.buf, 40)
+                # a read at or past the end is short, as a regular file's is: EOF, not an error
+                # (else a whole-file read stops 48 bytes short and its next read fails ENOSPC)
+                off = min(off, self.ops.size)
+                size = min(size, self.ops.size - off)
                 self._check_io(node, off, size)
                 self._reply(unique, self.ops.read(off, size) if size else b"")
             elif opcode == WRITE:
