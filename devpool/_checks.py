@@ -69,6 +69,11 @@ def check_real(value, name: str, *, lo: float | None = None, hi: float | None = 
     return v
 
 
+def _head(values) -> str:
+    """The first few items of a caller's sequence, for a message (not a megabyte of it)."""
+    return repr(list(values[:8])) + (" ..." if len(values) > 8 else "")
+
+
 def as_int_array(values, name: str, *, error: type[Exception] = BadInputError) -> np.ndarray:
     """A 1-D sequence of integers as int64 (numpy integers and Python ints alike).
     A container of more dimensions is BadInputError; a lone value, or values that are not integers (floats,
@@ -86,6 +91,11 @@ def as_int_array(values, name: str, *, error: type[Exception] = BadInputError) -
         return np.zeros(0, np.int64)
     if arr.dtype.kind not in "iu":
         raise error(f"{name} must be integers, got dtype {arr.dtype}")
+    # numpy turns [16, True] into int64 [16, 1]: a bool among Python ints is a mistake
+    # (a flag passed where a size or handle belongs), not the number 1. Sets of types are
+    # built in C, so this costs a fraction of the asarray above, and only for lists
+    if isinstance(values, (list, tuple)) and not set(map(type, values)).isdisjoint((bool, np.bool_)):
+        raise error(f"{name} must be integers, got a bool in {_head(values)}")
     if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
         raise error(f"{name} must fit in int64, got {int(arr.max())}")
     return arr.astype(np.int64, copy=False)

@@ -61,3 +61,20 @@ def test_write_batch_refuses_every_source_outside_payload(backend, start):
             assert (pool.read(h) == 3).all()
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("values", [[16, True], (False,), [1, 2, np.True_]])
+def test_a_bool_among_integers_is_refused_not_read_as_one(values):
+    """numpy reads [16, True] as [16, 1]; a flag where a size or handle belongs is a
+    caller's mistake, and the pool refuses it before it allocates anything."""
+    from devpool._checks import as_int_array
+    with pytest.raises(devpool.BadInputError, match="bool"):
+        as_int_array(values, "sizes")
+    pool = devpool.open_pool("host", 1 << 20)
+    try:
+        with pytest.raises(devpool.InvalidSizeError, match="bool"):
+            pool.alloc_batch(values)
+        assert pool.stats()["obj_used"] == 0
+    finally:
+        pool.close()
+    assert as_int_array([16, 1], "sizes").tolist() == [16, 1]      # plain ints still pass
