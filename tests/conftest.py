@@ -131,3 +131,14 @@ def make_pool(backend):
     yield factory
     for p in pools:
         p.close()
+
+
+@pytest.fixture(autouse=True)
+def _numba_cache_dir_left_as_found():
+    """A test that leaves NUMBA_CACHE_DIR changed fails, naming itself: every later
+    subprocess inherits it (a root-owned directory made a `devpool status` run as nobody
+    die importing devpool, in CI only, two hundred tests later)."""
+    before = os.environ.get("NUMBA_CACHE_DIR")
+    yield
+    after = os.environ.get("NUMBA_CACHE_DIR")
+    assert after == before, f"NUMBA_CACHE_DIR left changed: {before!r} -> {after!r}"

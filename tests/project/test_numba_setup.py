@@ -6,8 +6,20 @@ import stat
 from devpool import _numba_setup
 
 
+def _no_cache_dir(monkeypatch):
+    """Unset NUMBA_CACHE_DIR for one test, and have it unset again afterwards.
+
+    ``monkeypatch.delenv`` of a variable that is not set records nothing to undo, so the
+    directory ensure_cache_dir then exports (a root-owned tmp_path) outlived the test and
+    every later subprocess inherited it: a `devpool status` run as nobody found no
+    cache it could write and died importing devpool (seen in CI only, by test order).
+    Setting it first makes monkeypatch remember that it was absent."""
+    monkeypatch.setenv("NUMBA_CACHE_DIR", "unset-after-the-test")
+    monkeypatch.delenv("NUMBA_CACHE_DIR")
+
+
 def test_unwritable_install_and_home_get_a_private_cache_dir(monkeypatch, tmp_path):
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    _no_cache_dir(monkeypatch)
     monkeypatch.setattr(_numba_setup, "_writable", lambda path: False)
     monkeypatch.setattr(_numba_setup.tempfile, "gettempdir", lambda: str(tmp_path))
     from numba.core import config
@@ -31,7 +43,7 @@ def _fallback(monkeypatch, tmp_path):
     """Run ensure_cache_dir with install and home unwritable and the temp dir in tmp_path."""
     import warnings
 
-    monkeypatch.delenv("NUMBA_CACHE_DIR", raising=False)
+    _no_cache_dir(monkeypatch)
     monkeypatch.setattr(_numba_setup, "_writable", lambda path: False)
     monkeypatch.setattr(_numba_setup.tempfile, "gettempdir", lambda: str(tmp_path))
     monkeypatch.setattr(_numba_setup.atexit, "register", lambda *a, **k: None)   # tmp_path cleans up
