@@ -701,7 +701,9 @@ class Pool:
     def compact(self, max_utilisation: float = 1.0) -> int:
         """Clean segments less than ``max_utilisation`` full; returns bytes given back.
 
-        Live objects move (device-to-device on a GPU); every handle stays valid.
+        Live objects move (device-to-device on a GPU); every handle stays valid. The
+        default, 1.0, packs every segment in arena order: a second call right after
+        moves nothing and returns 0.
         """
         return self._clean(check_real(max_utilisation, "max_utilisation", lo=0, hi=1, lo_open=True))
 
