@@ -61,15 +61,26 @@ class _PerPage(Codec):
         return out
 
     def decompress_into_trusted(self, data, lengths, out, rows, starts):
-        ok = np.zeros(lengths.shape[0], np.bool_)
-        for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows.tolist())):
-            try:
-                page = self._decompress_one(data[s:s + n])
-            except Exception:
-                continue
-            # lz4.block silently returns a short page for some corrupt blocks: a page of
-            # the wrong length is a failure, never a page
-            if len(page) == self.page_size:
-                out[r] = np.frombuffer(page, np.uint8)
-                ok[i] = True
-        return ok
+        # memoryviews, not numpy, inside the loop: a memoryview slice and a slice
+        # assignment from the library's buffer are plain memcpy-backed calls, where a
+        # numpy slice, np.frombuffer and a row assignment each build an array (1.3 of
+        # 3.4 us a page went there; 2.4 us now, the bare decode 1.9). ``data`` is flat
+        # contiguous and ``out`` C-contiguous (check_decode_args); the views are released
+        # on the way out, so an mmap behind either can still be closed
+        ok = [False] * lengths.shape[0]
+        if not ok:                    # no blocks (out may have no rows: a view cannot cast that)
+            return np.zeros(0, np.bool_)
+        ps = self.page_size
+        with memoryview(data) as src, memoryview(out) as whole, whole.cast("B") as dst:
+            for i, (s, n, r) in enumerate(zip(starts.tolist(), lengths.tolist(), rows.tolist())):
+                try:
+                    page = self._decompress_one(src[s:s + n])
+                except Exception:
+                    continue
+                # lz4.block silently returns a short page for some corrupt blocks: a page
+                # of the wrong length is a failure, never a page
+                if len(page) == ps:
+                    o = r * ps
+                    dst[o:o + ps] = page
+                    ok[i] = True
+        return np.array(ok, np.bool_)

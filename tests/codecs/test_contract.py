@@ -519,3 +519,35 @@ def test_a_codec_missing_a_trusted_verb_says_which():
         Half().compress_batch(np.zeros((1, 4096), np.uint8))
     with pytest.raises(NotImplementedError, match="decompress_into_trusted"):
         Half().decompress_batch(np.zeros(4, np.uint8), [4])
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=ids)
+def test_decoding_into_rows_from_an_mmap_leaves_it_closable(config, rng):
+    """The per-page codecs decode through memoryviews of ``data`` and ``out``: the views
+    end with the call, even when a block fails, so the mmap behind the blocks (a host
+    arena is one) can still be closed; rows land where asked, a cut block is False and
+    leaves its row alone, and no blocks at all is an empty answer (a view of an out with
+    no rows cannot be cast)."""
+    import mmap
+    codec = devpool.get_codec(config)
+    pages = make_pages(6, rng, CORPUS[sorted(CORPUS)[0]])
+    data, lengths = codec.compress_batch(pages)
+    blocks = unpack(data, lengths)
+    blocks[2] = blocks[2][:len(blocks[2]) // 2]            # cut: must fail, not decode short
+    packed = b"".join(blocks)
+    m = mmap.mmap(-1, len(packed) + 64)
+    m[:len(packed)] = packed
+    src = np.frombuffer(m, np.uint8)[:len(packed)]
+    out = np.full((8, pages.shape[1]), 7, np.uint8)
+    rows = [7, 0, 3, 1, 6, 4]
+    ok = codec.decompress_into(src, [len(b) for b in blocks], out, rows=rows)
+    assert ok.dtype == np.bool_ and ok.tolist() == [True, True, False, True, True, True]
+    for i, r in enumerate(rows):
+        if i != 2:
+            np.testing.assert_array_equal(out[r], pages[i])
+    assert (out[3] == 7).all() and (out[2] == 7).all() and (out[5] == 7).all()
+    del src
+    m.close()                                 # BufferError if a view outlived the call
+    empty = codec.decompress_into(np.zeros(0, np.uint8), np.zeros(0, np.int64),
+                                  np.zeros((0, pages.shape[1]), np.uint8))
+    assert empty.dtype == np.bool_ and empty.shape == (0,)

@@ -375,3 +375,11 @@ def test_bench_swapdev_iops_without_fio(tmp_path, monkeypatch):
     target.write_bytes(bytes(1 << 20))
     for rw in ("read", "write"):
         assert bench_swapdev.iops(str(target), rw, 2, 0.1, 1 << 20) > 0
+
+
+def test_bench_per_page_decode_smoke(tmp_path):
+    old = tmp_path / "old_per_page.py"              # the loop against itself: ratios near 1
+    old.write_text((BENCH.parent / "devpool" / "codecs" / "per_page.py").read_text())
+    r = run_bench(tmp_path, "bench_per_page_decode.py", "--old", str(old), "--passes", "2",
+                  "--batches", "1", "--pages", pages_file(tmp_path, 1100, 9))
+    assert len(r["ratio_new_old"]) == 2 and all(x > 0 for x in r["pages_per_s"]["old"])
