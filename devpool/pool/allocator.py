@@ -788,21 +788,24 @@ class Allocator:
         """Bytes of in-use segments no live object occupies (freed objects, tails)."""
         return self.segs_in_use * self.seg_bytes - self.live_aligned
 
-    def plan_compact(self, max_utilisation: float = 1.0, repack: bool = False):
+    def plan_compact(self, max_utilisation: float = 1.0, repack: bool = False, full_too: bool = False):
         """Plan cleaning of every in-use segment whose live share is below the bar: a
         :class:`CleaningPlan`, or None when cleaning would free nothing. Live objects keep
         their arena order, packed next-fit into the lowest-numbered candidate segments
         (free ones and the victims). ``repack`` plans it even when it frees no segment:
         the free space then gathers behind the last object (a limit needs that room).
 
-        ``max_utilisation`` 1.0 takes every segment in use, full ones too: next-fit keeps
-        arena order, so leaving out a segment that happened to fill exactly changes the
-        sequence the others pack in, and a second call could pack them tighter (found by
-        the single-vs-batch machine: 5 248 / 6 640 / 8 192 / 16 live bytes, then 3
-        segments). With every segment in, a second plan sees the same objects in the same
-        order and places each where it lies: nothing to do, a true fixpoint."""
+        ``full_too`` (with ``max_utilisation`` 1.0: :meth:`Pool.compact`'s default) takes
+        every segment in use, full ones too: next-fit keeps arena order, so leaving out a
+        segment that happened to fill exactly changes the sequence the others pack in,
+        and a second call could pack them tighter (found by the single-vs-batch machine:
+        5 248 / 6 640 / 8 192 / 16 live bytes, then 3 segments). With every segment in, a
+        second plan sees the same objects in the same order and places each where it
+        lies: nothing to do, a true fixpoint. The pressure paths leave full segments out:
+        a pool at capacity full of as-is pages (64 fill a segment exactly) would be
+        planned whole on every refused allocation."""
         used = np.flatnonzero(self.seg_in_use)
-        if max_utilisation < 1.0:
+        if not (full_too and max_utilisation >= 1.0):
             used = used[self.seg_live[used] < max_utilisation * self.seg_bytes]
         return self._plan_victims(used, repack)
 

@@ -671,8 +671,8 @@ class Pool:
             self._clean_seconds += time.perf_counter() - t0
 
     # --- compaction ------------------------------------------------------------------
-    def _compact(self, max_utilisation: float) -> int:
-        return self._execute_clean(self.alloc_.plan_compact(max_utilisation))
+    def _compact(self, max_utilisation: float, full_too: bool = False) -> int:
+        return self._execute_clean(self.alloc_.plan_compact(max_utilisation, full_too=full_too))
 
     def _execute_clean(self, plan) -> int:
         """Carry out a cleaning plan: commit destinations, one bulk move, re-point the
@@ -710,7 +710,7 @@ class Pool:
     def _clean(self, max_utilisation: float) -> int:
         """Compact, then give every spare segment back; returns bytes released."""
         before = self.storage.committed_bytes
-        self._compact(max_utilisation)
+        self._compact(max_utilisation, full_too=True)
         self._release_segments(np.zeros(0, np.int64), keep_spares=False)
         return before - self.storage.committed_bytes
 

@@ -532,3 +532,25 @@ def test_compact_is_a_fixpoint_when_a_segment_fills_exactly():
             m.teardown()
 
     replay()
+
+
+def test_a_refused_allocation_does_not_plan_full_segments(monkeypatch):
+    """Only compact() packs full segments too (for its fixpoint); the allocation that
+    cleans under pressure leaves them out, so a pool at capacity full of as-is pages
+    (two fill a segment here, 64 a 256 KiB one) is not planned whole on every refusal."""
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        hs = pool.alloc_batch(np.full(CAP // 4096, 4096))
+        scanned = []
+        real = pool.alloc_.__class__._live_in
+        monkeypatch.setattr(pool.alloc_.__class__, "_live_in",
+                            lambda self, victims: scanned.append(len(victims)) or real(self, victims))
+        with pytest.raises(devpool.PoolFullError):
+            pool.alloc(16)
+        with pytest.raises(devpool.PoolFullError):
+            pool.alloc_batch([16, 16])
+        assert scanned == [], "the pressure path planned full segments"
+        assert pool.compact() == 0 and scanned == [CAP // SEG]     # compact() looks at all
+        assert all(pool.read(int(h)).size == 4096 for h in hs)
+    finally:
+        pool.close()
