@@ -9,8 +9,10 @@ and floats, refuses bools, NaN and infinities. Checks run before anything change
 
 from __future__ import annotations
 
+import itertools
 import math
 import numbers
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -71,7 +73,7 @@ def check_real(value, name: str, *, lo: float | None = None, hi: float | None = 
 
 def _head(values) -> str:
     """The first few items of a caller's sequence, for a message (not a megabyte of it)."""
-    return repr(list(values[:8])) + (" ..." if len(values) > 8 else "")
+    return repr(list(itertools.islice(values, 8))) + (" ..." if len(values) > 8 else "")   # a deque: no slices
 
 
 def as_int_array(values, name: str, *, error: type[Exception] = BadInputError) -> np.ndarray:
@@ -93,9 +95,13 @@ def as_int_array(values, name: str, *, error: type[Exception] = BadInputError) -
         raise error(f"{name} must be integers, got dtype {arr.dtype}")
     # numpy turns [16, True] into int64 [16, 1]: a bool among Python ints is a mistake
     # (a flag passed where a size or handle belongs), not the number 1. Sets of types are
-    # built in C, so this costs a fraction of the asarray above, and only for lists
-    if isinstance(values, (list, tuple)) and not set(map(type, values)).isdisjoint((bool, np.bool_)):
-        raise error(f"{name} must be integers, got a bool in {_head(values)}")
+    # built in C, so this costs a fraction of the asarray above, and only for sequences
+    # (a deque too); a 0-d bool array among them is read as 1 as well
+    if type(values) in (list, tuple) or (not isinstance(values, np.ndarray) and isinstance(values, Sequence)):
+        types = set(map(type, values))
+        if not types.isdisjoint((bool, np.bool_)) or (
+                np.ndarray in types and any(type(v) is np.ndarray and v.dtype == np.bool_ for v in values)):
+            raise error(f"{name} must be integers, got a bool in {_head(values)}")
     if arr.dtype == np.uint64 and arr.max() > np.iinfo(np.int64).max:
         raise error(f"{name} must fit in int64, got {int(arr.max())}")
     return arr.astype(np.int64, copy=False)

@@ -6,6 +6,7 @@ when it lies inside the buffer, and a refused call changes nothing.
 
 from __future__ import annotations
 
+import collections
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -63,7 +64,8 @@ def test_write_batch_refuses_every_source_outside_payload(backend, start):
         pool.close()
 
 
-@pytest.mark.parametrize("values", [[16, True], (False,), [1, 2, np.True_]])
+@pytest.mark.parametrize("values", [[16, True], (False,), [1, 2, np.True_], collections.deque([16, True]),
+                                    [16, np.array(True)]], ids=["list", "tuple", "np-bool", "deque", "0d-array"])
 def test_a_bool_among_integers_is_refused_not_read_as_one(values):
     """numpy reads [16, True] as [16, 1]; a flag where a size or handle belongs is a
     caller's mistake, and the pool refuses it before it allocates anything."""
