@@ -106,6 +106,14 @@ def _check_out(out, nbytes: int) -> np.ndarray:
     return out if out.ndim == 1 else out.reshape(-1)
 
 
+def _limit(max_total) -> int | None:
+    """A caller's ``max_total``: None, or a byte count as a Python int (BadInputError
+    else). Used as given, np.uint64(100) minus the committed bytes wrapped to near 2**64
+    (no limit at all), True was a 1-byte limit and a negative one made the pool repack
+    itself for a store it could never take."""
+    return None if max_total is None else check_int(max_total, "max_total", lo=0)
+
+
 def _as_handles(handles) -> np.ndarray:
     """Handles as int64; anything that is not an integer is a malformed handle, as in
     the single verbs (InvalidHandleError)."""
@@ -264,6 +272,7 @@ class Pool:
         the same locked call as the allocation, so nothing can move in between.
         """
         sizes = self.alloc_.check_sizes(sizes)
+        max_total = _limit(max_total)
         if self._hostility is not None:
             self._provoke(sizes.size)
         if max_total is not None:
@@ -380,6 +389,8 @@ class Pool:
         if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
+        if max_total is not None and (type(max_total) is not int or max_total < 0):
+            max_total = _limit(max_total)
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()

@@ -199,3 +199,46 @@ def test_a_cleaning_step_that_found_nothing_waits_for_deaths_not_for_more_dead_b
     for k in range(30, 60):                            # the survivors kept their bytes
         assert pool.read(int(hs[k])).size == 3000
     pool.close()
+
+
+@pytest.mark.parametrize("verb", ["alloc", "alloc_batch"])
+@pytest.mark.parametrize("limit", [True, -5, 1.5e9, "64K"], ids=["bool", "negative", "float", "str"])
+def test_a_limit_that_is_not_a_byte_count_is_refused(verb, limit):
+    """``max_total`` is a byte count: anything else is BadInputError before anything is
+    allocated or cleaned. (It was used as given: True was a 1-byte limit, a negative
+    one had the pool clean itself for nothing, a str was a raw TypeError from
+    alloc_batch and no check at all in alloc while the head segment had room.)"""
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=16384)
+    try:
+        hs = pool.alloc_batch(np.full(4, 3000))
+        pool.free(int(hs[0]))                           # dead bytes a repack could gather
+        before = pool.stats()
+        with pytest.raises(devpool.BadInputError, match="max_total"):
+            if verb == "alloc":
+                pool.alloc(16, max_total=limit)
+            else:
+                pool.alloc_batch(np.full(40, 4000), max_total=limit)
+        after = pool.stats()
+        for key in ("obj_used", "pool_total_size", "cleaned_bytes_moved"):
+            assert after[key] == before[key], key
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("limit", [np.uint64(100), np.int32(100), np.uint64(1 << 20)])
+def test_a_numpy_integer_limit_is_the_same_limit(limit):
+    """A numpy integer is a byte count like an int. np.uint64 minus the committed bytes
+    wrapped to near 2**64: with 16 KiB committed, a limit of np.uint64(100) let 40
+    more objects through (11 segments)."""
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=16384)
+    try:
+        pool.alloc_batch(np.full(4, 4000))              # one segment, full
+        got = pool.alloc_batch(np.full(40, 4000), max_total=limit)
+        total = pool.stats()["pool_total_size"]
+        assert total <= max(int(limit), 16384), f"{got.size} allocated past a limit of {int(limit)}"
+        if int(limit) >= 1 << 20:
+            assert got.size == 40
+        else:
+            assert got.size == 0 and pool.alloc(4000, max_total=limit) is None
+    finally:
+        pool.close()
