@@ -320,7 +320,10 @@ def devices() -> list[SwapDevice]:
     _check_run_dir(root)
     found = []
     for folder in sorted(glob.glob(os.path.join(root, "swap[0-9]*"))):
-        st = os.lstat(folder)
+        try:
+            st = os.lstat(folder)
+        except FileNotFoundError:        # undone by another command since it was listed
+            continue
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.geteuid() and not st.st_mode & 0o022:
             found.append(SwapDevice(folder))
     return found

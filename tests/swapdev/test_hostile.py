@@ -182,3 +182,25 @@ def test_swapoff_racing_a_swapon_is_refused_and_the_device_comes_up_whole(swap_e
     dev = got["dev"]
     assert dev.stats()["pid"] == dev.pid and dev.device
     assert device.swapoff_all()
+
+
+def test_a_device_folder_removed_while_listed_is_no_device(tmp_path, monkeypatch):
+    """`devpool status` while a swapoff removes a device's folder: the folder is listed,
+    then gone before it is looked at. It is no device (as before the run directory's
+    folders were checked), not a raw FileNotFoundError out of status or swapoff --all."""
+    import glob as globmod
+
+    run = tmp_path / "run"
+    run.mkdir(mode=0o700)
+    for name in ("swap0", "swap1"):
+        (run / name).mkdir(mode=0o700)
+    monkeypatch.setenv("DEVPOOL_RUN_DIR", str(run))
+    real = globmod.glob
+
+    def listed_then_removed(pattern, *a, **kw):
+        found = real(pattern, *a, **kw)
+        if pattern.startswith(str(run)) and (run / "swap1").exists():
+            (run / "swap1").rmdir()                 # the other command's swapoff, just now
+        return found
+    monkeypatch.setattr(device.glob, "glob", listed_then_removed)
+    assert [d.name for d in device.devices()] == ["swap0"]
