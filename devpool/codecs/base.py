@@ -119,7 +119,10 @@ def as_block_data(data) -> np.ndarray:
             raise BadInputError(f"data must have dtype uint8, got {data.dtype}")
         return np.ascontiguousarray(data).reshape(-1)
     if isinstance(data, (bytes, bytearray, memoryview)):
-        return np.frombuffer(data, np.uint8)
+        try:
+            return np.frombuffer(data, np.uint8)
+        except (BufferError, ValueError) as exc:     # a strided memoryview (or a ragged one)
+            raise BadInputError(f"data must be a contiguous bytes-like object: {exc}") from exc
     raise BadInputError(f"data must be a uint8 array or bytes-like, got {type(data).__name__}")
 
 

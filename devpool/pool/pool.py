@@ -77,7 +77,7 @@ def _as_bytes_array(data, what: str) -> np.ndarray:
         try:
             arr = np.frombuffer(memoryview(data), dtype=np.uint8) if not isinstance(data, (list, tuple)) \
                 else None
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, BufferError) as exc:     # BufferError: a strided memoryview
             raise BadInputError(f"{what} must be a bytes-like object or uint8 array: {exc}") from exc
         if arr is None:
             raise BadInputError(f"{what} must be a bytes-like object or uint8 array, got {type(data).__name__}")
@@ -93,7 +93,7 @@ def _check_out(out, nbytes: int) -> np.ndarray:
     if not isinstance(out, np.ndarray):
         try:
             out = np.frombuffer(memoryview(out), dtype=np.uint8)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, BufferError) as exc:     # BufferError: a strided memoryview
             raise BadInputError(f"out must be a writable uint8 buffer: {exc}") from exc
     if out.dtype != np.uint8:
         raise BadInputError(f"out must have dtype uint8, got {out.dtype}")

@@ -80,3 +80,27 @@ def test_a_bool_among_integers_is_refused_not_read_as_one(values):
     finally:
         pool.close()
     assert as_int_array([16, 1], "sizes").tolist() == [16, 1]      # plain ints still pass
+
+
+def test_a_strided_memoryview_is_bad_input_not_a_buffer_error():
+    """A non-contiguous memoryview (``memoryview(a)[::2]``) where bytes belong is the
+    caller's mistake: BadInputError naming the argument, nothing written or allocated
+    (np.frombuffer raised a raw BufferError, which is not a ValueError, out of
+    Pool.write (its payload), Pool.alloc(data=), Pool.read(out=) and Codec.decompress_into)."""
+    from devpool.codecs import get_codec
+    strided = memoryview(np.arange(16, dtype=np.uint8))[::2]
+    pool = devpool.open_pool("host", 1 << 20)
+    try:
+        h = pool.alloc(8, data=np.full(8, 5, np.uint8))
+        with pytest.raises(devpool.BadInputError, match="payload"):
+            pool.write(h, strided)
+        with pytest.raises(devpool.BadInputError, match="data"):
+            pool.alloc(8, data=strided)
+        with pytest.raises(devpool.BadInputError, match="out"):
+            pool.read(h, out=memoryview(bytearray(16))[::2])
+        assert pool.stats()["obj_used"] == 1 and (pool.read(h) == 5).all()
+    finally:
+        pool.close()
+    out = np.zeros((1, 4096), np.uint8)
+    with pytest.raises(devpool.BadInputError, match="data"):
+        get_codec("raw").decompress_into(memoryview(bytearray(8192))[::2], [4096], out)
