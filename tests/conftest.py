@@ -141,4 +141,9 @@ def _numba_cache_dir_left_as_found():
     before = os.environ.get("NUMBA_CACHE_DIR")
     yield
     after = os.environ.get("NUMBA_CACHE_DIR")
+    if after != before:               # put it back first: one leak must not fail later tests too
+        if before is None:
+            os.environ.pop("NUMBA_CACHE_DIR", None)
+        else:
+            os.environ["NUMBA_CACHE_DIR"] = before
     assert after == before, f"NUMBA_CACHE_DIR left changed: {before!r} -> {after!r}"
