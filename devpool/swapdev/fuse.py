@@ -221,6 +221,11 @@ class OneFileFS:
                 # (else a whole-file read stops 48 bytes short and its next read fails ENOSPC)
                 off = min(off, self.ops.size)
                 size = min(size, self.ops.size - off)
+                if size > MAX_WRITE:
+                    # we told the kernel max_read=MAX_WRITE; a larger read would overrun the
+                    # server's reply pages (MAX_PAGES + 2 of them: an unaligned full read
+                    # spans one more) with an IndexError that ends the serving loop
+                    raise OSError(errno.EINVAL, f"a read of {size} bytes, past max_read")
                 self._check_io(node, off, size)
                 self._reply(unique, self.ops.read(off, size) if size else b"")
             elif opcode == WRITE:

@@ -196,6 +196,7 @@ def request(fs, opcode, node, body=b"", unique=7):
 def dispatcher():
     r, w = os.pipe()
     os.set_blocking(r, False)
+    os.set_blocking(w, False)      # a reply too big for the pipe fails the test, never hangs it
     fs = fuse.OneFileFS(w, DictFile())
     fs._reply_pipe = r
     yield fs
@@ -233,3 +234,18 @@ def test_hostile_requests_get_errors_not_crashes(dispatcher):
     assert request(fs, fuse.FALLOCATE, fuse.FILE_ID, fuse.FALLOCATE_IN.pack(
         1, SIZE - 4096, 1 << 30, fuse.FALLOC_FL_PUNCH_HOLE | fuse.FALLOC_FL_KEEP_SIZE, 0)) == (0, b"")
     assert fs.ops.calls[-1] == ("punch", SIZE - 4096, 4096)
+
+
+def test_a_read_past_max_read_is_refused_before_the_file_sees_it(dispatcher):
+    """max_read is what we told the kernel; a larger READ (a kernel that ignored it, or a
+    hostile writer on /dev/fuse) is EINVAL, not an overrun of the server's reply pages,
+    and a read within it still goes through. (A reply of max_read bytes is not read back
+    here: it would not fit the test's pipe.)"""
+    fs = dispatcher
+    fs.ops.size = 4 * fuse.MAX_WRITE
+    fs.ops.data = bytearray(fs.ops.size)
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(0, fuse.MAX_WRITE + 4096))[0] == -errno.EINVAL
+    assert request(fs, fuse.READ, fuse.FILE_ID, rw_in(100, 2**31))[0] == -errno.EINVAL
+    assert not [c for c in fs.ops.calls if c[0] == "read"]
+    err, body = request(fs, fuse.READ, fuse.FILE_ID, rw_in(fuse.MAX_WRITE - 100, 8192))
+    assert err == 0 and len(body) == 8192
