@@ -51,6 +51,17 @@ def pack(blocks) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.frombuffer(b"".join(blocks), np.uint8), lengths, np.concatenate([[0], np.cumsum(lengths)])
 
 
+def load_module(path: str, name: str):
+    """A module from a source file outside this tree (an earlier version of one of ours,
+    measured beside the current one in the same process). ``name`` places it: a dotted
+    name inside a devpool package lets its relative imports resolve there."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def header(name: str, **extra) -> dict:
     import numba
     return {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": cpu_name(),

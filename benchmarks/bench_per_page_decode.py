@@ -14,8 +14,6 @@ pass: median and range.
 from __future__ import annotations
 
 import argparse
-import json
-import importlib.util
 import statistics
 import sys
 import time
@@ -23,9 +21,8 @@ import time
 import numpy as np
 
 import devpool
+from _common import header, load_module, load_pages, save
 from devpool.codecs.per_page import _PerPage
-from devpool.cli.capture import capture_workloads
-from devpool.cli.io import load_pages_file
 
 
 def main() -> None:
@@ -37,11 +34,9 @@ def main() -> None:
     ap.add_argument("--json", help="write the figures here too")
     ap.add_argument("--pages", default="", help=".npy of real pages (default: capture the workloads)")
     args = ap.parse_args()
-    spec = importlib.util.spec_from_file_location("devpool.codecs._old_per_page", args.old)
-    old_mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(old_mod)
+    old_mod = load_module(args.old, "devpool.codecs._old_per_page")    # its relative imports: ours
     versions = {"new": _PerPage.decompress_into_trusted, "old": old_mod._PerPage.decompress_into_trusted}
-    pages = load_pages_file(args.pages, 16384) if args.pages else capture_workloads(16384)
+    pages, source = load_pages(args.pages, 16384)
     pages = np.resize(pages, (16384, pages.shape[1]))   # cycled when fewer
     pool = devpool.open_pool("host", 1 << 30)
     zs = devpool.Zswap(pool, compressor=args.compressor, max_pool_percent=100)
@@ -71,10 +66,8 @@ def main() -> None:
           f"old {statistics.median(rates['old']):,.0f}")
     print(f"new / old per pass: median {statistics.median(ratios):.3f} "
           f"(range {min(ratios):.3f} - {max(ratios):.3f}, {len(ratios)} passes)")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"argv": sys.argv, "compressor": args.compressor, "pages_per_s": rates,
-                       "ratio_new_old": ratios, "median_ratio": statistics.median(ratios)}, f, indent=1)
+    save(header("bench_per_page_decode", compressor=args.compressor, pages=source, pages_per_s=rates,
+                ratio_new_old=ratios, median_ratio=statistics.median(ratios)), args.json)
     zs.close()
     pool.close()
 

@@ -13,12 +13,11 @@ verbatim) measured in the same process, alternating pass by pass.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import time
 
 import numpy as np
 
-from _common import header, save
+from _common import header, load_module, save
 from devpool.region import residency as current
 
 
@@ -62,10 +61,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     mods = {"new": current}
     if args.old:
-        spec = importlib.util.spec_from_file_location("residency_old", args.old)
-        old = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(old)
-        mods = {"old": old, "new": current}
+        mods = {"old": load_module(args.old, "residency_old"), "new": current}
     res = header("bench_region_policy", sizes_mib=args.sizes_mib, faults=args.faults, passes=args.passes,
                  old=args.old)
     rows = []
