@@ -19,6 +19,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, pr
 
 import devpool
 from devpool.pool.allocator import _GEN_MASK, _SLOT_BITS, _TAG_SHIFT
+from tests.replay import replay_steps
 
 SEG = 8192
 CAP = 6 * SEG
@@ -516,22 +517,11 @@ _EXACT_FILL = [
 
 
 def test_compact_is_a_fixpoint_when_a_segment_fills_exactly():
-    from hypothesis import given
-
-    @settings(max_examples=1, database=None, deadline=None)
-    @given(st.none())                 # a test context, for the invariants' event() calls
-    def replay(_):
-        m = SingleVsBatch()
-        m.setup(clean=False)
-        try:
-            for name, kwargs in _EXACT_FILL:
-                getattr(m, name)(**kwargs)
-                m.same_figures()
-                m.bytes_intact()
-        finally:
-            m.teardown()
-
-    replay()
+    def start():
+        machine = SingleVsBatch()
+        machine.setup(clean=False)
+        return machine
+    replay_steps(start, _EXACT_FILL, ["same_figures", "bytes_intact"])
 
 
 def test_a_refused_allocation_does_not_plan_full_segments(monkeypatch):

@@ -17,13 +17,14 @@ from __future__ import annotations
 import lz4.block
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, event, given, settings, strategies as st
+from hypothesis import HealthCheck, event, settings, strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 import devpool
 from devpool.pool.chaos import ChaosStorage
 from devpool.host import HostStorage
 from tests.pages import KINDS, PAGE, is_same_filled, nearly_filled_page
+from tests.replay import replay_steps
 
 N_OFFSETS = 64
 OFFSETS = st.integers(0, N_OFFSETS - 1)
@@ -374,17 +375,4 @@ REPLAYS = {
 @pytest.mark.parametrize("name", sorted(REPLAYS))
 def test_zswap_replays_what_hypothesis_found(name, tmp_path):
     backend, with_backing, steps = REPLAYS[name]
-    machine = make_machine(backend, tmp_path, with_backing)
-
-    @settings(max_examples=1, database=None, deadline=None)
-    @given(st.none())                 # a test context, for the model's event() calls
-    def replay(_):
-        m = machine()
-        try:
-            for rule_name, kwargs in steps:
-                getattr(m, rule_name)(**kwargs)
-                m.everything_is_where_the_model_says()
-        finally:
-            m.teardown()
-
-    replay()
+    replay_steps(make_machine(backend, tmp_path, with_backing), steps, ["everything_is_where_the_model_says"])
