@@ -109,7 +109,15 @@ MAX_OBJECT_BYTES = (1 << 31) - 1
  _M_AT_FILL, _M_AT_LIVE, _M_AT_PLACED, _M_AT_IN_USE, _M_AT_RING, _M_AT_LOCS, _M_AT_SIZES, _M_AT_HV,
  # what the last single verb found, beside its return value
  _M_OFF, _M_SIZE, _M_HANDLE,
- _M_META) = range(25)
+ # when a free asks for a cleaning step (the pool's CLEAN_TRIGGER in 1/2**16 of the live
+ # bytes, and the vacated bytes to wait for: see Pool._maybe_clean)
+ _M_TRIGGER, _M_CLEAN_AFTER,
+ _M_META) = range(27)
+#: the free that finds dead space past the trigger returns this (see _free)
+CLEAN_DUE = -2
+#: the trigger's fixed point, and its ceiling (a trigger of 256x the live bytes is never reached)
+TRIGGER_ONE = 1 << 16
+TRIGGER_MAX = 1 << 24
 
 _rules = Rules()
 
@@ -182,8 +190,10 @@ def _locate(fill, live, placed, in_use, ring, locs, sizes, hv, meta, handle):
 @_rules.compiled
 def _free(fill, live, placed, in_use, ring, locs, sizes, hv, meta, slot):
     """Free one validated slot: segment figures, its next generation, the free-slot
-    queue's tail. Returns the segment it emptied, or -1; its offset and requested size
-    go to ``meta``.
+    queue's tail. Returns the segment it emptied; else CLEAN_DUE when dead space has
+    passed the pool's cleaning trigger (more than two segments' worth and ``_M_TRIGGER``
+    of the live bytes, with ``_M_CLEAN_AFTER`` bytes vacated); else -1. Its offset and
+    requested size go to ``meta``.
 
     A segment whose last object dies is emptied, except the head: it stays open with its
     bump pointer back at 0, so a lone object allocated and freed over and over reuses
@@ -215,6 +225,12 @@ def _free(fill, live, placed, in_use, ring, locs, sizes, hv, meta, slot):
     meta[_M_VACATED] += a
     meta[_M_OFF] = off
     meta[_M_SIZE] = size
+    if emptied < 0:
+        sb = meta[_M_SEG_BYTES]
+        dead = meta[_M_SEGS_IN_USE] * sb - meta[_M_LIVE_ALIGNED]
+        if (dead > 2 * sb and dead * TRIGGER_ONE > meta[_M_LIVE_ALIGNED] * meta[_M_TRIGGER]
+                and meta[_M_VACATED] >= meta[_M_CLEAN_AFTER]):
+            return CLEAN_DUE
     return emptied
 
 

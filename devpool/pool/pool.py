@@ -31,7 +31,8 @@ import time
 
 import numpy as np
 
-from .allocator import _M_HANDLE, _M_LIVE_ALIGNED, _M_OFF, _M_SEGS_IN_USE, _M_SIZE, _M_VACATED, Allocator, aligned
+from .allocator import (_M_CLEAN_AFTER, _M_HANDLE, _M_LIVE_ALIGNED, _M_OFF, _M_SEGS_IN_USE, _M_SIZE, _M_TRIGGER,
+                        _M_VACATED, TRIGGER_MAX, TRIGGER_ONE, Allocator, aligned)
 from .._checks import PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside
 from .._packed import packed_starts
 from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
@@ -150,6 +151,7 @@ class Pool:
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._clean_after = 0          # see _maybe_clean
+        self.CLEAN_TRIGGER = self._clean_trigger          # into the allocator's meta, for its free
         self._repacked_at = -1         # see _within
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
@@ -649,16 +651,16 @@ class Pool:
         return slot, m[_M_OFF], m[_M_SIZE]
 
     def _free_slot(self, slot: int) -> None:
-        """Free one slot ``_locate`` validated: one compiled call, then what storage and
-        the segments need only now and then."""
-        al = self.alloc_
-        emptied = al._free1(slot)
-        if self._scrubs:
-            m = al._mm
-            self.storage.discard_one(m[_M_OFF], aligned(m[_M_SIZE]))
-        if emptied >= 0:
-            self._release_segments(np.array([emptied], np.int64))
-        self._maybe_clean()
+        """Free one slot ``_locate`` validated: one compiled call, which also says whether
+        storage, the segments or cleaning need anything (now and then)."""
+        got = self.alloc_._free1(slot)
+        if got != -1 or self._scrubs:
+            if self._scrubs:
+                m = self.alloc_._mm
+                self.storage.discard_one(m[_M_OFF], aligned(m[_M_SIZE]))
+            if got >= 0:
+                self._release_segments(np.array([got], np.int64))
+            self._maybe_clean()
 
     # --- cleaning as you go -----------------------------------------------------------
     # A log-structured arena keeps freed bytes dead until their segment is cleaned; under
@@ -668,8 +670,28 @@ class Pool:
     # head's tail) and if so runs one *bounded* cleaning step: the emptiest segments,
     # enough to bring dead space down to half the trigger, at most CLEAN_STEP_SEGMENTS of
     # them, packed with one bulk move. No single call pays for a whole pass.
-    #: dead bytes that start a cleaning step, as a share of live arena bytes
-    CLEAN_TRIGGER = 1 / 16
+    #: dead bytes that start a cleaning step, as a share of live arena bytes (CLEAN_TRIGGER)
+    _clean_trigger = 1 / 16
+
+    # both kept in the allocator's meta too: a single free decides in compiled code
+    # whether a step is due (_maybe_clean's test, there in 1/2**16 of the live bytes)
+    @property
+    def CLEAN_TRIGGER(self) -> float:
+        return self._clean_trigger
+
+    @CLEAN_TRIGGER.setter
+    def CLEAN_TRIGGER(self, value: float) -> None:
+        self._clean_trigger = value
+        self.alloc_._mm[_M_TRIGGER] = min(int(value * TRIGGER_ONE), TRIGGER_MAX)
+
+    @property
+    def _clean_after(self) -> int:
+        return self.alloc_._mm[_M_CLEAN_AFTER]
+
+    @_clean_after.setter
+    def _clean_after(self, value: int) -> None:
+        self.alloc_._mm[_M_CLEAN_AFTER] = value
+
     #: the most segments one cleaning step packs (bounds the work one free pays)
     CLEAN_STEP_SEGMENTS = 64
 
