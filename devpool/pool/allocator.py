@@ -561,41 +561,43 @@ class Allocator:
         # 25 bytes a slot (were 33): the offset and the handle the slot answers to in 64
         # bits, the size (at most 2 GiB - 1) and the free-slot queue's entry in 32, one
         # byte of scratch for finding repeats in a batch
-        self.locs = np.full(0, -1, np.int64)
-        self.sizes = np.zeros(0, _SIZE_T)
-        #: per slot, the (unscrambled) handle it answers to: this pool's id, the slot's
-        #: generation, the slot; one comparison checks all three
-        self.hv = np.zeros(0, np.int64)
-        self._seen = np.zeros(0, np.uint8)
-        # free slots, a ring queue: taken at _ring_head, freed slots join at the tail
-        self._ring = np.zeros(0, _SLOT_T)
+        # per slot: arena offset (-1: free), requested size, and (``hv``) the unscrambled
+        # handle it answers to: this pool's id, the slot's generation, the slot (one
+        # comparison checks all three); free slots are a ring queue (``_ring``): taken at
+        # _ring_head, freed slots join at the tail
+        if JIT:
+            # the single verbs, compiled, bound to the meta array's address (which never
+            # changes) as a method's first argument: a call costs what a direct one
+            # does (functools.partial added ~60 ns)
+            at_ = self.meta.ctypes.data
+            self._bump1, self._put1, self._locate1, self._free1 = (
+                types.MethodType(entry(f), at_) for f in (_bump_at, _put_at, _locate_at, _free_at))
+        self._set_table(np.full(0, -1, np.int64), np.zeros(0, _SIZE_T), np.zeros(0, np.int64),
+                        np.zeros(0, np.uint8), np.zeros(0, _SLOT_T))
         self._min_free = min(MIN_FREE_SLOTS, max(1, self.capacity // ALIGN))
-        self._table_views()
         # cleaning figures (zsmalloc explains compaction through its stats; so do we)
         self.clean_steps = 0
         self.cleaned_segments = 0      # segments emptied by cleaning (steps and compact)
         self.cleaned_bytes_moved = 0   # live bytes cleaning copied
         self.segments_compacted = 0
 
-    def _table_views(self) -> None:
-        """(Re)make the single verbs' ways to the handle table after it is replaced:
-        its addresses in ``meta`` for the compiled calls (or, with numba's JIT off, the
-        same rules bound to memoryviews)."""
-        self._nslots = self.locs.shape[0]
-        self._lease.hv = self.hv
-        self.meta[[_M_AT_RING, _M_AT_LOCS, _M_AT_SIZES, _M_AT_HV]] = (
-            self._ring.ctypes.data, self.locs.ctypes.data, self.sizes.ctypes.data, self.hv.ctypes.data)
-        if JIT:
-            at_ = self.meta.ctypes.data
-            # bound as a method's first argument: a call costs what a direct one does
-            # (functools.partial added ~60 ns)
-            self._bump1, self._put1, self._locate1, self._free1 = (
-                types.MethodType(entry(f), at_) for f in (_bump_at, _put_at, _locate_at, _free_at))
-        else:
+    def _set_table(self, locs, sizes, hv, seen, ring) -> None:
+        """Install a handle table: the arrays and their addresses in ``meta`` change
+        together. The compiled single verbs follow those addresses, so nothing that can
+        fail (allocate) runs between dropping the old arrays and installing the new
+        addresses: a MemoryError leaves the old table whole, never a freed one named."""
+        addrs = (ring.ctypes.data, locs.ctypes.data, sizes.ctypes.data, hv.ctypes.data, locs.shape[0])
+        if not JIT:        # the same rules bound to memoryviews (they keep their arrays alive)
             views = [memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use,
-                                             self._ring, self.locs, self.sizes, self.hv)] + [self._mm]
-            self._bump1, self._put1, self._locate1, self._free1 = (
-                functools.partial(f, *views) for f in (_bump, _put, _locate, _free))
+                                             ring, locs, sizes, hv)] + [self._mm]
+            single = tuple(functools.partial(f, *views) for f in (_bump, _put, _locate, _free))
+        # --- from here on nothing allocates
+        self.locs, self.sizes, self.hv, self._seen, self._ring = locs, sizes, hv, seen, ring
+        mm = self._mm
+        mm[_M_AT_RING], mm[_M_AT_LOCS], mm[_M_AT_SIZES], mm[_M_AT_HV], mm[_M_NSLOTS] = addrs
+        self._lease.hv = hv
+        if not JIT:
+            self._bump1, self._put1, self._locate1, self._free1 = single
 
     def close(self) -> None:
         """Give the pool id back (reused last); idempotent."""
@@ -766,20 +768,19 @@ class Allocator:
         if new == old:
             return
         queued = self._ring[(self._ring_head + np.arange(self._ring_count)) % max(old, 1)]
-        self.locs = np.concatenate([self.locs, np.full(new - old, -1, np.int64)])
-        self.sizes = np.concatenate([self.sizes, np.zeros(new - old, _SIZE_T)])
+        locs = np.concatenate([self.locs, np.full(new - old, -1, np.int64)])
+        sizes = np.concatenate([self.sizes, np.zeros(new - old, _SIZE_T)])
         # new slots start at the id's generation floor (not 1): handles of closed pools
         # that held this id name generations below it
-        self.hv = np.concatenate([self.hv, np.int64(self._tag_bits | self._lease.base << _SLOT_BITS)
-                                  | np.arange(old, new, dtype=np.int64)])
-        self._seen = np.zeros(new, np.uint8)
+        hv = np.concatenate([self.hv, np.int64(self._tag_bits | self._lease.base << _SLOT_BITS)
+                             | np.arange(old, new, dtype=np.int64)])
         ring = np.empty(new, _SLOT_T)
         ring[:queued.size] = queued
         ring[queued.size:queued.size + new - old] = np.arange(old, new, dtype=_SLOT_T)
-        self._ring = ring
+        count = queued.size + new - old
+        self._set_table(locs, sizes, hv, np.zeros(new, np.uint8), ring)
         self._ring_head = 0
-        self._ring_count = queued.size + new - old
-        self._table_views()
+        self._ring_count = count
 
     # --- segments and storage: in use, spare, or given back ----------------------------
     # A freed segment becomes a *spare*: still held by storage (counted in

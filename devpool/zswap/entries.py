@@ -400,6 +400,14 @@ class EntryTable:
         self.meta[[_HEAD, _TAIL, _FREE]] = -1
         self.meta[_FULL] = page_size
         self.meta[_LRU] = bool(lru)            # without writeback nothing walks it: no links kept
+        self.m_meta = memoryview(self.meta)    # (the meta array is never replaced)
+        # one change, one lookup of one entry: compiled, bound to the meta array's address
+        # (which holds the other arrays' addresses), or, with numba's JIT off, where the
+        # intrinsic behind them cannot run, the same rules interpreted
+        self._set1, self._find1 = ((types.MethodType(entry(_set_one), self.meta.ctypes.data),
+                                    types.MethodType(entry(_find_one), self.meta.ctypes.data)) if JIT
+                                   else (functools.partial(_set_interpreted, self),
+                                         functools.partial(_find_interpreted, self)))
         self._fields = _FIELDS_LRU if lru else _FIELDS_NO_LRU
         self.record_bytes = (_C_LRU if lru else _C_NO)[_CREC]
         self.prev = np.zeros(1, np.int32)      # (with the LRU, a field of the records)
@@ -411,6 +419,12 @@ class EntryTable:
     # --- memory: slots and buckets grow and shrink with the entries ------------------------
     def _views(self) -> None:
         rec = self._records
+        # where the arrays are, for the compiled single verbs: installed first, and with
+        # nothing that allocates between taking the addresses and installing them, so an
+        # error below (a MemoryError) leaves them naming arrays the old views keep alive
+        addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0])
+        mm = self.m_meta
+        mm[_AT_BUCKETS], mm[_AT_RECORDS], mm[_N_BUCKETS], mm[_N_SLOTS] = addrs
         for name, dtype, at in self._fields:
             field = rec[:, at:at + np.dtype(dtype).itemsize].view(dtype)[:, 0]
             setattr(self, name, field)
@@ -418,21 +432,10 @@ class EntryTable:
         self.fill = rec[:, 8:16].view(np.uint64)[:, 0]
         self.m_fill = memoryview(self.fill)
         self.m_buckets = memoryview(self.buckets)
-        self.m_meta = memoryview(self.meta)
         self._slots = rec.shape[0]
         nb = self.buckets.shape[0]
         self._grow_at = min(int(nb * _MAX_LOAD), MAX_ENTRIES)
         self._shrink_at = nb // 10 if nb > _SHRINK_FLOOR else -1
-        # where the arrays are, for _set_one: taken again whenever an array is replaced
-        meta = self.meta
-        meta[[_AT_BUCKETS, _AT_RECORDS, _N_BUCKETS, _N_SLOTS]] = (self.buckets.ctypes.data, rec.ctypes.data, nb,
-                                                                 rec.shape[0])
-        # one change of one entry: compiled, given the addresses (or, with numba's JIT
-        # off, where the intrinsic behind _set_one cannot run, the same rule interpreted)
-        self._set1, self._find1 = ((types.MethodType(entry(_set_one), meta.ctypes.data),
-                                    types.MethodType(entry(_find_one), meta.ctypes.data)) if JIT
-                                   else (functools.partial(_set_interpreted, self),
-                                         functools.partial(_find_interpreted, self)))
 
     def _set_buckets(self, nb: int) -> None:
         buckets = np.full(nb, -1, np.int32)

@@ -586,3 +586,42 @@ def test_without_numba_jit_the_single_verbs_run_the_same_rules_interpreted():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True,
                          timeout=300, env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_a_failed_table_growth_leaves_the_old_table_whole(monkeypatch):
+    """The compiled single verbs follow the handle table's addresses. A growth that
+    fails halfway (a MemoryError on its second new array) must leave the old table and
+    its addresses installed, never an address of a freed array: the objects stay
+    readable, and the pool grows fine once memory is back."""
+    rng = np.random.default_rng(7)
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=4096)
+    try:
+        datas = [rng.integers(0, 256, 100, dtype=np.uint8) for _ in range(3)]
+        h0 = pool.alloc(100, data=datas[0])               # the first table: 16 385 slots
+        while pool.alloc_._ring_count > pool.alloc_._min_free:
+            pool.free(pool.alloc(16))
+        real = np.concatenate
+        calls = []
+
+        def second_fails(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise MemoryError("no memory for the handle table (test)")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(np, "concatenate", second_fails)
+        with pytest.raises(MemoryError):
+            pool.alloc(100, data=datas[1])                # needs a bigger table
+        monkeypatch.setattr(np, "concatenate", real)
+        assert len(calls) == 2
+        junk = [np.full(pool.alloc_.locs.shape[0], 0x5A5A5A5A5A5A5A5A, np.int64) for _ in range(8)]
+        assert np.array_equal(pool.read(h0), datas[0])
+        h1 = pool.alloc(100, data=datas[1])
+        h2 = pool.alloc(100, data=datas[2])
+        assert [bytes(pool.read(h)) for h in (h0, h1, h2)] == [bytes(d) for d in datas]
+        assert pool.alloc_.live_objects == 3 and len(junk) == 8
+        pool.free(h0)
+        with pytest.raises(devpool.InvalidHandleError):
+            pool.read(h0)
+    finally:
+        pool.close()
