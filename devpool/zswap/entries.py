@@ -425,6 +425,9 @@ class EntryTable:
         addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0])
         mm = self.m_meta
         mm[_AT_BUCKETS], mm[_AT_RECORDS], mm[_N_BUCKETS], mm[_N_SLOTS] = addrs
+        # the last lookup's bucket names the old index: a removal would read it unchecked
+        # (past a shrunk index's end); -1 makes it look the key up
+        mm[_HINT] = -1
         for name, dtype, at in self._fields:
             field = rec[:, at:at + np.dtype(dtype).itemsize].view(dtype)[:, 0]
             setattr(self, name, field)

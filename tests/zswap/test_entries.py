@@ -226,3 +226,25 @@ def test_without_numba_jit_the_same_rules_run_interpreted(tmp_path):
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=300,
                          env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_a_lookup_hint_never_names_a_bucket_past_a_smaller_index():
+    """find_one leaves the bucket it found in meta for remove_one (no second lookup);
+    the compiled removal reads ``buckets[hint]`` unchecked. A shrink after that find
+    left the hint naming a bucket of the old, larger index: a removal of a slot found by
+    the batch ``find`` then read (and could write) past the new index's end. Every
+    table change resets it (as the interpreted hint was reset before)."""
+    t = EntryTable(lru=True)
+    keys = np.arange(20000, dtype=np.int64) * 7919
+    t.put(keys, SAME, np.arange(keys.size), 0)
+    big = t.buckets.shape[0]
+    hints = [(k, t.find_one(k), int(t.meta[E._HINT])) for k in keys[:2000].tolist()]
+    k = max(hints, key=lambda x: x[2])[0]
+    t.remove_one(t.find_one(k))
+    assert t.meta[E._HINT] >= big // 2           # a bucket only the large index has
+    t.remove(t.find(keys[keys != k][:-1]))       # a batch removal shrinks the index
+    assert t.buckets.shape[0] < big // 4
+    assert -1 <= t.meta[E._HINT] < t.buckets.shape[0]
+    j = int(t.find(keys[-1:])[0])                # found by the batch verb: no new hint
+    t.remove_one(j)
+    assert len(t) == 0 and t.find_one(int(keys[-1])) == -1
