@@ -26,6 +26,7 @@ handle with a random key. The storage only states the policy; the pool acts on i
 from __future__ import annotations
 
 import functools
+import numbers
 import threading
 import time
 
@@ -681,8 +682,15 @@ class Pool:
 
     @CLEAN_TRIGGER.setter
     def CLEAN_TRIGGER(self, value: float) -> None:
+        # a share of the live bytes: 0 cleans at every chance, inf never. The compiled
+        # test's fixed point is truncated and capped (it may ask Python early, never
+        # late); NaN, a negative share or no number is refused before anything changes
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not value >= 0:
+            raise BadInputError(f"CLEAN_TRIGGER must be a share of the live bytes >= 0 (inf: never clean "
+                                f"as frees go), got {value!r}")
+        fixed = value * TRIGGER_ONE
+        self.alloc_._mm[_M_TRIGGER] = TRIGGER_MAX if fixed >= TRIGGER_MAX else int(fixed)
         self._clean_trigger = value
-        self.alloc_._mm[_M_TRIGGER] = min(int(value * TRIGGER_ONE), TRIGGER_MAX)
 
     @property
     def _clean_after(self) -> int:

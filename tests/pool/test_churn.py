@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 
 import devpool
+from devpool import BadInputError
+from devpool.pool.allocator import _M_TRIGGER
 from tests.pages import make_pages
 
 
@@ -268,3 +270,40 @@ def test_a_single_free_cleans_exactly_when_a_batch_free_would(trigger, rng):
     finally:
         for p in pools:
             p.close()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), -1.0, -1e300, float("-inf"), "0.1", None, True])
+def test_a_cleaning_trigger_that_is_no_share_is_refused_and_changes_nothing(bad):
+    """CLEAN_TRIGGER also goes into the allocator's meta as a fixed-point integer: NaN
+    raised ValueError there, -1e300 a memoryview error, leaving the Python trigger set
+    (a string then made every later free raise TypeError after it had freed). A value
+    that is not a share (NaN, negative, not a number) is BadInputError and changes
+    nothing; frees go on cleaning as before."""
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=16384)
+    try:
+        before = (pool.CLEAN_TRIGGER, int(pool.alloc_.meta[_M_TRIGGER]))
+        with pytest.raises(BadInputError, match="CLEAN_TRIGGER"):
+            pool.CLEAN_TRIGGER = bad
+        assert (pool.CLEAN_TRIGGER, int(pool.alloc_.meta[_M_TRIGGER])) == before
+        hs = [pool.alloc(1000) for _ in range(200)]
+        for h in hs[::2]:
+            pool.free(h)
+        assert pool.alloc_.clean_steps > 0
+    finally:
+        pool.close()
+
+
+@pytest.mark.parametrize("never", [float("inf"), 10 ** 400, np.float64(1e300)])
+def test_an_infinite_cleaning_trigger_means_never(never):
+    """inf (or a number past any float) says "never clean as frees go", as 1e9 does:
+    it raised OverflowError converting to the compiled test's fixed point."""
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=16384)
+    try:
+        pool.CLEAN_TRIGGER = never
+        hs = [pool.alloc(1000) for _ in range(200)]
+        for h in hs[::2]:
+            pool.free(h)
+        pool.free_batch(hs[1::4])
+        assert pool.alloc_.clean_steps == 0 and pool.alloc_.dead_bytes > 4 * 16384
+    finally:
+        pool.close()
