@@ -61,18 +61,16 @@ The value is not an address and says nothing about where the bytes are.
 from __future__ import annotations
 
 import collections
+import functools
 import threading
 import weakref
 from typing import NamedTuple
-
-import functools
-import types
 
 import numba
 import numpy as np
 
 from .._checks import as_int_array
-from .._compiled import JIT, Rules, at, entry
+from .._compiled import JIT, Rules, at, bind
 from .._errors import InvalidHandleError, InvalidSizeError, PoolFullError
 
 __all__ = ["Allocator", "ALIGN", "CleaningPlan", "Placement"]
@@ -565,13 +563,15 @@ class Allocator:
         # handle it answers to: this pool's id, the slot's generation, the slot (one
         # comparison checks all three); free slots are a ring queue (``_ring``): taken at
         # _ring_head, freed slots join at the tail
+        # every array meta's addresses lead to: the segments' (never replaced), the
+        # handle table's (replaced as it grows: _set_table keeps this current)
+        self._alive = [(self.meta, self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use), ()]
         if JIT:
             # the single verbs, compiled, bound to the meta array's address (which never
             # changes) as a method's first argument: a call costs what a direct one
             # does (functools.partial added ~60 ns)
-            at_ = self.meta.ctypes.data
             self._bump1, self._put1, self._locate1, self._free1 = (
-                types.MethodType(entry(f), at_) for f in (_bump_at, _put_at, _locate_at, _free_at))
+                bind(f, self.meta, self._alive) for f in (_bump_at, _put_at, _locate_at, _free_at))
         self._set_table(np.full(0, -1, np.int64), np.zeros(0, _SIZE_T), np.zeros(0, np.int64),
                         np.zeros(0, np.uint8), np.zeros(0, _SLOT_T))
         self._min_free = min(MIN_FREE_SLOTS, max(1, self.capacity // ALIGN))
@@ -587,6 +587,7 @@ class Allocator:
         fail (allocate) runs between dropping the old arrays and installing the new
         addresses: a MemoryError leaves the old table whole, never a freed one named."""
         addrs = (ring.ctypes.data, locs.ctypes.data, sizes.ctypes.data, hv.ctypes.data, locs.shape[0])
+        alive = (ring, locs, sizes, hv)
         if not JIT:        # the same rules bound to memoryviews (they keep their arrays alive)
             views = [memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use,
                                              ring, locs, sizes, hv)] + [self._mm]
@@ -595,6 +596,7 @@ class Allocator:
         self.locs, self.sizes, self.hv, self._seen, self._ring = locs, sizes, hv, seen, ring
         mm = self._mm
         mm[_M_AT_RING], mm[_M_AT_LOCS], mm[_M_AT_SIZES], mm[_M_AT_HV], mm[_M_NSLOTS] = addrs
+        self._alive[1] = alive
         self._lease.hv = hv
         if not JIT:
             self._bump1, self._put1, self._locate1, self._free1 = single

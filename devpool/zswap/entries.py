@@ -41,12 +41,11 @@ integers only (the table's arrays are found from their addresses:
 from __future__ import annotations
 
 import functools
-import types
 
 import numba
 import numpy as np
 
-from .._compiled import JIT, Rules, at, entry
+from .._compiled import JIT, Rules, at, bind
 from .._errors import PoolFullError
 
 __all__ = ["ABSENT", "POOL", "SAME", "FILE", "EntryTable", "as_word"]
@@ -404,8 +403,9 @@ class EntryTable:
         # one change, one lookup of one entry: compiled, bound to the meta array's address
         # (which holds the other arrays' addresses), or, with numba's JIT off, where the
         # intrinsic behind them cannot run, the same rules interpreted
-        self._set1, self._find1 = ((types.MethodType(entry(_set_one), self.meta.ctypes.data),
-                                    types.MethodType(entry(_find_one), self.meta.ctypes.data)) if JIT
+        self._alive = [self.meta, ()]          # what meta's addresses lead to (kept by _views)
+        self._set1, self._find1 = ((bind(_set_one, self.meta, self._alive),
+                                    bind(_find_one, self.meta, self._alive)) if JIT
                                    else (functools.partial(_set_interpreted, self),
                                          functools.partial(_find_interpreted, self)))
         self._fields = _FIELDS_LRU if lru else _FIELDS_NO_LRU
@@ -423,8 +423,10 @@ class EntryTable:
         # nothing that allocates between taking the addresses and installing them, so an
         # error below (a MemoryError) leaves them naming arrays the old views keep alive
         addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0])
+        alive = (self.buckets, rec)
         mm = self.m_meta
         mm[_AT_BUCKETS], mm[_AT_RECORDS], mm[_N_BUCKETS], mm[_N_SLOTS] = addrs
+        self._alive[1] = alive
         # the last lookup's bucket names the old index: a removal would read it unchecked
         # (past a shrunk index's end); -1 makes it look the key up
         mm[_HINT] = -1

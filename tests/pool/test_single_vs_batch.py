@@ -10,8 +10,10 @@ batch at random, and compares every allocator figure after each step.
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -625,3 +627,25 @@ def test_a_failed_table_growth_leaves_the_old_table_whole(monkeypatch):
             pool.read(h0)
     finally:
         pool.close()
+
+
+def test_a_single_verb_kept_after_its_pool_is_gone_follows_live_arrays():
+    """The compiled single verbs are bound to the meta array's address and find the
+    tables from the addresses it holds. Bound to a bare int, a verb someone kept (the
+    allocator's bound method) outlived the arrays: after the pool was dropped it read
+    freed memory, and a free wrote there. Bound, it keeps them alive: those of the
+    table in use when it is called, also after the table grew."""
+    pool = devpool.open_pool("host", 4 << 20, segment_bytes=16384)
+    h = pool.alloc(100, data=np.full(100, 7, np.uint8))
+    al = pool.alloc_
+    locate, free = al._locate1, al._free1
+    pool.alloc_batch(np.full(20000, 16))            # the handle table grows: new arrays
+    slot = locate(h)
+    gone = [weakref.ref(a) for a in (al.meta, al.locs, al.hv, al._ring, al.seg_live)]
+    pool.close()
+    del pool, al
+    gc.collect()
+    junk = [np.full(64, -1, np.int64) for _ in range(4096)]     # reuse what was freed
+    assert all(r() is not None for r in gone)
+    assert locate(h) == slot and free(slot) == -1 and locate(h) == -1
+    del junk

@@ -4,6 +4,9 @@ clustered, spread and near the top of the swap area (2**51), through growth and 
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -248,3 +251,23 @@ def test_a_lookup_hint_never_names_a_bucket_past_a_smaller_index():
     j = int(t.find(keys[-1:])[0])                # found by the batch verb: no new hint
     t.remove_one(j)
     assert len(t) == 0 and t.find_one(int(keys[-1])) == -1
+
+
+def test_a_single_verb_kept_after_its_table_is_gone_follows_live_arrays():
+    """The compiled find_one / put_one are bound to the meta array's address; kept after
+    their table was dropped (its bound method saved), they followed freed arrays. They
+    keep alive the arrays in use when called, also after the table grew."""
+    t = EntryTable(lru=True)
+    find, set_ = t._find1, t._set1
+    keys = np.arange(5000, dtype=np.int64) * 3
+    t.put(keys, SAME, 1, 0)                              # grown: new index and records
+    gone = [weakref.ref(a) for a in (t.meta, t.buckets, t._records)]
+    slot = t.find_one(9)
+    del t
+    gc.collect()
+    junk = [np.full(64, -1, np.int64) for _ in range(4096)]
+    assert all(r() is not None for r in gone)
+    assert find(9) == slot and find(10) == -1
+    set_(-1 - slot, ABSENT, 0, 0, -1)
+    assert find(9) == -1 and find(12) >= 0
+    del junk
