@@ -35,14 +35,19 @@ class Rules:
 
     def compiled(self, fn=None, *, signature=None):
         """Compile ``fn`` (a single verb: for exactly ``signature``, holding the GIL: a
-        call this short would spend a third of its time releasing and taking it back)."""
+        call this short would spend a third of its time releasing and taking it back).
+        Nothing compiles at import, a single verb neither: :func:`entry` compiles it
+        (or loads it from the cache) when first asked. A compilation at import loaded
+        numba's CPU target with ``import devpool``, which fails where numpy lacks
+        ``np.row_stack`` (2.5): ``devpool check-kernels``, which needs no pool, with it."""
         def compile_(fn):
             env = dict(fn.__globals__)
             env.update(self._compiled)
             clone = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
             clone.__qualname__ = fn.__qualname__
-            jit = numba.njit(signature, cache=True) if signature else numba.njit(cache=True, nogil=True)
+            jit = numba.njit(cache=True) if signature else numba.njit(cache=True, nogil=True)
             self._compiled[fn.__name__] = jitted = jit(clone)
+            jitted.entry_signature = signature
             return jitted
         return compile_(fn) if fn is not None else compile_
 
@@ -58,13 +63,13 @@ def at(typingctx, address, dtype):
 
 
 def entry(jitted):
-    """The C entry point of a function compiled for exactly one signature (given to
-    ``Rules.compiled``): the call skips the dispatcher's type resolution. Only for
-    callers that pass exactly the declared types (Python ints for int64)."""
+    """The C entry point of a function compiled for exactly the signature given to
+    ``Rules.compiled`` (compiled, or loaded from the cache, on the first call): the
+    call skips the dispatcher's type resolution. Only for callers that pass exactly
+    the declared types (Python ints for int64)."""
     if not JIT:
         return jitted
-    (sig,) = jitted.signatures
-    return jitted.overloads[sig].entry_point
+    return jitted.compile(jitted.entry_signature)
 
 
 class _Address(int):

@@ -649,3 +649,21 @@ def test_a_single_verb_kept_after_its_pool_is_gone_follows_live_arrays():
     assert all(r() is not None for r in gone)
     assert locate(h) == slot and free(slot) == -1 and locate(h) == -1
     del junk
+
+
+def test_importing_devpool_compiles_nothing():
+    """The single verbs are compiled for one signature each; compiled at import, they
+    loaded numba's CPU target with ``import devpool``, which raised AttributeError where
+    numpy has no ``np.row_stack`` (numpy 2.5, the GPU image's; this numba registers
+    an overload for it): ``devpool check-kernels`` (no pool) failed to start. They
+    compile when the first pool (or entry table) is made."""
+    import os
+    import subprocess
+    import sys
+    script = ("import numpy as np\n"
+              "if hasattr(np, 'row_stack'):\n    del np.row_stack\n"   # what numpy 2.5 does
+              "import devpool, devpool.zswap.entries, devpool._packed\n"
+              "print('ok')\n")
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True,
+                         timeout=300, env={k: v for k, v in os.environ.items() if k != "NUMBA_DISABLE_JIT"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
