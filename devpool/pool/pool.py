@@ -152,7 +152,9 @@ class Pool:
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._clean_after = 0          # see _maybe_clean
-        self.CLEAN_TRIGGER = self._clean_trigger          # into the allocator's meta, for its free
+        # into the allocator's meta, for its free: what CLEAN_TRIGGER names now (a value
+        # set on the class, as when it was a plain class attribute, holds for new pools)
+        self._set_clean_trigger(self.CLEAN_TRIGGER)
         self._repacked_at = -1         # see _within
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
@@ -682,6 +684,9 @@ class Pool:
 
     @CLEAN_TRIGGER.setter
     def CLEAN_TRIGGER(self, value: float) -> None:
+        self._set_clean_trigger(value)
+
+    def _set_clean_trigger(self, value) -> None:
         # a share of the live bytes: 0 cleans at every chance, inf never. The compiled
         # test's fixed point is truncated and capped (it may ask Python early, never
         # late); NaN, a negative share or no number is refused before anything changes

@@ -307,3 +307,20 @@ def test_an_infinite_cleaning_trigger_means_never(never):
         assert pool.alloc_.clean_steps == 0 and pool.alloc_.dead_bytes > 4 * 16384
     finally:
         pool.close()
+
+
+def test_a_cleaning_trigger_set_on_the_class_reaches_new_pools(monkeypatch):
+    """CLEAN_TRIGGER was a class attribute: set on Pool, it held for every pool opened
+    after. As a property whose default the constructor copied from elsewhere, a value
+    set on the class was ignored (the new pool read 1/16 and cleaned). A new pool
+    takes what CLEAN_TRIGGER names when it opens, its compiled test included."""
+    monkeypatch.setattr(devpool.Pool, "CLEAN_TRIGGER", 1e9)
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=16384)
+    try:
+        assert pool.CLEAN_TRIGGER == 1e9
+        hs = [pool.alloc(1000) for _ in range(200)]
+        for h in hs[::2]:
+            pool.free(h)
+        assert pool.alloc_.clean_steps == 0 and pool.alloc_.dead_bytes > 4 * 16384
+    finally:
+        pool.close()
