@@ -34,15 +34,19 @@ class Rules:
         self._compiled: dict = {}
 
     def compiled(self, fn=None, *, signature=None):
-        """Compile ``fn`` (a single verb: for exactly ``signature``, holding the GIL: a
-        call this short would spend a third of its time releasing and taking it back)."""
+        """Compile ``fn`` when first called (a single verb: for exactly ``signature``,
+        when :func:`entry` first asks, and holding the GIL: a call this short would spend
+        a third of its time releasing and taking it back). Nothing compiles at import:
+        ``import devpool`` stays free of numba's CPU target (``devpool check-kernels``
+        needs only numba-cuda's)."""
         def compile_(fn):
             env = dict(fn.__globals__)
             env.update(self._compiled)
             clone = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
             clone.__qualname__ = fn.__qualname__
-            jit = numba.njit(signature, cache=True) if signature else numba.njit(cache=True, nogil=True)
-            self._compiled[fn.__name__] = jitted = jit(clone)
+            jitted = (numba.njit(cache=True) if signature else numba.njit(cache=True, nogil=True))(clone)
+            jitted.single_signature = signature
+            self._compiled[fn.__name__] = jitted
             return jitted
         return compile_(fn) if fn is not None else compile_
 
@@ -58,10 +62,10 @@ def at(typingctx, address, dtype):
 
 
 def entry(jitted):
-    """The C entry point of a function compiled for exactly one signature (given to
-    ``Rules.compiled``): the call skips the dispatcher's type resolution. Only for
-    callers that pass exactly the declared types (Python ints for int64)."""
+    """The C entry point of a function compiled (now, or loaded from numba's cache) for
+    the one signature given to ``Rules.compiled``: the call skips the dispatcher's type
+    resolution. Only for callers that pass exactly the declared types (Python ints for
+    int64)."""
     if not JIT:
         return jitted
-    (sig,) = jitted.signatures
-    return jitted.overloads[sig].entry_point
+    return jitted.compile(jitted.single_signature)      # (numba returns the overload's entry point)
