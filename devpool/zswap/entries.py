@@ -214,7 +214,13 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
             if s < 0:
                 break
             home = ((((key_[s] * _GOLD) & _M63) >> 32) * nb) >> 31    # as _bucket
-            if (q - home) % nb >= (q - b) % nb:      # the hole lies on s's probe path
+            dh = q - home                       # how far s is from home, and from the hole,
+            if dh < 0:                          # going round the end (no division: ~40
+                dh += nb                        # cycles each, on every step)
+            db = q - b
+            if db < 0:
+                db += nb
+            if dh >= db:                        # the hole lies on s's probe path
                 buckets[b] = s
                 b = q
         buckets[b] = -1
