@@ -2,9 +2,9 @@
 
 Linux keys zswap entries by swap offset in an xarray and strings the pool's entries on
 a list_lru; a ``zswap_entry`` plus its xarray slot costs about 60-70 bytes. This table
-does the same work in 33 bytes an entry without the LRU and 41 with it (measured at
-10^6 entries by ``benchmarks/bench_growth.py``), whether the offsets are dense or
-spread over the whole swap area:
+does the same work in 30 bytes an entry without the LRU and 38 with it (measured at
+10^6 entries by ``benchmarks/bench_growth.py``; 30 - 32 / 38 - 40 at any size), whether
+the offsets are dense or spread over the whole swap area:
 
 - **entries** live in *slots*: one record per slot holding ``key`` (the swap offset,
   int64), ``word`` (the pool handle, or a same-filled page's fill word, int64),

@@ -322,7 +322,7 @@ def test_bench_growth_smoke(tmp_path):
     against the smallest size, memory measured in its own processes, replay at two sizes."""
     r = run_bench(tmp_path, "bench_growth.py", "--pages", pages_file(tmp_path, 40, 3), "--sizes", "300,1200",
                   "--passes", "2", "--probe", "20", "--batch", "64", "--batch-pages", "128", "--replay-pages", "300",
-                  "--plot", str(tmp_path / "g.png"))
+                  "--sweep-to", "6400", "--plot", str(tmp_path / "g.png"))
     assert [(x["pages"], x["layout"]) for x in r["subjects"]] == [(300, "dense"), (300, "sparse"),
                                                                  (1200, "dense"), (1200, "sparse")]
     for x in r["subjects"]:
@@ -332,6 +332,9 @@ def test_bench_growth_smoke(tmp_path):
                                                                (1200, "dense"), (1200, "sparse")}
     assert all(0 < m["stored_pages"] <= m["pages"] and m["structures_per_page"]["entry_index"] > 0 for m in r["memory"])
     assert [x["pages"] for x in r["replay"]] == [300] and all("failed" not in x for x in r["replay"])
+    sw = r["table_sweep"]
+    assert sw["top"] == 6400 and set(sw) == {"top", "batch", "from_160", "from_800"}
+    assert all(0 < v["touched_mean"] <= v["touched_max"] <= v["allocated_max"] for k, v in sw.items() if k[:5] == "from_")
     assert (tmp_path / "g.png").stat().st_size > 0
 
 
