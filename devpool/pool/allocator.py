@@ -65,10 +65,14 @@ import threading
 import weakref
 from typing import NamedTuple
 
+import functools
+import types
+
 import numba
 import numpy as np
 
 from .._checks import as_int_array
+from .._compiled import JIT, Rules, at, entry
 from .._errors import InvalidHandleError, InvalidSizeError, PoolFullError
 
 __all__ = ["Allocator", "ALIGN", "CleaningPlan", "Placement"]
@@ -98,6 +102,176 @@ _GEN_ONE = 1 << _SLOT_BITS
 _GEN_BACK = (_GEN_MASK - 1) << _SLOT_BITS
 #: the largest object a pool takes (its size is kept in 32 bits: 2 GiB - 1)
 MAX_OBJECT_BYTES = (1 << 31) - 1
+
+# --- the allocator's scalars: one int64 each in ``meta``, where both speeds read and
+# write them (the Python attributes of the same names are views of these) ---------------
+(_M_HEAD, _M_RING_HEAD, _M_RING_COUNT, _M_MIN_FREE, _M_NSLOTS, _M_KEY, _M_SEG_BYTES, _M_N_SEGS,
+ _M_LIVE_OBJECTS, _M_LIVE_BYTES, _M_LIVE_ALIGNED, _M_SEGS_IN_USE, _M_VACATED,
+ # where the arrays are (taken again whenever one is replaced), for the compiled single verbs
+ _M_AT_FILL, _M_AT_LIVE, _M_AT_PLACED, _M_AT_IN_USE, _M_AT_RING, _M_AT_LOCS, _M_AT_SIZES, _M_AT_HV,
+ # what the last single verb found, beside its return value
+ _M_OFF, _M_SIZE, _M_HANDLE,
+ # when a free asks for a cleaning step (the pool's CLEAN_TRIGGER in 1/2**16 of the live
+ # bytes, and the vacated bytes to wait for: see Pool._maybe_clean)
+ _M_TRIGGER, _M_CLEAN_AFTER,
+ _M_META) = range(27)
+#: the free that finds dead space past the trigger returns this (see _free)
+CLEAN_DUE = -2
+#: the trigger's fixed point, and its ceiling (a trigger of 256x the live bytes is never reached)
+TRIGGER_ONE = 1 << 16
+TRIGGER_MAX = 1 << 24
+
+_rules = Rules()
+
+
+# === one object's rules: run compiled (the batch loops, and the single verbs through
+# addresses) and interpreted over memoryviews (numba's JIT off) ===========================
+@_rules.compiled
+def _put(fill, live, placed, in_use, ring, locs, sizes, hv, meta, size, offset, opened):
+    """Record one object of ``size`` placed at ``offset`` (``opened``: the segment it
+    opens, or -1): a slot from the free-slot queue's head (the caller made sure one
+    is there beyond the reserve), the segment's figures. Returns the slot; its handle
+    goes to ``meta[_M_HANDLE]``, the offset to ``meta[_M_OFF]``."""
+    rh = meta[_M_RING_HEAD]
+    slot = ring[rh]
+    meta[_M_RING_HEAD] = rh + 1 if rh + 1 < meta[_M_NSLOTS] else 0
+    meta[_M_RING_COUNT] -= 1
+    a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
+    sb = meta[_M_SEG_BYTES]
+    seg = offset // sb
+    if opened >= 0:
+        in_use[seg] = True
+        live[seg] = 0
+        placed[seg] = 0
+        meta[_M_HEAD] = seg
+        meta[_M_SEGS_IN_USE] += 1
+    live[seg] += a
+    placed[seg] += 1
+    fill[seg] = offset - seg * sb + a             # a bump placement ends the fill
+    locs[slot] = offset
+    sizes[slot] = size
+    meta[_M_LIVE_OBJECTS] += 1
+    meta[_M_LIVE_BYTES] += size
+    meta[_M_LIVE_ALIGNED] += a
+    meta[_M_OFF] = offset
+    meta[_M_HANDLE] = hv[slot] ^ meta[_M_KEY]
+    return slot
+
+
+@_rules.compiled
+def _bump(fill, live, placed, in_use, ring, locs, sizes, hv, meta, size):
+    """:func:`_put` of one object in the head segment's room, the common case: its slot,
+    or -1 (nothing changed) when the head has no room or the free-slot queue is down
+    to its reserve (the long way grows the table first)."""
+    head = meta[_M_HEAD]
+    if head < 0 or meta[_M_RING_COUNT] <= meta[_M_MIN_FREE]:
+        return -1
+    f = fill[head]
+    sb = meta[_M_SEG_BYTES]
+    if f + ((size + (ALIGN - 1)) & ~(ALIGN - 1)) > sb:
+        return -1
+    return _put(fill, live, placed, in_use, ring, locs, sizes, hv, meta, size, head * sb + f, -1)
+
+
+@_rules.compiled
+def _locate(fill, live, placed, in_use, ring, locs, sizes, hv, meta, handle):
+    """The slot of a live object's handle (its offset and size to ``meta``), or -1: a
+    handle is good when its slot answers to exactly that value (pool id, generation,
+    slot) and holds an object."""
+    h = handle ^ meta[_M_KEY]
+    slot = h & _SLOT_MASK
+    if slot < meta[_M_NSLOTS] and hv[slot] == h:
+        off = locs[slot]
+        if off >= 0:
+            meta[_M_OFF] = off
+            meta[_M_SIZE] = sizes[slot]
+            return slot
+    return -1
+
+
+@_rules.compiled
+def _free(fill, live, placed, in_use, ring, locs, sizes, hv, meta, slot):
+    """Free one validated slot: segment figures, its next generation, the free-slot
+    queue's tail. Returns the segment it emptied; else CLEAN_DUE when dead space has
+    passed the pool's cleaning trigger (more than two segments' worth and ``_M_TRIGGER``
+    of the live bytes, with ``_M_CLEAN_AFTER`` bytes vacated); else -1. Its offset and
+    requested size go to ``meta``.
+
+    A segment whose last object dies is emptied, except the head: it stays open with its
+    bump pointer back at 0, so a lone object allocated and freed over and over reuses
+    one segment instead of opening and closing it each time."""
+    off = locs[slot]
+    size = sizes[slot]
+    a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
+    seg = off // meta[_M_SEG_BYTES]
+    left = live[seg] - a
+    live[seg] = left
+    emptied = -1
+    if left == 0 and in_use[seg]:                 # its last object (sizes are > 0)
+        fill[seg] = 0
+        placed[seg] = 0
+        if seg != meta[_M_HEAD]:
+            in_use[seg] = False
+            emptied = seg
+            meta[_M_SEGS_IN_USE] -= 1
+    locs[slot] = -1
+    v = hv[slot]                                  # the next generation, never 0
+    hv[slot] = v + _GEN_ONE if (v >> _SLOT_BITS) & _GEN_MASK != _GEN_MASK else v - _GEN_BACK
+    n = meta[_M_RING_COUNT]
+    k = meta[_M_RING_HEAD] + n
+    ring[k - meta[_M_NSLOTS] if k >= meta[_M_NSLOTS] else k] = slot
+    meta[_M_RING_COUNT] = n + 1
+    meta[_M_LIVE_OBJECTS] -= 1
+    meta[_M_LIVE_BYTES] -= size
+    meta[_M_LIVE_ALIGNED] -= a
+    meta[_M_VACATED] += a
+    meta[_M_OFF] = off
+    meta[_M_SIZE] = size
+    if emptied < 0:
+        sb = meta[_M_SEG_BYTES]
+        dead = meta[_M_SEGS_IN_USE] * sb - meta[_M_LIVE_ALIGNED]
+        if (dead > 2 * sb and dead * TRIGGER_ONE > meta[_M_LIVE_ALIGNED] * meta[_M_TRIGGER]
+                and meta[_M_VACATED] >= meta[_M_CLEAN_AFTER]):
+            return CLEAN_DUE
+    return emptied
+
+
+# --- the single verbs, compiled, called with integers only (see devpool._compiled) -------
+@_rules.compiled
+def _tables_at(meta_at):
+    """The allocator's arrays, from the addresses its meta array (at ``meta_at``) holds."""
+    meta = numba.carray(at(meta_at, numba.int64), (_M_META,))
+    ns, nslots = meta[_M_N_SEGS], meta[_M_NSLOTS]
+    return (numba.carray(at(meta[_M_AT_FILL], numba.int64), (ns,)),
+            numba.carray(at(meta[_M_AT_LIVE], numba.int64), (ns,)),
+            numba.carray(at(meta[_M_AT_PLACED], numba.int64), (ns,)),
+            numba.carray(at(meta[_M_AT_IN_USE], numba.uint8), (ns,)),
+            numba.carray(at(meta[_M_AT_RING], numba.int32), (nslots,)),
+            numba.carray(at(meta[_M_AT_LOCS], numba.int64), (nslots,)),
+            numba.carray(at(meta[_M_AT_SIZES], numba.int32), (nslots,)),
+            numba.carray(at(meta[_M_AT_HV], numba.int64), (nslots,)),
+            meta)
+
+
+@_rules.compiled(signature="int64(int64, int64)")
+def _bump_at(meta_at, size):
+    return _bump(*_tables_at(meta_at), size)
+
+
+@_rules.compiled(signature="int64(int64, int64, int64, int64)")
+def _put_at(meta_at, size, offset, opened):
+    return _put(*_tables_at(meta_at), size, offset, opened)
+
+
+@_rules.compiled(signature="int64(int64, int64)")
+def _locate_at(meta_at, handle):
+    return _locate(*_tables_at(meta_at), handle)
+
+
+@_rules.compiled(signature="int64(int64, int64)")
+def _free_at(meta_at, slot):
+    return _free(*_tables_at(meta_at), slot)
+
 
 class Placement(NamedTuple):
     """Where a batch would go (:meth:`Allocator.plan`); nothing is changed yet."""
@@ -302,57 +476,52 @@ def _record(slots, sizes, asizes, offsets, opened, seg_bytes,
     return total
 
 
-@numba.njit(cache=True, nogil=True)
-def _forget(slots, locs, size_tab, hv, seg_bytes, seg_fill, seg_live, seg_placed,
-            in_use, ring, ring_head, ring_count, head):
-    """Free validated slots: segment figures, generations, the free-slot queue's tail.
-
-    A segment whose last object dies is emptied, except the head: it stays open with its
-    bump pointer back at 0, so a lone object allocated and freed over and over reuses
-    one segment instead of opening and closing it each time.
-
-    Returns (offsets, aligned sizes, emptied segments, new queue count, requested bytes).
-    """
-    n = slots.shape[0]
-    cap = ring.shape[0]
-    offsets = np.empty(n, dtype=np.int64)
-    asz = np.empty(n, dtype=np.int64)
-    emptied = np.empty(n, dtype=np.int64)
+@_rules.compiled
+def _forget(fill, live, placed, in_use, ring, locs, sizes, hv, meta, slots, offsets, asz, emptied):
+    """:func:`_free` of each validated slot; their offsets and aligned sizes to
+    ``offsets`` / ``asz``, the segments emptied to ``emptied``; returns how many."""
     n_empty = 0
-    total = 0
-    for i in range(n):
-        slot = slots[i]
-        off = locs[slot]
-        size = size_tab[slot]
-        a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
-        seg = off // seg_bytes
-        seg_live[seg] -= a
-        if seg_live[seg] == 0 and in_use[seg]:          # its last object (sizes are > 0)
-            seg_fill[seg] = 0
-            seg_placed[seg] = 0
-            if seg != head:
-                in_use[seg] = False
-                emptied[n_empty] = seg
-                n_empty += 1
-        offsets[i] = off
-        asz[i] = a
-        total += size
-        locs[slot] = -1
-        v = hv[slot]                                    # the next generation, never 0
-        hv[slot] = v + _GEN_ONE if (v >> _SLOT_BITS) & _GEN_MASK != _GEN_MASK else v - _GEN_BACK
-        ring[(ring_head + ring_count) % cap] = slot
-        ring_count += 1
-    return offsets, asz, emptied[:n_empty], ring_count, total
+    for i in range(slots.shape[0]):
+        e = _free(fill, live, placed, in_use, ring, locs, sizes, hv, meta, slots[i])
+        offsets[i] = meta[_M_OFF]
+        asz[i] = (meta[_M_SIZE] + (ALIGN - 1)) & ~(ALIGN - 1)
+        if e >= 0:
+            emptied[n_empty] = e
+            n_empty += 1
+    return n_empty
+
+def _scalar(index: int, doc: str) -> property:
+    """An attribute that is a view of ``meta[index]`` (read and written by both speeds)."""
+    def get(self):
+        return self._mm[index]
+
+    def set_(self, value):
+        self._mm[index] = value
+    return property(get, set_, doc=doc)
 
 
 class Allocator:
     """Segment bookkeeping and the handle table; knows offsets, never memory kinds.
 
     Not thread-safe by itself: the pool serialises calls. Every operation has a batch
-    form (numba, one call per batch) and a single-object form (plain Python on scalars:
-    a numba call's argument checks cost more than the work for one object); both keep
-    the same figures, which the model tests compare.
+    form (numba, one call per batch) and a single-object form: one compiled call of
+    the same rule, with integers only (see :mod:`devpool._compiled`); both keep the
+    same figures in ``meta``, which the model tests compare.
     """
+
+    head = _scalar(_M_HEAD, "the open segment appends go to (-1: none)")
+    _ring_head = _scalar(_M_RING_HEAD, "the free-slot queue's head")
+    _ring_count = _scalar(_M_RING_COUNT, "free slots queued")
+    _min_free = _scalar(_M_MIN_FREE, "free slots always kept queued (see MIN_FREE_SLOTS)")
+    _nslots = _scalar(_M_NSLOTS, "slots in the handle table")
+    live_objects = _scalar(_M_LIVE_OBJECTS, "objects allocated and not freed")
+    live_bytes = _scalar(_M_LIVE_BYTES, "requested bytes of live objects (payload)")
+    live_aligned = _scalar(_M_LIVE_ALIGNED, "arena bytes live objects occupy (the sum of seg_live)")
+    segs_in_use = _scalar(_M_SEGS_IN_USE, "seg_in_use.sum(), kept as objects come and go")
+    vacated_bytes = _scalar(
+        _M_VACATED, "arena bytes objects have left (freed, migrated or cleaned away) since the pool opened; "
+                    "only grows. Dead bytes rise and fall (segments empty, cleaning gives them back): a wait "
+                    "for 'more bytes died' must count here, not in dead_bytes")
 
     def __init__(self, capacity_bytes: int, segment_bytes: int, max_object_bytes: int,
                  handle_key: int = 0):
@@ -364,7 +533,10 @@ class Allocator:
         if capacity_bytes < segment_bytes:
             raise InvalidSizeError(
                 f"capacity_bytes ({capacity_bytes}) is smaller than one segment ({segment_bytes})")
+        self.meta = np.zeros(_M_META, np.int64)
+        self._mm = memoryview(self.meta)
         self.seg_bytes = int(segment_bytes)
+        self.meta[_M_SEG_BYTES] = self.seg_bytes
         self.max_object = int(max_object_bytes)
         self.n_segs = int(capacity_bytes) // self.seg_bytes
         self.capacity = self.n_segs * self.seg_bytes
@@ -377,16 +549,19 @@ class Allocator:
         self.seg_in_use = np.zeros(self.n_segs, np.bool_)
         self.seg_warm = np.zeros(self.n_segs, np.bool_)   # free but still held by storage
         self._n_spare = 0                                   # seg_warm.sum(), kept
-        # memoryviews of the same arrays for the single-object paths: indexing one gives
-        # a Python int in half the time a numpy scalar takes (measured 16 vs 32-68 ns)
-        self._m_fill, self._m_live, self._m_placed, self._m_in_use = (
-            memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use))
+        # memoryviews of the same arrays: indexing one gives a Python int in half the
+        # time a numpy scalar takes (measured 16 vs 32-68 ns)
+        self._m_fill = memoryview(self.seg_fill)
+        self.meta[[_M_N_SEGS, _M_AT_FILL, _M_AT_LIVE, _M_AT_PLACED, _M_AT_IN_USE]] = (
+            self.n_segs, self.seg_fill.ctypes.data, self.seg_live.ctypes.data, self.seg_placed.ctypes.data,
+            self.seg_in_use.ctypes.data)
         self.head = -1
         # handle table: slot -> arena offset (-1: free), requested size, generation
         self._lease = _PoolId()
         self.pool_id = self._lease.id
         #: XORed into every handle (a hostile policy's scrambling; 0: none)
         self.handle_key = int(handle_key)
+        self.meta[_M_KEY] = self.handle_key
         # a pool dropped without close() gives its id back when collected: ids are few
         # (1023), and a process that leaked them could open no pool at all
         self._id_back = weakref.finalize(self, self._lease.give_back)
@@ -394,37 +569,43 @@ class Allocator:
         self._tag_bits = self.pool_id << _TAG_SHIFT
         # 24 bytes a slot (were 33): the offset and the handle the slot answers to in 64
         # bits, the size (at most 2 GiB - 1) and the free-slot queue's entry in 32
-        self.locs = np.full(0, -1, np.int64)
-        self.sizes = np.zeros(0, _SIZE_T)
-        #: per slot, the (unscrambled) handle it answers to: this pool's id, the slot's
-        #: generation, the slot; one comparison checks all three
-        self.hv = np.zeros(0, np.int64)
-        # free slots, a ring queue: taken at _ring_head, freed slots join at the tail
-        self._ring = np.zeros(0, _SLOT_T)
-        self._ring_head = 0
-        self._ring_count = 0
+        # per slot: arena offset (-1: free), requested size, and (``hv``) the unscrambled
+        # handle it answers to: this pool's id, the slot's generation, the slot (one
+        # comparison checks all three); free slots are a ring queue (``_ring``): taken at
+        # _ring_head, freed slots join at the tail
+        if JIT:
+            # the single verbs, compiled, bound to the meta array's address (which never
+            # changes) as a method's first argument: a call costs what a direct one
+            # does (functools.partial added ~60 ns)
+            at_ = self.meta.ctypes.data
+            self._bump1, self._put1, self._locate1, self._free1 = (
+                types.MethodType(entry(f), at_) for f in (_bump_at, _put_at, _locate_at, _free_at))
+        self._set_table(np.full(0, -1, np.int64), np.zeros(0, _SIZE_T), np.zeros(0, np.int64),
+                        np.zeros(0, _SLOT_T))
         self._min_free = min(MIN_FREE_SLOTS, max(1, self.capacity // ALIGN))
-        self._table_views()
-        self.live_objects = 0
-        self.live_bytes = 0            # requested bytes of live objects (payload)
-        self.live_aligned = 0          # arena bytes they occupy (Σ seg_live)
-        self.segs_in_use = 0           # seg_in_use.sum(), kept as objects come and go
-        #: arena bytes objects have left (freed, migrated or cleaned away) since the pool
-        #: opened; only grows. Dead bytes rise and fall (segments empty, cleaning gives
-        #: them back): a wait for "more bytes died" must count here, not in dead_bytes
-        self.vacated_bytes = 0
         # cleaning figures (zsmalloc explains compaction through its stats; so do we)
         self.clean_steps = 0
         self.cleaned_segments = 0      # segments emptied by cleaning (steps and compact)
         self.cleaned_bytes_moved = 0   # live bytes cleaning copied
         self.segments_compacted = 0
 
-    def _table_views(self) -> None:
-        """(Re)make the single paths' views of the handle table after it is replaced."""
-        self._m_locs, self._m_sizes, self._m_hv, self._m_ring = (
-            memoryview(a) for a in (self.locs, self.sizes, self.hv, self._ring))
-        self._nslots = self.locs.shape[0]
-        self._lease.hv = self.hv
+    def _set_table(self, locs, sizes, hv, ring) -> None:
+        """Install a handle table: the arrays and their addresses in ``meta`` change
+        together. The compiled single verbs follow those addresses, so nothing that can
+        fail (allocate) runs between dropping the old arrays and installing the new
+        addresses: a MemoryError leaves the old table whole, never a freed one named."""
+        addrs = (ring.ctypes.data, locs.ctypes.data, sizes.ctypes.data, hv.ctypes.data, locs.shape[0])
+        if not JIT:        # the same rules bound to memoryviews (they keep their arrays alive)
+            views = [memoryview(a) for a in (self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use,
+                                             ring, locs, sizes, hv)] + [self._mm]
+            single = tuple(functools.partial(f, *views) for f in (_bump, _put, _locate, _free))
+        # --- from here on nothing allocates
+        self.locs, self.sizes, self.hv, self._ring = locs, sizes, hv, ring
+        mm = self._mm
+        mm[_M_AT_RING], mm[_M_AT_LOCS], mm[_M_AT_SIZES], mm[_M_AT_HV], mm[_M_NSLOTS] = addrs
+        self._lease.hv = hv
+        if not JIT:
+            self._bump1, self._put1, self._locate1, self._free1 = single
 
     def close(self) -> None:
         """Give the pool id back (reused last); idempotent."""
@@ -439,7 +620,7 @@ class Allocator:
 
     def handle_of(self, slot: int) -> int:
         """The handle of one slot."""
-        return self._m_hv[slot] ^ self.handle_key
+        return int(self.hv[slot]) ^ self.handle_key
 
     def decode(self, handles: np.ndarray, check_duplicates: bool = False) -> np.ndarray:
         """Validate handles and return their slots; raise naming the first bad one."""
@@ -450,22 +631,29 @@ class Allocator:
                 f"handle {int(handles[bad])} (batch index {bad}) {_REASONS[code]}")
         return slots
 
-    def decode_one(self, handle) -> tuple[int, int, int]:
-        """Validate one handle (an int or numpy integer) and return (slot, arena offset,
-        size) of its object; the rules of ``_decode``, checked on Python ints (the
+    def locate_one(self, handle) -> int:
+        """Validate one handle (an int or numpy integer): the slot of its object, whose
+        arena offset and size are then ``meta[_M_OFF]`` and ``meta[_M_SIZE]`` (the
         offset comes with the check that the slot is live: a single read needs no
-        second lookup)."""
+        second lookup); InvalidHandleError naming why otherwise."""
         if type(handle) is not int:
             # numpy integers and int subclasses (an IntEnum) are integers, as in a batch;
             # bools are not (True is an int subclass, np.bool_ is no np.integer)
             if isinstance(handle, bool) or not isinstance(handle, (int, np.integer)):
                 raise InvalidHandleError(f"handle {handle!r} is not an integer")
             handle = int(handle)
-        h = handle ^ self.handle_key
-        slot = h & _SLOT_MASK
-        if slot < self._nslots and self._m_hv[slot] == h and (off := self._m_locs[slot]) >= 0:
-            return slot, off, self._m_sizes[slot]
-        raise InvalidHandleError(f"handle {handle} {_REASONS[self._why_bad(h)]}")
+        try:
+            slot = self._locate1(handle)
+        except OverflowError:                   # not an int64: no handle of ours
+            slot = -1
+        if slot >= 0:
+            return slot
+        raise InvalidHandleError(f"handle {handle} {_REASONS[self._why_bad(handle ^ self.handle_key)]}")
+
+    def decode_one(self, handle) -> tuple[int, int, int]:
+        """:meth:`locate_one`, returning (slot, arena offset, size) of the object."""
+        slot = self.locate_one(handle)
+        return slot, self._mm[_M_OFF], self._mm[_M_SIZE]
 
     def _why_bad(self, h: int) -> int:
         """Why the unscrambled handle ``h`` is refused (the slow path, for the message)."""
@@ -532,7 +720,7 @@ class Allocator:
         no segment is free. Changes nothing; the bump pointer in the head segment is the
         common case, a fresh segment is found by the batch planner."""
         a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
-        head = self.head
+        head = self._mm[_M_HEAD]
         if head >= 0:
             fill = self._m_fill[head]
             if fill + a <= self.seg_bytes:
@@ -544,55 +732,20 @@ class Allocator:
 
     def bump_one(self, size: int):
         """Place and record one object in the head segment's room, the common case of
-        :meth:`place_one` + :meth:`commit_one` + :meth:`handle_of` in one call: returns
-        ``(slot, offset, handle)``, or None (changing nothing) when the head has no
-        room or the handle table must grow first (the pool then takes the long way)."""
-        head = self.head
-        a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
-        if head < 0 or self._ring_count <= self._min_free:
+        :meth:`place_one` + :meth:`commit_one` + :meth:`handle_of` in one compiled call:
+        returns ``(slot, offset, handle)``, or None (changing nothing) when the head has
+        no room or the handle table must grow first (the pool then takes the long way)."""
+        slot = self._bump1(size)
+        if slot < 0:
             return None
-        fill = self._m_fill[head]
-        if fill + a > self.seg_bytes:
-            return None
-        slot = self._m_ring[self._ring_head]
-        self._ring_head = (self._ring_head + 1) % self._nslots
-        self._ring_count -= 1
-        self._m_live[head] += a
-        self._m_placed[head] += 1
-        self._m_fill[head] = fill + a
-        offset = head * self.seg_bytes + fill
-        self._m_locs[slot] = offset
-        self._m_sizes[slot] = size
-        self.live_bytes += size
-        self.live_objects += 1
-        self.live_aligned += a
-        return slot, offset, self._m_hv[slot] ^ self.handle_key
+        return slot, self._mm[_M_OFF], self._mm[_M_HANDLE]
 
     def commit_one(self, size: int, offset: int, opened: int) -> int:
         """Record one placed object (the point of no return); returns its slot.
-        The figures ``_record`` keeps for a batch, on scalars."""
+        The rule ``_record`` keeps for a batch's figures, on one object."""
         if self._ring_count <= self._min_free:
             self._grow_table(1)                      # before any mutation
-        slot = self._m_ring[self._ring_head]
-        self._ring_head = (self._ring_head + 1) % self._nslots
-        self._ring_count -= 1
-        a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
-        sb = self.seg_bytes
-        seg = offset // sb
-        if opened >= 0:
-            self._m_in_use[seg] = True
-            self._m_live[seg] = self._m_placed[seg] = 0
-            self.head = seg
-            self.segs_in_use += 1
-        self._m_live[seg] += a
-        self._m_placed[seg] += 1
-        self._m_fill[seg] = offset - seg * sb + a     # a bump placement ends the fill
-        self._m_locs[slot] = offset
-        self._m_sizes[slot] = size
-        self.live_bytes += size
-        self.live_objects += 1
-        self.live_aligned += a
-        return slot
+        return self._put1(size, offset, opened)
 
     def ensure_slots(self, n: int) -> None:
         """Room in the handle table for ``n`` more objects, or PoolFullError (past
@@ -625,19 +778,19 @@ class Allocator:
         if new == old:
             return
         queued = self._ring[(self._ring_head + np.arange(self._ring_count)) % max(old, 1)]
-        self.locs = np.concatenate([self.locs, np.full(new - old, -1, np.int64)])
-        self.sizes = np.concatenate([self.sizes, np.zeros(new - old, _SIZE_T)])
+        locs = np.concatenate([self.locs, np.full(new - old, -1, np.int64)])
+        sizes = np.concatenate([self.sizes, np.zeros(new - old, _SIZE_T)])
         # new slots start at the id's generation floor (not 1): handles of closed pools
         # that held this id name generations below it
-        self.hv = np.concatenate([self.hv, np.int64(self._tag_bits | self._lease.base << _SLOT_BITS)
-                                  | np.arange(old, new, dtype=np.int64)])
+        hv = np.concatenate([self.hv, np.int64(self._tag_bits | self._lease.base << _SLOT_BITS)
+                             | np.arange(old, new, dtype=np.int64)])
         ring = np.empty(new, _SLOT_T)
         ring[:queued.size] = queued
         ring[queued.size:queued.size + new - old] = np.arange(old, new, dtype=_SLOT_T)
-        self._ring = ring
+        count = queued.size + new - old
+        self._set_table(locs, sizes, hv, ring)
         self._ring_head = 0
-        self._ring_count = queued.size + new - old
-        self._table_views()
+        self._ring_count = count
 
     # --- segments and storage: in use, spare, or given back ----------------------------
     # A freed segment becomes a *spare*: still held by storage (counted in
@@ -748,47 +901,18 @@ class Allocator:
     # --- free ------------------------------------------------------------------------
     def free(self, slots: np.ndarray):
         """Forget validated slots; returns (offsets, aligned sizes, emptied segments)."""
-        offsets, asz, emptied, self._ring_count, total = _forget(
-            slots, self.locs, self.sizes, self.hv, self.seg_bytes, self.seg_fill, self.seg_live,
-            self.seg_placed, self.seg_in_use, self._ring, self._ring_head,
-            self._ring_count, self.head)
-        self.live_objects -= slots.shape[0]
-        self.live_bytes -= total
-        gone = int(asz.sum())
-        self.live_aligned -= gone
-        self.vacated_bytes += gone
-        self.segs_in_use -= emptied.size
-        return offsets, asz, emptied
+        n = slots.shape[0]
+        offsets, asz, emptied = np.empty(n, np.int64), np.empty(n, np.int64), np.empty(n, np.int64)
+        k = _forget(self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use, self._ring, self.locs,
+                    self.sizes, self.hv, self.meta, slots, offsets, asz, emptied)
+        return offsets, asz, emptied[:k]
 
-    def free_one(self, slot: int, off: int, size: int):
-        """Forget one slot validated by :meth:`decode_one` (``off``, ``size``: what it
-        returned); returns (aligned size, emptied segment or -1). The rules of
-        ``_forget``, on scalars (written for few interpreter steps: a single load's
-        free runs here)."""
-        a = (size + (ALIGN - 1)) & ~(ALIGN - 1)
-        seg = off // self.seg_bytes
-        live = self._m_live
-        left = live[seg] - a
-        live[seg] = left
-        emptied = -1
-        if left == 0 and self._m_in_use[seg]:          # its last object (sizes are > 0)
-            self._m_fill[seg] = self._m_placed[seg] = 0
-            if seg != self.head:
-                self._m_in_use[seg] = False
-                emptied = seg
-                self.segs_in_use -= 1
-        self._m_locs[slot] = -1
-        hv = self._m_hv
-        v = hv[slot]                                    # the next generation, never 0
-        hv[slot] = v + _GEN_ONE if (v >> _SLOT_BITS) & _GEN_MASK != _GEN_MASK else v - _GEN_BACK
-        n = self._ring_count
-        self._m_ring[(self._ring_head + n) % self._nslots] = slot
-        self._ring_count = n + 1
-        self.live_objects -= 1
-        self.live_bytes -= size
-        self.live_aligned -= a
-        self.vacated_bytes += a
-        return a, emptied
+    def free_one(self, slot: int, off: int = 0, size: int = 0):
+        """Forget one slot validated by :meth:`locate_one` / :meth:`decode_one`; returns
+        (aligned size, emptied segment or -1). One compiled call of the rule ``free``
+        runs per slot (``off`` and ``size``: what the slot holds, read again there)."""
+        emptied = self._free1(slot)
+        return (self._mm[_M_SIZE] + (ALIGN - 1)) & ~(ALIGN - 1), emptied
 
     # --- cleaning --------------------------------------------------------------------
     @property

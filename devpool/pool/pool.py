@@ -31,7 +31,8 @@ import time
 
 import numpy as np
 
-from .allocator import Allocator, aligned
+from .allocator import (_M_CLEAN_AFTER, _M_HANDLE, _M_LIVE_ALIGNED, _M_OFF, _M_SEGS_IN_USE, _M_SIZE, _M_TRIGGER,
+                        _M_VACATED, TRIGGER_MAX, TRIGGER_ONE, Allocator, aligned)
 from .._checks import PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside
 from .._packed import packed_starts
 from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
@@ -150,6 +151,7 @@ class Pool:
         #: never more than 1/64 of the live bytes: spares count in pool_total_size)
         self._spare_budget = min(8 << 20, self.alloc_.capacity // 16)
         self._clean_after = 0          # see _maybe_clean
+        self.CLEAN_TRIGGER = self._clean_trigger          # into the allocator's meta, for its free
         self._repacked_at = -1         # see _within
         self._clean_seconds = 0.0      # time spent in cleaning steps
 
@@ -398,19 +400,21 @@ class Pool:
             size = nbytes if type(nbytes) is int and 0 < nbytes <= al.max_object else al.check_size(nbytes)
             if data is not None and data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
-            # the common case in one call: room in the open segment (which grows nothing,
-            # so a limit has nothing to say)
-            got = al.bump_one(size)
-            if got is None:
+            # the common case in one compiled call: room in the open segment (which grows
+            # nothing, so a limit has nothing to say)
+            slot = al._bump1(size)
+            if slot >= 0:
+                m = al._mm
+                offset, handle = m[_M_OFF], m[_M_HANDLE]
+            else:
                 if max_total is not None and not self._fits_one(size, max_total):
                     return None
-                got = self._alloc_one(size)
-            slot, offset, handle = got
+                slot, offset, handle = self._alloc_one(size)
             if data is not None:
                 try:
                     self.storage.write_one(offset, data)
                 except BaseException:
-                    self._free_one(slot, offset, size)
+                    self._free_slot(slot)
                     raise
             return handle
 
@@ -438,7 +442,7 @@ class Pool:
             al.ensure_slots(1)                 # a full handle table refuses before storage grows
             self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
         slot = al.commit_one(size, offset, opened)
-        return slot, offset, al.handle_of(slot)
+        return slot, offset, al._mm[_M_HANDLE]
 
     # --- copy-in ---------------------------------------------------------------------
     def _payload(self, payload) -> tuple[object, int]:
@@ -513,7 +517,7 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle)
+            slot, offset, size = self._locate(handle)
             if not isinstance(data, np.ndarray):       # a device buffer
                 return self._write_device([slot], data)
             if data.size != size:
@@ -560,7 +564,7 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle)
+            slot, offset, size = self._locate(handle)
             if out is None:
                 out = self.storage.copy_one(offset, size)
             else:
@@ -569,7 +573,7 @@ class Pool:
                     out = _check_out(out, size)
                 self.storage.read_one(offset, out)
             if free:
-                self._free_one(slot, offset, size)
+                self._free_slot(slot)
             return out
 
     def read_with(self, handle: int, consume, arg=_NO_ARG, *, free: bool = False):
@@ -591,7 +595,7 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self.alloc_.decode_one(handle)
+            slot, offset, size = self._locate(handle)
             # the lock is re-entrant: a consume that called back into the pool could
             # free, move or close what it is reading; every verb refuses until it returns
             slow, self._lending, self._slow = self._slow, True, True
@@ -602,7 +606,7 @@ class Pool:
             finally:
                 self._lending, self._slow = False, slow
             if free and result is not None:
-                self._free_one(slot, offset, size)
+                self._free_slot(slot)
             return result
 
     @_locked
@@ -628,16 +632,35 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            self._free_one(*self.alloc_.decode_one(handle))
+            self._free_slot(self._locate(handle)[0])
 
-    def _free_one(self, slot: int, offset: int, size: int) -> None:
-        """Free one slot ``decode_one`` validated (with the offset and size it gave)."""
-        asize, emptied = self.alloc_.free_one(slot, offset, size)
-        if self._scrubs:
-            self.storage.discard_one(offset, asize)
-        if emptied >= 0:
-            self._release_segments(np.array([emptied], np.int64))
-        self._maybe_clean()
+    def _locate(self, handle) -> tuple[int, int, int]:
+        """(slot, arena offset, size) of a live object's handle, or InvalidHandleError:
+        one compiled call for a Python int (the allocator's ``locate_one`` converts
+        numpy integers, and says why a handle is refused)."""
+        al = self.alloc_
+        slot = -1
+        if type(handle) is int:
+            try:
+                slot = al._locate1(handle)
+            except OverflowError:
+                pass
+        if slot < 0:
+            slot = al.locate_one(handle)
+        m = al._mm
+        return slot, m[_M_OFF], m[_M_SIZE]
+
+    def _free_slot(self, slot: int) -> None:
+        """Free one slot ``_locate`` validated: one compiled call, which also says whether
+        storage, the segments or cleaning need anything (now and then)."""
+        got = self.alloc_._free1(slot)
+        if got != -1 or self._scrubs:
+            if self._scrubs:
+                m = self.alloc_._mm
+                self.storage.discard_one(m[_M_OFF], aligned(m[_M_SIZE]))
+            if got >= 0:
+                self._release_segments(np.array([got], np.int64))
+            self._maybe_clean()
 
     # --- cleaning as you go -----------------------------------------------------------
     # A log-structured arena keeps freed bytes dead until their segment is cleaned; under
@@ -647,17 +670,38 @@ class Pool:
     # head's tail) and if so runs one *bounded* cleaning step: the emptiest segments,
     # enough to bring dead space down to half the trigger, at most CLEAN_STEP_SEGMENTS of
     # them, packed with one bulk move. No single call pays for a whole pass.
-    #: dead bytes that start a cleaning step, as a share of live arena bytes
-    CLEAN_TRIGGER = 1 / 16
+    #: dead bytes that start a cleaning step, as a share of live arena bytes (CLEAN_TRIGGER)
+    _clean_trigger = 1 / 16
+
+    # both kept in the allocator's meta too: a single free decides in compiled code
+    # whether a step is due (_maybe_clean's test, there in 1/2**16 of the live bytes)
+    @property
+    def CLEAN_TRIGGER(self) -> float:
+        return self._clean_trigger
+
+    @CLEAN_TRIGGER.setter
+    def CLEAN_TRIGGER(self, value: float) -> None:
+        self._clean_trigger = value
+        self.alloc_._mm[_M_TRIGGER] = min(int(value * TRIGGER_ONE), TRIGGER_MAX)
+
+    @property
+    def _clean_after(self) -> int:
+        return self.alloc_._mm[_M_CLEAN_AFTER]
+
+    @_clean_after.setter
+    def _clean_after(self, value: int) -> None:
+        self.alloc_._mm[_M_CLEAN_AFTER] = value
+
     #: the most segments one cleaning step packs (bounds the work one free pays)
     CLEAN_STEP_SEGMENTS = 64
 
     def _maybe_clean(self) -> None:
         al = self.alloc_
-        dead = al.segs_in_use * al.seg_bytes - al.live_aligned        # al.dead_bytes, inline
-        if (dead > 2 * al.seg_bytes and dead > al.live_aligned * self.CLEAN_TRIGGER
-                and al.vacated_bytes >= self._clean_after):
-            limit = al.live_aligned * self.CLEAN_TRIGGER
+        m, sb = al._mm, al.seg_bytes                     # al.dead_bytes and the rest, inline
+        live = m[_M_LIVE_ALIGNED]
+        dead = m[_M_SEGS_IN_USE] * sb - live
+        if dead > 2 * sb and dead > live * self.CLEAN_TRIGGER and m[_M_VACATED] >= self._clean_after:
+            limit = live * self.CLEAN_TRIGGER
             t0 = time.perf_counter()
             plan = al.plan_clean(int(dead - limit * 3 / 4), self.CLEAN_STEP_SEGMENTS)
             if plan is None:

@@ -33,10 +33,10 @@ Both speeds run the same code: every change of an entry (a new one, a new state,
 removal) is one plain Python function, :func:`_set`, and a lookup another,
 :func:`_bucket`, written in the integer arithmetic Python and numba share (63-bit
 products, masked). The batch verbs run them compiled by numba, in loops over numpy
-arrays. One page: a lookup runs :func:`_bucket` interpreted over memoryviews (cheaper
-than any call into compiled code here), a change runs the compiled :func:`_set` through
-:func:`_set_one`, a call that takes integers only (numba types an array argument in
-~0.3 us, an integer in a few ns; the table's arrays are found from their addresses).
+arrays. One page: a lookup runs the compiled :func:`_bucket` through :func:`_find_one`,
+a change the compiled :func:`_set` through :func:`_set_one`, each a call that takes
+integers only (the table's arrays are found from their addresses:
+:mod:`devpool._compiled` says why; a lookup so costs 0.12 us here, 0.25 interpreted).
 ``tests/zswap/test_entries.py`` holds both speeds against a model.
 """
 
@@ -46,9 +46,9 @@ import functools
 import types
 
 import numba
-import numba.extending
 import numpy as np
 
+from .._compiled import JIT, Rules, at, entry
 from .._errors import PoolFullError
 
 __all__ = ["ABSENT", "POOL", "SAME", "FILE", "EntryTable", "as_word"]
@@ -109,7 +109,8 @@ _LRU = 10           # 1: POOL entries are kept on the LRU (0: no writeback will 
 _N_STATE = 11       # 11 + state: entries in each state
 _OLD_STATE = _N_STATE + _STATES     # what the last single-entry call replaced (see _set_one)
 _OLD_WORD = _OLD_STATE + 1
-_AT_BUCKETS = _OLD_WORD + 1         # where the index and the records are, and their lengths,
+_HINT = _OLD_WORD + 1               # the bucket the last single lookup found (see find_one)
+_AT_BUCKETS = _HINT + 1             # where the index and the records are, and their lengths,
 _AT_RECORDS = _AT_BUCKETS + 1       # for _set_one (set whenever an array is replaced)
 _N_SLOTS = _AT_RECORDS + 1
 _META = _N_SLOTS + 1
@@ -250,19 +251,8 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
 
 
 # --- compiled: the same rules, for the batch verbs -------------------------------------------
-_COMPILED: dict = {}
-
-
-def _compiled(fn):
-    """``fn`` compiled by numba, with the rules it calls bound to their compiled forms
-    (the same code object: one source for both speeds)."""
-    env = dict(fn.__globals__)
-    env.update(_COMPILED)
-    clone = types.FunctionType(fn.__code__, env, fn.__name__, fn.__defaults__, fn.__closure__)
-    clone.__qualname__ = fn.__qualname__
-    _COMPILED[fn.__name__] = jitted = numba.njit(cache=True, nogil=True)(clone)
-    return jitted
-
+_rules = Rules()
+_compiled = _rules.compiled
 
 for _rule in (_bucket, _set):
     _compiled(_rule)
@@ -296,41 +286,48 @@ def _restate_many(buckets, key_, word, length, state, referenced, prev, nxt, met
         _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key_[i], st, word[i], length[i], -1)
 
 
-# --- one entry, compiled, called with integers only -------------------------------------------
-# A call into compiled code with array arguments costs ~0.65 us plus ~0.3 us per array
-# here (numba types each one), one with ten integers ~0.55 us, while _set interpreted over
-# memoryviews cost ~2 us (tens of bytecodes at ~20 ns). So the single-entry verbs pass
-# the arrays' addresses, and the views are rebuilt inside from them.
-@numba.extending.intrinsic
-def _at(typingctx, address, dtype):
-    """A typed pointer from an integer address (``dtype`` a numba number class)."""
-    ptr = numba.types.CPointer(dtype.instance_type)
-
-    def codegen(context, builder, sig, args):
-        return builder.inttoptr(args[0], context.get_value_type(ptr))
-    return ptr(address, dtype), codegen
-
-
-@_compiled
+# --- one entry, compiled, called with integers only (see devpool._compiled) ------------------
+@_rules.compiled(signature="int64(int64, int64, int64, int64, int64, int64)")
 def _set_one(meta_at, key, st, w, n, b):
     """:func:`_set` on the table whose meta array is at ``meta_at`` (it holds the other
     arrays' addresses); the old state and word go to meta. Returns the slot."""
-    meta = numba.carray(_at(meta_at, numba.int64), (_META,))
+    meta = numba.carray(at(meta_at, numba.int64), (_META,))
     records_at, n_slots = meta[_AT_RECORDS], meta[_N_SLOTS]
     c = _C_LRU if meta[_LRU] else _C_NO        # (without the LRU, prev is next: never touched)
     r = c[_CREC]
-    r64 = numba.carray(_at(records_at, numba.int64), (n_slots, r // 8))
-    r32 = numba.carray(_at(records_at, numba.int32), (n_slots, r // 4))
-    r16 = numba.carray(_at(records_at, numba.uint16), (n_slots, r // 2))
-    r8 = numba.carray(_at(records_at, numba.uint8), (n_slots, r))
+    r64 = numba.carray(at(records_at, numba.int64), (n_slots, r // 8))
+    r32 = numba.carray(at(records_at, numba.int32), (n_slots, r // 4))
+    r16 = numba.carray(at(records_at, numba.uint16), (n_slots, r // 2))
+    r8 = numba.carray(at(records_at, numba.uint8), (n_slots, r))
     if key < 0:                                # -1 - key: remove this slot (its key read here)
         key = r64[-1 - key, c[_CK]]
-    i, old, old_w = _set(numba.carray(_at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],)), r64[:, c[_CK]],
+    i, old, old_w = _set(numba.carray(at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],)), r64[:, c[_CK]],
                          r64[:, c[_CW]], r16[:, c[_CL]], r8[:, c[_CS]], r8[:, c[_CR]], r32[:, c[_CP]],
                          r32[:, c[_CN]], meta, key, st, w, n, b)
     meta[_OLD_STATE] = old
     meta[_OLD_WORD] = old_w
     return i
+
+
+@_rules.compiled(signature="int64(int64, int64)")
+def _find_one(meta_at, key):
+    """:func:`_bucket` on the table whose meta array is at ``meta_at``: the slot holding
+    ``key`` or -1; the bucket goes to meta (a removal that follows needs no second
+    lookup)."""
+    meta = numba.carray(at(meta_at, numba.int64), (_META,))
+    c = _C_LRU if meta[_LRU] else _C_NO
+    keys = numba.carray(at(meta[_AT_RECORDS], numba.int64), (meta[_N_SLOTS], c[_CREC] // 8))[:, c[_CK]]
+    buckets = numba.carray(at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],))
+    b = _bucket(buckets, keys, meta[_N_BUCKETS], key)
+    meta[_HINT] = b
+    return buckets[b]
+
+
+def _find_interpreted(table: "EntryTable", key):
+    """:func:`_find_one`'s contract, interpreted over the table's memoryviews."""
+    meta = table.m_meta
+    meta[_HINT] = b = _bucket(table.m_buckets, table.m_key, meta[_N_BUCKETS], key)
+    return table.m_buckets[b]
 
 
 @_compiled
@@ -432,6 +429,14 @@ class EntryTable:
         self.meta[[_HEAD, _TAIL, _FREE]] = -1
         self.meta[_FULL] = page_size
         self.meta[_LRU] = bool(lru)            # without writeback nothing walks it: no links kept
+        self.m_meta = memoryview(self.meta)    # (the meta array is never replaced)
+        # one change, one lookup of one entry: compiled, bound to the meta array's address
+        # (which holds the other arrays' addresses), or, with numba's JIT off, where the
+        # intrinsic behind them cannot run, the same rules interpreted
+        self._set1, self._find1 = ((types.MethodType(entry(_set_one), self.meta.ctypes.data),
+                                    types.MethodType(entry(_find_one), self.meta.ctypes.data)) if JIT
+                                   else (functools.partial(_set_interpreted, self),
+                                         functools.partial(_find_interpreted, self)))
         self._fields = _FIELDS_LRU if lru else _FIELDS_NO_LRU
         self.record_bytes = (_C_LRU if lru else _C_NO)[_CREC]
         self.prev = np.zeros(1, np.int32)      # (with the LRU, a field of the records)
@@ -443,6 +448,12 @@ class EntryTable:
     # --- memory: slots and buckets grow and shrink with the entries ------------------------
     def _views(self) -> None:
         rec = self._records
+        # where the arrays are, for the compiled single verbs: installed first, and with
+        # nothing that allocates between taking the addresses and installing them, so an
+        # error below (a MemoryError) leaves them naming arrays the old views keep alive
+        addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0])
+        mm = self.m_meta
+        mm[_AT_BUCKETS], mm[_AT_RECORDS], mm[_N_BUCKETS], mm[_N_SLOTS] = addrs
         for name, dtype, at in self._fields:
             field = rec[:, at:at + np.dtype(dtype).itemsize].view(dtype)[:, 0]
             setattr(self, name, field)
@@ -450,20 +461,10 @@ class EntryTable:
         self.fill = rec[:, 8:16].view(np.uint64)[:, 0]
         self.m_fill = memoryview(self.fill)
         self.m_buckets = memoryview(self.buckets)
-        self.m_meta = memoryview(self.meta)
         self._slots = rec.shape[0]
         nb = self.buckets.shape[0]
         self._grow_at = min(int(nb * _MAX_LOAD), MAX_ENTRIES)
         self._shrink_at = nb // 10 if nb > _SHRINK_FLOOR else -1
-        self._hint = 0              # the bucket find_one found last (remove_one checks it)
-        # where the arrays are, for _set_one: taken again whenever an array is replaced
-        meta = self.meta
-        meta[[_AT_BUCKETS, _AT_RECORDS, _N_BUCKETS, _N_SLOTS]] = (self.buckets.ctypes.data, rec.ctypes.data, nb,
-                                                                 rec.shape[0])
-        # one change of one entry: compiled, given the addresses (or, with numba's JIT
-        # off, where the intrinsic behind _set_one cannot run, the same rule interpreted)
-        self._set1 = (functools.partial(_set_one, meta.ctypes.data) if not numba.config.DISABLE_JIT
-                      else functools.partial(_set_interpreted, self))
 
     def _set_buckets(self, nb: int) -> None:
         buckets = np.full(int(nb), -1, np.int32)
@@ -602,10 +603,8 @@ class EntryTable:
 
     # --- single-entry verbs (the same rules, interpreted over memoryviews) ------------------
     def find_one(self, offset: int) -> int:
-        """Slot of one offset, or -1."""
-        buckets = self.m_buckets
-        self._hint = b = _bucket(buckets, self.m_key, self.m_meta[_N_BUCKETS], offset)
-        return buckets[b]
+        """Slot of one offset, or -1 (one compiled call)."""
+        return self._find1(offset)
 
     def put_one(self, offset: int, state: int, word: int, length: int):
         """Offset ``offset`` now holds ``(state, word, length)``: returns ``(slot, old
@@ -622,6 +621,6 @@ class EntryTable:
     def remove_one(self, i: int) -> None:
         """Present slot ``i`` leaves the table (where find_one found it: no second lookup)."""
         meta = self.m_meta
-        self._set1(-1 - i, ABSENT, 0, 0, self._hint)
+        self._set1(-1 - i, ABSENT, 0, 0, meta[_HINT])
         if meta[_COUNT] < self._shrink_at:
             self._shrink()

@@ -242,3 +242,29 @@ def test_a_numpy_integer_limit_is_the_same_limit(limit):
             assert got.size == 0 and pool.alloc(4000, max_total=limit) is None
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("trigger", [1 / 16, 0.1, 0.3, 0.0, 1e9])
+def test_a_single_free_cleans_exactly_when_a_batch_free_would(trigger, rng):
+    """A single free decides in compiled code whether a cleaning step is due (the
+    trigger kept there in 1/2**16 of the live bytes), a batch free in Python: freeing
+    the same objects one by one, single verbs on one pool and batches of one on the
+    other, keeps the same cleaning steps and figures at every step, for triggers that
+    are and are not exact in 1/2**16 (0.1, 0.3) and for one that never fires."""
+    pools = [devpool.open_pool("host", 256 * 8192, segment_bytes=8192) for _ in range(2)]
+    try:
+        sizes = rng.integers(100, 2000, 1200)
+        handles = []
+        for p in pools:
+            p.CLEAN_TRIGGER = trigger
+            handles.append(p.alloc_batch(sizes))
+        for k in rng.permutation(sizes.size).tolist():
+            pools[0].free(int(handles[0][k]))
+            pools[1].free_batch(handles[1][k:k + 1])
+            a, b = pools[0].alloc_, pools[1].alloc_
+            assert (a.clean_steps, a.segs_in_use, a.live_aligned) == (b.clean_steps, b.segs_in_use, b.live_aligned)
+        steps = pools[0].alloc_.clean_steps
+        assert (steps == 0) == (trigger >= 1), steps
+    finally:
+        for p in pools:
+            p.close()

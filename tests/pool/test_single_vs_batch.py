@@ -1,8 +1,9 @@
 """Adversarial checks of the pool's single-object verbs against its batch verbs.
 
 The single verbs (``alloc``/``write``/``read``/``free``, the allocator's
-``place_one``/``commit_one``/``free_one``) re-implement the numba batch paths on
-scalars; they must keep exactly the same figures. A stateful test drives two pools
+``bump_one``/``commit_one``/``locate_one``/``free_one``) run the same rules as the
+batch paths, one object per compiled call (or interpreted, with numba's JIT off); they
+must keep exactly the same figures. A stateful test drives two pools
 through the same operations, one with single verbs only, the other choosing single or
 batch at random, and compares every allocator figure after each step.
 """
@@ -542,5 +543,85 @@ def test_a_refused_allocation_does_not_plan_full_segments(monkeypatch):
         assert scanned == [], "the pressure path planned full segments"
         assert pool.compact() == 0 and scanned == [CAP // SEG]     # compact() looks at all
         assert all(pool.read(int(h)).size == 4096 for h in hs)
+    finally:
+        pool.close()
+
+
+def test_without_numba_jit_the_single_verbs_run_the_same_rules_interpreted():
+    """NUMBA_DISABLE_JIT (a debugging switch, and the region's guard path): the single
+    verbs, compiled calls through raw addresses otherwise, run the allocator's rules
+    interpreted over memoryviews, beside the batch verbs, with the same figures and
+    the same refusals."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import numpy as np
+        import devpool
+        from devpool._compiled import JIT
+        assert not JIT
+        p = devpool.open_pool("host", 1 << 16, segment_bytes=4096)
+        data = np.arange(100, dtype=np.uint8)
+        hs = [p.alloc(100, data=data) for _ in range(60)]      # opens segments: the long way too
+        hb = p.alloc_batch(np.full(20, 50))
+        assert all(np.array_equal(p.read(h), data) for h in hs)
+        for h in hs[::2]:
+            p.free(h)
+        p.free_batch(hb[:10])
+        for h in (hs[0], 2 ** 70, -1):
+            try:
+                p.read(h)
+                raise SystemExit(f"{h} was read")
+            except devpool.InvalidHandleError:
+                pass
+        al = p.alloc_
+        assert al.live_objects == 30 + 10 and al.live_bytes == 30 * 100 + 10 * 50
+        assert al.live_aligned == int(al.seg_live.sum()) and al.segs_in_use == int(al.seg_in_use.sum())
+        assert [bytes(p.read(h, free=True)) for h in hs[1::2]] == [bytes(data)] * 30
+        p.free_batch(hb[10:])
+        assert al.live_objects == 0 and al.live_aligned == 0
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_a_failed_table_growth_leaves_the_old_table_whole(monkeypatch):
+    """The compiled single verbs follow the handle table's addresses. A growth that
+    fails halfway (a MemoryError on its second new array) must leave the old table and
+    its addresses installed, never an address of a freed array: the objects stay
+    readable, and the pool grows fine once memory is back."""
+    rng = np.random.default_rng(7)
+    pool = devpool.open_pool("host", 1 << 20, segment_bytes=4096)
+    try:
+        datas = [rng.integers(0, 256, 100, dtype=np.uint8) for _ in range(3)]
+        h0 = pool.alloc(100, data=datas[0])               # the first table: 16 385 slots
+        while pool.alloc_._ring_count > pool.alloc_._min_free:
+            pool.free(pool.alloc(16))
+        real = np.concatenate
+        calls = []
+
+        def second_fails(*args, **kwargs):
+            calls.append(1)
+            if len(calls) == 2:
+                raise MemoryError("no memory for the handle table (test)")
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(np, "concatenate", second_fails)
+        with pytest.raises(MemoryError):
+            pool.alloc(100, data=datas[1])                # needs a bigger table
+        monkeypatch.setattr(np, "concatenate", real)
+        assert len(calls) == 2
+        junk = [np.full(pool.alloc_.locs.shape[0], 0x5A5A5A5A5A5A5A5A, np.int64) for _ in range(8)]
+        assert np.array_equal(pool.read(h0), datas[0])
+        h1 = pool.alloc(100, data=datas[1])
+        h2 = pool.alloc(100, data=datas[2])
+        assert [bytes(pool.read(h)) for h in (h0, h1, h2)] == [bytes(d) for d in datas]
+        assert pool.alloc_.live_objects == 3 and len(junk) == 8
+        pool.free(h0)
+        with pytest.raises(devpool.InvalidHandleError):
+            pool.read(h0)
     finally:
         pool.close()
