@@ -2,7 +2,7 @@
 
     python benchmarks/bench_growth.py [--pages F.npy] [--sizes 10000,100000,1000000,4000000]
         [--layouts dense,sparse] [--passes 7] [--probe 2000] [--batch 1024] [--batch-pages 16384]
-        [--compressor lz4]
+        [--compressor lz4] [--sweep-to 4000000]
         [--replay-pages 1000000] [--json F] [--plot F.png]
 
 A GPU pool holds tens of gigabytes and a swap device sees millions of pages; what a
@@ -27,7 +27,10 @@ heap's freed memory back: the fill's batch temporaries); ``tracemalloc``'s growt
 (numpy's arrays are traced, the pool's mmap'd arena is not); and the structures by
 name: the entry table's slot records (of which 8 bytes a slot are the LRU's links) and
 its index, the pool's handle table and its allocator's segment arrays (target: <= 64
-bytes in all, dense and sparse; the kernel keeps ~60-70). Last, ``devpool replay`` of
+bytes in all, dense and sparse; the kernel keeps ~60-70). A row lands at one point of
+each table's growth cycle, so the tables alone are also swept: filled to ``--sweep-to``
+entries a batch at a time (no pages, no pool), their bytes per entry after every batch,
+worst and mean over sizes. Last, ``devpool replay`` of
 a zipf trace over ``--replay-pages`` pages against one over 10^4, both in fresh
 processes: fault p50 and time per access.
 """
@@ -115,6 +118,46 @@ def _blocks(pages: np.ndarray) -> list:
     return _BLOCKS[key]
 
 
+def _handle_table_bytes(al) -> int:
+    """What the allocator says its handle table holds (an older one: its arrays)."""
+    if hasattr(al, "table_bytes"):
+        return int(al.table_bytes)
+    return sum(int(getattr(al, a).nbytes) for a in ("locs", "sizes", "gens", "_seen", "_ring") if hasattr(al, a))
+
+
+def table_sweep(top: int, batch: int) -> dict:
+    """The entry table (no LRU) and a handle table filled to ``top`` entries, ``batch``
+    at a time (offsets dense, no pages, no pool): bytes per entry after every batch,
+    allocated (what ``tracemalloc`` counts) and touched (what RSS counts: the records'
+    tail is never written), worst and mean over the sizes from ``top`` / 40 and from
+    ``top`` / 8 (10^5 and 5 x 10^5 for 4 x 10^6: the handle table's fixed reserve of
+    free slots weighs on the small ones)."""
+    from devpool.pool.allocator import Allocator
+    t = entries.EntryTable(lru=False)
+    al = Allocator(max(top, batch) * 32 + (1 << 20), 1 << 20, 16)
+    sizes = np.full(batch, 16, np.int64)
+    n, rows = 0, []
+    try:
+        while n < top:
+            offs = np.arange(n, n + batch, dtype=np.int64)
+            t.put(offs, entries.POOL, offs, 16)
+            al.commit_alloc(sizes, al.plan(sizes))
+            n += batch
+            index, handles = int(t.buckets.nbytes), _handle_table_bytes(al)
+            used = int(t.meta[entries._USED]) * t.record_bytes
+            rows.append((n, (t._records.nbytes + index + handles) / n, (used + index + handles) / n))
+    finally:
+        al.close()
+    a = np.array(rows)
+    out = {"top": top, "batch": batch}
+    for lo in (top // 40, top // 8):
+        m = a[:, 0] >= lo
+        if m.any():
+            out[f"from_{lo}"] = {"allocated_max": float(a[m, 1].max()), "allocated_mean": float(a[m, 1].mean()),
+                                 "touched_max": float(a[m, 2].max()), "touched_mean": float(a[m, 2].mean())}
+    return out
+
+
 def structures(zs, pool) -> dict:
     """Bytes of the structures outside the pool's arena, by name (touched slots only)."""
     t, al = zs._t, pool.alloc_
@@ -126,8 +169,7 @@ def structures(zs, pool) -> dict:
         out["entry_index"] = int(t.buckets.nbytes)
     else:                                              # an older table: its arrays
         out["entry_table_slots"] = int(t.nbytes)
-    out["handle_table"] = sum(int(getattr(al, a).nbytes) for a in ("locs", "sizes", "gens", "_seen", "_ring")
-                              if hasattr(al, a))
+    out["handle_table"] = _handle_table_bytes(al)
     out["allocator_segments"] = sum(int(getattr(al, a).nbytes) for a in
                                     ("seg_fill", "seg_live", "seg_placed", "seg_in_use", "seg_warm")
                                     if hasattr(al, a))
@@ -331,6 +373,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1024)
     ap.add_argument("--batch-pages", type=int, default=16384, help="pages per batch pass (stored, then loaded)")
     ap.add_argument("--compressor", default="lz4")
+    ap.add_argument("--sweep-to", type=int, default=4_000_000, help="tables swept to this many entries (0: none)")
     ap.add_argument("--replay-pages", type=int, default=1_000_000, help="0: no replay")
     ap.add_argument("--json")
     ap.add_argument("--plot")
@@ -363,6 +406,8 @@ def main() -> None:
         np.save(pages_path, pages)
 
     r["memory"] = measure_memory(sizes, layouts, pages_path, args.batch, args.compressor)
+    if args.sweep_to:
+        r["table_sweep"] = table_sweep(args.sweep_to, args.batch)
     subjects = [Subject(n, layout, pages, hit, args.batch, args.compressor, args.batch_pages)
                 for n in sizes for layout in layouts]
     rng = np.random.default_rng(7)
@@ -422,6 +467,12 @@ def report(r: dict) -> None:
         print(f"{m['pages']:>9} {m['layout']:7} RSS {m['rss_outside_pool_per_page']:6.1f} "
               f"(after malloc_trim {m['rss_trimmed_outside_pool_per_page']:6.1f})  tracemalloc "
               f"{m['tracemalloc_per_page']:6.1f}   ({parts}; fill {m['fill_s']:.1f} s)")
+    sw = r.get("table_sweep", {})
+    for k, v in sw.items():
+        if k.startswith("from_"):
+            print(f"entry table + handle table alone, every {sw['batch']} entries up to {sw['top']}, from "
+                  f"{k[5:]}: allocated max {v['allocated_max']:.1f} (mean {v['allocated_mean']:.1f}), touched max "
+                  f"{v['touched_max']:.1f} (mean {v['touched_mean']:.1f}) bytes an entry")
     for x in r.get("replay", []):
         if "failed" in x:
             print(f"replay {x['pages']}: failed: {x['failed']}")

@@ -91,6 +91,8 @@ _GEN_MASK = (1 << _GEN_BITS) - 1
 MAX_SLOTS = 1 << _SLOT_BITS
 #: freed slots wait behind at least this many others before reuse (see the docstring)
 MIN_FREE_SLOTS = 1 << 14
+#: the handle table grows by 1 / this of itself at least
+_TABLE_GROWTH = 8
 #: the handle table's types: a size is at most a segment, a generation 25 bits, a slot 28
 _SIZE_T, _SLOT_T = np.int32, np.int32
 #: a handle's generation field: one up, and back from the top to 1 (never 0)
@@ -344,10 +346,11 @@ def aligned(sizes: np.ndarray) -> np.ndarray:
 
 
 @numba.njit(cache=True, nogil=True)
-def _decode(handles, key, tag, hv, locs, check_duplicates, seen):
+def _decode(handles, key, tag, hv, locs, check_duplicates):
     """Handles -> slots; returns (slots, index of first bad handle or -1, error code).
     A handle is good when its slot answers to exactly that value (``hv``: pool id,
-    generation, slot) and holds an object; only a bad one is taken apart, for why."""
+    generation, slot) and holds an object; only a bad one is taken apart, for why.
+    ``check_duplicates``: the first handle that repeats an earlier one is bad too."""
     n = handles.shape[0]
     slots = np.empty(n, dtype=np.int64)
     nslots = hv.shape[0]
@@ -365,16 +368,22 @@ def _decode(handles, key, tag, hv, locs, check_duplicates, seen):
             return slots, i, _MALFORMED
         return slots, i, _STALE
     if check_duplicates:
-        # seen[] is all-zero on entry and restored before return
-        bad = -1
+        # every slot here is live, its offset >= 0: a slot met once is marked by its
+        # offset's complement (< 0), so meeting it again is the repeat. The marks are
+        # undone before return (the pool's lock is held: no one else reads them). One
+        # pass and no memory, where a byte of scratch per slot cost 1 byte a page (and
+        # a sort, 20-60 ns a handle)
+        bad = n
         for i in range(n):
-            if seen[slots[i]]:
+            s = slots[i]
+            if locs[s] < 0:
                 bad = i
                 break
-            seen[slots[i]] = 1
-        for i in range(n):
-            seen[slots[i]] = 0
-        if bad >= 0:
+            locs[s] = ~locs[s]
+        for i in range(bad):
+            s = slots[i]
+            locs[s] = ~locs[s]
+        if bad < n:
             return slots, bad, _DUPLICATE
     return slots, -1, _OK
 
@@ -556,9 +565,8 @@ class Allocator:
         self._id_back = weakref.finalize(self, self._lease.give_back)
         self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
-        # 25 bytes a slot (were 33): the offset and the handle the slot answers to in 64
-        # bits, the size (at most 2 GiB - 1) and the free-slot queue's entry in 32, one
-        # byte of scratch for finding repeats in a batch
+        # 24 bytes a slot (were 33): the offset and the handle the slot answers to in 64
+        # bits, the size (at most 2 GiB - 1) and the free-slot queue's entry in 32
         # per slot: arena offset (-1: free), requested size, and (``hv``) the unscrambled
         # handle it answers to: this pool's id, the slot's generation, the slot (one
         # comparison checks all three); free slots are a ring queue (``_ring``): taken at
@@ -573,7 +581,7 @@ class Allocator:
             self._bump1, self._put1, self._locate1, self._free1 = (
                 bind(f, self.meta, self._alive) for f in (_bump_at, _put_at, _locate_at, _free_at))
         self._set_table(np.full(0, -1, np.int64), np.zeros(0, _SIZE_T), np.zeros(0, np.int64),
-                        np.zeros(0, np.uint8), np.zeros(0, _SLOT_T))
+                        np.zeros(0, _SLOT_T))
         self._min_free = min(MIN_FREE_SLOTS, max(1, self.capacity // ALIGN))
         # cleaning figures (zsmalloc explains compaction through its stats; so do we)
         self.clean_steps = 0
@@ -581,7 +589,7 @@ class Allocator:
         self.cleaned_bytes_moved = 0   # live bytes cleaning copied
         self.segments_compacted = 0
 
-    def _set_table(self, locs, sizes, hv, seen, ring) -> None:
+    def _set_table(self, locs, sizes, hv, ring) -> None:
         """Install a handle table: the arrays and their addresses in ``meta`` change
         together. The compiled single verbs follow those addresses, so nothing that can
         fail (allocate) runs between dropping the old arrays and installing the new
@@ -593,7 +601,7 @@ class Allocator:
                                              ring, locs, sizes, hv)] + [self._mm]
             single = tuple(functools.partial(f, *views) for f in (_bump, _put, _locate, _free))
         # --- from here on nothing allocates
-        self.locs, self.sizes, self.hv, self._seen, self._ring = locs, sizes, hv, seen, ring
+        self.locs, self.sizes, self.hv, self._ring = locs, sizes, hv, ring
         mm = self._mm
         mm[_M_AT_RING], mm[_M_AT_LOCS], mm[_M_AT_SIZES], mm[_M_AT_HV], mm[_M_NSLOTS] = addrs
         self._alive[1] = alive
@@ -619,7 +627,7 @@ class Allocator:
     def decode(self, handles: np.ndarray, check_duplicates: bool = False) -> np.ndarray:
         """Validate handles and return their slots; raise naming the first bad one."""
         slots, bad, code = _decode(handles, np.int64(self.handle_key), np.int64(self.pool_id), self.hv,
-                                   self.locs, check_duplicates, self._seen)
+                                   self.locs, check_duplicates)
         if bad >= 0:
             raise InvalidHandleError(
                 f"handle {int(handles[bad])} (batch index {bad}) {_REASONS[code]}")
@@ -762,7 +770,9 @@ class Allocator:
         queue behind the free ones (oldest freed first)."""
         old = self.locs.shape[0]
         need = old - self._ring_count + n + self._min_free       # live + wanted + reserve
-        new = max(old * 2, need, 1024)
+        # an eighth more (a doubling left up to half the table unused: 29 bytes a page at
+        # 10^6 pages, 25 of them needed); ~8 copies of a slot per object over the growth
+        new = max(old + old // _TABLE_GROWTH, need, 1024)
         if new > MAX_SLOTS:
             new = MAX_SLOTS
             if need - self._min_free > new:
@@ -780,7 +790,7 @@ class Allocator:
         ring[:queued.size] = queued
         ring[queued.size:queued.size + new - old] = np.arange(old, new, dtype=_SLOT_T)
         count = queued.size + new - old
-        self._set_table(locs, sizes, hv, np.zeros(new, np.uint8), ring)
+        self._set_table(locs, sizes, hv, ring)
         self._ring_head = 0
         self._ring_count = count
 
@@ -1017,9 +1027,9 @@ class Allocator:
 
     @property
     def table_bytes(self) -> int:
-        """Host bytes the handle table holds (25 a slot; slots: the most objects ever
-        live at once, plus ``MIN_FREE_SLOTS``, rounded up to a doubling)."""
-        return self.locs.nbytes + self.sizes.nbytes + self.hv.nbytes + self._ring.nbytes + self._seen.nbytes
+        """Host bytes the handle table holds (24 a slot; slots: the most objects ever
+        live at once, plus ``MIN_FREE_SLOTS``, and at most an eighth more)."""
+        return self.locs.nbytes + self.sizes.nbytes + self.hv.nbytes + self._ring.nbytes
 
     def stats(self) -> dict:
         in_use = self.segs_in_use

@@ -2,9 +2,9 @@
 
 Linux keys zswap entries by swap offset in an xarray and strings the pool's entries on
 a list_lru; a ``zswap_entry`` plus its xarray slot costs about 60-70 bytes. This table
-does the same work in 33 bytes an entry without the LRU and 41 with it (measured at
-10^6 entries by ``benchmarks/bench_growth.py``), whether the offsets are dense or
-spread over the whole swap area:
+does the same work in 30 bytes an entry without the LRU and 38 with it (measured at
+10^6 entries by ``benchmarks/bench_growth.py``; 30 - 32 / 38 - 40 at any size), whether
+the offsets are dense or spread over the whole swap area:
 
 - **entries** live in *slots*: one record per slot holding ``key`` (the swap offset,
   int64), ``word`` (the pool handle, or a same-filled page's fill word, int64),
@@ -14,11 +14,13 @@ spread over the whole swap area:
   the frontend reads and writes fields by slot index, vectorised for a batch, by
   scalar for one page. Slots are taken lowest first (a free list threads the freed
   ones through ``next``), so the records' untouched tail costs no RAM.
-- **the index** is an open-addressing hash of offset -> slot: an int32 array, a power
-  of two long and at most 70 % full (4 - 11 bytes an entry), with linear probing,
-  Fibonacci hashing (the top bits of ``offset * 2**63/phi``: sequential and strided
-  offsets spread evenly) and backward-shift deletion (no tombstones, so a lookup's
-  cost never grows with churn).
+- **the index** is an open-addressing hash of offset -> slot: an int32 array of any
+  length, 50 - 70 % full as it grows (5.7 - 8 bytes an entry; a power of two long it
+  was 35 - 70 %, up to 11.4), with linear probing, Fibonacci hashing (the top bits of
+  ``offset * 2**63/phi``: sequential and strided offsets spread evenly) scaled to the
+  length by Lemire's multiply-shift (``(top 31 bits * length) >> 31``: no division)
+  and backward-shift deletion (no tombstones, so a lookup's cost never grows with
+  churn).
 - **the LRU** (kept only when writeback may walk it) is intrusive: POOL entries form a
   doubly linked list through ``prev`` / ``next``, oldest at the head; a store appends
   at the tail, a load or an invalidation unlinks in O(1), and writeback walks from the
@@ -67,6 +69,18 @@ _M63 = (1 << 63) - 1
 #: (linear probing: 2.2 probes a hit, 6 a miss on average at the most), and smaller
 #: once fewer than a tenth are (memory follows what is stored)
 _MAX_LOAD = 0.7
+#: ... larger by this factor (and to at most this load): 1.4 takes it from 0.7 to 0.5, so
+#: it is 50 - 70 % full while it grows (a doubling left it 35 - 70 %: 4 more bytes an
+#: entry after each growth, for 0.4 fewer probes a hit)
+_INDEX_GROWTH = 1.4
+_GROWN_LOAD = 0.5
+#: ... and a shrunk one is this full (room to grow back 2x before it is rebuilt again)
+_SHRUNK_LOAD = 0.35
+#: the slot records grow by this factor (and to this much more than asked): a quarter
+#: left the untouched tail at up to a fifth of the records (no RAM, but allocated and
+#: traced); an eighth costs ~8 copies of a record per entry over the table's growth
+#: (~20 ns an entry) and keeps the tail under 1/9
+_SLOT_GROWTH = 1.125
 _MIN_BUCKETS = 64
 _MIN_SLOTS = 32
 #: a table never shrinks below this many buckets (and the slots to fill 70 % of them,
@@ -75,6 +89,9 @@ _MIN_SLOTS = 32
 _SHRINK_FLOOR = 4096
 #: slot numbers are int32 (the index and the LRU's links): at most this many entries
 MAX_ENTRIES = (1 << 31) - 1
+#: _bucket's product (31 bits of hash times the length) stays below 2**63 up to here
+#: (MAX_ENTRIES at 70 % need 3.07e9)
+_MAX_BUCKETS = (1 << 32) - 1
 
 # --- the meta array: the table's scalars, one int64 each (shared by both speeds) ---------
 _COUNT = 0          # entries present (in the index)
@@ -83,7 +100,7 @@ _TAIL = 2           # the LRU's youngest slot
 _FREE = 3           # first slot of the free list (-1: none)
 _NFREE = 4          # slots on the free list
 _USED = 5           # slots ever handed out: slots at or above it were never touched
-_SHIFT = 6          # 63 - log2(buckets): a hash's top bits are its bucket
+_N_BUCKETS = 6      # the index's length: _bucket scales a hash's top bits to it
 _FULL = 7           # the page size: a POOL entry this long is stored as-is
 _POOL_BYTES = 8     # sum of the POOL entries' lengths
 _N_FULL = 9         # POOL entries stored as-is
@@ -94,8 +111,7 @@ _OLD_WORD = _OLD_STATE + 1
 _HINT = _OLD_WORD + 1               # the bucket the last single lookup found (see find_one)
 _AT_BUCKETS = _HINT + 1             # where the index and the records are, and their lengths,
 _AT_RECORDS = _AT_BUCKETS + 1       # for _set_one (set whenever an array is replaced)
-_N_BUCKETS = _AT_RECORDS + 1
-_N_SLOTS = _N_BUCKETS + 1
+_N_SLOTS = _AT_RECORDS + 1
 _META = _N_SLOTS + 1
 
 # --- slot records: one per slot (field, dtype, byte offset), not one array per field: a
@@ -124,15 +140,18 @@ _C_LRU, _C_NO = _columns(_FIELDS_LRU, 32), _columns(_FIELDS_NO_LRU, 24)
 
 
 # === the rules, one function each: run compiled (batch) and interpreted (one page) =======
-def _bucket(buckets, keys, shift, key):
-    """The bucket holding ``key``'s slot, or the empty bucket where it would go."""
-    mask = len(buckets) - 1
-    b = ((key * _GOLD) & _M63) >> shift
+def _bucket(buckets, keys, nb, key):
+    """The bucket holding ``key``'s slot, or the empty bucket where it would go (``nb``:
+    the number of buckets). Its home is the hash's top 31 bits times ``nb``, over 2**31:
+    the product stays below 2**63 for any ``nb`` under 2**32, in Python as in numba."""
+    b = ((((key * _GOLD) & _M63) >> 32) * nb) >> 31
     while True:
         s = buckets[b]
         if s < 0 or keys[s] == key:
             return b
-        b = (b + 1) & mask
+        b += 1
+        if b == nb:
+            b = 0
 
 
 def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, st, w, n, b):
@@ -146,7 +165,7 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
     links, the index's backward-shift deletion), because the single-page verbs run it
     in the interpreter, where each call costs more than the work in it."""
     if b < 0 or buckets[b] < 0 or key_[buckets[b]] != key:
-        b = _bucket(buckets, key_, meta[_SHIFT], key)
+        b = _bucket(buckets, key_, meta[_N_BUCKETS], key)
     i = buckets[b]
     if i >= 0:                                  # leave the old state
         old_st = state[i]
@@ -185,16 +204,23 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
         meta[_COUNT] += 1
     state[i] = st
     if st == ABSENT:                            # out of the index (backward shift) and freed
-        mask = len(buckets) - 1
-        shift = meta[_SHIFT]
+        nb = meta[_N_BUCKETS]
         q = b
         while True:
-            q = (q + 1) & mask
+            q += 1
+            if q == nb:
+                q = 0
             s = buckets[q]
             if s < 0:
                 break
-            home = ((key_[s] * _GOLD) & _M63) >> shift
-            if ((q - home) & mask) >= ((q - b) & mask):      # the hole lies on s's probe path
+            home = ((((key_[s] * _GOLD) & _M63) >> 32) * nb) >> 31    # as _bucket
+            dh = q - home                       # how far s is from home, and from the hole,
+            if dh < 0:                          # going round the end (no division: ~40
+                dh += nb                        # cycles each, on every step)
+            db = q - b
+            if db < 0:
+                db += nb
+            if dh >= db:                        # the hole lies on s's probe path
                 buckets[b] = s
                 b = q
         buckets[b] = -1
@@ -233,9 +259,10 @@ for _rule in (_bucket, _set):
 
 # --- batch loops over the rules (compiled only) ------------------------------------------------
 @_compiled
-def _find_many(buckets, key_, shift, offs, idx):
+def _find_many(buckets, key_, offs, idx):
+    nb = buckets.shape[0]
     for j in range(offs.shape[0]):
-        idx[j] = buckets[_bucket(buckets, key_, shift, offs[j])]
+        idx[j] = buckets[_bucket(buckets, key_, nb, offs[j])]
 
 
 @_compiled
@@ -290,7 +317,7 @@ def _find_one(meta_at, key):
     c = _C_LRU if meta[_LRU] else _C_NO
     keys = numba.carray(at(meta[_AT_RECORDS], numba.int64), (meta[_N_SLOTS], c[_CREC] // 8))[:, c[_CK]]
     buckets = numba.carray(at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],))
-    b = _bucket(buckets, keys, meta[_SHIFT], key)
+    b = _bucket(buckets, keys, meta[_N_BUCKETS], key)
     meta[_HINT] = b
     return buckets[b]
 
@@ -298,7 +325,7 @@ def _find_one(meta_at, key):
 def _find_interpreted(table: "EntryTable", key):
     """:func:`_find_one`'s contract, interpreted over the table's memoryviews."""
     meta = table.m_meta
-    meta[_HINT] = b = _bucket(table.m_buckets, table.m_key, meta[_SHIFT], key)
+    meta[_HINT] = b = _bucket(table.m_buckets, table.m_key, meta[_N_BUCKETS], key)
     return table.m_buckets[b]
 
 
@@ -325,11 +352,12 @@ def _lru_pick(buckets, key_, word, length, state, referenced, prev, nxt, meta, n
 
 
 @_compiled
-def _rebuild(buckets, key_, state, used, shift):
+def _rebuild(buckets, key_, state, used):
     """Index every present slot below ``used`` in empty ``buckets``."""
+    nb = buckets.shape[0]
     for i in range(used):
         if state[i] != ABSENT:
-            buckets[_bucket(buckets, key_, shift, key_[i])] = i
+            buckets[_bucket(buckets, key_, nb, key_[i])] = i
 
 
 @_compiled
@@ -383,8 +411,9 @@ def _set_interpreted(table: "EntryTable", key, st, w, n, b):
     return i
 
 
-def _pow2_at_least(n: int) -> int:
-    return 1 << max(int(n) - 1, 1).bit_length()
+def _buckets_for(count: int, load: float) -> int:
+    """Buckets that hold ``count`` entries at ``load`` (any length, not a power of two)."""
+    return max(_MIN_BUCKETS, -(-int(count) * 1000 // int(load * 1000)))
 
 
 class EntryTable:
@@ -443,12 +472,11 @@ class EntryTable:
         self._shrink_at = nb // 10 if nb > _SHRINK_FLOOR else -1
 
     def _set_buckets(self, nb: int) -> None:
-        buckets = np.full(nb, -1, np.int32)
+        buckets = np.full(int(nb), -1, np.int32)
         self._views()
-        self.meta[_SHIFT] = 64 - nb.bit_length()          # 63 - log2(nb)
-        _rebuild(buckets, self.key, self.state, self.meta[_USED], self.meta[_SHIFT])
+        _rebuild(buckets, self.key, self.state, self.meta[_USED])
         self.buckets = buckets
-        self._views()
+        self._views()                  # (meta[_N_BUCKETS] follows the array)
 
     def _set_slots(self, n: int) -> None:
         used = int(self.meta[_USED])
@@ -468,18 +496,19 @@ class EntryTable:
                                 f"{k} more asked for)")
         spare = int(meta[_NFREE]) + self._slots - int(meta[_USED])
         if spare < k:
-            # a quarter more than asked at least: a batch filled to the last slot would make
+            # an eighth more than asked at least: a batch filled to the last slot would make
             # every single store after it look for room first
-            self._set_slots(min(MAX_ENTRIES, max(2 * self._slots, (self._slots + k - spare) * 5 // 4)))
+            self._set_slots(min(MAX_ENTRIES, int((self._slots + k - spare) * _SLOT_GROWTH) + 1))
         if count + k > self._grow_at:
-            self._set_buckets(max(2 * self.buckets.shape[0], _pow2_at_least((count + k) / _MAX_LOAD)))
+            nb = self.buckets.shape[0]
+            self._set_buckets(min(_MAX_BUCKETS, max(int(nb * _INDEX_GROWTH), _buckets_for(count + k, _GROWN_LOAD))))
 
     def _shrink(self) -> None:
         """Few entries left: renumber the slots down, then a smaller index and arrays."""
         count = int(self.meta[_COUNT])
         _renumber(self.key, self.word, self.length, self.state, self.referenced, self.prev, self.next,
                   self.meta, np.empty(int(self.meta[_USED]), np.int64))
-        nb = max(_SHRINK_FLOOR, _pow2_at_least(2 * count / _MAX_LOAD))
+        nb = max(_SHRINK_FLOOR, _buckets_for(count, _SHRUNK_LOAD))
         self._records = self._records[:max(2 * count, int(nb * _MAX_LOAD))].copy()
         self._set_buckets(nb)
 
@@ -505,7 +534,7 @@ class EntryTable:
     def find(self, offsets: np.ndarray) -> np.ndarray:
         """Slot of each offset (int64 array), -1 where none is stored."""
         idx = np.empty(offsets.shape[0], np.int64)
-        _find_many(self.buckets, self.key, self.meta[_SHIFT], offsets, idx)
+        _find_many(self.buckets, self.key, offsets, idx)
         return idx
 
     def put(self, offsets: np.ndarray, state: int, words, lengths):

@@ -268,10 +268,18 @@ class AllocatorMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.model)
     @rule(data=st.data())
     def repeated_handle(self, data):
-        h = self.handle[data.draw(st.sampled_from(sorted(self.model)))]
-        with pytest.raises(InvalidHandleError, match="twice"):
-            self.al.decode(np.array([h, h], np.int64), check_duplicates=True)
-        assert self.al.decode(np.array([h, h], np.int64)).size == 2      # reads may repeat
+        """A batch of live handles in which one repeats: the first repeat is named, and
+        the table is as it was (duplicates are found by marking slots in place)."""
+        picks = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=6, unique=True))
+        again = data.draw(st.sampled_from(picks))
+        picks.insert(data.draw(st.integers(picks.index(again) + 1, len(picks))), again)
+        bad = next(i for i, s in enumerate(picks) if s in picks[:i])
+        hs = np.array([self.handle[s] for s in picks], np.int64)
+        locs, hv = self.al.locs.copy(), self.al.hv.copy()
+        with pytest.raises(InvalidHandleError, match=rf"\(batch index {bad}\) appears twice"):
+            self.al.decode(hs, check_duplicates=True)
+        assert np.array_equal(self.al.locs, locs) and np.array_equal(self.al.hv, hv)
+        assert self.al.decode(hs).tolist() == picks      # reads may repeat
 
     @rule(bad=st.sampled_from([-1, 0, 1, 2**62 + 12345, "1", 1.5, True]))
     def malformed_handle(self, bad):
@@ -372,3 +380,25 @@ def test_sample_live_is_uniform_enough_and_bounded():
         assert set(al.sample_live(rng, 10_000).tolist()) == live
     finally:
         al.close()
+
+
+def test_the_handle_table_grows_by_an_eighth():
+    """Grown one object at a time or by batches, the handle table holds the live objects
+    plus its reserve of free slots and at most an eighth more (a doubling left up to
+    half of it unused), and every handle still decodes."""
+    from devpool.pool.allocator import MIN_FREE_SLOTS
+    for batch in (1, 777):
+        al = Allocator(64 << 20, 256 << 10, 64)
+        slots = []
+        sizes = np.full(batch, 16, np.int64)
+        for _ in range(60_000 // batch):
+            if batch == 1:
+                off, opened = al.place_one(16)
+                slots.append(al.commit_one(16, off, opened))
+            else:
+                slots.extend(al.commit_alloc(sizes, al.plan(sizes)).tolist())
+            need = al.live_objects + MIN_FREE_SLOTS
+            assert need <= al.locs.shape[0] <= max(1024, need * 9 // 8 + batch)
+        assert al.table_bytes == 24 * al.locs.shape[0]
+        hs = al.handles(np.array(slots, np.int64))
+        assert al.decode(hs, check_duplicates=True).tolist() == slots

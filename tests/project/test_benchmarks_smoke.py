@@ -322,7 +322,7 @@ def test_bench_growth_smoke(tmp_path):
     against the smallest size, memory measured in its own processes, replay at two sizes."""
     r = run_bench(tmp_path, "bench_growth.py", "--pages", pages_file(tmp_path, 40, 3), "--sizes", "300,1200",
                   "--passes", "2", "--probe", "20", "--batch", "64", "--batch-pages", "128", "--replay-pages", "300",
-                  "--plot", str(tmp_path / "g.png"))
+                  "--sweep-to", "6400", "--plot", str(tmp_path / "g.png"))
     assert [(x["pages"], x["layout"]) for x in r["subjects"]] == [(300, "dense"), (300, "sparse"),
                                                                  (1200, "dense"), (1200, "sparse")]
     for x in r["subjects"]:
@@ -332,6 +332,9 @@ def test_bench_growth_smoke(tmp_path):
                                                                (1200, "dense"), (1200, "sparse")}
     assert all(0 < m["stored_pages"] <= m["pages"] and m["structures_per_page"]["entry_index"] > 0 for m in r["memory"])
     assert [x["pages"] for x in r["replay"]] == [300] and all("failed" not in x for x in r["replay"])
+    sw = r["table_sweep"]
+    assert sw["top"] == 6400 and set(sw) == {"top", "batch", "from_160", "from_800"}
+    assert all(0 < v["touched_mean"] <= v["touched_max"] <= v["allocated_max"] for k, v in sw.items() if k[:5] == "from_")
     assert (tmp_path / "g.png").stat().st_size > 0
 
 
@@ -383,3 +386,23 @@ def test_bench_per_page_decode_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_per_page_decode.py", "--old", str(old), "--passes", "2",
                   "--batches", "1", "--pages", pages_file(tmp_path, 1100, 9))
     assert len(r["ratio_new_old"]) == 2 and all(x > 0 for x in r["pages_per_s"]["old"])
+
+
+def test_bench_growth_ab_smoke(tmp_path):
+    """The alternating comparison runs end to end at a tiny size, this tree against
+    itself: memory rows from both trees' children in turn, the entry tables' single
+    verbs side by side in one process, zswap's passes in fresh processes, ratios."""
+    root = str(BENCH.parent)
+    r = run_bench(tmp_path, "bench_growth_ab.py", "--base", root, "--pages", pages_file(tmp_path, 40, 4),
+                  "--size", "3000", "--rounds", "2", "--passes", "1", "--entries-passes", "2", "--batch-pages", "128")
+    turns = ["base", "this", "this", "base"]                       # the trees alternate round by round
+    assert [(m["tree"], m["layout"]) for m in r["memory"]] == [(t, lay) for t in turns for lay in ("dense", "sparse")]
+    assert all(m["pages"] == 3000 and m["structures_per_page"]["entry_index"] > 0 for m in r["memory"])
+    for layout in ("sparse", "dense"):
+        t = r["table_verbs"][layout]
+        assert t["index_bytes_per_entry"]["base"] == t["index_bytes_per_entry"]["this"] > 0   # the same code
+        assert all(t[v]["base_ns"] > 0 and t[v]["ratio"]["median"] > 0 for v in ("find_hit", "find_miss", "remove",
+                                                                                  "put_new"))
+        q = r["zswap_this_vs_base"]["dense" if layout == "dense" else "sparse"]
+        assert all(q[v]["low"] <= q[v]["median"] <= q[v]["high"] for v in q)
+    assert [(x["tree"], x["round"]) for x in r["zswap_runs"]] == [("base", 0), ("this", 0), ("this", 1), ("base", 1)]
