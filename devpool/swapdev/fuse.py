@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import select
 import stat
@@ -38,7 +39,7 @@ import time
 
 __all__ = [
     "FUSE_MINOR", "MAX_PAGES", "MAX_WRITE", "FileOps", "FuseUnavailable", "OneFileFS",
-    "mount", "open_fuse", "umount",
+    "clone_fuse", "mount", "open_fuse", "umount",
 ]
 
 FUSE_MAJOR = 7
@@ -91,6 +92,11 @@ for _s, _n in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128), 
                (INIT_OUT, 64)):
     assert _s.size == _n, (_s.format, _s.size, _n)
 
+#: FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t): a fresh /dev/fuse descriptor joins an
+#: existing session; requests are then read from either, and each reply goes back on the
+#: descriptor its request was read from (the kernel keeps one processing queue per one)
+FUSE_DEV_IOC_CLONE = (2 << 30) | (4 << 16) | (229 << 8) | 0
+
 #: the read buffer: the largest request is a WRITE of MAX_WRITE bytes behind its headers
 REQUEST_BUFFER = MAX_WRITE + 4096
 
@@ -114,6 +120,19 @@ def open_fuse() -> int:
         raise FuseUnavailable(errno.ENOENT, "no FUSE: /dev/fuse does not exist (modprobe fuse)") from None
     except OSError as exc:
         raise FuseUnavailable(exc.errno, f"no FUSE: cannot open /dev/fuse: {exc.strerror}") from None
+
+
+def clone_fuse(session_fd: int) -> int:
+    """A new ``/dev/fuse`` descriptor on the session of ``session_fd`` (FUSE_DEV_IOC_CLONE),
+    close-on-exec and *blocking*: a reader blocked on it is woken alone (exclusively) when
+    a request comes, where every poller of the session would be woken for each."""
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, FUSE_DEV_IOC_CLONE, struct.pack("<I", session_fd))
+    except OSError as exc:
+        os.close(fd)
+        raise OSError(exc.errno, f"FUSE_DEV_IOC_CLONE of descriptor {session_fd}: {exc.strerror}") from None
+    return fd
 
 
 def mount(fd: int, mountpoint: str, name: str = "devpool") -> None:
@@ -159,11 +178,15 @@ class FileOps:
 
 class OneFileFS:
     """A FUSE filesystem whose root directory holds one regular file, ``name``, served
-    by ``ops``. Not thread-safe: one loop reads and answers requests in turn.
+    by ``ops``. One object is one reader: its loop reads and answers requests in turn.
 
     ``serve`` answers requests until the connection ends; ``spin_us`` is how long the
     loop keeps polling the (non-blocking) descriptor after a request before it sleeps
     in ``poll``: waking a sleeping server costs more than serving a page here.
+
+    More readers of the same session: :meth:`clone` gives another object (its own
+    descriptor, buffers and counters; the same ``ops``, which must then be thread-safe),
+    whose :meth:`serve_blocking` runs in a thread of its own.
     """
 
     def __init__(self, fd: int, ops: FileOps, name: str = "swap", mode: int = 0o600):
@@ -180,6 +203,15 @@ class OneFileFS:
         self.flags = 0
         self.requests = 0
         self.t0 = int(time.time())
+
+    def clone(self) -> "OneFileFS":
+        """Another reader of this (initialised) session: a cloned descriptor, its own
+        request buffer, the same file. Close its ``fd`` once its loop has ended."""
+        if not self.initialised:
+            raise OSError(errno.EINVAL, "clone before the session's INIT was answered")
+        other = OneFileFS(clone_fuse(self.fd), self.ops, self.name.decode(), self.mode)
+        other.initialised, other.kernel_minor, other.flags, other.t0 = True, self.kernel_minor, self.flags, self.t0
+        return other
 
     # --- replies ------------------------------------------------------------------------
     def _reply(self, unique: int, *bufs) -> None:
@@ -337,6 +369,18 @@ class OneFileFS:
             if exc.errno in (errno.ENODEV, errno.ECONNABORTED):
                 raise ConnectionError(exc.errno, "the FUSE connection ended") from None
             raise
+
+    def serve_blocking(self) -> None:
+        """Answer requests, sleeping in a blocking read between them (a descriptor from
+        :func:`clone_fuse`), until the connection ends: unmount or abort wakes every
+        reader with ENODEV."""
+        while True:
+            try:
+                n = self.read_request()
+            except ConnectionError:
+                return
+            if n and not self.handle(n):
+                return
 
     def serve(self, spin_us: float = 0, other=None, on_other=None, stop=None) -> None:
         """Answer requests until the connection ends (unmount, abort, DESTROY) or

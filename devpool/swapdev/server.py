@@ -35,9 +35,11 @@ import ctypes
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -60,15 +62,22 @@ MCL_CURRENT, MCL_FUTURE = 1, 2
 class ZswapFile(fuse.FileOps):
     """The served file: byte ``o`` of the device is byte ``o % 4096`` of the page at swap
     offset ``o // 4096`` in ``zs``. ``written`` marks slots holding a page (so a slot never
-    written, or discarded, reads as zeros, and one written reads from zswap or fails)."""
+    written, or discarded, reads as zeros, and one written reads from zswap or fails).
 
-    def __init__(self, zs, size: int):
+    Thread-safe for ``readers`` threads: each operation runs whole under one lock (a
+    store and its ``written`` mark, a punch, the counters, stay together), and each
+    reader thread gets reply pages of its own (preallocated here: a read hands its pages
+    to the reply after the lock is released)."""
+
+    def __init__(self, zs, size: int, readers: int = 1):
         self.zs = zs
         self.size = size
         self.nr_pages = size // PAGE
         self.written = np.zeros(self.nr_pages, np.bool_)
-        self.batch = np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8)    # preallocated reply pages
-        self.scratch = np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8)
+        self.lock = threading.Lock()
+        self._replies = [np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8) for _ in range(readers)]
+        self._mine = threading.local()                                 # this thread's reply pages
+        self.scratch = np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8)   # used under the lock only
         self.lat = np.zeros(LATENCY_RING, np.int64)
         self.c = dict.fromkeys((
             "reads", "writes", "read_pages", "written_pages", "discards", "discarded_pages",
@@ -98,17 +107,32 @@ class ZswapFile(fuse.FileOps):
             self.c["read_errors"] += 1
             raise OSError(errno.EIO, f"swap slots {first}..{first + n - 1}: {exc}") from exc
 
+    def _reply_pages(self) -> np.ndarray:
+        """This thread's reply pages (under the lock: the first call takes a free set)."""
+        pages = getattr(self._mine, "pages", None)
+        if pages is None:
+            if not self._replies:
+                raise OSError(errno.EBUSY, "more reader threads than this file was made for")
+            pages = self._mine.pages = self._replies.pop()
+        return pages
+
     def read(self, offset: int, size: int):
         first = offset // PAGE
         n = (offset + size + PAGE - 1) // PAGE - first
-        self.c["reads"] += 1
-        self.c["read_pages"] += n
-        self._load(first, n, self.batch)
+        with self.lock:
+            batch = self._reply_pages()
+            self.c["reads"] += 1
+            self.c["read_pages"] += n
+            self._load(first, n, batch)
         start = offset - first * PAGE
-        return self.batch.reshape(-1)[start:start + size]
+        return batch.reshape(-1)[start:start + size]
 
     # --- writes ---------------------------------------------------------------------------
     def write(self, offset: int, data) -> None:
+        with self.lock:
+            self._write(offset, data)
+
+    def _write(self, offset: int, data) -> None:
         size = len(data)
         first = offset // PAGE
         n = (offset + size + PAGE - 1) // PAGE - first
@@ -145,6 +169,10 @@ class ZswapFile(fuse.FileOps):
 
     # --- discards -------------------------------------------------------------------------
     def punch(self, offset: int, length: int) -> None:
+        with self.lock:
+            self._punch(offset, length)
+
+    def _punch(self, offset: int, length: int) -> None:
         if length <= 0:
             return
         self.c["discards"] += 1
@@ -184,9 +212,15 @@ class ZswapFile(fuse.FileOps):
             self.read(first * PAGE, k * PAGE)
         self.punch(first * PAGE, n * PAGE)
         self.c = dict.fromkeys(self.c, 0)
+        with self.lock:                          # the reply pages go back for the reader threads
+            self._replies.append(self._mine.__dict__.pop("pages"))
 
     # --- statistics -----------------------------------------------------------------------
     def served(self, opcode: int, nanoseconds: int) -> None:
+        with self.lock:
+            self._served(opcode, nanoseconds)
+
+    def _served(self, opcode: int, nanoseconds: int) -> None:
         if opcode == fuse.READ:
             self.lat[self.c["faults_timed"] % LATENCY_RING] = nanoseconds
             self.c["faults_timed"] += 1
@@ -195,6 +229,10 @@ class ZswapFile(fuse.FileOps):
             self.c["write_ns"] += nanoseconds
 
     def stats(self) -> dict:
+        with self.lock:
+            return self._stats()
+
+    def _stats(self) -> dict:
         st = dict(self.c)
         k = min(self.c["faults_timed"], LATENCY_RING)
         lat = np.sort(self.lat[:k]) / 1000 if k else None
@@ -260,11 +298,14 @@ class Server:
         except BaseException:
             self.pool.close()
             raise
-        self.file = ZswapFile(self.zs, size)
+        self.threads = cfg.get("threads", 1)
+        self.file = ZswapFile(self.zs, size, readers=self.threads)
         self.file.warm_up()
         self.stopping = False
         self.ctl = None
         self.fd = -1
+        self.readers: list = []                 # with threads > 1: (OneFileFS, Thread) each
+        self.failure: BaseException | None = None
 
     def start(self) -> None:
         """Listen for control, mount, answer INIT (so the file is usable on return)."""
@@ -311,16 +352,46 @@ class Server:
         st = self.file.stats()
         st.update(name=self.cfg["name"], pid=os.getpid(), size=self.file.size,
                   backend=st["zswap"]["backend"], compressor=st["zswap"]["compressor"],
-                  requests=self.fs.requests, fuse_flags=self.fs.flags, kernel_minor=self.fs.kernel_minor,
+                  requests=self.fs.requests + sum(fs.requests for fs, _ in self.readers),
+                  threads=self.threads, fuse_flags=self.fs.flags, kernel_minor=self.fs.kernel_minor,
                   locked=self.locked, io_flusher=self.io_flusher, warnings=self.warnings,
-                  backing=self.cfg.get("backing"), spin_us=self.cfg.get("spin_us", 0))
+                  backing=self.cfg.get("backing"), spin_us=self.cfg.get("spin_us", 0),
+                  cpu_s=time.process_time())      # the server's own CPU (all its threads)
         return st
 
     def serve(self) -> None:
-        self.fs.serve(spin_us=self.cfg.get("spin_us", 0), other=self.ctl.fileno(), on_other=self.control,
-                      stop=lambda: self.stopping)
+        """Answer requests until the filesystem is unmounted. One thread (the default):
+        this loop reads ``/dev/fuse`` and the control socket. ``threads`` N > 1: N reader
+        threads, each on a cloned descriptor, serve the file, and this one answers the
+        control socket until they have all ended (or one failed: then that is raised)."""
+        if self.threads == 1:
+            self.fs.serve(spin_us=self.cfg.get("spin_us", 0), other=self.ctl.fileno(), on_other=self.control,
+                          stop=lambda: self.stopping)
+            return
+        for k in range(self.threads):
+            fs = self.fs.clone()
+            thread = threading.Thread(target=self._reader, args=(fs,), name=f"fuse-reader-{k}", daemon=True)
+            self.readers.append((fs, thread))
+            thread.start()
+        poller = select.poll()
+        poller.register(self.ctl.fileno(), select.POLLIN)
+        while not self.stopping and self.failure is None and any(t.is_alive() for _, t in self.readers):
+            if poller.poll(200):
+                self.control()
+        if self.failure is not None:
+            raise self.failure
+
+    def _reader(self, fs) -> None:
+        try:
+            fs.serve_blocking()
+        except BaseException as exc:           # a bug: the process ends, as one thread's would
+            self.failure = exc
 
     def close(self) -> None:
+        for fs, thread in self.readers:
+            if not thread.is_alive():           # a live one (after a failure) keeps its descriptor
+                os.close(fs.fd)
+        self.readers = [r for r in self.readers if r[1].is_alive()]
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
