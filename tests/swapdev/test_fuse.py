@@ -9,6 +9,7 @@ import fcntl
 import mmap
 import os
 import threading
+import time
 
 import pytest
 
@@ -68,6 +69,62 @@ def served(tmp_path):
         thread.join(5)
         os.close(fd)
     assert not thread.is_alive()
+
+
+def test_a_cloned_reader_serves_the_session_alone_and_ends_at_unmount(tmp_path):
+    """FUSE_DEV_IOC_CLONE: once the session's first reader has answered INIT and
+    stopped, a clone (its own descriptor, blocking, close-on-exec) serves every request,
+    replying on its own descriptor; unmounting wakes its blocked read, and it returns."""
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    fd = fuse.open_fuse()
+    ops = DictFile()
+    fs = fuse.OneFileFS(fd, ops)
+    with pytest.raises(OSError, match="INIT"):
+        fs.clone()                                      # nothing to join yet
+    clone = None
+    try:
+        fuse.mount(fd, mnt)
+        deadline = time.monotonic() + 10
+        while not fs.initialised and time.monotonic() < deadline:   # INIT, queued by mount
+            n = fs.read_request()
+            if n:
+                fs.handle(n)
+        assert fs.initialised
+        clone = fs.clone()
+        assert clone.fd != fd and clone.ops is ops and clone.initialised
+        assert fcntl.fcntl(clone.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert not os.get_blocking(fd) and os.get_blocking(clone.fd)
+        reader = threading.Thread(target=clone.serve_blocking, daemon=True)
+        reader.start()
+        before = fs.requests
+        f = os.open(os.path.join(mnt, "swap"), os.O_RDWR)
+        try:
+            assert os.pwrite(f, b"cloned" * 700, 8192) == 4200
+            assert os.pread(f, 4200, 8192) == b"cloned" * 700
+        finally:
+            os.close(f)
+        assert fs.requests == before and clone.requests >= 3      # open, write, read: all the clone's
+        assert ops.data[8192:8198] == b"cloned"
+        fuse.umount(mnt)
+        reader.join(5)
+        assert not reader.is_alive(), "unmounting did not wake the blocked reader"
+    finally:
+        if os.path.ismount(mnt):
+            fuse.umount(mnt, lazy=True)
+        if clone is not None:
+            os.close(clone.fd)
+        os.close(fd)
+
+
+def test_clone_of_a_descriptor_that_is_no_session_is_refused():
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError, match="FUSE_DEV_IOC_CLONE"):
+            fuse.clone_fuse(r)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_dev_fuse_is_close_on_exec():
