@@ -22,7 +22,8 @@ are medians of per-pass values with their range; ratios are medians of per-pass 
 (not activated as swap) and on zram, at queue depth 1 and 16, with fio when installed
 (libaio), else a threaded Python reader. ``--levers`` measures what the transport's levers
 gain: the server spinning 50 us after a request (against sleeping at once, the default),
-loop with direct I/O (against buffered), two threads reading ``/dev/fuse`` (against one).
+loop with direct I/O (against buffered), two threads reading ``/dev/fuse`` (against one),
+each write stored alone (against the waiting whole-page writes gathered into one store).
 Beside the figures, what decides the fill: how busy the machine's CPUs were during it,
 the workload's own CPU per page, the server's CPU per page served.
 
@@ -155,7 +156,8 @@ def _meminfo(key: str) -> int:
 #: the transport's levers, each devpool-lz4 with one setting changed
 LEVERS = {"devpool-lz4-spin50": {"spin_us": 50},          # the server polls 50 us after a request
           "devpool-lz4-loopbuf": {"_loop_dio": False},     # loop without direct I/O
-          "devpool-lz4-threads2": {"threads": 2}}          # two reader threads on cloned descriptors
+          "devpool-lz4-threads2": {"threads": 2},          # two reader threads on cloned descriptors
+          "devpool-lz4-nogather": {"_gather": False}}      # each write stored alone, none gathered
 
 
 def run_once(subject: str, args, source: str, folder: str) -> dict:
@@ -398,6 +400,9 @@ def main(argv=None) -> int:
         "fill devpool-lz4 loop buffered / direct": ratios(runs, "devpool-lz4-loopbuf", "devpool-lz4", fill),
         "fill devpool-lz4 2 reader threads / 1": ratios(runs, "devpool-lz4-threads2", "devpool-lz4", fill),
         "zipf p50 devpool-lz4 2 reader threads / 1": ratios(runs, "devpool-lz4-threads2", "devpool-lz4", p50),
+        "fill devpool-lz4 writes gathered / not": ratios(runs, "devpool-lz4", "devpool-lz4-nogather", fill),
+        "zipf p50 devpool-lz4 writes gathered / not": ratios(runs, "devpool-lz4", "devpool-lz4-nogather", p50),
+        "fill devpool-raw / swapfile": ratios(runs, "devpool-raw", "swapfile", fill),
         "fill zram / swapfile": ratios(runs, "zram", "swapfile", fill),
     }
     print_table(result)

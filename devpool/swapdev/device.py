@@ -401,7 +401,7 @@ def _new_folder() -> tuple[str, int]:
 def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_pool_percent: float = 20,
            backing: str | None = None, priority: int = 100, spin_us: float = 0, threads: int = 1,
            start_timeout: float = 120, activate: bool = True, _lock: bool = True,
-           _loop_dio: bool = True) -> SwapDevice:
+           _loop_dio: bool = True, _gather: bool = True) -> SwapDevice:
     """Start a server, mount its file, attach a loop device, ``mkswap`` and ``swapon
     --discard=pages -p priority``. Returns the device; on any failure undoes every step
     and raises (BadInputError for a bad option, SwapDeviceError for the system).
@@ -413,7 +413,8 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     the fault p50 on this 2-vCPU machine, where the spinner takes the CPU the faulting
     thread and loop's worker need: bench_swapdev's levers). ``threads``: how many threads
     read ``/dev/fuse`` (each on a cloned descriptor, sleeping in a blocking read; more
-    than one ignores ``spin_us``). ``activate=False`` stops after the
+    than one ignores ``spin_us``; one thread gathers the whole-page writes waiting at
+    once into one store, ``_gather=False`` stops that: a measurement). ``activate=False`` stops after the
     loop device (no mkswap, no swapon): a block device over the pool that tests and
     benchmarks read and write directly.
     """
@@ -437,13 +438,13 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     folder, hold = _new_folder()
     try:
         return _set_up(SwapDevice(folder), hold, size, backend, compressor, limit, backing, priority,
-                       spin_us, threads, start_timeout, activate, _lock, _loop_dio)
+                       spin_us, threads, start_timeout, activate, _lock, _loop_dio, _gather)
     finally:
         os.close(hold)
 
 
 def _set_up(dev: SwapDevice, hold: int, size, backend, compressor, limit, backing, priority, spin_us,
-            threads, start_timeout, activate, _lock, _loop_dio) -> SwapDevice:
+            threads, start_timeout, activate, _lock, _loop_dio, _gather) -> SwapDevice:
     remove_backing = backing is None
     if backing is None:
         backing = dev.default_backing
@@ -454,7 +455,7 @@ def _set_up(dev: SwapDevice, hold: int, size, backend, compressor, limit, backin
     cfg = {"name": dev.name, "size": size, "backend": backend, "compressor": compressor,
            "pool_limit": limit, "backing": backing, "remove_backing": remove_backing,
            "mountpoint": dev.mountpoint, "control": dev.control, "spin_us": spin_us, "threads": threads,
-           "lock": bool(_lock)}
+           "lock": bool(_lock), "gather": bool(_gather)}
     dev.save(**cfg, priority=priority, pid=None, loop=None, created=time.time())
     try:
         _start_server(dev, cfg, start_timeout)

@@ -81,7 +81,8 @@ class ZswapFile(fuse.FileOps):
         self.lat = np.zeros(LATENCY_RING, np.int64)
         self.c = dict.fromkeys((
             "reads", "writes", "read_pages", "written_pages", "discards", "discarded_pages",
-            "read_errors", "write_errors", "zero_reads", "faults_timed", "read_ns", "write_ns"), 0)
+            "read_errors", "write_errors", "zero_reads", "faults_timed", "read_ns", "write_ns",
+            "stores"), 0)                        # stores: zswap calls (a batch, or a page by page run)
 
     # --- reads ----------------------------------------------------------------------------
     def _load(self, first: int, n: int, out: np.ndarray) -> None:
@@ -148,24 +149,55 @@ class ZswapFile(fuse.FileOps):
         self._store(first, pages)
 
     def _store(self, first: int, pages: np.ndarray) -> None:
+        """Pages at slots ``first ..``; OSError(EIO) if a page was not kept."""
         n = pages.shape[0]
-        try:
-            if n <= SERIAL_MAX:
-                ok = np.array([self.zs.store(first + i, pages[i]) for i in range(n)])
-                if self.zs.backing is not None:
-                    ok[:] = True                 # refused pages are in the backing file
-            else:
-                ok = self.zs.store_batch(np.arange(first, first + n), pages)
-                if self.zs.backing is not None:
-                    ok[:] = True                 # refused pages are in the backing file
-        except Exception as exc:                 # a backing write failed: those slots hold nothing
-            self.written[first:first + n] = True  # ... and read as EIO, never zeros
-            self.c["write_errors"] += 1
-            raise OSError(errno.EIO, f"swap slots {first}..{first + n - 1}: {exc}") from exc
-        self.written[first:first + n] = True
+        ok = self._store_at(np.arange(first, first + n), pages)
         if not ok.all():                         # no backing file: a refused page is not kept
             self.c["write_errors"] += 1
             raise OSError(errno.EIO, f"zswap refused {int((~ok).sum())} page(s) and there is no backing file")
+
+    def _store_at(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        """Pages at slots ``offs`` (distinct), page by page or as one batch; the mask of
+        those kept. A failed backing-file write is OSError(EIO)."""
+        n = offs.size
+        self.c["stores"] += 1
+        try:
+            if n <= SERIAL_MAX:
+                store = self.zs.store
+                ok = np.array([store(o, pages[i]) for i, o in enumerate(offs.tolist())])
+            else:
+                ok = self.zs.store_batch(offs, pages)
+            if self.zs.backing is not None:
+                ok[:] = True                     # refused pages are in the backing file
+        except Exception as exc:                 # a backing write failed: those slots hold nothing
+            self.written[offs] = True            # ... and read as EIO, never zeros
+            self.c["write_errors"] += 1
+            raise OSError(errno.EIO, f"swap slots {offs[0]}..{offs[-1]}: {exc}") from exc
+        self.written[offs] = True
+        return ok
+
+    def write_gathered(self, offsets: list, sizes: list, data) -> list:
+        """Whole-page writes gathered by the FUSE loop: one ``store_batch`` for all (or
+        page by page, when they are few pages together); a write fails (EIO) where one
+        of its pages was not kept."""
+        firsts = np.array(offsets, np.int64) // PAGE
+        counts = np.array(sizes, np.int64) // PAGE
+        ends = np.cumsum(counts)
+        total = int(ends[-1])
+        offs = np.arange(total) + np.repeat(firsts - (ends - counts), counts)
+        pages = np.frombuffer(data, np.uint8).reshape(total, PAGE)
+        with self.lock:
+            self.c["writes"] += len(offsets)
+            self.c["written_pages"] += total
+            try:
+                ok = self._store_at(offs, pages)
+            except OSError:
+                return [errno.EIO] * len(offsets)
+            if ok.all():
+                return [0] * len(offsets)
+            refused = np.add.reduceat(~ok, ends - counts)         # per write
+            self.c["write_errors"] += int(np.count_nonzero(refused))
+            return [errno.EIO if r else 0 for r in refused.tolist()]
 
     # --- discards -------------------------------------------------------------------------
     def punch(self, offset: int, length: int) -> None:
@@ -317,7 +349,9 @@ class Server:
         self.ctl = ctl
         self.fd = fuse.open_fuse()
         fuse.mount(self.fd, self.cfg["mountpoint"], name="devpool")
-        self.fs = fuse.OneFileFS(self.fd, self.file, name="swap")
+        # reader threads (blocking reads) hold nothing back: gathering is the one loop's
+        self.fs = fuse.OneFileFS(self.fd, self.file, name="swap",
+                                 gather=self.cfg.get("gather", True) and self.threads == 1)
         deadline = time.monotonic() + 10
         while not self.fs.initialised:
             if time.monotonic() > deadline:
@@ -353,7 +387,7 @@ class Server:
         st.update(name=self.cfg["name"], pid=os.getpid(), size=self.file.size,
                   backend=st["zswap"]["backend"], compressor=st["zswap"]["compressor"],
                   requests=self.fs.requests + sum(fs.requests for fs, _ in self.readers),
-                  threads=self.threads, fuse_flags=self.fs.flags, kernel_minor=self.fs.kernel_minor,
+                  threads=self.threads, gather=self.fs.gather, fuse_flags=self.fs.flags, kernel_minor=self.fs.kernel_minor,
                   locked=self.locked, io_flusher=self.io_flusher, warnings=self.warnings,
                   backing=self.cfg.get("backing"), spin_us=self.cfg.get("spin_us", 0),
                   cpu_s=time.process_time())      # the server's own CPU (all its threads)

@@ -35,12 +35,13 @@ def run_workload(**cfg):
 
 
 @needs_swap
-@pytest.mark.parametrize("threads", [1, 2], ids=["one-reader", "two-readers"])
-def test_a_cgroup_workload_swaps_through_the_pool_and_every_page_comes_back(swap_env, threads):
+@pytest.mark.parametrize("threads, gather", [(1, True), (2, False), (1, False)],
+                         ids=["one-reader", "two-readers", "one-reader-writes-alone"])
+def test_a_cgroup_workload_swaps_through_the_pool_and_every_page_comes_back(swap_env, threads, gather):
     pool_backend = "host"
-    with swap_device("128M", backend=pool_backend, max_pool_percent=1, threads=threads) as dev:
+    with swap_device("128M", backend=pool_backend, max_pool_percent=1, threads=threads, _gather=gather) as dev:
         assert dev.device in device.active_swaps()
-        assert dev.stats()["threads"] == threads
+        assert dev.stats()["threads"] == threads and dev.stats()["gather"] == gather
         result = run_workload()
         assert result["returncode"] == 0, result
         assert result["bad_after_fill"] == 0 and result["bad_pages"] == 0

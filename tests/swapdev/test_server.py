@@ -326,3 +326,32 @@ def test_a_reader_thread_that_fails_ends_the_serving_loop_with_its_error():
         with pytest.raises(RuntimeError, match="planted reader failure"):
             srv.serve()
     assert len(srv.readers) == 2 and not any(t.is_alive() for _, t in srv.readers)
+
+
+@pytest.mark.parametrize("n", [2, SERIAL_MAX], ids=["page-by-page", "batched"])
+def test_gathered_writes_are_one_store_and_read_back(zfile, rng, n):
+    f = zfile()
+    pages = pages_of(rng, 3 * n)
+    offsets = [40 * PAGE, 2 * PAGE, 20 * PAGE]                  # any order, apart from each other
+    assert f.write_gathered(offsets, [n * PAGE] * 3, memoryview(pages.reshape(-1))) == [0, 0, 0]
+    st = f.stats()
+    assert st["writes"] == 3 and st["written_pages"] == 3 * n and st["stores"] == 1
+    assert st["slots_written"] == 3 * n and st["zswap"]["stored_pages"] + st["zswap"]["backing_pages"] == 3 * n
+    for k, off in enumerate(offsets):
+        got = np.frombuffer(bytes(f.read(off, n * PAGE)), np.uint8).reshape(n, PAGE)
+        np.testing.assert_array_equal(got, pages[k * n:(k + 1) * n])
+
+
+def test_a_gathered_write_with_a_refused_page_fails_alone(zfile, rng):
+    """No backing file: the write holding a page zswap refused (random: it does not
+    compress) is EIO, and its slot reads as EIO, never zeros; the others are stored."""
+    f = zfile(backing=False)
+    good, bad = np.stack([text_page(rng), text_page(rng)]), random_page(rng)
+    data = np.concatenate([good[:1], bad[None], good[1:]])
+    assert f.write_gathered([0, 10 * PAGE, 20 * PAGE], [PAGE] * 3, memoryview(data.reshape(-1))) \
+        == [0, errno.EIO, 0]
+    assert f.stats()["write_errors"] == 1
+    assert bytes(f.read(20 * PAGE, PAGE)) == good[1].tobytes()
+    with pytest.raises(OSError) as e:
+        f.read(10 * PAGE, PAGE)
+    assert e.value.errno == errno.EIO
