@@ -188,7 +188,10 @@ def _store_figures(subject: str, dev, start=None) -> dict:
         z = st["zswap"]
         comp = z["stored_compressed_bytes"]
         served = sum(st[k] - start[k] for k in ("read_pages", "written_pages"))
+        stores = st["stores"] - start["stores"]
         return {"server_cpu_us_per_page": (st["cpu_s"] - start["cpu_s"]) / served * 1e6 if served else None,
+                "pages_per_write": (st["written_pages"] - start["written_pages"]) / max(1, st["writes"] - start["writes"]),
+                "pages_per_store": (st["written_pages"] - start["written_pages"]) / stores if stores else None,
                 "compression_ratio": z["compression_ratio"],
                 "pool_bytes_per_compressed_byte": z["pool_total_size"] / comp if comp else None,
                 "stored_pages": z["stored_pages"], "read_service_p50_us": st["read_service_p50_us"],
@@ -323,6 +326,8 @@ def summarise(runs: dict, subjects) -> dict:
         row["fill_machine_busy"] = med([r.get("fill_machine_busy") for r in rs])
         row["fill_cpu_us_per_page"] = med([r["fill_cpu_s"] / r["pages"] * 1e6 for r in rs if r.get("fill_cpu_s")])
         row["server_cpu_us_per_page"] = med([r["store"].get("server_cpu_us_per_page") for r in rs if r.get("store")])
+        row["pages_per_write"] = med([r["store"].get("pages_per_write") for r in rs if r.get("store")])
+        row["pages_per_store"] = med([r["store"].get("pages_per_store") for r in rs if r.get("store")])
         row["compression_ratio"] = med([r["store"].get("compression_ratio") for r in rs if r.get("store")])
         row["pool_bytes_per_compressed_byte"] = med([r["store"].get("pool_bytes_per_compressed_byte")
                                                      for r in rs if r.get("store")])
@@ -433,7 +438,9 @@ def print_table(result: dict) -> None:
           "its context), the devpool server's CPU per page served (all its threads)")
     for s, row in result["summary"].items():
         print(f"  {s:<20} machine busy {_fmt(row['fill_machine_busy'], digits=2):>18}  workload "
-              f"{_fmt(row['fill_cpu_us_per_page'], ' us'):>22}  server {_fmt(row['server_cpu_us_per_page'], ' us'):>22}")
+              f"{_fmt(row['fill_cpu_us_per_page'], ' us'):>22}  server {_fmt(row['server_cpu_us_per_page'], ' us'):>22}"
+              + (f"  pages per write {_fmt(row['pages_per_write'])}, per zswap store {_fmt(row['pages_per_store'])}"
+                 if row["pages_per_write"][0] is not None else ""))
     print("targets (median of per-pass ratios, range):")
     for k, v in result["targets"].items():
         print(f"  {k:<48} {_fmt(v, digits=2)}")
