@@ -3,7 +3,8 @@
 Linux's swap core writes pages to the loop device over this file, and reads them back;
 each request becomes a zswap verb, with the rules of Linux swap with zswap in front:
 
-- a WRITE of n pages is one ``store_batch`` (one page: ``store``). A page zswap refuses
+- a WRITE of n pages is one ``store_batch`` (a few: ``store`` page by page; whole-page
+  WRITEs waiting together, gathered by the FUSE loop: one call for all). A page zswap refuses
   (limit, poor compression) goes to the backing file, as the swap core does after a
   failed ``zswap_store`` (``Zswap(backing=...)`` does that). Without a backing file a
   refused page is not kept, and the write fails (EIO): the kernel keeps the page in RAM
