@@ -22,7 +22,10 @@ are medians of per-pass values with their range; ratios are medians of per-pass 
 (not activated as swap) and on zram, at queue depth 1 and 16, with fio when installed
 (libaio), else a threaded Python reader. ``--levers`` measures what the transport's levers
 gain: the server spinning 50 us after a request (against sleeping at once, the default),
-loop with direct I/O (against buffered).
+loop with direct I/O (against buffered), two threads reading ``/dev/fuse`` (against one),
+each write stored alone (against the waiting whole-page writes gathered into one store).
+Beside the figures, what decides the fill: how busy the machine's CPUs were during it,
+the workload's own CPU per page, the server's CPU per page served.
 
     flock /tmp/devpool-bench.lock python benchmarks/bench_swapdev.py --json out.json
 """
@@ -152,7 +155,9 @@ def _meminfo(key: str) -> int:
 # --- one run of the workload against one subject --------------------------------------------------
 #: the transport's levers, each devpool-lz4 with one setting changed
 LEVERS = {"devpool-lz4-spin50": {"spin_us": 50},          # the server polls 50 us after a request
-          "devpool-lz4-loopbuf": {"_loop_dio": False}}     # loop without direct I/O
+          "devpool-lz4-loopbuf": {"_loop_dio": False},     # loop without direct I/O
+          "devpool-lz4-threads2": {"threads": 2},          # two reader threads on cloned descriptors
+          "devpool-lz4-nogather": {"_gather": False}}      # each write stored alone, none gathered
 
 
 def run_once(subject: str, args, source: str, folder: str) -> dict:
@@ -170,18 +175,24 @@ def run_once(subject: str, args, source: str, folder: str) -> dict:
     else:
         ctx = swap_file(size, folder)
     with ctx as dev:
+        start = dev.stats() if subject.startswith("devpool") else None
         result = workload.run(cfg, args.limit_mb << 20, timeout=args.timeout, tag="devpool-bench",
-                              at_end=lambda: store.update(_store_figures(subject, dev)))  # pages still out
+                              at_end=lambda: store.update(_store_figures(subject, dev, start)))  # pages still out
     result["store"] = store
     return result
 
 
-def _store_figures(subject: str, dev) -> dict:
+def _store_figures(subject: str, dev, start=None) -> dict:
     if subject.startswith("devpool"):
         st = dev.stats()
         z = st["zswap"]
         comp = z["stored_compressed_bytes"]
-        return {"compression_ratio": z["compression_ratio"],
+        served = sum(st[k] - start[k] for k in ("read_pages", "written_pages"))
+        stores = st["stores"] - start["stores"]
+        return {"server_cpu_us_per_page": (st["cpu_s"] - start["cpu_s"]) / served * 1e6 if served else None,
+                "pages_per_write": (st["written_pages"] - start["written_pages"]) / max(1, st["writes"] - start["writes"]),
+                "pages_per_store": (st["written_pages"] - start["written_pages"]) / stores if stores else None,
+                "compression_ratio": z["compression_ratio"],
                 "pool_bytes_per_compressed_byte": z["pool_total_size"] / comp if comp else None,
                 "stored_pages": z["stored_pages"], "read_service_p50_us": st["read_service_p50_us"],
                 "read_errors": st["read_errors"], "write_errors": st["write_errors"]}
@@ -312,6 +323,11 @@ def summarise(runs: dict, subjects) -> dict:
             row[f"{pat}_p50_us"] = med([r.get("touch", {}).get(pat, {}).get("fault_p50_us") for r in rs])
             row[f"{pat}_p90_us"] = med([r.get("touch", {}).get(pat, {}).get("fault_p90_us") for r in rs])
             row[f"{pat}_faults"] = med([r.get("touch", {}).get(pat, {}).get("faults") for r in rs])
+        row["fill_machine_busy"] = med([r.get("fill_machine_busy") for r in rs])
+        row["fill_cpu_us_per_page"] = med([r["fill_cpu_s"] / r["pages"] * 1e6 for r in rs if r.get("fill_cpu_s")])
+        row["server_cpu_us_per_page"] = med([r["store"].get("server_cpu_us_per_page") for r in rs if r.get("store")])
+        row["pages_per_write"] = med([r["store"].get("pages_per_write") for r in rs if r.get("store")])
+        row["pages_per_store"] = med([r["store"].get("pages_per_store") for r in rs if r.get("store")])
         row["compression_ratio"] = med([r["store"].get("compression_ratio") for r in rs if r.get("store")])
         row["pool_bytes_per_compressed_byte"] = med([r["store"].get("pool_bytes_per_compressed_byte")
                                                      for r in rs if r.get("store")])
@@ -387,6 +403,12 @@ def main(argv=None) -> int:
         "zipf p50 devpool-lz4 spinning 50 us / not": ratios(runs, "devpool-lz4-spin50", "devpool-lz4", p50),
         "zipf p50 devpool-lz4 loop buffered / direct": ratios(runs, "devpool-lz4-loopbuf", "devpool-lz4", p50),
         "fill devpool-lz4 loop buffered / direct": ratios(runs, "devpool-lz4-loopbuf", "devpool-lz4", fill),
+        "fill devpool-lz4 2 reader threads / 1": ratios(runs, "devpool-lz4-threads2", "devpool-lz4", fill),
+        "zipf p50 devpool-lz4 2 reader threads / 1": ratios(runs, "devpool-lz4-threads2", "devpool-lz4", p50),
+        "fill devpool-lz4 writes gathered / not": ratios(runs, "devpool-lz4", "devpool-lz4-nogather", fill),
+        "zipf p50 devpool-lz4 writes gathered / not": ratios(runs, "devpool-lz4", "devpool-lz4-nogather", p50),
+        "fill devpool-raw / swapfile": ratios(runs, "devpool-raw", "swapfile", fill),
+        "fill zram / swapfile": ratios(runs, "zram", "swapfile", fill),
     }
     print_table(result)
     save(result, args.json)
@@ -411,6 +433,14 @@ def print_table(result: dict) -> None:
               f"{_fmt(row['uniform_p50_us']):>22} {_fmt(row['compression_ratio'], digits=2):>18} "
               f"{_fmt(row['pool_bytes_per_compressed_byte'], digits=3):>18} {row['pages_lost']}"
               + (f"  ({row['failed_runs']} runs failed)" if row["failed_runs"] else ""))
+    print("why the fill is what it is: the machine's CPUs busy during the fill (all subjects' work and "
+          "anything else running), the workload's own CPU per page filled (the copy and the reclaim done in "
+          "its context), the devpool server's CPU per page served (all its threads)")
+    for s, row in result["summary"].items():
+        print(f"  {s:<20} machine busy {_fmt(row['fill_machine_busy'], digits=2):>18}  workload "
+              f"{_fmt(row['fill_cpu_us_per_page'], ' us'):>22}  server {_fmt(row['server_cpu_us_per_page'], ' us'):>22}"
+              + (f"  pages per write {_fmt(row['pages_per_write'])}, per zswap store {_fmt(row['pages_per_store'])}"
+                 if row["pages_per_write"][0] is not None else ""))
     print("targets (median of per-pass ratios, range):")
     for k, v in result["targets"].items():
         print(f"  {k:<48} {_fmt(v, digits=2)}")

@@ -44,6 +44,8 @@ PAGE = 4096
 MIN_SIZE = 10 * PAGE
 MAX_SIZE = 1 << 40
 BACKENDS = ("auto", "host", "cuda", "chaos")
+#: reader threads a server may run (each holds 1 MiB of locked reply pages and a descriptor)
+MAX_THREADS = 16
 TOOLS = ("losetup", "mkswap", "swapon", "swapoff")
 SERVER_MODULE = "devpool.swapdev.server"
 
@@ -397,9 +399,9 @@ def _new_folder() -> tuple[str, int]:
 
 
 def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_pool_percent: float = 20,
-           backing: str | None = None, priority: int = 100, spin_us: float = 0,
+           backing: str | None = None, priority: int = 100, spin_us: float = 0, threads: int = 1,
            start_timeout: float = 120, activate: bool = True, _lock: bool = True,
-           _loop_dio: bool = True) -> SwapDevice:
+           _loop_dio: bool = True, _gather: bool = True) -> SwapDevice:
     """Start a server, mount its file, attach a loop device, ``mkswap`` and ``swapon
     --discard=pages -p priority``. Returns the device; on any failure undoes every step
     and raises (BadInputError for a bad option, SwapDeviceError for the system).
@@ -409,7 +411,10 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     write fails and the kernel keeps the page in RAM). ``spin_us``: how long the server
     keeps polling after a request before it sleeps (0: at once; spinning 50 us doubled
     the fault p50 on this 2-vCPU machine, where the spinner takes the CPU the faulting
-    thread and loop's worker need: bench_swapdev's levers). ``activate=False`` stops after the
+    thread and loop's worker need: bench_swapdev's levers). ``threads``: how many threads
+    read ``/dev/fuse`` (each on a cloned descriptor, sleeping in a blocking read; more
+    than one ignores ``spin_us``; one thread gathers the whole-page writes waiting at
+    once into one store, ``_gather=False`` stops that: a measurement). ``activate=False`` stops after the
     loop device (no mkswap, no swapon): a block device over the pool that tests and
     benchmarks read and write directly.
     """
@@ -421,6 +426,7 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     max_pool_percent = check_real(max_pool_percent, "max_pool_percent", lo=0, hi=100, lo_open=True)
     priority = check_int(priority, "priority", lo=0, hi=32767)
     spin_us = check_real(spin_us, "spin_us", lo=0, hi=1e6)
+    threads = check_int(threads, "threads", lo=1, hi=MAX_THREADS)
     if backing is not None and (not isinstance(backing, str) or not backing or "\0" in backing):
         raise BadInputError(f"backing must be a file path or 'none', got {backing!r}")
     if len(os.fsencode(os.path.join(os.path.abspath(run_dir()), "swap1023", "ctl.sock"))) > 107:
@@ -432,13 +438,13 @@ def swapon(size="4G", *, backend: str = "auto", compressor: str = "lz4", max_poo
     folder, hold = _new_folder()
     try:
         return _set_up(SwapDevice(folder), hold, size, backend, compressor, limit, backing, priority,
-                       spin_us, start_timeout, activate, _lock, _loop_dio)
+                       spin_us, threads, start_timeout, activate, _lock, _loop_dio, _gather)
     finally:
         os.close(hold)
 
 
 def _set_up(dev: SwapDevice, hold: int, size, backend, compressor, limit, backing, priority, spin_us,
-            start_timeout, activate, _lock, _loop_dio) -> SwapDevice:
+            threads, start_timeout, activate, _lock, _loop_dio, _gather) -> SwapDevice:
     remove_backing = backing is None
     if backing is None:
         backing = dev.default_backing
@@ -448,7 +454,8 @@ def _set_up(dev: SwapDevice, hold: int, size, backend, compressor, limit, backin
         backing = os.path.abspath(backing)
     cfg = {"name": dev.name, "size": size, "backend": backend, "compressor": compressor,
            "pool_limit": limit, "backing": backing, "remove_backing": remove_backing,
-           "mountpoint": dev.mountpoint, "control": dev.control, "spin_us": spin_us, "lock": bool(_lock)}
+           "mountpoint": dev.mountpoint, "control": dev.control, "spin_us": spin_us, "threads": threads,
+           "lock": bool(_lock), "gather": bool(_gather)}
     dev.save(**cfg, priority=priority, pid=None, loop=None, created=time.time())
     try:
         _start_server(dev, cfg, start_timeout)

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
+import mmap
 import os
 import select
 import stat
@@ -38,7 +40,7 @@ import time
 
 __all__ = [
     "FUSE_MINOR", "MAX_PAGES", "MAX_WRITE", "FileOps", "FuseUnavailable", "OneFileFS",
-    "mount", "open_fuse", "umount",
+    "clone_fuse", "mount", "open_fuse", "umount",
 ]
 
 FUSE_MAJOR = 7
@@ -91,8 +93,19 @@ for _s, _n in ((IN_HEADER, 40), (OUT_HEADER, 16), (ATTR, 88), (ENTRY_OUT, 128), 
                (INIT_OUT, 64)):
     assert _s.size == _n, (_s.format, _s.size, _n)
 
+#: FUSE_DEV_IOC_CLONE = _IOR(229, 0, uint32_t): a fresh /dev/fuse descriptor joins an
+#: existing session; requests are then read from either, and each reply goes back on the
+#: descriptor its request was read from (the kernel keeps one processing queue per one)
+FUSE_DEV_IOC_CLONE = (2 << 30) | (4 << 16) | (229 << 8) | 0
+
 #: the read buffer: the largest request is a WRITE of MAX_WRITE bytes behind its headers
 REQUEST_BUFFER = MAX_WRITE + 4096
+#: a WRITE's headers: fuse_in_header and fuse_write_in; its data follows
+WRITE_HEADERS = IN_HEADER.size + RW_IN.size
+#: gathering writes: pages held before they go to the file together (one more request's
+#: worth of room follows them), and requests held at most
+GATHER_PAGES = MAX_PAGES
+GATHER_REQUESTS = 64
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -114,6 +127,19 @@ def open_fuse() -> int:
         raise FuseUnavailable(errno.ENOENT, "no FUSE: /dev/fuse does not exist (modprobe fuse)") from None
     except OSError as exc:
         raise FuseUnavailable(exc.errno, f"no FUSE: cannot open /dev/fuse: {exc.strerror}") from None
+
+
+def clone_fuse(session_fd: int) -> int:
+    """A new ``/dev/fuse`` descriptor on the session of ``session_fd`` (FUSE_DEV_IOC_CLONE),
+    close-on-exec and *blocking*: a reader blocked on it is woken alone (exclusively) when
+    a request comes, where every poller of the session would be woken for each."""
+    fd = os.open("/dev/fuse", os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, FUSE_DEV_IOC_CLONE, struct.pack("<I", session_fd))
+    except OSError as exc:
+        os.close(fd)
+        raise OSError(exc.errno, f"FUSE_DEV_IOC_CLONE of descriptor {session_fd}: {exc.strerror}") from None
+    return fd
 
 
 def mount(fd: int, mountpoint: str, name: str = "devpool") -> None:
@@ -153,20 +179,46 @@ class FileOps:
         """Forget ``length`` bytes at ``offset``: they read as zeros from now on."""
         raise OSError(errno.EOPNOTSUPP, "punch")
 
+    def write_gathered(self, offsets: list, sizes: list, data: memoryview) -> list:
+        """Several whole-page writes at once, their ranges apart from each other, in
+        order: write ``k`` is ``sizes[k]`` bytes at ``offsets[k]``, its bytes the next
+        ones of ``data``. Returns one errno (0: written) per write. This one writes them
+        one by one; a file that stores a batch cheaper than its parts overrides it."""
+        errs, at = [], 0
+        for off, size in zip(offsets, sizes):
+            try:
+                self.write(off, data[at:at + size])
+                errs.append(0)
+            except OSError as exc:
+                errs.append(exc.errno or errno.EIO)
+            at += size
+        return errs
+
     def served(self, opcode: int, nanoseconds: int) -> None:
         """Called after each reply with the time its service took (statistics)."""
 
 
 class OneFileFS:
     """A FUSE filesystem whose root directory holds one regular file, ``name``, served
-    by ``ops``. Not thread-safe: one loop reads and answers requests in turn.
+    by ``ops``. One object is one reader: its loop reads and answers requests in turn.
 
     ``serve`` answers requests until the connection ends; ``spin_us`` is how long the
     loop keeps polling the (non-blocking) descriptor after a request before it sleeps
     in ``poll``: waking a sleeping server costs more than serving a page here.
+
+    More readers of the same session: :meth:`clone` gives another object (its own
+    descriptor, buffers and counters; the same ``ops``, which must then be thread-safe),
+    whose :meth:`serve_blocking` runs in a thread of its own.
+
+    ``gather`` (``serve`` only): whole-page WRITEs that are already waiting when one has
+    been read are read too, each request's data straight behind the last one's in one
+    buffer (``readv``: the headers apart, the data in place), and go to the file as one
+    :meth:`FileOps.write_gathered` before they are answered, in order. Any other request,
+    or none left waiting, first sends what was gathered on, so the file sees every
+    request in the order the kernel sent them.
     """
 
-    def __init__(self, fd: int, ops: FileOps, name: str = "swap", mode: int = 0o600):
+    def __init__(self, fd: int, ops: FileOps, name: str = "swap", mode: int = 0o600, gather: bool = False):
         self.fd = fd
         self.ops = ops
         self.name = name.encode()
@@ -175,11 +227,27 @@ class OneFileFS:
         self.buf = bytearray(REQUEST_BUFFER)           # preallocated: no allocation per request
         self.view = memoryview(self.buf)
         self.out = bytearray(OUT_HEADER.size)
+        self.gather = gather
+        if gather:                                     # preallocated too
+            self.stage = mmap.mmap(-1, (GATHER_PAGES + MAX_PAGES) * PAGE)
+            self.stage_view = memoryview(self.stage)
+            self.heads = [bytearray(WRITE_HEADERS) for _ in range(GATHER_REQUESTS)]
+            self.held: list = []                       # (unique, offset, size) of each held WRITE
+            self.held_bytes = 0
         self.initialised = False
         self.kernel_minor = 0
         self.flags = 0
         self.requests = 0
         self.t0 = int(time.time())
+
+    def clone(self) -> "OneFileFS":
+        """Another reader of this (initialised) session: a cloned descriptor, its own
+        request buffer, the same file. Close its ``fd`` once its loop has ended."""
+        if not self.initialised:
+            raise OSError(errno.EINVAL, "clone before the session's INIT was answered")
+        other = OneFileFS(clone_fuse(self.fd), self.ops, self.name.decode(), self.mode)
+        other.initialised, other.kernel_minor, other.flags, other.t0 = True, self.kernel_minor, self.flags, self.t0
+        return other
 
     # --- replies ------------------------------------------------------------------------
     def _reply(self, unique: int, *bufs) -> None:
@@ -322,11 +390,12 @@ class OneFileFS:
         return out
 
     # --- the loop --------------------------------------------------------------------------
-    def read_request(self) -> int:
-        """Bytes of the next request, 0 when none is pending; raises ConnectionError
-        once the filesystem is unmounted or the connection aborted."""
+    def read_request(self, bufs=None) -> int:
+        """Bytes of the next request (into ``bufs``, default the request buffer), 0 when
+        none is pending; raises ConnectionError once the filesystem is unmounted or the
+        connection aborted."""
         try:
-            return os.readv(self.fd, [self.buf])
+            return os.readv(self.fd, bufs or [self.buf])
         except BlockingIOError:
             return 0
         except InterruptedError:
@@ -337,6 +406,67 @@ class OneFileFS:
             if exc.errno in (errno.ENODEV, errno.ECONNABORTED):
                 raise ConnectionError(exc.errno, "the FUSE connection ended") from None
             raise
+
+    # --- gathering writes -------------------------------------------------------------------
+    def _read_gathering(self) -> int:
+        """:meth:`read_request` with the headers into the next free head and the data
+        into the stage behind what is held (what is held goes first when full)."""
+        if len(self.held) == GATHER_REQUESTS or self.held_bytes > GATHER_PAGES * PAGE:
+            self._flush()
+        return self.read_request([self.heads[len(self.held)], self.stage_view[self.held_bytes:]])
+
+    def _handle_gathering(self, n: int) -> bool:
+        """Hold a whole-page WRITE inside the file whose range no held one touches;
+        anything else goes after what is held, the ordinary way."""
+        head = self.heads[len(self.held)]
+        if n >= WRITE_HEADERS:
+            _, opcode, unique, node, _, _, _, _ = IN_HEADER.unpack_from(head, 0)
+            if opcode == WRITE and node == FILE_ID:
+                _, off, size, *_ = RW_IN.unpack_from(head, IN_HEADER.size)
+                if (0 < size == n - WRITE_HEADERS and not (off | size) % PAGE and off + size <= self.ops.size
+                        and all(off + size <= o or o + z <= off for _, o, z in self.held)):
+                    self.requests += 1
+                    self.held.append((unique, off, size))
+                    self.held_bytes += size
+                    return True
+        # not one to hold: its bytes together in the request buffer (the data part was
+        # read into the stage), what is held goes first, then it is handled as ever
+        self.buf[:min(n, WRITE_HEADERS)] = head[:min(n, WRITE_HEADERS)]
+        if n > WRITE_HEADERS:
+            self.buf[WRITE_HEADERS:n] = self.stage_view[self.held_bytes:self.held_bytes + n - WRITE_HEADERS]
+        self._flush()
+        return self.handle(n)
+
+    def _flush(self) -> None:
+        """Send the held WRITEs to the file as one, then answer each (in order)."""
+        if not self.gather or not self.held:
+            return
+        held, self.held = self.held, []
+        nbytes, self.held_bytes = self.held_bytes, 0
+        t = time.perf_counter_ns()
+        try:
+            errs = self.ops.write_gathered([o for _, o, _ in held], [z for _, _, z in held],
+                                           self.stage_view[:nbytes])
+        except OSError as exc:
+            errs = [exc.errno or errno.EIO] * len(held)
+        for (unique, _, size), err in zip(held, errs):
+            if err:
+                self._error(unique, err)
+            else:
+                self._reply(unique, WRITE_OUT.pack(size, 0))
+        self.ops.served(WRITE, time.perf_counter_ns() - t)
+
+    def serve_blocking(self) -> None:
+        """Answer requests, sleeping in a blocking read between them (a descriptor from
+        :func:`clone_fuse`), until the connection ends: unmount or abort wakes every
+        reader with ENODEV."""
+        while True:
+            try:
+                n = self.read_request()
+            except ConnectionError:
+                return
+            if n and not self.handle(n):
+                return
 
     def serve(self, spin_us: float = 0, other=None, on_other=None, stop=None) -> None:
         """Answer requests until the connection ends (unmount, abort, DESTROY) or
@@ -349,16 +479,20 @@ class OneFileFS:
         spin_ns = int(spin_us * 1000)
         clock = time.monotonic_ns
         last = 0
+        read, handle = (self._read_gathering, self._handle_gathering) if self.gather else \
+            (self.read_request, self.handle)
         while stop is None or not stop():
             try:
-                n = self.read_request()
+                n = read()
             except ConnectionError:
+                self._flush()                   # answered into a closed session: nothing, quietly
                 return
             if n:
-                if not self.handle(n):
+                if not handle(n):
                     return
                 last = clock()
                 continue
+            self._flush()                       # none waiting: what was gathered goes now
             if spin_ns and clock() - last < spin_ns:
                 continue
             for fd, ev in poller.poll(1000):
@@ -366,3 +500,4 @@ class OneFileFS:
                     on_other()
                 elif fd == self.fd and ev & (select.POLLERR | select.POLLHUP):
                     return
+        self._flush()                           # stopped: what was held is answered first

@@ -3,7 +3,8 @@
 Linux's swap core writes pages to the loop device over this file, and reads them back;
 each request becomes a zswap verb, with the rules of Linux swap with zswap in front:
 
-- a WRITE of n pages is one ``store_batch`` (one page: ``store``). A page zswap refuses
+- a WRITE of n pages is one ``store_batch`` (a few: ``store`` page by page; whole-page
+  WRITEs waiting together, gathered by the FUSE loop: one call for all). A page zswap refuses
   (limit, poor compression) goes to the backing file, as the swap core does after a
   failed ``zswap_store`` (``Zswap(backing=...)`` does that). Without a backing file a
   refused page is not kept, and the write fails (EIO): the kernel keeps the page in RAM
@@ -35,9 +36,11 @@ import ctypes
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import sys
+import threading
 import time
 
 import numpy as np
@@ -60,19 +63,27 @@ MCL_CURRENT, MCL_FUTURE = 1, 2
 class ZswapFile(fuse.FileOps):
     """The served file: byte ``o`` of the device is byte ``o % 4096`` of the page at swap
     offset ``o // 4096`` in ``zs``. ``written`` marks slots holding a page (so a slot never
-    written, or discarded, reads as zeros, and one written reads from zswap or fails)."""
+    written, or discarded, reads as zeros, and one written reads from zswap or fails).
 
-    def __init__(self, zs, size: int):
+    Thread-safe for ``readers`` threads: each operation runs whole under one lock (a
+    store and its ``written`` mark, a punch, the counters, stay together), and each
+    reader thread gets reply pages of its own (preallocated here: a read hands its pages
+    to the reply after the lock is released)."""
+
+    def __init__(self, zs, size: int, readers: int = 1):
         self.zs = zs
         self.size = size
         self.nr_pages = size // PAGE
         self.written = np.zeros(self.nr_pages, np.bool_)
-        self.batch = np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8)    # preallocated reply pages
-        self.scratch = np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8)
+        self.lock = threading.Lock()
+        self._replies = [np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8) for _ in range(readers)]
+        self._mine = threading.local()                                 # this thread's reply pages
+        self.scratch = np.zeros((fuse.MAX_PAGES + 2, PAGE), np.uint8)   # used under the lock only
         self.lat = np.zeros(LATENCY_RING, np.int64)
         self.c = dict.fromkeys((
             "reads", "writes", "read_pages", "written_pages", "discards", "discarded_pages",
-            "read_errors", "write_errors", "zero_reads", "faults_timed", "read_ns", "write_ns"), 0)
+            "read_errors", "write_errors", "zero_reads", "faults_timed", "read_ns", "write_ns",
+            "stores"), 0)                        # stores: zswap calls (a batch, or a page by page run)
 
     # --- reads ----------------------------------------------------------------------------
     def _load(self, first: int, n: int, out: np.ndarray) -> None:
@@ -98,17 +109,32 @@ class ZswapFile(fuse.FileOps):
             self.c["read_errors"] += 1
             raise OSError(errno.EIO, f"swap slots {first}..{first + n - 1}: {exc}") from exc
 
+    def _reply_pages(self) -> np.ndarray:
+        """This thread's reply pages (under the lock: the first call takes a free set)."""
+        pages = getattr(self._mine, "pages", None)
+        if pages is None:
+            if not self._replies:
+                raise OSError(errno.EBUSY, "more reader threads than this file was made for")
+            pages = self._mine.pages = self._replies.pop()
+        return pages
+
     def read(self, offset: int, size: int):
         first = offset // PAGE
         n = (offset + size + PAGE - 1) // PAGE - first
-        self.c["reads"] += 1
-        self.c["read_pages"] += n
-        self._load(first, n, self.batch)
+        with self.lock:
+            batch = self._reply_pages()
+            self.c["reads"] += 1
+            self.c["read_pages"] += n
+            self._load(first, n, batch)
         start = offset - first * PAGE
-        return self.batch.reshape(-1)[start:start + size]
+        return batch.reshape(-1)[start:start + size]
 
     # --- writes ---------------------------------------------------------------------------
     def write(self, offset: int, data) -> None:
+        with self.lock:
+            self._write(offset, data)
+
+    def _write(self, offset: int, data) -> None:
         size = len(data)
         first = offset // PAGE
         n = (offset + size + PAGE - 1) // PAGE - first
@@ -124,27 +150,62 @@ class ZswapFile(fuse.FileOps):
         self._store(first, pages)
 
     def _store(self, first: int, pages: np.ndarray) -> None:
+        """Pages at slots ``first ..``; OSError(EIO) if a page was not kept."""
         n = pages.shape[0]
-        try:
-            if n <= SERIAL_MAX:
-                ok = np.array([self.zs.store(first + i, pages[i]) for i in range(n)])
-                if self.zs.backing is not None:
-                    ok[:] = True                 # refused pages are in the backing file
-            else:
-                ok = self.zs.store_batch(np.arange(first, first + n), pages)
-                if self.zs.backing is not None:
-                    ok[:] = True                 # refused pages are in the backing file
-        except Exception as exc:                 # a backing write failed: those slots hold nothing
-            self.written[first:first + n] = True  # ... and read as EIO, never zeros
-            self.c["write_errors"] += 1
-            raise OSError(errno.EIO, f"swap slots {first}..{first + n - 1}: {exc}") from exc
-        self.written[first:first + n] = True
+        ok = self._store_at(np.arange(first, first + n), pages)
         if not ok.all():                         # no backing file: a refused page is not kept
             self.c["write_errors"] += 1
             raise OSError(errno.EIO, f"zswap refused {int((~ok).sum())} page(s) and there is no backing file")
 
+    def _store_at(self, offs: np.ndarray, pages: np.ndarray) -> np.ndarray:
+        """Pages at slots ``offs`` (distinct), page by page or as one batch; the mask of
+        those kept. A failed backing-file write is OSError(EIO)."""
+        n = offs.size
+        self.c["stores"] += 1
+        try:
+            if n <= SERIAL_MAX:
+                store = self.zs.store
+                ok = np.array([store(o, pages[i]) for i, o in enumerate(offs.tolist())])
+            else:
+                ok = self.zs.store_batch(offs, pages)
+            if self.zs.backing is not None:
+                ok[:] = True                     # refused pages are in the backing file
+        except Exception as exc:                 # a backing write failed: those slots hold nothing
+            self.written[offs] = True            # ... and read as EIO, never zeros
+            self.c["write_errors"] += 1
+            raise OSError(errno.EIO, f"swap slots {offs[0]}..{offs[-1]}: {exc}") from exc
+        self.written[offs] = True
+        return ok
+
+    def write_gathered(self, offsets: list, sizes: list, data) -> list:
+        """Whole-page writes gathered by the FUSE loop: one ``store_batch`` for all (or
+        page by page, when they are few pages together); a write fails (EIO) where one
+        of its pages was not kept."""
+        firsts = np.array(offsets, np.int64) // PAGE
+        counts = np.array(sizes, np.int64) // PAGE
+        ends = np.cumsum(counts)
+        total = int(ends[-1])
+        offs = np.arange(total) + np.repeat(firsts - (ends - counts), counts)
+        pages = np.frombuffer(data, np.uint8).reshape(total, PAGE)
+        with self.lock:
+            self.c["writes"] += len(offsets)
+            self.c["written_pages"] += total
+            try:
+                ok = self._store_at(offs, pages)
+            except OSError:
+                return [errno.EIO] * len(offsets)
+            if ok.all():
+                return [0] * len(offsets)
+            refused = np.add.reduceat(~ok, ends - counts)         # per write
+            self.c["write_errors"] += int(np.count_nonzero(refused))
+            return [errno.EIO if r else 0 for r in refused.tolist()]
+
     # --- discards -------------------------------------------------------------------------
     def punch(self, offset: int, length: int) -> None:
+        with self.lock:
+            self._punch(offset, length)
+
+    def _punch(self, offset: int, length: int) -> None:
         if length <= 0:
             return
         self.c["discards"] += 1
@@ -184,9 +245,15 @@ class ZswapFile(fuse.FileOps):
             self.read(first * PAGE, k * PAGE)
         self.punch(first * PAGE, n * PAGE)
         self.c = dict.fromkeys(self.c, 0)
+        with self.lock:                          # the reply pages go back for the reader threads
+            self._replies.append(self._mine.__dict__.pop("pages"))
 
     # --- statistics -----------------------------------------------------------------------
     def served(self, opcode: int, nanoseconds: int) -> None:
+        with self.lock:
+            self._served(opcode, nanoseconds)
+
+    def _served(self, opcode: int, nanoseconds: int) -> None:
         if opcode == fuse.READ:
             self.lat[self.c["faults_timed"] % LATENCY_RING] = nanoseconds
             self.c["faults_timed"] += 1
@@ -195,6 +262,10 @@ class ZswapFile(fuse.FileOps):
             self.c["write_ns"] += nanoseconds
 
     def stats(self) -> dict:
+        with self.lock:
+            return self._stats()
+
+    def _stats(self) -> dict:
         st = dict(self.c)
         k = min(self.c["faults_timed"], LATENCY_RING)
         lat = np.sort(self.lat[:k]) / 1000 if k else None
@@ -260,11 +331,14 @@ class Server:
         except BaseException:
             self.pool.close()
             raise
-        self.file = ZswapFile(self.zs, size)
+        self.threads = cfg.get("threads", 1)
+        self.file = ZswapFile(self.zs, size, readers=self.threads)
         self.file.warm_up()
         self.stopping = False
         self.ctl = None
         self.fd = -1
+        self.readers: list = []                 # with threads > 1: (OneFileFS, Thread) each
+        self.failure: BaseException | None = None
 
     def start(self) -> None:
         """Listen for control, mount, answer INIT (so the file is usable on return)."""
@@ -276,7 +350,9 @@ class Server:
         self.ctl = ctl
         self.fd = fuse.open_fuse()
         fuse.mount(self.fd, self.cfg["mountpoint"], name="devpool")
-        self.fs = fuse.OneFileFS(self.fd, self.file, name="swap")
+        # reader threads (blocking reads) hold nothing back: gathering is the one loop's
+        self.fs = fuse.OneFileFS(self.fd, self.file, name="swap",
+                                 gather=self.cfg.get("gather", True) and self.threads == 1)
         deadline = time.monotonic() + 10
         while not self.fs.initialised:
             if time.monotonic() > deadline:
@@ -311,16 +387,46 @@ class Server:
         st = self.file.stats()
         st.update(name=self.cfg["name"], pid=os.getpid(), size=self.file.size,
                   backend=st["zswap"]["backend"], compressor=st["zswap"]["compressor"],
-                  requests=self.fs.requests, fuse_flags=self.fs.flags, kernel_minor=self.fs.kernel_minor,
+                  requests=self.fs.requests + sum(fs.requests for fs, _ in self.readers),
+                  threads=self.threads, gather=self.fs.gather, fuse_flags=self.fs.flags, kernel_minor=self.fs.kernel_minor,
                   locked=self.locked, io_flusher=self.io_flusher, warnings=self.warnings,
-                  backing=self.cfg.get("backing"), spin_us=self.cfg.get("spin_us", 0))
+                  backing=self.cfg.get("backing"), spin_us=self.cfg.get("spin_us", 0),
+                  cpu_s=time.process_time())      # the server's own CPU (all its threads)
         return st
 
     def serve(self) -> None:
-        self.fs.serve(spin_us=self.cfg.get("spin_us", 0), other=self.ctl.fileno(), on_other=self.control,
-                      stop=lambda: self.stopping)
+        """Answer requests until the filesystem is unmounted. One thread (the default):
+        this loop reads ``/dev/fuse`` and the control socket. ``threads`` N > 1: N reader
+        threads, each on a cloned descriptor, serve the file, and this one answers the
+        control socket until they have all ended (or one failed: then that is raised)."""
+        if self.threads == 1:
+            self.fs.serve(spin_us=self.cfg.get("spin_us", 0), other=self.ctl.fileno(), on_other=self.control,
+                          stop=lambda: self.stopping)
+            return
+        for k in range(self.threads):
+            fs = self.fs.clone()
+            thread = threading.Thread(target=self._reader, args=(fs,), name=f"fuse-reader-{k}", daemon=True)
+            self.readers.append((fs, thread))
+            thread.start()
+        poller = select.poll()
+        poller.register(self.ctl.fileno(), select.POLLIN)
+        while not self.stopping and self.failure is None and any(t.is_alive() for _, t in self.readers):
+            if poller.poll(200):
+                self.control()
+        if self.failure is not None:
+            raise self.failure
+
+    def _reader(self, fs) -> None:
+        try:
+            fs.serve_blocking()
+        except BaseException as exc:           # a bug: the process ends, as one thread's would
+            self.failure = exc
 
     def close(self) -> None:
+        for fs, thread in self.readers:
+            if not thread.is_alive():           # a live one (after a failure) keeps its descriptor
+                os.close(fs.fd)
+        self.readers = [r for r in self.readers if r[1].is_alive()]
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1

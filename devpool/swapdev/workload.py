@@ -180,6 +180,19 @@ def _touch(region: np.ndarray, order: np.ndarray) -> dict:
     return out
 
 
+def _own_cpu() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
+
+
+def _machine_cpu() -> np.ndarray:
+    """(busy, total) CPU seconds of the whole machine so far, from /proc/stat (in ticks:
+    only their ratio over an interval is used)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return np.array([sum(ticks) - ticks[3] - ticks[4], sum(ticks)], np.float64)   # less idle, iowait
+
+
 def _expected(cfg: dict, source, lo: int, hi: int) -> np.ndarray:
     if source is None:
         return synthetic_pages(lo, hi, cfg.get("seed", 0))
@@ -202,14 +215,22 @@ def child(cfg: dict) -> dict:
     with contextlib.suppress(AttributeError, OSError):
         buf.madvise(mmap.MADV_NOHUGEPAGE)           # 4 KiB pages, as swap sees most memory
     region = np.frombuffer(buf, np.uint8).reshape(n, PAGE)
-    fill_s = 0.0
+    fill_s = fill_cpu = 0.0
+    busy = np.zeros(2)                              # the machine's busy and total CPU seconds
     for lo in range(0, n, CHUNK):
         hi = min(n, lo + CHUNK)
         want = _expected(cfg, source, lo, hi)
+        c, b = _own_cpu(), _machine_cpu()
         t = time.perf_counter()                     # the copy only: swap-out is its cost
         region[lo:hi] = want
         fill_s += time.perf_counter() - t
-    out = {"pages": n, "fill_s": fill_s, "fill_mb_s": n * PAGE / fill_s / 1e6}
+        fill_cpu += _own_cpu() - c
+        busy += _machine_cpu() - b
+    # where the fill's time went: this process's own CPU (the copy, and the reclaim the
+    # kernel does in its context), and how busy the whole machine was meanwhile (every
+    # CPU busy: the fill is CPU-bound, and a swap target's CPU per page decides it)
+    out = {"pages": n, "fill_s": fill_s, "fill_mb_s": n * PAGE / fill_s / 1e6,
+           "fill_cpu_s": fill_cpu, "fill_machine_busy": float(busy[0] / busy[1]) if busy[1] else None}
     if cfg.get("pause"):
         print(json.dumps({"filled": True, **out}), flush=True)
         sys.stdin.readline()

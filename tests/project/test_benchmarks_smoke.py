@@ -360,6 +360,12 @@ def test_bench_swapdev_smoke(tmp_path):
         assert row["fill_mb_s"][0] > 0 and row["zipf_faults"][0] > 0
     assert r["summary"]["devpool-lz4"]["compression_ratio"][0] > 1
     assert r["targets"]["fill devpool-lz4 / swapfile (>= 1)"][0] > 0
+    # what decides the fill: the machine's CPUs, the workload's own, the server's per page
+    for s in ("devpool-lz4", "swapfile"):
+        assert 0 < r["summary"][s]["fill_machine_busy"][0] <= 1
+        assert r["summary"][s]["fill_cpu_us_per_page"][0] > 0
+    assert r["summary"]["devpool-lz4"]["server_cpu_us_per_page"][0] > 0
+    assert r["summary"]["swapfile"]["server_cpu_us_per_page"][0] is None
     assert r["iops"]["devpool-lz4"][0]["read_qd16"] > 0
     after = {p: open(p).read() for p in before}
     assert after == before

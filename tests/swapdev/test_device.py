@@ -35,10 +35,13 @@ def run_workload(**cfg):
 
 
 @needs_swap
-def test_a_cgroup_workload_swaps_through_the_pool_and_every_page_comes_back(swap_env):
+@pytest.mark.parametrize("threads, gather", [(1, True), (2, False), (1, False)],
+                         ids=["one-reader", "two-readers", "one-reader-writes-alone"])
+def test_a_cgroup_workload_swaps_through_the_pool_and_every_page_comes_back(swap_env, threads, gather):
     pool_backend = "host"
-    with swap_device("128M", backend=pool_backend, max_pool_percent=1) as dev:
+    with swap_device("128M", backend=pool_backend, max_pool_percent=1, threads=threads, _gather=gather) as dev:
         assert dev.device in device.active_swaps()
+        assert dev.stats()["threads"] == threads and dev.stats()["gather"] == gather
         result = run_workload()
         assert result["returncode"] == 0, result
         assert result["bad_after_fill"] == 0 and result["bad_pages"] == 0
@@ -98,8 +101,9 @@ def test_the_block_device_over_the_pool_loses_no_page_on_every_backend(swap_env,
 
 
 @needs_swap
-def test_a_killed_server_gives_sigbus_not_a_hang_and_swapoff_cleans_up(swap_env):
-    dev = swapon("128M", backend="host", max_pool_percent=1)
+@pytest.mark.parametrize("threads", [1, 2], ids=["one-reader", "two-readers"])
+def test_a_killed_server_gives_sigbus_not_a_hang_and_swapoff_cleans_up(swap_env, threads):
+    dev = swapon("128M", backend="host", max_pool_percent=1, threads=threads)
     with workload.memory_cgroup(LIMIT) as procs:
         child = workload.start({"pages": PAGES, "pause": True}, procs)
         try:
@@ -171,8 +175,9 @@ def test_what_a_crashed_run_left_is_cleaned_by_swapoff_all(swap_env, capsys):
 
 @needs_swap
 def test_two_devices_at_once_the_higher_priority_one_takes_the_pages(swap_env):
+    # the one taking the pages serves them with two reader threads
     with swap_device("64M", backend="host", priority=10) as low, \
-            swap_device("128M", backend="host", priority=20, max_pool_percent=1) as high:
+            swap_device("128M", backend="host", priority=20, max_pool_percent=1, threads=2) as high:
         assert low.device != high.device
         swaps = device.active_swaps()
         assert low.device in swaps and high.device in swaps
@@ -226,7 +231,8 @@ def test_bad_sizes_are_refused(size, tmp_path, monkeypatch):
     ("backend", "gpu", "backend"), ("compressor", "nope", "codec"), ("max_pool_percent", 0, "max_pool_percent"),
     ("max_pool_percent", 101, "max_pool_percent"), ("max_pool_percent", float("nan"), "max_pool_percent"),
     ("priority", -1, "priority"), ("priority", 40000, "priority"), ("backing", "", "backing"),
-    ("backing", "a\0b", "backing"), ("spin_us", -1, "spin_us"),
+    ("backing", "a\0b", "backing"), ("spin_us", -1, "spin_us"), ("threads", 0, "threads"),
+    ("threads", 17, "threads"), ("threads", 1.5, "threads"), ("threads", True, "threads"),
 ])
 def test_bad_options_are_refused(option, value, match, tmp_path, monkeypatch):
     monkeypatch.setenv("DEVPOOL_RUN_DIR", str(tmp_path / "run"))

@@ -9,6 +9,7 @@ import fcntl
 import mmap
 import os
 import threading
+import time
 
 import pytest
 
@@ -68,6 +69,62 @@ def served(tmp_path):
         thread.join(5)
         os.close(fd)
     assert not thread.is_alive()
+
+
+def test_a_cloned_reader_serves_the_session_alone_and_ends_at_unmount(tmp_path):
+    """FUSE_DEV_IOC_CLONE: once the session's first reader has answered INIT and
+    stopped, a clone (its own descriptor, blocking, close-on-exec) serves every request,
+    replying on its own descriptor; unmounting wakes its blocked read, and it returns."""
+    mnt = str(tmp_path / "mnt")
+    os.mkdir(mnt)
+    fd = fuse.open_fuse()
+    ops = DictFile()
+    fs = fuse.OneFileFS(fd, ops)
+    with pytest.raises(OSError, match="INIT"):
+        fs.clone()                                      # nothing to join yet
+    clone = None
+    try:
+        fuse.mount(fd, mnt)
+        deadline = time.monotonic() + 10
+        while not fs.initialised and time.monotonic() < deadline:   # INIT, queued by mount
+            n = fs.read_request()
+            if n:
+                fs.handle(n)
+        assert fs.initialised
+        clone = fs.clone()
+        assert clone.fd != fd and clone.ops is ops and clone.initialised
+        assert fcntl.fcntl(clone.fd, fcntl.F_GETFD) & fcntl.FD_CLOEXEC
+        assert not os.get_blocking(fd) and os.get_blocking(clone.fd)
+        reader = threading.Thread(target=clone.serve_blocking, daemon=True)
+        reader.start()
+        before = fs.requests
+        f = os.open(os.path.join(mnt, "swap"), os.O_RDWR)
+        try:
+            assert os.pwrite(f, b"cloned" * 700, 8192) == 4200
+            assert os.pread(f, 4200, 8192) == b"cloned" * 700
+        finally:
+            os.close(f)
+        assert fs.requests == before and clone.requests >= 3      # open, write, read: all the clone's
+        assert ops.data[8192:8198] == b"cloned"
+        fuse.umount(mnt)
+        reader.join(5)
+        assert not reader.is_alive(), "unmounting did not wake the blocked reader"
+    finally:
+        if os.path.ismount(mnt):
+            fuse.umount(mnt, lazy=True)
+        if clone is not None:
+            os.close(clone.fd)
+        os.close(fd)
+
+
+def test_clone_of_a_descriptor_that_is_no_session_is_refused():
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError, match="FUSE_DEV_IOC_CLONE"):
+            fuse.clone_fuse(r)
+    finally:
+        os.close(r)
+        os.close(w)
 
 
 def test_dev_fuse_is_close_on_exec():
@@ -249,3 +306,111 @@ def test_a_read_past_max_read_is_refused_before_the_file_sees_it(dispatcher):
     assert not [c for c in fs.ops.calls if c[0] == "read"]
     err, body = request(fs, fuse.READ, fuse.FILE_ID, rw_in(fuse.MAX_WRITE - 100, 8192))
     assert err == 0 and len(body) == 8192
+
+
+# --- gathering writes (a SEQPACKET socket stands in for /dev/fuse: one request a read) ----------
+class GatherFile(DictFile):
+    def __init__(self):
+        super().__init__()
+        self.gathered = []
+
+    def write_gathered(self, offsets, sizes, data):
+        self.gathered.append((list(offsets), list(sizes)))
+        return super().write_gathered(offsets, sizes, data)
+
+
+def write_req(unique, offset, data, node=fuse.FILE_ID):
+    body = fuse.RW_IN.pack(1, offset, len(data), 0, 0, 0, 0) + data
+    return fuse.IN_HEADER.pack(fuse.IN_HEADER.size + len(body), fuse.WRITE, unique, node, 0, 0, 0, 0) + body
+
+
+def read_req(unique, offset, size):
+    body = fuse.RW_IN.pack(1, offset, size, 0, 0, 0, 0)
+    return fuse.IN_HEADER.pack(fuse.IN_HEADER.size + len(body), fuse.READ, unique, fuse.FILE_ID, 0, 0, 0, 0) + body
+
+
+def serve_queued(requests, ops):
+    """Queue ``requests``, serve them with gathering on, return the replies (unique,
+    error, body) in the order they were sent back."""
+    import socket
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a.setblocking(False)
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    fs = fuse.OneFileFS(a.fileno(), ops, gather=True)
+    fs.initialised = True
+    for r in requests:
+        b.send(r)
+    done = threading.Event()
+    t = threading.Thread(target=fs.serve, kwargs={"stop": done.is_set}, daemon=True)
+    t.start()
+    replies = []
+    b.settimeout(10)
+    try:
+        while len(replies) < len(requests):
+            data = b.recv(1 << 21)
+            length, error, unique = fuse.OUT_HEADER.unpack_from(data)
+            assert length == len(data)
+            replies.append((unique, error, data[fuse.OUT_HEADER.size:]))
+    finally:
+        done.set()
+        t.join(5)
+        a.close()
+        b.close()
+    assert not t.is_alive()
+    return replies, fs
+
+
+def test_whole_page_writes_waiting_together_reach_the_file_as_one_in_order():
+    ops = GatherFile()
+    pages = [bytes([k]) * (4096 * (k + 1)) for k in range(4)]
+    reqs = [write_req(1, 0, pages[0]), write_req(2, 8 * 4096, pages[1]), write_req(3, 20 * 4096, pages[2]),
+            read_req(4, 8 * 4096, 4096),                    # a read goes after the writes before it
+            write_req(5, 40 * 4096, pages[3]),
+            write_req(6, 41 * 4096, b"x" * 4096),           # overlaps the held write 5: 5 goes first, 6 alone
+            write_req(7, 100 * 4096 + 7, b"unaligned"),     # not whole pages: alone, as ever
+            write_req(8, 0, b"y" * 4096, node=fuse.ROOT_ID)]  # not the file: its error, as ever
+    replies, fs = serve_queued(reqs, ops)
+    assert [u for u, _, _ in replies] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert ops.gathered == [([0, 8 * 4096, 20 * 4096], [4096, 8192, 12288]), ([40 * 4096], [16384])]
+    assert ops.calls[-3:] == [("write", 40 * 4096, 16384), ("write", 41 * 4096, 4096),   # 6 after 5, alone
+                              ("write", 100 * 4096 + 7, 9)]
+    assert replies[3] == (4, 0, pages[1][:4096])
+    sizes = {1: 4096, 2: 8192, 3: 12288, 5: 16384, 6: 4096}
+    for unique, error, body in replies[:3] + replies[4:6]:
+        assert error == 0 and body == fuse.WRITE_OUT.pack(sizes[unique], 0)
+    assert replies[6][1] == 0 and bytes(ops.data[100 * 4096 + 7:100 * 4096 + 16]) == b"unaligned"
+    assert replies[7][1] == -errno.EISDIR
+    assert bytes(ops.data[0:4096]) == pages[0] and bytes(ops.data[20 * 4096:23 * 4096]) == pages[2]
+    assert bytes(ops.data[40 * 4096:41 * 4096]) == pages[3][:4096] and bytes(ops.data[41 * 4096:42 * 4096]) == b"x" * 4096
+    assert fs.requests == 8
+
+
+def test_a_gathered_write_the_file_refuses_gets_its_own_error():
+    ops = GatherFile()
+    ops.size = SIZE
+    real = ops.write
+
+    def write(offset, data):
+        if offset == 4096:
+            raise OSError(errno.EIO, "planted")
+        real(offset, data)
+    ops.write = write
+    replies, _ = serve_queued([write_req(1, 0, b"a" * 4096), write_req(2, 4096, b"b" * 4096),
+                               write_req(3, 8192, b"c" * 4096)], ops)
+    assert [(u, e) for u, e, _ in replies] == [(1, 0), (2, -errno.EIO), (3, 0)]
+    assert ops.gathered == [([0, 4096, 8192], [4096] * 3)]
+
+
+@pytest.mark.parametrize("room, at_most", [(4, 64), (1024, 2)], ids=["pages", "requests"])
+def test_more_than_the_gathering_room_goes_in_several_batches(monkeypatch, room, at_most):
+    """What is held goes to the file once the pages held pass GATHER_PAGES (the next
+    request must still find a whole request's room behind them) or GATHER_REQUESTS
+    requests are held (small here: a socket takes no 1 MiB message)."""
+    monkeypatch.setattr(fuse, "GATHER_PAGES", room)
+    monkeypatch.setattr(fuse, "GATHER_REQUESTS", at_most)
+    ops = GatherFile()
+    data = [bytes([65 + k]) * (3 * 4096) for k in range(3)]
+    replies, _ = serve_queued([write_req(k + 1, k * 3 * 4096, d) for k, d in enumerate(data)], ops)
+    assert [(u, e) for u, e, _ in replies] == [(1, 0), (2, 0), (3, 0)]
+    assert [len(o) for o, _ in ops.gathered] == [2, 1]
+    assert bytes(ops.data[:9 * 4096]) == b"".join(data)

@@ -27,10 +27,11 @@ needs_swap = pytest.mark.skipif(not _OK, reason=f"the swap device cannot run her
 
 
 def _crash(dev) -> None:
-    os.kill(dev.pid, signal.SIGKILL)
+    pid = dev.pid              # once: asked again, a server dying in between is None
+    os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 10
-    while device._server_alive(dev.pid) and time.monotonic() < deadline:
-        device._reap(dev.pid)
+    while device._server_alive(pid) and time.monotonic() < deadline:
+        device._reap(pid)
         time.sleep(0.02)
 
 
