@@ -488,6 +488,7 @@ def _forget(fill, live, placed, in_use, ring, locs, sizes, hv, meta, slots, offs
             n_empty += 1
     return n_empty
 
+
 def _scalar(index: int, doc: str) -> property:
     """An attribute that is a view of ``meta[index]`` (read and written by both speeds)."""
     def get(self):
@@ -554,7 +555,6 @@ class Allocator:
             self.n_segs, self.seg_fill.ctypes.data, self.seg_live.ctypes.data, self.seg_placed.ctypes.data,
             self.seg_in_use.ctypes.data)
         self.head = -1
-        # handle table: slot -> arena offset (-1: free), requested size, generation
         self._lease = _PoolId()
         self.pool_id = self._lease.id
         #: XORed into every handle (a hostile policy's scrambling; 0: none)
@@ -565,13 +565,12 @@ class Allocator:
         self._id_back = weakref.finalize(self, self._lease.give_back)
         self._id_back.atexit = False
         self._tag_bits = self.pool_id << _TAG_SHIFT
-        # 24 bytes a slot (were 33): the offset and the handle the slot answers to in 64
-        # bits, the size (at most 2 GiB - 1) and the free-slot queue's entry in 32
-        # per slot: arena offset (-1: free), requested size, and (``hv``) the unscrambled
-        # handle it answers to: this pool's id, the slot's generation, the slot (one
-        # comparison checks all three); free slots are a ring queue (``_ring``): taken at
-        # _ring_head, freed slots join at the tail
-        # every array meta's addresses lead to: the segments' (never replaced), the
+        # the handle table, 24 bytes a slot (were 33): per slot the arena offset (-1: free)
+        # and (``hv``) the unscrambled handle it answers to, this pool's id, the slot's
+        # generation and the slot (one comparison checks all three), in 64 bits; the
+        # requested size (at most 2 GiB - 1) and the free-slot queue's entry (``_ring``:
+        # taken at _ring_head, freed slots join at the tail) in 32.
+        # Every array meta's addresses lead to: the segments' (never replaced), the
         # handle table's (replaced as it grows: _set_table keeps this current)
         self._alive = [(self.meta, self.seg_fill, self.seg_live, self.seg_placed, self.seg_in_use), ()]
         if JIT:
@@ -633,11 +632,11 @@ class Allocator:
                 f"handle {int(handles[bad])} (batch index {bad}) {_REASONS[code]}")
         return slots
 
-    def locate_one(self, handle) -> int:
-        """Validate one handle (an int or numpy integer): the slot of its object, whose
-        arena offset and size are then ``meta[_M_OFF]`` and ``meta[_M_SIZE]`` (the
-        offset comes with the check that the slot is live: a single read needs no
-        second lookup); InvalidHandleError naming why otherwise."""
+    def decode_one(self, handle) -> tuple[int, int, int]:
+        """Validate one handle (an int or numpy integer) and return (slot, arena offset,
+        size) of its object: one compiled call of the rule ``_locate`` (the offset comes
+        with the check that the slot is live: a single read needs no second lookup);
+        InvalidHandleError naming why otherwise."""
         if type(handle) is not int:
             # numpy integers and int subclasses (an IntEnum) are integers, as in a batch;
             # bools are not (True is an int subclass, np.bool_ is no np.integer)
@@ -648,14 +647,10 @@ class Allocator:
             slot = self._locate1(handle)
         except OverflowError:                   # not an int64: no handle of ours
             slot = -1
-        if slot >= 0:
-            return slot
-        raise InvalidHandleError(f"handle {handle} {_REASONS[self._why_bad(handle ^ self.handle_key)]}")
-
-    def decode_one(self, handle) -> tuple[int, int, int]:
-        """:meth:`locate_one`, returning (slot, arena offset, size) of the object."""
-        slot = self.locate_one(handle)
-        return slot, self._mm[_M_OFF], self._mm[_M_SIZE]
+        if slot < 0:
+            raise InvalidHandleError(f"handle {handle} {_REASONS[self._why_bad(handle ^ self.handle_key)]}")
+        m = self._mm
+        return slot, m[_M_OFF], m[_M_SIZE]
 
     def _why_bad(self, h: int) -> int:
         """Why the unscrambled handle ``h`` is refused (the slow path, for the message)."""
@@ -731,16 +726,6 @@ class Allocator:
         if plan is None:
             return None
         return int(plan.offsets[0]), int(plan.opened[0])
-
-    def bump_one(self, size: int):
-        """Place and record one object in the head segment's room, the common case of
-        :meth:`place_one` + :meth:`commit_one` + :meth:`handle_of` in one compiled call:
-        returns ``(slot, offset, handle)``, or None (changing nothing) when the head has
-        no room or the handle table must grow first (the pool then takes the long way)."""
-        slot = self._bump1(size)
-        if slot < 0:
-            return None
-        return slot, self._mm[_M_OFF], self._mm[_M_HANDLE]
 
     def commit_one(self, size: int, offset: int, opened: int) -> int:
         """Record one placed object (the point of no return); returns its slot.
@@ -909,10 +894,9 @@ class Allocator:
                     self.sizes, self.hv, self.meta, slots, offsets, asz, emptied)
         return offsets, asz, emptied[:k]
 
-    def free_one(self, slot: int, off: int = 0, size: int = 0):
-        """Forget one slot validated by :meth:`locate_one` / :meth:`decode_one`; returns
-        (aligned size, emptied segment or -1). One compiled call of the rule ``free``
-        runs per slot (``off`` and ``size``: what the slot holds, read again there)."""
+    def free_one(self, slot: int):
+        """Forget one slot validated by :meth:`decode_one`; returns (aligned size, emptied
+        segment, or -1, or CLEAN_DUE): one compiled call of the rule ``_free``."""
         emptied = self._free1(slot)
         return (self._mm[_M_SIZE] + (ALIGN - 1)) & ~(ALIGN - 1), emptied
 

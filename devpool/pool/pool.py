@@ -404,7 +404,7 @@ class Pool:
             if data is not None and data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
             # the common case in one compiled call: room in the open segment (which grows
-            # nothing, so a limit has nothing to say)
+            # nothing, so a limit has nothing to say); it places, records and names the object
             slot = al._bump1(size)
             if slot >= 0:
                 m = al._mm
@@ -520,7 +520,7 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self._locate(handle)
+            slot, offset, size = self.alloc_.decode_one(handle)
             if not isinstance(data, np.ndarray):       # a device buffer
                 return self._write_device([slot], data)
             if data.size != size:
@@ -567,7 +567,7 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self._locate(handle)
+            slot, offset, size = self.alloc_.decode_one(handle)
             if out is None:
                 out = self.storage.copy_one(offset, size)
             else:
@@ -598,7 +598,7 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            slot, offset, size = self._locate(handle)
+            slot, offset, size = self.alloc_.decode_one(handle)
             # the lock is re-entrant: a consume that called back into the pool could
             # free, move or close what it is reading; every verb refuses until it returns
             slow, self._lending, self._slow = self._slow, True, True
@@ -635,26 +635,10 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            self._free_slot(self._locate(handle)[0])
-
-    def _locate(self, handle) -> tuple[int, int, int]:
-        """(slot, arena offset, size) of a live object's handle, or InvalidHandleError:
-        one compiled call for a Python int (the allocator's ``locate_one`` converts
-        numpy integers, and says why a handle is refused)."""
-        al = self.alloc_
-        slot = -1
-        if type(handle) is int:
-            try:
-                slot = al._locate1(handle)
-            except OverflowError:
-                pass
-        if slot < 0:
-            slot = al.locate_one(handle)
-        m = al._mm
-        return slot, m[_M_OFF], m[_M_SIZE]
+            self._free_slot(self.alloc_.decode_one(handle)[0])
 
     def _free_slot(self, slot: int) -> None:
-        """Free one slot ``_locate`` validated: one compiled call, which also says whether
+        """Free one slot ``decode_one`` validated: one compiled call, which also says whether
         storage, the segments or cleaning need anything (now and then)."""
         got = self.alloc_._free1(slot)
         if got != -1 or self._scrubs:

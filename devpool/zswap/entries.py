@@ -286,23 +286,32 @@ def _restate_many(buckets, key_, word, length, state, referenced, prev, nxt, met
 
 
 # --- one entry, compiled, called with integers only (see devpool._compiled) ------------------
-@_rules.compiled(signature="int64(int64, int64, int64, int64, int64, int64)")
-def _set_one(meta_at, key, st, w, n, b):
-    """:func:`_set` on the table whose meta array is at ``meta_at`` (it holds the other
-    arrays' addresses); the old state and word go to meta. Returns the slot."""
+@_rules.compiled
+def _table_at(meta_at):
+    """The table's arrays in the order the rules take them (buckets, key, word, length,
+    state, referenced, prev, next, meta), from the addresses its meta array (at
+    ``meta_at``) holds. Without the LRU, prev is next: never touched."""
     meta = numba.carray(at(meta_at, numba.int64), (_META,))
     records_at, n_slots = meta[_AT_RECORDS], meta[_N_SLOTS]
-    c = _C_LRU if meta[_LRU] else _C_NO        # (without the LRU, prev is next: never touched)
+    c = _C_LRU if meta[_LRU] else _C_NO
     r = c[_CREC]
     r64 = numba.carray(at(records_at, numba.int64), (n_slots, r // 8))
     r32 = numba.carray(at(records_at, numba.int32), (n_slots, r // 4))
     r16 = numba.carray(at(records_at, numba.uint16), (n_slots, r // 2))
     r8 = numba.carray(at(records_at, numba.uint8), (n_slots, r))
+    return (numba.carray(at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],)), r64[:, c[_CK]],
+            r64[:, c[_CW]], r16[:, c[_CL]], r8[:, c[_CS]], r8[:, c[_CR]], r32[:, c[_CP]], r32[:, c[_CN]], meta)
+
+
+@_rules.compiled(signature="int64(int64, int64, int64, int64, int64, int64)")
+def _set_one(meta_at, key, st, w, n, b):
+    """:func:`_set` on the table whose meta array is at ``meta_at`` (it holds the other
+    arrays' addresses); the old state and word go to meta. Returns the slot."""
+    table = _table_at(meta_at)
+    meta = table[8]
     if key < 0:                                # -1 - key: remove this slot (its key read here)
-        key = r64[-1 - key, c[_CK]]
-    i, old, old_w = _set(numba.carray(at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],)), r64[:, c[_CK]],
-                         r64[:, c[_CW]], r16[:, c[_CL]], r8[:, c[_CS]], r8[:, c[_CR]], r32[:, c[_CP]],
-                         r32[:, c[_CN]], meta, key, st, w, n, b)
+        key = table[1][-1 - key]
+    i, old, old_w = _set(*table, key, st, w, n, b)
     meta[_OLD_STATE] = old
     meta[_OLD_WORD] = old_w
     return i
@@ -313,11 +322,9 @@ def _find_one(meta_at, key):
     """:func:`_bucket` on the table whose meta array is at ``meta_at``: the slot holding
     ``key`` or -1; the bucket goes to meta (a removal that follows needs no second
     lookup)."""
-    meta = numba.carray(at(meta_at, numba.int64), (_META,))
-    c = _C_LRU if meta[_LRU] else _C_NO
-    keys = numba.carray(at(meta[_AT_RECORDS], numba.int64), (meta[_N_SLOTS], c[_CREC] // 8))[:, c[_CK]]
-    buckets = numba.carray(at(meta[_AT_BUCKETS], numba.int32), (meta[_N_BUCKETS],))
-    b = _bucket(buckets, keys, meta[_N_BUCKETS], key)
+    table = _table_at(meta_at)
+    buckets, meta = table[0], table[8]
+    b = _bucket(buckets, table[1], meta[_N_BUCKETS], key)
     meta[_HINT] = b
     return buckets[b]
 

@@ -158,7 +158,7 @@ class AllocatorMachine(RuleBasedStateMachine):
         slot = data.draw(st.sampled_from(sorted(self.model)))
         got, off, size = self.al.decode_one(self.handle[slot])
         assert (got, off, size) == (slot, self.arena_offset(slot), self.model[slot][0])
-        asize, emptied = self.al.free_one(got, off, size)
+        asize, emptied = self.al.free_one(got)
         assert asize == aligned(size)
         self.forget(slot)
         self.check_emptied(np.array([emptied] if emptied >= 0 else [], np.int64))

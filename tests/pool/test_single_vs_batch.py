@@ -1,7 +1,7 @@
 """Adversarial checks of the pool's single-object verbs against its batch verbs.
 
 The single verbs (``alloc``/``write``/``read``/``free``, the allocator's
-``bump_one``/``commit_one``/``locate_one``/``free_one``) run the same rules as the
+``commit_one``/``decode_one``/``free_one``, the pool's compiled bump) run the same rules as the
 batch paths, one object per compiled call (or interpreted, with numba's JIT off); they
 must keep exactly the same figures. A stateful test drives two pools
 through the same operations, one with single verbs only, the other choosing single or
