@@ -62,6 +62,13 @@ def load_module(path: str, name: str):
     return module
 
 
+def ratio_spread(mine, base) -> dict:
+    """The median of paired ratios ``mine[i] / base[i]`` with their range: how every
+    benchmark here reports one tree or setting against its baseline."""
+    r = np.asarray(mine, dtype=float) / np.asarray(base, dtype=float)
+    return {"median": float(np.median(r)), "low": float(r.min()), "high": float(r.max())}
+
+
 def header(name: str, **extra) -> dict:
     import numba
     return {"benchmark": name, "date": datetime.date.today().isoformat(), "machine": cpu_name(),

@@ -53,7 +53,7 @@ import numpy as np
 import devpool
 from devpool.cli.measure import bare_single_page
 from devpool.zswap import entries
-from _common import header, load_pages, save
+from _common import header, load_pages, ratio_spread, save
 
 PAGE = 4096
 NR_PAGES = 1 << 32
@@ -296,11 +296,6 @@ def whole_pool_ops(s: Subject) -> None:
     s.add("compact_ms", (time.perf_counter() - t) * 1e3)
 
 
-def _ratios(mine, base, higher_is_better=False) -> dict:
-    r = np.array(mine) / np.array(base)
-    return {"median": float(np.median(r)), "low": float(r.min()), "high": float(r.max())}
-
-
 def replay(n: int, pages_path: str) -> dict:
     """``devpool replay`` over ``n`` pages (zipf, RAM a quarter, pool limit a fifth,
     2 n accesses) in a fresh process."""
@@ -426,9 +421,9 @@ def main() -> None:
         base = next(x for x in subjects if x.layout == s.layout)        # the smallest size
         row = {"pages": s.n, "layout": s.layout,
                "p50_us": {v: float(np.median(s.times[v])) for v in ("store", "load", "invalidate")},
-               "p50_vs_smallest": {v: _ratios(s.times[v], base.times[v]) for v in ("store", "load", "invalidate")},
+               "p50_vs_smallest": {v: ratio_spread(s.times[v], base.times[v]) for v in ("store", "load", "invalidate")},
                "batch_pages_per_s": {v: float(np.median(s.times[v])) for v in ("store_batch", "load_batch")},
-               "batch_vs_smallest": {v: _ratios(s.times[v], base.times[v]) for v in ("store_batch", "load_batch")},
+               "batch_vs_smallest": {v: ratio_spread(s.times[v], base.times[v]) for v in ("store_batch", "load_batch")},
                "stats_us": s.times["stats_us"][0], "compact_ms": s.times["compact_ms"][0]}
         r["subjects"].append(row)
     for s in subjects:

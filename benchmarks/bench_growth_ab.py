@@ -30,7 +30,7 @@ import time
 
 import numpy as np
 
-from _common import header, load_module, load_pages, save
+from _common import header, load_module, load_pages, ratio_spread, save
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZSWAP_VERBS = ("store", "load", "invalidate", "store_batch", "load_batch")
@@ -110,15 +110,9 @@ def table_verbs(base: str, n: int, passes: int, layout: str, probe: int = 2000) 
                 p50[name][v].append(float(np.median(ts[v]) * 1e9))
     out = {"index_bytes_per_entry": {name: t.buckets.nbytes / n for name, (t, _) in tabs.items()}}
     for v in TABLE_VERBS:
-        r = np.array(p50["this"][v]) / np.array(p50["base"][v])
         out[v] = {"base_ns": float(np.median(p50["base"][v])), "this_ns": float(np.median(p50["this"][v])),
-                  "ratio": {"median": float(np.median(r)), "low": float(r.min()), "high": float(r.max())}}
+                  "ratio": ratio_spread(p50["this"][v], p50["base"][v])}
     return out
-
-
-def _ratio(mine: list, base: list) -> dict:
-    r = np.array(mine) / np.array(base)
-    return {"median": float(np.median(r)), "low": float(r.min()), "high": float(r.max())}
 
 
 def main() -> None:
@@ -170,7 +164,7 @@ def main() -> None:
             runs.append({"tree": name, "round": k, **got})
     r["zswap_runs"] = runs
     r["zswap_this_vs_base"] = {
-        layout: {v: _ratio([x[layout][v] for x in runs if x["tree"] == "this"],
+        layout: {v: ratio_spread([x[layout][v] for x in runs if x["tree"] == "this"],
                            [x[layout][v] for x in runs if x["tree"] == "base"]) for v in ZSWAP_VERBS}
         for layout in ("dense", "sparse")}
     report(r)
