@@ -198,6 +198,10 @@ class Codec:
     device_resident: bool = False
     #: True when ``compress_blocks_trusted`` returns fresh blocks packed back to back
     packed_blocks: bool = False
+    #: ``(functions, acceleration)`` when this codec's blocks are exactly what liblz4,
+    #: called from compiled code, makes and reads (devpool.codecs._liblz4): a frontend
+    #: may then compress and decode a page inside its own compiled call; else None
+    liblz4 = None
 
     # --- the trusted verbs: what a codec implements (arguments checked by the caller) ---
     def compress_blocks_trusted(self, pages: np.ndarray, rows: np.ndarray | None):
