@@ -17,9 +17,10 @@ from __future__ import annotations
 import types
 
 import numba
+import numba.core.cgutils
 import numba.extending
 
-__all__ = ["Rules", "at", "entry", "bind", "JIT"]
+__all__ = ["Rules", "at", "copy_bytes", "entry", "bind", "JIT"]
 
 #: False under NUMBA_DISABLE_JIT: compiled functions are plain Python, and ``at`` cannot run
 JIT = not numba.config.DISABLE_JIT
@@ -50,6 +51,11 @@ class Rules:
             return jitted
         return compile_(fn) if fn is not None else compile_
 
+    def include(self, other: "Rules") -> None:
+        """Make ``other``'s compiled rules callable by the rules compiled here from now on
+        (a rule of one module's tables composed with another's)."""
+        self._compiled.update(other._compiled)
+
 
 @numba.extending.intrinsic
 def at(typingctx, address, dtype):
@@ -59,6 +65,17 @@ def at(typingctx, address, dtype):
     def codegen(context, builder, sig, args):
         return builder.inttoptr(args[0], context.get_value_type(ptr))
     return ptr(address, dtype), codegen
+
+
+@numba.extending.intrinsic
+def copy_bytes(typingctx, dst, src, n):
+    """``memcpy(dst, src, n)`` between integer addresses (ranges that do not overlap)."""
+    def codegen(context, builder, sig, args):
+        i8p = context.get_value_type(numba.types.CPointer(numba.types.uint8))
+        d, s, k = args
+        numba.core.cgutils.raw_memcpy(builder, builder.inttoptr(d, i8p), builder.inttoptr(s, i8p), k, 1)
+        return context.get_dummy_value()
+    return numba.types.void(numba.types.int64, numba.types.int64, numba.types.int64), codegen
 
 
 def entry(jitted):

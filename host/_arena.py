@@ -59,6 +59,7 @@ class HostStorage(Storage):
         self._ro_bytes = self._bytes.toreadonly()
         self._lent = np.frombuffer(self._ro_bytes, np.uint8)
         self._move_tmp = np.zeros(0, np.uint8)
+        self.address = self._arena.ctypes.data     # (the mapping never moves)
         self._to_release: list[tuple[int, int]] = []      # released, advice not given yet
 
     def commit(self, offset: int, nbytes: int) -> None:
@@ -139,6 +140,7 @@ class HostStorage(Storage):
     def close(self) -> None:
         if self._map is not None:
             self._arena = self._lent = None
+            self.address = 0
             self._ro_bytes.release()
             self._bytes.release()
             try:

@@ -37,6 +37,7 @@ from .allocator import (_M_CLEAN_AFTER, _M_HANDLE, _M_LIVE_ALIGNED, _M_OFF, _M_S
 from .._checks import PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside
 from .._packed import packed_starts
 from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
+from .door import DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS
 from .storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
@@ -157,6 +158,17 @@ class Pool:
         self._set_clean_trigger(self.CLEAN_TRIGGER)
         self._repacked_at = -1         # see _within
         self._clean_seconds = 0.0      # time spent in cleaning steps
+        #: the door for compiled callers (see devpool.pool.door): open where the storage
+        #: is host RAM it can address, no hostile policy acts and nothing is freed by
+        #: scrubbing; shut whenever ``_slow`` holds (closed, lending)
+        door = np.zeros(DOOR_FIELDS, np.int64)
+        door[DOOR_ALLOC] = self.alloc_.meta.ctypes.data
+        door[DOOR_ARENA] = storage.address
+        self._door_opens = bool(storage.address) and not self._slow and not self._scrubs
+        door[DOOR_OPEN] = self._door_opens
+        self._door = memoryview(door)          # ours to change, the caller's to read:
+        self.door = door.view()
+        self.door.flags.writeable = False
 
     def _enter(self, kind=_ONE) -> None:
         """The checks behind ``_slow``, made after taking the lock: a closed pool
@@ -196,6 +208,12 @@ class Pool:
     @property
     def closed(self) -> bool:
         return self._closed
+
+    @property
+    def lock(self) -> threading.RLock:
+        """The re-entrant lock every verb holds: hold it to make several calls one step
+        (and around every call through :attr:`door`)."""
+        return self._lock
 
     @property
     def backend(self) -> str:
@@ -602,12 +620,15 @@ class Pool:
             # the lock is re-entrant: a consume that called back into the pool could
             # free, move or close what it is reading; every verb refuses until it returns
             slow, self._lending, self._slow = self._slow, True, True
+            door = self._door
+            door[DOOR_OPEN] = 0                    # and so does the compiled door
             try:
                 block = self.storage.lend_one(offset, size)
                 # one optional argument, not *args: packing a tuple cost ~60 ns a load
                 result = consume(block) if arg is _NO_ARG else consume(block, arg)
             finally:
                 self._lending, self._slow = False, slow
+                door[DOOR_OPEN] = self._door_opens and not self._closed
             if free and result is not None:
                 self._free_slot(slot)
             return result
@@ -640,7 +661,12 @@ class Pool:
     def _free_slot(self, slot: int) -> None:
         """Free one slot ``decode_one`` validated: one compiled call, which also says whether
         storage, the segments or cleaning need anything (now and then)."""
-        got = self.alloc_._free1(slot)
+        self._settle_free(self.alloc_._free1(slot))
+
+    def _settle_free(self, got: int) -> None:
+        """Finish a single free in Python: ``got`` is what the allocator's compiled free
+        answered (a segment it emptied, CLEAN_DUE, or -1: nothing to do unless the storage
+        scrubs freed bytes). For :mod:`devpool.pool.door`'s callers, under :attr:`lock`."""
         if got != -1 or self._scrubs:
             if self._scrubs:
                 m = self.alloc_._mm
@@ -854,6 +880,7 @@ class Pool:
                 self._enter()                    # refuses: a consume may not close the pool
             if not self._closed:
                 self._closed = self._slow = True
+                self._door[DOOR_OPEN] = 0
                 try:
                     self.storage.close()
                 finally:

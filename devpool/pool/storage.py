@@ -95,6 +95,9 @@ class Storage:
     #: True when ``discard`` / ``discard_one`` do something (scrub freed ranges); the
     #: pool's single free skips the call otherwise
     scrubs_freed = False
+    #: where the arena starts in this process's memory, for the pool's compiled door
+    #: (devpool.pool.door); 0 for memory the CPU cannot address (device memory)
+    address = 0
     #: True when the arena is device memory that implements the ``*_device`` verbs
     device_resident = False
 

@@ -112,7 +112,8 @@ _HINT = _OLD_WORD + 1               # the bucket the last single lookup found (s
 _AT_BUCKETS = _HINT + 1             # where the index and the records are, and their lengths,
 _AT_RECORDS = _AT_BUCKETS + 1       # for _set_one (set whenever an array is replaced)
 _N_SLOTS = _AT_RECORDS + 1
-_META = _N_SLOTS + 1
+_GROW_AT = _N_SLOTS + 1             # entries past which the index grows (see _room)
+_META = _GROW_AT + 1
 
 # --- slot records: one per slot (field, dtype, byte offset), not one array per field: a
 # single-page verb at a random offset then touches one or two cache lines of slots rather
@@ -249,11 +250,17 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
     return i, old_st, old_w
 
 
+def _room(meta):
+    """True when a new entry can be set without growing the table first (a free slot,
+    and the index below its load limit)."""
+    return meta[_COUNT] < meta[_GROW_AT] and (meta[_NFREE] > 0 or meta[_USED] < meta[_N_SLOTS])
+
+
 # --- compiled: the same rules, for the batch verbs -------------------------------------------
 _rules = Rules()
 _compiled = _rules.compiled
 
-for _rule in (_bucket, _set):
+for _rule in (_bucket, _set, _room):
     _compiled(_rule)
 
 
@@ -475,7 +482,7 @@ class EntryTable:
         self.m_buckets = memoryview(self.buckets)
         self._slots = rec.shape[0]
         nb = self.buckets.shape[0]
-        self._grow_at = min(int(nb * _MAX_LOAD), MAX_ENTRIES)
+        self._grow_at = mm[_GROW_AT] = min(int(nb * _MAX_LOAD), MAX_ENTRIES)
         self._shrink_at = nb // 10 if nb > _SHRINK_FLOOR else -1
 
     def _set_buckets(self, nb: int) -> None:
@@ -623,8 +630,7 @@ class EntryTable:
         state, old word)`` (old state ABSENT when it held nothing; the caller frees what
         an old POOL word names)."""
         meta = self.m_meta
-        if (meta[_COUNT] >= self._grow_at or (meta[_NFREE] == 0 and meta[_USED] == self._slots)) \
-                and self.find_one(offset) < 0:            # a new entry, and no room for it yet
+        if not _room(meta) and self.find_one(offset) < 0:      # a new entry, and no room for it yet
             self.reserve(1)
             meta = self.m_meta
         i = self._set1(offset, state, word, length, -1)
@@ -632,7 +638,11 @@ class EntryTable:
 
     def remove_one(self, i: int) -> None:
         """Present slot ``i`` leaves the table (where find_one found it: no second lookup)."""
-        meta = self.m_meta
-        self._set1(-1 - i, ABSENT, 0, 0, meta[_HINT])
-        if meta[_COUNT] < self._shrink_at:
+        self._set1(-1 - i, ABSENT, 0, 0, self.m_meta[_HINT])
+        self.after_remove()
+
+    def after_remove(self) -> None:
+        """Shrink if entries have fallen far enough (after a removal made elsewhere: the
+        frontend's compiled single page)."""
+        if self.m_meta[_COUNT] < self._shrink_at:
             self._shrink()

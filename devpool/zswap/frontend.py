@@ -34,7 +34,6 @@ load, invalidate, batch forms first).
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 
@@ -42,7 +41,9 @@ from .backing import BackingFile
 from .._checks import as_int_array, check_flag, check_int, check_real
 from ..codecs import Codec, get_codec
 from ..codecs.base import check_pages
+from . import one_page
 from .entries import ABSENT, FILE, POOL, SAME, EntryTable, as_word
+from .one_page import verdict
 from .._errors import (
     BadInputError,
     ClosedError,
@@ -53,7 +54,8 @@ from .._errors import (
     WritebackError,
 )
 from .._packed import gather, has_duplicates, packed_starts, same_filled, same_filled_one
-from ..pool import Pool
+from ..pool import DOOR_ARENA, Pool, door_settle
+from .._compiled import bind
 from .._checks import PAGE_SIZE
 
 __all__ = ["Zswap"]
@@ -155,7 +157,9 @@ class Zswap:
         # go into the arena device to device and are decoded there on load
         self._blocks_on_device = bool(self._codec.device_resident and pool.device_resident)
         self._max_object = pool.max_object_bytes   # fixed with the pool: read once, not per store
-        self._lock = threading.RLock()
+        # the pool's own lock: one lock for both, so a compiled single page (which
+        # changes the pool's tables through its door) holds what the pool's verbs hold
+        self._lock = pool.lock
         self._closed = False
         self._decoding = False                     # a single load's decoder is running (see load)
         self._reached_full = False
@@ -173,6 +177,30 @@ class Zswap:
         self._writeback_enabled = bool(writeback) and self.backing is not None
         # swap offset -> entry; the LRU only where writeback will walk it
         self._t = EntryTable(PAGE_SIZE, lru=self._writeback_enabled)
+        self._store1 = self._load1 = None          # the compiled single page, where it runs
+        liblz4 = self._codec.liblz4
+        if liblz4 is not None and pool.door[DOOR_ARENA] != 0 and not self._blocks_on_device:
+            self._compile_one_page(*liblz4)
+
+    def _compile_one_page(self, functions, acceleration: int) -> None:
+        """Bind :mod:`.one_page`'s store and load to this Zswap's tables, its pool's door
+        and its codec (a host pool and liblz4's blocks: see there)."""
+        ctx = np.zeros(one_page.X_FIELDS, np.int64)
+        scratch = np.empty(one_page.BOUND, np.uint8)
+        ctx[one_page.X_ENTRIES] = self._t.meta.ctypes.data
+        ctx[one_page.X_DOOR] = self.pool.door.ctypes.data
+        ctx[one_page.X_FNS] = functions.ctypes.data
+        ctx[one_page.X_ACCELERATION] = acceleration
+        ctx[one_page.X_WRITEBACK] = self._writeback_enabled
+        ctx[one_page.X_MAX_OBJECT] = self._max_object
+        ctx[one_page.X_SCRATCH] = scratch.ctypes.data
+        self._ctx = memoryview(ctx)
+        self._scratch1 = scratch
+        # what ctx's addresses lead to, kept alive by the bound calls (see bind): the
+        # table and the pool keep the arrays their meta arrays name
+        alive = [ctx, scratch, functions, self._t, self.pool]
+        self._store1 = bind(one_page.store_one, ctx, alive)
+        self._load1 = bind(one_page.load_one, ctx, alive)
 
     def __enter__(self) -> "Zswap":
         return self
@@ -319,16 +347,8 @@ class Zswap:
 
     # --- the deciders shared by both speeds (scalars or arrays alike) ----------------------
     def _verdict(self, lengths):
-        """Which compressed lengths (an int or an array) may be stored, and how:
-        ``(accepted, as_is, sizes)``. A failed block (-1) is refused; one that did not
-        shrink below a page is stored as-is (``sizes`` = PAGE_SIZE) when writeback may
-        later take it, else refused (Linux without writeback); an object larger than
-        the pool's ``max_object_bytes`` is refused."""
-        writeback = self._writeback_enabled
-        as_is = (lengths >= PAGE_SIZE) & writeback
-        sizes = lengths + (PAGE_SIZE - lengths) * as_is
-        accepted = (lengths >= 0) & ((lengths < PAGE_SIZE) | writeback) & (sizes <= self._max_object)
-        return accepted, as_is, sizes
+        """:func:`.one_page.verdict` with this Zswap's settings: ``(accepted, as_is, sizes)``."""
+        return verdict(lengths, self._writeback_enabled, self._max_object)
 
     def _tally_refusals(self, lengths, accepted) -> None:
         """Count each refusal :meth:`_verdict` made under its kernel name."""
@@ -582,11 +602,26 @@ class Zswap:
                 self._check_open()
             if self._blocks_on_device:        # the device codec works in batches
                 return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
-            same, fill = same_filled_one(page)
+            block = None
+            if self._store1 is not None and not self._reached_full:   # (at the limit: refused below)
+                answer = self._store1(o, page)                       # the whole store, compiled
+                if answer <= one_page.DONE_SAME:
+                    if answer == one_page.DONE_SAME:
+                        self._counters["same_filled_stores"] += 1
+                    freed = self._ctx[one_page.X_FREED]
+                    if freed != -1:
+                        door_settle(self.pool, freed)
+                    return True
+                if answer != one_page.SLOW:   # compressed, refused or the pool's long way: on from here
+                    block, n = self._scratch1, self._ctx[one_page.X_LENGTH]
+            same = False
+            if block is None:
+                same, fill = same_filled_one(page)
+                if not same:
+                    # 1. fallible work first
+                    block, n = self._codec.compress_page_trusted(page)     # page checked at our edge
             handle = None
             if not same:
-                # 1. fallible work first
-                block, n = self._codec.compress_page_trusted(page)     # page checked at our edge
                 accepted, as_is, size = self._verdict(n)
                 if not accepted:
                     self._tally_refusals(n, accepted)
@@ -680,6 +715,22 @@ class Zswap:
         with self._lock:
             if self._closed or self._decoding:
                 self._check_open()
+            if self._load1 is not None:                               # the whole load, compiled
+                page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
+                answer = self._load1(o, page, keep)
+                if answer == one_page.DONE:
+                    self._counters["loads_from_pool"] += 1
+                    freed = self._ctx[one_page.X_FREED]
+                    if freed != -1:
+                        door_settle(self.pool, freed)
+                    if not keep:
+                        self._t.after_remove()
+                    return page
+                if answer == one_page.NOT_STORED:
+                    raise EntryNotFoundError(f"swap offset {o} is not stored")
+                if answer == one_page.CORRUPT:
+                    self._counters["decompress_fail"] += 1
+                    raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
             t = self._t
             i = t.find_one(o)
             state = t.m_state[i] if i >= 0 else ABSENT

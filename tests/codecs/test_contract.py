@@ -551,3 +551,118 @@ def test_decoding_into_rows_from_an_mmap_leaves_it_closable(config, rng):
     empty = codec.decompress_into(np.zeros(0, np.uint8), np.zeros(0, np.int64),
                                   np.zeros((0, pages.shape[1]), np.uint8))
     assert empty.dtype == np.bool_ and empty.shape == (0,)
+
+
+# --- liblz4 from compiled code (devpool.codecs._liblz4) ----------------------------------
+def _binding(codec):
+    """The same codec with liblz4 reached through the lz4.block binding instead."""
+    twin = devpool.get_codec(codec.get_config())
+    twin._fns = None
+    return twin
+
+
+def test_lz4_reaches_liblz4_from_compiled_code_here():
+    """Where numba's JIT runs (every test run but the JIT-off subprocess below) the lz4
+    codec calls liblz4 itself: the compiled paths are the ones under test. lz4hc only
+    decodes there; a subclass keeps its own verbs (it may change what a block is)."""
+    from devpool.codecs import _liblz4
+    from devpool.codecs.lz4_block import Lz4
+    assert _liblz4.FUNCTIONS is not None, _liblz4.WHY_NOT
+    assert devpool.get_codec("lz4").liblz4 is not None
+    assert devpool.get_codec({"id": "lz4", "acceleration": 3}).liblz4[1] == 3
+    assert devpool.get_codec("lz4hc").liblz4 is None
+    assert devpool.get_codec("lz4-njit").liblz4 is None
+
+    class Watched(Lz4):
+        pass
+    assert Watched().liblz4 is None
+
+
+@pytest.mark.parametrize("config", [{"id": "lz4"}, {"id": "lz4", "acceleration": 9}, {"id": "lz4hc", "level": 4}],
+                         ids=ids)
+def test_compiled_liblz4_and_the_binding_agree_block_for_block(config, rng):
+    """Both ways into liblz4 make the same blocks (a Zswap's single page and its batch
+    must store the same bytes) and give the same verdicts on the same blocks, corrupt
+    ones included, page for page."""
+    codec = devpool.get_codec(config)
+    twin = _binding(codec)
+    pages = make_pages(60, rng, ("text", "struct", "random", "same", "zero"))
+    data, starts, lengths = codec.compress_blocks_trusted(pages, None)
+    d2, s2, l2 = twin.compress_blocks_trusted(pages, None)
+    np.testing.assert_array_equal(lengths, l2)
+    assert unpack(data, lengths) == unpack(d2, l2)
+    rows = np.array([5, 0, 5, 59], np.int64)
+    d3, s3, l3 = codec.compress_blocks_trusted(pages, rows)
+    assert [d3[s:s + n].tobytes() for s, n in zip(s3, l3)] == [unpack(data, lengths)[r] for r in rows]
+    blocks = unpack(data, lengths)
+    # corrupt blocks: bytes flipped, cut short, grown, emptied, a block of another page
+    bad = []
+    for i, b in enumerate(blocks[:30]):
+        b = bytearray(b)
+        k = int(rng.integers(0, len(b)))
+        variant = i % 5
+        if variant == 0:
+            b[k] ^= 0xFF
+        elif variant == 1:
+            b = b[:k]
+        elif variant == 2:
+            b += b"\x00" * 7
+        elif variant == 3:
+            b[:] = rng.integers(0, 256, len(b), dtype=np.uint8).tobytes()
+        bad.append(bytes(b))
+    for batch in (blocks, bad):
+        lens = np.array([len(b) for b in batch], np.int64)
+        flat = np.frombuffer(b"".join(batch), np.uint8)
+        out1 = np.zeros((len(batch), 4096), np.uint8)
+        out2 = np.zeros((len(batch), 4096), np.uint8)
+        ok1 = codec.decompress_into(flat, lens, out1)
+        ok2 = twin.decompress_into(flat, lens, out2)
+        np.testing.assert_array_equal(ok1, ok2)
+        np.testing.assert_array_equal(out1[ok1], out2[ok2])
+        for b, ok in zip(batch, ok1):
+            arr = np.frombuffer(b, np.uint8)
+            got = codec.decompress_page_trusted(arr)
+            assert (got is not None) == ok
+            assert (twin.decompress_page_trusted(arr) is not None) == ok
+    assert ok1.sum() < len(bad)            # (some corrupt block was refused)
+
+
+def test_a_compiled_decode_writes_nothing_outside_its_page(rng):
+    """LZ4_decompress_safe is bounded by the page: a block that would make more (a page
+    and a half of text, compressed) is refused, and the bytes around the page stay."""
+    codec = devpool.get_codec("lz4")
+    text = make_pages(2, rng, ("text",)).reshape(-1)[:6000]
+    block = np.frombuffer(lz4.block.compress(text.tobytes(), store_size=False), np.uint8)
+    big = np.full(4096 + 128, 0xA5, np.uint8)
+    assert codec.decompress_page_trusted(block, big[64:64 + 4096]) is None
+    assert (big[:64] == 0xA5).all() and (big[64 + 4096:] == 0xA5).all()
+
+
+def test_without_numba_jit_lz4_runs_through_the_binding():
+    """NUMBA_DISABLE_JIT: no compiled code can call liblz4, so the codec keeps the
+    binding's calls (the same blocks), and a Zswap's single page its Python path."""
+    import os
+    import subprocess
+    import sys
+    import textwrap
+    script = textwrap.dedent("""
+        import lz4.block, numpy as np, devpool
+        from devpool.codecs import _liblz4
+        assert _liblz4.FUNCTIONS is None and "JIT" in _liblz4.WHY_NOT
+        codec = devpool.get_codec("lz4")
+        assert codec.liblz4 is None
+        pages = devpool.capture_workloads()[:40]
+        for p in pages:
+            b, n = codec.compress_page_trusted(p)
+            assert b[:n].tobytes() == lz4.block.compress(p, store_size=False)
+        pool = devpool.open_pool("host", 1 << 24)
+        zs = devpool.Zswap(pool, codec)
+        assert zs._store1 is None
+        for o, p in enumerate(pages):
+            zs.store(o, p)
+        assert all((zs.load(o) == p).all() for o, p in enumerate(pages))
+        print("ok")
+    """)
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]

@@ -1,0 +1,89 @@
+"""The pool's single-object verbs for compiled callers: its door.
+
+A frontend that does a whole single-page step in one compiled call (zswap's store and
+load: the entry, the codec and the pool at once, as the kernel's zswap calls zsmalloc)
+cannot call Python verbs from there. It calls these instead: each takes the address of
+a pool's door (:attr:`Pool.door`, an int64 array) and runs the allocator's own rules, so
+the pool keeps one decider per rule for all three speeds (batch, single, compiled).
+
+A door is **open** only while the pool's storage is host RAM it can address (``host``),
+no hostile policy acts on it (``chaos`` migrates objects before every verb: that is
+Python's), it is open, and no ``read_with`` is lending a block. A shut door changes
+nothing and answers "no" (a handle of 0, a slot of -1): the caller then takes the
+pool's Python verbs, which say why.
+
+Rules for a caller:
+
+- Hold :attr:`Pool.lock` around every call, as the Python verbs do.
+- A handle is opaque as ever: :func:`door_lend` checks it (pool id, generation, slot) exactly
+  as ``read`` does. The address it returns is the block where it lies in host RAM,
+  valid until the lock is let go or the object is freed (``read_with``'s loan, or the
+  kernel's ``zs_obj_read_begin``): read it, never write through it, never keep it.
+- :func:`door_free` returns what the pool must finish in Python (a segment emptied, a
+  cleaning step due: anything but -1); pass it to :func:`door_settle` before letting
+  the lock go (it trusts what it is given: devpool's own callers only).
+- The door array is read-only to its callers: the pool opens and shuts it.
+"""
+
+from __future__ import annotations
+
+import numba
+
+from .._compiled import at, copy_bytes
+from .allocator import _M_HANDLE, _M_OFF, _M_SIZE, _bump, _free, _locate, _tables_at
+
+__all__ = ["DOOR_ALLOC", "DOOR_ARENA", "DOOR_OPEN", "DOOR_FIELDS", "door_alloc_copy", "door_lend", "door_free",
+           "door_settle"]
+
+#: the door's fields: the allocator's meta address, the arena's address, open (1) or shut
+DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS = range(4)
+
+
+@numba.njit(cache=True)
+def _door(door_at):
+    return numba.carray(at(door_at, numba.int64), (DOOR_FIELDS,))
+
+
+@numba.njit(cache=True)
+def door_alloc_copy(door_at, src_at, size):
+    """Allocate one object of ``size`` (1 .. the pool's max_object_bytes: the caller's
+    to know) in the open segment's room and copy ``size`` bytes from ``src_at`` into it:
+    its handle, or 0 (nothing changed) when the door is shut or the object needs the
+    long way (a new segment, cleaning, a limit: :meth:`Pool.alloc`)."""
+    door = _door(door_at)
+    if door[DOOR_OPEN] == 0:
+        return 0
+    tables = _tables_at(door[DOOR_ALLOC])
+    if _bump(*tables, size) < 0:
+        return 0
+    meta = tables[8]
+    copy_bytes(door[DOOR_ARENA] + meta[_M_OFF], src_at, size)
+    return meta[_M_HANDLE]
+
+
+@numba.njit(cache=True)
+def door_lend(door_at, handle):
+    """``(slot, address, size)`` of a live object, or slot -1 (a shut door, or a handle
+    that names no live object of this pool: the Python verb says which)."""
+    door = _door(door_at)
+    if door[DOOR_OPEN] == 0:
+        return -1, 0, 0
+    tables = _tables_at(door[DOOR_ALLOC])
+    slot = _locate(*tables, handle)
+    if slot < 0:
+        return -1, 0, 0
+    meta = tables[8]
+    return slot, door[DOOR_ARENA] + meta[_M_OFF], meta[_M_SIZE]
+
+
+@numba.njit(cache=True)
+def door_free(door_at, slot):
+    """Free the object :func:`door_lend` found at ``slot`` (the door open, the lock held since):
+    -1, or what :func:`door_settle` must finish."""
+    return _free(*_tables_at(_door(door_at)[DOOR_ALLOC]), slot)
+
+
+def door_settle(pool, got: int) -> None:
+    """Finish in Python what a :func:`door_free` answered (anything but -1: a segment it
+    emptied goes back, a cleaning step that came due runs), under the pool's lock."""
+    pool._settle_free(got)

@@ -1,0 +1,118 @@
+"""The pool's door for compiled callers (devpool.pool.door): the allocator's own rules,
+open only where a compiled caller may use them, and a shut door changes nothing."""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import pytest
+
+import devpool
+from devpool._compiled import copy_bytes
+from devpool.pool import door as D
+
+
+@numba.njit
+def _alloc(door_at, src):
+    return D.door_alloc_copy(door_at, src.ctypes.data, src.shape[0])
+
+
+@numba.njit
+def _read(door_at, handle, out, free):
+    """Copy the object out through lend; free it when asked: (slot, size, freed)."""
+    slot, address, size = D.door_lend(door_at, handle)
+    if slot < 0:
+        return slot, 0, -1
+    copy_bytes(out.ctypes.data, address, size)
+    return slot, size, (D.door_free(door_at, slot) if free else -1)
+
+
+def _warm(pool, n=3):
+    """A few objects the long way (the first segment, the handle table's reserve)."""
+    return [pool.alloc(64, data=np.full(64, k, np.uint8)) for k in range(n)]
+
+
+def test_door_is_open_on_host_and_shut_where_a_compiled_caller_may_not_go():
+    host = devpool.open_pool("host", 1 << 22)
+    chaos = devpool.open_pool("chaos", 1 << 22)
+    try:
+        assert host.door[D.DOOR_OPEN] == 1 and host.door[D.DOOR_ARENA] != 0
+        assert chaos.door[D.DOOR_OPEN] == 0             # hostile: every verb is Python's
+        with pytest.raises(ValueError):
+            host.door[D.DOOR_OPEN] = 0                  # the caller's to read, not to set
+        seen = []
+        h = _warm(host)[0]
+        host.read_with(h, lambda block: seen.append(int(host.door[D.DOOR_OPEN])) or 1)
+        assert seen == [0] and host.door[D.DOOR_OPEN] == 1          # shut while lending, open after
+        with pytest.raises(RuntimeError):
+            host.read_with(h, lambda block: (_ for _ in ()).throw(RuntimeError("consume failed")))
+        assert host.door[D.DOOR_OPEN] == 1
+    finally:
+        host.close()
+        chaos.close()
+    assert host.door[D.DOOR_OPEN] == 0                  # closed: shut
+
+
+def test_door_verbs_are_the_pools_verbs(rng):
+    pool = devpool.open_pool("host", 1 << 22)
+    at = pool.door.ctypes.data
+    _warm(pool)
+    data = rng.integers(0, 256, 1000, dtype=np.uint8)
+    h = _alloc(at, data)
+    assert h != 0
+    np.testing.assert_array_equal(pool.read(h), data)        # the Python verbs see it
+    out = np.zeros(1000, np.uint8)
+    slot, size, _ = _read(at, h, out, False)
+    assert slot >= 0 and size == 1000 and (out == data).all()
+    h2 = pool.alloc(500, data=data[:500])                    # and the door sees theirs
+    out2 = np.zeros(500, np.uint8)
+    assert _read(at, h2, out2, True)[1] == 500 and (out2 == data[:500]).all()
+    with pytest.raises(devpool.InvalidHandleError):
+        pool.read(h2)                                        # freed through the door: stale
+    assert _read(at, h2, out2, False)[0] == -1               # ... there too
+    assert _read(at, h ^ (1 << 40), out2, False)[0] == -1    # a foreign / malformed handle
+    assert _read(at, 0, out2, False)[0] == -1
+    assert pool.stats()["obj_used"] == 4
+    pool.close()
+
+
+def test_a_shut_door_changes_nothing(rng):
+    pool = devpool.open_pool("host", 1 << 22)
+    at = pool.door.ctypes.data
+    h = _warm(pool)[1]
+    before = pool.stats()
+    pool._door[D.DOOR_OPEN] = 0                                 # as while lending
+    assert _alloc(at, np.ones(10, np.uint8)) == 0
+    assert _read(at, h, np.zeros(64, np.uint8), True)[0] == -1
+    assert pool.stats() == before
+    pool._door[D.DOOR_OPEN] = 1
+    assert _read(at, h, np.zeros(64, np.uint8), True)[0] >= 0
+    pool.close()
+
+
+def test_frees_through_the_door_give_segments_back_once_settled():
+    """A door free that empties a segment says so; door_settle gives it back (as a
+    Python free would), and the pool's figures match a twin freed the Python way."""
+    def fill(pool):
+        hs = _warm(pool, 1)
+        hs += [pool.alloc(3000, data=np.full(3000, 7, np.uint8)) for _ in range(400)]
+        return hs
+    a = devpool.open_pool("host", 1 << 24, segment_bytes=1 << 16)
+    b = devpool.open_pool("host", 1 << 24, segment_bytes=1 << 16)
+    ha, hb = fill(a), fill(b)
+    out = np.zeros(3000, np.uint8)
+    answers = []
+    for h in ha[1:]:
+        with a.lock:
+            got = _read(a.door.ctypes.data, h, out, True)[2]
+            answers.append(got)
+            if got != -1:
+                D.door_settle(a, got)
+    for h in hb[1:]:
+        b.free(h)
+    assert any(g >= 0 for g in answers)                      # segments were emptied
+    sa, sb = a.stats(), b.stats()
+    for k in ("obj_used", "pool_total_size", "segments_in_use", "spare_bytes", "dead_bytes"):
+        assert sa[k] == sb[k], k
+    a.close()
+    b.close()

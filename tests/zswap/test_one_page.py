@@ -1,0 +1,169 @@
+"""Zswap's single page in one compiled call (devpool.zswap.one_page) against the Python
+path it replaces: the same answers, pages, errors, counters and pool, op for op."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import devpool
+from devpool.pool.door import DOOR_OPEN
+from tests.pages import make_pages
+
+SEG = 1 << 15
+
+
+def _python_path(zs):
+    zs._store1 = zs._load1 = None
+    return zs
+
+
+def test_the_compiled_page_runs_where_every_layer_can_be_reached(tmp_path):
+    """host pool + the lz4 codec: compiled; a chaos pool, another codec, a codec
+    subclass: the Python path (nothing else could honour them)."""
+    from devpool.codecs.lz4_block import Lz4
+
+    class Mine(Lz4):
+        pass
+    cases = [("host", "lz4", True), ("chaos", "lz4", False), ("host", "lz4hc", False), ("host", "lz4-njit", False),
+             ("host", Mine(), False)]
+    for backend, codec, compiled in cases:
+        pool = devpool.open_pool(backend, 1 << 22)
+        zs = devpool.Zswap(pool, codec)
+        assert (zs._store1 is not None) == compiled, (backend, codec)
+        page = make_pages(1, np.random.default_rng(1), ("text",))[0]
+        assert zs.store(3, page) and (zs.load(3) == page).all()
+        zs.close()
+        pool.close()
+
+
+def test_a_compiled_store_never_asks_the_codec_in_python(rng):
+    """Proof the single verbs under test on host are the compiled ones: the codec's
+    Python verbs may fail, and a store and load of a compressible page still work."""
+    pool = devpool.open_pool("host", 1 << 22)
+    zs = devpool.Zswap(pool, "lz4")
+    pages = make_pages(8, rng, ("text", "struct"))
+    zs.store_batch(np.arange(8), pages)                  # the pool's first segment, the long way
+    codec = zs.codec
+
+    def boom(*a, **k):
+        raise AssertionError("the Python codec was called")
+    codec.compress_page_trusted = codec.decompress_page_trusted = boom
+    for o, p in enumerate(pages):
+        assert zs.store(100 + o, p)
+        assert (zs.load(100 + o) == p).all()
+    zs.close()
+    pool.close()
+
+
+def _twins(tmp_path, writeback, limit):
+    out = []
+    for name in ("compiled", "python"):
+        pool = devpool.open_pool("host", 1 << 22, segment_bytes=SEG)
+        backing = str(tmp_path / f"{name}.swap") if writeback else None
+        zs = devpool.Zswap(pool, "lz4", max_pool_bytes=limit, backing=backing)
+        out.append((pool, zs if name == "compiled" else _python_path(zs)))
+    assert out[0][1]._store1 is not None
+    return out
+
+
+def _outcome(fn):
+    try:
+        r = fn()
+    except devpool.DevpoolError as exc:
+        return type(exc).__name__
+    return r.tobytes() if isinstance(r, np.ndarray) else r
+
+
+@pytest.mark.parametrize("writeback", [False, True])
+@pytest.mark.parametrize("seed", range(4))
+def test_compiled_and_python_single_pages_are_indistinguishable(tmp_path, writeback, seed):
+    """Random stores (compressible, incompressible, same-filled, zero pages, over what
+    is stored), loads (exclusive and kept, of absent offsets too), invalidations,
+    writeback, corrupted blocks and a tight limit (refusals, the pool's long way,
+    cleaning): every answer, page and error, the counters and the pool's figures are
+    the same on both paths, op for op."""
+    rng = np.random.default_rng(seed)
+    pages = make_pages(64, rng, ("text", "struct", "random", "same", "zero", "struct"))
+    (pa, za), (pb, zb) = _twins(tmp_path, writeback, limit=6 * SEG)
+    for step in range(700):
+        op = rng.integers(0, 10)
+        o = int(rng.integers(0, 48))
+        if op < 5:
+            p = pages[rng.integers(0, len(pages))]
+            calls = [lambda z=z: z.store(o, p) for z in (za, zb)]
+        elif op < 8:
+            keep = bool(rng.integers(0, 4) == 0)
+            calls = [lambda z=z: z.load(o, keep=keep) for z in (za, zb)]
+        elif op == 8:
+            calls = [lambda z=z: z.invalidate(o) for z in (za, zb)]
+        elif writeback and rng.integers(0, 3) == 0:
+            k = int(rng.integers(1, 4))
+            calls = [lambda z=z: z.writeback(k) for z in (za, zb)]
+        else:                                           # corrupt one stored block in both
+            kinds = [za.entry_kind(o), zb.entry_kind(o)]
+            assert kinds[0] == kinds[1], (step, o)
+            if kinds[0] == "pool":
+                for pool, z in ((pa, za), (pb, zb)):
+                    h = z._handle_of(o)
+                    n = pool.size_of(h)
+                    if n < 4096:
+                        pool.write(h, np.full(n, 0xEE, np.uint8))
+            continue
+        got = [_outcome(c) for c in calls]
+        assert got[0] == got[1], (step, op, o, got)
+    sa, sb = za.stats(), zb.stats()
+    assert sa == sb
+    qa, qb = pa.stats(), pb.stats()
+    for k in ("obj_used", "payload_bytes", "pool_total_size", "segments_in_use", "dead_bytes", "clean_steps",
+              "compactions", "alloc_fail"):
+        assert qa[k] == qb[k], k
+    assert sa["same_filled_pages"] and sa["stored_pages"] and sa["decompress_fail"]
+    assert sa["pool_limit_hit"] or sa["reject_compress_poor"] or sa["written_back_pages"]
+    for z in (za, zb):
+        z.close()
+    pa.close()
+    pb.close()
+
+
+def test_a_closed_pool_under_a_compiled_zswap_says_so(rng):
+    """The pool's door shuts with the pool: the compiled page answers "not here" and the
+    Python path says why, as it did before the compiled page."""
+    pool = devpool.open_pool("host", 1 << 22)
+    zs = devpool.Zswap(pool, "lz4")
+    pages = make_pages(4, rng, ("text",))
+    for o, p in enumerate(pages):
+        zs.store(o, p)
+    pool.close()
+    assert pool.door[DOOR_OPEN] == 0
+    with pytest.raises(devpool.DevpoolError) as err:
+        zs.load(1)
+    twin_pool = devpool.open_pool("host", 1 << 22)
+    twin = _python_path(devpool.Zswap(twin_pool, "lz4"))
+    for o, p in enumerate(pages):
+        twin.store(o, p)
+    twin_pool.close()
+    with pytest.raises(devpool.DevpoolError) as want:
+        twin.load(1)
+    assert type(err.value) is type(want.value)
+    with pytest.raises(type(want.value)):
+        zs.store(9, pages[0])
+    zs.close()
+    twin.close()
+
+
+def test_a_kept_compiled_call_follows_live_arrays(rng):
+    """The compiled store and load are bound to the Zswap's ctx address; kept after the
+    Zswap (and its pool) were dropped, they still reach live tables and a live arena."""
+    import gc
+    pool = devpool.open_pool("host", 1 << 22)
+    zs = devpool.Zswap(pool, "lz4")
+    pages = make_pages(40, rng, ("text", "struct"))
+    zs.store_batch(np.arange(40), pages)
+    store1, load1 = zs._store1, zs._load1
+    del zs, pool
+    gc.collect()
+    out = np.zeros(4096, np.uint8)
+    for o in range(40):
+        assert load1(o, out, True) == 0 and (out == pages[o]).all()
+    assert store1(77, pages[0]) in (0, 3)
