@@ -28,8 +28,9 @@ Rules for a caller:
 from __future__ import annotations
 
 import numba
+from numba import types
 
-from .._compiled import at, copy_bytes
+from .._compiled import Rules, at, copy_bytes
 from .allocator import _M_HANDLE, _M_OFF, _M_SIZE, _bump, _free, _locate, _tables_at
 
 __all__ = ["DOOR_ALLOC", "DOOR_ARENA", "DOOR_OPEN", "DOOR_FIELDS", "door_alloc_copy", "door_lend", "door_free",
@@ -87,3 +88,58 @@ def door_settle(pool, got: int) -> None:
     """Finish in Python what a :func:`door_free` answered (anything but -1: a segment it
     emptied goes back, a cleaning step that came due runs), under the pool's lock."""
     pool._settle_free(got)
+
+
+# --- the pool's own single verbs, through the door: one compiled call each ------------------
+# (Pool.alloc / write / read / free take these where the door opens: a handle decoded,
+# checked and its bytes copied in one call, where the Python verb took a decode, a
+# storage call and a slice each. Each answers NOT_DONE, changing nothing, for anything
+# but the plain case, and the Python verb then runs to say why.)
+NOT_DONE = -3
+_rules = Rules()
+_bytes_t = types.Array(types.uint8, 1, "C", readonly=True)
+_out_t = types.Array(types.uint8, 1, "C")
+
+
+@_rules.compiled(signature=types.int64(types.int64, types.int64))
+def alloc_one(door_at, size):
+    """:func:`door_alloc_copy` of nothing: the handle, or 0."""
+    door = _door(door_at)
+    if door[DOOR_OPEN] == 0:
+        return 0
+    tables = _tables_at(door[DOOR_ALLOC])
+    return tables[8][_M_HANDLE] if _bump(*tables, size) >= 0 else 0
+
+
+@_rules.compiled(signature=types.int64(types.int64, _bytes_t))
+def alloc_write_one(door_at, data):
+    """:func:`door_alloc_copy` of ``data``: the handle, or 0."""
+    return door_alloc_copy(door_at, data.ctypes.data, data.shape[0])
+
+
+@_rules.compiled(signature=types.int64(types.int64, types.int64, _bytes_t))
+def write_one(door_at, handle, data):
+    """Copy ``data`` into the object (exactly its size): 0, or NOT_DONE."""
+    slot, address, size = door_lend(door_at, handle)
+    if slot < 0 or size != data.shape[0]:
+        return NOT_DONE
+    copy_bytes(address, data.ctypes.data, size)
+    return 0
+
+
+@_rules.compiled(signature=types.int64(types.int64, types.int64, _out_t, types.boolean))
+def read_one(door_at, handle, out, free):
+    """Copy the object into ``out`` (exactly its size), then free it when asked: what
+    :func:`door_free` answered (-1 without a free), or NOT_DONE."""
+    slot, address, size = door_lend(door_at, handle)
+    if slot < 0 or size != out.shape[0]:
+        return NOT_DONE
+    copy_bytes(out.ctypes.data, address, size)
+    return door_free(door_at, slot) if free else -1
+
+
+@_rules.compiled(signature=types.int64(types.int64, types.int64))
+def free_one(door_at, handle):
+    """Free the object: what :func:`door_free` answered, or NOT_DONE."""
+    slot = door_lend(door_at, handle)[0]
+    return NOT_DONE if slot < 0 else door_free(door_at, slot)

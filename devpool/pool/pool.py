@@ -37,7 +37,9 @@ from .allocator import (_M_CLEAN_AFTER, _M_HANDLE, _M_LIVE_ALIGNED, _M_OFF, _M_S
 from .._checks import PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside
 from .._packed import packed_starts
 from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
-from .door import DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS
+from . import door as _door
+from .door import DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS, NOT_DONE
+from .._compiled import JIT, bind
 from .storage import Storage
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
@@ -164,11 +166,16 @@ class Pool:
         door = np.zeros(DOOR_FIELDS, np.int64)
         door[DOOR_ALLOC] = self.alloc_.meta.ctypes.data
         door[DOOR_ARENA] = storage.address
-        self._door_opens = bool(storage.address) and not self._slow and not self._scrubs
+        self._door_opens = JIT and bool(storage.address) and not self._slow and not self._scrubs
         door[DOOR_OPEN] = self._door_opens
         self._door = memoryview(door)          # ours to change, the caller's to read:
         self.door = door.view()
         self.door.flags.writeable = False
+        if self._door_opens:                   # the single verbs' compiled calls, through it
+            alive = [door, self.alloc_, storage]
+            self._alloc1, self._alloc_w1, self._write1, self._read1, self._free1 = (
+                bind(f, door, alive) for f in (_door.alloc_one, _door.alloc_write_one, _door.write_one,
+                                               _door.read_one, _door.free_one))
 
     def _enter(self, kind=_ONE) -> None:
         """The checks behind ``_slow``, made after taking the lock: a closed pool
@@ -422,8 +429,15 @@ class Pool:
             if data is not None and data.size != size:
                 raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
             # the common case in one compiled call: room in the open segment (which grows
-            # nothing, so a limit has nothing to say); it places, records and names the object
-            slot = al._bump1(size)
+            # nothing, so a limit has nothing to say); it places, records and names the
+            # object (and, through the door, copies it in)
+            if self._door_opens:
+                handle = self._alloc1(size) if data is None else self._alloc_w1(data)
+                if handle:
+                    return handle
+                slot = -1
+            else:
+                slot = al._bump1(size)
             if slot >= 0:
                 m = al._mm
                 offset, handle = m[_M_OFF], m[_M_HANDLE]
@@ -538,6 +552,12 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
+            if self._door_opens and type(handle) is int and type(data) is np.ndarray and data.ndim == 1:
+                try:
+                    if self._write1(handle, data) == 0:     # decoded, checked and copied
+                        return
+                except OverflowError:                       # no int64: below says why
+                    pass
             slot, offset, size = self.alloc_.decode_one(handle)
             if not isinstance(data, np.ndarray):       # a device buffer
                 return self._write_device([slot], data)
@@ -585,6 +605,29 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
+            if (out is not None and self._door_opens and type(handle) is int and type(out) is np.ndarray
+                    and out.dtype == np.uint8 and out.ndim == 1 and (flags := out.flags).c_contiguous
+                    and flags.writeable):
+                try:
+                    got = self._read1(handle, out, free)    # decoded, checked, copied (and freed)
+                except OverflowError:
+                    got = NOT_DONE
+                if got != NOT_DONE:
+                    if got != -1:
+                        self._settle_free(got)
+                    return out
+            if out is None and self._door_opens and type(handle) is int:
+                al = self.alloc_
+                try:
+                    slot = al._locate1(handle)              # decode_one's call, its wrapping inline
+                except OverflowError:
+                    slot = -1
+                if slot >= 0:
+                    m = al._mm
+                    out = self.storage.copy_one(m[_M_OFF], m[_M_SIZE])
+                    if free:
+                        self._free_slot(slot)
+                    return out
             slot, offset, size = self.alloc_.decode_one(handle)
             if out is None:
                 out = self.storage.copy_one(offset, size)
@@ -656,6 +699,15 @@ class Pool:
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
+            if self._door_opens and type(handle) is int:
+                try:
+                    got = self._free1(handle)               # decoded, checked and freed
+                except OverflowError:
+                    got = NOT_DONE
+                if got != NOT_DONE:
+                    if got != -1:
+                        self._settle_free(got)
+                    return
             self._free_slot(self.alloc_.decode_one(handle)[0])
 
     def _free_slot(self, slot: int) -> None:

@@ -177,7 +177,7 @@ class Zswap:
         self._writeback_enabled = bool(writeback) and self.backing is not None
         # swap offset -> entry; the LRU only where writeback will walk it
         self._t = EntryTable(PAGE_SIZE, lru=self._writeback_enabled)
-        self._store1 = self._load1 = None          # the compiled single page, where it runs
+        self._store1 = self._load1 = self._invalidate1 = None   # the compiled single page, where it runs
         liblz4 = self._codec.liblz4
         if liblz4 is not None and pool.door[DOOR_ARENA] != 0 and not self._blocks_on_device:
             self._compile_one_page(*liblz4)
@@ -201,6 +201,7 @@ class Zswap:
         alive = [ctx, scratch, functions, self._t, self.pool]
         self._store1 = bind(one_page.store_one, ctx, alive)
         self._load1 = bind(one_page.load_one, ctx, alive)
+        self._invalidate1 = bind(one_page.invalidate_one, ctx, alive)
 
     def __enter__(self) -> "Zswap":
         return self
@@ -789,7 +790,17 @@ class Zswap:
         """Forget one offset; a no-op when it is not stored."""
         o = self._offset(offset)
         with self._lock:
-            self._check_open()
+            if self._closed or self._decoding:
+                self._check_open()
+            if self._invalidate1 is not None:
+                answer = self._invalidate1(o)                        # compiled, where it runs
+                if answer != one_page.SLOW:
+                    freed = self._ctx[one_page.X_FREED]
+                    if freed != -1:
+                        door_settle(self.pool, freed)
+                    if answer == one_page.DONE:
+                        self._t.after_remove()
+                    return
             self._drop_one(o)
 
     def invalidate_area(self) -> None:

@@ -1,4 +1,5 @@
-"""One page in one compiled call: zswap's single store and load, where they can run so.
+"""One page in one compiled call: zswap's single store, load and invalidation, where they
+can run so.
 
 The kernel's zswap stores a page in a few C calls: look the entry up, compress, take
 room from zsmalloc and copy the block in, record the entry. Through Python verbs the
@@ -35,7 +36,7 @@ from ..pool import DOOR_OPEN, door_alloc_copy, door_free, door_lend
 from . import entries
 from .entries import _N_BUCKETS, ABSENT, POOL, SAME, _bucket, _room, _set, _table_at   # (compiled below)
 
-__all__ = ["verdict", "store_one", "load_one", "X_FIELDS", "BOUND"]
+__all__ = ["verdict", "store_one", "load_one", "invalidate_one", "X_FIELDS", "BOUND"]
 
 PAGE = 4096
 
@@ -155,4 +156,26 @@ def load_one(ctx_at, key, out, keep):
     if slot >= 0:
         ctx[X_FREED] = door_free(ctx[X_DOOR], slot)
     _set(*table, key, ABSENT, 0, 0, b)           # the entry leaves
+    return DONE
+
+
+@_rules.compiled(signature=types.int64(types.int64, types.int64))
+def invalidate_one(ctx_at, key):
+    """Forget swap offset ``key``: DONE (its pool object freed), NOT_STORED, or SLOW (a
+    POOL entry behind a shut door; nothing changed)."""
+    ctx = numba.carray(at(ctx_at, numba.int64), (X_FIELDS,))
+    ctx[X_FREED] = -1
+    table = _table_at(ctx[X_ENTRIES])
+    buckets, keys, word, state, meta = table[0], table[1], table[2], table[4], table[8]
+    b = _bucket(buckets, keys, meta[_N_BUCKETS], key)
+    i = buckets[b]
+    if i < 0:
+        return NOT_STORED
+    if state[i] == POOL:
+        door_at = ctx[X_DOOR]
+        slot = door_lend(door_at, word[i])[0]
+        if slot < 0:
+            return SLOW
+        ctx[X_FREED] = door_free(door_at, slot)
+    _set(*table, key, ABSENT, 0, 0, b)
     return DONE

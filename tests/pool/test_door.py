@@ -116,3 +116,88 @@ def test_frees_through_the_door_give_segments_back_once_settled():
         assert sa[k] == sb[k], k
     a.close()
     b.close()
+
+
+_LOW = (1 << 53) - 1        # a handle's generation and slot (above: the pool's id)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_single_verbs_through_the_door_and_in_python_are_indistinguishable(seed):
+    """A host pool's single verbs run through its door; a twin with the door shut runs
+    them in Python. Random allocs (with and without data), writes, reads (fresh, into a
+    buffer, freeing), frees, and bad calls (stale, foreign, huge, negative and numpy
+    handles, wrong sizes, read-only and wrong outs), with cleaning on every free: the
+    same handles (but for the pool id), bytes, errors and figures, op for op."""
+    rng = np.random.default_rng(seed)
+    door = devpool.open_pool("host", 1 << 22, segment_bytes=1 << 14)
+    py = devpool.open_pool("host", 1 << 22, segment_bytes=1 << 14)
+    py._door_opens = False
+    for p in (door, py):
+        p.CLEAN_TRIGGER = 0.0
+    live: list[tuple] = []          # (door's handle, python's handle)
+    dead: list[tuple] = []
+
+    def both(fn, hs=(None, None)):
+        out = []
+        for p, h in zip((door, py), hs):
+            try:
+                r = fn(p, h)
+            except devpool.DevpoolError as exc:
+                r = type(exc).__name__
+            out.append(r.tobytes() if isinstance(r, np.ndarray) else r)
+        if isinstance(out[0], int) and not isinstance(out[0], bool) and out[0] > 1 << 53:
+            assert out[0] & _LOW == out[1] & _LOW, out           # handles: the same but for the id
+            return tuple(out)
+        assert out[0] == out[1], out
+        return out[0]
+
+    for step in range(1500):
+        op = int(rng.integers(0, 9))
+        n = int(rng.integers(1, 3000))
+        data = rng.integers(0, 256, n, dtype=np.uint8)
+        hs = live[int(rng.integers(0, len(live)))] if live else (12345, 12345)
+        if op == 0:
+            live.append(both(lambda p, h: p.alloc(n)))
+        elif op == 1:
+            live.append(both(lambda p, h: p.alloc(n, data=data)))
+        elif op == 2:
+            size = both(lambda p, h: p.size_of(h), hs)
+            good = rng.integers(0, 256, size if isinstance(size, int) else 5, dtype=np.uint8)
+            pick = good if rng.integers(0, 4) else data
+            both(lambda p, h: p.write(h, pick), hs)
+        elif op == 3:
+            both(lambda p, h: p.read(h), hs)
+        elif op == 4 and live:
+            size = both(lambda p, h: p.size_of(h), hs)
+            free = bool(rng.integers(0, 2))
+            both(lambda p, h: p.read(h, np.zeros(size, np.uint8), free=free), hs)
+            if free:
+                live.remove(hs)
+                dead.append(hs)
+        elif op == 5 and live:
+            both(lambda p, h: p.free(h), hs)
+            live.remove(hs)
+            dead.append(hs)
+        elif op == 6:
+            k = int(rng.integers(0, 7))
+            bad = [dead[-1] if dead else (7, 7), (1 << 70,) * 2, (-5, -5), (0, 0), tuple(map(np.int64, hs)),
+                   (True, True), tuple(h ^ (1 << 60) for h in hs)][k]
+            verb = int(rng.integers(0, 3))
+            both([lambda p, h: p.read(h), lambda p, h: p.free(h), lambda p, h: p.write(h, data)][verb], bad)
+            if k == 4 and verb == 1 and hs in live:         # a numpy handle is a handle: freed
+                live.remove(hs)
+                dead.append(hs)
+        elif op == 7 and live:
+            ro = np.zeros(both(lambda p, h: p.size_of(h), hs), np.uint8)
+            ro.flags.writeable = False
+            both(lambda p, h: p.read(h, ro), hs)
+            both(lambda p, h: p.read(h, np.zeros(3, np.uint16)), hs)
+        elif op == 8 and live:
+            size = both(lambda p, h: p.size_of(h), hs)
+            both(lambda p, h: p.read(h, np.zeros(size + 1, np.uint8)), hs)
+    for k in ("obj_used", "payload_bytes", "pool_total_size", "segments_in_use", "dead_bytes", "clean_steps",
+              "alloc_fail", "spare_bytes"):
+        assert door.stats()[k] == py.stats()[k], k
+    assert door.stats()["clean_steps"] > 0
+    door.close()
+    py.close()

@@ -14,7 +14,7 @@ SEG = 1 << 15
 
 
 def _python_path(zs):
-    zs._store1 = zs._load1 = None
+    zs._store1 = zs._load1 = zs._invalidate1 = None
     return zs
 
 
@@ -148,6 +148,11 @@ def test_a_closed_pool_under_a_compiled_zswap_says_so(rng):
     assert type(err.value) is type(want.value)
     with pytest.raises(type(want.value)):
         zs.store(9, pages[0])
+    with pytest.raises(devpool.DevpoolError) as inval:
+        zs.invalidate(2)
+    with pytest.raises(type(inval.value)):
+        twin.invalidate(2)
+    assert zs.contains(2) and twin.contains(2)
     zs.close()
     twin.close()
 
