@@ -85,8 +85,8 @@ def test_bench_latency_smoke(tmp_path):
     assert "skipped" in r["zram"] or r["zram"]["load"]["p50_us"] > 0
     parts = run["load_parts"]
     assert parts["decode_p50_us"] > 0 and parts["pool_read_with_free_p50_us"] > 0
-    assert abs(parts["decode_p50_us"] + parts["pool_read_with_free_p50_us"] + parts["frontend_rest_us"]
-               - parts["load_p50_us"]) < 1e-6
+    assert parts["compiled_page"] is True            # host + lz4: one compiled call a load
+    assert abs(parts["decode_p50_us"] + parts["frontend_rest_us"] - parts["load_p50_us"]) < 1e-6
 
 
 def _uffd_usable() -> bool:
