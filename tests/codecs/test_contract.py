@@ -666,3 +666,25 @@ def test_without_numba_jit_lz4_runs_through_the_binding():
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_a_block_past_int32_is_never_one_page():
+    """liblz4 takes an int length: a block of 2**32 + n bytes must not be read as its
+    first n (a valid block followed by 4 GiB of anything would decode as one page).
+    Both single and batch verbs say no, as the binding does (the zeros are never touched:
+    np.zeros maps them lazily)."""
+    codec = devpool.get_codec("lz4")
+    page = np.zeros(4096, np.uint8)
+    page[::7] = 3
+    block = np.frombuffer(lz4.block.compress(page, store_size=False), np.uint8)
+    for extra in (1 << 32, 1 << 31):
+        big = np.zeros(extra + block.size, np.uint8)
+        big[:block.size] = block
+        big[block.size:block.size + 64] = 0xEE
+        out = np.zeros(4096, np.uint8)
+        assert not codec.decompress_page(big, out)
+        assert codec.decompress_page_trusted(big, out) is None
+        outs = np.zeros((1, 4096), np.uint8)
+        assert not codec.decompress_into(big, np.array([big.size]), outs)[0]
+        assert not _binding(codec).decompress_page(big, out)
+        del big
