@@ -66,9 +66,9 @@ def _find() -> tuple[np.ndarray | None, str]:
         return None, f"python-lz4's extension does not export liblz4 ({exc})"
     if not 0 < state <= _STATE_BYTES:
         return None, f"LZ4_stream_t is {state} bytes, more than the {_STATE_BYTES} set aside"
-    addresses = np.array(addresses, np.int64)
-    addresses.flags.writeable = False
-    return addresses, ""
+    # read-only for good (an array's own flag could be set writable again): compiled
+    # code calls whatever these name
+    return np.frombuffer(np.array(addresses, np.int64).tobytes(), np.int64), ""
 
 
 FUNCTIONS, WHY_NOT = _find()

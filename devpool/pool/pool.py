@@ -166,9 +166,10 @@ class Pool:
         door[DOOR_ARENA] = storage.address
         self._door_opens = bool(storage.address) and not self._slow and not self._scrubs
         door[DOOR_OPEN] = self._door_opens
-        self._door = memoryview(door)          # ours to change, the caller's to read:
-        self.door = door.view()
-        self.door.flags.writeable = False
+        self._door = memoryview(door)          # ours to change, the caller's to read
+        # (over a read-only memoryview, as the arena's loans: a view's flag could be set
+        # writable again, and then a closed pool's door opened onto unmapped memory)
+        self.door = np.frombuffer(self._door.toreadonly(), np.int64)
 
     def _enter(self, kind=_ONE) -> None:
         """The checks behind ``_slow``, made after taking the lock: a closed pool

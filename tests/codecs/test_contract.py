@@ -568,6 +568,8 @@ def test_lz4_reaches_liblz4_from_compiled_code_here():
     from devpool.codecs import _liblz4
     from devpool.codecs.lz4_block import Lz4
     assert _liblz4.FUNCTIONS is not None, _liblz4.WHY_NOT
+    with pytest.raises(ValueError):
+        _liblz4.FUNCTIONS.flags.writeable = True     # what compiled code calls: never rewritable
     assert devpool.get_codec("lz4").liblz4 is not None
     assert devpool.get_codec({"id": "lz4", "acceleration": 3}).liblz4[1] == 3
     assert devpool.get_codec("lz4hc").liblz4 is None

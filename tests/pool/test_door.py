@@ -40,6 +40,8 @@ def test_door_is_open_on_host_and_shut_where_a_compiled_caller_may_not_go():
         assert chaos.door[D.DOOR_OPEN] == 0             # hostile: every verb is Python's
         with pytest.raises(ValueError):
             host.door[D.DOOR_OPEN] = 0                  # the caller's to read, not to set
+        with pytest.raises(ValueError):
+            host.door.flags.writeable = True            # not even by asking: it names raw memory
         seen = []
         h = _warm(host)[0]
         host.read_with(h, lambda block: seen.append(int(host.door[D.DOOR_OPEN])) or 1)
