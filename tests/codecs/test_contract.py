@@ -663,6 +663,9 @@ def test_without_numba_jit_lz4_runs_through_the_binding():
         for o, p in enumerate(pages):
             zs.store(o, p)
         assert all((zs.load(o) == p).all() for o, p in enumerate(pages))
+        for fill in (0x01, 0x7F, 0x80, 0xFF):            # fill words past int64's top bit too
+            page = np.full(4096, fill, np.uint8)
+            assert zs.store(fill, page) and (zs.load(fill) == page).all()
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=600,
