@@ -167,3 +167,62 @@ def test_a_kept_compiled_call_follows_live_arrays(rng):
     for o in range(40):
         assert load1(o, out, True) == 0 and (out == pages[o]).all()
     assert store1(77, pages[0]) in (0, 3)
+
+
+def test_an_acceleration_set_out_of_range_is_the_bindings_to_judge(tmp_path, rng):
+    """A codec's acceleration set after it was made (a public attribute) to what liblz4
+    cannot take as asked: the codec and a Zswap over it answer as the binding does (a
+    page refused as a compression failure, or compressed in default mode), and building
+    the Zswap no longer raises OverflowError (with its swap file created)."""
+    page = make_pages(1, rng, ("text",))[0]
+    for acc in (1 << 70, 1 << 40, 0, "3"):
+        codec, twin = devpool.get_codec("lz4"), devpool.get_codec("lz4")
+        codec.acceleration = twin.acceleration = acc
+        twin._fns = None                                     # the binding's calls
+        assert codec.liblz4 is None
+        (b1, n1), (b2, n2) = codec.compress_page_trusted(page), twin.compress_page_trusted(page)
+        assert n1 == n2 and b1[:n1].tobytes() == b2[:n2].tobytes()
+        d1, _, l1 = codec.compress_blocks_trusted(page[None], None)
+        d2, _, l2 = twin.compress_blocks_trusted(page[None], None)
+        assert l1.tolist() == l2.tolist() and d1.tobytes() == d2.tobytes()
+        answers = []
+        for c in (codec, twin):
+            pool = devpool.open_pool("host", 1 << 22)
+            path = tmp_path / "swap"
+            zs = devpool.Zswap(pool, c, backing=str(path), writeback=False)
+            assert zs._store1 is None
+            answers.append((zs.store(1, page), zs.stats()["reject_compress_fail"]))
+            assert (zs.load(1) == page).all()                # (in the pool, or refused to the file)
+            zs.close()
+            pool.close()
+            assert not path.exists()
+        assert answers[0] == answers[1], acc
+
+
+def test_a_zswap_that_cannot_bind_its_compiled_page_opens_nothing(tmp_path):
+    """Every check and every fallible step first, the swap file last: a codec whose
+    liblz4 settings cannot be bound fails the constructor with no file created or
+    claimed, even while the caller still holds the error (its traceback holds the
+    half-built Zswap, which used to hold the file)."""
+    from devpool.codecs.lz4_block import Lz4
+    from devpool.zswap.backing import BackingFile
+
+    class Bad(Lz4):
+        liblz4 = (Lz4._fns, 1 << 70)
+    pool = devpool.open_pool("host", 1 << 22)
+    path = tmp_path / "swap"
+    try:
+        devpool.Zswap(pool, Bad(), backing=str(path))
+    except OverflowError:
+        assert not path.exists()
+    else:
+        raise AssertionError("built")
+    shared = BackingFile(str(tmp_path / "shared"))
+    try:
+        devpool.Zswap(pool, Bad(), backing=shared)
+    except OverflowError:
+        devpool.Zswap(pool, "lz4", backing=shared).close()    # the file is no one's
+    else:
+        raise AssertionError("built")
+    shared.close()
+    pool.close()
