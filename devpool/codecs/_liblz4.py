@@ -43,6 +43,9 @@ BOUND = PAGE + PAGE // 255 + 16
 #: bytes set aside on the stack for the stream state (LZ4_stream_t; 16 416 in lz4 1.9 and
 #: 1.10, checked against LZ4_sizeofState() below)
 _STATE_BYTES = 1 << 15
+#: the longest block liblz4 can be handed (its lengths are C ints: a longer one would be
+#: truncated to its low 32 bits, and a valid block followed by 4 GiB would make a page)
+_MAX_BLOCK = (1 << 31) - 1
 _NAMES = ("LZ4_resetStream", "LZ4_compress_fast_continue", "LZ4_decompress_safe")
 #: index of each function's address in FUNCTIONS
 _RESET, _CONTINUE, _DECOMPRESS = range(3)
@@ -63,9 +66,9 @@ def _find() -> tuple[np.ndarray | None, str]:
         return None, f"python-lz4's extension does not export liblz4 ({exc})"
     if not 0 < state <= _STATE_BYTES:
         return None, f"LZ4_stream_t is {state} bytes, more than the {_STATE_BYTES} set aside"
-    addresses = np.array(addresses, np.int64)
-    addresses.flags.writeable = False
-    return addresses, ""
+    # read-only for good (an array's own flag could be set writable again): compiled
+    # code calls whatever these name
+    return np.frombuffer(np.array(addresses, np.int64).tobytes(), np.int64), ""
 
 
 FUNCTIONS, WHY_NOT = _find()
@@ -132,7 +135,7 @@ def _compress_at(fns, src, dst, cap, acceleration):
 @_rules.compiled
 def _decompress_at(fns, src, n, dst):
     """The block of ``n`` bytes at ``src`` into the page at ``dst``: True if it made one page."""
-    return n > 0 and _lz4_decompress(fns, src, dst, n, PAGE) == PAGE
+    return 0 < n <= _MAX_BLOCK and _lz4_decompress(fns, src, dst, n, PAGE) == PAGE
 
 
 @_rules.compiled(signature=types.int64(_fns_t, _page_t, _out_t, types.int64))

@@ -55,32 +55,44 @@ class _Lz4Block(_PerPage):
         return ok
 
 
+_MAX_ACCELERATION = 1 << 16
+
+
 class Lz4(_Lz4Block):
     """LZ4 raw blocks via ``lz4.block`` (default mode); ``acceleration`` trades ratio for speed."""
 
     codec_id = "lz4"
 
     def __init__(self, acceleration: int = 1):
-        self.acceleration = check_int(acceleration, "acceleration", lo=1, hi=1 << 16)
+        self.acceleration = check_int(acceleration, "acceleration", lo=1, hi=_MAX_ACCELERATION)
 
     def _compress_one(self, page):
         return _lz4_compress(page, "fast" if self.acceleration > 1 else "default", False, self.acceleration)
 
+    def _compress_fns(self):
+        """liblz4's functions where compression may call them itself: the acceleration
+        is still one it takes as asked (an int in 1..65536, as checked when made); one
+        set since to anything else goes through the binding, which judges it as it
+        always did (a refused page, or default mode), never truncated to 32 bits here."""
+        acc = self.acceleration
+        return self._fns if type(acc) is int and 1 <= acc <= _MAX_ACCELERATION else None
+
     @property
     def liblz4(self):
         # a subclass may change what a block is (or watch the calls): its own verbs run
-        return None if self._fns is None or type(self) is not Lz4 else (self._fns, self.acceleration)
+        fns = self._compress_fns() if type(self) is Lz4 else None
+        return None if fns is None else (fns, self.acceleration)
 
     # (lz4.block's "default" mode is acceleration 1, "fast" any other: one call for both)
     def compress_page_trusted(self, page):
-        fns = self._fns
+        fns = self._compress_fns()
         if fns is None:
             return super().compress_page_trusted(page)
         block = np.empty(_liblz4.BOUND, np.uint8)
         return block, _compress_page(fns, page, block, self.acceleration)
 
     def compress_blocks_trusted(self, pages, rows):
-        fns = self._fns
+        fns = self._compress_fns()
         if fns is None:
             return super().compress_blocks_trusted(pages, rows)
         if rows is None:

@@ -21,7 +21,7 @@ Rules for a caller:
   kernel's ``zs_obj_read_begin``): read it, never write through it, never keep it.
 - :func:`door_free` returns what the pool must finish in Python (a segment emptied, a
   cleaning step due: anything but -1); pass it to :func:`door_settle` before letting
-  the lock go (it trusts what it is given: devpool's own callers only).
+  the lock go.
 - The door array is read-only to its callers: the pool opens and shuts it.
 """
 
@@ -31,7 +31,9 @@ import numba
 from numba import types
 
 from .._compiled import Rules, at, copy_bytes
-from .allocator import _M_HANDLE, _M_OFF, _M_SIZE, _bump, _free, _locate, _tables_at
+from .._checks import check_int
+from .._errors import BadInputError
+from .allocator import CLEAN_DUE, _M_HANDLE, _M_OFF, _M_SIZE, _bump, _free, _locate, _tables_at
 
 __all__ = ["DOOR_ALLOC", "DOOR_ARENA", "DOOR_OPEN", "DOOR_FIELDS", "door_alloc_copy", "door_lend", "door_free",
            "door_settle"]
@@ -86,8 +88,16 @@ def door_free(door_at, slot):
 
 def door_settle(pool, got: int) -> None:
     """Finish in Python what a :func:`door_free` answered (anything but -1: a segment it
-    emptied goes back, a cleaning step that came due runs), under the pool's lock."""
-    pool._settle_free(got)
+    emptied goes back, a cleaning step that came due runs), under the pool's lock.
+    An answer no free could have given (a segment still in use: giving it back would
+    hand its live objects' memory to the kernel) is BadInputError, nothing changed."""
+    with pool.lock:
+        if type(got) is not int or got != -1:
+            got = check_int(got, "a door free's answer")
+            al = pool.alloc_
+            if not (got in (-1, CLEAN_DUE) or 0 <= got < al.n_segs and not al.seg_in_use[got]):
+                raise BadInputError(f"{got} is not what a door free answers (-1, CLEAN_DUE or an emptied segment)")
+        pool._settle_free(got)
 
 
 # --- the pool's own single verbs, through the door: one compiled call each ------------------

@@ -168,9 +168,10 @@ class Pool:
         door[DOOR_ARENA] = storage.address
         self._door_opens = JIT and bool(storage.address) and not self._slow and not self._scrubs
         door[DOOR_OPEN] = self._door_opens
-        self._door = memoryview(door)          # ours to change, the caller's to read:
-        self.door = door.view()
-        self.door.flags.writeable = False
+        self._door = memoryview(door)          # ours to change, the caller's to read
+        # (over a read-only memoryview, as the arena's loans: a view's flag could be set
+        # writable again, and then a closed pool's door opened onto unmapped memory)
+        self.door = np.frombuffer(self._door.toreadonly(), np.int64)
         if self._door_opens:                   # the single verbs' compiled calls, through it
             alive = [door, self.alloc_, storage]
             self._alloc1, self._alloc_w1, self._write1, self._read1, self._free1 = (

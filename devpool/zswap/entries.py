@@ -409,6 +409,7 @@ def _renumber(key_, word, length, state, referenced, prev, nxt, meta, new_of):
 
 def as_word(fill: int) -> int:
     """A uint64 fill word as the int64 ``word`` field holds it (the same 64 bits)."""
+    fill = int(fill)          # (a numpy uint64 where numba's JIT is off: its << 64 is 0)
     return fill - ((fill >> 63) << 64)
 
 

@@ -165,6 +165,14 @@ class Zswap:
         self._reached_full = False
         self._counters = dict.fromkeys(self._COUNTERS, 0)
         self._scratch = np.zeros(0, np.uint8)      # copy-out staging for decompression
+        self._writeback_enabled = bool(writeback) and backing is not None
+        # swap offset -> entry; the LRU only where writeback will walk it
+        self._t = EntryTable(PAGE_SIZE, lru=self._writeback_enabled)
+        self._store1 = self._load1 = self._invalidate1 = None   # the compiled single page, where it runs
+        liblz4 = self._codec.liblz4
+        if liblz4 is not None and pool.door[DOOR_ARENA] != 0 and not self._blocks_on_device:
+            self._compile_one_page(*liblz4)
+        # the backing file, the only thing opened, last: nothing above may fail after it
         self._own_backing = not (backing is None or isinstance(backing, BackingFile))
         self.backing = BackingFile(backing) if self._own_backing else backing
         if self.backing is not None:
@@ -174,13 +182,6 @@ class Zswap:
                 if self._own_backing:
                     self.backing.close(remove_created=True)
                 raise
-        self._writeback_enabled = bool(writeback) and self.backing is not None
-        # swap offset -> entry; the LRU only where writeback will walk it
-        self._t = EntryTable(PAGE_SIZE, lru=self._writeback_enabled)
-        self._store1 = self._load1 = self._invalidate1 = None   # the compiled single page, where it runs
-        liblz4 = self._codec.liblz4
-        if liblz4 is not None and pool.door[DOOR_ARENA] != 0 and not self._blocks_on_device:
-            self._compile_one_page(*liblz4)
 
     def _compile_one_page(self, functions, acceleration: int) -> None:
         """Bind :mod:`.one_page`'s store and load to this Zswap's tables, its pool's door

@@ -568,6 +568,8 @@ def test_lz4_reaches_liblz4_from_compiled_code_here():
     from devpool.codecs import _liblz4
     from devpool.codecs.lz4_block import Lz4
     assert _liblz4.FUNCTIONS is not None, _liblz4.WHY_NOT
+    with pytest.raises(ValueError):
+        _liblz4.FUNCTIONS.flags.writeable = True     # what compiled code calls: never rewritable
     assert devpool.get_codec("lz4").liblz4 is not None
     assert devpool.get_codec({"id": "lz4", "acceleration": 3}).liblz4[1] == 3
     assert devpool.get_codec("lz4hc").liblz4 is None
@@ -661,8 +663,33 @@ def test_without_numba_jit_lz4_runs_through_the_binding():
         for o, p in enumerate(pages):
             zs.store(o, p)
         assert all((zs.load(o) == p).all() for o, p in enumerate(pages))
+        for fill in (0x01, 0x7F, 0x80, 0xFF):            # fill words past int64's top bit too
+            page = np.full(4096, fill, np.uint8)
+            assert zs.store(fill, page) and (zs.load(fill) == page).all()
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=600,
                          env={**os.environ, "NUMBA_DISABLE_JIT": "1"})
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def test_a_block_past_int32_is_never_one_page():
+    """liblz4 takes an int length: a block of 2**32 + n bytes must not be read as its
+    first n (a valid block followed by 4 GiB of anything would decode as one page).
+    Both single and batch verbs say no, as the binding does (the zeros are never touched:
+    np.zeros maps them lazily)."""
+    codec = devpool.get_codec("lz4")
+    page = np.zeros(4096, np.uint8)
+    page[::7] = 3
+    block = np.frombuffer(lz4.block.compress(page, store_size=False), np.uint8)
+    for extra in (1 << 32, 1 << 31):
+        big = np.zeros(extra + block.size, np.uint8)
+        big[:block.size] = block
+        big[block.size:block.size + 64] = 0xEE
+        out = np.zeros(4096, np.uint8)
+        assert not codec.decompress_page(big, out)
+        assert codec.decompress_page_trusted(big, out) is None
+        outs = np.zeros((1, 4096), np.uint8)
+        assert not codec.decompress_into(big, np.array([big.size]), outs)[0]
+        assert not _binding(codec).decompress_page(big, out)
+        del big

@@ -40,6 +40,8 @@ def test_door_is_open_on_host_and_shut_where_a_compiled_caller_may_not_go():
         assert chaos.door[D.DOOR_OPEN] == 0             # hostile: every verb is Python's
         with pytest.raises(ValueError):
             host.door[D.DOOR_OPEN] = 0                  # the caller's to read, not to set
+        with pytest.raises(ValueError):
+            host.door.flags.writeable = True            # not even by asking: it names raw memory
         seen = []
         h = _warm(host)[0]
         host.read_with(h, lambda block: seen.append(int(host.door[D.DOOR_OPEN])) or 1)
@@ -201,3 +203,22 @@ def test_single_verbs_through_the_door_and_in_python_are_indistinguishable(seed)
     assert door.stats()["clean_steps"] > 0
     door.close()
     py.close()
+
+
+def test_door_settle_refuses_what_no_door_free_answers(rng):
+    """door_settle is public: an answer no door free gave (a segment still in use, one
+    out of range, anything but an int) is refused and changes nothing; a segment in use
+    given back would have had its live objects' memory handed to the kernel."""
+    pool = devpool.open_pool("host", 1 << 24, segment_bytes=1 << 16)
+    datas = [rng.integers(0, 256, 3000, dtype=np.uint8) for _ in range(60)]
+    hs = [pool.alloc(3000, data=d) for d in datas]
+    before = pool.stats()
+    in_use = int(np.flatnonzero(pool.alloc_.seg_in_use)[0])
+    for bad in (in_use, pool.alloc_.n_segs, 1 << 40, -7, 1.0, True, "0", None):
+        with pytest.raises(devpool.BadInputError):
+            D.door_settle(pool, bad)
+        assert pool.stats() == before, bad
+    assert all((pool.read(h) == d).all() for h, d in zip(hs, datas))
+    D.door_settle(pool, -1)                                   # nothing to finish: fine
+    D.door_settle(pool, D.CLEAN_DUE)                          # a cleaning step: fine
+    pool.close()

@@ -172,3 +172,113 @@ def test_a_kept_compiled_call_follows_live_arrays(rng):
     for o in range(40):
         assert load1(o, out, True) == 0 and (out == pages[o]).all()
     assert store1(77, pages[0]) in (0, 3)
+
+
+def test_an_acceleration_set_out_of_range_is_the_bindings_to_judge(tmp_path, rng):
+    """A codec's acceleration set after it was made (a public attribute) to what liblz4
+    cannot take as asked: the codec and a Zswap over it answer as the binding does (a
+    page refused as a compression failure, or compressed in default mode), and building
+    the Zswap no longer raises OverflowError (with its swap file created)."""
+    page = make_pages(1, rng, ("text",))[0]
+    for acc in (1 << 70, 1 << 40, 0, "3"):
+        codec, twin = devpool.get_codec("lz4"), devpool.get_codec("lz4")
+        codec.acceleration = twin.acceleration = acc
+        twin._fns = None                                     # the binding's calls
+        assert codec.liblz4 is None
+        (b1, n1), (b2, n2) = codec.compress_page_trusted(page), twin.compress_page_trusted(page)
+        assert n1 == n2 and b1[:n1].tobytes() == b2[:n2].tobytes()
+        d1, _, l1 = codec.compress_blocks_trusted(page[None], None)
+        d2, _, l2 = twin.compress_blocks_trusted(page[None], None)
+        assert l1.tolist() == l2.tolist() and d1.tobytes() == d2.tobytes()
+        answers = []
+        for c in (codec, twin):
+            pool = devpool.open_pool("host", 1 << 22)
+            path = tmp_path / "swap"
+            zs = devpool.Zswap(pool, c, backing=str(path), writeback=False)
+            assert zs._store1 is None
+            answers.append((zs.store(1, page), zs.stats()["reject_compress_fail"]))
+            assert (zs.load(1) == page).all()                # (in the pool, or refused to the file)
+            zs.close()
+            pool.close()
+            assert not path.exists()
+        assert answers[0] == answers[1], acc
+
+
+def test_a_zswap_that_cannot_bind_its_compiled_page_opens_nothing(tmp_path):
+    """Every check and every fallible step first, the swap file last: a codec whose
+    liblz4 settings cannot be bound fails the constructor with no file created or
+    claimed, even while the caller still holds the error (its traceback holds the
+    half-built Zswap, which used to hold the file)."""
+    from devpool.codecs.lz4_block import Lz4
+    from devpool.zswap.backing import BackingFile
+
+    class Bad(Lz4):
+        liblz4 = (Lz4._fns, 1 << 70)
+    pool = devpool.open_pool("host", 1 << 22)
+    path = tmp_path / "swap"
+    try:
+        devpool.Zswap(pool, Bad(), backing=str(path))
+    except OverflowError:
+        assert not path.exists()
+    else:
+        raise AssertionError("built")
+    shared = BackingFile(str(tmp_path / "shared"))
+    try:
+        devpool.Zswap(pool, Bad(), backing=shared)
+    except OverflowError:
+        devpool.Zswap(pool, "lz4", backing=shared).close()    # the file is no one's
+    else:
+        raise AssertionError("built")
+    shared.close()
+    pool.close()
+
+
+@pytest.mark.parametrize("segment_bytes, max_object, trigger", [(4096, 4096, 0.0), (8192, 2048, 0.0)])
+def test_two_zswaps_sharing_a_pool_are_the_python_paths_twins(tmp_path, segment_bytes, max_object, trigger):
+    """Two Zswaps on one pool (one lock, one door), segments of a page or two, pages
+    stored as-is bigger than the pool's largest object, a cleaning step due on every
+    free (CLEAN_TRIGGER 0: segments move under the compiled calls between them), single
+    and batch verbs interleaved: answers, counters and pool figures equal the Python
+    paths' op for op."""
+    rng = np.random.default_rng(segment_bytes + max_object)
+    pages = make_pages(40, rng, ("text", "struct", "random", "same", "zero", "struct"))
+    worlds = []
+    for name in ("compiled", "python"):
+        pool = devpool.open_pool("host", 1 << 22, segment_bytes=segment_bytes, max_object_bytes=max_object)
+        pool.CLEAN_TRIGGER = trigger
+        zss = [devpool.Zswap(pool, "lz4", max_pool_bytes=32 * segment_bytes, nr_pages=4000,
+                             backing=str(tmp_path / f"{name}{k}.swap")) for k in range(2)]
+        assert all(z._store1 is not None for z in zss)
+        worlds.append((pool, zss if name == "compiled" else [_python_path(z) for z in zss]))
+    for step in range(500):
+        op, k = int(rng.integers(0, 12)), int(rng.integers(0, 2))
+        o = int(rng.integers(0, 2000 if rng.random() < 0.2 else 50))
+        if op < 5:
+            p = pages[rng.integers(0, len(pages))]
+            calls = [lambda z=zss[k]: z.store(o, p) for _, zss in worlds]
+        elif op < 8:
+            keep = bool(rng.integers(0, 4) == 0)
+            calls = [lambda z=zss[k]: z.load(o, keep=keep) for _, zss in worlds]
+        elif op == 8:
+            offs = rng.choice(2000, size=int(rng.integers(1, 30)), replace=False)
+            idx = rng.integers(0, len(pages), offs.size)
+            calls = [lambda z=zss[k]: z.store_batch(offs, pages[idx]) for _, zss in worlds]
+        elif op == 9:
+            calls = [lambda z=zss[k]: z.invalidate(o) for _, zss in worlds]
+        elif op == 10:
+            calls = [lambda z=zss[k]: z.writeback(3) for _, zss in worlds]
+        else:
+            calls = [lambda pool=pool: pool.compact() for pool, _ in worlds]
+        got = [_outcome(c) for c in calls]
+        assert got[0] == got[1], (step, op, o)
+    (pa, za), (pb, zb) = worlds
+    assert [z.stats() for z in za] == [z.stats() for z in zb]
+    qa, qb = pa.stats(), pb.stats()
+    assert qa["clean_steps"] and (max_object == 4096 or za[0].stats()["reject_alloc_fail"])    # (reached)
+    for key in ("obj_used", "payload_bytes", "pool_total_size", "segments_in_use", "dead_bytes", "clean_steps",
+                "compactions", "alloc_fail", "spare_bytes"):
+        assert qa[key] == qb[key], key
+    for pool, zss in worlds:
+        for z in zss:
+            z.close()
+        pool.close()
