@@ -69,11 +69,12 @@ def at(typingctx, address, dtype):
 
 @numba.extending.intrinsic
 def copy_bytes(typingctx, dst, src, n):
-    """``memcpy(dst, src, n)`` between integer addresses (ranges that do not overlap)."""
+    """``memmove(dst, src, n)`` between integer addresses: the ranges may overlap (a page
+    stored as-is may be a view of the arena, a stale loan, over its new place)."""
     def codegen(context, builder, sig, args):
         i8p = context.get_value_type(numba.types.CPointer(numba.types.uint8))
         d, s, k = args
-        numba.core.cgutils.raw_memcpy(builder, builder.inttoptr(d, i8p), builder.inttoptr(s, i8p), k, 1)
+        numba.core.cgutils.raw_memmove(builder, builder.inttoptr(d, i8p), builder.inttoptr(s, i8p), k, 1)
         return context.get_dummy_value()
     return numba.types.void(numba.types.int64, numba.types.int64, numba.types.int64), codegen
 
