@@ -922,6 +922,7 @@ class Pool:
         st["clean_seconds"] = self._clean_seconds
         st.update(self._counters)
         st.update(self.storage.describe())
+        st["door_open"] = bool(self._door[DOOR_OPEN])     # single verbs compiled (devpool.pool.door)
         if self.backend_reason:
             st["backend_reason"] = self.backend_reason
         return st

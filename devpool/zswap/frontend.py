@@ -881,5 +881,7 @@ class Zswap:
                 "compressor": self._codec.codec_id,
                 "blocks_on_device": self._blocks_on_device,
                 "backend": pst["backend"],
+                # one compiled call a single page (devpool.zswap.one_page), else Python
+                "single_page_compiled": self._store1 is not None,
             })
             return st

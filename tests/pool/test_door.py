@@ -86,7 +86,7 @@ def test_a_shut_door_changes_nothing(rng):
     pool._door[D.DOOR_OPEN] = 0                                 # as while lending
     assert _alloc(at, np.ones(10, np.uint8)) == 0
     assert _read(at, h, np.zeros(64, np.uint8), True)[0] == -1
-    assert pool.stats() == before
+    assert pool.stats() == {**before, "door_open": False}
     pool._door[D.DOOR_OPEN] = 1
     assert _read(at, h, np.zeros(64, np.uint8), True)[0] >= 0
     pool.close()
