@@ -494,6 +494,13 @@ class Lz4Njit(Codec):
     def get_config(self) -> dict:
         return {"id": self.codec_id}
 
+    @property
+    def liblz4(self):
+        # its blocks are liblz4's (lz4.block's) byte for byte (tests/codecs pin it), so a
+        # frontend's compiled single page may make and read them with liblz4 itself
+        from devpool.codecs import _liblz4
+        return None if _liblz4.FUNCTIONS is None or type(self) is not Lz4Njit else (_liblz4.FUNCTIONS, 1)
+
     def compress_blocks_trusted(self, pages, rows):
         """Blocks left in this thread's scratch rows (no packing): ``(data, starts, lengths)``."""
         if rows is None:
