@@ -412,3 +412,13 @@ def test_bench_growth_ab_smoke(tmp_path):
         q = r["zswap_this_vs_base"]["dense" if layout == "dense" else "sparse"]
         assert all(q[v]["low"] <= q[v]["median"] <= q[v]["high"] for v in q)
     assert [(x["tree"], x["round"]) for x in r["zswap_runs"]] == [("base", 0), ("this", 0), ("this", 1), ("base", 1)]
+
+
+def test_bench_growth_paired_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "60",
+                  "--big", "400", "--passes", "2", "--n", "40")
+    assert r["single_page_compiled"] is True
+    for name in ("bare loop", "devpool"):
+        for verb in ("load", "store"):
+            v = r["subjects"][name][verb]
+            assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0

@@ -1,0 +1,122 @@
+"""How much of a single page's growth with the stored pages is the memory's, not devpool's.
+
+    python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
+                                             [--passes 7] [--n 2000] [--codec lz4] [--json F]
+
+``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
+in fast and slow phases (the same loop 1x or 2x), which moves a ratio of two passes. Here
+both sizes live in one process and are timed **op for op, interleaved**: a load then a
+store (of the page just loaded) at a random offset of the small store, then the same at
+the big one, 2 000 times a pass. And the same for the loop a user would write instead
+(``lz4.block`` blocks in a dict keyed by offset, also holding ``--small`` and ``--big``
+pages): its growth is what the memory alone costs (a cold block and a cold dict entry
+at 10^6 pages, where 10^4 pages' fit in cache). Reported per subject and verb: the
+median over passes of p50(big) / p50(small), its range, and the p50s; devpool's
+growth beyond the loop's is what its own tables (entry index, records, handle table)
+add.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import lz4.block
+import numpy as np
+
+import devpool
+from _common import header, load_pages, save
+from bench_latency import compressible
+
+PAGE = 4096
+
+
+def bare_store(size: int, blocks: list[bytes]) -> dict:
+    return {o: bytes(blocks[o % len(blocks)]) for o in range(size)}
+
+
+def zswap_store(size: int, pages: np.ndarray, codec: str):
+    pool = devpool.open_pool("host", max(1 << 26, size * PAGE))
+    zs = devpool.Zswap(pool, codec, max_pool_percent=100)
+    for s in range(0, size, 8192):
+        offs = np.arange(s, min(size, s + 8192))
+        zs.store_batch(offs, pages[offs % len(pages)])
+    return zs
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--pages", default="")
+    ap.add_argument("--small", type=int, default=10_000)
+    ap.add_argument("--big", type=int, default=1_000_000)
+    ap.add_argument("--passes", type=int, default=7)
+    ap.add_argument("--n", type=int, default=2000)
+    ap.add_argument("--codec", default="lz4")
+    ap.add_argument("--json")
+    args = ap.parse_args()
+    all_pages, source = load_pages(args.pages)
+    pages = compressible(all_pages, 20_000)
+    n = min(args.n, args.small)
+    r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
+               codec=args.codec)
+    print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
+    blocks = [lz4.block.compress(p, store_size=False) for p in pages]
+    out = np.empty(PAGE, np.uint8)
+    clock = time.perf_counter
+
+    def bare_op(d, o):
+        t = clock()
+        out[:] = np.frombuffer(lz4.block.decompress(d.pop(o), uncompressed_size=PAGE), np.uint8)
+        t1 = clock()
+        d[o] = lz4.block.compress(out, store_size=False)
+        return t1 - t, clock() - t1
+
+    def zswap_op(zs, o):
+        t = clock()
+        page = zs.load(o)
+        t1 = clock()
+        zs.store(o, page)
+        return t1 - t, clock() - t1
+
+    subjects = {"bare loop": ({s: bare_store(s, blocks) for s in (args.small, args.big)}, bare_op),
+                "devpool": ({s: zswap_store(s, pages, args.codec) for s in (args.small, args.big)}, zswap_op)}
+    compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
+    rng = np.random.default_rng(1)
+    runs = {name: [] for name in subjects}
+    for _ in range(args.passes):
+        for name, (stores, op) in subjects.items():
+            small = rng.choice(args.small, n, replace=False).tolist()
+            big = rng.choice(args.big, n, replace=False).tolist()
+            ts, tb = [], []
+            for a, b in zip(small, big):           # interleaved: one phase of the VM for both
+                ts.append(op(stores[args.small], a))
+                tb.append(op(stores[args.big], b))
+            ts, tb = np.array(ts) * 1e6, np.array(tb) * 1e6
+            runs[name].append({"load": (float(np.median(ts[:, 0])), float(np.median(tb[:, 0]))),
+                               "store": (float(np.median(ts[:, 1])), float(np.median(tb[:, 1])))})
+    r["single_page_compiled"] = compiled
+    r["subjects"] = {}
+    print(f"single load and store p50 at {args.big} stored pages against {args.small}, interleaved op for op "
+          f"({args.passes} passes of {n}; devpool {args.codec}, host, compiled single page: {compiled})")
+    for name, rows in runs.items():
+        r["subjects"][name] = {}
+        line = f"  {name:10}"
+        for verb in ("load", "store"):
+            s = np.array([x[verb][0] for x in rows])
+            b = np.array([x[verb][1] for x in rows])
+            q = b / s
+            r["subjects"][name][verb] = {"small_p50_us": float(np.median(s)), "big_p50_us": float(np.median(b)),
+                                         "added_us": float(np.median(b - s)),
+                                         "big_vs_small": {"median": float(np.median(q)), "low": float(q.min()),
+                                                          "high": float(q.max())}}
+            line += (f"  {verb} {np.median(s):.2f} -> {np.median(b):.2f} us: x{np.median(q):.2f} "
+                     f"({q.min():.2f}-{q.max():.2f}), +{np.median(b - s):.2f} us")
+        print(line)
+    d, b = r["subjects"]["devpool"], r["subjects"]["bare loop"]
+    print(f"  devpool's own growth beyond the loop's: load +{d['load']['added_us'] - b['load']['added_us']:.2f} us, "
+          f"store +{d['store']['added_us'] - b['store']['added_us']:.2f} us")
+    save(r, args.json)
+
+
+if __name__ == "__main__":
+    main()
