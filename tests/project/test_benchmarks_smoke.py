@@ -422,3 +422,10 @@ def test_bench_growth_paired_smoke(tmp_path):
         for verb in ("load", "store"):
             v = r["subjects"][name][verb]
             assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0
+
+
+def test_bench_liblz4_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_liblz4.py", "--pages", pages_file(tmp_path, 200, 8), "--batch", "32",
+                  "--passes", "2")
+    for verb in ("store_batch", "load_batch"):
+        assert r["ratio"][verb]["median"] > 0 and len(r["rates"]["binding"][verb]) == 2
