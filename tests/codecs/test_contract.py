@@ -564,7 +564,9 @@ def _binding(codec):
 def test_lz4_reaches_liblz4_from_compiled_code_here():
     """Where numba's JIT runs (every test run but the JIT-off subprocess below) the lz4
     codec calls liblz4 itself: the compiled paths are the ones under test. lz4hc only
-    decodes there; a subclass keeps its own verbs (it may change what a block is)."""
+    decodes there (a frontend may not make its blocks with liblz4's fast mode); lz4-njit
+    offers liblz4 to a frontend's compiled page; a subclass keeps its own verbs (it may
+    change what a block is)."""
     from devpool.codecs import _liblz4
     from devpool.codecs.lz4_block import Lz4
     assert _liblz4.FUNCTIONS is not None, _liblz4.WHY_NOT
@@ -573,7 +575,8 @@ def test_lz4_reaches_liblz4_from_compiled_code_here():
     assert devpool.get_codec("lz4").liblz4 is not None
     assert devpool.get_codec({"id": "lz4", "acceleration": 3}).liblz4[1] == 3
     assert devpool.get_codec("lz4hc").liblz4 is None
-    assert devpool.get_codec("lz4-njit").liblz4 is None
+    assert devpool.get_codec("lz4-njit").liblz4[1] == 1       # its blocks are liblz4's (pinned above)
+    assert devpool.get_codec("raw").liblz4 is None
 
     class Watched(Lz4):
         pass
