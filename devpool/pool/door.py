@@ -35,8 +35,8 @@ from .._checks import check_int
 from .._errors import BadInputError
 from .allocator import CLEAN_DUE, _M_HANDLE, _M_OFF, _M_SIZE, _bump, _free, _locate, _tables_at
 
-__all__ = ["DOOR_ALLOC", "DOOR_ARENA", "DOOR_OPEN", "DOOR_FIELDS", "door_alloc_copy", "door_lend", "door_free",
-           "door_settle"]
+__all__ = ["DOOR_ALLOC", "DOOR_ARENA", "DOOR_OPEN", "DOOR_FIELDS", "door_open", "door_alloc_copy", "door_lend",
+           "door_free", "door_settle"]
 
 #: the door's fields: the allocator's meta address, the arena's address, open (1) or shut
 DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS = range(4)
@@ -48,20 +48,35 @@ def _door(door_at):
 
 
 @numba.njit(cache=True)
+def door_open(door_at):
+    """True while the door is open (see above); a caller may ask before it starts."""
+    return _door(door_at)[DOOR_OPEN] != 0
+
+
+@numba.njit(cache=True)
+def _alloc(door_at, size):
+    """``(handle, address)`` of one new object of ``size`` in the open segment's room, or
+    ``(0, 0)`` (nothing changed): the door is shut, or the object needs the long way."""
+    door = _door(door_at)
+    if door[DOOR_OPEN] == 0:
+        return 0, 0
+    tables = _tables_at(door[DOOR_ALLOC])
+    if _bump(*tables, size) < 0:
+        return 0, 0
+    meta = tables[8]
+    return meta[_M_HANDLE], door[DOOR_ARENA] + meta[_M_OFF]
+
+
+@numba.njit(cache=True)
 def door_alloc_copy(door_at, src_at, size):
     """Allocate one object of ``size`` (1 .. the pool's max_object_bytes: the caller's
     to know) in the open segment's room and copy ``size`` bytes from ``src_at`` into it:
     its handle, or 0 (nothing changed) when the door is shut or the object needs the
     long way (a new segment, cleaning, a limit: :meth:`Pool.alloc`)."""
-    door = _door(door_at)
-    if door[DOOR_OPEN] == 0:
-        return 0
-    tables = _tables_at(door[DOOR_ALLOC])
-    if _bump(*tables, size) < 0:
-        return 0
-    meta = tables[8]
-    copy_bytes(door[DOOR_ARENA] + meta[_M_OFF], src_at, size)
-    return meta[_M_HANDLE]
+    handle, address = _alloc(door_at, size)
+    if handle != 0:
+        copy_bytes(address, src_at, size)
+    return handle
 
 
 @numba.njit(cache=True)
@@ -114,11 +129,7 @@ _out_t = types.Array(types.uint8, 1, "C")
 @_rules.compiled(signature=types.int64(types.int64, types.int64))
 def alloc_one(door_at, size):
     """:func:`door_alloc_copy` of nothing: the handle, or 0."""
-    door = _door(door_at)
-    if door[DOOR_OPEN] == 0:
-        return 0
-    tables = _tables_at(door[DOOR_ALLOC])
-    return tables[8][_M_HANDLE] if _bump(*tables, size) >= 0 else 0
+    return _alloc(door_at, size)[0]
 
 
 @_rules.compiled(signature=types.int64(types.int64, _bytes_t))

@@ -32,7 +32,7 @@ from numba import types
 from .._compiled import Rules, at, copy_bytes
 from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
-from ..pool import DOOR_OPEN, door_alloc_copy, door_free, door_lend
+from ..pool import door_alloc_copy, door_free, door_lend, door_open
 from . import entries
 from .entries import _N_BUCKETS, ABSENT, POOL, SAME, _bucket, _room, _set, _table_at   # (compiled below)
 
@@ -90,7 +90,7 @@ def store_one(ctx_at, key, page):
     ctx = numba.carray(at(ctx_at, numba.int64), (X_FIELDS,))
     ctx[X_FREED] = -1
     door_at = ctx[X_DOOR]
-    if numba.carray(at(door_at, numba.int64), (DOOR_OPEN + 1,))[DOOR_OPEN] == 0:
+    if not door_open(door_at):
         return SLOW
     table = _table_at(ctx[X_ENTRIES])
     buckets, keys, word, state, meta = table[0], table[1], table[2], table[4], table[8]
