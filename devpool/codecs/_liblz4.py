@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import ctypes
 
-import numba
 import numpy as np
 from llvmlite import ir
 from numba import types
