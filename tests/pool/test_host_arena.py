@@ -1,0 +1,82 @@
+"""The host arena's memory advice: huge pages by default, off on request, bad input refused.
+
+The advice is read back from the kernel (``/proc/self/smaps``: a mapping advised
+``MADV_HUGEPAGE`` carries ``hg`` in its VmFlags), not from the storage's own word.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import devpool
+from devpool import BadInputError
+from host import HostStorage
+
+
+def _vm_flags(address: int) -> list[str]:
+    """The VmFlags of this process's mapping that holds ``address`` (it may begin
+    before it: the kernel merges neighbouring mappings of the same kind)."""
+    with open("/proc/self/smaps") as f:
+        lines = f.read().splitlines()
+    for i, line in enumerate(lines):
+        head = line.split(" ", 1)[0]
+        if "-" in head and int(head.split("-")[0], 16) <= address < int(head.split("-")[1], 16):
+            for following in lines[i + 1:]:
+                if following.startswith("VmFlags:"):
+                    return following.split()[1:]
+    raise AssertionError(f"no mapping holds {address:#x}")
+
+
+def _thp_available() -> bool:
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            return "[never]" not in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _thp_available(), reason="this kernel has no transparent huge pages")
+def test_the_arena_is_advised_huge_pages_by_default_and_says_so():
+    with devpool.open_pool("host", 64 << 20) as pool:
+        address = pool.storage.address
+        assert pool.stats()["hugepages"] is True
+        assert "hg" in _vm_flags(address)
+        # and it is an ordinary arena: bytes go in and come back
+        data = np.arange(3000, dtype=np.uint16).view(np.uint8)[:3000].copy()
+        h = pool.alloc(data.size, data=data)
+        assert pool.read(h).tobytes() == data.tobytes()
+
+
+def test_hugepages_false_leaves_the_arena_on_small_pages():
+    with devpool.open_pool("host", 64 << 20, hugepages=False) as pool:
+        assert pool.stats()["hugepages"] is False
+        assert "hg" not in _vm_flags(pool.storage.address)
+
+
+def test_released_segments_inside_huge_pages_keep_every_live_byte():
+    """Releasing a segment advises part of a huge page away (the kernel splits it): the
+    objects around it must keep their bytes."""
+    rng = np.random.default_rng(7)
+    with devpool.open_pool("host", 8 << 20, segment_bytes=64 << 10) as pool:
+        blocks = [rng.integers(0, 256, int(n), dtype=np.uint8) for n in rng.integers(100, 4096, 2000)]
+        handles = [pool.alloc(b.size, data=b) for b in blocks]
+        # free every object of most segments so they are released, keep one in five
+        keep = set(range(0, len(handles), 5))
+        pool.free_batch([h for i, h in enumerate(handles) if i not in keep])
+        pool.storage.trim()
+        for i in sorted(keep):
+            assert pool.read(handles[i]).tobytes() == blocks[i].tobytes(), i
+
+
+@pytest.mark.parametrize("bad", [1, "yes", None, np.int64(1)])
+def test_hugepages_must_be_a_bool(bad):
+    with pytest.raises(BadInputError, match="hugepages must be a bool"):
+        devpool.open_pool("host", 1 << 20, hugepages=bad)
+    with pytest.raises(BadInputError, match="hugepages must be a bool"):
+        HostStorage(1 << 20, hugepages=bad)
+
+
+def test_chaos_over_host_takes_no_hugepage_option_it_would_not_pass_on():
+    with pytest.raises(BadInputError, match="unknown option 'hugepages'"):
+        devpool.open_pool("chaos", 1 << 20, hugepages=True)
