@@ -1,7 +1,8 @@
 """How much of a single page's growth with the stored pages is the memory's, not devpool's.
 
     python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
-                                             [--passes 7] [--n 2000] [--codec lz4] [--json F]
+                                             [--passes 7] [--n 2000] [--codec lz4] [--small-pages]
+                                             [--json F]
 
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
 in fast and slow phases (the same loop 1x or 2x), which moves a ratio of two passes. Here
@@ -13,7 +14,8 @@ pages): its growth is what the memory alone costs (a cold block and a cold dict 
 at 10^6 pages, where 10^4 pages' fit in cache). Reported per subject and verb: the
 median over passes of p50(big) / p50(small), its range, and the p50s; devpool's
 growth beyond the loop's is what its own tables (entry index, records, handle table)
-add.
+add. ``--small-pages`` times a third subject beside them, interleaved too: devpool with its
+arena on 4 KiB pages (``hugepages=False``; the default arena is advised huge pages).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def bare_store(size: int, blocks: list[bytes]) -> dict:
     return {o: bytes(blocks[o % len(blocks)]) for o in range(size)}
 
 
-def zswap_store(size: int, pages: np.ndarray, codec: str):
-    pool = devpool.open_pool("host", max(1 << 26, size * PAGE))
+def zswap_store(size: int, pages: np.ndarray, codec: str, hugepages: bool = True):
+    pool = devpool.open_pool("host", max(1 << 26, size * PAGE), hugepages=hugepages)
     zs = devpool.Zswap(pool, codec, max_pool_percent=100)
     for s in range(0, size, 8192):
         offs = np.arange(s, min(size, s + 8192))
@@ -52,13 +54,15 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=7)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--codec", default="lz4")
+    ap.add_argument("--small-pages", action="store_true",
+                    help="also time devpool with its arena on 4 KiB pages (hugepages=False), interleaved")
     ap.add_argument("--json")
     args = ap.parse_args()
     all_pages, source = load_pages(args.pages)
     pages = compressible(all_pages, 20_000)
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
-               codec=args.codec)
+               codec=args.codec, small_pages=args.small_pages)
     print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
     blocks = [lz4.block.compress(p, store_size=False) for p in pages]
     out = np.empty(PAGE, np.uint8)
@@ -80,6 +84,9 @@ def main() -> None:
 
     subjects = {"bare loop": ({s: bare_store(s, blocks) for s in (args.small, args.big)}, bare_op),
                 "devpool": ({s: zswap_store(s, pages, args.codec) for s in (args.small, args.big)}, zswap_op)}
+    if args.small_pages:
+        subjects["devpool 4K"] = ({s: zswap_store(s, pages, args.codec, hugepages=False)
+                                   for s in (args.small, args.big)}, zswap_op)
     compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
     rng = np.random.default_rng(1)
     runs = {name: [] for name in subjects}
@@ -100,7 +107,7 @@ def main() -> None:
           f"({args.passes} passes of {n}; devpool {args.codec}, host, compiled single page: {compiled})")
     for name, rows in runs.items():
         r["subjects"][name] = {}
-        line = f"  {name:10}"
+        line = f"  {name:11}"
         for verb in ("load", "store"):
             s = np.array([x[verb][0] for x in rows])
             b = np.array([x[verb][1] for x in rows])

@@ -42,6 +42,8 @@ from .door import DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS, NOT_DONE
 from .._compiled import JIT, bind
 from .storage import Storage
 
+_U8 = np.dtype(np.uint8)
+
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
 
 #: 256 KiB segments: the partly filled tail of each costs ~0.3 % of it at LZ4 page sizes
@@ -417,7 +419,7 @@ class Pool:
         With ``max_total``, the object is allocated only if ``pool_total_size`` stays
         within it (after cleaning, as :meth:`alloc_batch`); else None, nothing allocated.
         """
-        if data is not None and not (type(data) is np.ndarray and data.dtype == np.uint8
+        if data is not None and not (type(data) is np.ndarray and data.dtype is _U8
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
         if max_total is not None and (type(max_total) is not int or max_total < 0):
@@ -548,12 +550,16 @@ class Pool:
 
     def write(self, handle: int, data) -> None:
         """Copy ``data`` (exactly the object's size) into the object: one storage copy."""
-        if not (type(data) is np.ndarray and data.dtype == np.uint8 and data.flags.c_contiguous):
+        # the compiled copy takes a plain array: 1-D, C-contiguous uint8 (``is``: the dtype
+        # is numpy's own uint8 object; ``==`` converted np.uint8 on every call, ~60 ns)
+        plain = type(data) is np.ndarray and data.dtype is _U8 and data.ndim == 1 and data.flags.c_contiguous
+        if not plain:
             data = self._payload(data)[0]
+            plain = type(data) is np.ndarray            # (else a device buffer)
         with self._lock:
             if self._slow:                      # _locked's test, inline
                 self._enter()
-            if self._door_opens and type(handle) is int and type(data) is np.ndarray and data.ndim == 1:
+            if plain and self._door_opens and type(handle) is int:
                 try:
                     if self._write1(handle, data) == 0:     # decoded, checked and copied
                         return
@@ -607,7 +613,7 @@ class Pool:
             if self._slow:                      # _locked's test, inline
                 self._enter()
             if (out is not None and self._door_opens and type(handle) is int and type(out) is np.ndarray
-                    and out.dtype == np.uint8 and out.ndim == 1 and (flags := out.flags).c_contiguous
+                    and out.dtype is _U8 and out.ndim == 1 and (flags := out.flags).c_contiguous
                     and flags.writeable):
                 try:
                     got = self._read1(handle, out, free)    # decoded, checked, copied (and freed)
@@ -633,7 +639,7 @@ class Pool:
             if out is None:
                 out = self.storage.copy_one(offset, size)
             else:
-                if not (type(out) is np.ndarray and out.size == size and out.dtype == np.uint8 and out.ndim == 1
+                if not (type(out) is np.ndarray and out.size == size and out.dtype is _U8 and out.ndim == 1
                         and (flags := out.flags).c_contiguous and flags.writeable):
                     out = _check_out(out, size)
                 self.storage.read_one(offset, out)

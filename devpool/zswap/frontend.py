@@ -58,6 +58,9 @@ from ..pool import DOOR_ARENA, Pool, door_settle
 from .._compiled import bind
 from .._checks import PAGE_SIZE
 
+#: numpy's uint8 dtype object: ``is`` tests it in ~35 ns, ``== np.uint8`` in ~100
+_U8 = np.dtype(np.uint8)
+
 __all__ = ["Zswap"]
 
 # entry states (POOL, SAME, FILE; ABSENT) are the entry table's: see entries.py
@@ -276,7 +279,7 @@ class Zswap:
     @staticmethod
     def _page(page) -> np.ndarray:
         """One page as a C-contiguous (4096,) uint8 array, or BadInputError."""
-        if (type(page) is np.ndarray and page.dtype == np.uint8 and page.shape == (PAGE_SIZE,)
+        if (type(page) is np.ndarray and page.dtype is _U8 and page.shape == (PAGE_SIZE,)
                 and page.flags.c_contiguous):
             return page
         pages = check_pages(page)
@@ -710,7 +713,8 @@ class Zswap:
         thread's wait."""
         o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
         if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
-                                    and out.dtype == np.uint8 and (f := out.flags).c_contiguous and f.writeable):
+                                    and (out.dtype is _U8 or out.dtype == np.uint8) and (f := out.flags).c_contiguous
+                                    and f.writeable):
             raise BadInputError(f"out must be a writable C-contiguous ({PAGE_SIZE},) uint8 array")
         if keep is not False and keep is not True:      # check_flag's test, inline
             keep = check_flag(keep, "keep")

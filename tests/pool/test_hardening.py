@@ -199,3 +199,23 @@ def test_matrix_pages_are_plain_pages(rng):
     np.testing.assert_array_equal(zs.load_batch([0, 1]), pages)
     assert pool.stats()["obj_used"] == 0 and pool.stats()["pool_total_size"] >= before
     zs.close(); pool.close()
+
+
+def test_uint8_data_in_any_dtype_object_is_uint8_data(backend):
+    """The single verbs' fast test asks for numpy's own uint8 dtype object; uint8 spelled
+    another way (with metadata, '|u1') takes the checked path to the same result, and a
+    byte-sized dtype that is not uint8 is refused there, changing nothing."""
+    spelled = np.dtype(np.uint8, metadata={"from": "a caller"})
+    assert spelled == np.uint8 and spelled is not np.dtype(np.uint8)
+    data = np.arange(1000, dtype=np.uint16).view(np.uint8)[:1000].copy()
+    with devpool.open_pool(backend, 1 << 20) as pool:
+        h = pool.alloc(data.size, data=data.view(spelled))
+        assert pool.read(h).tobytes() == data.tobytes()
+        pool.write(h, (data[::-1].copy()).view(spelled))
+        out = np.empty(data.size, spelled)
+        assert pool.read(h, out) is out and out.tobytes() == data[::-1].tobytes()
+        with pytest.raises(devpool.BadInputError, match="dtype uint8"):
+            pool.write(h, data.view(np.int8))
+        assert pool.read(h).tobytes() == data[::-1].tobytes()
+        with pytest.raises(devpool.BadInputError, match="dtype uint8"):
+            pool.read(h, np.empty(data.size, np.int8))

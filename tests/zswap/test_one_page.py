@@ -302,3 +302,17 @@ def test_two_zswaps_sharing_a_pool_are_the_python_paths_twins(tmp_path, segment_
         for z in zss:
             z.close()
         pool.close()
+
+
+def test_uint8_pages_in_any_dtype_object_store_and_load():
+    """The fast tests ask for numpy's own uint8 dtype object; uint8 spelled with metadata
+    is still a page, stored and loaded the same."""
+    spelled = np.dtype(np.uint8, metadata={"from": "a caller"})
+    page = np.frombuffer((b"devpool " * 512), np.uint8).copy()
+    with devpool.open_pool("host", 1 << 22) as pool, devpool.Zswap(pool, "lz4") as zs:
+        zs.store(7, page.view(spelled))
+        out = np.empty(4096, spelled)
+        zs.load(7, out)
+        assert out.tobytes() == page.tobytes()
+        with pytest.raises(devpool.BadInputError, match="uint8"):
+            zs.load(7, np.empty(4096, np.int8))
