@@ -20,7 +20,7 @@ import numba
 import numba.core.cgutils
 import numba.extending
 
-__all__ = ["Rules", "at", "copy_bytes", "entry", "bind", "JIT"]
+__all__ = ["Rules", "at", "copy_bytes", "prefetch", "entry", "bind", "JIT"]
 
 #: False under NUMBA_DISABLE_JIT: compiled functions are plain Python, and ``at`` cannot run
 JIT = not numba.config.DISABLE_JIT
@@ -77,6 +77,21 @@ def copy_bytes(typingctx, dst, src, n):
         numba.core.cgutils.raw_memmove(builder, builder.inttoptr(d, i8p), builder.inttoptr(s, i8p), k, 1)
         return context.get_dummy_value()
     return numba.types.void(numba.types.int64, numba.types.int64, numba.types.int64), codegen
+
+
+@numba.extending.intrinsic
+def prefetch(typingctx, address):
+    """Ask the CPU to start loading the cache line at integer ``address`` (``llvm.prefetch``:
+    a hint, never a fault, whatever the address)."""
+    def codegen(context, builder, sig, args):
+        from llvmlite import ir
+        i8p = ir.IntType(8).as_pointer()
+        i32 = ir.IntType(32)
+        fn = numba.core.cgutils.get_or_insert_function(
+            builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8")
+        builder.call(fn, [builder.inttoptr(args[0], i8p), i32(0), i32(3), i32(1)])
+        return context.get_dummy_value()
+    return numba.types.void(numba.types.int64), codegen
 
 
 def entry(jitted):

@@ -35,8 +35,8 @@ from .._checks import check_int
 from .._errors import BadInputError
 from .allocator import CLEAN_DUE, _M_HANDLE, _M_OFF, _M_SIZE, _bump, _free, _locate, _tables_at
 
-__all__ = ["DOOR_ALLOC", "DOOR_ARENA", "DOOR_OPEN", "DOOR_FIELDS", "door_open", "door_alloc_copy", "door_lend",
-           "door_free", "door_settle"]
+__all__ = ["DOOR_ALLOC", "DOOR_ARENA", "DOOR_OPEN", "DOOR_FIELDS", "door_open", "door_alloc", "door_alloc_copy",
+           "door_arena", "door_lend", "door_free", "door_settle"]
 
 #: the door's fields: the allocator's meta address, the arena's address, open (1) or shut
 DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS = range(4)
@@ -54,8 +54,9 @@ def door_open(door_at):
 
 
 @numba.njit(cache=True)
-def _alloc(door_at, size):
-    """``(handle, address)`` of one new object of ``size`` in the open segment's room, or
+def door_alloc(door_at, size):
+    """``(handle, address)`` of one new object of ``size`` (as :func:`door_alloc_copy`)
+    in the open segment's room, for the caller to fill before letting the lock go; or
     ``(0, 0)`` (nothing changed): the door is shut, or the object needs the long way."""
     door = _door(door_at)
     if door[DOOR_OPEN] == 0:
@@ -73,10 +74,16 @@ def door_alloc_copy(door_at, src_at, size):
     to know) in the open segment's room and copy ``size`` bytes from ``src_at`` into it:
     its handle, or 0 (nothing changed) when the door is shut or the object needs the
     long way (a new segment, cleaning, a limit: :meth:`Pool.alloc`)."""
-    handle, address = _alloc(door_at, size)
+    handle, address = door_alloc(door_at, size)
     if handle != 0:
         copy_bytes(address, src_at, size)
     return handle
+
+
+@numba.njit(cache=True)
+def door_arena(door_at):
+    """The arena's address: an object's offset is its address minus this."""
+    return _door(door_at)[DOOR_ARENA]
 
 
 @numba.njit(cache=True)
@@ -129,7 +136,7 @@ _out_t = types.Array(types.uint8, 1, "C")
 @_rules.compiled(signature=types.int64(types.int64, types.int64))
 def alloc_one(door_at, size):
     """:func:`door_alloc_copy` of nothing: the handle, or 0."""
-    return _alloc(door_at, size)[0]
+    return door_alloc(door_at, size)[0]
 
 
 @_rules.compiled(signature=types.int64(types.int64, _bytes_t))

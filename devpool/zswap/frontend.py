@@ -373,21 +373,32 @@ class Zswap:
         if offs.size == 0:
             return
         if state == POOL:
-            old, old_words = self._t.put(offs, POOL, handles, lengths)[1:]
+            idx, old, old_words = self._t.put(offs, POOL, handles, lengths)
+            self._hint(idx, handles)
         else:                       # SAME: the fill word; FILE: the slot's check word (or 0)
             old, old_words = self._t.put(offs, state, 0 if fill is None else fill.view(np.int64), 0)[1:]
         if (old == POOL).any():
             self.pool.free_batch(old_words[old == POOL])
 
+    def _hint(self, idx: np.ndarray, handles) -> None:
+        """Entry slots ``idx`` now name pool objects ``handles``: their records learn where
+        the blocks lie, the compiled load's prefetch (:mod:`.entries`: ``hint``)."""
+        if self._load1 is not None:
+            ctx = self._ctx
+            one_page.set_hints(ctx[one_page.X_ENTRIES], ctx[one_page.X_DOOR], idx,
+                               np.asarray(handles, np.int64).reshape(-1))
+
     def _record_one(self, o: int, state: int, word: int = 0, length: int = 0) -> None:
         """:meth:`_record` for one offset (if the table cannot take it, a new POOL object
         is freed and the store fails whole)."""
         try:
-            old, old_word = self._t.put_one(o, state, word, length)[1:]
+            i, old, old_word = self._t.put_one(o, state, word, length)
         except BaseException:
             if state == POOL:
                 self.pool.free(word)
             raise
+        if state == POOL:
+            self._hint(np.array([i], np.int64), word)
         if old == POOL:
             self.pool.free(old_word)
 

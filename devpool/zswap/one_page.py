@@ -29,14 +29,15 @@ import numba
 import numpy as np
 from numba import types
 
-from .._compiled import Rules, at, copy_bytes
+from .._compiled import Rules, at, copy_bytes, prefetch
 from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
-from ..pool import door_alloc_copy, door_free, door_lend, door_open
+from ..pool import door_alloc, door_arena, door_free, door_lend, door_open
 from . import entries
-from .entries import _N_BUCKETS, ABSENT, POOL, SAME, _bucket, _room, _set, _table_at   # (compiled below)
+from .entries import (_N_BUCKETS, ABSENT, POOL, SAME, _bucket, _hints_at, _room, _set, _table_at,   # (compiled below)
+                      hint_of)
 
-__all__ = ["verdict", "store_one", "load_one", "invalidate_one", "X_FIELDS", "BOUND"]
+__all__ = ["verdict", "store_one", "load_one", "invalidate_one", "set_hints", "X_FIELDS", "BOUND"]
 
 PAGE = 4096
 
@@ -112,10 +113,12 @@ def store_one(ctx_at, key, page):
         accepted, as_is, size = verdict(n, ctx[X_WRITEBACK] != 0, ctx[X_MAX_OBJECT])
         if not accepted:
             return REFUSED
-        handle = door_alloc_copy(door_at, page.ctypes.data if as_is else ctx[X_SCRATCH], size)
+        handle, address = door_alloc(door_at, size)
         if handle == 0:
             return LONG_WAY
-        _set(*table, key, POOL, handle, size, b)
+        copy_bytes(address, page.ctypes.data if as_is else ctx[X_SCRATCH], size)
+        i = _set(*table, key, POOL, handle, size, b)[0]
+        _hints_at(ctx[X_ENTRIES])[i] = hint_of(address - door_arena(door_at))
     if old >= 0:
         ctx[X_FREED] = door_free(door_at, old)
     return DONE_SAME if same else DONE
@@ -141,6 +144,11 @@ def load_one(ctx_at, key, out, keep):
         out.view(np.int64)[:] = word[i]
     elif st == POOL:
         door_at = ctx[X_DOOR]
+        hint = _hints_at(ctx[X_ENTRIES])[i]
+        if hint >= 0:                            # the block's first lines load while the
+            guess = door_arena(door_at) + (hint << 4)   # handle is checked (only a guess:
+            prefetch(guess)                      # the check below decides what is read)
+            prefetch(guess + 64)
         slot, address, size = door_lend(door_at, word[i])
         if slot < 0:
             return SLOW
@@ -179,3 +187,14 @@ def invalidate_one(ctx_at, key):
         ctx[X_FREED] = door_free(door_at, slot)
     _set(*table, key, ABSENT, 0, 0, b)
     return DONE
+
+
+@_rules.compiled
+def set_hints(entries_at, door_at, idx, handles):
+    """The records at ``idx`` learn where their pool objects (``handles``, just stored by a
+    batch) lie now: the hint :func:`load_one` prefetches. Under the pool's lock."""
+    hints = _hints_at(entries_at)
+    arena = door_arena(door_at)
+    for j in range(idx.shape[0]):
+        slot, address, size = door_lend(door_at, handles[j])
+        hints[idx[j]] = hint_of(address - arena) if slot >= 0 else -1
