@@ -2,7 +2,7 @@
 
     python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
                                              [--passes 7] [--n 2000] [--codec lz4] [--small-pages]
-                                             [--json F]
+                                             [--no-hints] [--json F]
 
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
 in fast and slow phases (the same loop 1x or 2x), which moves a ratio of two passes. Here
@@ -15,7 +15,9 @@ at 10^6 pages, where 10^4 pages' fit in cache). Reported per subject and verb: t
 median over passes of p50(big) / p50(small), its range, and the p50s; devpool's
 growth beyond the loop's is what its own tables (entry index, records, handle table)
 add. ``--small-pages`` times a third subject beside them, interleaved too: devpool with its
-arena on 4 KiB pages (``hugepages=False``; the default arena is advised huge pages).
+arena on 4 KiB pages (``hugepages=False``; the default arena is advised huge pages);
+``--no-hints`` one whose entries' location hints were cleared after the fill (a load then
+does not prefetch its block while it checks the handle).
 """
 
 from __future__ import annotations
@@ -56,13 +58,16 @@ def main() -> None:
     ap.add_argument("--codec", default="lz4")
     ap.add_argument("--small-pages", action="store_true",
                     help="also time devpool with its arena on 4 KiB pages (hugepages=False), interleaved")
+    ap.add_argument("--no-hints", action="store_true",
+                    help="also time devpool with its entries' location hints cleared after the fill, interleaved")
     ap.add_argument("--json")
     args = ap.parse_args()
     all_pages, source = load_pages(args.pages)
     pages = compressible(all_pages, 20_000)
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
-               codec=args.codec, small_pages=args.small_pages)
+               codec=args.codec, small_pages=args.small_pages,
+               no_hints=args.no_hints)
     print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
     blocks = [lz4.block.compress(p, store_size=False) for p in pages]
     out = np.empty(PAGE, np.uint8)
@@ -84,6 +89,11 @@ def main() -> None:
 
     subjects = {"bare loop": ({s: bare_store(s, blocks) for s in (args.small, args.big)}, bare_op),
                 "devpool": ({s: zswap_store(s, pages, args.codec) for s in (args.small, args.big)}, zswap_op)}
+    if args.no_hints:               # a load then finds no hint (-1) and prefetches nothing
+        stores = {s: zswap_store(s, pages, args.codec) for s in (args.small, args.big)}
+        for zs in stores.values():
+            zs._t.hint[zs._t.present()] = -1
+        subjects["devpool no hint"] = (stores, zswap_op)
     if args.small_pages:
         subjects["devpool 4K"] = ({s: zswap_store(s, pages, args.codec, hugepages=False)
                                    for s in (args.small, args.big)}, zswap_op)
@@ -107,7 +117,7 @@ def main() -> None:
           f"({args.passes} passes of {n}; devpool {args.codec}, host, compiled single page: {compiled})")
     for name, rows in runs.items():
         r["subjects"][name] = {}
-        line = f"  {name:11}"
+        line = f"  {name:15}"
         for verb in ("load", "store"):
             s = np.array([x[verb][0] for x in rows])
             b = np.array([x[verb][1] for x in rows])
