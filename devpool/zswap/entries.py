@@ -9,8 +9,9 @@ the offsets are dense or spread over the whole swap area:
 - **entries** live in *slots*: one record per slot holding ``key`` (the swap offset,
   int64), ``word`` (the pool handle, or a same-filled page's fill word, int64),
   ``length`` (uint16), ``state`` (uint8: ABSENT, POOL, SAME, FILE), ``referenced``
-  (uint8) and the LRU's links ``prev`` / ``next`` (int32): 32 bytes, 24 without the
-  LRU. Each field is a strided numpy view of the records (and a memoryview of it), so
+  (uint8), the LRU's links ``prev`` / ``next`` (int32) and ``hint``, where the block
+  lay in the pool (int32, in padding or in a live entry's unused ``next``): 32 bytes, 24
+  without the LRU. Each field is a strided numpy view of the records (and a memoryview of it), so
   the frontend reads and writes fields by slot index, vectorised for a batch, by
   scalar for one page. Slots are taken lowest first (a free list threads the freed
   ones through ``next``), so the records' untouched tail costs no RAM.
