@@ -77,9 +77,11 @@ def _locked(method=None, *, kind=_ONE):
 
 
 def _as_bytes_array(data, what: str) -> np.ndarray:
-    """A read-only-OK, 1-D, C-contiguous uint8 view of caller data, or BadInputError."""
+    """A read-only-OK, 1-D, C-contiguous, plain (no subclass) uint8 view of caller data,
+    or BadInputError. Plain: the single verbs' compiled calls take it unchecked, and a
+    subclass may stay 2-D through ``reshape(-1)`` (``np.matrix``)."""
     if isinstance(data, np.ndarray):
-        arr = data
+        arr = data.view(np.ndarray) if type(data) is not np.ndarray else data
     else:
         try:
             arr = np.frombuffer(memoryview(data), dtype=np.uint8) if not isinstance(data, (list, tuple)) \
@@ -96,8 +98,11 @@ def _as_bytes_array(data, what: str) -> np.ndarray:
 
 
 def _check_out(out, nbytes: int) -> np.ndarray:
-    """The caller's copy-out buffer: writable, contiguous uint8 of exactly ``nbytes``."""
-    if not isinstance(out, np.ndarray):
+    """The caller's copy-out buffer: writable, contiguous uint8 of exactly ``nbytes``, as
+    a plain 1-D view (:func:`_as_bytes_array`: a subclass may stay 2-D)."""
+    if isinstance(out, np.ndarray) and type(out) is not np.ndarray:
+        out = out.view(np.ndarray)
+    elif not isinstance(out, np.ndarray):
         try:
             out = np.frombuffer(memoryview(out), dtype=np.uint8)
         except (TypeError, ValueError, BufferError) as exc:     # BufferError: a strided memoryview
