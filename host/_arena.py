@@ -18,7 +18,9 @@ also misses the TLB. zsmalloc's pages sit in the kernel's direct map, itself map
 huge pages; this is the same. Measured with ``benchmarks/bench_growth_paired.py``: a
 single store at 10^6 stored pages grew x1.04 - 1.06 over 10^4 with the advice, x1.15
 without (the loads: x1.19 - 1.25 against x1.32). Where the kernel has no transparent huge
-pages the advice is refused and the arena keeps small pages (``describe()`` says which).
+pages the advice is refused and the arena keeps small pages (``describe()`` says which);
+``hugepages=False`` advises ``MADV_NOHUGEPAGE``, so that the kernel's ``always`` mode
+does not give the arena huge pages unasked.
 """
 
 from __future__ import annotations
@@ -43,17 +45,34 @@ _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux
 RELEASE_ADVICE = getattr(mmap, "MADV_FREE", getattr(mmap, "MADV_DONTNEED", None))
 
 
-def _advise_hugepages(region: mmap.mmap) -> bool:
-    """Ask for transparent huge pages over ``region``; False where the platform or the
-    kernel (no THP: EINVAL) says no. Only advice: nothing is allocated here."""
-    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+#: the kernel's transparent huge page mode: ``[always]``, ``[madvise]`` or ``[never]``
+THP_ENABLED = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+def _thp_never() -> bool:
+    """True where the kernel says it never gives transparent huge pages (the advice is
+    then taken without error, and changes nothing)."""
+    try:
+        with open(THP_ENABLED) as f:
+            return "[never]" in f.read()
+    except OSError:
+        return False                     # (no such file: madvise's EINVAL says so below)
+
+
+def _advise_hugepages(region: mmap.mmap, hugepages: bool) -> bool:
+    """Ask for transparent huge pages over ``region``, or (``hugepages`` False) for none:
+    under THP ``always`` the kernel gives an anonymous mapping huge pages unasked, so
+    opting out is advice too (MADV_NOHUGEPAGE). Whether the region may get huge pages:
+    False where the platform or the kernel (no THP: EINVAL; ``never``) says no. Only
+    advice: nothing is allocated here."""
+    advice = getattr(mmap, "MADV_HUGEPAGE" if hugepages else "MADV_NOHUGEPAGE", None)
     if advice is None:
         return False
     try:
         region.madvise(advice)
     except OSError:
         return False
-    return True
+    return hugepages and not _thp_never()
 
 
 class HostStorage(Storage):
@@ -71,8 +90,8 @@ class HostStorage(Storage):
             raise PoolFullError(
                 f"cannot reserve {self.capacity_bytes} bytes of host address space: {exc}"
             ) from exc
-        #: whether the kernel took the MADV_HUGEPAGE advice (module docstring)
-        self.hugepages = hugepages and _advise_hugepages(self._map)
+        #: whether the kernel took the MADV_HUGEPAGE advice and gives huge pages (module docstring)
+        self.hugepages = _advise_hugepages(self._map, hugepages)
         self._arena = np.frombuffer(self._map, dtype=np.uint8)
         # one page copied through memoryviews costs about half what numpy's slice and
         # assignment do (~100 ns against ~250 for 2 KiB): the single-object verbs use it

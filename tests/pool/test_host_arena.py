@@ -6,6 +6,8 @@ The advice is read back from the kernel (``/proc/self/smaps``: a mapping advised
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -80,3 +82,31 @@ def test_hugepages_must_be_a_bool(bad):
 def test_chaos_over_host_takes_no_hugepage_option_it_would_not_pass_on():
     with pytest.raises(BadInputError, match="unknown option 'hugepages'"):
         devpool.open_pool("chaos", 1 << 20, hugepages=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
+                    reason="this kernel has no transparent huge pages to opt out of")
+def test_hugepages_false_opts_out_where_the_kernel_gives_huge_pages_unasked():
+    """Under THP ``always`` (a common distribution default) an anonymous mapping gets huge
+    pages without advice: opting out must advise MADV_NOHUGEPAGE (VmFlags ``nh``), or a
+    "4 KiB arena" (``bench_growth_paired --small-pages``) is a huge-page one there."""
+    with devpool.open_pool("host", 64 << 20, hugepages=False) as pool:
+        flags = _vm_flags(pool.storage.address)
+        assert "nh" in flags and "hg" not in flags
+
+
+def test_the_report_says_no_huge_pages_where_the_kernel_never_gives_them(tmp_path, monkeypatch):
+    """Under THP ``never`` madvise(MADV_HUGEPAGE) succeeds but nothing changes: the
+    storage must not report huge pages it will not get."""
+    from devpool.host import _arena
+    never = tmp_path / "enabled"
+    never.write_text("always madvise [never]\n")
+    monkeypatch.setattr(_arena, "THP_ENABLED", str(never))
+    with devpool.open_pool("host", 8 << 20) as pool:
+        assert pool.stats()["hugepages"] is False
+    madvise = tmp_path / "madvise"
+    madvise.write_text("always [madvise] never\n")
+    monkeypatch.setattr(_arena, "THP_ENABLED", str(madvise))
+    with devpool.open_pool("host", 8 << 20) as pool:
+        assert pool.stats()["hugepages"] is True
+        assert "hg" in _vm_flags(pool.storage.address)
