@@ -92,3 +92,63 @@ def test_hint_of_names_offsets_an_int32_of_16_bytes_can():
     assert hint_of(1 << 35) == -1 and hint_of(1 << 40) == -1
     got = hint_of(np.array([0, 32, (1 << 35) - 16, 1 << 35], np.int64))
     assert got.tolist() == [0, 2, (1 << 31) - 1, -1]
+
+
+def _free_list_is_sound(t):
+    """The free list threads exactly the ABSENT slots below _USED, once each; with the
+    LRU, its list holds exactly the POOL slots (no hint write reached a link)."""
+    from devpool.zswap import entries as E
+    used = int(t.meta[E._USED])
+    seen, i = [], int(t.meta[E._FREE])
+    while i >= 0 and len(seen) <= used:
+        seen.append(i)
+        i = int(t.next[i])
+    assert len(seen) == len(set(seen)) == int(t.meta[E._NFREE])
+    assert sorted(seen) == np.flatnonzero(t.state[:used] == E.ABSENT).tolist()
+    if t.meta[E._LRU]:
+        assert sorted(t.lru_order()) == np.flatnonzero(t.state[:used] == POOL).tolist()
+
+
+@pytest.mark.parametrize("backing", [False, True], ids=["no-lru", "lru"])
+def test_churn_with_every_store_kind_keeps_the_free_list_and_the_lru_whole(tmp_path, backing):
+    """Without the LRU a live entry's hint is its ``next``, which threads the free slots:
+    slots freed and taken again by single and batch stores of every kind (pool, same-filled,
+    refused to the file), loads, invalidations and cleaning, with garbage hints planted,
+    must leave the free list threading exactly the free slots, and every load right."""
+    rng = np.random.default_rng(11)
+    pages = make_pages(32, rng, kinds=("text", "struct", "zero", "random"))
+    n, model = 1500, {}
+    with devpool.open_pool("host", 1 << 23, segment_bytes=64 << 10) as pool, \
+            devpool.Zswap(pool, "lz4", max_pool_percent=100,
+                          backing=str(tmp_path / "b.swap") if backing else None) as zs:
+        t = zs._t
+        for step in range(160):
+            op = step % 6
+            if op == 0:
+                o, p = int(rng.integers(n)), int(rng.integers(32))
+                kept = zs.store(o, pages[p]) or backing
+                model.pop(o, None) if not kept else model.__setitem__(o, p)
+            elif op == 1:
+                offs, ps = rng.choice(n, 150, replace=False), rng.integers(0, 32, 150)
+                for o, p, kept in zip(offs.tolist(), ps.tolist(), zs.store_batch(offs, pages[ps]).tolist()):
+                    model.pop(o, None) if not (kept or backing) else model.__setitem__(o, p)
+            elif op == 2:
+                o = int(rng.integers(n))
+                if o in model:
+                    assert zs.load(o).tobytes() == pages[model.pop(o)].tobytes()
+            elif op == 3:
+                offs = rng.choice(n, 200, replace=False)
+                zs.invalidate_batch(offs)
+                for o in offs.tolist():
+                    model.pop(o, None)
+            elif op == 4:
+                pool.compact()
+                if backing:
+                    zs.writeback(10)
+            else:
+                live = _pool_slots(zs)
+                live = live[rng.random(live.size) < 0.3]
+                t.hint[live] = rng.integers(-2**31, 2**31 - 1, live.size).astype(np.int32)
+            _free_list_is_sound(t)
+        for o, p in model.items():
+            assert zs.load(o, keep=True).tobytes() == pages[p].tobytes(), o
