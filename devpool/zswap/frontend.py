@@ -723,6 +723,8 @@ class Zswap:
         handler copies the page into place first and frees it after, off the faulting
         thread's wait."""
         o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
+        if out is not None and type(out) is not np.ndarray and isinstance(out, np.ndarray):
+            out = out.view(np.ndarray)      # a subclass: its true shape (a property could lie) and bytes
         if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
                                     and (out.dtype is _U8 or out.dtype == np.uint8) and (f := out.flags).c_contiguous
                                     and f.writeable):

@@ -316,3 +316,26 @@ def test_uint8_pages_in_any_dtype_object_store_and_load():
         assert out.tobytes() == page.tobytes()
         with pytest.raises(devpool.BadInputError, match="uint8"):
             zs.load(7, np.empty(4096, np.int8))
+
+
+class _LyingShape(np.ndarray):
+    """A hostile subclass: 100 bytes that say they are a page."""
+
+    @property
+    def shape(self):
+        return (4096,)
+
+
+def test_a_subclass_that_lies_about_its_shape_is_refused_not_overrun():
+    page = np.frombuffer((b"devpool " * 512), np.uint8).copy()
+    with devpool.open_pool("host", 1 << 22) as pool, devpool.Zswap(pool, "lz4") as zs:
+        zs.store(3, page)
+        liar = np.zeros(100, np.uint8).view(_LyingShape)
+        with pytest.raises(devpool.BadInputError, match="out must be"):
+            zs.load(3, liar)
+        assert zs.load(3).tobytes() == page.tobytes()      # nothing changed
+        # an honest subclass is filled through its plain view
+        honest = np.zeros(4096, np.uint8).view(type("Honest", (np.ndarray,), {}))
+        zs.store(4, page)
+        zs.load(4, honest)
+        assert honest.tobytes() == page.tobytes()
