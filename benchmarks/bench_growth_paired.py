@@ -1,7 +1,8 @@
 """How much of a single page's growth with the stored pages is the memory's, not devpool's.
 
     python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
-                                             [--passes 7] [--n 2000] [--codec lz4] [--small-pages]
+                                             [--passes 7] [--n 2000] [--codec lz4] [--layout dense|sparse]
+                                             [--small-pages]
                                              [--no-hints] [--json F]
 
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
@@ -17,7 +18,9 @@ growth beyond the loop's is what its own tables (entry index, records, handle ta
 add. ``--small-pages`` times a third subject beside them, interleaved too: devpool with its
 arena on 4 KiB pages (``hugepages=False``; the default arena is advised huge pages);
 ``--no-hints`` one whose entries' location hints were cleared after the fill (a load then
-does not prefetch its block while it checks the handle).
+does not prefetch its block while it checks the handle). ``--layout sparse`` spreads the
+offsets over a swap device's 2**32 pages, as ``bench_growth.py``'s sparse rows (default:
+dense, 0..N-1).
 """
 
 from __future__ import annotations
@@ -30,21 +33,23 @@ import numpy as np
 
 import devpool
 from _common import header, load_pages, save
+from bench_growth import NR_PAGES, _offsets
 from bench_latency import compressible
 
 PAGE = 4096
 
 
-def bare_store(size: int, blocks: list[bytes]) -> dict:
-    return {o: bytes(blocks[o % len(blocks)]) for o in range(size)}
+def bare_store(offsets: np.ndarray, blocks: list[bytes]) -> dict:
+    return {o: bytes(blocks[j % len(blocks)]) for j, o in enumerate(offsets.tolist())}
 
 
-def zswap_store(size: int, pages: np.ndarray, codec: str, hugepages: bool = True):
+def zswap_store(offsets: np.ndarray, pages: np.ndarray, codec: str, hugepages: bool = True):
+    size = offsets.size
     pool = devpool.open_pool("host", max(1 << 26, size * PAGE), hugepages=hugepages)
-    zs = devpool.Zswap(pool, codec, max_pool_percent=100)
+    zs = devpool.Zswap(pool, codec, max_pool_percent=100, nr_pages=NR_PAGES)
     for s in range(0, size, 8192):
-        offs = np.arange(s, min(size, s + 8192))
-        zs.store_batch(offs, pages[offs % len(pages)])
+        j = np.arange(s, min(size, s + 8192))
+        zs.store_batch(offsets[j], pages[j % len(pages)])
     return zs
 
 
@@ -56,6 +61,8 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=7)
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--codec", default="lz4")
+    ap.add_argument("--layout", choices=("dense", "sparse"), default="dense",
+                    help="offsets 0..N-1, or spread at random over a swap device's 2**32 pages (bench_growth's)")
     ap.add_argument("--small-pages", action="store_true",
                     help="also time devpool with its arena on 4 KiB pages (hugepages=False), interleaved")
     ap.add_argument("--no-hints", action="store_true",
@@ -66,7 +73,7 @@ def main() -> None:
     pages = compressible(all_pages, 20_000)
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
-               codec=args.codec, small_pages=args.small_pages,
+               codec=args.codec, layout=args.layout, small_pages=args.small_pages,
                no_hints=args.no_hints)
     print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
     blocks = [lz4.block.compress(p, store_size=False) for p in pages]
@@ -87,23 +94,24 @@ def main() -> None:
         zs.store(o, page)
         return t1 - t, clock() - t1
 
-    subjects = {"bare loop": ({s: bare_store(s, blocks) for s in (args.small, args.big)}, bare_op),
-                "devpool": ({s: zswap_store(s, pages, args.codec) for s in (args.small, args.big)}, zswap_op)}
+    offsets = {s: _offsets(s, args.layout, 0) for s in (args.small, args.big)}
+    subjects = {"bare loop": ({s: bare_store(offsets[s], blocks) for s in (args.small, args.big)}, bare_op),
+                "devpool": ({s: zswap_store(offsets[s], pages, args.codec) for s in (args.small, args.big)}, zswap_op)}
     if args.no_hints:               # a load then finds no hint (-1) and prefetches nothing
-        stores = {s: zswap_store(s, pages, args.codec) for s in (args.small, args.big)}
+        stores = {s: zswap_store(offsets[s], pages, args.codec) for s in (args.small, args.big)}
         for zs in stores.values():
             zs._t.hint[zs._t.present()] = -1
         subjects["devpool no hint"] = (stores, zswap_op)
     if args.small_pages:
-        subjects["devpool 4K"] = ({s: zswap_store(s, pages, args.codec, hugepages=False)
+        subjects["devpool 4K"] = ({s: zswap_store(offsets[s], pages, args.codec, hugepages=False)
                                    for s in (args.small, args.big)}, zswap_op)
     compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
     rng = np.random.default_rng(1)
     runs = {name: [] for name in subjects}
     for _ in range(args.passes):
         for name, (stores, op) in subjects.items():
-            small = rng.choice(args.small, n, replace=False).tolist()
-            big = rng.choice(args.big, n, replace=False).tolist()
+            small = rng.choice(offsets[args.small], n, replace=False).tolist()
+            big = rng.choice(offsets[args.big], n, replace=False).tolist()
             ts, tb = [], []
             for a, b in zip(small, big):           # interleaved: one phase of the VM for both
                 ts.append(op(stores[args.small], a))
@@ -113,7 +121,8 @@ def main() -> None:
                                "store": (float(np.median(ts[:, 1])), float(np.median(tb[:, 1])))})
     r["single_page_compiled"] = compiled
     r["subjects"] = {}
-    print(f"single load and store p50 at {args.big} stored pages against {args.small}, interleaved op for op "
+    print(f"single load and store p50 at {args.big} stored pages against {args.small} ({args.layout} offsets), "
+          f"interleaved op for op "
           f"({args.passes} passes of {n}; devpool {args.codec}, host, compiled single page: {compiled})")
     for name, rows in runs.items():
         r["subjects"][name] = {}

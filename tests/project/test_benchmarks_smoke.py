@@ -416,8 +416,9 @@ def test_bench_growth_ab_smoke(tmp_path):
 
 def test_bench_growth_paired_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "60",
-                  "--big", "400", "--passes", "2", "--n", "40", "--small-pages", "--no-hints")
+                  "--big", "400", "--passes", "2", "--n", "40", "--small-pages", "--no-hints", "--layout", "sparse")
     assert r["single_page_compiled"] is True and r["small_pages"] is True and r["no_hints"] is True
+    assert r["layout"] == "sparse"
     for name in ("bare loop", "devpool", "devpool no hint", "devpool 4K"):
         for verb in ("load", "store"):
             v = r["subjects"][name][verb]
