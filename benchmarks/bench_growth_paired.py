@@ -3,7 +3,7 @@
     python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
                                              [--passes 7] [--n 2000] [--codec lz4] [--layout dense|sparse]
                                              [--small-pages]
-                                             [--no-hints] [--json F]
+                                             [--no-hints] [--batch K] [--json F]
 
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
 in fast and slow phases (the same loop 1x or 2x), which moves a ratio of two passes. Here
@@ -20,7 +20,9 @@ arena on 4 KiB pages (``hugepages=False``; the default arena is advised huge pag
 ``--no-hints`` one whose entries' location hints were cleared after the fill (a load then
 does not prefetch its block while it checks the handle). ``--layout sparse`` spreads the
 offsets over a swap device's 2**32 pages, as ``bench_growth.py``'s sparse rows (default:
-dense, 0..N-1).
+dense, 0..N-1). ``--batch K`` times ``load_batch`` + ``store_batch`` of K of the same random
+offsets at a time instead (devpool only), per page: the issue's batch throughput at 10^6
+against 10^4, interleaved batch for batch.
 """
 
 from __future__ import annotations
@@ -67,6 +69,9 @@ def main() -> None:
                     help="also time devpool with its arena on 4 KiB pages (hugepages=False), interleaved")
     ap.add_argument("--no-hints", action="store_true",
                     help="also time devpool with its entries' location hints cleared after the fill, interleaved")
+    ap.add_argument("--batch", type=int, default=0,
+                    help="time load_batch + store_batch of this many random offsets instead of single pages "
+                         "(devpool subjects only: the bare loop has no batch)")
     ap.add_argument("--json")
     args = ap.parse_args()
     all_pages, source = load_pages(args.pages)
@@ -74,7 +79,7 @@ def main() -> None:
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
                codec=args.codec, layout=args.layout, small_pages=args.small_pages,
-               no_hints=args.no_hints)
+               no_hints=args.no_hints, batch=args.batch)
     print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
     blocks = [lz4.block.compress(p, store_size=False) for p in pages]
     out = np.empty(PAGE, np.uint8)
@@ -94,9 +99,21 @@ def main() -> None:
         zs.store(o, page)
         return t1 - t, clock() - t1
 
+    def batch_op(zs, offs):
+        offs = np.asarray(offs, np.int64)
+        t = clock()
+        got = zs.load_batch(offs)
+        t1 = clock()
+        zs.store_batch(offs, got)
+        return (t1 - t) / offs.size, (clock() - t1) / offs.size    # per page
+
+    if args.batch:
+        zswap_op = batch_op
     offsets = {s: _offsets(s, args.layout, 0) for s in (args.small, args.big)}
     subjects = {"bare loop": ({s: bare_store(offsets[s], blocks) for s in (args.small, args.big)}, bare_op),
                 "devpool": ({s: zswap_store(offsets[s], pages, args.codec) for s in (args.small, args.big)}, zswap_op)}
+    if args.batch:
+        del subjects["bare loop"]
     if args.no_hints:               # a load then finds no hint (-1) and prefetches nothing
         stores = {s: zswap_store(offsets[s], pages, args.codec) for s in (args.small, args.big)}
         for zs in stores.values():
@@ -113,6 +130,10 @@ def main() -> None:
             small = rng.choice(offsets[args.small], n, replace=False).tolist()
             big = rng.choice(offsets[args.big], n, replace=False).tolist()
             ts, tb = [], []
+            if args.batch:                         # the same draws, args.batch at a time
+                k = args.batch
+                small = [small[i:i + k] for i in range(0, n - k + 1, k)]
+                big = [big[i:i + k] for i in range(0, n - k + 1, k)]
             for a, b in zip(small, big):           # interleaved: one phase of the VM for both
                 ts.append(op(stores[args.small], a))
                 tb.append(op(stores[args.big], b))
@@ -121,7 +142,9 @@ def main() -> None:
                                "store": (float(np.median(ts[:, 1])), float(np.median(tb[:, 1])))})
     r["single_page_compiled"] = compiled
     r["subjects"] = {}
-    print(f"single load and store p50 at {args.big} stored pages against {args.small} ({args.layout} offsets), "
+    what = (f"load_batch and store_batch of {args.batch} (us a page, p50 over batches; throughput = 1 / time)"
+            if args.batch else "single load and store p50")
+    print(f"{what} at {args.big} stored pages against {args.small} ({args.layout} offsets), "
           f"interleaved op for op "
           f"({args.passes} passes of {n}; devpool {args.codec}, host, compiled single page: {compiled})")
     for name, rows in runs.items():
@@ -137,7 +160,11 @@ def main() -> None:
                                                           "high": float(q.max())}}
             line += (f"  {verb} {np.median(s):.2f} -> {np.median(b):.2f} us: x{np.median(q):.2f} "
                      f"({q.min():.2f}-{q.max():.2f}), +{np.median(b - s):.2f} us")
+            if args.batch:
+                line += f" (throughput x{np.median(1 / q):.2f}, {(1 / q).min():.2f}-{(1 / q).max():.2f})"
         print(line)
+    if args.batch:
+        return save(r, args.json)
     d, b = r["subjects"]["devpool"], r["subjects"]["bare loop"]
     print(f"  devpool's own growth beyond the loop's: load +{d['load']['added_us'] - b['load']['added_us']:.2f} us, "
           f"store +{d['store']['added_us'] - b['store']['added_us']:.2f} us")

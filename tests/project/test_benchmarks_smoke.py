@@ -425,6 +425,15 @@ def test_bench_growth_paired_smoke(tmp_path):
             assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0
 
 
+def test_bench_growth_paired_batch_smoke(tmp_path):
+    r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "60",
+                  "--big", "400", "--passes", "2", "--n", "40", "--batch", "8")
+    assert r["batch"] == 8 and set(r["subjects"]) == {"devpool"}
+    for verb in ("load", "store"):
+        v = r["subjects"]["devpool"][verb]
+        assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0
+
+
 def test_bench_liblz4_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_liblz4.py", "--pages", pages_file(tmp_path, 200, 8), "--batch", "32",
                   "--passes", "2")
