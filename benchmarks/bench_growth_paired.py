@@ -2,7 +2,7 @@
 
     python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
                                              [--passes 7] [--n 2000] [--codec lz4] [--layout dense|sparse]
-                                             [--small-pages]
+                                             [--huge-pages]
                                              [--no-hints] [--batch K] [--json F]
 
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
@@ -15,8 +15,8 @@ pages): its growth is what the memory alone costs (a cold block and a cold dict 
 at 10^6 pages, where 10^4 pages' fit in cache). Reported per subject and verb: the
 median over passes of p50(big) / p50(small), its range, and the p50s; devpool's
 growth beyond the loop's is what its own tables (entry index, records, handle table)
-add. ``--small-pages`` times a third subject beside them, interleaved too: devpool with its
-arena on 4 KiB pages (``hugepages=False``; the default arena is advised huge pages);
+add. ``--huge-pages`` times a third subject beside them, interleaved too: devpool with its
+arena advised huge pages (``hugepages=True``; the default arena stays on 4 KiB pages);
 ``--no-hints`` one whose entries' location hints were cleared after the fill (a load then
 does not prefetch its block while it checks the handle). ``--layout sparse`` spreads the
 offsets over a swap device's 2**32 pages, as ``bench_growth.py``'s sparse rows (default:
@@ -45,7 +45,7 @@ def bare_store(offsets: np.ndarray, blocks: list[bytes]) -> dict:
     return {o: bytes(blocks[j % len(blocks)]) for j, o in enumerate(offsets.tolist())}
 
 
-def zswap_store(offsets: np.ndarray, pages: np.ndarray, codec: str, hugepages: bool = True):
+def zswap_store(offsets: np.ndarray, pages: np.ndarray, codec: str, hugepages: bool = False):
     size = offsets.size
     pool = devpool.open_pool("host", max(1 << 26, size * PAGE), hugepages=hugepages)
     zs = devpool.Zswap(pool, codec, max_pool_percent=100, nr_pages=NR_PAGES)
@@ -65,8 +65,8 @@ def main() -> None:
     ap.add_argument("--codec", default="lz4")
     ap.add_argument("--layout", choices=("dense", "sparse"), default="dense",
                     help="offsets 0..N-1, or spread at random over a swap device's 2**32 pages (bench_growth's)")
-    ap.add_argument("--small-pages", action="store_true",
-                    help="also time devpool with its arena on 4 KiB pages (hugepages=False), interleaved")
+    ap.add_argument("--huge-pages", action="store_true",
+                    help="also time devpool with its arena advised huge pages (hugepages=True), interleaved")
     ap.add_argument("--no-hints", action="store_true",
                     help="also time devpool with its entries' location hints cleared after the fill, interleaved")
     ap.add_argument("--batch", type=int, default=0,
@@ -78,7 +78,7 @@ def main() -> None:
     pages = compressible(all_pages, 20_000)
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
-               codec=args.codec, layout=args.layout, small_pages=args.small_pages,
+               codec=args.codec, layout=args.layout, huge_pages=args.huge_pages,
                no_hints=args.no_hints, batch=args.batch)
     print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
     blocks = [lz4.block.compress(p, store_size=False) for p in pages]
@@ -119,8 +119,8 @@ def main() -> None:
         for zs in stores.values():
             zs._t.hint[zs._t.present()] = -1
         subjects["devpool no hint"] = (stores, zswap_op)
-    if args.small_pages:
-        subjects["devpool 4K"] = ({s: zswap_store(offsets[s], pages, args.codec, hugepages=False)
+    if args.huge_pages:
+        subjects["devpool huge"] = ({s: zswap_store(offsets[s], pages, args.codec, hugepages=True)
                                    for s in (args.small, args.big)}, zswap_op)
     compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
     rng = np.random.default_rng(1)
@@ -139,7 +139,8 @@ def main() -> None:
                 tb.append(op(stores[args.big], b))
             ts, tb = np.array(ts) * 1e6, np.array(tb) * 1e6
             runs[name].append({"load": (float(np.median(ts[:, 0])), float(np.median(tb[:, 0]))),
-                               "store": (float(np.median(ts[:, 1])), float(np.median(tb[:, 1])))})
+                               "store": (float(np.median(ts[:, 1])), float(np.median(tb[:, 1]))),
+                               "cycle": (float(np.median(ts.sum(1))), float(np.median(tb.sum(1))))})
     r["single_page_compiled"] = compiled
     r["subjects"] = {}
     what = (f"load_batch and store_batch of {args.batch} (us a page, p50 over batches; throughput = 1 / time)"
@@ -150,7 +151,9 @@ def main() -> None:
     for name, rows in runs.items():
         r["subjects"][name] = {}
         line = f"  {name:15}"
-        for verb in ("load", "store"):
+        # (a batch's load / store split moves with numba's worker threads, which a batch
+        # leaves spinning into the next call: the cycle, load then store, is the figure)
+        for verb in ("load", "store") + (("cycle",) if args.batch else ()):
             s = np.array([x[verb][0] for x in rows])
             b = np.array([x[verb][1] for x in rows])
             q = b / s

@@ -12,15 +12,22 @@ process's RSS keeps such pages until the kernel reclaims them (``LazyFree`` in
 /proc/meminfo); ``pool_total_size`` never counts them. Copies run in numba, no GIL.
 Cost: scatter/gather are memcpy-bound (several GB/s per core); no transfers.
 
-The arena is advised ``MADV_HUGEPAGE`` (``hugepages=True``, the default): a single page's
-block sits at a random place in gigabytes, and with 4 KiB pages every such read or write
-also misses the TLB. zsmalloc's pages sit in the kernel's direct map, itself mapped with
-huge pages; this is the same. Measured with ``benchmarks/bench_growth_paired.py``: a
-single store at 10^6 stored pages grew x1.04 - 1.06 over 10^4 with the advice, x1.15
-without (the loads: x1.19 - 1.25 against x1.32). Where the kernel has no transparent huge
-pages the advice is refused and the arena keeps small pages (``describe()`` says which);
-``hugepages=False`` advises ``MADV_NOHUGEPAGE``, so that the kernel's ``always`` mode
-does not give the arena huge pages unasked.
+Huge pages are the caller's choice (``hugepages=True``: ``MADV_HUGEPAGE``; the default,
+False, advises ``MADV_NOHUGEPAGE``, so that the kernel's ``always`` mode does not give the
+arena huge pages unasked). Measured on this repository's VM with
+``benchmarks/bench_growth_paired.py`` (10^6 stored pages against 10^4, interleaved):
+
+- for: a single page's block sits at a random place in gigabytes, and on 4 KiB pages
+  each access also misses the TLB (zsmalloc's pages sit in the kernel's direct map,
+  mapped with huge pages). A single store grew x1.03 with huge pages, x1.15 - 1.17
+  without; a single load x1.21 - 1.26 against x1.22 - 1.24 (the location hints do most
+  of that: ``devpool.zswap.entries``).
+- against: a batch of stores into fresh arena memory at 10^6 pages took +3 - 5 us a page
+  with huge pages (a load + store batch cycle's throughput 0.72 - 0.76x 10^4's, against
+  0.97 - 1.03x on 4 KiB pages: ``--batch``), under the issue's >= 0.90x.
+
+So the default keeps small pages. Where the kernel has no transparent huge pages, the
+advice is refused and ``describe()`` says ``hugepages: False``.
 """
 
 from __future__ import annotations
@@ -80,7 +87,7 @@ class HostStorage(Storage):
 
     kind = "host"
 
-    def __init__(self, capacity_bytes: int, *, hugepages: bool = True):
+    def __init__(self, capacity_bytes: int, *, hugepages: bool = False):
         hugepages = check_flag(hugepages, "hugepages")      # before anything is reserved
         super().__init__(capacity_bytes)
         try:

@@ -416,10 +416,10 @@ def test_bench_growth_ab_smoke(tmp_path):
 
 def test_bench_growth_paired_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "60",
-                  "--big", "400", "--passes", "2", "--n", "40", "--small-pages", "--no-hints", "--layout", "sparse")
-    assert r["single_page_compiled"] is True and r["small_pages"] is True and r["no_hints"] is True
+                  "--big", "400", "--passes", "2", "--n", "40", "--huge-pages", "--no-hints", "--layout", "sparse")
+    assert r["single_page_compiled"] is True and r["huge_pages"] is True and r["no_hints"] is True
     assert r["layout"] == "sparse"
-    for name in ("bare loop", "devpool", "devpool no hint", "devpool 4K"):
+    for name in ("bare loop", "devpool", "devpool no hint", "devpool huge"):
         for verb in ("load", "store"):
             v = r["subjects"][name][verb]
             assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0
