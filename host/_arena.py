@@ -22,9 +22,11 @@ arena huge pages unasked). Measured on this repository's VM with
   mapped with huge pages). A single store grew x1.03 with huge pages, x1.15 - 1.17
   without; a single load x1.21 - 1.26 against x1.22 - 1.24 (the location hints do most
   of that: ``devpool.zswap.entries``).
-- against: a batch of stores into fresh arena memory at 10^6 pages took +3 - 5 us a page
-  with huge pages (a load + store batch cycle's throughput 0.72 - 0.76x 10^4's, against
-  0.97 - 1.03x on 4 KiB pages: ``--batch``), under the issue's >= 0.90x.
+- against: timed interleaved beside other pools, a batch of stores at 10^6 pages took
+  +3.6 - 5.8 us a page with huge pages (a load + store batch cycle's throughput 0.67 -
+  0.81x 10^4's, against 1.02 - 1.04x on 4 KiB pages: ``--batch``), under the issue's
+  >= 0.90x. One pool alone showed no such cost (a cycle of 1 024: 11.6 ms against 12.3);
+  the cause was not found.
 
 So the default keeps small pages. Where the kernel has no transparent huge pages, the
 advice is refused and ``describe()`` says ``hugepages: False``.
