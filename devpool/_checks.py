@@ -18,7 +18,8 @@ import numpy as np
 
 from ._errors import BadInputError
 
-__all__ = ["PAGE_SIZE", "as_int_array", "check_flag", "check_int", "check_real", "first_range_outside"]
+__all__ = ["PAGE_SIZE", "as_int_array", "check_flag", "check_int", "check_real", "first_range_outside",
+           "plain_view"]
 
 #: the page size: a swap page, a zswap entry, a codec's unit (Linux x86-64's)
 PAGE_SIZE = 4096
@@ -44,6 +45,13 @@ def check_int(value, name: str, *, lo: int | None = None, hi: int | None = None,
     if (lo is not None and v < lo) or (hi is not None and v > hi):
         raise error(f"{name} must be an integer{_range_text(lo, hi)}, got {v}")
     return v
+
+
+def plain_view(array: np.ndarray) -> np.ndarray:
+    """An ndarray as a plain ``np.ndarray`` over its own bytes: a subclass keeps its own
+    semantics otherwise (``np.matrix`` stays 2-D through ``reshape(-1)``, a ``shape``
+    property may lie), and the compiled single-object calls take arrays unchecked."""
+    return array if type(array) is np.ndarray else array.view(np.ndarray)
 
 
 def check_flag(value, name: str) -> bool:

@@ -72,7 +72,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._checks import PAGE_SIZE, as_int_array, check_int, first_range_outside
+from .._checks import PAGE_SIZE, as_int_array, check_int, first_range_outside, plain_view
 from .._errors import BadInputError, CorruptDataError
 from .._packed import gather, packed_starts
 
@@ -87,8 +87,7 @@ def check_pages(pages, page_size: int = PAGE) -> np.ndarray:
     """(N, page_size) C-contiguous uint8, or BadInputError naming what is wrong."""
     if not isinstance(pages, np.ndarray):
         raise BadInputError(f"pages must be a numpy uint8 array, got {type(pages).__name__}")
-    if type(pages) is not np.ndarray:        # np.matrix and friends: plain array semantics
-        pages = pages.view(np.ndarray)
+    pages = plain_view(pages)                # np.matrix and friends: plain array semantics
     if pages.dtype != np.uint8:
         raise BadInputError(f"pages must have dtype uint8, got {pages.dtype}")
     if pages.ndim == 1 and pages.shape[0] == page_size:

@@ -34,7 +34,8 @@ import numpy as np
 
 from .allocator import (_M_CLEAN_AFTER, _M_HANDLE, _M_LIVE_ALIGNED, _M_OFF, _M_SEGS_IN_USE, _M_SIZE, _M_TRIGGER,
                         _M_VACATED, TRIGGER_MAX, TRIGGER_ONE, Allocator, aligned)
-from .._checks import PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside
+from .._checks import (PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside,
+                       plain_view)
 from .._packed import packed_starts
 from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
 from . import door as _door
@@ -81,7 +82,7 @@ def _as_bytes_array(data, what: str) -> np.ndarray:
     or BadInputError. Plain: the single verbs' compiled calls take it unchecked, and a
     subclass may stay 2-D through ``reshape(-1)`` (``np.matrix``)."""
     if isinstance(data, np.ndarray):
-        arr = data.view(np.ndarray) if type(data) is not np.ndarray else data
+        arr = plain_view(data)
     else:
         try:
             arr = np.frombuffer(memoryview(data), dtype=np.uint8) if not isinstance(data, (list, tuple)) \
@@ -100,9 +101,9 @@ def _as_bytes_array(data, what: str) -> np.ndarray:
 def _check_out(out, nbytes: int) -> np.ndarray:
     """The caller's copy-out buffer: writable, contiguous uint8 of exactly ``nbytes``, as
     a plain 1-D view (:func:`_as_bytes_array`: a subclass may stay 2-D)."""
-    if isinstance(out, np.ndarray) and type(out) is not np.ndarray:
-        out = out.view(np.ndarray)
-    elif not isinstance(out, np.ndarray):
+    if isinstance(out, np.ndarray):
+        out = plain_view(out)
+    else:
         try:
             out = np.frombuffer(memoryview(out), dtype=np.uint8)
         except (TypeError, ValueError, BufferError) as exc:     # BufferError: a strided memoryview

@@ -56,7 +56,7 @@ from .._errors import (
 from .._packed import gather, has_duplicates, packed_starts, same_filled, same_filled_one
 from ..pool import DOOR_ARENA, Pool, door_settle
 from .._compiled import bind
-from .._checks import PAGE_SIZE
+from .._checks import PAGE_SIZE, plain_view
 
 #: numpy's uint8 dtype object: ``is`` tests it in ~35 ns, ``== np.uint8`` in ~100
 _U8 = np.dtype(np.uint8)
@@ -724,7 +724,7 @@ class Zswap:
         thread's wait."""
         o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
         if out is not None and type(out) is not np.ndarray and isinstance(out, np.ndarray):
-            out = out.view(np.ndarray)      # a subclass: its true shape (a property could lie) and bytes
+            out = plain_view(out)           # a subclass: its true shape (a property could lie)
         if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
                                     and (out.dtype is _U8 or out.dtype == np.uint8) and (f := out.flags).c_contiguous
                                     and f.writeable):
