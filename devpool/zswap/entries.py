@@ -162,11 +162,19 @@ _C_LRU, _C_NO = _columns(_FIELDS_LRU, 32), _columns(_FIELDS_NO_LRU, 24)
 
 
 # === the rules, one function each: run compiled (batch) and interpreted (one page) =======
+def _home(key, nb):
+    """The bucket where ``key``'s probe starts (``nb``: the number of buckets): the hash's
+    top 31 bits times ``nb``, over 2**31; the product stays below 2**63 for any ``nb``
+    under 2**32, in Python as in numba. (``int``: compiled, a no-op on an int64;
+    interpreted, a numpy int64 key wrapped with an overflow warning, where a Python int
+    keeps every bit the mask takes.)"""
+    return ((((int(key) * _GOLD) & _M63) >> 32) * nb) >> 31
+
+
 def _bucket(buckets, keys, nb, key):
     """The bucket holding ``key``'s slot, or the empty bucket where it would go (``nb``:
-    the number of buckets). Its home is the hash's top 31 bits times ``nb``, over 2**31:
-    the product stays below 2**63 for any ``nb`` under 2**32, in Python as in numba."""
-    b = ((((key * _GOLD) & _M63) >> 32) * nb) >> 31
+    the number of buckets)."""
+    b = _home(key, nb)
     while True:
         s = buckets[b]
         if s < 0 or keys[s] == key:
@@ -235,7 +243,7 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
             s = buckets[q]
             if s < 0:
                 break
-            home = ((((key_[s] * _GOLD) & _M63) >> 32) * nb) >> 31    # as _bucket
+            home = _home(key_[s], nb)
             dh = q - home                       # how far s is from home, and from the hole,
             if dh < 0:                          # going round the end (no division: ~40
                 dh += nb                        # cycles each, on every step)
@@ -281,7 +289,7 @@ def _room(meta):
 _rules = Rules()
 _compiled = _rules.compiled
 
-for _rule in (_bucket, _set, _room):
+for _rule in (_home, _bucket, _set, _room):
     _compiled(_rule)
 
 
