@@ -66,6 +66,22 @@ def _check_options(name: str, cls, storage_options: dict) -> None:
                             f"for backend {name!r}: {takes}")
 
 
+def _check_auto_options(storage_options: dict) -> None:
+    """``"auto"`` may pick either storage, by the machine: it takes only the options
+    both do, so a call that works on one machine works on every other (``hugepages``,
+    host's alone, once opened a host pool here and raised where a GPU answered)."""
+    for name in ("host", "cuda"):
+        try:
+            cls = _storage_class(name)
+        except Exception:                      # noqa: BLE001 - a CUDA stack that cannot import
+            continue                           # (auto never picks it: probe_backend says so)
+        try:
+            _check_options(name, cls, storage_options)
+        except BadInputError as exc:
+            raise BadInputError(f"open_pool('auto') may open host or cuda storage, by the machine, and "
+                                f"takes only options both take: {exc}. Name the backend to pass it") from None
+
+
 def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
               segment_bytes: int = DEFAULT_SEGMENT_BYTES, max_object_bytes: int = PAGE_SIZE,
               **storage_options) -> Pool:
@@ -83,6 +99,7 @@ def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
     asked_segment = segment_bytes
     segment_bytes = min(segment_bytes, max(4096, capacity_bytes // 4096 * 4096))
     if backend == "auto":
+        _check_auto_options(storage_options)
         ok, why = probe_backend("cuda")
         name, reason = ("cuda", f"auto: {why}") if ok else ("host", f"auto: cuda unusable ({why})")
     else:

@@ -87,6 +87,17 @@ def test_chaos_over_host_takes_no_hugepage_option_it_would_not_pass_on():
         devpool.open_pool("chaos", 1 << 20, hugepages=True)
 
 
+@pytest.mark.parametrize("value", [True, False])
+def test_auto_refuses_a_host_only_option_on_every_machine(value):
+    """``open_pool("auto", hugepages=...)`` opened a host pool on a machine without a GPU
+    and raised "unknown option" on one with a GPU: auto now takes only the options both
+    storages take, so the call fails the same way here."""
+    with pytest.raises(BadInputError, match=r"open_pool\('auto'\).*unknown option 'hugepages'.*Name the backend"):
+        devpool.open_pool("auto", 1 << 20, hugepages=value)
+    with devpool.open_pool("host", 1 << 20, hugepages=value) as pool:   # named, it is taken
+        assert pool.stats()["hugepages"] in (value, False)
+
+
 @pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
                     reason="this kernel has no transparent huge pages to opt out of")
 def test_hugepages_false_opts_out_where_the_kernel_gives_huge_pages_unasked():
