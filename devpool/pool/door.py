@@ -142,6 +142,8 @@ def alloc_one(door_at, size):
 @_rules.compiled(signature=types.int64(types.int64, _bytes_t))
 def alloc_write_one(door_at, data):
     """:func:`door_alloc_copy` of ``data``: the handle, or 0."""
+    if data.strides[0] != 1:
+        return 0
     return door_alloc_copy(door_at, data.ctypes.data, data.shape[0])
 
 
@@ -149,7 +151,7 @@ def alloc_write_one(door_at, data):
 def write_one(door_at, handle, data):
     """Copy ``data`` into the object (exactly its size): 0, or NOT_DONE."""
     slot, address, size = door_lend(door_at, handle)
-    if slot < 0 or size != data.shape[0]:
+    if slot < 0 or size != data.shape[0] or data.strides[0] != 1:
         return NOT_DONE
     copy_bytes(address, data.ctypes.data, size)
     return 0
@@ -160,7 +162,7 @@ def read_one(door_at, handle, out, free):
     """Copy the object into ``out`` (exactly its size), then free it when asked: what
     :func:`door_free` answered (-1 without a free), or NOT_DONE."""
     slot, address, size = door_lend(door_at, handle)
-    if slot < 0 or size != out.shape[0]:
+    if slot < 0 or size != out.shape[0] or out.strides[0] != 1:
         return NOT_DONE
     copy_bytes(out.ctypes.data, address, size)
     return door_free(door_at, slot) if free else -1
@@ -171,3 +173,11 @@ def free_one(door_at, handle):
     """Free the object: what :func:`door_free` answered, or NOT_DONE."""
     slot = door_lend(door_at, handle)[0]
     return NOT_DONE if slot < 0 else door_free(door_at, slot)
+
+
+@_rules.compiled(signature=types.int64(types.int64, types.int64))
+def size_one(door_at, handle):
+    """The object's size, or NOT_DONE (a fresh ``read`` sizes its array by this, then
+    copies with :func:`read_one`)."""
+    slot, address, size = door_lend(door_at, handle)
+    return NOT_DONE if slot < 0 else size

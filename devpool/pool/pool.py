@@ -21,26 +21,28 @@ Under a hostile storage (``storage.hostility``, the chaos test policy) the pool 
 its own callers' assumptions: before each operation on objects it migrates a few random
 live objects, and one more per object the call names (:meth:`Pool.migrate`); it scrambles every
 handle with a random key. The storage only states the policy; the pool acts on it.
+
+Here: the contract's verbs. Where objects move (cleaning as frees go, compaction,
+migration) is :mod:`.moving`; how every verb takes the lock, :mod:`.locked`.
 """
 
 from __future__ import annotations
 
-import functools
-import numbers
 import threading
-import time
 
 import numpy as np
 
-from .allocator import (_M_CLEAN_AFTER, _M_HANDLE, _M_LIVE_ALIGNED, _M_OFF, _M_SEGS_IN_USE, _M_SIZE, _M_TRIGGER,
-                        _M_VACATED, TRIGGER_MAX, TRIGGER_ONE, Allocator, aligned)
-from .._checks import (PAGE_SIZE, as_int_array, check_flag, check_int, check_real, first_range_outside,
+from .allocator import _M_HANDLE, _M_OFF, _M_SIZE, Allocator, aligned
+from .._checks import (PAGE_SIZE, as_int_array, check_flag, check_int, first_range_outside,
                        plain_view)
 from .._packed import packed_starts
-from .._errors import BadInputError, DevpoolError, InvalidHandleError, PoolClosedError, PoolFullError
+from .._errors import BadInputError, InvalidHandleError, PoolClosedError, PoolFullError
 from . import door as _door
 from .door import DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS, NOT_DONE
 from .._compiled import JIT, bind
+from .._locking import release_taken
+from .locked import BATCH, ONE, QUERY, locked
+from .moving import Moving
 from .storage import Storage
 
 _U8 = np.dtype(np.uint8)
@@ -52,29 +54,6 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024
 
 
 _NO_ARG = object()          # read_with's arg left out
-
-
-#: what a locked verb is, for :meth:`Pool._enter`: an operation on one object (or on
-#: the pool's objects at large: compact), a batch (it counts its objects and provokes a
-#: hostile step itself, :meth:`Pool._provoke`), or a question that touches no object
-_ONE, _BATCH, _QUERY = 1, None, -1
-
-
-def _locked(method=None, *, kind=_ONE):
-    """Serialise a public method and make ``_enter``'s checks before it. (The
-    single-object verbs do the same inline: a decorator's extra call is a tenth of
-    their cost.)"""
-
-    def decorate(method):
-        @functools.wraps(method)
-        def wrapper(self, *args, **kwargs):
-            with self._lock:
-                if self._slow:
-                    self._enter(kind)
-                return method(self, *args, **kwargs)
-        return wrapper
-
-    return decorate(method) if method is not None else decorate
 
 
 def _as_bytes_array(data, what: str) -> np.ndarray:
@@ -133,7 +112,7 @@ def _as_handles(handles) -> np.ndarray:
     return as_int_array(handles, "handles", error=InvalidHandleError)
 
 
-class Pool:
+class Pool(Moving):
     """A compressed-object pool: opaque handles, batched copy-in / copy-out.
 
     Build one with :func:`devpool.open_pool`. ``capacity_bytes`` is a ceiling: storage
@@ -182,11 +161,12 @@ class Pool:
         self.door = np.frombuffer(self._door.toreadonly(), np.int64)
         if self._door_opens:                   # the single verbs' compiled calls, through it
             alive = [door, self.alloc_, storage]
-            self._alloc1, self._alloc_w1, self._write1, self._read1, self._free1 = (
+            self._alloc1, self._alloc_w1, self._write1, self._read1, self._size1, self._free1 = (
                 bind(f, door, alive) for f in (_door.alloc_one, _door.alloc_write_one, _door.write_one,
-                                               _door.read_one, _door.free_one))
+                                               _door.read_one, _door.size_one, _door.free_one))
+        self._max_object = self.alloc_.max_object      # (the single verbs' test, one lookup)
 
-    def _enter(self, kind=_ONE) -> None:
+    def _enter(self, kind=ONE) -> None:
         """The checks behind ``_slow``, made after taking the lock: a closed pool
         refuses; while ``read_with`` lends a block, every verb on objects refuses (a
         consume that called back into the pool could free, move or close what it is
@@ -194,12 +174,12 @@ class Pool:
         provokes a hostile step (a batch verb does so itself, once it knows its size)."""
         if self._closed:
             raise PoolClosedError("the pool is closed")
-        if kind is _QUERY:
+        if kind is QUERY:
             return
         if self._lending:
             raise BadInputError("read_with's consume called back into the pool it is reading; "
                                 "a lent block must be consumed without touching the pool")
-        if kind is _ONE and self._hostility is not None:
+        if kind is ONE and self._hostility is not None:
             self._provoke(1)
 
     def _provoke(self, named: int) -> None:
@@ -298,7 +278,7 @@ class Pool:
             self.storage.trim()
 
     # --- allocation ------------------------------------------------------------------
-    @_locked(kind=_BATCH)
+    @locked(kind=BATCH)
     def alloc_batch(self, sizes, *, max_total: int | None = None) -> np.ndarray:
         """Allocate one object per size; returns their handles (int64 array).
 
@@ -400,7 +380,7 @@ class Pool:
             keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
         return keep
 
-    @_locked(kind=_QUERY)      # a question about placement, not an operation on objects
+    @locked(kind=QUERY)      # a question about placement, not an operation on objects
     def growth_for(self, sizes) -> int:
         """Bytes by which ``pool_total_size`` would grow if ``sizes`` were allocated now.
 
@@ -425,42 +405,64 @@ class Pool:
         With ``max_total``, the object is allocated only if ``pool_total_size`` stays
         within it (after cleaning, as :meth:`alloc_batch`); else None, nothing allocated.
         """
+        lock = self._lock
+        try:                            # (not ``with``: devpool._locking says why and how)
+            lock.acquire()
+            handle = 0
+            # the common case in one compiled call through the door: room in the open
+            # segment (which grows nothing, so a valid limit has nothing to say); it
+            # places, records and names the object (and copies it in). A shut door
+            # (closed, lending), data that is not plain, or no room answers 0, changing
+            # nothing: the long way says why
+            if (self._door_opens and type(nbytes) is int and 0 < nbytes <= self._max_object
+                    and (max_total is None or type(max_total) is int and max_total >= 0)):
+                if data is None:
+                    handle = self._alloc1(nbytes)
+                elif (type(data) is np.ndarray and data.dtype is _U8 and data.ndim == 1
+                      and data.shape[0] == nbytes):
+                    handle = self._alloc_w1(data)        # (0 for strided data too)
+            if not handle:
+                handle = self._alloc_long(nbytes, data, max_total)
+        except BaseException:
+            release_taken(lock)
+            raise
+        lock.release()
+        return handle
+
+    def _alloc_long(self, nbytes, data, max_total) -> int | None:
+        """:meth:`alloc`, every case (under the lock)."""
         if data is not None and not (type(data) is np.ndarray and data.dtype is _U8
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
         if max_total is not None and (type(max_total) is not int or max_total < 0):
             max_total = _limit(max_total)
-        with self._lock:
-            if self._slow:                      # _locked's test, inline
-                self._enter()
-            al = self.alloc_
-            size = nbytes if type(nbytes) is int and 0 < nbytes <= al.max_object else al.check_size(nbytes)
-            if data is not None and data.size != size:
-                raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
-            # the common case in one compiled call: room in the open segment (which grows
-            # nothing, so a limit has nothing to say); it places, records and names the
-            # object (and, through the door, copies it in)
-            if self._door_opens:
-                handle = self._alloc1(size) if data is None else self._alloc_w1(data)
-                if handle:
-                    return handle
-                slot = -1
-            else:
-                slot = al._bump1(size)
-            if slot >= 0:
-                m = al._mm
-                offset, handle = m[_M_OFF], m[_M_HANDLE]
-            else:
-                if max_total is not None and not self._fits_one(size, max_total):
-                    return None
-                slot, offset, handle = self._alloc_one(size)
-            if data is not None:
-                try:
-                    self.storage.write_one(offset, data)
-                except BaseException:
-                    self._free_slot(slot)
-                    raise
-            return handle
+        if self._slow:                      # locked's test, inline
+            self._enter()
+        al = self.alloc_
+        size = nbytes if type(nbytes) is int and 0 < nbytes <= al.max_object else al.check_size(nbytes)
+        if data is not None and data.size != size:
+            raise BadInputError(f"data holds {data.size} bytes, the object needs {size}")
+        if self._door_opens:
+            handle = self._alloc1(size) if data is None else self._alloc_w1(data)
+            if handle:
+                return handle
+            slot = -1
+        else:
+            slot = al._bump1(size)
+        if slot >= 0:
+            m = al._mm
+            offset, handle = m[_M_OFF], m[_M_HANDLE]
+        else:
+            if max_total is not None and not self._fits_one(size, max_total):
+                return None
+            slot, offset, handle = self._alloc_one(size)
+        if data is not None:
+            try:
+                self.storage.write_one(offset, data)
+            except BaseException:
+                self._free_slot(slot)
+                raise
+        return handle
 
     def _fits_one(self, size: int, max_total: int) -> bool:
         """:meth:`_within` for one object, with the common case first: the head segment
@@ -503,7 +505,7 @@ class Pool:
         data = _as_bytes_array(payload, "payload")
         return data, data.size
 
-    @_locked(kind=_BATCH)
+    @locked(kind=BATCH)
     def write_batch(self, handles, payload, lengths=None, *, src_starts=None) -> None:
         """Copy ``payload`` into the objects, ``lengths[i]`` bytes to ``handles[i]``.
 
@@ -556,30 +558,41 @@ class Pool:
 
     def write(self, handle: int, data) -> None:
         """Copy ``data`` (exactly the object's size) into the object: one storage copy."""
-        # the compiled copy takes a plain array: 1-D, C-contiguous uint8 (``is``: the dtype
-        # is numpy's own uint8 object; ``==`` converted np.uint8 on every call, ~60 ns)
-        plain = type(data) is np.ndarray and data.dtype is _U8 and data.ndim == 1 and data.flags.c_contiguous
-        if not plain:
-            data = self._payload(data)[0]
-            plain = type(data) is np.ndarray            # (else a device buffer)
-        with self._lock:
-            if self._slow:                      # _locked's test, inline
-                self._enter()
-            if plain and self._door_opens and type(handle) is int:
+        lock = self._lock
+        try:                            # (not ``with``: devpool._locking says why and how)
+            lock.acquire()
+            # one compiled call decodes, checks and copies (``is``: the dtype is numpy's own
+            # uint8 object; ``==`` converted np.uint8 on every call, ~60 ns); it answers
+            # NOT_DONE, changing nothing, for a shut door, a size or a stride it does not take
+            got = NOT_DONE
+            if (self._door_opens and type(handle) is int and type(data) is np.ndarray
+                    and data.dtype is _U8 and data.ndim == 1):
                 try:
-                    if self._write1(handle, data) == 0:     # decoded, checked and copied
-                        return
-                except OverflowError:                       # no int64: below says why
+                    got = self._write1(handle, data)
+                except OverflowError:                       # no int64: the long way says why
                     pass
-            slot, offset, size = self.alloc_.decode_one(handle)
-            if not isinstance(data, np.ndarray):       # a device buffer
-                return self._write_device([slot], data)
-            if data.size != size:
-                raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
-            self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
+            if got == NOT_DONE:
+                self._write_long(handle, data)
+        except BaseException:
+            release_taken(lock)
+            raise
+        lock.release()
+
+    def _write_long(self, handle, data) -> None:
+        """:meth:`write`, every case (under the lock)."""
+        if not (type(data) is np.ndarray and data.dtype is _U8 and data.ndim == 1 and data.flags.c_contiguous):
+            data = self._payload(data)[0]
+        if self._slow:                      # locked's test, inline
+            self._enter()
+        slot, offset, size = self.alloc_.decode_one(handle)
+        if not isinstance(data, np.ndarray):       # a device buffer
+            return self._write_device([slot], data)
+        if data.size != size:
+            raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
+        self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
 
     # --- copy-out --------------------------------------------------------------------
-    @_locked(kind=_BATCH)
+    @locked(kind=BATCH)
     def read_batch(self, handles, out=None, *, device: bool = False) -> tuple[object, np.ndarray]:
         """Copy objects out: returns ``(payload, lengths)``, payload packed back to back.
 
@@ -613,45 +626,52 @@ class Pool:
         zswap's: one call instead of ``read`` + ``free``); if the copy fails, nothing is
         freed.
         """
+        lock = self._lock
+        try:                            # (not ``with``: devpool._locking says why and how)
+            lock.acquire()
+            # through the door: a fresh array sized by one compiled call and filled by
+            # another (~0.5 us less than a slice's copy after a decode), or the caller's
+            # plain ``out`` (writable: the compiled call cannot see the flag; contiguous and
+            # of the object's size it checks) filled by one; NOT_DONE changes nothing
+            got, filled = NOT_DONE, out
+            if self._door_opens and type(handle) is int and (free is False or free is True):
+                try:
+                    if out is None:
+                        size = self._size1(handle)
+                        if size != NOT_DONE:
+                            got = self._read1(handle, filled := np.empty(size, _U8), free)
+                    elif (type(out) is np.ndarray and out.dtype is _U8 and out.ndim == 1
+                          and out.flags.writeable):
+                        got = self._read1(handle, out, free)    # decoded, checked, copied (and freed)
+                except OverflowError:                       # no int64: the long way says why
+                    pass
+            if got == NOT_DONE:
+                filled = self._read_long(handle, out, free)
+            elif got != -1:
+                self._settle_free(got)
+        except BaseException:
+            release_taken(lock)
+            raise
+        lock.release()
+        return filled
+
+    def _read_long(self, handle, out, free) -> np.ndarray:
+        """:meth:`read`, every case (under the lock)."""
         if free is not False and free is not True:      # check_flag's test, inline
             free = check_flag(free, "free")
-        with self._lock:
-            if self._slow:                      # _locked's test, inline
-                self._enter()
-            if (out is not None and self._door_opens and type(handle) is int and type(out) is np.ndarray
-                    and out.dtype is _U8 and out.ndim == 1 and (flags := out.flags).c_contiguous
-                    and flags.writeable):
-                try:
-                    got = self._read1(handle, out, free)    # decoded, checked, copied (and freed)
-                except OverflowError:
-                    got = NOT_DONE
-                if got != NOT_DONE:
-                    if got != -1:
-                        self._settle_free(got)
-                    return out
-            if out is None and self._door_opens and type(handle) is int:
-                al = self.alloc_
-                try:
-                    slot = al._locate1(handle)              # decode_one's call, its wrapping inline
-                except OverflowError:
-                    slot = -1
-                if slot >= 0:
-                    m = al._mm
-                    out = self.storage.copy_one(m[_M_OFF], m[_M_SIZE])
-                    if free:
-                        self._free_slot(slot)
-                    return out
-            slot, offset, size = self.alloc_.decode_one(handle)
-            if out is None:
-                out = self.storage.copy_one(offset, size)
-            else:
-                if not (type(out) is np.ndarray and out.size == size and out.dtype is _U8 and out.ndim == 1
-                        and (flags := out.flags).c_contiguous and flags.writeable):
-                    out = _check_out(out, size)
-                self.storage.read_one(offset, out)
-            if free:
-                self._free_slot(slot)
-            return out
+        if self._slow:                      # locked's test, inline
+            self._enter()
+        slot, offset, size = self.alloc_.decode_one(handle)
+        if out is None:
+            out = self.storage.copy_one(offset, size)
+        else:
+            if not (type(out) is np.ndarray and out.size == size and out.dtype is _U8 and out.ndim == 1
+                    and (flags := out.flags).c_contiguous and flags.writeable):
+                out = _check_out(out, size)
+            self.storage.read_one(offset, out)
+        if free:
+            self._free_slot(slot)
+        return out
 
     def read_with(self, handle: int, consume, arg=_NO_ARG, *, free: bool = False):
         """Call ``consume(block)`` (``consume(block, arg)`` when ``arg`` is given) on one
@@ -670,7 +690,7 @@ class Pool:
         if not callable(consume):
             raise BadInputError(f"consume must be callable, got {type(consume).__name__}")
         with self._lock:
-            if self._slow:                      # _locked's test, inline
+            if self._slow:                      # locked's test, inline
                 self._enter()
             slot, offset, size = self.alloc_.decode_one(handle)
             # the lock is re-entrant: a consume that called back into the pool could
@@ -689,13 +709,13 @@ class Pool:
                 self._free_slot(slot)
             return result
 
-    @_locked
+    @locked
     def size_of(self, handle: int) -> int:
         """The allocated size of the object ``handle`` names."""
         return self.alloc_.decode_one(handle)[2]
 
     # --- free ------------------------------------------------------------------------
-    @_locked(kind=_BATCH)
+    @locked(kind=BATCH)
     def free_batch(self, handles) -> None:
         """Free every object; a stale, foreign or repeated handle frees none."""
         hs = _as_handles(handles)
@@ -709,19 +729,25 @@ class Pool:
 
     def free(self, handle: int) -> None:
         """Free one object; its handle (and any copy of it) is stale from now on."""
-        with self._lock:
-            if self._slow:                      # _locked's test, inline
-                self._enter()
+        lock = self._lock
+        try:                            # (not ``with``: devpool._locking says why and how)
+            lock.acquire()
+            got = NOT_DONE
             if self._door_opens and type(handle) is int:
                 try:
                     got = self._free1(handle)               # decoded, checked and freed
-                except OverflowError:
-                    got = NOT_DONE
-                if got != NOT_DONE:
-                    if got != -1:
-                        self._settle_free(got)
-                    return
-            self._free_slot(self.alloc_.decode_one(handle)[0])
+                except OverflowError:                       # no int64: the long way says why
+                    pass
+            if got == NOT_DONE:
+                if self._slow:                  # locked's test, inline
+                    self._enter()
+                self._free_slot(self.alloc_.decode_one(handle)[0])
+            elif got != -1:
+                self._settle_free(got)
+        except BaseException:
+            release_taken(lock)
+            raise
+        lock.release()
 
     def _free_slot(self, slot: int) -> None:
         """Free one slot ``decode_one`` validated: one compiled call, which also says whether
@@ -740,191 +766,8 @@ class Pool:
                 self._release_segments(np.array([got], np.int64))
             self._maybe_clean()
 
-    # --- cleaning as you go -----------------------------------------------------------
-    # A log-structured arena keeps freed bytes dead until their segment is cleaned; under
-    # churn (zswap frees and stores all day) they would pile up: 5.86 bytes held per live
-    # byte were measured before this. So every free checks, in O(1), whether dead space
-    # has passed CLEAN_TRIGGER of the live bytes (plus two segments of slack for the
-    # head's tail) and if so runs one *bounded* cleaning step: the emptiest segments,
-    # enough to bring dead space down to half the trigger, at most CLEAN_STEP_SEGMENTS of
-    # them, packed with one bulk move. No single call pays for a whole pass.
-    #: dead bytes that start a cleaning step, as a share of live arena bytes (CLEAN_TRIGGER)
-    _clean_trigger = 1 / 16
-
-    # both kept in the allocator's meta too: a single free decides in compiled code
-    # whether a step is due (_maybe_clean's test, there in 1/2**16 of the live bytes)
-    @property
-    def CLEAN_TRIGGER(self) -> float:
-        return self._clean_trigger
-
-    @CLEAN_TRIGGER.setter
-    def CLEAN_TRIGGER(self, value: float) -> None:
-        self._set_clean_trigger(value)
-
-    def _set_clean_trigger(self, value) -> None:
-        # a share of the live bytes: 0 cleans at every chance, inf never. The compiled
-        # test's fixed point is truncated and capped (it may ask Python early, never
-        # late); NaN, a negative share or no number is refused before anything changes
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not value >= 0:
-            raise BadInputError(f"CLEAN_TRIGGER must be a share of the live bytes >= 0 (inf: never clean "
-                                f"as frees go), got {value!r}")
-        fixed = value * TRIGGER_ONE
-        self.alloc_._mm[_M_TRIGGER] = TRIGGER_MAX if fixed >= TRIGGER_MAX else int(fixed)
-        self._clean_trigger = value
-
-    @property
-    def _clean_after(self) -> int:
-        return self.alloc_._mm[_M_CLEAN_AFTER]
-
-    @_clean_after.setter
-    def _clean_after(self, value: int) -> None:
-        self.alloc_._mm[_M_CLEAN_AFTER] = value
-
-    #: the most segments one cleaning step packs (bounds the work one free pays)
-    CLEAN_STEP_SEGMENTS = 64
-
-    def _maybe_clean(self) -> None:
-        al = self.alloc_
-        m, sb = al._mm, al.seg_bytes                     # al.dead_bytes and the rest, inline
-        live = m[_M_LIVE_ALIGNED]
-        dead = m[_M_SEGS_IN_USE] * sb - live
-        if dead > 2 * sb and dead > live * self.CLEAN_TRIGGER and m[_M_VACATED] >= self._clean_after:
-            limit = live * self.CLEAN_TRIGGER
-            t0 = time.perf_counter()
-            plan = al.plan_clean(int(dead - limit * 3 / 4), self.CLEAN_STEP_SEGMENTS)
-            if plan is None:
-                # nothing packs into fewer segments yet: wait until another segment's
-                # worth of bytes has died before planning again (a plan scans the handle
-                # table). Counted in vacated_bytes, which only grows: a floor on dead
-                # bytes went stale when they fell (segments emptied) and held cleaning off
-                self._clean_after = al.vacated_bytes + al.seg_bytes
-            else:
-                # the free that got here has committed: a failed step (device OOM for a
-                # destination, a failed move) changes nothing and must not make that
-                # free look failed (a load that frees would lose its page); it waits
-                # for another segment's worth of dead bytes, as above
-                try:
-                    self._execute_clean(plan)
-                except DevpoolError:
-                    self._counters["clean_fail"] += 1
-                    self._clean_after = al.vacated_bytes + al.seg_bytes
-                else:
-                    self._clean_after = 0
-                    al.clean_steps += 1
-            self._clean_seconds += time.perf_counter() - t0
-
-    # --- compaction ------------------------------------------------------------------
-    def _compact(self, max_utilisation: float, full_too: bool = False) -> int:
-        return self._execute_clean(self.alloc_.plan_compact(max_utilisation, full_too=full_too))
-
-    def _execute_clean(self, plan) -> int:
-        """Carry out a cleaning plan: commit destinations, one bulk move, re-point the
-        slots, give emptied segments back; returns bytes freed."""
-        if plan is None:
-            return 0
-        spares = self.alloc_.spare_segments
-        src, dst, a = plan.src, plan.dst, plan.asizes
-        touched = np.unique(dst // self.alloc_.seg_bytes)
-        fresh = touched[~self.alloc_.seg_in_use[touched]]
-        self._commit_segments(fresh)
-        try:
-            self.storage.move(src, dst, a)
-        except BaseException:
-            self._release_segments(fresh)
-            raise
-        freed, _ = self.alloc_.commit_compact(plan)
-        # no more spares than before the step: a destination storage had to commit is
-        # paid back by a victim, so cleaning (which a free may trigger) never grows the
-        # pool's total, e.g. past a zswap limit that was checked before the free
-        self._release_segments(freed, budget=min(self._spare_room(), spares))
-        self._counters["compactions"] += 1
-        return int(freed.size) * self.alloc_.seg_bytes
-
-    @_locked
-    def compact(self, max_utilisation: float = 1.0) -> int:
-        """Clean segments less than ``max_utilisation`` full; returns bytes given back.
-
-        Live objects move (device-to-device on a GPU); every handle stays valid. The
-        default, 1.0, packs every segment in arena order: a second call right after
-        moves nothing and returns 0.
-        """
-        return self._clean(check_real(max_utilisation, "max_utilisation", lo=0, hi=1, lo_open=True))
-
-    def _clean(self, max_utilisation: float) -> int:
-        """Compact, then give every spare segment back; returns bytes released."""
-        before = self.storage.committed_bytes
-        self._compact(max_utilisation, full_too=True)
-        self._release_segments(np.zeros(0, np.int64), keep_spares=False)
-        return before - self.storage.committed_bytes
-
-    # --- migration: objects move, handles stay ------------------------------------------
-    @_locked(kind=_BATCH)        # refused while a block is lent; provokes nothing itself
-    def migrate(self, count: int, *, rng: np.random.Generator | None = None) -> int:
-        """Move up to ``count`` live objects, chosen at random (by ``rng``), to other
-        arena space; returns how many moved. Every handle stays valid and every read
-        returns the same bytes; only where the bytes lie changes, and the pool grows by
-        nothing.
-
-        The objects go where the arena has room already (the open segment's tail, then
-        spare segments); their old places are dead bytes, cleaned as freed ones are. When
-        there is no such room, one segment holding a chosen object (the emptiest) is
-        emptied into a fresh one instead and given back. A real migration through the
-        allocator and storage's own ``move`` (device to device on a GPU). The pool does
-        this on its own only under a hostile storage's policy (``chaos``), before every
-        call; the work follows ``count``, not the pool's size.
-        """
-        count = check_int(count, "count", lo=0)
-        if rng is not None and not isinstance(rng, np.random.Generator):
-            raise BadInputError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
-        return self._migrate(count, np.random.default_rng() if rng is None else rng)
-
-    def _migrate(self, count: int, rng: np.random.Generator) -> int:
-        al = self.alloc_
-        pick = al.sample_live(rng, count)
-        if pick.size == 0:
-            return 0
-        plan = al.plan_move(pick)
-        if plan is None and count >= al.live_objects:
-            return self._evacuate(pick, pick.size)      # every object asked for: segments and all
-        while plan is None and pick.size > 1:           # the longest prefix there is room for
-            pick = pick[:pick.size // 2]
-            plan = al.plan_move(pick)
-        if plan is None:
-            return self._evacuate(pick, 1)
-        self._commit_segments(plan.opened)              # spares: nothing to commit, no growth
-        try:
-            self.storage.move(al.locs[pick], plan.offsets, aligned(al.sizes[pick]))
-        except BaseException:
-            self._release_segments(plan.opened)
-            raise
-        emptied = al.commit_move(pick, plan)[2]
-        # (no discard: the old copies were the move's sources, which storage's move
-        # already treats as left behind, as after a cleaning step's move)
-        self._release_segments(emptied)
-        # (no cleaning here: the room a move takes is held room, so the dead bytes it
-        # leaves are bounded by the spares and the open segment, and cleaned as the
-        # pool's own frees clean)
-        self._counters["migrated_objects"] += int(pick.size)
-        return int(pick.size)
-
-    def _evacuate(self, pick: np.ndarray, most: int) -> int:
-        """Empty up to ``most`` segments holding objects of ``pick`` (the emptiest first)
-        into fresh segments and give as many back as they took (when the arena has no
-        room elsewhere); returns the objects moved."""
-        al = self.alloc_
-        segs = al.segments_of(pick)
-        plan = al.plan_evacuation(segs[np.argsort(al.seg_live[segs], kind="stable")][:most])
-        if plan is None:
-            return 0
-        try:
-            self._execute_clean(plan)        # grows nothing: a victim pays for each destination
-        except PoolFullError:
-            return 0                         # no room for the destination: nothing moved
-        self._counters["migrated_objects"] += int(plan.slots.size)
-        return int(plan.slots.size)
-
     # --- figures and teardown --------------------------------------------------------
-    @_locked(kind=_QUERY)      # reading figures is not an operation on objects
+    @locked(kind=QUERY)      # reading figures is not an operation on objects
     def stats(self) -> dict:
         """Pool figures (zsmalloc names where one exists) and the backend in use."""
         st = self.alloc_.stats()

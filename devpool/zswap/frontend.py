@@ -38,6 +38,7 @@ import os
 import numpy as np
 
 from .backing import BackingFile
+from .._locking import release_taken
 from .._checks import as_int_array, check_flag, check_int, check_real
 from ..codecs import Codec, get_codec
 from ..codecs.base import check_pages
@@ -48,7 +49,6 @@ from .._errors import (
     BadInputError,
     ClosedError,
     CorruptDataError,
-    DevpoolError,
     EntryNotFoundError,
     PoolFullError,
     WritebackError,
@@ -613,54 +613,67 @@ class Zswap:
         """Store one page; True if cached (the rules of :meth:`store_batch`, one page)."""
         o = self._offset(offset)
         page = self._page(page)
-        with self._lock:
-            if self._closed or self._decoding:
-                self._check_open()
-            if self._blocks_on_device:        # the device codec works in batches
-                return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
-            block = None
-            if self._store1 is not None and not self._reached_full:   # (at the limit: refused below)
-                answer = self._store1(o, page)                       # the whole store, compiled
+        lock = self._lock
+        try:                            # (not ``with``: devpool._locking says why and how)
+            lock.acquire()
+            answer = one_page.SLOW
+            # the whole store, compiled (not at the limit: refused the long way; not
+            # closed or decoding: the long way says why)
+            if self._store1 is not None and not (self._reached_full or self._closed or self._decoding):
+                answer = self._store1(o, page)
                 if answer <= one_page.DONE_SAME:
                     if answer == one_page.DONE_SAME:
                         self._counters["same_filled_stores"] += 1
                     freed = self._ctx[one_page.X_FREED]
                     if freed != -1:
                         door_settle(self.pool, freed)
-                    return True
-                if answer != one_page.SLOW:   # compressed, refused or the pool's long way: on from here
-                    block, n = self._scratch1, self._ctx[one_page.X_LENGTH]
-            same = False
-            if block is None:
-                same, fill = same_filled_one(page)
-                if not same:
-                    # 1. fallible work first
-                    block, n = self._codec.compress_page_trusted(page)     # page checked at our edge
-            handle = None
+            stored = answer <= one_page.DONE_SAME or self._store_long(o, page, answer)
+        except BaseException:
+            release_taken(lock)
+            raise
+        lock.release()
+        return stored
+
+    def _store_long(self, o: int, page: np.ndarray, answer: int) -> bool:
+        """:meth:`store` after the compiled store's ``answer`` (SLOW: not tried), under the lock."""
+        if self._closed or self._decoding:
+            self._check_open()
+        if self._blocks_on_device:        # the device codec works in batches
+            return bool(self._store(np.array([o], np.int64), page.reshape(1, -1))[0])
+        block = None
+        if answer != one_page.SLOW:       # compressed, refused or the pool's long way: on from here
+            block, n = self._scratch1, self._ctx[one_page.X_LENGTH]
+        same = False
+        if block is None:
+            same, fill = same_filled_one(page)
             if not same:
-                accepted, as_is, size = self._verdict(n)
-                if not accepted:
-                    self._tally_refusals(n, accepted)
-                else:
-                    try:
-                        handle = self._admit_one(size, page if as_is else block[:n])
-                    except PoolFullError:
-                        self._counters["reject_alloc_fail"] += 1
-            # 2. commit point
-            if same:
-                self._record_one(o, SAME, as_word(fill))
-                self._counters["same_filled_stores"] += 1
-            elif handle is not None:
-                self._record_one(o, POOL, handle, size)
+                # 1. fallible work first
+                block, n = self._codec.compress_page_trusted(page)     # page checked at our edge
+        handle = None
+        if not same:
+            accepted, as_is, size = self._verdict(n)
+            if not accepted:
+                self._tally_refusals(n, accepted)
             else:
-                self._drop_one(o)
-            if self._reached_full:
-                self._shrink()
-            if same or handle is not None:
-                return True
-            if self.backing is not None:
-                self._write_refused(np.array([o], np.int64), page.reshape(1, -1), np.zeros(1, np.bool_))
-            return False
+                try:
+                    handle = self._admit_one(size, page if as_is else block[:n])
+                except PoolFullError:
+                    self._counters["reject_alloc_fail"] += 1
+        # 2. commit point
+        if same:
+            self._record_one(o, SAME, as_word(fill))
+            self._counters["same_filled_stores"] += 1
+        elif handle is not None:
+            self._record_one(o, POOL, handle, size)
+        else:
+            self._drop_one(o)
+        if self._reached_full:
+            self._shrink()
+        if same or handle is not None:
+            return True
+        if self.backing is not None:
+            self._write_refused(np.array([o], np.int64), page.reshape(1, -1), np.zeros(1, np.bool_))
+        return False
 
     def load_batch(self, offsets, out=None, *, keep: bool = False) -> np.ndarray:
         """Load pages (N, 4096); exclusive: each leaves zswap and the backing file.
@@ -731,11 +744,12 @@ class Zswap:
             raise BadInputError(f"out must be a writable C-contiguous ({PAGE_SIZE},) uint8 array")
         if keep is not False and keep is not True:      # check_flag's test, inline
             keep = check_flag(keep, "keep")
-        with self._lock:
-            if self._closed or self._decoding:
-                self._check_open()
-            if self._load1 is not None:                               # the whole load, compiled
-                page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
+        lock = self._lock
+        try:                            # (not ``with``: devpool._locking says why and how)
+            lock.acquire()
+            answer = one_page.SLOW
+            if self._load1 is not None and not (self._closed or self._decoding):    # the whole load, compiled
+                page = np.empty(PAGE_SIZE, _U8) if out is None else out
                 answer = self._load1(o, page, keep)
                 if answer == one_page.DONE:
                     self._counters["loads_from_pool"] += 1
@@ -744,58 +758,69 @@ class Zswap:
                         door_settle(self.pool, freed)
                     if not keep:
                         self._t.after_remove()
-                    return page
-                if answer == one_page.NOT_STORED:
-                    raise EntryNotFoundError(f"swap offset {o} is not stored")
-                if answer == one_page.CORRUPT:
+            if answer != one_page.DONE:
+                page = self._load_long(o, out, keep, answer)
+        except BaseException:
+            release_taken(lock)
+            raise
+        lock.release()
+        return page
+
+    def _load_long(self, o: int, out, keep: bool, answer: int) -> np.ndarray:
+        """:meth:`load` after the compiled load's ``answer`` (SLOW: not tried), under the lock."""
+        if self._closed or self._decoding:
+            self._check_open()
+        if answer == one_page.NOT_STORED:
+            raise EntryNotFoundError(f"swap offset {o} is not stored")
+        if answer == one_page.CORRUPT:
+            self._counters["decompress_fail"] += 1
+            raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+        t = self._t
+        i = t.find_one(o)
+        state = t.m_state[i] if i >= 0 else ABSENT
+        if state == ABSENT:
+            raise EntryNotFoundError(f"swap offset {o} is not stored")
+        if state == POOL:
+            handle, n = t.m_word[i], t.m_length[i]
+            free = not keep
+            if n == PAGE_SIZE:
+                page = self.pool.read(handle, out, free=free)
+            elif self._blocks_on_device:
+                page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
+                ok = self._decompress_into(np.array([i]), page.reshape(1, -1), np.zeros(1, np.int64))
+                if not ok[0]:
+                    raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
+                if free:
+                    self.pool.free(handle)
+            else:
+                # decoded where the block lies (host RAM) and freed only once it made
+                # a page: a corrupt block stays stored, as in load_batch
+                self._decoding = True
+                try:
+                    page = self.pool.read_with(handle, self._decode_page, out, free=free)
+                finally:
+                    self._decoding = False
+                if page is None:
                     self._counters["decompress_fail"] += 1
                     raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
-            t = self._t
-            i = t.find_one(o)
-            state = t.m_state[i] if i >= 0 else ABSENT
-            if state == ABSENT:
-                raise EntryNotFoundError(f"swap offset {o} is not stored")
-            if state == POOL:
-                handle, n = t.m_word[i], t.m_length[i]
-                free = not keep
-                if n == PAGE_SIZE:
-                    page = self.pool.read(handle, out, free=free)
-                elif self._blocks_on_device:
-                    page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
-                    ok = self._decompress_into(np.array([i]), page.reshape(1, -1), np.zeros(1, np.int64))
-                    if not ok[0]:
-                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
-                    if free:
-                        self.pool.free(handle)
-                else:
-                    # decoded where the block lies (host RAM) and freed only once it made
-                    # a page: a corrupt block stays stored, as in load_batch
-                    self._decoding = True
-                    try:
-                        page = self.pool.read_with(handle, self._decode_page, out, free=free)
-                    finally:
-                        self._decoding = False
-                    if page is None:
-                        self._counters["decompress_fail"] += 1
-                        raise CorruptDataError(f"stored page at swap offset {o} failed to decompress")
-                self._counters["loads_from_pool"] += 1
-            elif state == SAME:
-                page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
-                page.view(np.uint64)[:] = t.m_fill[i]
-                self._counters["loads_from_pool"] += 1
+            self._counters["loads_from_pool"] += 1
+        elif state == SAME:
+            page = np.empty(PAGE_SIZE, np.uint8) if out is None else out
+            page.view(np.uint64)[:] = t.m_fill[i]
+            self._counters["loads_from_pool"] += 1
+        else:
+            got = self._read_file(np.array([o], np.int64), t.fill[i:i + 1])[0]
+            if out is None:
+                page = got
             else:
-                got = self._read_file(np.array([o], np.int64), t.fill[i:i + 1])[0]
-                if out is None:
-                    page = got
-                else:
-                    page = out
-                    out[:] = got
-                self._counters["loads_from_backing"] += 1
-            if keep:
-                t.m_referenced[i] = 1        # used again: a second chance before writeback
-            else:
-                t.remove_one(i)              # commit: exclusive load
-            return page
+                page = out
+                out[:] = got
+            self._counters["loads_from_backing"] += 1
+        if keep:
+            t.m_referenced[i] = 1        # used again: a second chance before writeback
+        else:
+            t.remove_one(i)              # commit: exclusive load
+        return page
 
     def invalidate_batch(self, offsets) -> None:
         """Forget these offsets (swap slots freed); absent ones are ignored."""
@@ -807,10 +832,11 @@ class Zswap:
     def invalidate(self, offset: int) -> None:
         """Forget one offset; a no-op when it is not stored."""
         o = self._offset(offset)
-        with self._lock:
-            if self._closed or self._decoding:
-                self._check_open()
-            if self._invalidate1 is not None:
+        lock = self._lock
+        try:                            # (not ``with``: devpool._locking says why and how)
+            lock.acquire()
+            answer = one_page.SLOW
+            if self._invalidate1 is not None and not (self._closed or self._decoding):
                 answer = self._invalidate1(o)                        # compiled, where it runs
                 if answer != one_page.SLOW:
                     freed = self._ctx[one_page.X_FREED]
@@ -818,8 +844,14 @@ class Zswap:
                         door_settle(self.pool, freed)
                     if answer == one_page.DONE:
                         self._t.after_remove()
-                    return
-            self._drop_one(o)
+            if answer == one_page.SLOW:
+                if self._closed or self._decoding:
+                    self._check_open()
+                self._drop_one(o)
+        except BaseException:
+            release_taken(lock)
+            raise
+        lock.release()
 
     def invalidate_area(self) -> None:
         """Forget every offset (swapoff of the whole area); the backing file is emptied."""

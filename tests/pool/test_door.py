@@ -222,3 +222,46 @@ def test_door_settle_refuses_what_no_door_free_answers(rng):
     D.door_settle(pool, -1)                                   # nothing to finish: fine
     D.door_settle(pool, D.CLEAN_DUE)                          # a cleaning step: fine
     pool.close()
+
+
+@pytest.mark.parametrize("step", [-1, 2, -3])
+def test_strided_arrays_reach_the_door_and_are_refused_there_not_copied(step):
+    """The single verbs hand a 1-D uint8 ndarray to the compiled door unchecked for
+    layout (the flag costs ~0.1 us a call): the door refuses any stride but 1, changing
+    nothing, and the Python verb then says why. A reversed array (its data pointer at
+    its last byte) copied as if contiguous would read and write past its buffer."""
+    pool = devpool.open_pool("host", 1 << 22)
+    assert pool.stats()["door_open"]
+    rng = np.random.default_rng(7)
+    base = rng.integers(0, 256, 64 * abs(step), dtype=np.uint8)
+    strided = base[::step]
+    assert strided.ndim == 1 and strided.size == 64 and not strided.flags.c_contiguous
+    before = pool.stats()
+    with pytest.raises(devpool.BadInputError, match="contiguous"):
+        pool.alloc(64, data=strided)
+    assert pool.stats()["obj_allocated"] == before["obj_allocated"]
+    original = rng.integers(0, 256, 64, dtype=np.uint8)
+    h = pool.alloc(64, data=original)
+    with pytest.raises(devpool.BadInputError, match="contiguous"):
+        pool.write(h, strided)
+    assert pool.read(h).tobytes() == original.tobytes()
+    out_base = np.zeros(64 * abs(step), np.uint8)
+    with pytest.raises(devpool.BadInputError, match="contiguous"):
+        pool.read(h, out_base[::step], free=True)
+    assert not out_base.any(), "the refused read wrote into the caller's buffer"
+    assert pool.read(h, free=True).tobytes() == original.tobytes()      # not freed before
+    pool.close()
+
+
+def test_a_one_byte_object_takes_a_one_element_view_of_any_stride():
+    """numpy calls a one-element array contiguous whatever its stride; the door refuses
+    the stride, and the long way takes it: the same answer as before, the right byte."""
+    pool = devpool.open_pool("host", 1 << 22)
+    src = np.arange(10, dtype=np.uint8)[3::5][:1]
+    assert src.strides == (5,) and src.flags.c_contiguous
+    h = pool.alloc(1, data=src)
+    pool.write(h, np.array([9, 0], np.uint8)[::2])
+    out = np.zeros(4, np.uint8)[::4]
+    assert pool.read(h, out) is out and out[0] == 9
+    assert pool.read(h, free=True).tolist() == [9]
+    pool.close()

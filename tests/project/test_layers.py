@@ -21,7 +21,7 @@ FOLDERS = {"devpool": "devpool", "kernels": "devpool.kernels", "host": "devpool.
 #: layer of a module, by longest matching prefix
 LAYER_OF = {
     "devpool._errors": "common", "devpool._checks": "common", "devpool._packed": "common",
-    "devpool._numba_setup": "common", "devpool._compiled": "common",
+    "devpool._numba_setup": "common", "devpool._compiled": "common", "devpool._locking": "common",
     "devpool.pool.storage": "storage", "devpool.host": "storage",
     "devpool.kernels._device": "storage", "devpool.kernels._copy_kernels": "storage",
     "devpool.kernels._cuda": "storage", "devpool.kernels._check": "storage",
