@@ -296,6 +296,16 @@ def test_bench_pool_single_smoke(tmp_path):
     assert r["ratio_four_p50_us"]["median"] > 0
 
 
+def test_bench_pool_single_interleaved_smoke(tmp_path):
+    """Both trees in one process (here this tree twice, as two module copies): a p50 per
+    tree per pass, and their ratio, near 1 for the same code."""
+    tree = str(BENCH.parent)
+    r = run_bench(tmp_path, "bench_pool_single.py", "--base", tree, "--interleaved", "--n", "200", "--passes", "2")
+    assert len(r["passes_p50_us"]["four_p50_us"]) == 2
+    assert r["this_four_p50_us"]["median"] > 0 and r["base_two_p50_us"]["median"] > 0
+    assert 0.2 < r["ratio_four_p50_us"]["median"] < 5
+
+
 def test_bench_pool_bytes_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_pool_bytes.py", "--sizes", "100,1000")
     assert [row["live_objects"] for row in r["rows"]] == [100, 1000]
