@@ -40,7 +40,6 @@ from .._errors import BadInputError, InvalidHandleError, PoolClosedError, PoolFu
 from . import door as _door
 from .door import DOOR_ALLOC, DOOR_ARENA, DOOR_OPEN, DOOR_FIELDS, NOT_DONE
 from .._compiled import JIT, bind
-from .._locking import release_taken
 from .locked import BATCH, ONE, QUERY, locked
 from .moving import Moving
 from .storage import Storage
@@ -424,7 +423,10 @@ class Pool(Moving):
             if not handle:
                 handle = self._alloc_long(nbytes, data, max_total)
         except BaseException:
-            release_taken(lock)
+            try:                        # nothing may run before the release: devpool._locking
+                lock.release()
+            except RuntimeError:        # an interrupted wait: no level of ours to give back
+                pass
             raise
         lock.release()
         return handle
@@ -574,7 +576,10 @@ class Pool(Moving):
             if got == NOT_DONE:
                 self._write_long(handle, data)
         except BaseException:
-            release_taken(lock)
+            try:                        # nothing may run before the release: devpool._locking
+                lock.release()
+            except RuntimeError:        # an interrupted wait: no level of ours to give back
+                pass
             raise
         lock.release()
 
@@ -650,7 +655,10 @@ class Pool(Moving):
             elif got != -1:
                 self._settle_free(got)
         except BaseException:
-            release_taken(lock)
+            try:                        # nothing may run before the release: devpool._locking
+                lock.release()
+            except RuntimeError:        # an interrupted wait: no level of ours to give back
+                pass
             raise
         lock.release()
         return filled
@@ -745,7 +753,10 @@ class Pool(Moving):
             elif got != -1:
                 self._settle_free(got)
         except BaseException:
-            release_taken(lock)
+            try:                        # nothing may run before the release: devpool._locking
+                lock.release()
+            except RuntimeError:        # an interrupted wait: no level of ours to give back
+                pass
             raise
         lock.release()
 

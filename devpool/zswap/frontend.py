@@ -38,7 +38,6 @@ import os
 import numpy as np
 
 from .backing import BackingFile
-from .._locking import release_taken
 from .._checks import as_int_array, check_flag, check_int, check_real
 from ..codecs import Codec, get_codec
 from ..codecs.base import check_pages
@@ -629,7 +628,10 @@ class Zswap:
                         door_settle(self.pool, freed)
             stored = answer <= one_page.DONE_SAME or self._store_long(o, page, answer)
         except BaseException:
-            release_taken(lock)
+            try:                        # nothing may run before the release: devpool._locking
+                lock.release()
+            except RuntimeError:        # an interrupted wait: no level of ours to give back
+                pass
             raise
         lock.release()
         return stored
@@ -761,7 +763,10 @@ class Zswap:
             if answer != one_page.DONE:
                 page = self._load_long(o, out, keep, answer)
         except BaseException:
-            release_taken(lock)
+            try:                        # nothing may run before the release: devpool._locking
+                lock.release()
+            except RuntimeError:        # an interrupted wait: no level of ours to give back
+                pass
             raise
         lock.release()
         return page
@@ -849,7 +854,10 @@ class Zswap:
                     self._check_open()
                 self._drop_one(o)
         except BaseException:
-            release_taken(lock)
+            try:                        # nothing may run before the release: devpool._locking
+                lock.release()
+            except RuntimeError:        # an interrupted wait: no level of ours to give back
+                pass
             raise
         lock.release()
 

@@ -525,6 +525,105 @@ def test_ctrl_c_that_stops_the_wait_for_the_lock_releases_nothing(name, make):
         assert figures() == before, f"{name} changed the pool though interrupted while waiting"
 
 
+def _failing_verbs():
+    """(name, make(pool) -> (locked object, call, what the call raises under the lock))
+    for every single verb the lock-without-``with`` pattern serves: each call fails
+    after taking the lock, so it leaves through the verb's except branch."""
+    page = np.arange(4096, dtype=np.uint32).astype(np.uint8)
+
+    def on_pool(call, error):
+        def make(pool):
+            stale = pool.alloc(100)
+            pool.free(stale)
+            return pool, lambda: call(pool, stale), error
+        return make
+
+    def on_zswap(call, error, close=False):
+        def make(pool):
+            zs = devpool.Zswap(pool, compressor="lz4", max_pool_percent=100)
+            zs.store(1, page)
+            if close:
+                zs.close()
+            return zs, lambda: call(zs), error
+        return make
+
+    return [
+        ("alloc", on_pool(lambda p, h: p.alloc(p.max_object_bytes + 1), devpool.InvalidSizeError)),
+        ("write", on_pool(lambda p, h: p.write(h, np.zeros(100, np.uint8)), devpool.InvalidHandleError)),
+        ("read", on_pool(lambda p, h: p.read(h), devpool.InvalidHandleError)),
+        ("read_free", on_pool(lambda p, h: p.read(h, free=True), devpool.InvalidHandleError)),
+        ("free", on_pool(lambda p, h: p.free(h), devpool.InvalidHandleError)),
+        ("zswap.store", on_zswap(lambda z: z.store(2, page), devpool.DevpoolError, close=True)),
+        ("zswap.load", on_zswap(lambda z: z.load(3), devpool.EntryNotFoundError)),
+        ("zswap.invalidate", on_zswap(lambda z: z.invalidate(1), devpool.DevpoolError, close=True)),
+    ]
+
+
+_FAILING_VERBS = _failing_verbs()
+
+
+@pytest.mark.parametrize("name,make", _FAILING_VERBS, ids=[name for name, _ in _FAILING_VERBS])
+def test_ctrl_c_while_a_verb_unwinds_its_own_error_leaves_the_lock_free(name, make):
+    """Ctrl-C after Ctrl-C (another thread interrupts the main one as fast as it can, the
+    GIL handed over at every chance): a second interrupt lands while a verb's except
+    branch unwinds a first error. ``with`` released the lock from C, with no point in
+    between where a signal handler runs; a Python helper called there (its first line
+    runs the pending handler) raised before it released, and the lock stayed held by
+    the main thread for good: every other thread deadlocked on the pool. Fails within
+    milliseconds when that window exists; 0.3 s of calls per verb without it."""
+    import _thread
+    import signal
+    import sys
+    with devpool.open_pool("host", 1 << 22) as pool:
+        obj, call, error = make(pool)
+        lock = obj._lock
+        armed = [False]                 # the handler raises only inside the verb's call
+
+        def handler(signum, frame):
+            if armed[0]:
+                raise KeyboardInterrupt
+
+        stop = threading.Event()
+
+        def interrupter():
+            while not stop.is_set():
+                _thread.interrupt_main()
+                time.sleep(0)
+
+        old_handler = signal.signal(signal.SIGINT, handler)
+        old_switch = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)
+        t = threading.Thread(target=interrupter, daemon=True)
+        calls = interrupted = 0
+        held = False
+        try:
+            t.start()
+            deadline = time.monotonic() + 0.3
+            while time.monotonic() < deadline and not held:
+                try:
+                    armed[0] = True
+                    call()
+                except KeyboardInterrupt:
+                    interrupted += 1
+                except error:
+                    pass
+                finally:
+                    armed[0] = False
+                calls += 1
+                held = lock._is_owned()
+        finally:
+            stop.set()
+            t.join()
+            for _ in range(100):        # an interrupt still pending meets the disarmed handler
+                pass
+            sys.setswitchinterval(old_switch)
+            signal.signal(signal.SIGINT, old_handler)
+            while lock._is_owned():     # (so the pool can close when the test failed)
+                lock.release()
+        assert not held, f"{name} left its lock held after {calls} calls ({interrupted} interrupted)"
+        assert _free_for_another_thread(lock)
+
+
 #: a sequence hypothesis found (1 in ~1 000 examples): compact(1.0) packed 20 096 live
 #: bytes into 4 segments, one of which filled exactly; a second compact(1.0), leaving that
 #: full segment out, packed the rest tighter and freed another (8 192, not 0). Replayed on
