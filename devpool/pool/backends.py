@@ -78,8 +78,19 @@ def _check_auto_options(storage_options: dict) -> None:
         try:
             _check_options(name, cls, storage_options)
         except BadInputError as exc:
+            taken = [other for other in ("host", "cuda") if other != name and _takes(other, storage_options)]
+            hint = f". Name the backend to pass it ({taken[0]} takes it)" if taken else ""
             raise BadInputError(f"open_pool('auto') may open host or cuda storage, by the machine, and "
-                                f"takes only options both take: {exc}. Name the backend to pass it") from None
+                                f"takes only options both take: {exc}{hint}") from None
+
+
+def _takes(name: str, storage_options: dict) -> bool:
+    """Whether backend ``name``'s storage takes every one of ``storage_options``."""
+    try:
+        _check_options(name, _storage_class(name), storage_options)
+    except Exception:                          # noqa: BLE001 - refused, or cannot import
+        return False
+    return True
 
 
 def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,

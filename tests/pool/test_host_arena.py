@@ -98,6 +98,15 @@ def test_auto_refuses_a_host_only_option_on_every_machine(value):
         assert pool.stats()["hugepages"] in (value, False)
 
 
+def test_auto_names_a_backend_only_for_an_option_one_of_them_takes():
+    """An option no storage takes is refused without sending the caller to name one."""
+    with pytest.raises(BadInputError, match=r"Name the backend to pass it \(host takes it\)"):
+        devpool.open_pool("auto", 1 << 20, hugepages=True)
+    with pytest.raises(BadInputError, match="unknown option 'colour'") as info:
+        devpool.open_pool("auto", 1 << 20, colour="blue")
+    assert "Name the backend" not in str(info.value)
+
+
 @pytest.mark.skipif(not os.path.exists("/sys/kernel/mm/transparent_hugepage/enabled"),
                     reason="this kernel has no transparent huge pages to opt out of")
 def test_hugepages_false_opts_out_where_the_kernel_gives_huge_pages_unasked():
