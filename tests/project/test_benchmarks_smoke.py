@@ -306,6 +306,15 @@ def test_bench_pool_single_interleaved_smoke(tmp_path):
     assert 0.2 < r["ratio_four_p50_us"]["median"] < 5
 
 
+def test_bench_growth_parts_smoke(tmp_path):
+    """Every structure at both sizes, dense and sparse: a p50 per pass, and the growth."""
+    r = run_bench(tmp_path, "bench_growth_parts.py", "--small", "1000", "--big", "5000", "--n", "200", "--passes", "2")
+    assert [row["subject"] for row in r["rows"]] == ["entries dense", "dict dense", "entries sparse", "dict sparse",
+                                                    "pool handle"]
+    assert all(len(v) == 2 and min(v) > 0 for v in r["p50_ns"].values())
+    assert all(row["ratio"] > 0 for row in r["rows"])
+
+
 def test_bench_pool_bytes_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_pool_bytes.py", "--sizes", "100,1000")
     assert [row["live_objects"] for row in r["rows"]] == [100, 1000]
