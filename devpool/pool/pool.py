@@ -33,7 +33,7 @@ import threading
 import numpy as np
 
 from .allocator import _M_HANDLE, _M_OFF, _M_SIZE, Allocator, aligned
-from .._checks import (PAGE_SIZE, as_int_array, check_flag, check_int, first_range_outside,
+from .._checks import (PAGE_SIZE, U8, as_int_array, check_flag, check_int, first_range_outside,
                        plain_view)
 from .._packed import packed_starts
 from .._errors import BadInputError, InvalidHandleError, PoolClosedError, PoolFullError
@@ -43,8 +43,6 @@ from .._compiled import JIT, bind
 from .locked import BATCH, ONE, QUERY, locked
 from .moving import Moving
 from .storage import Storage
-
-_U8 = np.dtype(np.uint8)
 
 __all__ = ["Pool", "PAGE_SIZE", "DEFAULT_SEGMENT_BYTES"]
 
@@ -417,7 +415,7 @@ class Pool(Moving):
                     and (max_total is None or type(max_total) is int and max_total >= 0)):
                 if data is None:
                     handle = self._alloc1(nbytes)
-                elif (type(data) is np.ndarray and data.dtype is _U8 and data.ndim == 1
+                elif (type(data) is np.ndarray and data.dtype is U8 and data.ndim == 1
                       and data.shape[0] == nbytes):
                     handle = self._alloc_w1(data)        # (0 for strided data too)
             if not handle:
@@ -433,7 +431,7 @@ class Pool(Moving):
 
     def _alloc_long(self, nbytes, data, max_total) -> int | None:
         """:meth:`alloc`, every case (under the lock)."""
-        if data is not None and not (type(data) is np.ndarray and data.dtype is _U8
+        if data is not None and not (type(data) is np.ndarray and data.dtype is U8
                                      and data.ndim == 1 and data.flags.c_contiguous):
             data = _as_bytes_array(data, "data")
         if max_total is not None and (type(max_total) is not int or max_total < 0):
@@ -568,7 +566,7 @@ class Pool(Moving):
             # NOT_DONE, changing nothing, for a shut door, a size or a stride it does not take
             got = NOT_DONE
             if (self._door_opens and type(handle) is int and type(data) is np.ndarray
-                    and data.dtype is _U8 and data.ndim == 1):
+                    and data.dtype is U8 and data.ndim == 1):
                 try:
                     got = self._write1(handle, data)
                 except OverflowError:                       # no int64: the long way says why
@@ -585,7 +583,7 @@ class Pool(Moving):
 
     def _write_long(self, handle, data) -> None:
         """:meth:`write`, every case (under the lock)."""
-        if not (type(data) is np.ndarray and data.dtype is _U8 and data.ndim == 1 and data.flags.c_contiguous):
+        if not (type(data) is np.ndarray and data.dtype is U8 and data.ndim == 1 and data.flags.c_contiguous):
             data = self._payload(data)[0]
         if self._slow:                      # locked's test, inline
             self._enter()
@@ -594,7 +592,7 @@ class Pool(Moving):
             return self._write_device([slot], data)
         if data.size != size:
             raise BadInputError(f"data holds {data.size} bytes, the object's allocated size is {size}")
-        self.storage.write_one(offset, data if data.ndim == 1 else data.reshape(-1))
+        self.storage.write_one(offset, data)          # 1-D: the test above, or _payload's view
 
     # --- copy-out --------------------------------------------------------------------
     @locked(kind=BATCH)
@@ -644,8 +642,8 @@ class Pool(Moving):
                     if out is None:
                         size = self._size1(handle)
                         if size != NOT_DONE:
-                            got = self._read1(handle, filled := np.empty(size, _U8), free)
-                    elif (type(out) is np.ndarray and out.dtype is _U8 and out.ndim == 1
+                            got = self._read1(handle, filled := np.empty(size, U8), free)
+                    elif (type(out) is np.ndarray and out.dtype is U8 and out.ndim == 1
                           and out.flags.writeable):
                         got = self._read1(handle, out, free)    # decoded, checked, copied (and freed)
                 except OverflowError:                       # no int64: the long way says why
@@ -673,7 +671,7 @@ class Pool(Moving):
         if out is None:
             out = self.storage.copy_one(offset, size)
         else:
-            if not (type(out) is np.ndarray and out.size == size and out.dtype is _U8 and out.ndim == 1
+            if not (type(out) is np.ndarray and out.size == size and out.dtype is U8 and out.ndim == 1
                     and (flags := out.flags).c_contiguous and flags.writeable):
                 out = _check_out(out, size)
             self.storage.read_one(offset, out)
