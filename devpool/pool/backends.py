@@ -70,6 +70,7 @@ def _check_auto_options(storage_options: dict) -> None:
     """``"auto"`` may pick either storage, by the machine: it takes only the options
     both do, so a call that works on one machine works on every other (``hugepages``,
     host's alone, once opened a host pool here and raised where a GPU answered)."""
+    refused, taking = [], []
     for name in ("host", "cuda"):
         try:
             cls = _storage_class(name)
@@ -78,19 +79,13 @@ def _check_auto_options(storage_options: dict) -> None:
         try:
             _check_options(name, cls, storage_options)
         except BadInputError as exc:
-            taken = [other for other in ("host", "cuda") if other != name and _takes(other, storage_options)]
-            hint = f". Name the backend to pass it ({taken[0]} takes it)" if taken else ""
-            raise BadInputError(f"open_pool('auto') may open host or cuda storage, by the machine, and "
-                                f"takes only options both take: {exc}{hint}") from None
-
-
-def _takes(name: str, storage_options: dict) -> bool:
-    """Whether backend ``name``'s storage takes every one of ``storage_options``."""
-    try:
-        _check_options(name, _storage_class(name), storage_options)
-    except Exception:                          # noqa: BLE001 - refused, or cannot import
-        return False
-    return True
+            refused.append(exc)
+        else:
+            taking.append(name)
+    if refused:
+        hint = f". Name the backend to pass it ({taking[0]} takes it)" if taking else ""
+        raise BadInputError(f"open_pool('auto') may open host or cuda storage, by the machine, and "
+                            f"takes only options both take: {refused[0]}{hint}") from None
 
 
 def open_pool(backend: str = "auto", capacity_bytes: int = DEFAULT_CAPACITY, *,
