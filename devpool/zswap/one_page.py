@@ -34,8 +34,8 @@ from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
 from ..pool import door_alloc, door_arena, door_free, door_lend, door_open
 from . import entries
-from .entries import (_N_BUCKETS, ABSENT, POOL, SAME, _bucket, _hints_at, _room, _set, _table_at,   # (compiled below)
-                      hint_of)
+from .entries import (_HINT_SHIFT, _N_BUCKETS, ABSENT, POOL, SAME, _bucket, _hints_at, _room, _set,   # (compiled below)
+                      _table_at, hint_of)
 
 __all__ = ["verdict", "store_one", "load_one", "invalidate_one", "set_hints", "X_FIELDS", "BOUND"]
 
@@ -145,9 +145,11 @@ def load_one(ctx_at, key, out, keep):
     elif st == POOL:
         door_at = ctx[X_DOOR]
         hint = _hints_at(ctx[X_ENTRIES])[i]
-        if hint >= 0:                            # the block's first lines load while the
-            guess = door_arena(door_at) + (hint << 4)   # handle is checked (only a guess:
-            prefetch(guess)                      # the check below decides what is read)
+        if hint >= 0:
+            # the block's first lines load while the handle is checked (only a guess:
+            # the check below decides what is read)
+            guess = door_arena(door_at) + (hint << _HINT_SHIFT)
+            prefetch(guess)
             prefetch(guess + 64)
         slot, address, size = door_lend(door_at, word[i])
         if slot < 0:
