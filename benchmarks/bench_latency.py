@@ -80,6 +80,26 @@ def zram_latency(pages: np.ndarray, passes: int) -> dict:
                 "load": {"p50_us": float(np.median(a[:, 1])), "p99_us": float(np.median(a[:, 3]))}}
 
 
+def four_verbs(pool, block: np.ndarray) -> tuple[float, np.ndarray]:
+    """One object's ``alloc`` + ``write`` + ``read`` + ``free``: (seconds, what was read)."""
+    clock = time.perf_counter
+    t = clock()
+    h = pool.alloc(block.size)
+    pool.write(h, block)
+    got = pool.read(h)
+    pool.free(h)
+    return clock() - t, got
+
+
+def two_calls(pool, block: np.ndarray) -> tuple[float, np.ndarray]:
+    """One object's ``alloc(n, data=)`` + ``read(free=True)`` (zswap's two calls):
+    (seconds, what was read)."""
+    clock = time.perf_counter
+    t = clock()
+    got = pool.read(pool.alloc(block.size, data=block), free=True)
+    return clock() - t, got
+
+
 def pool_latency(backend: str, pages: np.ndarray) -> dict:
     """Per object: the four verbs, and the two-call form zswap uses."""
     blocks = [np.frombuffer(lz4.block.compress(p, store_size=False), np.uint8) for p in pages]
@@ -87,17 +107,10 @@ def pool_latency(backend: str, pages: np.ndarray) -> dict:
         for b in blocks[:100]:                                  # warm-up
             pool.read(pool.alloc(b.size, data=b), free=True)
         four, two = [], []
-        clock = time.perf_counter
         for b in blocks:
-            t = clock()
-            h = pool.alloc(b.size)
-            pool.write(h, b)
-            got = pool.read(h)
-            pool.free(h)
-            four.append(clock() - t)
-            t = clock()
-            got = pool.read(pool.alloc(b.size, data=b), free=True)
-            two.append(clock() - t)
+            four.append(four_verbs(pool, b)[0])
+            seconds, got = two_calls(pool, b)
+            two.append(seconds)
         assert np.array_equal(got, blocks[-1])
     return {"alloc_write_read_free_p50_us": float(np.percentile(four, 50) * 1e6),
             "alloc_data_read_free_p50_us": float(np.percentile(two, 50) * 1e6)}

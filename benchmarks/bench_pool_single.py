@@ -70,7 +70,6 @@ def run_tree(root: Path, n: int, passes: int) -> dict:
 
 def interleaved(base: Path, n: int, passes: int) -> dict:
     """Per pass, p50 of both round trips for each tree, timed op for op in this process."""
-    import time
     pools = {}
     for name, root in (("base", base), ("this", TREE)):
         for mod in [m for m in sys.modules if m == "devpool" or m.startswith("devpool.")]:
@@ -83,35 +82,21 @@ def interleaved(base: Path, n: int, passes: int) -> dict:
             pools[name] = devpool.open_pool("host", 256 << 20)
         finally:
             sys.path.remove(str(root))
+    from bench_latency import four_verbs, two_calls      # the loops pool_latency times
     rng = np.random.default_rng(0)
     blocks = [rng.integers(0, 256, k, dtype=np.uint8) for k in rng.integers(400, 3800, n).tolist()]
-    clock = time.perf_counter
-
-    def four(pool, b):
-        t = clock()
-        h = pool.alloc(b.size)
-        pool.write(h, b)
-        pool.read(h)
-        pool.free(h)
-        return clock() - t
-
-    def two(pool, b):
-        t = clock()
-        pool.read(pool.alloc(b.size, data=b), free=True)
-        return clock() - t
-
     for pool in pools.values():                       # warm: compiled code loaded, arenas touched
         for b in blocks[:100]:
-            four(pool, b), two(pool, b)
+            four_verbs(pool, b), two_calls(pool, b)
     out = {}
-    for key, verb in (("four_p50_us", four), ("two_p50_us", two)):
+    for key, verb in (("four_p50_us", four_verbs), ("two_p50_us", two_calls)):
         rows = []
         for i in range(passes):
             order = ("this", "base") if i % 2 == 0 else ("base", "this")
             times = {name: [] for name in order}
             for b in blocks:
                 for name in order:
-                    times[name].append(verb(pools[name], b))
+                    times[name].append(verb(pools[name], b)[0])
             rows.append({name: float(np.median(v) * 1e6) for name, v in times.items()})
         out[key] = rows
     for pool in pools.values():
