@@ -101,6 +101,30 @@ class Moving:
     def _compact(self, max_utilisation: float, full_too: bool = False) -> int:
         return self._execute_clean(self.alloc_.plan_compact(max_utilisation, full_too=full_too))
 
+    def _under_pressure(self, need: int, place):
+        """``place()`` again once cleaning made room for ``need`` aligned bytes (the pool
+        is full): first the segments below full are packed; when that frees no segment,
+        the free space may still lie in holes no placement reaches (the head only grows
+        at its tail), so :meth:`_repack` gathers it behind the last object. ``place``'s
+        answer, None when neither made room."""
+        self._compact(1.0)
+        placed = place()
+        if placed is None and self._repack(need):
+            placed = place()
+        return placed
+
+    def _repack(self, need: int) -> bool:
+        """Repack every segment below full so the free space gathers behind the last
+        object, when dead bytes would hold ``need``: a whole-pool pass, not repeated while
+        no object has left its place since the last one (the layout is packed already:
+        another would move every byte and gather nothing). True if it ran."""
+        al = self.alloc_
+        if al.dead_bytes < need or al.vacated_bytes == self._repacked_at:
+            return False
+        self._execute_clean(al.plan_compact(1.0, repack=True))
+        self._repacked_at = al.vacated_bytes
+        return True
+
     def _execute_clean(self, plan) -> int:
         """Carry out a cleaning plan: commit destinations, one bulk move, re-point the
         slots, give emptied segments back; returns bytes freed."""

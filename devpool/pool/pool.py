@@ -142,7 +142,7 @@ class Pool(Moving):
         # into the allocator's meta, for its free: what CLEAN_TRIGGER names now (a value
         # set on the class, as when it was a plain class attribute, holds for new pools)
         self._set_clean_trigger(self.CLEAN_TRIGGER)
-        self._repacked_at = -1         # see _within
+        self._repacked_at = -1         # see Moving._repack
         self._clean_seconds = 0.0      # time spent in cleaning steps
         #: the door for compiled callers (see devpool.pool.door): open where the storage
         #: is host RAM it can address, no hostile policy acts and nothing is freed by
@@ -296,9 +296,8 @@ class Pool(Moving):
             if not sizes.size:
                 return np.zeros(0, np.int64)
         plan = self.alloc_.plan(sizes)
-        if plan is None:
-            self._compact(1.0)                 # clean under pressure, then retry once
-            plan = self.alloc_.plan(sizes)
+        if plan is None:                       # clean under pressure, then retry
+            plan = self._under_pressure(int(aligned(sizes).sum()), lambda: self.alloc_.plan(sizes))
         if plan is None:
             self._counters["alloc_fail"] += 1
             raise PoolFullError(
@@ -370,10 +369,8 @@ class Pool(Moving):
             if more == keep:
                 break
             keep = more
-        if keep < sizes.size and al.dead_bytes >= need and al.vacated_bytes != self._repacked_at:
-            self._execute_clean(al.plan_compact(1.0, repack=True))
+        if keep < sizes.size and self._repack(need):
             self._release_segments(none, keep_spares=False)
-            self._repacked_at = al.vacated_bytes
             keep = self._fitting(sizes, max_total - self.storage.committed_bytes)
         return keep
 
@@ -476,9 +473,8 @@ class Pool(Moving):
         under pressure, a growing table; returns ``(slot, offset, handle)``."""
         al = self.alloc_
         placed = al.place_one(size)
-        if placed is None:
-            self._compact(1.0)                 # clean under pressure, then retry once
-            placed = al.place_one(size)
+        if placed is None:                     # clean under pressure, then retry
+            placed = self._under_pressure(aligned(size), lambda: al.place_one(size))
         if placed is None:
             self._counters["alloc_fail"] += 1
             raise PoolFullError(f"pool full: an object of {size} bytes does not fit in capacity "
