@@ -34,8 +34,8 @@ from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
 from ..pool import door_alloc, door_arena, door_free, door_lend, door_open
 from . import entries
-from .entries import (_HINT_SHIFT, _N_BUCKETS, ABSENT, POOL, SAME, _bucket, _hints_at, _room, _set,   # (compiled below)
-                      _table_at, hint_of)
+from .entries import (_HINT_SHIFT, _N_BUCKETS, _SHIFT, ABSENT, POOL, SAME, _bucket, _hints_at, _room, _set,  # (compiled below)
+                      _slot, _table_at, hint_of)
 
 __all__ = ["verdict", "store_one", "load_one", "invalidate_one", "set_hints", "X_FIELDS", "BOUND"]
 
@@ -95,8 +95,8 @@ def store_one(ctx_at, key, page):
         return SLOW
     table = _table_at(ctx[X_ENTRIES])
     buckets, keys, word, state, meta = table[0], table[1], table[2], table[4], table[8]
-    b = _bucket(buckets, keys, meta[_N_BUCKETS], key)
-    i = buckets[b]
+    b = _bucket(buckets, keys, meta[_N_BUCKETS], meta[_SHIFT], key)
+    i = _slot(buckets, b, meta[_SHIFT])
     if i < 0 and not _room(meta):
         return SLOW                              # the table grows first
     old = -1                                     # the replaced POOL object's slot
@@ -132,10 +132,9 @@ def load_one(ctx_at, key, out, keep):
     ctx = numba.carray(at(ctx_at, numba.int64), (X_FIELDS,))
     ctx[X_FREED] = -1
     table = _table_at(ctx[X_ENTRIES])
-    buckets, keys, word, length, state, referenced, meta = (table[0], table[1], table[2], table[3], table[4],
-                                                            table[5], table[8])
-    b = _bucket(buckets, keys, meta[_N_BUCKETS], key)
-    i = buckets[b]
+    buckets, keys, word, state, referenced, meta = table[0], table[1], table[2], table[4], table[5], table[8]
+    b = _bucket(buckets, keys, meta[_N_BUCKETS], meta[_SHIFT], key)
+    i = _slot(buckets, b, meta[_SHIFT])
     if i < 0:
         return NOT_STORED
     st = state[i]
@@ -177,8 +176,8 @@ def invalidate_one(ctx_at, key):
     ctx[X_FREED] = -1
     table = _table_at(ctx[X_ENTRIES])
     buckets, keys, word, state, meta = table[0], table[1], table[2], table[4], table[8]
-    b = _bucket(buckets, keys, meta[_N_BUCKETS], key)
-    i = buckets[b]
+    b = _bucket(buckets, keys, meta[_N_BUCKETS], meta[_SHIFT], key)
+    i = _slot(buckets, b, meta[_SHIFT])
     if i < 0:
         return NOT_STORED
     if state[i] == POOL:

@@ -58,8 +58,32 @@ class Model:
         return out
 
 
+def put_same(t: EntryTable, offs: np.ndarray, single: bool) -> None:
+    """Same-filled entries at ``offs`` (each its own fill word): one call, or one per offset."""
+    if single:
+        for o in offs.tolist():
+            t.put_one(o, SAME, o, 0)
+    else:
+        t.put(offs, SAME, offs, 0)
+
+
+def check_index(t: EntryTable) -> None:
+    """Every bucket holds a present slot below its slot bits, once, and that slot's
+    distance from its key's home (capped at what the bits above hold)."""
+    shift, nb = int(t.meta[E._SHIFT]), t.buckets.size
+    assert nb == t.meta[E._N_BUCKETS] and shift >= (t._records.shape[0] - 1).bit_length()
+    v = t.buckets.astype(np.int64)
+    q = np.flatnonzero(v >= 0)
+    slots = v[q] & ((1 << shift) - 1)
+    assert sorted(slots.tolist()) == t.present().tolist()
+    home = np.array([E._home(int(k), nb) for k in t.key[slots].tolist()], np.int64)
+    dmax = (1 << (31 - shift)) - 1
+    assert ((v[q] >> shift) == np.minimum((q - home) % nb, dmax)).all()
+
+
 def check(t: EntryTable, m: Model, probe, lru: bool = True) -> None:
     assert len(t) == len(m.entries)
+    check_index(t)
     for o in probe:
         i = t.find_one(o)
         assert i == int(t.find(np.array([o], np.int64))[0])
@@ -194,7 +218,7 @@ def test_a_stride_of_a_power_of_two_does_not_cluster():
         offs = np.arange(5000, dtype=np.int64) << k          # all below 2**51
         t = EntryTable()
         t.put(offs, FILE, 0, 0)
-        b = t.buckets
+        b = t.index_slots()
         pos = np.empty(5000, np.int64)
         pos[b[b >= 0]] = np.flatnonzero(b >= 0)
         home = ((((offs.astype(object) * E._GOLD) & E._M63) >> 32) * b.size) >> 31
@@ -297,7 +321,7 @@ def test_an_index_of_any_length_finds_and_deletes_across_its_wrap(single):
     assert len(tail) == 10 and len(head) == 6
     keys = tail + head
     t.put(np.array(keys, np.int64), POOL, 1, 100)
-    b = t.buckets
+    b = t.index_slots()
     at = {int(t.key[s]): q for q, s in enumerate(b.tolist()) if s >= 0}
     assert t.buckets.size == nb and sum(at[k] < nb - 2 for k in tail) >= 8          # wrapped to the start
     live = set(range(1000, 1070)) | set(keys)
@@ -313,7 +337,7 @@ def test_an_index_of_any_length_finds_and_deletes_across_its_wrap(single):
         assert ((got >= 0) == np.isin(probe, list(live))).all()
         assert (t.key[got[got >= 0]] == probe[got >= 0]).all()
         assert all(t.find_one(o) == g for o, g in zip(probe.tolist(), got.tolist()))
-        b = t.buckets
+        b = t.index_slots()
         assert sorted(t.key[b[b >= 0]].tolist()) == sorted(live)        # no slot lost or doubled
     assert t.buckets.size == nb
 
@@ -328,12 +352,7 @@ def test_the_index_is_half_to_70_percent_full_as_it_grows_and_shrinks(single):
     t = EntryTable(lru=False)
     loads = []
     for lo in range(0, offs.size, 500):
-        part = offs[lo:lo + 500]
-        if single:
-            for o in part.tolist():
-                t.put_one(o, SAME, o, 0)
-        else:
-            t.put(part, SAME, part, 0)
+        put_same(t, offs[lo:lo + 500], single)
         loads.append(len(t) / t.buckets.size)
     assert 0.49 <= min(loads[1:]) and max(loads) <= 0.7, (min(loads[1:]), max(loads))
     assert (t.key[t.find(offs)] == offs).all()
@@ -352,3 +371,59 @@ def test_the_index_length_stays_where_its_arithmetic_holds():
         h = (key * E._GOLD) & E._M63
         assert (h >> 32) * nb < (1 << 63) and 0 <= _home(key, nb) < nb
     assert E._MAX_BUCKETS * E._MAX_LOAD >= E.MAX_ENTRIES
+
+
+def _same_home(nb: int, n: int, start: int = 1 << 40) -> list[int]:
+    """``n`` keys whose probes all start at one bucket of an index of ``nb`` (a hostile
+    caller's offsets: one cluster)."""
+    want = E._home(start, nb)
+    return [k for k in range(start, start + 400 * n * nb) if E._home(k, nb) == want][:n]
+
+
+@pytest.mark.parametrize("dist_bits", [0, 1, 3])
+@pytest.mark.parametrize("single", [False, True])
+def test_a_cluster_longer_than_its_distance_bits_is_found_by_key(monkeypatch, dist_bits, single):
+    """A bucket keeps how far its slot lies from home, so a probe skips other keys'
+    records; past what its bits hold (a cluster of one home, as a hostile caller's
+    offsets make) the key is read instead. Found and removed in any order, both speeds,
+    with 0, 1 and 3 bits of distance."""
+    monkeypatch.setattr(E, "_DIST_BITS", dist_bits)
+    t = EntryTable(lru=False)
+    t.put(np.arange(20, dtype=np.int64), FILE, 0, 0)                  # 64 buckets
+    nb = t.buckets.size
+    assert t.meta[E._SHIFT] == 31 - dist_bits
+    keys = _same_home(nb, 12)
+    for k in keys:
+        put_same(t, np.array([k], np.int64), single)
+    assert t.buckets.size == nb                                       # one cluster, no rebuild
+    check_index(t)
+    live = set(range(20)) | set(keys)
+    for k in np.random.default_rng(dist_bits).permutation(keys).tolist():
+        t.remove_one(t.find_one(k)) if single else t.remove(t.find(np.array([k], np.int64)))
+        live.discard(k)
+        check_index(t)
+        probe = np.array(sorted(live | set(keys)), np.int64)
+        got = t.find(probe)
+        assert ((got >= 0) == np.isin(probe, list(live))).all()
+        assert all(t.find_one(o) == g for o, g in zip(probe.tolist(), got.tolist()))
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_the_slot_bits_grow_with_the_records_before_a_slot_needs_them(monkeypatch, single):
+    """A bucket's slot bits are as many as the records' length needs (and the rest hold
+    the distance): records that grow past them rebuild the index first, also where the
+    index itself does not grow. (26 distance bits: the slot bits start at 5, so a few
+    hundred entries cross several widths.)"""
+    monkeypatch.setattr(E, "_DIST_BITS", 26)
+    t = EntryTable(lru=False)
+    assert t.meta[E._SHIFT] == 5
+    widths = set()
+    keys = np.random.default_rng(5).permutation(np.arange(1000, dtype=np.int64) * 7919)
+    for lo in range(0, 1000, 7):
+        put_same(t, keys[lo:lo + 7], single)
+        shift = int(t.meta[E._SHIFT])
+        assert shift == max(5, (t._records.shape[0] - 1).bit_length())
+        widths.add(shift)
+        check_index(t)
+    assert widths >= {5, 6, 7, 8, 9, 10}
+    assert (t.find(keys) >= 0).all() and (t.key[t.find(keys)] == keys).all()
