@@ -14,10 +14,10 @@ Never knows: codecs, swap offsets, zswap's limits, or which memory kind the aren
 
 from .backends import available_backends, open_pool
 from .door import (DOOR_ARENA, DOOR_OPEN, door_alloc, door_alloc_copy, door_arena, door_free, door_lend, door_open,
-                   door_settle)
+                   door_settle, door_warm_free)
 from .pool import Pool
 from .storage import Storage
 
 __all__ = ["Pool", "Storage", "available_backends", "open_pool",
            "DOOR_ARENA", "DOOR_OPEN", "door_alloc", "door_alloc_copy", "door_arena", "door_free", "door_lend",
-           "door_open", "door_settle"]
+           "door_open", "door_settle", "door_warm_free"]

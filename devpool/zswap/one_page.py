@@ -32,7 +32,7 @@ from numba import types
 from .._compiled import Rules, at, copy_bytes, prefetch
 from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
-from ..pool import door_alloc, door_arena, door_free, door_lend, door_open
+from ..pool import door_alloc, door_arena, door_free, door_lend, door_open, door_warm_free
 from . import entries
 from .entries import (_HINT_SHIFT, _N_BUCKETS, _SHIFT, ABSENT, POOL, SAME, _bucket, _hints_at, _room, _set,  # (compiled below)
                       _slot, _table_at, hint_of)
@@ -153,6 +153,8 @@ def load_one(ctx_at, key, out, keep):
         slot, address, size = door_lend(door_at, word[i])
         if slot < 0:
             return SLOW
+        if not keep:
+            door_warm_free(door_at, slot)        # (the free after the decode then hits)
         if size == PAGE:                         # stored as-is
             copy_bytes(out.ctypes.data, address, PAGE)
         elif not _decompress_at(ctx[X_FNS], address, size, out.ctypes.data):

@@ -92,6 +92,38 @@ def test_a_shut_door_changes_nothing(rng):
     pool.close()
 
 
+@numba.njit
+def _lend(door_at, handle, warm):
+    """door_lend (which leaves what it found in the allocator's meta), and door_warm_free
+    when asked."""
+    slot = D.door_lend(door_at, handle)[0]
+    if warm:
+        D.door_warm_free(door_at, slot)
+    return slot
+
+
+def test_warming_a_free_changes_nothing():
+    """door_warm_free only asks the CPU to load the figures a free will update (a load
+    calls it before its decode): the pool's tables, its stats and the object stay as
+    they were, and the free that follows is the same free."""
+    pool = devpool.open_pool("host", 1 << 22)
+    at = pool.door.ctypes.data
+    hs = _warm(pool, 5)
+    al = pool.alloc_
+    tables = lambda: [a.copy() for a in (al.locs, al.sizes, al.hv, al.seg_live, al.seg_in_use, al.seg_fill,   # noqa: E731
+                                         al.seg_placed, al.meta)]
+    for h in hs:
+        assert _lend(at, h, False) >= 0
+    before, stats = tables(), pool.stats()
+    for h in hs:
+        assert _lend(at, h, True) >= 0
+    assert all((a == b).all() for a, b in zip(tables(), before)) and pool.stats() == stats
+    out = np.zeros(64, np.uint8)
+    assert _read(at, hs[2], out, True)[2] == -1 and (out == 2).all()
+    assert pool.stats()["obj_used"] == stats["obj_used"] - 1
+    pool.close()
+
+
 def test_frees_through_the_door_give_segments_back_once_settled():
     """A door free that empties a segment says so; door_settle gives it back (as a
     Python free would), and the pool's figures match a twin freed the Python way."""
