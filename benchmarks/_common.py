@@ -62,6 +62,30 @@ def load_module(path: str, name: str):
     return module
 
 
+@contextlib.contextmanager
+def other_tree(root):
+    """Another checkout's ``devpool`` (``root``: its top folder) in this process, beside
+    this one's, so that both are timed op for op in the same phase of the machine.
+    Inside the block ``sys.modules`` holds that tree's modules (yielded: its
+    ``devpool``), and ours again after it: build its objects (pools, zswaps) and call
+    each verb once inside, since a verb may import a module of its package the first
+    time it runs (a backend, a codec)."""
+    root = str(Path(root).resolve())
+    mine = lambda: [m for m in sys.modules if m == "devpool" or m.startswith("devpool.")]    # noqa: E731
+    ours = {m: sys.modules.pop(m) for m in mine()}
+    sys.path.insert(0, root)
+    try:
+        import devpool as theirs
+        if not theirs.__file__.startswith(root):
+            raise RuntimeError(f"the devpool meant for {root} imported {theirs.__file__}")
+        yield theirs
+    finally:
+        sys.path.remove(root)
+        for m in mine():
+            del sys.modules[m]
+        sys.modules.update(ours)
+
+
 def ratio_spread(mine, base) -> dict:
     """The median of paired ratios ``mine[i] / base[i]`` with their range: how every
     benchmark here reports one tree or setting against its baseline."""

@@ -3,7 +3,7 @@
     python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
                                              [--passes 7] [--n 2000] [--codec lz4] [--layout dense|sparse]
                                              [--huge-pages]
-                                             [--no-hints] [--batch K] [--json F]
+                                             [--no-hints] [--batch K] [--base TREE] [--json F]
 
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
 in fast and slow phases (the same loop 1x or 2x), which moves a ratio of two passes. Here
@@ -22,7 +22,9 @@ does not prefetch its block while it checks the handle). ``--layout sparse`` spr
 offsets over a swap device's 2**32 pages, as ``bench_growth.py``'s sparse rows (default:
 dense, 0..N-1). ``--batch K`` times ``load_batch`` + ``store_batch`` of K of the same random
 offsets at a time instead (devpool only), per page: the issue's batch throughput at 10^6
-against 10^4, interleaved batch for batch.
+against 10^4, interleaved batch for batch. ``--base TREE`` times another checkout's devpool
+beside this one's, in this process (``_common.other_tree``), as ``devpool base``: a change's
+effect on the growth, measured in the same phases of the machine, not across runs.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ import lz4.block
 import numpy as np
 
 import devpool
-from _common import header, load_pages, save
+from _common import header, load_pages, other_tree, save
 from bench_growth import NR_PAGES, _offsets
 from bench_latency import compressible
 
@@ -45,10 +47,11 @@ def bare_store(offsets: np.ndarray, blocks: list[bytes]) -> dict:
     return {o: bytes(blocks[j % len(blocks)]) for j, o in enumerate(offsets.tolist())}
 
 
-def zswap_store(offsets: np.ndarray, pages: np.ndarray, codec: str, hugepages: bool = False):
+def zswap_store(offsets: np.ndarray, pages: np.ndarray, codec: str, hugepages: bool = False, dp=devpool):
+    """A host Zswap (of ``dp``: this tree's devpool, or another's) holding ``pages`` at ``offsets``."""
     size = offsets.size
-    pool = devpool.open_pool("host", max(1 << 26, size * PAGE), hugepages=hugepages)
-    zs = devpool.Zswap(pool, codec, max_pool_percent=100, nr_pages=NR_PAGES)
+    pool = dp.open_pool("host", max(1 << 26, size * PAGE), hugepages=hugepages)
+    zs = dp.Zswap(pool, codec, max_pool_percent=100, nr_pages=NR_PAGES)
     for s in range(0, size, 8192):
         j = np.arange(s, min(size, s + 8192))
         zs.store_batch(offsets[j], pages[j % len(pages)])
@@ -72,6 +75,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0,
                     help="time load_batch + store_batch of this many random offsets instead of single pages "
                          "(devpool subjects only: the bare loop has no batch)")
+    ap.add_argument("--base", help="also time this checkout's devpool (its top folder), interleaved")
     ap.add_argument("--json")
     args = ap.parse_args()
     all_pages, source = load_pages(args.pages)
@@ -79,7 +83,7 @@ def main() -> None:
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
                codec=args.codec, layout=args.layout, huge_pages=args.huge_pages,
-               no_hints=args.no_hints, batch=args.batch)
+               no_hints=args.no_hints, batch=args.batch, base=args.base)
     print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
     blocks = [lz4.block.compress(p, store_size=False) for p in pages]
     out = np.empty(PAGE, np.uint8)
@@ -126,11 +130,18 @@ def main() -> None:
         subjects["devpool no hint"] = (stores, zswap_op)
     if args.huge_pages:
         subjects["devpool huge"] = (zswaps(hugepages=True), zswap_op)
+    if args.base:
+        with other_tree(args.base) as theirs:
+            stores = {s: zswap_store(offsets[s], pages, args.codec, dp=theirs) for s in sizes}
+            for zs in stores.values():          # (each verb once, while its modules are loaded)
+                o = int(offsets[args.small][0]) if zs is stores[args.small] else int(offsets[args.big][0])
+                zswap_op(zs, [o] if args.batch else o)
+        subjects["devpool base"] = (stores, zswap_op)
     compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
     rng = np.random.default_rng(1)
     runs = {name: [] for name in subjects}
-    for _ in range(args.passes):
-        for name, (stores, op) in subjects.items():
+    for p in range(args.passes):
+        for name, (stores, op) in list(subjects.items())[::1 if p % 2 == 0 else -1]:    # (order alternating)
             small = rng.choice(offsets[args.small], n, replace=False).tolist()
             big = rng.choice(offsets[args.big], n, replace=False).tolist()
             ts, tb = [], []
@@ -175,6 +186,18 @@ def main() -> None:
     d, b = r["subjects"]["devpool"], r["subjects"]["bare loop"]
     print(f"  devpool's own growth beyond the loop's: load +{d['load']['added_us'] - b['load']['added_us']:.2f} us, "
           f"store +{d['store']['added_us'] - b['store']['added_us']:.2f} us")
+    if args.base:                   # per pass: this tree's big / small over the base's
+        r["this_vs_base"] = {}
+        for verb in ("load", "store"):
+            q = np.array([(x[verb][1] / x[verb][0]) / (y[verb][1] / y[verb][0])
+                          for x, y in zip(runs["devpool"], runs["devpool base"])])
+            added = np.array([(x[verb][1] - x[verb][0]) - (y[verb][1] - y[verb][0])
+                              for x, y in zip(runs["devpool"], runs["devpool base"])]) * 1e3
+            r["this_vs_base"][verb] = {"growth_ratio": {"median": float(np.median(q)), "low": float(q.min()),
+                                                        "high": float(q.max())},
+                                       "added_ns": float(np.median(added))}
+            print(f"  this tree's {verb} growth over the base's, pass by pass: x{np.median(q):.3f} "
+                  f"({q.min():.3f}-{q.max():.3f}), {np.median(added):+.0f} ns")
     save(r, args.json)
 
 

@@ -70,24 +70,16 @@ def run_tree(root: Path, n: int, passes: int) -> dict:
 
 def interleaved(base: Path, n: int, passes: int) -> dict:
     """Per pass, p50 of both round trips for each tree, timed op for op in this process."""
-    pools = {}
-    for name, root in (("base", base), ("this", TREE)):
-        for mod in [m for m in sys.modules if m == "devpool" or m.startswith("devpool.")]:
-            del sys.modules[mod]
-        sys.path.insert(0, str(root))
-        try:
-            import devpool
-            if not devpool.__file__.startswith(str(root)):
-                raise RuntimeError(f"the pool meant for {root} imported {devpool.__file__}")
-            pools[name] = devpool.open_pool("host", 256 << 20)
-        finally:
-            sys.path.remove(str(root))
+    from _common import other_tree
     from bench_latency import four_verbs, two_calls      # the loops pool_latency times
     rng = np.random.default_rng(0)
     blocks = [rng.integers(0, 256, k, dtype=np.uint8) for k in rng.integers(400, 3800, n).tolist()]
-    for pool in pools.values():                       # warm: compiled code loaded, arenas touched
-        for b in blocks[:100]:
-            four_verbs(pool, b), two_calls(pool, b)
+    pools = {}
+    for name, root in (("base", base), ("this", TREE)):
+        with other_tree(root) as devpool:
+            pool = pools[name] = devpool.open_pool("host", 256 << 20)
+            for b in blocks[:100]:                    # warm: compiled code loaded, arenas touched
+                four_verbs(pool, b), two_calls(pool, b)
     out = {}
     for key, verb in (("four_p50_us", four_verbs), ("two_p50_us", two_calls)):
         rows = []
