@@ -137,6 +137,7 @@ def main() -> None:
                 o = int(offsets[args.small][0]) if zs is stores[args.small] else int(offsets[args.big][0])
                 zswap_op(zs, [o] if args.batch else o)
         subjects["devpool base"] = (stores, zswap_op)
+        r["base_devpool"] = theirs.__file__
     compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
     rng = np.random.default_rng(1)
     runs = {name: [] for name in subjects}

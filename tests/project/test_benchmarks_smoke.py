@@ -444,6 +444,20 @@ def test_bench_growth_paired_smoke(tmp_path):
             assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0
 
 
+def test_bench_growth_paired_base_smoke(tmp_path):
+    """Another tree's devpool (here this tree again, as a second copy of its modules)
+    timed beside this one's in one process: both subjects, and the growth of one over
+    the other's, pass by pass."""
+    tree = str(BENCH.parent)
+    r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "60",
+                  "--big", "400", "--passes", "2", "--n", "40", "--base", tree)
+    assert r["base_devpool"].startswith(tree) and r["base"] == tree
+    for verb in ("load", "store"):
+        assert r["subjects"]["devpool base"][verb]["big_p50_us"] > 0
+        q = r["this_vs_base"][verb]["growth_ratio"]
+        assert 0 < q["low"] <= q["median"] <= q["high"]
+
+
 def test_bench_growth_paired_batch_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "60",
                   "--big", "400", "--passes", "2", "--n", "40", "--batch", "8")
