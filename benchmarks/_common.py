@@ -62,14 +62,27 @@ def load_module(path: str, name: str):
     return module
 
 
+def compile_afresh() -> None:
+    """Numba's cache off for this process (nothing loaded from it, nothing saved): call it
+    before anything compiles, wherever two trees' devpool run in one process. A compiled
+    function's symbol is its module, name, argument types and a number counted up in the
+    process that compiled it; two trees' functions loaded from caches written by
+    different processes can so share a symbol, and one tree's calls then run the other's
+    code (seen here: a segfault, and numba failing to import a module named
+    "<dynamic>"). Compiled in one process, every number is new."""
+    from numba.core import caching
+    caching.Cache.load_overload = lambda self, sig, target_context: None
+    caching.Cache.save_overload = lambda self, sig, data: None
+
+
 @contextlib.contextmanager
 def other_tree(root):
     """Another checkout's ``devpool`` (``root``: its top folder) in this process, beside
-    this one's, so that both are timed op for op in the same phase of the machine.
-    Inside the block ``sys.modules`` holds that tree's modules (yielded: its
-    ``devpool``), and ours again after it: build its objects (pools, zswaps) and call
-    each verb once inside, since a verb may import a module of its package the first
-    time it runs (a backend, a codec)."""
+    this one's, so that both are timed op for op in the same phase of the machine
+    (:func:`compile_afresh` first). Inside the block ``sys.modules`` holds that tree's
+    modules (yielded: its ``devpool``), and ours again after it: build its objects
+    (pools, zswaps) and call each verb once inside, since a verb may import a module of
+    its package the first time it runs (a backend, a codec)."""
     root = str(Path(root).resolve())
     mine = lambda: [m for m in sys.modules if m == "devpool" or m.startswith("devpool.")]    # noqa: E731
     ours = {m: sys.modules.pop(m) for m in mine()}

@@ -2,7 +2,7 @@
 
     git worktree add /tmp/base main          # or any checkout to compare against
     python benchmarks/bench_growth_ab.py --base /tmp/base [--pages F.npy] [--size 1000000]
-        [--rounds 3] [--passes 7] [--entries-passes 15] [--json F]
+        [--rounds 3] [--passes 7] [--entries-passes 15] [--tables-only] [--json F]
 
 A change to the tables' memory is a trade against their speed, and this machine's
 noise is larger than the difference, so both sides are measured in turns:
@@ -16,6 +16,9 @@ noise is larger than the difference, so both sides are measured in turns:
 - zswap's single ``store`` / ``load`` / ``invalidate`` p50 and batch pages/s
   (``bench_growth``'s passes), a fresh process per tree and round, the trees
   alternating; the median of per-round ratios (this tree / base), with the range.
+
+``--tables-only`` runs the entry tables' part alone (a change to the index's probes, not
+its memory: a minute instead of half an hour).
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ import time
 
 import numpy as np
 
-from _common import header, load_module, load_pages, ratio_spread, save
+from _common import compile_afresh, header, load_pages, other_tree, ratio_spread, save
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZSWAP_VERBS = ("store", "load", "invalidate", "store_batch", "load_batch")
@@ -68,18 +71,26 @@ def zswap_child(tree: str, n: int, passes: int, pages_path: str, batch_pages: in
 def table_verbs(base: str, n: int, passes: int, layout: str, probe: int = 2000) -> dict:
     """Both trees' entry tables over the same ``n`` offsets, single verbs, passes alternating."""
     from devpool.zswap import entries as mine
-    theirs = load_module(os.path.join(base, "devpool", "zswap", "entries.py"), "devpool.zswap._entries_base")
     rng = np.random.default_rng(3)
     if layout == "sparse":
         keys = rng.permutation(np.unique(rng.integers(0, 1 << 32, int(n * 1.01) + 64)))[:n]
     else:
         keys = np.arange(n, dtype=np.int64)
-    tabs = {}
-    for name, E in (("base", theirs), ("this", mine)):
+
+    def fill(E):
         t = E.EntryTable(lru=False)
         for lo in range(0, n, 1024):
             t.put(keys[lo:lo + 1024], E.SAME, keys[lo:lo + 1024], 0)
-        tabs[name] = (t, E)
+        t.put_one(int(keys[0]), E.SAME, 1, 0)              # (each single verb once, compiled)
+        t.remove_one(t.find_one(int(keys[0])))
+        t.put_one(int(keys[0]), E.SAME, int(keys[0]), 0)
+        return t, E
+
+    with other_tree(base) as theirs:
+        import devpool.zswap.entries as their_entries     # (the base's, while its modules are loaded)
+        assert their_entries.__file__.startswith(os.path.abspath(base))
+        tabs = {"base": fill(their_entries)}
+    tabs["this"] = fill(mine)
     flush = np.zeros(32 << 20, np.uint8)           # caches cold between passes, as a swap-in finds them
     clock = time.perf_counter
     p50 = {name: {v: [] for v in TABLE_VERBS} for name in tabs}
@@ -124,6 +135,7 @@ def main() -> None:
     ap.add_argument("--passes", type=int, default=7)
     ap.add_argument("--entries-passes", type=int, default=15)
     ap.add_argument("--batch-pages", type=int, default=16384)
+    ap.add_argument("--tables-only", action="store_true", help="only the entry tables' single verbs")
     ap.add_argument("--json")
     ap.add_argument("--zswap-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -134,6 +146,7 @@ def main() -> None:
     if not args.base:
         ap.error("--base is required")
     base = os.path.abspath(args.base)
+    compile_afresh()                # (the table verbs: both trees' entry tables in this process)
     trees = {"base": base, "this": HERE}
     pages, source = load_pages(args.pages)
     tmp = tempfile.TemporaryDirectory()
@@ -141,8 +154,13 @@ def main() -> None:
     if not args.pages:
         np.save(pages_path, pages)
     r = header("bench_growth_ab", base=base, pages=source, size=args.size, rounds=args.rounds, passes=args.passes,
-               entries_passes=args.entries_passes)
+               entries_passes=args.entries_passes, tables_only=args.tables_only)
     print(f"# {r['command']}  ({r['date']}, {r['machine']})")
+    if args.tables_only:
+        r["table_verbs"] = {layout: table_verbs(base, int(args.size * 0.958), args.entries_passes, layout)
+                            for layout in ("sparse", "dense")}
+        report(r)
+        return save(r, args.json)
     order = lambda k: ("base", "this") if k % 2 == 0 else ("this", "base")      # noqa: E731
     memory = []
     for k in range(args.rounds):
@@ -172,8 +190,9 @@ def main() -> None:
 
 
 def report(r: dict) -> None:
-    print("host bytes per stored page outside the pool (fresh process each): after malloc_trim; tracemalloc")
-    for name in ("base", "this"):
+    if "memory" in r:
+        print("host bytes per stored page outside the pool (fresh process each): after malloc_trim; tracemalloc")
+    for name in ("base", "this") if "memory" in r else ():
         for layout in ("dense", "sparse"):
             ms = [m for m in r["memory"] if m["tree"] == name and m["layout"] == layout]
             tr = [m["rss_trimmed_outside_pool_per_page"] for m in ms]
@@ -185,7 +204,7 @@ def report(r: dict) -> None:
               f"{t['index_bytes_per_entry']['this']:.2f} B an entry; " + "; ".join(
                   f"{v} {t[v]['base_ns']:.0f} -> {t[v]['this_ns']:.0f} ns ({t[v]['ratio']['median']:.3f}, "
                   f"{t[v]['ratio']['low']:.3f}-{t[v]['ratio']['high']:.3f})" for v in TABLE_VERBS))
-    for layout, q in r["zswap_this_vs_base"].items():
+    for layout, q in r.get("zswap_this_vs_base", {}).items():
         print(f"zswap, {layout}: this / base " + "; ".join(
             f"{v} {q[v]['median']:.3f} ({q[v]['low']:.3f}-{q[v]['high']:.3f})" for v in ZSWAP_VERBS))
 

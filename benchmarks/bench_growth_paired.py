@@ -36,7 +36,7 @@ import lz4.block
 import numpy as np
 
 import devpool
-from _common import header, load_pages, other_tree, save
+from _common import compile_afresh, header, load_pages, other_tree, save
 from bench_growth import NR_PAGES, _offsets
 from bench_latency import compressible
 
@@ -78,6 +78,8 @@ def main() -> None:
     ap.add_argument("--base", help="also time this checkout's devpool (its top folder), interleaved")
     ap.add_argument("--json")
     args = ap.parse_args()
+    if args.base:                   # (two trees' compiled code in one process)
+        compile_afresh()
     all_pages, source = load_pages(args.pages)
     pages = compressible(all_pages, 20_000)
     n = min(args.n, args.small)

@@ -70,7 +70,8 @@ def run_tree(root: Path, n: int, passes: int) -> dict:
 
 def interleaved(base: Path, n: int, passes: int) -> dict:
     """Per pass, p50 of both round trips for each tree, timed op for op in this process."""
-    from _common import other_tree
+    from _common import compile_afresh, other_tree
+    compile_afresh()
     from bench_latency import four_verbs, two_calls      # the loops pool_latency times
     rng = np.random.default_rng(0)
     blocks = [rng.integers(0, 256, k, dtype=np.uint8) for k in rng.integers(400, 3800, n).tolist()]
