@@ -12,9 +12,10 @@ lends a copy). Public surface::
 
 import importlib.metadata as _metadata
 
-from ._numba_setup import ensure_cache_dir as _ensure_cache_dir
+from ._numba_setup import ensure_cache_dir as _ensure_cache_dir, stamp_caches_with_package as _stamp_caches
 
 _ensure_cache_dir()   # before any module compiles with cache=True
+_stamp_caches()       # ... and keyed to the whole package's sources, not one file's
 
 from .pool.backends import available_backends, open_pool
 from ._errors import (

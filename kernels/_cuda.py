@@ -78,15 +78,10 @@ KERNELS: dict[str, Kernel] = {}
 # the kernel's own file changes. Our kernels inline helpers from other files (the LZ4
 # core, the copy loop), which that stamp does not see: the key here also carries a digest
 # of every source file of this package, so any edit compiles afresh.
+# (The same rule as devpool's CPU functions' caches: devpool._numba_setup.package_stamp.)
 def _sources_digest() -> str:
-    import hashlib
-    here = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha256()
-    for name in sorted(os.listdir(here)):
-        if name.endswith(".py"):
-            with open(os.path.join(here, name), "rb") as f:
-                h.update(name.encode() + b"\0" + f.read())
-    return h.hexdigest()
+    from devpool._numba_setup import package_stamp
+    return package_stamp(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _cached(disp):

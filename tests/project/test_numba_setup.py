@@ -113,3 +113,66 @@ def test_a_new_dir_is_created_0700_whatever_the_umask(monkeypatch, tmp_path):
         os.umask(old)
     assert path == str(_shared_path(tmp_path)) and not warned
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o700
+
+
+_CALLEE = "import numba\n\n@numba.njit(cache=True)\ndef f():\n    return {}\n"
+_CALLER = ("import numba\nfrom .callee import f\n\n@numba.njit(cache=True)\ndef g():\n"
+           "    return f() + 10\n")
+_RUN = """
+import sys
+sys.path.insert(0, {parent!r})
+import devpool
+from devpool import _numba_setup
+if {stamped}:
+    _numba_setup.stamp_caches_with_package().roots.append({root!r})
+from pkg.caller import g
+print(g())
+"""
+
+
+def test_a_cached_function_recompiles_when_a_file_it_calls_into_changes(tmp_path):
+    """numba keys a cached function to its own file, but its compiled code holds the
+    code of what it calls from other files: an edit there left the cache running the
+    old code (after an upgrade in place: a segfault, the old allocator's table layout).
+    Under the package stamp, an edit to any file of the package recompiles. Shown on a
+    package of two files, each process fresh (the caches on disk): without the stamp
+    the caller still answers with the old callee."""
+    import subprocess
+    import sys
+    import time
+
+    def run(root, stamped, cache):
+        script = _RUN.format(parent=str(root.parent), root=str(root), stamped=stamped)
+        out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "NUMBA_CACHE_DIR": str(cache)})
+        assert out.returncode == 0, out.stderr[-2000:]
+        return int(out.stdout.split()[-1])
+
+    for stamped in (False, True):
+        root = tmp_path / str(stamped) / "pkg"
+        root.mkdir(parents=True)
+        (root / "__init__.py").write_text("")
+        (root / "caller.py").write_text(_CALLER)
+        (root / "callee.py").write_text(_CALLEE.format(1))
+        cache = tmp_path / f"cache-{stamped}"
+        assert run(root, stamped, cache) == 11                 # compiled, and cached
+        time.sleep(0.01)
+        (root / "callee.py").write_text(_CALLEE.format(2))     # an edit to the callee only
+        assert run(root, stamped, cache) == (12 if stamped else 11)
+
+
+def test_the_package_stamp_follows_every_source_file_and_nothing_else(tmp_path):
+    """Any .py file's content or name, also in a subpackage, changes the stamp; other
+    files (numba's own cache files beside them) do not."""
+    stamp = _numba_setup.package_stamp.__wrapped__
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.py").write_text("x = 1\n")
+    (tmp_path / "sub" / "b.py").write_text("y = 2\n")
+    first = stamp(str(tmp_path))
+    (tmp_path / "sub" / "g.nbi").write_bytes(b"cache")
+    assert stamp(str(tmp_path)) == first
+    (tmp_path / "sub" / "b.py").write_text("y = 3\n")
+    second = stamp(str(tmp_path))
+    assert second != first
+    (tmp_path / "sub" / "b.py").rename(tmp_path / "sub" / "c.py")
+    assert stamp(str(tmp_path)) not in (first, second)
