@@ -543,6 +543,8 @@ class EntryTable:
         self.m_prev = memoryview(self.prev)
         self._records = np.zeros((_MIN_SLOTS, self.record_bytes), np.uint8)
         self.buckets = np.zeros(0, np.int32)
+        self._shift = _shift_for(_MIN_SLOTS)
+        self._views()
         self._set_buckets(_MIN_BUCKETS)
 
     # --- memory: slots and buckets grow and shrink with the entries ------------------------
@@ -551,10 +553,11 @@ class EntryTable:
         # where the arrays are, for the compiled single verbs: installed first, and with
         # nothing that allocates between taking the addresses and installing them, so an
         # error below (a MemoryError) leaves them naming arrays the old views keep alive
-        addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0])
+        # (the index's slot bits with them: read over another index, they name other slots)
+        addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0], self._shift)
         alive = (self.buckets, rec)
         mm = self.m_meta
-        mm[_AT_BUCKETS], mm[_AT_RECORDS], mm[_N_BUCKETS], mm[_N_SLOTS] = addrs
+        mm[_AT_BUCKETS], mm[_AT_RECORDS], mm[_N_BUCKETS], mm[_N_SLOTS], mm[_SHIFT] = addrs
         self._alive[1] = alive
         # the last lookup's bucket names the old index: a removal would read it unchecked
         # (past a shrunk index's end); -1 makes it look the key up
@@ -574,13 +577,16 @@ class EntryTable:
     def _set_buckets(self, nb: int, slots: int = 0) -> None:
         """A new index of ``nb`` buckets, with slot bits for ``slots`` (at least the
         records' length) slots; the rest of each bucket holds its distance from home."""
-        shift = _shift_for(max(slots, self._records.shape[0]))
         buckets = np.full(int(nb), -1, np.int32)
-        self._views()
+        self.buckets, self._shift = buckets, self._index(buckets, max(slots, self._records.shape[0]))
+        self._views()                  # (meta[_N_BUCKETS] and meta[_SHIFT] follow the array)
+
+    def _index(self, buckets: np.ndarray, slots: int) -> int:
+        """Index the present slots (of the records the views show) in empty ``buckets``,
+        with slot bits for ``slots`` slots; returns those bits."""
+        shift = _shift_for(slots)
         _rebuild(buckets, self.key, self.state, self.meta[_USED], shift)
-        self.buckets = buckets
-        self.meta[_SHIFT] = shift
-        self._views()                  # (meta[_N_BUCKETS] follows the array)
+        return shift
 
     def _set_slots(self, n: int) -> None:
         used = int(self.meta[_USED])
@@ -616,11 +622,19 @@ class EntryTable:
     def _shrink(self) -> None:
         """Few entries left: renumber the slots down, then a smaller index and arrays."""
         count = int(self.meta[_COUNT])
-        _renumber(self.key, self.word, self.length, self.state, self.referenced, self.prev, self.next, self.hint,
-                  self.meta, np.empty(int(self.meta[_USED]), np.int64))
         nb = max(_SHRINK_FLOOR, _buckets_for(count, _SHRUNK_LOAD))
-        self._records = self._records[:max(2 * count, int(nb * _MAX_LOAD))].copy()
-        self._set_buckets(nb)
+        # every array first: once the slots are renumbered, a MemoryError would leave the
+        # index naming the old slot numbers (other keys' records)
+        new_of = np.empty(int(self.meta[_USED]), np.int64)
+        old = self._records[:max(2 * count, int(nb * _MAX_LOAD))]
+        rec = np.empty(old.shape, np.uint8)
+        buckets = np.full(nb, -1, np.int32)
+        _renumber(self.key, self.word, self.length, self.state, self.referenced, self.prev, self.next, self.hint,
+                  self.meta, new_of)
+        np.copyto(rec, old)
+        shift = self._index(buckets, rec.shape[0])       # (the renumbered slots, read in the old records)
+        self._records, self.buckets, self._shift = rec, buckets, shift
+        self._views()
 
     def _arrays(self):
         """The arrays every rule takes, in its order."""

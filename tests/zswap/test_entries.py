@@ -427,3 +427,76 @@ def test_the_slot_bits_grow_with_the_records_before_a_slot_needs_them(monkeypatc
         check_index(t)
     assert widths >= {5, 6, 7, 8, 9, 10}
     assert (t.find(keys) >= 0).all() and (t.key[t.find(keys)] == keys).all()
+
+
+class _FailingAllocations:
+    """numpy's np.full / np.zeros / np.empty, failing with MemoryError at the ``at``-th call
+    (counted from 1) while armed: a fault injected at each allocation in turn."""
+
+    def __init__(self, monkeypatch, at: int):
+        self.at, self.calls, self.armed, self.failed = at, 0, False, False
+        for name in ("full", "zeros", "empty"):
+            real = getattr(np, name)
+            monkeypatch.setattr(np, name, self._wrap(real))
+
+    def _wrap(self, real):
+        def alloc(*args, **kwargs):
+            if self.armed:
+                self.calls += 1
+                if self.calls == self.at:
+                    self.failed = True
+                    raise MemoryError("no memory (test)")
+            return real(*args, **kwargs)
+        return alloc
+
+
+@pytest.mark.parametrize("single", [False, True])
+def test_a_memory_error_in_growth_or_shrinking_loses_no_entry(monkeypatch, single):
+    """A MemoryError at any allocation of a growth (index and slots, slot bits widened:
+    8 distance bits start them at 23, so 26 start them at 5) or of a shrink (which
+    renumbers the slots) leaves every entry found, at its own key, in both the batch
+    and the single verbs, and the table goes on working."""
+    monkeypatch.setattr(E, "_DIST_BITS", 26)
+    keys = np.random.default_rng(9).permutation(np.arange(1, 7001, dtype=np.int64) * 104729)
+
+    def intact(t: EntryTable, live: np.ndarray) -> None:
+        check_index(t)
+        assert len(t) == live.size
+        got = t.find(live)
+        assert (got >= 0).all() and (t.key[got] == live).all()
+        assert all(t.find_one(k) == g for k, g in zip(live[::97].tolist(), got[::97].tolist()))
+
+    def step(t: EntryTable, live: np.ndarray, grow: np.ndarray, drop: np.ndarray) -> np.ndarray:
+        if grow.size:
+            put_same(t, grow, single)
+            live = np.concatenate([live, grow])
+        if drop.size:
+            if single:
+                for k in drop.tolist():
+                    t.remove_one(t.find_one(k))
+            else:
+                t.remove(t.find(drop))
+            live = live[~np.isin(live, drop)]
+        return live
+
+    for phase in ("grow", "shrink"):
+        for at in range(1, 400):
+            t = EntryTable(lru=False)
+            live = step(t, np.zeros(0, np.int64), keys[:6000] if phase == "shrink" else keys[:20], keys[:0])
+            inject = _FailingAllocations(monkeypatch, at)
+            grow, drop = (keys[20:3000], keys[:0]) if phase == "grow" else (keys[:0], keys[:5700])
+            inject.armed = True
+            try:
+                live = step(t, live, grow, drop)
+            except MemoryError:
+                # the verb's own entries: those it made before the fault stay, as the table says
+                live = np.concatenate([live, grow])
+                live = live[t.find(live) >= 0]
+            inject.armed = False
+            intact(t, live)
+            live = step(t, live, keys[6000:6100], live[:50])      # and it goes on working
+            intact(t, live)
+            if not inject.failed:
+                break
+        else:
+            raise AssertionError("more allocations than expected")
