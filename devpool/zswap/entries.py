@@ -56,7 +56,7 @@ import numba
 import numpy as np
 
 from .._compiled import JIT, Rules, at, bind
-from .._errors import PoolFullError
+from .._errors import BadInputError, PoolFullError
 
 __all__ = ["ABSENT", "POOL", "SAME", "FILE", "EntryTable", "as_word"]
 
@@ -744,7 +744,10 @@ class EntryTable:
     def put_one(self, offset: int, state: int, word: int, length: int):
         """Offset ``offset`` now holds ``(state, word, length)``: returns ``(slot, old
         state, old word)`` (old state ABSENT when it held nothing; the caller frees what
-        an old POOL word names)."""
+        an old POOL word names). A negative offset is BadInputError, nothing changed (the
+        single change reads one as "remove slot -1 - key": :meth:`remove_one`'s)."""
+        if offset < 0:
+            raise BadInputError(f"swap offset {offset} is negative")
         meta = self.m_meta
         if not _room(meta) and self.find_one(offset) < 0:      # a new entry, and no room for it yet
             self.reserve(1)

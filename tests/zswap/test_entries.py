@@ -500,3 +500,17 @@ def test_a_memory_error_in_growth_or_shrinking_loses_no_entry(monkeypatch, singl
                 break
         else:
             raise AssertionError("more allocations than expected")
+
+
+@pytest.mark.parametrize("lru", [True, False])
+def test_a_negative_offset_is_refused_by_put_one_and_changes_nothing(lru):
+    """The single change reads a negative key as "remove slot -1 - key" (remove_one's
+    way in); put_one took one from its caller and removed an entry it never named."""
+    from devpool import BadInputError
+    t = EntryTable(lru=lru)
+    t.put(np.arange(5, dtype=np.int64), POOL, np.arange(5), 100)
+    before = (t.present().tolist(), t.count(POOL), t.pool_bytes)
+    with pytest.raises(BadInputError, match="negative"):
+        t.put_one(-1, SAME, 7, 0)
+    assert (t.present().tolist(), t.count(POOL), t.pool_bytes) == before
+    assert (t.find(np.arange(5, dtype=np.int64)) >= 0).all()
