@@ -141,8 +141,8 @@ def main() -> None:
     if args.base:
         with other_tree(args.base) as theirs:
             stores = {s: zswap_store(offsets[s], pages, args.codec, dp=theirs) for s in sizes}
-            for zs in stores.values():          # (each verb once, while its modules are loaded)
-                o = int(offsets[args.small][0]) if zs is stores[args.small] else int(offsets[args.big][0])
+            for s, zs in stores.items():        # (each verb once, while its modules are loaded)
+                o = int(offsets[s][0])
                 zswap_op(zs, [o] if args.batch else o)
         subjects["devpool base"] = (stores, zswap_op)
         r["base_devpool"] = theirs.__file__

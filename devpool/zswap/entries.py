@@ -207,6 +207,21 @@ def _slot(buckets, b, shift):
     return v if v < 0 else v & ((1 << shift) - 1)
 
 
+def _lookup(buckets, keys, meta, key):
+    """``(bucket, slot)``: :func:`_bucket` and :func:`_slot` of ``key``, by the index's
+    length and slot bits in ``meta`` (slot -1: not stored)."""
+    shift = meta[_SHIFT]
+    b = _bucket(buckets, keys, meta[_N_BUCKETS], shift, key)
+    return b, _slot(buckets, b, shift)
+
+
+def _distance(b, key, nb):
+    """How far bucket ``b`` lies past ``key``'s home, going round the end (no division:
+    ~40 cycles each, on every step of a backward shift)."""
+    d = b - _home(key, nb)
+    return d if d >= 0 else d + nb
+
+
 def _entry(slot, d, shift):
     """A bucket's value: ``slot``, and its distance ``d`` from its home (capped at the
     bits above ``shift``: a capped one is the key's to tell, read from its record)."""
@@ -261,8 +276,7 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
         else:
             i = meta[_USED]
             meta[_USED] = i + 1
-        d = b - _home(key, nb)
-        buckets[b] = _entry(i, d if d >= 0 else d + nb, shift)
+        buckets[b] = _entry(i, _distance(b, key, nb), shift)
         key_[i] = key
         meta[_COUNT] += 1
     state[i] = st
@@ -279,9 +293,7 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
             s = v & ((1 << shift) - 1)
             dh = v >> shift                     # how far s is from home (its record read
             if dh >= dmax:                      # only past what the bucket holds), and
-                dh = q - _home(key_[s], nb)     # from the hole, going round the end (no
-                if dh < 0:                      # division: ~40 cycles each, on every step)
-                    dh += nb
+                dh = _distance(q, key_[s], nb)  # from the hole, going round the end
             db = q - b
             if db < 0:
                 db += nb
@@ -324,16 +336,15 @@ def _room(meta):
 _rules = Rules()
 _compiled = _rules.compiled
 
-for _rule in (_home, _bucket, _slot, _entry, _set, _room):
+for _rule in (_home, _bucket, _slot, _lookup, _distance, _entry, _set, _room):
     _compiled(_rule)
 
 
 # --- batch loops over the rules (compiled only) ------------------------------------------------
 @_compiled
-def _find_many(buckets, key_, shift, offs, idx):
-    nb = buckets.shape[0]
+def _find_many(buckets, key_, meta, offs, idx):
     for j in range(offs.shape[0]):
-        idx[j] = _slot(buckets, _bucket(buckets, key_, nb, shift, offs[j]), shift)
+        idx[j] = _lookup(buckets, key_, meta, offs[j])[1]
 
 
 @_compiled
@@ -405,17 +416,16 @@ def _find_one(meta_at, key):
     ``key`` or -1; the bucket goes to meta (a removal that follows needs no second
     lookup)."""
     table = _table_at(meta_at)
-    buckets, meta = table[0], table[8]
-    b = _bucket(buckets, table[1], meta[_N_BUCKETS], meta[_SHIFT], key)
-    meta[_HINT] = b
-    return _slot(buckets, b, meta[_SHIFT])
+    meta = table[8]
+    meta[_HINT], i = _lookup(table[0], table[1], meta, key)
+    return i
 
 
 def _find_interpreted(table: "EntryTable", key):
     """:func:`_find_one`'s contract, interpreted over the table's memoryviews."""
     meta = table.m_meta
-    meta[_HINT] = b = _bucket(table.m_buckets, table.m_key, meta[_N_BUCKETS], meta[_SHIFT], key)
-    return _slot(table.m_buckets, b, meta[_SHIFT])
+    meta[_HINT], i = _lookup(table.m_buckets, table.m_key, meta, key)
+    return i
 
 
 @_compiled
@@ -447,8 +457,7 @@ def _rebuild(buckets, key_, state, used, shift):
     for i in range(used):
         if state[i] != ABSENT:
             b = _bucket(buckets, key_, nb, shift, key_[i])
-            d = b - _home(key_[i], nb)
-            buckets[b] = _entry(i, d if d >= 0 else d + nb, shift)
+            buckets[b] = _entry(i, _distance(b, key_[i], nb), shift)
 
 
 @_compiled
@@ -664,7 +673,7 @@ class EntryTable:
     def find(self, offsets: np.ndarray) -> np.ndarray:
         """Slot of each offset (int64 array), -1 where none is stored."""
         idx = np.empty(offsets.shape[0], np.int64)
-        _find_many(self.buckets, self.key, self.meta[_SHIFT], offsets, idx)
+        _find_many(self.buckets, self.key, self.meta, offsets, idx)
         return idx
 
     def put(self, offsets: np.ndarray, state: int, words, lengths):

@@ -7,7 +7,7 @@ same step cost ~4 us around a 5.6 us compression here, and a load ~2 us around a
 decode: each layer's checks, lock and calls. So where every layer can be reached from
 compiled code, one call does it all, through each layer's own rules:
 
-- the entry table's :func:`~devpool.zswap.entries._bucket` / ``_set`` / ``_room``;
+- the entry table's :func:`~devpool.zswap.entries._lookup` / ``_set`` / ``_room``;
 - the pool's door (``door_*``, :mod:`devpool.pool.door`: its allocator's rules, host RAM
   only);
 - liblz4 (:mod:`devpool.codecs._liblz4`: the ``lz4`` codec's blocks, byte for byte);
@@ -34,8 +34,8 @@ from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
 from ..pool import door_alloc, door_arena, door_free, door_lend, door_open, door_warm_free
 from . import entries
-from .entries import (_HINT_SHIFT, _N_BUCKETS, _SHIFT, ABSENT, POOL, SAME, _bucket, _hints_at, _room, _set,  # (compiled below)
-                      _slot, _table_at, hint_of)
+from .entries import (_HINT_SHIFT, ABSENT, POOL, SAME, _hints_at, _lookup, _room, _set, _table_at,  # (compiled below)
+                      hint_of)
 
 __all__ = ["verdict", "store_one", "load_one", "invalidate_one", "set_hints", "X_FIELDS", "BOUND"]
 
@@ -77,7 +77,7 @@ def verdict(lengths, writeback, max_object):
 
 
 _rules = Rules()
-_rules.include(entries._rules)           # _bucket, _set, _room compiled
+_rules.include(entries._rules)           # _lookup, _set, _room compiled
 _rules.compiled(verdict)
 
 _page_t = types.Array(types.uint8, 1, "C", readonly=True)
@@ -95,8 +95,7 @@ def store_one(ctx_at, key, page):
         return SLOW
     table = _table_at(ctx[X_ENTRIES])
     buckets, keys, word, state, meta = table[0], table[1], table[2], table[4], table[8]
-    b = _bucket(buckets, keys, meta[_N_BUCKETS], meta[_SHIFT], key)
-    i = _slot(buckets, b, meta[_SHIFT])
+    b, i = _lookup(buckets, keys, meta, key)
     if i < 0 and not _room(meta):
         return SLOW                              # the table grows first
     old = -1                                     # the replaced POOL object's slot
@@ -133,8 +132,7 @@ def load_one(ctx_at, key, out, keep):
     ctx[X_FREED] = -1
     table = _table_at(ctx[X_ENTRIES])
     buckets, keys, word, state, referenced, meta = table[0], table[1], table[2], table[4], table[5], table[8]
-    b = _bucket(buckets, keys, meta[_N_BUCKETS], meta[_SHIFT], key)
-    i = _slot(buckets, b, meta[_SHIFT])
+    b, i = _lookup(buckets, keys, meta, key)
     if i < 0:
         return NOT_STORED
     st = state[i]
@@ -178,8 +176,7 @@ def invalidate_one(ctx_at, key):
     ctx[X_FREED] = -1
     table = _table_at(ctx[X_ENTRIES])
     buckets, keys, word, state, meta = table[0], table[1], table[2], table[4], table[8]
-    b = _bucket(buckets, keys, meta[_N_BUCKETS], meta[_SHIFT], key)
-    i = _slot(buckets, b, meta[_SHIFT])
+    b, i = _lookup(buckets, keys, meta, key)
     if i < 0:
         return NOT_STORED
     if state[i] == POOL:
