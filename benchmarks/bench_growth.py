@@ -53,7 +53,7 @@ import numpy as np
 import devpool
 from devpool.cli.measure import bare_single_page
 from devpool.zswap import entries
-from _common import header, load_pages, ratio_spread, save
+from _common import header, load_pages, mixed, ratio_spread, save
 
 PAGE = 4096
 NR_PAGES = 1 << 32
@@ -379,6 +379,7 @@ def main() -> None:
         print(json.dumps(memory_child(int(n), layout, args.pages, args.batch, args.compressor)))
         return
     pages, source = load_pages(args.pages)
+    pages = mixed(pages)                    # (one mix at every size: _common.mixed)
     hit = _compressible(pages)
     if not hit.any():
         raise SystemExit("no compressible pages to time")
@@ -396,9 +397,8 @@ def main() -> None:
     for n, why in skipped.items():
         print(f"# {n} pages skipped: {why}")
     tmp = tempfile.TemporaryDirectory()
-    pages_path = args.pages or os.path.join(tmp.name, "pages.npy")
-    if not args.pages:
-        np.save(pages_path, pages)
+    pages_path = os.path.join(tmp.name, "pages.npy")     # (the children's: mixed too)
+    np.save(pages_path, pages)
 
     r["memory"] = measure_memory(sizes, layouts, pages_path, args.batch, args.compressor)
     if args.sweep_to:

@@ -33,7 +33,7 @@ import time
 
 import numpy as np
 
-from _common import compile_afresh, header, load_pages, other_tree, ratio_spread, save
+from _common import compile_afresh, header, load_pages, mixed, other_tree, ratio_spread, save
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ZSWAP_VERBS = ("store", "load", "invalidate", "store_batch", "load_batch")
@@ -149,10 +149,10 @@ def main() -> None:
     compile_afresh()                # (the table verbs: both trees' entry tables in this process)
     trees = {"base": base, "this": HERE}
     pages, source = load_pages(args.pages)
+    pages = mixed(pages)                    # (one mix at every size: _common.mixed)
     tmp = tempfile.TemporaryDirectory()
-    pages_path = args.pages or os.path.join(tmp.name, "pages.npy")
-    if not args.pages:
-        np.save(pages_path, pages)
+    pages_path = os.path.join(tmp.name, "pages.npy")
+    np.save(pages_path, pages)
     r = header("bench_growth_ab", base=base, pages=source, size=args.size, rounds=args.rounds, passes=args.passes,
                entries_passes=args.entries_passes, tables_only=args.tables_only)
     print(f"# {r['command']}  ({r['date']}, {r['machine']})")

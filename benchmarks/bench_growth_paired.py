@@ -39,7 +39,7 @@ import lz4.block
 import numpy as np
 
 import devpool
-from _common import compile_afresh, header, load_pages, other_tree, save
+from _common import compile_afresh, header, load_pages, mixed, other_tree, save
 from bench_growth import NR_PAGES, _offsets
 from bench_latency import compressible
 
@@ -87,7 +87,7 @@ def main() -> None:
     if args.base:                   # (two trees' compiled code in one process)
         compile_afresh()
     all_pages, source = load_pages(args.pages)
-    pages = compressible(all_pages, 20_000)
+    pages = mixed(compressible(all_pages, 20_000))        # (one mix at both sizes: _common.mixed)
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
                codec=args.codec, layout=args.layout, huge_pages=args.huge_pages,

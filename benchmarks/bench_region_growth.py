@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 import devpool
-from _common import header, load_pages, save
+from _common import header, load_pages, mixed, save
 from bench_region import touch_loop
 
 P = devpool.PAGE_SIZE
@@ -93,6 +93,7 @@ def main(argv=None) -> dict:
     args = ap.parse_args(argv)
     sizes = [float(x) for x in args.sizes_mib.split(",")]
     pages, source = load_pages(args.pages)
+    pages = mixed(pages)                    # (one mix at every size: _common.mixed)
     res = header("bench_region_growth", source=source, sizes_mib=sizes, resident=args.resident,
                  touches=args.touches, passes=args.passes, backend=args.backend, compressor=args.compressor,
                  gpu="none (host backend)" if args.backend == "host" else args.backend)
