@@ -133,6 +133,9 @@ class ChaosStorage(Storage):
     def reserve(self, end):
         self.upstream.reserve(end)
 
+    def populate(self, offset, nbytes):
+        self.upstream.populate(offset, nbytes)
+
     def trim(self):
         self.upstream.trim()
 

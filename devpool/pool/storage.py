@@ -25,6 +25,10 @@ Verbs an implementation provides (all offsets/lengths are int64 numpy arrays):
     destination is written, so plans may overlap. Bytes never leave the arena's memory.
 ``discard(offsets, lengths)``
     the allocator freed these ranges; nothing may read them again (chaos poisons them).
+``populate(offset, nbytes)``
+    a committed segment that single objects will fill one by one: back it with memory
+    now, in one step, rather than on each first touch (host RAM: a page fault every two
+    or three single stores, otherwise). Advice; the default does nothing.
 
 Single objects (a swap-in fault is one page) have their own verbs, so one page costs one
 copy and no batch metadata; the defaults fall back on the batch verbs:
@@ -173,6 +177,10 @@ class Storage:
 
     def discard(self, offsets: np.ndarray, lengths: np.ndarray) -> None:
         """Freed ranges: nothing to do unless the storage wants to scrub them."""
+
+    def populate(self, offset: int, nbytes: int) -> None:
+        """A committed range that single objects will fill: back it with memory now, if
+        the storage is lazily backed (advice: never raises; the default does nothing)."""
 
     def trim(self) -> None:
         """After a run of ``release`` calls: give back what can only go in bulk."""
