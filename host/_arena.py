@@ -10,7 +10,9 @@ refilling 32 MiB after MADV_DONTNEED took 16 ms, after MADV_FREE 4.2 ms, untouch
 3.5 ms; under churn (zswap stores after loads) that was ~10 % of a store batch. The
 process's RSS keeps such pages until the kernel reclaims them (``LazyFree`` in
 /proc/meminfo); ``pool_total_size`` never counts them. Copies run in numba, no GIL.
-Cost: scatter/gather are memcpy-bound (several GB/s per core); no transfers.
+Cost: scatter/gather are memcpy-bound (several GB/s per core); no transfers. A segment
+that single objects will fill is backed in one call when it opens (``populate``), not a
+page fault every two or three single stores.
 
 Huge pages are the caller's choice (``hugepages=True``: ``MADV_HUGEPAGE``; the default,
 False, advises ``MADV_NOHUGEPAGE``, so that the kernel's ``always`` mode does not give the
@@ -21,7 +23,9 @@ arena huge pages unasked). Measured on this repository's VM with
   each access also misses the TLB (zsmalloc's pages sit in the kernel's direct map,
   mapped with huge pages). A single store grew x1.03 with huge pages, x1.15 - 1.17
   without; a single load x1.21 - 1.26 against x1.22 - 1.24 (the location hints do most
-  of that: ``devpool.zswap.entries``).
+  of that: ``devpool.zswap.entries``). (Found later: most of the store's difference
+  was page faults, one per 4 KiB of fresh arena against one per 2 MiB; ``populate``
+  now takes them out of the single store on small pages: x0.99 - 1.01.)
 - against: timed interleaved beside other pools, a batch of stores at 10^6 pages took
   +3.6 - 5.8 us a page with huge pages (a load + store batch cycle's throughput 0.67 -
   0.81x 10^4's, against 1.02 - 1.04x on 4 KiB pages: ``--batch``), under the issue's
