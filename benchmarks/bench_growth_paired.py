@@ -8,8 +8,9 @@
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
 in fast and slow phases (the same loop 1x or 2x), which moves a ratio of two passes. Here
 both sizes live in one process and are timed **interleaved**: a load then a store (of
-the page just loaded) at a random offset of the small store, ``--run`` (16) times, then
-the same at the big one, 2 000 times a pass. (Op for op, ``--run 1``, every small op came
+the page just loaded) at a random offset of the small store, and an invalidation of
+another (stored back, untimed), ``--run`` (16) times, then the same at the big one,
+2 000 times a pass. (Op for op, ``--run 1``, every small op came
 after a big one and found its lines evicted by the big one's traffic: the small store
 timed slower than alone and the ratio lower, ×1.23 - 1.25 where runs of 16 read ×1.28
 for the same code.) And the same for the loop a user would write instead
@@ -97,19 +98,30 @@ def main() -> None:
     out = np.empty(PAGE, np.uint8)
     clock = time.perf_counter
 
-    def bare_op(d, o):
+    def bare_op(d, pair):
+        o, o2 = pair
         t = clock()
         out[:] = np.frombuffer(lz4.block.decompress(d.pop(o), uncompressed_size=PAGE), np.uint8)
         t1 = clock()
         d[o] = lz4.block.compress(out, store_size=False)
-        return t1 - t, clock() - t1
+        t2 = clock()
+        block = d.pop(o2, None)                   # invalidate another offset (a cold entry) ...
+        t3 = clock()
+        if block is not None:
+            d[o2] = block                         # ... stored back, untimed
+        return t1 - t, t2 - t1, t3 - t2
 
-    def zswap_op(zs, o):
+    def zswap_op(zs, pair):
+        o, o2 = pair
         t = clock()
         page = zs.load(o)
         t1 = clock()
         zs.store(o, page)
-        return t1 - t, clock() - t1
+        t2 = clock()
+        zs.invalidate(o2)                         # another offset (a cold entry) ...
+        t3 = clock()
+        zs.store(o2, pages[o2 % len(pages)])      # ... stored back, untimed (the same mix)
+        return t1 - t, t2 - t1, t3 - t2
 
     def batch_op(zs, offs):
         offs = np.asarray(offs, np.int64)
@@ -143,7 +155,7 @@ def main() -> None:
             stores = {s: zswap_store(offsets[s], pages, args.codec, dp=theirs) for s in sizes}
             for s, zs in stores.items():        # (each verb once, while its modules are loaded)
                 o = int(offsets[s][0])
-                zswap_op(zs, [o] if args.batch else o)
+                zswap_op(zs, [o] if args.batch else (o, o))
         subjects["devpool base"] = (stores, zswap_op)
         r["base_devpool"] = theirs.__file__
     compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
@@ -158,6 +170,9 @@ def main() -> None:
                 k = args.batch
                 small = [small[i:i + k] for i in range(0, n - k + 1, k)]
                 big = [big[i:i + k] for i in range(0, n - k + 1, k)]
+            else:                                  # each op also invalidates another offset
+                small = list(zip(small, rng.choice(offsets[args.small], n, replace=False).tolist()))
+                big = list(zip(big, rng.choice(offsets[args.big], n, replace=False).tolist()))
             k = args.run                           # interleaved in runs of k ops a size: one phase of
             for lo in range(0, len(small), k):     # the VM for both, and each size's ops after its own
                 for a in small[lo:lo + k]:         # (as alone), not after the other's (whose traffic
@@ -165,13 +180,13 @@ def main() -> None:
                 for b in big[lo:lo + k]:
                     tb.append(op(stores[args.big], b))
             ts, tb = np.array(ts) * 1e6, np.array(tb) * 1e6
-            runs[name].append({"load": (float(np.median(ts[:, 0])), float(np.median(tb[:, 0]))),
-                               "store": (float(np.median(ts[:, 1])), float(np.median(tb[:, 1]))),
-                               "cycle": (float(np.median(ts.sum(1))), float(np.median(tb.sum(1))))})
+            runs[name].append({verb: (float(np.median(ts[:, j])), float(np.median(tb[:, j])))
+                               for j, verb in enumerate(("load", "store", "invalidate")[:ts.shape[1]])})
+            runs[name][-1]["cycle"] = (float(np.median(ts[:, :2].sum(1))), float(np.median(tb[:, :2].sum(1))))
     r["single_page_compiled"] = compiled
     r["subjects"] = {}
     what = (f"load_batch and store_batch of {args.batch} (us a page, p50 over batches; throughput = 1 / time)"
-            if args.batch else "single load and store p50")
+            if args.batch else "single load, store and invalidate p50")
     print(f"{what} at {args.big} stored pages against {args.small} ({args.layout} offsets), "
           f"interleaved in runs of {args.run} " + ("(op for op) " if args.run == 1 else "")
           + f"({args.passes} passes of {n}; devpool {args.codec}, host, compiled single page: {compiled})")
@@ -180,7 +195,7 @@ def main() -> None:
         line = f"  {name:15}"
         # (a batch's load / store split moves with numba's worker threads, which a batch
         # leaves spinning into the next call: the cycle, load then store, is the figure)
-        for verb in ("load", "store") + (("cycle",) if args.batch else ()):
+        for verb in ("load", "store") + (("cycle",) if args.batch else ("invalidate",)):
             s = np.array([x[verb][0] for x in rows])
             b = np.array([x[verb][1] for x in rows])
             q = b / s
@@ -196,11 +211,11 @@ def main() -> None:
     if args.batch:
         return save(r, args.json)
     d, b = r["subjects"]["devpool"], r["subjects"]["bare loop"]
-    print(f"  devpool's own growth beyond the loop's: load +{d['load']['added_us'] - b['load']['added_us']:.2f} us, "
-          f"store +{d['store']['added_us'] - b['store']['added_us']:.2f} us")
+    print("  devpool's own growth beyond the loop's: " + ", ".join(
+        f"{v} {d[v]['added_us'] - b[v]['added_us']:+.2f} us" for v in ("load", "store", "invalidate")))
     if args.base:                   # per pass: this tree's big / small over the base's
         r["this_vs_base"] = {}
-        for verb in ("load", "store"):
+        for verb in ("load", "store", "invalidate"):
             q = np.array([(x[verb][1] / x[verb][0]) / (y[verb][1] / y[verb][0])
                           for x, y in zip(runs["devpool"], runs["devpool base"])])
             added = np.array([(x[verb][1] - x[verb][0]) - (y[verb][1] - y[verb][0])

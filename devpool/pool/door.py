@@ -102,16 +102,19 @@ def door_lend(door_at, handle):
 
 
 @numba.njit(cache=True)
-def door_warm_free(door_at, slot):
-    """Start loading what a :func:`door_free` of ``slot`` (a slot :func:`door_lend` just
-    found) will update: its segment's figures, which at a million objects are a cache
-    miss of their own. Changes nothing; a caller with work to do before the free (a
-    load's decode) calls it first, so that the free finds them in cache."""
+def door_warm_free(door_at, offset):
+    """Start loading what a :func:`door_free` of the object at arena ``offset`` will
+    update: its segment's figures, which at a million objects are a cache miss of their
+    own. Changes nothing, and ``offset`` may be a guess (a caller's record of where the
+    object lay, which cleaning may have made stale: a wasted prefetch). A caller with
+    work to do before the free (a load's decode), or that can ask before it checks the
+    handle (an invalidation), calls it first, so that the free finds them in cache."""
     tables = _tables_at(_door(door_at)[DOOR_ALLOC])
-    live, in_use, locs, meta = tables[1], tables[3], tables[5], tables[8]
-    seg = locs[slot] // meta[_M_SEG_BYTES]
-    prefetch(live.ctypes.data + seg * live.itemsize)
-    prefetch(in_use.ctypes.data + seg * in_use.itemsize)
+    live, in_use, meta = tables[1], tables[3], tables[8]
+    seg = offset // meta[_M_SEG_BYTES]
+    if 0 <= seg < live.shape[0]:
+        prefetch(live.ctypes.data + seg * live.itemsize)
+        prefetch(in_use.ctypes.data + seg * in_use.itemsize)
 
 
 @numba.njit(cache=True)

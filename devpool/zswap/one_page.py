@@ -144,14 +144,14 @@ def load_one(ctx_at, key, out, keep):
         door_at = ctx[X_DOOR]
         hint = _hints_at(ctx[X_ENTRIES])[i]
         if hint >= 0:
-            # the block's lines load while the handle is checked (only a guess: the
-            # check below decides what is read)
+            # the block's lines, and the figures the free after the decode updates, load
+            # while the handle is checked (only a guess: the check decides what is read)
             prefetch_range(door_arena(door_at) + (hint << _HINT_SHIFT), length[i])
+            if not keep:
+                door_warm_free(door_at, hint << _HINT_SHIFT)
         slot, address, size = door_lend(door_at, word[i])
         if slot < 0:
             return SLOW
-        if not keep:
-            door_warm_free(door_at, slot)        # (the free after the decode then hits)
         if size == PAGE:                         # stored as-is
             copy_bytes(out.ctypes.data, address, PAGE)
         elif not _decompress_at(ctx[X_FNS], address, size, out.ctypes.data):
@@ -180,6 +180,9 @@ def invalidate_one(ctx_at, key):
         return NOT_STORED
     if state[i] == POOL:
         door_at = ctx[X_DOOR]
+        hint = _hints_at(ctx[X_ENTRIES])[i]
+        if hint >= 0:                            # (the free's figures load while the handle is checked)
+            door_warm_free(door_at, hint << _HINT_SHIFT)
         slot = door_lend(door_at, word[i])[0]
         if slot < 0:
             return SLOW

@@ -95,17 +95,20 @@ def test_a_shut_door_changes_nothing(rng):
 @numba.njit
 def _lend(door_at, handle, warm):
     """door_lend (which leaves what it found in the allocator's meta), and door_warm_free
-    when asked."""
-    slot = D.door_lend(door_at, handle)[0]
+    when asked: of the object's own offset, and of guesses (a stale record's) anywhere."""
+    slot, address, size = D.door_lend(door_at, handle)
     if warm:
-        D.door_warm_free(door_at, slot)
+        D.door_warm_free(door_at, address - D.door_arena(door_at))
+        for guess in (-1, -(1 << 62), 1 << 40, (1 << 63) - 1, 0):
+            D.door_warm_free(door_at, guess)
     return slot
 
 
 def test_warming_a_free_changes_nothing():
     """door_warm_free only asks the CPU to load the figures a free will update (a load
-    calls it before its decode): the pool's tables, its stats and the object stay as
-    they were, and the free that follows is the same free."""
+    calls it before its decode, an invalidation before its handle check, by a guess of
+    the object's offset): the pool's tables, its stats and the object stay as they were,
+    whatever the guess, and the free that follows is the same free."""
     pool = devpool.open_pool("host", 1 << 22)
     at = pool.door.ctypes.data
     hs = _warm(pool, 5)
