@@ -3,7 +3,7 @@
     python benchmarks/bench_growth.py [--pages F.npy] [--sizes 10000,100000,1000000,4000000]
         [--layouts dense,sparse] [--passes 7] [--probe 2000] [--batch 1024] [--batch-pages 16384]
         [--compressor lz4] [--sweep-to 4000000]
-        [--replay-pages 1000000] [--json F] [--plot F.png]
+        [--replay-pages 1000000] [--bare-up-to 1000000] [--json F] [--plot F.png]
 
 A GPU pool holds tens of gigabytes and a swap device sees millions of pages; what a
 page costs must not grow with them. For every size and offset layout a ``Zswap`` over
@@ -17,7 +17,12 @@ pass after pass, in alternating order:
   p50(size) / p50(smallest size) with the range (target at 10^6: <= 1.25);
 - batch throughput: ``store_batch`` of ``--batch-pages`` fresh pages, ``--batch`` at a
   time, then ``load_batch`` of them (target at 10^6: >= 0.90 of the smallest size);
-- ``stats()`` and ``compact()`` time (``compact`` is documented as a whole-pool operation).
+- ``stats()`` and ``compact()`` time (``compact`` is documented as a whole-pool operation);
+- beside them, in the same alternation, the loop a user would write instead at each size
+  (up to ``--bare-up-to``): a dict of ``lz4.block`` blocks over the same kind of offsets,
+  each block its own object, its ``pop`` + decompress, compress + insert and ``del`` timed
+  the same way. Its growth is what the memory alone costs (a 10^4 store fits in this
+  machine's caches, a 10^6 one does not): the floor devpool's growth is read against.
 
 Offsets are *dense* (0..N-1) or *sparse* (spread at random over a swap device's whole
 range, ``nr_pages`` = 2**32). Host memory per stored page outside the pool is measured
@@ -236,6 +241,57 @@ class Subject:
         self.times.setdefault(name, []).append(value)
 
 
+class BareSubject:
+    """What a user would write instead, at the same size: a dict of ``lz4.block`` blocks
+    keyed by the same kind of offsets, each block its own bytes object (as stored pages
+    would be), timed by :func:`bare_pass`. Its growth with the size is what the memory
+    alone costs a dict and its blocks: the floor devpool's growth is read against."""
+
+    def __init__(self, n, layout, pages, hit):
+        self.n, self.layout = n, layout
+        blocks, p = _blocks(pages), pages.shape[0]
+        offs = _offsets(n, layout, 0)
+        # (bytes(memoryview(b)): a copy; bytes(b) would be b itself, one object for
+        # every stored copy of a page, and the dict's blocks would fit in a cache)
+        self.d = {o: bytes(memoryview(blocks[k % p])) for k, o in enumerate(offs.tolist())}
+        self.stored = offs
+        k = np.arange(n)
+        self.hit_k = k[hit[k % p]]
+        self.times: dict[str, list] = {}
+
+    add = Subject.add
+
+
+def bare_pass(s: BareSubject, pages, probe, rng) -> None:
+    """:func:`single_pass` for the dict: ``decompress(d.pop(o))`` of stored offsets,
+    ``d[o] = compress(page)`` of the same pages back, ``del d[o]`` of others (stored
+    back, untimed)."""
+    import lz4.block
+    d, clock, p = s.d, time.perf_counter, pages.shape[0]
+    pick = rng.choice(s.hit_k, min(probe, s.hit_k.size), replace=False)
+    offs, src = s.stored[pick].tolist(), (pick % p).tolist()
+    load, store, inval, out = [], [], [], []
+    for o in offs:
+        t = clock()
+        got = lz4.block.decompress(d.pop(o), uncompressed_size=PAGE)
+        load.append(clock() - t)
+        out.append(got)
+    for o, j in zip(offs, src):
+        page = pages[j]
+        t = clock()
+        d[o] = lz4.block.compress(page, store_size=False)
+        store.append(clock() - t)
+    pick = rng.choice(s.hit_k, min(probe, s.hit_k.size), replace=False)
+    blocks = _blocks(pages)
+    for o, j in zip(s.stored[pick].tolist(), (pick % p).tolist()):
+        t = clock()
+        del d[o]
+        inval.append(clock() - t)
+        d[o] = bytes(memoryview(blocks[j]))
+    for verb, ts in (("load", load), ("store", store), ("invalidate", inval)):
+        s.add(verb, float(np.percentile(ts, 50) * 1e6))
+
+
 def single_pass(s: Subject, pages, probe, rng) -> None:
     zs, clock, p = s.zs, time.perf_counter, pages.shape[0]
     pick = rng.choice(s.hit_k, min(probe, s.hit_k.size), replace=False)
@@ -370,6 +426,8 @@ def main() -> None:
     ap.add_argument("--compressor", default="lz4")
     ap.add_argument("--sweep-to", type=int, default=4_000_000, help="tables swept to this many entries (0: none)")
     ap.add_argument("--replay-pages", type=int, default=1_000_000, help="0: no replay")
+    ap.add_argument("--bare-up-to", type=int, default=1_000_000,
+                    help="the bare dict loop is timed at every size up to this one too (0: none)")
     ap.add_argument("--json")
     ap.add_argument("--plot")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
@@ -405,12 +463,16 @@ def main() -> None:
         r["table_sweep"] = table_sweep(args.sweep_to, args.batch)
     subjects = [Subject(n, layout, pages, hit, args.batch, args.compressor, args.batch_pages)
                 for n in sizes for layout in layouts]
+    bares = [BareSubject(n, layout, pages, hit) for n in sizes if n <= args.bare_up_to for layout in layouts]
     rng = np.random.default_rng(7)
     bare = []
     probe_pages = np.ascontiguousarray(pages[hit][:args.probe])
     for p in range(args.passes):
         bare.append(bare_single_page(probe_pages))
-        for s in (subjects if p % 2 == 0 else subjects[::-1]):
+        for s in (subjects + bares if p % 2 == 0 else (subjects + bares)[::-1]):
+            if isinstance(s, BareSubject):
+                bare_pass(s, pages, args.probe, rng)
+                continue
             single_pass(s, pages, args.probe, rng)
             batch_pass(s, pages, args.batch)
     for s in subjects:
@@ -426,6 +488,14 @@ def main() -> None:
                "batch_vs_smallest": {v: ratio_spread(s.times[v], base.times[v]) for v in ("store_batch", "load_batch")},
                "stats_us": s.times["stats_us"][0], "compact_ms": s.times["compact_ms"][0]}
         r["subjects"].append(row)
+    r["bare_subjects"] = []
+    for s in bares:
+        base = next(x for x in bares if x.layout == s.layout)
+        r["bare_subjects"].append({"pages": s.n, "layout": s.layout,
+                                   "p50_us": {v: float(np.median(s.times[v])) for v in ("store", "load", "invalidate")},
+                                   "p50_vs_smallest": {v: ratio_spread(s.times[v], base.times[v])
+                                                       for v in ("store", "load", "invalidate")}})
+    del bares
     for s in subjects:
         s.zs.close()
         s.pool.close()
@@ -456,6 +526,13 @@ def report(r: dict) -> None:
         p = x["p50_us"]
         print(f"{x['pages']:>9} {x['layout']:7}{p['store']:>7.1f}{p['load']:>7.1f}{p['invalidate']:>7.2f}   {cells}"
               f"   {x['stats_us']:>8.0f}{x['compact_ms']:>11.1f}")
+    for x in r.get("bare_subjects", []):
+        q = x["p50_vs_smallest"]
+        cells = " / ".join(f"{q[v]['median']:.2f} ({q[v]['low']:.2f}-{q[v]['high']:.2f})"
+                           for v in ("store", "load", "invalidate"))
+        p = x["p50_us"]
+        print(f"{x['pages']:>9} {x['layout'][:2]}-dict{p['store']:>7.1f}{p['load']:>7.1f}{p['invalidate']:>7.2f}   {cells}"
+              "   (the bare loop at this size: a dict of blocks)")
     print("host bytes per stored page outside the pool (fresh process per row):")
     for m in r["memory"]:
         parts = ", ".join(f"{k} {v:.1f}" for k, v in m["structures_per_page"].items())

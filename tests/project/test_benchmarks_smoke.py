@@ -338,7 +338,8 @@ def test_bench_capture_smoke(tmp_path):
 
 def test_bench_growth_smoke(tmp_path):
     """The growth benchmark runs end to end at tiny sizes: both layouts, every verb timed
-    against the smallest size, memory measured in its own processes, replay at two sizes."""
+    against the smallest size, the bare dict loop at every size beside them, memory
+    measured in its own processes, replay at two sizes."""
     r = run_bench(tmp_path, "bench_growth.py", "--pages", pages_file(tmp_path, 40, 3), "--sizes", "300,1200",
                   "--passes", "2", "--probe", "20", "--batch", "64", "--batch-pages", "128", "--replay-pages", "300",
                   "--sweep-to", "6400", "--plot", str(tmp_path / "g.png"))
@@ -347,6 +348,11 @@ def test_bench_growth_smoke(tmp_path):
     for x in r["subjects"]:
         assert all(v > 0 for v in x["p50_us"].values()) and x["batch_pages_per_s"]["load_batch"] > 0
         assert x["p50_vs_smallest"]["load"]["median"] > 0
+    assert [(x["pages"], x["layout"]) for x in r["bare_subjects"]] == [(300, "dense"), (300, "sparse"),
+                                                                      (1200, "dense"), (1200, "sparse")]
+    for x in r["bare_subjects"]:
+        assert all(v > 0 for v in x["p50_us"].values())
+        assert all(q["median"] > 0 for q in x["p50_vs_smallest"].values())
     assert {(m["pages"], m["layout"]) for m in r["memory"]} == {(300, "dense"), (300, "sparse"),
                                                                (1200, "dense"), (1200, "sparse")}
     assert all(0 < m["stored_pages"] <= m["pages"] and m["structures_per_page"]["entry_index"] > 0 for m in r["memory"])
@@ -439,7 +445,7 @@ def test_bench_growth_paired_smoke(tmp_path):
     assert r["single_page_compiled"] is True and r["huge_pages"] is True and r["no_hints"] is True
     assert r["layout"] == "sparse"
     for name in ("bare loop", "devpool", "devpool no hint", "devpool huge"):
-        for verb in ("load", "store"):
+        for verb in ("load", "store", "invalidate"):
             v = r["subjects"][name][verb]
             assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0
 
@@ -452,7 +458,7 @@ def test_bench_growth_paired_base_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "60",
                   "--big", "400", "--passes", "2", "--n", "40", "--base", tree)
     assert r["base_devpool"].startswith(tree) and r["base"] == tree
-    for verb in ("load", "store"):
+    for verb in ("load", "store", "invalidate"):
         assert r["subjects"]["devpool base"][verb]["big_p50_us"] > 0
         q = r["this_vs_base"][verb]["growth_ratio"]
         assert 0 < q["low"] <= q["median"] <= q["high"]
