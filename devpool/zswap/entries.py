@@ -182,12 +182,18 @@ def _home(key, nb):
     return ((((int(key) * _GOLD) & _M63) >> 32) * nb) >> 31
 
 
+def _dmax(shift):
+    """The largest distance a bucket with ``shift`` slot bits holds (a farther one holds
+    this, and the key decides)."""
+    return (1 << (31 - shift)) - 1
+
+
 def _bucket(buckets, keys, nb, shift, key):
     """The bucket holding ``key``'s slot, or the empty bucket where it would go (``nb``:
     the number of buckets, ``shift``: their slot bits). A bucket whose distance from its
     entry's home is not this probe's holds another key: its record is not read."""
     b = _home(key, nb)
-    dmax = (1 << (31 - shift)) - 1
+    dmax = _dmax(shift)
     d = 0
     while True:
         v = buckets[b]
@@ -225,7 +231,7 @@ def _distance(b, key, nb):
 def _entry(slot, d, shift):
     """A bucket's value: ``slot``, and its distance ``d`` from its home (capped at the
     bits above ``shift``: a capped one is the key's to tell, read from its record)."""
-    dmax = (1 << (31 - shift)) - 1
+    dmax = _dmax(shift)
     return slot | ((d if d < dmax else dmax) << shift)
 
 
@@ -281,7 +287,7 @@ def _set(buckets, key_, word, length, state, referenced, prev, nxt, meta, key, s
         meta[_COUNT] += 1
     state[i] = st
     if st == ABSENT:                            # out of the index (backward shift) and freed
-        dmax = (1 << (31 - shift)) - 1
+        dmax = _dmax(shift)
         q = b
         while True:
             q += 1
@@ -336,7 +342,7 @@ def _room(meta):
 _rules = Rules()
 _compiled = _rules.compiled
 
-for _rule in (_home, _bucket, _slot, _lookup, _distance, _entry, _set, _room):
+for _rule in (_home, _dmax, _bucket, _slot, _lookup, _distance, _entry, _set, _room):
     _compiled(_rule)
 
 
