@@ -57,7 +57,8 @@ _MAP_NORESERVE = getattr(mmap, "MAP_NORESERVE", 0x4000 if sys.platform == "linux
 #: how released ranges go back: lazily freeable if the platform has it
 RELEASE_ADVICE = getattr(mmap, "MADV_FREE", getattr(mmap, "MADV_DONTNEED", None))
 #: how a segment is backed at once (Linux 5.14: ``MADV_POPULATE_WRITE``, 23 in the generic
-#: ABI; Python < 3.12 does not export it): see ``HostStorage.populate``
+#: ABI; Python's mmap does not export it: not in 3.6 - 3.13, built against headers that
+#: define it): see ``HostStorage.populate``
 POPULATE_ADVICE = getattr(mmap, "MADV_POPULATE_WRITE", 23 if sys.platform == "linux" else None)
 
 

@@ -728,3 +728,25 @@ def test_a_full_pool_cleans_before_it_refuses_one_object(make_pool, hostile):
     for i, k in enumerate(handles):
         if i % 4:
             assert (pool.read(k) == i % 251).all()
+
+
+def test_populating_is_advice_on_every_storage(make_pool, rng, hostile):
+    """``populate`` (the pool asks it for a segment single objects will fill) is advice
+    on every storage, chaos and device ones included: over any range, inside the arena
+    or not, it raises nothing and changes no figure and no stored byte. (The pool calls
+    it between committing a segment and placing the object: a storage that raised there
+    would leave the segment committed and counted, with no object in it.) (Chaos moves
+    and cleans on every call by design, so there only the contents must match.)"""
+    pool = make_pool(capacity_bytes=1 << 20, segment_bytes=16384)
+    hs, _ = fill(pool, rng, 20)
+
+    def state():
+        st = pool.stats()
+        sizes = () if hostile else (st["pool_total_size"], pool.storage.committed_bytes)
+        return snapshot(pool, hs) + sizes
+    before = state()
+    cap = pool.storage.capacity_bytes
+    for offset, nbytes in ((0, 16384), (16384, 16384), (0, cap), (-4096, 8192), (cap - 100, 4096), (cap, 4096),
+                           (0, -1), (-(1 << 62), 1 << 62), ((1 << 62), (1 << 62)), (3, 5)):
+        pool.storage.populate(offset, nbytes)
+    assert state() == before

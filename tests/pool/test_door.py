@@ -142,6 +142,33 @@ def test_prefetching_a_range_never_faults_nor_writes():
     assert (buf == np.arange(256, dtype=np.uint8)).all()
 
 
+_PREFETCH_AT_THE_TOP = """
+import numba
+from devpool._compiled import prefetch_range
+
+@numba.njit
+def lines(address, nbytes):
+    prefetch_range(address, nbytes)
+
+for address, nbytes in (((1 << 63) - 100, 99), ((1 << 63) - 64, 4096), ((1 << 63) - 1, 1), (-(1 << 63), 64)):
+    lines(address, nbytes)
+print("done")
+"""
+
+
+def test_prefetching_a_range_at_the_top_of_the_address_space_ends():
+    """A range whose last line sits at the top of int64 (a garbage address): the walk
+    ends after the range's lines. It walked by address, and the address past the last
+    line wrapped to -2**63, below the end: ~2**57 prefetches, holding the GIL (so the
+    check runs in a child, under a timeout)."""
+    import os
+    import subprocess
+    import sys
+    got = subprocess.run([sys.executable, "-c", _PREFETCH_AT_THE_TOP], capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert got.returncode == 0 and got.stdout.strip() == "done", got.stderr[-2000:]
+
+
 def test_frees_through_the_door_give_segments_back_once_settled():
     """A door free that empties a segment says so; door_settle gives it back (as a
     Python free would), and the pool's figures match a twin freed the Python way."""
