@@ -139,9 +139,10 @@ class HostStorage(Storage):
         (measured: 0.37 faults a single store at 10^6 stored pages, store p50 +1.1 us;
         ~1 us a page populated against ~1.3 touched, 10 where the VM's host backs the
         page for the first time). Batches are left to first touch: their copies fault on
-        every worker thread at once, where this runs on one. Only advice: where the
-        kernel refuses (older than 5.14: EINVAL, never asked again; no memory: ENOMEM),
-        pages are backed on first touch, as before."""
+        every worker thread at once, where this runs on one. Only advice, for any int
+        range (clipped to the arena; nothing on a closed one): where the kernel refuses
+        (older than 5.14: EINVAL, never asked again; no memory: ENOMEM), pages are
+        backed on first touch, as before."""
         offset, nbytes = int(offset), int(nbytes)
         end = min(offset + nbytes, self.capacity_bytes)
         offset = max(offset, 0) & ~(mmap.PAGESIZE - 1)     # (madvise takes whole pages)

@@ -484,8 +484,13 @@ class Pool(Moving):
             al.ensure_slots(1)                 # a full handle table refuses before storage grows
             self._commit_segments(np.array([opened], np.int64))   # fallible: before commit
             # single objects fill it from here, one by one (the compiled single stores
-            # among them): backed now, not a page fault every few of them
-            self.storage.populate(opened * al.seg_bytes, al.seg_bytes)
+            # among them): backed now, not a page fault every few of them. Advice: a
+            # storage that fails to give it costs the allocation nothing (raising here
+            # would leave the segment committed and counted, with no object in it)
+            try:
+                self.storage.populate(opened * al.seg_bytes, al.seg_bytes)
+            except Exception:
+                pass
         slot = al.commit_one(size, offset, opened)
         return slot, offset, al._mm[_M_HANDLE]
 
