@@ -558,18 +558,21 @@ class EntryTable:
         self.m_prev = memoryview(self.prev)
         self._records = np.zeros((_MIN_SLOTS, self.record_bytes), np.uint8)
         self.buckets = np.zeros(0, np.int32)
-        self._shift = _shift_for(_MIN_SLOTS)
-        self._views()
+        self._views(_shift_for(_MIN_SLOTS))
         self._set_buckets(_MIN_BUCKETS)
 
     # --- memory: slots and buckets grow and shrink with the entries ------------------------
-    def _views(self) -> None:
+    def _views(self, shift: int | None = None) -> None:
+        """Install the arrays (and ``shift``, the index's slot bits, where they change) for
+        both speeds."""
         rec = self._records
+        if shift is None:
+            shift = int(self.m_meta[_SHIFT])
         # where the arrays are, for the compiled single verbs: installed first, and with
         # nothing that allocates between taking the addresses and installing them, so an
         # error below (a MemoryError) leaves them naming arrays the old views keep alive
         # (the index's slot bits with them: read over another index, they name other slots)
-        addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0], self._shift)
+        addrs = (self.buckets.ctypes.data, rec.ctypes.data, self.buckets.shape[0], rec.shape[0], shift)
         alive = (self.buckets, rec)
         mm = self.m_meta
         mm[_AT_BUCKETS], mm[_AT_RECORDS], mm[_N_BUCKETS], mm[_N_SLOTS], mm[_SHIFT] = addrs
@@ -593,8 +596,9 @@ class EntryTable:
         """A new index of ``nb`` buckets, with slot bits for ``slots`` (at least the
         records' length) slots; the rest of each bucket holds its distance from home."""
         buckets = np.full(int(nb), -1, np.int32)
-        self.buckets, self._shift = buckets, self._index(buckets, max(slots, self._records.shape[0]))
-        self._views()                  # (meta[_N_BUCKETS] and meta[_SHIFT] follow the array)
+        shift = self._index(buckets, max(slots, self._records.shape[0]))
+        self.buckets = buckets
+        self._views(shift)             # (meta[_N_BUCKETS] and meta[_SHIFT] follow the array)
 
     def _index(self, buckets: np.ndarray, slots: int) -> int:
         """Index the present slots (of the records the views show) in empty ``buckets``,
@@ -648,8 +652,8 @@ class EntryTable:
                   self.meta, new_of)
         np.copyto(rec, old)
         shift = self._index(buckets, rec.shape[0])       # (the renumbered slots, read in the old records)
-        self._records, self.buckets, self._shift = rec, buckets, shift
-        self._views()
+        self._records, self.buckets = rec, buckets
+        self._views(shift)
 
     def _arrays(self):
         """The arrays every rule takes, in its order."""
