@@ -146,9 +146,10 @@ def load_one(ctx_at, key, out, keep):
         if hint >= 0:
             # the block's lines, and the figures the free after the decode updates, load
             # while the handle is checked (only a guess: the check decides what is read)
-            prefetch_range(door_arena(door_at) + (hint << _HINT_SHIFT), length[i])
+            lay = hint << _HINT_SHIFT
+            prefetch_range(door_arena(door_at) + lay, length[i])
             if not keep:
-                door_warm_free(door_at, hint << _HINT_SHIFT)
+                door_warm_free(door_at, lay)
         slot, address, size = door_lend(door_at, word[i])
         if slot < 0:
             return SLOW
