@@ -175,6 +175,7 @@ def structures(zs, pool) -> dict:
     else:                                              # an older table: its arrays
         out["entry_table_slots"] = int(t.nbytes)
     out["handle_table"] = _handle_table_bytes(al)
+    out["cleaning_record"] = int(getattr(al, "record_bytes", 0))
     out["allocator_segments"] = sum(int(getattr(al, a).nbytes) for a in
                                     ("seg_fill", "seg_live", "seg_placed", "seg_in_use", "seg_warm")
                                     if hasattr(al, a))

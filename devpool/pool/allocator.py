@@ -404,6 +404,34 @@ def _slots_in(locs, is_victim, seg_bytes):
 
 
 @numba.njit(cache=True, nogil=True)
+def _known_live_in(known, bounds, at, victims, locs, sizes, seg_live, seg_bytes):
+    """The live slots of ``victims`` from a scan's record of their segments (``known``
+    slots, victim ``j``'s from ``bounds[at[j]]`` to ``bounds[at[j] + 1]``), or None when
+    the record no longer holds them all. A recorded slot still in its segment is one
+    of its live objects; the record holds them all exactly when their aligned sizes add
+    up to the segment's live bytes (every object takes at least ALIGN: any object
+    placed there since, unrecorded, would make the sum fall short)."""
+    n = 0
+    for j in range(victims.shape[0]):
+        n += bounds[at[j] + 1] - bounds[at[j]]
+    out = np.empty(n, dtype=np.int64)
+    n = 0
+    for j in range(victims.shape[0]):
+        seg = victims[j]
+        total = 0
+        for k in range(bounds[at[j]], bounds[at[j] + 1]):
+            slot = known[k]
+            off = locs[slot]
+            if off >= 0 and off // seg_bytes == seg:
+                out[n] = slot
+                n += 1
+                total += (sizes[slot] + (ALIGN - 1)) & ~(ALIGN - 1)
+        if total != seg_live[seg]:
+            return None
+    return out[:n]
+
+
+@numba.njit(cache=True, nogil=True)
 def _next_segment(blocked, warm, want_warm, cursor):
     """First segment at or after ``cursor`` that is not blocked and has warm == want_warm."""
     n = blocked.shape[0]
@@ -590,6 +618,8 @@ class Allocator:
         self.cleaned_segments = 0      # segments emptied by cleaning (steps and compact)
         self.cleaned_bytes_moved = 0   # live bytes cleaning copied
         self.segments_compacted = 0
+        self.victim_scans = 0          # passes over the handle table to find victims' objects
+        self._forget_known()
 
     def _set_table(self, rows, sizes, ring) -> None:
         """Install a handle table (``rows``: hv and locs, an (n, 2) int64 array): the arrays
@@ -937,31 +967,122 @@ class Allocator:
         """Plan one bounded cleaning step (as RAMCloud's cleaner, greedy): the fewest of
         the least-utilised segments (never the open head) whose dead space adds up to
         ``want_bytes`` plus a segment (packing them then frees at least that much), at
-        most ``max_victims`` of them. None when even those would free nothing."""
+        most ``max_victims`` of them; among the segments the last step's pass recorded
+        where those free at least ``KNOWN_YIELD`` of it (:meth:`_live_in`). None when
+        even those would free nothing."""
         used = np.flatnonzero(self.seg_in_use)
         if self.head >= 0:
             used = used[used != self.head]
         if used.size < 2:
             return None
-        order = used[np.argsort(self.seg_live[used], kind="stable")][:max_victims]
+        order = used[np.argsort(self.seg_live[used], kind="stable")]
+        best = self._greedy(order, want_bytes, max_victims)
+        if self._known_segs.size:
+            # victims whose objects the last step's pass recorded (_live_in), where they free
+            # nearly as much: under churn spread evenly, segments differ by a few objects,
+            # and the emptiest now were often just past the record's edge when it was made,
+            # or the segment a step left behind as the head moved on, its tail empty
+            # (passes skip the head: its objects are still arriving)
+            known = self._greedy(order[self._known_as_recorded(order)], want_bytes, max_victims)
+            n = min(known.size, best.size)
+            if n and self._dead_in(known[:n]) >= self.KNOWN_YIELD * self._dead_in(best[:n]):
+                plan = self._plan_victims(known, record=True)
+                if plan is not None:
+                    return plan
+        return self._plan_victims(best, record=True)
+
+    #: a cleaning step takes its victims from the recorded segments (:meth:`_live_in`) while
+    #: they free at least this share of what the emptiest segments would
+    KNOWN_YIELD = 0.75
+
+    def _known_as_recorded(self, segs: np.ndarray) -> np.ndarray:
+        """Which of ``segs`` the record holds as they were: recorded, and no object placed
+        since (a segment emptied and opened again counts its placements from 0)."""
+        known = self._known_segs
+        at = np.minimum(np.searchsorted(known, segs), known.size - 1)
+        return (known[at] == segs) & (self.seg_placed[segs] == self._known_placed[at])
+
+    def _greedy(self, order: np.ndarray, want_bytes: int, max_victims: int) -> np.ndarray:
+        """The first segments of ``order`` (least utilised first) whose dead space adds up
+        to ``want_bytes`` plus a segment, at most ``max_victims``."""
+        order = order[:max_victims]
         room = np.cumsum(self.seg_bytes - self.seg_live[order])
-        k = min(int(np.searchsorted(room, max(want_bytes, self.seg_bytes) + self.seg_bytes)) + 1, order.size)
-        return self._plan_victims(order[:k])
+        return order[:min(int(np.searchsorted(room, max(want_bytes, self.seg_bytes) + self.seg_bytes)) + 1,
+                          order.size)]
 
-    def _live_in(self, victims: np.ndarray) -> np.ndarray:
-        """The live slots in segments ``victims``, in arena order. (One compiled pass
-        over the handle table: ~1 ns a slot.)"""
-        is_victim = np.zeros(self.n_segs, np.bool_)
-        is_victim[victims] = True
-        slots = _slots_in(self.locs, is_victim, self.seg_bytes)
-        return slots[np.argsort(self.locs[slots], kind="stable")]
+    def _dead_in(self, segs: np.ndarray) -> int:
+        return int(segs.size * self.seg_bytes - self.seg_live[segs].sum())
 
-    def _plan_victims(self, victims: np.ndarray, repack: bool = False):
+    #: a pass over the handle table for victims' objects also records those of this many
+    #: of the least-utilised segments at least (and a quarter of those in use): the next
+    #: cleaning steps find theirs there
+    KNOWN_SEGMENTS = 1024
+
+    def _live_in(self, victims: np.ndarray, record: bool = False) -> np.ndarray:
+        """The live slots in segments ``victims``, in arena order.
+
+        Only the handle table knows where each object lies, so finding a segment's
+        objects is a pass over all of it (compiled: ~5 ns a slot, 5 ms at 10^6 objects,
+        for a cleaning step's ~10 000). Every cleaning step made one, so a step cost more
+        the bigger the pool: at 10^6 stored pages churned in batches, the passes were
+        5.8 of a step's ~11 ms (benchmarks/bench_growth_paired.py --steady). So a
+        cleaning step's pass (``record``) also records the objects of the least-utilised
+        quarter of the segments (at least ``KNOWN_SEGMENTS``): the next steps take their
+        victims there (:meth:`plan_clean`) and their objects from the record, checked
+        against the segments' live bytes (:func:`_known_live_in`: exact, never trusted).
+        Measured there: 2 passes in 40 steps (1.5 ms a step in all). The record costs ~1
+        byte a stored object (int32 slots); a pass for anyone else (``compact``) leaves
+        it as it is, so a cleaning step's choice depends on the steps before it alone."""
+        victims = np.asarray(victims, np.int64)
+        segs = self._known_segs
+        if segs.size:
+            at = np.minimum(np.searchsorted(segs, victims), segs.size - 1)
+            if np.array_equal(segs[at], victims):
+                slots = _known_live_in(self._known, self._known_bounds, at, victims, self.locs, self.sizes,
+                                       self.seg_live, self.seg_bytes)
+                if slots is not None:
+                    return slots[np.argsort(self.locs[slots], kind="stable")]
+        self.victim_scans += 1
+        if not record:          # (compact's, evacuation's: the record stays the cleaning steps')
+            is_victim = np.zeros(self.n_segs, np.bool_)
+            is_victim[victims] = True
+            slots = _slots_in(self.locs, is_victim, self.seg_bytes)
+            return slots[np.argsort(self.locs[slots], kind="stable")]
+        return self._scan_live_in(victims)
+
+    def _scan_live_in(self, victims: np.ndarray) -> np.ndarray:
+        """:meth:`_live_in` by a pass over the handle table, recording the least-utilised
+        segments' objects beside the victims' for the next steps."""
+        used = np.flatnonzero(self.seg_in_use)
+        if self.head >= 0:
+            used = used[used != self.head]
+        more = max(self.KNOWN_SEGMENTS, used.size // 4)
+        if more < used.size:
+            used = used[np.argpartition(self.seg_live[used], more)[:more]]
+        known = np.union1d(victims, used)
+        is_known = np.zeros(self.n_segs, np.bool_)
+        is_known[known] = True
+        slots = _slots_in(self.locs, is_known, self.seg_bytes)
+        slots = slots[np.argsort(self.locs[slots], kind="stable")]     # arena order: by segment
+        seg = self.locs[slots] // self.seg_bytes
+        self._known = slots.astype(np.int32)
+        self._known_segs = known
+        self._known_placed = self.seg_placed[known]
+        self._known_bounds = np.searchsorted(seg, np.append(known, self.n_segs)).astype(np.int64)
+        return slots[np.isin(seg, victims)]
+
+    def _forget_known(self) -> None:
+        """Drop the record of segments' objects (:meth:`_live_in`)."""
+        self._known = np.zeros(0, np.int32)
+        self._known_segs = self._known_placed = np.zeros(0, np.int64)
+        self._known_bounds = np.zeros(1, np.int64)
+
+    def _plan_victims(self, victims: np.ndarray, repack: bool = False, record: bool = False):
         if victims.size == 0:
             return None
         is_victim = np.zeros(self.n_segs, np.bool_)
         is_victim[victims] = True
-        slots = self._live_in(victims)
+        slots = self._live_in(victims, record)
         a = aligned(self.sizes[slots])
         # destinations: free segments and the victims themselves (storage.move reads
         # every source before writing), lowest index first so the arena's top empties
@@ -1021,6 +1142,11 @@ class Allocator:
         live at once, plus ``MIN_FREE_SLOTS``, and at most an eighth more)."""
         return self.locs.nbytes + self.sizes.nbytes + self.hv.nbytes + self._ring.nbytes
 
+    @property
+    def record_bytes(self) -> int:
+        """Host bytes the cleaning steps' record of segments' objects holds (:meth:`_live_in`)."""
+        return sum(int(a.nbytes) for a in (self._known, self._known_segs, self._known_placed, self._known_bounds))
+
     def stats(self) -> dict:
         in_use = self.segs_in_use
         return {
@@ -1038,6 +1164,8 @@ class Allocator:
             "compactable_bytes": self.dead_bytes,
             "capacity_bytes": self.capacity,
             "handle_table_bytes": self.table_bytes,
+            "victim_scans": self.victim_scans,
+            "cleaning_record_bytes": self.record_bytes,
             "segment_table_bytes": self.seg_fill.nbytes + self.seg_live.nbytes + self.seg_placed.nbytes
                                    + self.seg_in_use.nbytes + self.seg_warm.nbytes,
         }

@@ -675,7 +675,7 @@ def test_a_refused_allocation_does_not_plan_full_segments(monkeypatch):
         scanned = []
         real = pool.alloc_.__class__._live_in
         monkeypatch.setattr(pool.alloc_.__class__, "_live_in",
-                            lambda self, victims: scanned.append(len(victims)) or real(self, victims))
+                            lambda self, victims, *more: scanned.append(len(victims)) or real(self, victims, *more))
         with pytest.raises(devpool.PoolFullError):
             pool.alloc(16)
         with pytest.raises(devpool.PoolFullError):

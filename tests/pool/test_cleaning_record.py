@@ -1,0 +1,144 @@
+"""A cleaning step finds its victims' objects in a record, not a pass over the handle table.
+
+Only the handle table knows where each object lies; a pass over it for every cleaning
+step made a step cost more the bigger the pool. ``Allocator._live_in`` keeps a record
+of the least-utilised segments' objects from its last pass and takes a step's victims
+from it, checked against the segments' live bytes. These tests hold the record to the
+truth (a pass, here in numpy) through churn that cleans, empties and reopens segments,
+and check that it is used: passes are rare where steps are many.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import devpool
+from devpool.pool.allocator import aligned
+
+SEG = 64 * 1024
+CAP = 16 << 20
+
+
+def _truth(al, victims):
+    """The live slots in ``victims``, in arena order, from the handle table itself."""
+    live = np.flatnonzero(al.locs >= 0)
+    mine = live[np.isin(al.locs[live] // al.seg_bytes, victims)]
+    return mine[np.argsort(al.locs[mine])]
+
+
+def _figures_hold(al):
+    """Every segment's live bytes are those of the objects the handle table puts there."""
+    live = np.flatnonzero(al.locs >= 0)
+    want = np.bincount(al.locs[live] // al.seg_bytes, weights=aligned(al.sizes[live].astype(np.int64)),
+                       minlength=al.n_segs).astype(np.int64)
+    assert np.array_equal(al.seg_live, want)
+    assert al.seg_in_use[want > 0].all()
+
+
+def _churn(pool, rng, live: int, rounds: int, batch: int, single: bool, check=None):
+    sizes = rng.integers(200, 3000, size=live)
+    handles = pool.alloc_batch(sizes)
+    data = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes.tolist()]
+    pool.write_batch(handles, np.concatenate(data))
+    for _ in range(rounds):
+        picked = rng.choice(live, batch, replace=False)
+        new = rng.integers(200, 3000, size=batch)
+        if single:
+            for v, n in zip(picked.tolist(), new.tolist()):
+                pool.free(int(handles[v]))
+                data[v] = rng.integers(0, 256, n, dtype=np.uint8)
+                handles[v] = pool.alloc(n, data=data[v])
+        else:
+            pool.free_batch(handles[picked])
+            handles[picked] = pool.alloc_batch(new)
+            for v, n in zip(picked.tolist(), new.tolist()):
+                data[v] = rng.integers(0, 256, n, dtype=np.uint8)
+            pool.write_batch(handles[picked], np.concatenate([data[v] for v in picked.tolist()]))
+        if check is not None:
+            check()
+    return handles, data
+
+
+@pytest.mark.parametrize("single", [False, True])
+@pytest.mark.parametrize("known", [1024, 6])
+def test_the_record_answers_what_a_pass_would(single, known):
+    """Through churn that cleans as it goes (and records only ``known`` segments, so that
+    victims fall outside it too): every cleaning step's victims, and any other segments
+    asked, get exactly the live objects a pass finds, in arena order; the figures stay
+    true; every object keeps its bytes."""
+    rng = np.random.default_rng(7)
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        al.KNOWN_SEGMENTS = known
+        asked = []
+        real = al._live_in
+
+        def spy(victims, record=False):
+            got = real(victims, record)
+            assert np.array_equal(got, _truth(al, victims)), "the record gave other objects than a pass"
+            asked.append(len(victims))
+            return got
+        al._live_in = spy
+
+        def check():
+            _figures_hold(al)
+            used = np.flatnonzero(al.seg_in_use)
+            for victims in (rng.choice(used, min(3, used.size), replace=False),
+                            used[np.argsort(al.seg_live[used])][:5]):
+                victims = np.sort(victims)
+                assert np.array_equal(real(victims), _truth(al, victims))
+
+        handles, data = _churn(pool, rng, live=4000, rounds=30, batch=200 if not single else 60, single=single,
+                               check=check)
+        assert al.clean_steps > 5 and asked, "the churn never cleaned: the test tests nothing"
+        for h, d in zip(handles.tolist(), data):
+            assert pool.read(h).tobytes() == d.tobytes()
+    finally:
+        pool.close()
+
+
+def test_passes_are_rare_where_steps_are_many():
+    """Churn spread evenly over a pool of ~1 000 segments: most cleaning steps take their
+    victims from the record (a pass each was the cost this record removes)."""
+    rng = np.random.default_rng(3)
+    pool = devpool.open_pool("host", 256 << 20, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        _churn(pool, rng, live=40_000, rounds=60, batch=1000, single=False)
+        steps, passes = al.clean_steps, al.victim_scans
+        assert steps >= 20, f"{steps} cleaning steps: the churn did not reach the steady state"
+        assert passes * 4 <= steps, f"{passes} passes over the handle table for {steps} cleaning steps"
+        _figures_hold(al)
+    finally:
+        pool.close()
+
+
+def test_a_recorded_segment_emptied_and_reopened_is_not_taken_from_the_record():
+    """A segment the record holds, emptied and filled again with other objects: its live
+    bytes no longer add up to the recorded objects', so the answer comes from a pass."""
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        hs = pool.alloc_batch(np.full(160, 1000))           # ~2.4 segments of 64 KiB
+        first = int(al.locs[al.decode(hs[:1])[0]] // SEG)
+        al._live_in(np.array([first]), record=True)         # the record now holds it
+        assert first in al._known_segs.tolist()
+        in_first = [h for h in hs.tolist() if al.decode_one(h)[1] // SEG == first]
+        pool.free_batch(in_first)                           # emptied (given back or kept spare)
+        assert not al.seg_in_use[first]
+        new = pool.alloc_batch(np.full(len(in_first) // 2, 1400))   # the lowest free segment again
+        assert any(al.decode_one(h)[1] // SEG == first for h in new.tolist()), "the test's premise"
+        scans = al.victim_scans
+        got = al._live_in(np.array([first]))
+        assert np.array_equal(got, _truth(al, [first]))
+        assert al.victim_scans == scans + 1, "the stale record was trusted"
+        # and the record serves a segment it holds as it was, without a pass
+        other = int(al.locs[al.decode(hs[-1:])[0]] // SEG)
+        if other in al._known_segs.tolist():
+            scans = al.victim_scans
+            assert np.array_equal(al._live_in(np.array([other])), _truth(al, [other]))
+            assert al.victim_scans == scans
+    finally:
+        pool.close()
