@@ -3,7 +3,7 @@
     python benchmarks/bench_growth_paired.py [--pages F.npy] [--small 10000] [--big 1000000]
                                              [--passes 7] [--n 2000] [--codec lz4] [--layout dense|sparse]
                                              [--huge-pages]
-                                             [--no-hints] [--batch K] [--base TREE] [--json F]
+                                             [--no-hints] [--batch K] [--steady] [--base TREE] [--json F]
 
 ``bench_growth.py`` times each size in its own passes; on this machine the whole VM runs
 in fast and slow phases (the same loop 1x or 2x), which moves a ratio of two passes. Here
@@ -26,7 +26,12 @@ does not prefetch its block while it checks the handle). ``--layout sparse`` spr
 offsets over a swap device's 2**32 pages, as ``bench_growth.py``'s sparse rows (default:
 dense, 0..N-1). ``--batch K`` times ``load_batch`` + ``store_batch`` of K of the same random
 offsets at a time instead (devpool only), per page: the issue's batch throughput at 10^6
-against 10^4, interleaved batch for batch. ``--base TREE`` times another checkout's devpool
+against 10^4, interleaved batch for batch, with the page faults a page beside it (a pool
+growing into memory it never touched faults; one recycling its segments does not).
+``--steady`` first churns each store (batches of its own offsets, loaded and stored back)
+until its pool has run a cleaning step: a freshly filled 10^6 pool has no dead bytes and
+grows into fresh memory for its first ~60 000 churned pages, where a 10^4 one cleans from
+the first batch, so without it the two sizes are timed in different regimes. ``--base TREE`` times another checkout's devpool
 beside this one's, in this process (``_common.other_tree``), as ``devpool base``: a change's
 effect on the growth, measured in the same phases of the machine, not across runs.
 """
@@ -34,6 +39,7 @@ effect on the growth, measured in the same phases of the machine, not across run
 from __future__ import annotations
 
 import argparse
+import resource
 import time
 
 import lz4.block
@@ -81,6 +87,10 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=0,
                     help="time load_batch + store_batch of this many random offsets instead of single pages "
                          "(devpool subjects only: the bare loop has no batch)")
+    ap.add_argument("--steady", action="store_true",
+                    help="before timing, churn each store (load_batch + store_batch of its own offsets) until "
+                         "its pool has run a cleaning step: the pool then recycles segments, as a long-running "
+                         "one does, where a freshly filled one grows into memory it never touched")
     ap.add_argument("--run", type=int, default=16,
                     help="ops of one size in a row before the other's (1: op for op, the small one after "
                          "the big one every time: its cache is then the big one's leftovers)")
@@ -94,7 +104,7 @@ def main() -> None:
     n = min(args.n, args.small)
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
                codec=args.codec, layout=args.layout, huge_pages=args.huge_pages,
-               no_hints=args.no_hints, batch=args.batch, base=args.base, run=args.run)
+               no_hints=args.no_hints, batch=args.batch, base=args.base, run=args.run, steady=args.steady)
     print(f"# {r['command']}  ({r['date']}, {r['machine']}; {pages.shape[0]} compressible pages of {source})")
     blocks = [lz4.block.compress(p, store_size=False) for p in pages]
     out = np.empty(PAGE, np.uint8)
@@ -127,11 +137,14 @@ def main() -> None:
 
     def batch_op(zs, offs):
         offs = np.asarray(offs, np.int64)
+        f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         t = clock()
         got = zs.load_batch(offs)
         t1 = clock()
         zs.store_batch(offs, got)
-        return (t1 - t) / offs.size, (clock() - t1) / offs.size    # per page
+        t2 = clock()
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f   # (the arena's fresh pages)
+        return (t1 - t) / offs.size, (t2 - t1) / offs.size, faults / offs.size    # per page
 
     if args.batch:
         zswap_op = batch_op
@@ -140,6 +153,22 @@ def main() -> None:
 
     def zswaps(hugepages: bool = False) -> dict:
         return {s: zswap_store(offsets[s], pages, args.codec, hugepages) for s in sizes}
+
+    r["steady"] = {}
+
+    def settle(name: str, stores: dict) -> None:
+        """--steady: churn each store until its pool has cleaned once (at most 4x its pages)."""
+        rng = np.random.default_rng(2)
+        for s, zs in stores.items():
+            churned, t = 0, clock()
+            while zs.pool.stats()["clean_steps"] == 0 and churned < 4 * s:
+                offs = rng.choice(offsets[s], min(8192, s), replace=False)
+                zs.store_batch(offs, zs.load_batch(offs))
+                churned += offs.size
+            r["steady"].setdefault(name, {})[s] = {"churned_pages": churned, "seconds": clock() - t,
+                                                   "clean_steps": zs.pool.stats()["clean_steps"]}
+            print(f"  (--steady: {name} at {s}: {churned} pages churned in {clock() - t:.1f} s, "
+                  f"{zs.pool.stats()['clean_steps']} cleaning step(s))")
 
     subjects = {}
     if not args.batch:              # (the bare loop has no batch: not built, 10^6 blocks)
@@ -160,6 +189,10 @@ def main() -> None:
                 zswap_op(zs, [o] if args.batch else (o, o))
         subjects["devpool base"] = (stores, zswap_op)
         r["base_devpool"] = theirs.__file__
+    if args.steady:
+        for name, (stores, _) in subjects.items():
+            if name != "bare loop":
+                settle(name, stores)
     compiled = subjects["devpool"][0][args.small].stats()["single_page_compiled"]
     rng = np.random.default_rng(1)
     runs = {name: [] for name in subjects}
@@ -181,9 +214,12 @@ def main() -> None:
                     ts.append(op(stores[args.small], a))    # evicts the small store's lines)
                 for b in big[lo:lo + k]:
                     tb.append(op(stores[args.big], b))
-            ts, tb = np.array(ts) * 1e6, np.array(tb) * 1e6
+            ts, tb = np.array(ts) * 1e6, np.array(tb) * 1e6    # (us; a batch's faults a page: not times)
+            third = "faults" if args.batch else "invalidate"     # (a batch's page faults, a page)
             runs[name].append({verb: (float(np.median(ts[:, j])), float(np.median(tb[:, j])))
-                               for j, verb in enumerate(("load", "store", "invalidate")[:ts.shape[1]])})
+                               for j, verb in enumerate(("load", "store", third))})
+            if args.batch:                         # (faults: the mean, most batches take none)
+                runs[name][-1]["faults"] = (float(ts[:, 2].mean()) / 1e6, float(tb[:, 2].mean()) / 1e6)
             runs[name][-1]["cycle"] = (float(np.median(ts[:, :2].sum(1))), float(np.median(tb[:, :2].sum(1))))
     r["single_page_compiled"] = compiled
     r["subjects"] = {}
@@ -209,6 +245,11 @@ def main() -> None:
                      f"({q.min():.2f}-{q.max():.2f}), +{np.median(b - s):.2f} us")
             if args.batch:
                 line += f" (throughput x{np.median(1 / q):.2f}, {(1 / q).min():.2f}-{(1 / q).max():.2f})"
+        if args.batch:
+            f = np.array([x["faults"] for x in rows])
+            r["subjects"][name]["faults_per_page"] = {"small": float(np.median(f[:, 0])),
+                                                      "big": float(np.median(f[:, 1]))}
+            line += f"  page faults a page {np.median(f[:, 0]):.3f} -> {np.median(f[:, 1]):.3f}"
         print(line)
     if args.batch:
         return save(r, args.json)
