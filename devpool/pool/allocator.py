@@ -421,6 +421,8 @@ def _known_live_in(known, bounds, at, victims, locs, sizes, seg_live, seg_bytes)
         total = 0
         for k in range(bounds[at[j]], bounds[at[j] + 1]):
             slot = known[k]
+            if slot >= locs.shape[0]:           # (tables only grow: never, but no read past one)
+                return None
             off = locs[slot]
             if off >= 0 and off // seg_bytes == seg:
                 out[n] = slot
