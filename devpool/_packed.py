@@ -19,6 +19,8 @@ import threading
 import numba
 import numpy as np
 
+from ._compiled import JIT, copy_bytes
+
 #: One parallel region at a time. numba's workqueue threading layer (the fallback where
 #: no OpenMP/TBB is installed) aborts the process on concurrent launches from several
 #: Python threads; a region uses every core anyway, so serialising them costs little.
@@ -80,6 +82,30 @@ def packed_starts(lengths: np.ndarray) -> np.ndarray:
         starts[0] = 0
         np.cumsum(lengths[:-1], out=starts[1:])
     return starts
+
+
+@numba.njit(cache=True, nogil=True)
+def _move_forward(base, src, dst, lengths):
+    for i in range(lengths.shape[0]):
+        copy_bytes(base + dst[i], base + src[i], lengths[i])
+
+
+def move_in_place(arena: np.ndarray, src: np.ndarray, dst: np.ndarray, lengths: np.ndarray) -> bool:
+    """Move objects within ``arena`` (1-D uint8) from ``src`` to ``dst`` offsets in one
+    copy each, in order, where that reads every source before anything overwrites it:
+    each destination at or before its source, the sources ascending without overlap (so
+    object i's destination ends before any later source starts), every range inside the
+    arena; each copy is a memmove (an object may overlap its own destination). False,
+    nothing copied, where the plan is not so (the caller stages it)."""
+    src, dst, lengths = (np.ascontiguousarray(a, np.int64) for a in (src, dst, lengths))
+    if not JIT or not (src.shape == dst.shape == lengths.shape and src.ndim == 1):
+        return False
+    if src.size and not ((lengths >= 0).all() and (dst >= 0).all() and (dst <= src).all()
+                         and (src + lengths <= arena.shape[0]).all()
+                         and (src[1:] >= src[:-1] + lengths[:-1]).all()):
+        return False
+    _move_forward(arena.ctypes.data, src, dst, lengths)
+    return True
 
 
 @numba.njit(cache=True, nogil=True)

@@ -269,3 +269,93 @@ def test_single_stores_fill_a_backed_segment_without_faulting():
     assert calls == 1000 and faults <= 5, faults
     faults, calls = _faults_in_compiled_stores(False)
     assert faults >= 40, faults
+
+
+# --- moves without a staging buffer (devpool._packed.move_in_place) ---------------------
+def _staged(arena: np.ndarray, src, dst, lengths) -> np.ndarray:
+    """What a move leaves: every source read first, then written (the contract)."""
+    out = arena.copy()
+    blocks = [arena[s:s + n].copy() for s, n in zip(src.tolist(), lengths.tolist())]
+    for d, b in zip(dst.tolist(), blocks):
+        out[d:d + b.size] = b
+    return out
+
+
+def _forward_plan(rng, size: int, n: int):
+    """Sources ascending without overlap, each destination at or before its source,
+    packed leftward as cleaning packs them (many overlap their own source)."""
+    lengths = rng.integers(1, 3000, n)
+    gaps = rng.integers(0, 500, n)
+    src = np.cumsum(gaps + np.concatenate([[0], lengths[:-1]])) + 64
+    dst = np.concatenate([[0], np.cumsum(lengths[:-1])]) + rng.integers(0, 64)
+    dst = np.minimum(dst, src)
+    assert src[-1] + lengths[-1] <= size
+    return src.astype(np.int64), dst.astype(np.int64), lengths.astype(np.int64)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_leftward_move_copies_in_place_as_a_staged_one_would(seed):
+    from devpool import _packed
+    rng = np.random.default_rng(seed)
+    arena = rng.integers(0, 256, 1 << 21, dtype=np.uint8)
+    src, dst, lengths = _forward_plan(rng, arena.size, 400)
+    want = _staged(arena, src, dst, lengths)
+    assert _packed.move_in_place(arena, src, dst, lengths)
+    assert np.array_equal(arena, want)
+
+
+@pytest.mark.parametrize("case", ["a destination past its source", "sources overlap", "sources descend",
+                                  "past the arena", "negative"])
+def test_a_move_that_could_overwrite_a_source_is_left_to_staging(case):
+    """move_in_place declines (nothing copied) wherever an in-order copy could read a
+    source already overwritten, or reach outside the arena; HostStorage.move then stages
+    it and still moves every byte as the contract says."""
+    from devpool import _packed
+    rng = np.random.default_rng(9)
+    size = 1 << 16
+    src = np.array([1000, 5000, 9000], np.int64)
+    dst = np.array([0, 3000, 7000], np.int64)
+    lengths = np.array([2000, 2000, 2000], np.int64)
+    if case == "a destination past its source":
+        dst = np.array([0, 6000, 7000], np.int64)          # object 1 lands on object 2's source
+    elif case == "sources overlap":
+        src = np.array([1000, 2500, 9000], np.int64)
+    elif case == "sources descend":
+        src, dst = src[::-1].copy(), dst[::-1].copy()
+    elif case == "past the arena":
+        src = np.array([1000, 5000, size - 100], np.int64)
+        dst = np.array([0, 3000, size - 200], np.int64)
+    else:
+        dst = np.array([-16, 3000, 7000], np.int64)
+    arena = rng.integers(0, 256, size, dtype=np.uint8)
+    before = arena.copy()
+    assert not _packed.move_in_place(arena, src, dst, lengths)
+    assert np.array_equal(arena, before), "a declined move changed the arena"
+    if case in ("a destination past its source", "sources overlap", "sources descend"):
+        st = HostStorage(size)
+        try:
+            st.commit(0, size)
+            st.scatter(before, np.zeros(1, np.int64), np.zeros(1, np.int64), np.array([size], np.int64))
+            st.move(src, dst, lengths)
+            got = np.empty(size, np.uint8)
+            st.gather(np.zeros(1, np.int64), np.array([size], np.int64), got, np.zeros(1, np.int64))
+            assert np.array_equal(got, _staged(before, src, dst, lengths))
+        finally:
+            st.close()
+
+
+def test_cleaning_moves_in_place_and_keeps_no_staging_buffer():
+    """Every cleaning step's and compact()'s plan is leftward (next-fit in arena order from
+    the lowest free or victim segment): the host arena moves it in place, so no buffer as
+    large as a step's live bytes is kept beside the pool, and every object keeps its bytes."""
+    from tests.pool.test_cleaning_record import _churn
+    rng = np.random.default_rng(1)
+    pool = devpool.open_pool("host", 32 << 20, segment_bytes=64 << 10)
+    try:
+        handles, data = _churn(pool, rng, live=8000, rounds=25, batch=600, single=False)
+        assert pool.alloc_.clean_steps > 5
+        assert pool.compact() > 0
+        assert pool.storage._move_tmp.size == 0, "a cleaning plan was staged"
+        assert all(pool.read(h).tobytes() == d.tobytes() for h, d in zip(handles.tolist(), data))
+    finally:
+        pool.close()
