@@ -1035,7 +1035,10 @@ class Allocator:
         Measured there: 2 passes in 40 steps (1.5 ms a step in all). The record costs ~1
         byte a stored object (int32 slots); a pass for anyone else (``compact``) leaves
         it as it is, so a cleaning step's choice depends on the steps before it alone."""
-        victims = np.asarray(victims, np.int64)
+        # each segment once: the record answers per victim, so a segment named twice would
+        # give its objects twice (a pass marks segments: once), and a plan moving an object
+        # twice counts it twice in its destination's live bytes
+        victims = np.unique(np.asarray(victims, np.int64))
         segs = self._known_segs
         if segs.size:
             at = np.minimum(np.searchsorted(segs, victims), segs.size - 1)

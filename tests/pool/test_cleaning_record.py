@@ -142,3 +142,27 @@ def test_a_recorded_segment_emptied_and_reopened_is_not_taken_from_the_record():
             assert al.victim_scans == scans
     finally:
         pool.close()
+
+
+def test_a_segment_named_twice_gives_its_objects_once():
+    """Victims named twice (or out of order) get each live object once, from the record as
+    from a pass: an evacuation planned over them moves each object once, and every
+    segment's live bytes stay those of its objects."""
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        hs = pool.alloc_batch(np.full(160, 1000))
+        segs = np.unique(al.locs[al.decode(hs)] // SEG)
+        first, second = int(segs[0]), int(segs[1])
+        al._live_in(np.array([first, second]), record=True)       # the record now holds them
+        for victims in ([first, first], [second, first, second]):
+            scans = al.victim_scans
+            assert np.array_equal(al._live_in(np.array(victims)), _truth(al, victims))
+            assert al.victim_scans == scans, "answered by a pass: the record was not tried"
+        plan = al.plan_evacuation(np.array([first, first]))
+        assert np.unique(plan.slots).size == plan.slots.size
+        pool._execute_clean(plan)
+        _figures_hold(al)
+        assert not al.seg_in_use[first]
+    finally:
+        pool.close()
