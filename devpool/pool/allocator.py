@@ -1070,11 +1070,14 @@ class Allocator:
         slots = _slots_in(self.locs, is_known, self.seg_bytes)
         slots = slots[np.argsort(self.locs[slots], kind="stable")]     # arena order: by segment
         seg = self.locs[slots] // self.seg_bytes
-        self._known = slots.astype(np.int32)
-        self._known_segs = known
-        self._known_placed = self.seg_placed[known]
-        self._known_bounds = np.searchsorted(seg, np.append(known, self.n_segs)).astype(np.int64)
-        return slots[np.isin(seg, victims)]
+        mine = slots[np.isin(seg, victims)]
+        # the record's arrays are made first and installed together, nothing allocating in
+        # between: a MemoryError (or Ctrl-C) half way would leave new segments beside old
+        # bounds, which _known_live_in reads without a bounds check
+        record = (slots.astype(np.int32), known, self.seg_placed[known],
+                  np.searchsorted(seg, np.append(known, self.n_segs)).astype(np.int64))
+        self._known, self._known_segs, self._known_placed, self._known_bounds = record
+        return mine
 
     def _forget_known(self) -> None:
         """Drop the record of segments' objects (:meth:`_live_in`)."""

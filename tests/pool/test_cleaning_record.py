@@ -166,3 +166,39 @@ def test_a_segment_named_twice_gives_its_objects_once():
         assert not al.seg_in_use[first]
     finally:
         pool.close()
+
+
+def _record_whole(al):
+    """The record's arrays belong together: one bound past each segment, the last at its end."""
+    assert al._known_placed.size == al._known_segs.size
+    assert al._known_bounds.size == al._known_segs.size + 1
+    assert al._known_bounds[0] == 0 and al._known_bounds[-1] == al._known.size
+    assert (np.diff(al._known_bounds) >= 0).all()
+
+
+def test_a_pass_that_fails_half_way_leaves_the_record_whole(monkeypatch):
+    """A pass that records and fails while it makes the record (MemoryError, here from the
+    bounds' np.append) leaves the record it had: were the new slots and segments installed
+    beside the old bounds, the compiled lookup would read past them (no bounds check) and
+    every later cleaning step would read garbage."""
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        al.KNOWN_SEGMENTS = 1                                         # (records a few segments)
+        hs = pool.alloc_batch(np.full(1000, 1000))
+        segs = np.unique(al.locs[al.decode(hs)] // SEG)[:-1]          # (not the head)
+        for _ in range(2):                                            # from none, then from one
+            victims = np.setdiff1d(segs, al._known_segs)[:2]          # a pass's: the record lacks them
+            with monkeypatch.context() as m:
+                def no_memory(*args, **kwargs):
+                    raise MemoryError("injected")
+                m.setattr(np, "append", no_memory)
+                with pytest.raises(MemoryError):
+                    al._live_in(victims, record=True)
+            _record_whole(al)
+            for s in segs.tolist():
+                assert np.array_equal(al._live_in(np.array([s])), _truth(al, [s]))
+            al._live_in(segs[:2], record=True)                        # a record to keep, next time
+            _record_whole(al)
+    finally:
+        pool.close()
