@@ -1035,7 +1035,10 @@ class Allocator:
         Measured there: 2 passes in 40 steps (1.5 ms a step in all). The record costs ~1
         byte a stored object (int32 slots); a pass for anyone else (``compact``) leaves
         it as it is, so a cleaning step's choice depends on the steps before it alone."""
-        victims = np.asarray(victims, np.int64)
+        # each segment once: the record answers per victim, so a segment named twice would
+        # give its objects twice (a pass marks segments: once), and a plan moving an object
+        # twice counts it twice in its destination's live bytes
+        victims = np.unique(np.asarray(victims, np.int64))
         segs = self._known_segs
         if segs.size:
             at = np.minimum(np.searchsorted(segs, victims), segs.size - 1)
@@ -1067,11 +1070,14 @@ class Allocator:
         slots = _slots_in(self.locs, is_known, self.seg_bytes)
         slots = slots[np.argsort(self.locs[slots], kind="stable")]     # arena order: by segment
         seg = self.locs[slots] // self.seg_bytes
-        self._known = slots.astype(np.int32)
-        self._known_segs = known
-        self._known_placed = self.seg_placed[known]
-        self._known_bounds = np.searchsorted(seg, np.append(known, self.n_segs)).astype(np.int64)
-        return slots[np.isin(seg, victims)]
+        mine = slots[np.isin(seg, victims)]
+        # the record's arrays are made first and installed together, nothing allocating in
+        # between: a MemoryError (or Ctrl-C) half way would leave new segments beside old
+        # bounds, which _known_live_in reads without a bounds check
+        record = (slots.astype(np.int32), known, self.seg_placed[known],
+                  np.searchsorted(seg, np.append(known, self.n_segs)).astype(np.int64))
+        self._known, self._known_segs, self._known_placed, self._known_bounds = record
+        return mine
 
     def _forget_known(self) -> None:
         """Drop the record of segments' objects (:meth:`_live_in`)."""

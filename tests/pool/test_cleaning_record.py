@@ -142,3 +142,63 @@ def test_a_recorded_segment_emptied_and_reopened_is_not_taken_from_the_record():
             assert al.victim_scans == scans
     finally:
         pool.close()
+
+
+def test_a_segment_named_twice_gives_its_objects_once():
+    """Victims named twice (or out of order) get each live object once, from the record as
+    from a pass: an evacuation planned over them moves each object once, and every
+    segment's live bytes stay those of its objects."""
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        hs = pool.alloc_batch(np.full(160, 1000))
+        segs = np.unique(al.locs[al.decode(hs)] // SEG)
+        first, second = int(segs[0]), int(segs[1])
+        al._live_in(np.array([first, second]), record=True)       # the record now holds them
+        for victims in ([first, first], [second, first, second]):
+            scans = al.victim_scans
+            assert np.array_equal(al._live_in(np.array(victims)), _truth(al, victims))
+            assert al.victim_scans == scans, "answered by a pass: the record was not tried"
+        plan = al.plan_evacuation(np.array([first, first]))
+        assert np.unique(plan.slots).size == plan.slots.size
+        pool._execute_clean(plan)
+        _figures_hold(al)
+        assert not al.seg_in_use[first]
+    finally:
+        pool.close()
+
+
+def _record_whole(al):
+    """The record's arrays belong together: one bound past each segment, the last at its end."""
+    assert al._known_placed.size == al._known_segs.size
+    assert al._known_bounds.size == al._known_segs.size + 1
+    assert al._known_bounds[0] == 0 and al._known_bounds[-1] == al._known.size
+    assert (np.diff(al._known_bounds) >= 0).all()
+
+
+def test_a_pass_that_fails_half_way_leaves_the_record_whole(monkeypatch):
+    """A pass that records and fails while it makes the record (MemoryError, here from the
+    bounds' np.append) leaves the record it had: were the new slots and segments installed
+    beside the old bounds, the compiled lookup would read past them (no bounds check) and
+    every later cleaning step would read garbage."""
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        al.KNOWN_SEGMENTS = 1                                         # (records a few segments)
+        hs = pool.alloc_batch(np.full(1000, 1000))
+        segs = np.unique(al.locs[al.decode(hs)] // SEG)[:-1]          # (not the head)
+        for _ in range(2):                                            # from none, then from one
+            victims = np.setdiff1d(segs, al._known_segs)[:2]          # a pass's: the record lacks them
+            with monkeypatch.context() as m:
+                def no_memory(*args, **kwargs):
+                    raise MemoryError("injected")
+                m.setattr(np, "append", no_memory)
+                with pytest.raises(MemoryError):
+                    al._live_in(victims, record=True)
+            _record_whole(al)
+            for s in segs.tolist():
+                assert np.array_equal(al._live_in(np.array([s])), _truth(al, [s]))
+            al._live_in(segs[:2], record=True)                        # a record to keep, next time
+            _record_whole(al)
+    finally:
+        pool.close()
