@@ -986,15 +986,17 @@ class Allocator:
             # or the segment a step left behind as the head moved on, its tail empty
             # (passes skip the head: its objects are still arriving)
             known = self._greedy(order[self._known_as_recorded(order)], want_bytes, max_victims)
-            n = min(known.size, best.size)
-            if n and self._dead_in(known[:n]) >= self.KNOWN_YIELD * self._dead_in(best[:n]):
+            # (both the step's yield and the yield a victim: fewer recorded segments free
+            # less, fuller ones cost more moved bytes for what they free)
+            dk, db = self._dead_in(known), self._dead_in(best)
+            if known.size and dk >= self.KNOWN_YIELD * db and dk * best.size >= self.KNOWN_YIELD * db * known.size:
                 plan = self._plan_victims(known, record=True)
                 if plan is not None:
                     return plan
         return self._plan_victims(best, record=True)
 
     #: a cleaning step takes its victims from the recorded segments (:meth:`_live_in`) while
-    #: they free at least this share of what the emptiest segments would
+    #: they free at least this share of what the emptiest segments would, in all and a victim
     KNOWN_YIELD = 0.75
 
     def _known_as_recorded(self, segs: np.ndarray) -> np.ndarray:

@@ -202,3 +202,30 @@ def test_a_pass_that_fails_half_way_leaves_the_record_whole(monkeypatch):
             _record_whole(al)
     finally:
         pool.close()
+
+
+def test_a_step_takes_the_emptiest_where_the_record_holds_too_few_victims():
+    """The record's segments are taken only where they free nearly as much as the
+    emptiest would, in all (not only victim for victim): two recorded segments as empty
+    as the best, beside four others as empty that no pass has seen, must not make a
+    step that frees a third of what was asked (40 of each 64 objects freed in six)."""
+    pool = devpool.open_pool("host", CAP, segment_bytes=SEG)
+    try:
+        al = pool.alloc_
+        al.KNOWN_SEGMENTS = 1
+        hs = pool.alloc_batch(np.full(11 * 64, 1008)).tolist()      # 64 a segment: 11 segments
+        by_seg = {}
+        for h in hs:
+            by_seg.setdefault(al.decode_one(h)[1] // SEG, []).append(h)
+        assert len(by_seg) == 11
+        pool.CLEAN_TRIGGER = float("inf")                          # (no step but the one asked)
+        pool.free_batch(by_seg[0][:40] + by_seg[1][:40] + by_seg[2][:1])
+        al._live_in(np.array([0]), record=True)                    # records 0 and 1, the emptiest
+        pool.free_batch([h for s in (5, 6, 7, 8) for h in by_seg[s][:40]])
+        assert not set(al._known_segs.tolist()) & {5, 6, 7, 8}, "the test's premise"
+        assert {0, 1} <= set(al._known_segs.tolist())
+        plan = al.plan_clean(5 * 40 * 1008, 64)
+        assert {5, 6, 7, 8} <= set(plan.victims.tolist())
+        assert np.array_equal(plan.slots, _truth(al, plan.victims))
+    finally:
+        pool.close()
