@@ -26,12 +26,15 @@ does not prefetch its block while it checks the handle). ``--layout sparse`` spr
 offsets over a swap device's 2**32 pages, as ``bench_growth.py``'s sparse rows (default:
 dense, 0..N-1). ``--batch K`` times ``load_batch`` + ``store_batch`` of K of the same random
 offsets at a time instead (devpool only), per page: the issue's batch throughput at 10^6
-against 10^4, interleaved batch for batch, with the page faults a page beside it (a pool
-growing into memory it never touched faults; one recycling its segments does not).
-``--steady`` first churns each store (batches of its own offsets, loaded and stored back)
-until its pool has run a cleaning step: a freshly filled 10^6 pool has no dead bytes and
-grows into fresh memory for its first ~60 000 churned pages, where a 10^4 one cleans from
-the first batch, so without it the two sizes are timed in different regimes. ``--base TREE`` times another checkout's devpool
+against 10^4, interleaved batch for batch, with the page faults and the bytes cleaning moved
+a page beside it (a pool growing into memory it never touched faults; one recycling its
+segments does not). ``--steady`` first churns each store (batches of its own offsets,
+loaded and stored back) until its pool has run a cleaning step: a freshly filled 10^6 pool
+has no dead bytes and grows into fresh memory for its first ~60 000 churned pages, where a
+10^4 one cleans from the first batch, so without it the two sizes are timed in different
+regimes. (Steady, a 10^4 pool still cleans in another one: a batch of 1 024 is a tenth of
+it, and its cleaning moves half the bytes a stored page that a 10^5 or 10^6 pool's does;
+``--small 100000`` compares two pools in one regime.) ``--base TREE`` times another checkout's devpool
 beside this one's, in this process (``_common.other_tree``), as ``devpool base``: a change's
 effect on the growth, measured in the same phases of the machine, not across runs.
 """
@@ -138,13 +141,15 @@ def main() -> None:
     def batch_op(zs, offs):
         offs = np.asarray(offs, np.int64)
         f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        moved = zs.pool.alloc_.cleaned_bytes_moved
         t = clock()
         got = zs.load_batch(offs)
         t1 = clock()
         zs.store_batch(offs, got)
         t2 = clock()
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f   # (the arena's fresh pages)
-        return (t1 - t) / offs.size, (t2 - t1) / offs.size, faults / offs.size    # per page
+        moved = zs.pool.alloc_.cleaned_bytes_moved - moved                # (cleaning's copies)
+        return (t1 - t) / offs.size, (t2 - t1) / offs.size, faults / offs.size, moved / offs.size   # per page
 
     if args.batch:
         zswap_op = batch_op
@@ -218,8 +223,9 @@ def main() -> None:
             third = "faults" if args.batch else "invalidate"     # (a batch's page faults, a page)
             runs[name].append({verb: (float(np.median(ts[:, j])), float(np.median(tb[:, j])))
                                for j, verb in enumerate(("load", "store", third))})
-            if args.batch:                         # (faults: the mean, most batches take none)
+            if args.batch:                         # (faults, moved bytes: the mean, most batches take none)
                 runs[name][-1]["faults"] = (float(ts[:, 2].mean()) / 1e6, float(tb[:, 2].mean()) / 1e6)
+                runs[name][-1]["moved"] = (float(ts[:, 3].mean()) / 1e6, float(tb[:, 3].mean()) / 1e6)
             runs[name][-1]["cycle"] = (float(np.median(ts[:, :2].sum(1))), float(np.median(tb[:, :2].sum(1))))
     r["single_page_compiled"] = compiled
     r["subjects"] = {}
@@ -250,6 +256,10 @@ def main() -> None:
             r["subjects"][name]["faults_per_page"] = {"small": float(np.median(f[:, 0])),
                                                       "big": float(np.median(f[:, 1]))}
             line += f"  page faults a page {np.median(f[:, 0]):.3f} -> {np.median(f[:, 1]):.3f}"
+            m = np.array([x["moved"] for x in rows])
+            r["subjects"][name]["cleaning_bytes_moved_per_page"] = {"small": float(np.median(m[:, 0])),
+                                                                    "big": float(np.median(m[:, 1]))}
+            line += f"; bytes cleaning moved a page {np.median(m[:, 0]):.0f} -> {np.median(m[:, 1]):.0f}"
         print(line)
     if args.batch:
         return save(r, args.json)
