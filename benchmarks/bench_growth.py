@@ -176,6 +176,7 @@ def structures(zs, pool) -> dict:
         out["entry_table_slots"] = int(t.nbytes)
     out["handle_table"] = _handle_table_bytes(al)
     out["cleaning_record"] = int(getattr(al, "record_bytes", 0))
+    out["move_staging"] = int(getattr(getattr(pool.storage, "_move_tmp", None), "nbytes", 0))
     out["allocator_segments"] = sum(int(getattr(al, a).nbytes) for a in
                                     ("seg_fill", "seg_live", "seg_placed", "seg_in_use", "seg_warm")
                                     if hasattr(al, a))
@@ -206,12 +207,37 @@ def memory_child(n: int, layout: str, pages_path: str, batch: int, compressor: s
     rss2 = _rss()                  # the C heap's freed-but-kept memory given back (batch temporaries)
     st = zs.stats()
     pool_bytes, stored = st["pool_total_size"], st["stored_pages"]      # refused pages are not kept
-    return {"pages": n, "layout": layout, "fill_s": fill_s, "rss_growth": rss1 - rss0,
-            "pool_total_size": pool_bytes, "stored_pages": stored,
-            "rss_outside_pool_per_page": (rss1 - rss0 - pool_bytes) / stored,
-            "rss_trimmed_outside_pool_per_page": (rss2 - rss0 - pool_bytes) / stored,
-            "tracemalloc_per_page": (tm1 - tm0) / stored,
-            "structures_per_page": {k: v / stored for k, v in structures(zs, pool).items()}}
+    out = {"pages": n, "layout": layout, "fill_s": fill_s, "rss_growth": rss1 - rss0,
+           "pool_total_size": pool_bytes, "stored_pages": stored,
+           "rss_outside_pool_per_page": (rss1 - rss0 - pool_bytes) / stored,
+           "rss_trimmed_outside_pool_per_page": (rss2 - rss0 - pool_bytes) / stored,
+           "tracemalloc_per_page": (tm1 - tm0) / stored,
+           "structures_per_page": {k: v / stored for k, v in structures(zs, pool).items()}}
+    # and steady: churned (its own pages loaded and stored back, in batches) until its pool
+    # has cleaned, then as much again. A filled pool has never cleaned; a long-running one
+    # keeps what cleaning needs beside its arena too (a staging buffer of ~30 B a stored
+    # page at 10^6 did not show in the fill's figure: found 2026-12-08)
+    offs = zs._t.key[zs._t.present()]                   # (the stored ones: refused pages are not)
+    m = offs.size
+    walk = np.random.default_rng(5).permutation(m)
+    churned, first_clean, k = 0, None, min(batch, m)
+    while m and churned < 4 * m and (first_clean is None or churned < 2 * first_clean):
+        o = offs[walk[np.arange(churned, churned + k) % m]]       # (distinct: k <= m)
+        zs.store_batch(o, zs.load_batch(o))
+        churned += k
+        if first_clean is None and pool.stats()["clean_steps"]:
+            first_clean = churned
+    del offs, walk
+    gc.collect()
+    _malloc_trim()
+    rss3, tm3 = _rss(), tracemalloc.get_traced_memory()[0]
+    st = zs.stats()
+    pool_bytes, stored = st["pool_total_size"], st["stored_pages"]
+    out.update({"steady_churned_pages": churned, "steady_clean_steps": pool.stats()["clean_steps"],
+                "steady_rss_trimmed_outside_pool_per_page": (rss3 - rss0 - pool_bytes) / stored,
+                "steady_tracemalloc_per_page": (tm3 - tm0) / stored,
+                "steady_structures_per_page": {k: v / stored for k, v in structures(zs, pool).items()}})
+    return out
 
 
 def measure_memory(sizes, layouts, pages_path, batch, compressor) -> list:
@@ -541,6 +567,12 @@ def report(r: dict) -> None:
         print(f"{m['pages']:>9} {m['layout']:7} RSS {m['rss_outside_pool_per_page']:6.1f} "
               f"(after malloc_trim {m['rss_trimmed_outside_pool_per_page']:6.1f})  tracemalloc "
               f"{m['tracemalloc_per_page']:6.1f}   ({parts}; fill {m['fill_s']:.1f} s)")
+        if "steady_tracemalloc_per_page" in m:
+            print(f"{'':>9} {'':7} steady, {m['steady_churned_pages']} pages churned "
+                  f"({m['steady_clean_steps']} cleaning steps): RSS after malloc_trim "
+                  f"{m['steady_rss_trimmed_outside_pool_per_page']:6.1f}  tracemalloc "
+                  f"{m['steady_tracemalloc_per_page']:6.1f}   (cleaning record "
+                  f"{m['steady_structures_per_page'].get('cleaning_record', 0):.1f})")
     sw = r.get("table_sweep", {})
     for k, v in sw.items():
         if k.startswith("from_"):

@@ -356,6 +356,9 @@ def test_bench_growth_smoke(tmp_path):
     assert {(m["pages"], m["layout"]) for m in r["memory"]} == {(300, "dense"), (300, "sparse"),
                                                                (1200, "dense"), (1200, "sparse")}
     assert all(0 < m["stored_pages"] <= m["pages"] and m["structures_per_page"]["entry_index"] > 0 for m in r["memory"])
+    # and churned to a steady state (a cleaning step at least), what the pool keeps then
+    assert all(m["steady_churned_pages"] > 0 and m["steady_tracemalloc_per_page"] > 0 for m in r["memory"])
+    assert all(m["steady_structures_per_page"]["move_staging"] == 0 for m in r["memory"])
     assert [x["pages"] for x in r["replay"]] == [300] and all("failed" not in x for x in r["replay"])
     sw = r["table_sweep"]
     assert sw["top"] == 6400 and set(sw) == {"top", "batch", "from_160", "from_800"}
