@@ -167,7 +167,8 @@ class Zswap:
         self._writeback_enabled = bool(writeback) and backing is not None
         # swap offset -> entry; the LRU only where writeback will walk it
         self._t = EntryTable(PAGE_SIZE, lru=self._writeback_enabled)
-        self._store1 = self._load1 = self._invalidate1 = None   # the compiled single page, where it runs
+        # the compiled single page, where it runs
+        self._store1 = self._load1 = self._invalidate1 = self._warm1 = None
         liblz4 = self._codec.liblz4
         if liblz4 is not None and pool.door[DOOR_ARENA] != 0 and not self._blocks_on_device:
             self._compile_one_page(*liblz4)
@@ -202,6 +203,7 @@ class Zswap:
         self._store1 = bind(one_page.store_one, ctx, alive)
         self._load1 = bind(one_page.load_one, ctx, alive)
         self._invalidate1 = bind(one_page.invalidate_one, ctx, alive)
+        self._warm1 = bind(one_page.warm_one, ctx, alive)
 
     def __enter__(self) -> "Zswap":
         return self
@@ -735,6 +737,8 @@ class Zswap:
         handler copies the page into place first and frees it after, off the faulting
         thread's wait."""
         o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
+        if self._warm1 is not None:
+            self._warm1(o)              # the lookup's first line loads while the checks run
         if out is not None and type(out) is not np.ndarray and isinstance(out, np.ndarray):
             out = plain_view(out)           # a subclass: its true shape (a property could lie)
         if out is not None and not (isinstance(out, np.ndarray) and out.shape == (PAGE_SIZE,)
@@ -833,7 +837,9 @@ class Zswap:
 
     def invalidate(self, offset: int) -> None:
         """Forget one offset; a no-op when it is not stored."""
-        o = self._offset(offset)
+        o = offset if type(offset) is int and 0 <= offset < self.nr_pages else self._offset(offset)
+        if self._warm1 is not None:
+            self._warm1(o)              # the lookup's first line loads while the lock is taken
         lock = self._lock
         try:                            # (not ``with``: devpool._locking says why and how)
             lock.acquire()

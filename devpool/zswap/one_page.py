@@ -29,15 +29,15 @@ import numba
 import numpy as np
 from numba import types
 
-from .._compiled import Rules, at, copy_bytes, prefetch_range
+from .._compiled import Rules, at, copy_bytes, prefetch, prefetch_range
 from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
 from ..pool import door_alloc, door_arena, door_free, door_lend, door_open, door_warm_free
 from . import entries
-from .entries import (_HINT_SHIFT, ABSENT, POOL, SAME, _hints_at, _lookup, _room, _set, _table_at,  # (compiled below)
+from .entries import (_HINT_SHIFT, ABSENT, POOL, SAME, _home, _hints_at, _lookup, _room, _set, _table_at,  # (compiled below)
                       hint_of)
 
-__all__ = ["verdict", "store_one", "load_one", "invalidate_one", "set_hints", "X_FIELDS", "BOUND"]
+__all__ = ["verdict", "store_one", "load_one", "invalidate_one", "warm_one", "set_hints", "X_FIELDS", "BOUND"]
 
 PAGE = 4096
 
@@ -190,6 +190,21 @@ def invalidate_one(ctx_at, key):
         ctx[X_FREED] = door_free(door_at, slot)
     _set(*table, key, ABSENT, 0, 0, b)
     return DONE
+
+
+@_rules.compiled(signature=types.int64(types.int64, types.int64))
+def warm_one(ctx_at, key):
+    """Start loading the index bucket where a lookup of ``key`` starts (a prefetch: it
+    reads the table's length and address, and changes nothing). A single load or
+    invalidation asks it before its checks and its lock, so that at a million entries
+    the lookup's first miss is under way while Python does them. Without the lock the
+    table may be changing: a stale address costs one wasted prefetch, never a fault."""
+    table = _table_at(numba.carray(at(ctx_at, numba.int64), (X_FIELDS,))[X_ENTRIES])
+    buckets, meta = table[0], table[8]
+    nb = meta[entries._N_BUCKETS]
+    if nb > 0:
+        prefetch(buckets.ctypes.data + _home(key, nb) * buckets.itemsize)
+    return 0
 
 
 @_rules.compiled

@@ -14,7 +14,7 @@ SEG = 1 << 15
 
 
 def _python_path(zs):
-    zs._store1 = zs._load1 = zs._invalidate1 = None
+    zs._store1 = zs._load1 = zs._invalidate1 = zs._warm1 = None
     return zs
 
 
@@ -339,3 +339,34 @@ def test_a_subclass_that_lies_about_its_shape_is_refused_not_overrun():
         zs.store(4, page)
         zs.load(4, honest)
         assert honest.tobytes() == page.tobytes()
+
+
+def test_a_load_and_an_invalidation_warm_their_lookup_first_and_change_nothing(rng):
+    """Each single load and invalidation asks ``warm_one`` for its offset's index line
+    before its checks and lock (at 10^6 entries the lookup's first miss then overlaps
+    them: benchmarks/bench_growth_paired.py); the warm-up itself changes no table,
+    answers for any key, the table at any size, and after the Zswap closed."""
+    from devpool.zswap import one_page
+    pool = devpool.open_pool("host", 1 << 22)
+    zs = devpool.Zswap(pool, "lz4")
+    pages = make_pages(30, rng, ("text", "struct"))
+    zs.store_batch(np.arange(30), pages)
+    warmed, real = [], zs._warm1
+    zs._warm1 = lambda o: warmed.append(o) or real(o)
+    assert (zs.load(4) == pages[4]).all()
+    zs.invalidate(7)
+    zs.invalidate(500)                                      # (not stored: warmed all the same)
+    assert (zs.load(9, keep=True) == pages[9]).all()
+    assert warmed == [4, 7, 500, 9]
+    with pytest.raises(devpool.BadInputError):
+        zs.invalidate(-1)                                   # refused before anything is asked
+    assert warmed == [4, 7, 500, 9]
+    t = zs._t
+    before = [a.copy() for a in (t.buckets, t._records, t.meta)]
+    for key in (0, 1, 29, 2**40, 2**63 - 1, -1, -2**63):
+        assert real(key) == 0
+    assert all(np.array_equal(a, b) for a, b in zip(before, (t.buckets, t._records, t.meta)))
+    zs.close()
+    pool.close()
+    assert real(3) == 0                                     # a closed Zswap's: a prefetch at most
+    assert one_page.warm_one.__doc__
