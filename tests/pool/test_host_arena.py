@@ -359,3 +359,29 @@ def test_cleaning_moves_in_place_and_keeps_no_staging_buffer():
         assert all(pool.read(h).tobytes() == d.tobytes() for h, d in zip(handles.tolist(), data))
     finally:
         pool.close()
+
+
+_MOVE_PAST_INT64 = """
+import numpy as np
+from devpool import _packed
+arena = np.zeros(1 << 16, np.uint8)
+for src, dst, n in (([1 << 62], [0], [1 << 62]),                       # src + n wraps to -2**63
+                    ([0, 1 << 62], [0, 100], [10, (1 << 63) - 1]),     # the last wraps
+                    ([100, 200], [0, 100], [(1 << 63) - 50, 10])):     # the order test wraps
+    src, dst, n = (np.array(a, np.int64) for a in (src, dst, n))
+    assert not _packed.move_in_place(arena, src, dst, n), (src, n)
+assert not arena.any()
+print("declined")
+"""
+
+
+def test_a_move_whose_range_wraps_int64_is_declined_not_copied():
+    """A source and a length whose sum wraps int64 (numpy sums arrays silently) passed the
+    'inside the arena' test, and the compiled memmove ran ~2**62 bytes far outside the
+    arena: a crash (so the check runs in a child). Now declined, nothing copied."""
+    import os
+    import subprocess
+    import sys
+    got = subprocess.run([sys.executable, "-c", _MOVE_PAST_INT64], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert got.returncode == 0 and got.stdout.strip() == "declined", (got.returncode, got.stderr[-2000:])
