@@ -385,3 +385,32 @@ def test_a_move_whose_range_wraps_int64_is_declined_not_copied():
     got = subprocess.run([sys.executable, "-c", _MOVE_PAST_INT64], capture_output=True, text=True, timeout=120,
                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert got.returncode == 0 and got.stdout.strip() == "declined", (got.returncode, got.stderr[-2000:])
+
+
+@pytest.mark.parametrize("case", ["strided arena", "read-only arena", "uint16 arena", "float offsets",
+                                  "0-d offsets"])
+def test_a_move_over_an_odd_arena_or_odd_offsets_is_declined(case):
+    """move_in_place copies by raw address, so it takes only a C-contiguous, writable 1-D
+    uint8 arena and 1-D integer offsets. A strided view had bytes moved by address, into
+    the bytes between its elements; a read-only one was written through; a uint16 one
+    moved bytes where its length and offsets count elements; float offsets were
+    truncated (the staged path refuses them); 0-d ones were taken as a plan of one."""
+    from devpool import _packed
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, 1 << 14, dtype=np.uint8)
+    src, dst, lengths = (np.array([600, 2000], np.int64), np.array([100, 1500], np.int64),
+                         np.array([300, 400], np.int64))
+    arena = base[:1 << 13]
+    if case == "strided arena":
+        arena = base[::2]
+    elif case == "read-only arena":
+        arena.flags.writeable = False
+    elif case == "uint16 arena":
+        arena = base.view(np.uint16)
+    elif case == "float offsets":
+        src, dst, lengths = src + 0.5, dst + 0.5, lengths + 0.5
+    else:
+        src, dst, lengths = src[0], dst[0], lengths[0]
+    before = base.copy()
+    assert not _packed.move_in_place(arena, src, dst, lengths)
+    assert np.array_equal(base, before), "a declined move changed the arena"
