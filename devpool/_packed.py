@@ -97,11 +97,28 @@ def move_in_place(arena: np.ndarray, src: np.ndarray, dst: np.ndarray, lengths: 
     object i's destination ends before any later source starts), every range inside the
     arena; each copy is a memmove (an object may overlap its own destination). False,
     nothing copied, where the plan is not so (the caller stages it)."""
-    src, dst, lengths = (np.ascontiguousarray(a, np.int64) for a in (src, dst, lengths))
-    if not JIT or not (src.shape == dst.shape == lengths.shape and src.ndim == 1):
+    # the copy runs on raw addresses: only an arena whose n-th byte lies n bytes past its
+    # address, and that may be written (a strided or reversed view, or a wider dtype, had
+    # its bytes moved by the wrong measure, some of them outside the view; a read-only one
+    # was written through), and offsets that are integers already (floats were truncated,
+    # a 0-d one taken as a plan of one), where the staged path copies or refuses them
+    if not (JIT and isinstance(arena, np.ndarray) and arena.ndim == 1 and arena.dtype == np.uint8
+            and arena.flags.c_contiguous and arena.flags.writeable):
         return False
+    src, dst, lengths = (np.asarray(a) for a in (src, dst, lengths))
+    if not all(a.ndim == 1 and a.dtype.kind in "iu" for a in (src, dst, lengths)):
+        return False
+    src, dst, lengths = (np.ascontiguousarray(a, np.int64) for a in (src, dst, lengths))
+    if not src.shape == dst.shape == lengths.shape:
+        return False
+    # every range inside the arena, tested without forming src + lengths first: int64
+    # sums wrap silently in numpy, and a source and a length near 2**62 each summed below
+    # the arena's size, so the copy ran 2**62 bytes from 2**62 past the arena (a crash,
+    # where the staged path refused to allocate its buffer). 0 <= dst <= src <= size
+    # bounds size - src to [0, size]; then src + lengths <= size cannot wrap below.
+    size = arena.shape[0]
     if src.size and not ((lengths >= 0).all() and (dst >= 0).all() and (dst <= src).all()
-                         and (src + lengths <= arena.shape[0]).all()
+                         and (src <= size).all() and (lengths <= size - src).all()
                          and (src[1:] >= src[:-1] + lengths[:-1]).all()):
         return False
     _move_forward(arena.ctypes.data, src, dst, lengths)

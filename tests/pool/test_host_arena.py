@@ -359,3 +359,58 @@ def test_cleaning_moves_in_place_and_keeps_no_staging_buffer():
         assert all(pool.read(h).tobytes() == d.tobytes() for h, d in zip(handles.tolist(), data))
     finally:
         pool.close()
+
+
+_MOVE_PAST_INT64 = """
+import numpy as np
+from devpool import _packed
+arena = np.zeros(1 << 16, np.uint8)
+for src, dst, n in (([1 << 62], [0], [1 << 62]),                       # src + n wraps to -2**63
+                    ([0, 1 << 62], [0, 100], [10, (1 << 63) - 1]),     # the last wraps
+                    ([100, 200], [0, 100], [(1 << 63) - 50, 10])):     # the order test wraps
+    src, dst, n = (np.array(a, np.int64) for a in (src, dst, n))
+    assert not _packed.move_in_place(arena, src, dst, n), (src, n)
+assert not arena.any()
+print("declined")
+"""
+
+
+def test_a_move_whose_range_wraps_int64_is_declined_not_copied():
+    """A source and a length whose sum wraps int64 (numpy sums arrays silently) passed the
+    'inside the arena' test, and the compiled memmove ran ~2**62 bytes far outside the
+    arena: a crash (so the check runs in a child). Now declined, nothing copied."""
+    import os
+    import subprocess
+    import sys
+    got = subprocess.run([sys.executable, "-c", _MOVE_PAST_INT64], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert got.returncode == 0 and got.stdout.strip() == "declined", (got.returncode, got.stderr[-2000:])
+
+
+@pytest.mark.parametrize("case", ["strided arena", "read-only arena", "uint16 arena", "float offsets",
+                                  "0-d offsets"])
+def test_a_move_over_an_odd_arena_or_odd_offsets_is_declined(case):
+    """move_in_place copies by raw address, so it takes only a C-contiguous, writable 1-D
+    uint8 arena and 1-D integer offsets. A strided view had bytes moved by address, into
+    the bytes between its elements; a read-only one was written through; a uint16 one
+    moved bytes where its length and offsets count elements; float offsets were
+    truncated (the staged path refuses them); 0-d ones were taken as a plan of one."""
+    from devpool import _packed
+    rng = np.random.default_rng(3)
+    base = rng.integers(0, 256, 1 << 14, dtype=np.uint8)
+    src, dst, lengths = (np.array([600, 2000], np.int64), np.array([100, 1500], np.int64),
+                         np.array([300, 400], np.int64))
+    arena = base[:1 << 13]
+    if case == "strided arena":
+        arena = base[::2]
+    elif case == "read-only arena":
+        arena.flags.writeable = False
+    elif case == "uint16 arena":
+        arena = base.view(np.uint16)
+    elif case == "float offsets":
+        src, dst, lengths = src + 0.5, dst + 0.5, lengths + 0.5
+    else:
+        src, dst, lengths = src[0], dst[0], lengths[0]
+    before = base.copy()
+    assert not _packed.move_in_place(arena, src, dst, lengths)
+    assert np.array_equal(base, before), "a declined move changed the arena"
