@@ -220,14 +220,14 @@ def memory_child(n: int, layout: str, pages_path: str, batch: int, compressor: s
     offs = zs._t.key[zs._t.present()]                   # (the stored ones: refused pages are not)
     m = offs.size
     walk = np.random.default_rng(5).permutation(m)
-    churned, first_clean, k = 0, None, min(batch, m)
+    churned, first_clean, k, o = 0, None, min(batch, m), None
     while m and churned < 4 * m and (first_clean is None or churned < 2 * first_clean):
         o = offs[walk[np.arange(churned, churned + k) % m]]       # (distinct: k <= m)
         zs.store_batch(o, zs.load_batch(o))
         churned += k
         if first_clean is None and pool.stats()["clean_steps"]:
             first_clean = churned
-    del offs, walk
+    del offs, walk, o
     gc.collect()
     _malloc_trim()
     rss3, tm3 = _rss(), tracemalloc.get_traced_memory()[0]

@@ -105,6 +105,8 @@ def main() -> None:
     all_pages, source = load_pages(args.pages)
     pages = mixed(compressible(all_pages, 20_000))        # (one mix at both sizes: _common.mixed)
     n = min(args.n, args.small)
+    if args.batch > n:
+        raise SystemExit(f"--batch {args.batch} is more than the {n} offsets a pass draws (--n, --small)")
     r = header("bench_growth_paired", pages=source, small=args.small, big=args.big, passes=args.passes, n=n,
                codec=args.codec, layout=args.layout, huge_pages=args.huge_pages,
                no_hints=args.no_hints, batch=args.batch, base=args.base, run=args.run, steady=args.steady)
@@ -167,7 +169,9 @@ def main() -> None:
         for s, zs in stores.items():
             churned, t = 0, clock()
             while zs.pool.stats()["clean_steps"] == 0 and churned < 4 * s:
-                offs = rng.choice(offsets[s], min(8192, s), replace=False)
+                # (an eighth of the pool at a time at most: a batch of all its pages empties
+                # whole segments, and a pool never cleans what it can give back whole)
+                offs = rng.choice(offsets[s], max(1, min(8192, s // 8)), replace=False)
                 zs.store_batch(offs, zs.load_batch(offs))
                 churned += offs.size
             r["steady"].setdefault(name, {})[s] = {"churned_pages": churned, "seconds": clock() - t,

@@ -476,6 +476,19 @@ def test_bench_growth_paired_batch_smoke(tmp_path):
         assert v["small_p50_us"] > 0 and v["big_p50_us"] > 0 and v["big_vs_small"]["median"] > 0
 
 
+def test_bench_growth_paired_steady_batch_smoke(tmp_path):
+    """--steady churns each store past its first cleaning step before the batches are
+    timed, and batch mode reports page faults and the bytes cleaning moved a page."""
+    r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "5000",
+                  "--big", "20000", "--passes", "2", "--n", "200", "--batch", "50", "--steady")
+    assert r["steady"] is not None and set(r["steady"]["devpool"]) == {"5000", "20000"}
+    assert all(x["clean_steps"] >= 1 and x["churned_pages"] > 0 for x in r["steady"]["devpool"].values())
+    d = r["subjects"]["devpool"]
+    assert d["faults_per_page"]["small"] >= 0 and d["faults_per_page"]["big"] >= 0
+    assert d["cleaning_bytes_moved_per_page"]["small"] >= 0 and d["cleaning_bytes_moved_per_page"]["big"] >= 0
+    assert d["cycle"]["big_vs_small"]["median"] > 0
+
+
 def test_bench_liblz4_smoke(tmp_path):
     r = run_bench(tmp_path, "bench_liblz4.py", "--pages", pages_file(tmp_path, 200, 8), "--batch", "32",
                   "--passes", "2")
