@@ -17,7 +17,11 @@ from devpool.pool.allocator import _M_TRIGGER
 from tests.pages import make_pages
 
 
-def _churn_pool(pool, rng, live: int, rounds: int, batch: int, single: bool):
+def churn(pool, rng, live: int, rounds: int, batch: int, single: bool, each_round=None):
+    """Fill ``live`` objects of random sizes and bytes, then ``rounds`` times free ``batch``
+    of them at random and allocate as many anew (one by one, or as batches), calling
+    ``each_round()`` after each round. Returns (handles, {index: bytes}, the pool's total
+    over its payload after each round)."""
     sizes = rng.integers(200, 3000, size=live)
     hs = pool.alloc_batch(sizes)
     data = {}
@@ -42,6 +46,13 @@ def _churn_pool(pool, rng, live: int, rounds: int, batch: int, single: bool):
             pool.write_batch(handles[victims], np.concatenate([data[v] for v in victims.tolist()]))
         st = pool.stats()
         ratios.append(st["pool_total_size"] / st["payload_bytes"])
+        if each_round is not None:
+            each_round()
+    return handles, data, ratios
+
+
+def _churn_pool(pool, rng, live: int, rounds: int, batch: int, single: bool):
+    handles, data, ratios = churn(pool, rng, live, rounds, batch, single)
     for i in rng.choice(live, min(live, 200), replace=False).tolist():
         assert bytes(pool.read(int(handles[i]))) == bytes(data[i])
     return ratios

@@ -15,6 +15,7 @@ import pytest
 
 import devpool
 from devpool.pool.allocator import aligned
+from tests.pool.test_churn import churn
 
 SEG = 64 * 1024
 CAP = 16 << 20
@@ -34,30 +35,6 @@ def _figures_hold(al):
                        minlength=al.n_segs).astype(np.int64)
     assert np.array_equal(al.seg_live, want)
     assert al.seg_in_use[want > 0].all()
-
-
-def _churn(pool, rng, live: int, rounds: int, batch: int, single: bool, check=None):
-    sizes = rng.integers(200, 3000, size=live)
-    handles = pool.alloc_batch(sizes)
-    data = [rng.integers(0, 256, n, dtype=np.uint8) for n in sizes.tolist()]
-    pool.write_batch(handles, np.concatenate(data))
-    for _ in range(rounds):
-        picked = rng.choice(live, batch, replace=False)
-        new = rng.integers(200, 3000, size=batch)
-        if single:
-            for v, n in zip(picked.tolist(), new.tolist()):
-                pool.free(int(handles[v]))
-                data[v] = rng.integers(0, 256, n, dtype=np.uint8)
-                handles[v] = pool.alloc(n, data=data[v])
-        else:
-            pool.free_batch(handles[picked])
-            handles[picked] = pool.alloc_batch(new)
-            for v, n in zip(picked.tolist(), new.tolist()):
-                data[v] = rng.integers(0, 256, n, dtype=np.uint8)
-            pool.write_batch(handles[picked], np.concatenate([data[v] for v in picked.tolist()]))
-        if check is not None:
-            check()
-    return handles, data
 
 
 @pytest.mark.parametrize("single", [False, True])
@@ -90,11 +67,11 @@ def test_the_record_answers_what_a_pass_would(single, known):
                 victims = np.sort(victims)
                 assert np.array_equal(real(victims), _truth(al, victims))
 
-        handles, data = _churn(pool, rng, live=4000, rounds=30, batch=200 if not single else 60, single=single,
-                               check=check)
+        handles, data, _ = churn(pool, rng, live=4000, rounds=30, batch=200 if not single else 60, single=single,
+                                 each_round=check)
         assert al.clean_steps > 5 and asked, "the churn never cleaned: the test tests nothing"
-        for h, d in zip(handles.tolist(), data):
-            assert pool.read(h).tobytes() == d.tobytes()
+        for i, h in enumerate(handles.tolist()):
+            assert pool.read(h).tobytes() == data[i].tobytes()
     finally:
         pool.close()
 
@@ -106,7 +83,7 @@ def test_passes_are_rare_where_steps_are_many():
     pool = devpool.open_pool("host", 256 << 20, segment_bytes=SEG)
     try:
         al = pool.alloc_
-        _churn(pool, rng, live=40_000, rounds=60, batch=1000, single=False)
+        churn(pool, rng, live=40_000, rounds=60, batch=1000, single=False)
         steps, passes = al.clean_steps, al.victim_scans
         assert steps >= 20, f"{steps} cleaning steps: the churn did not reach the steady state"
         assert passes * 4 <= steps, f"{passes} passes over the handle table for {steps} cleaning steps"

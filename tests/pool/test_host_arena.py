@@ -348,15 +348,15 @@ def test_cleaning_moves_in_place_and_keeps_no_staging_buffer():
     """Every cleaning step's and compact()'s plan is leftward (next-fit in arena order from
     the lowest free or victim segment): the host arena moves it in place, so no buffer as
     large as a step's live bytes is kept beside the pool, and every object keeps its bytes."""
-    from tests.pool.test_cleaning_record import _churn
+    from tests.pool.test_churn import churn
     rng = np.random.default_rng(1)
     pool = devpool.open_pool("host", 32 << 20, segment_bytes=64 << 10)
     try:
-        handles, data = _churn(pool, rng, live=8000, rounds=25, batch=600, single=False)
+        handles, data, _ = churn(pool, rng, live=8000, rounds=25, batch=600, single=False)
         assert pool.alloc_.clean_steps > 5
         assert pool.compact() > 0
         assert pool.storage._move_tmp.size == 0, "a cleaning plan was staged"
-        assert all(pool.read(h).tobytes() == d.tobytes() for h, d in zip(handles.tolist(), data))
+        assert all(pool.read(h).tobytes() == data[i].tobytes() for i, h in enumerate(handles.tolist()))
     finally:
         pool.close()
 
