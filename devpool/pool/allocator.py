@@ -1034,9 +1034,10 @@ class Allocator:
         quarter of the segments (at least ``KNOWN_SEGMENTS``): the next steps take their
         victims there (:meth:`plan_clean`) and their objects from the record, checked
         against the segments' live bytes (:func:`_known_live_in`: exact, never trusted).
-        Measured there: 8 - 9 passes in 40 steps (planning 3 ms a step, 5.8 before). The record costs ~1
-        byte a stored object (int32 slots); a pass for anyone else (``compact``) leaves
-        it as it is, so a cleaning step's choice depends on the steps before it alone."""
+        Measured there: 8 - 9 passes in 40 steps (planning 3 ms a step, 5.8 before). The
+        record costs ~1 byte a stored object (int32 slots); a pass for anyone else
+        (``compact``) leaves it as it is, so a cleaning step's choice depends on the
+        steps before it alone."""
         # each segment once: the record answers per victim, so a segment named twice would
         # give its objects twice (a pass marks segments: once), and a plan moving an object
         # twice counts it twice in its destination's live bytes
