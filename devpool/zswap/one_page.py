@@ -34,8 +34,8 @@ from .._packed import same_filled_one
 from ..codecs._liblz4 import BOUND, _compress_at, _decompress_at
 from ..pool import door_alloc, door_arena, door_free, door_lend, door_open, door_warm_free
 from . import entries
-from .entries import (_HINT_SHIFT, ABSENT, POOL, SAME, _home, _hints_at, _lookup, _room, _set, _table_at,  # (compiled below)
-                      hint_of)
+from .entries import (_HINT_SHIFT, ABSENT, POOL, SAME, _home, _hints_at, _lookup, _room, _set,  # (compiled below)
+                      _table_at, hint_of)
 
 __all__ = ["verdict", "store_one", "load_one", "invalidate_one", "warm_one", "set_hints", "X_FIELDS", "BOUND"]
 
