@@ -972,9 +972,7 @@ class Allocator:
         most ``max_victims`` of them; among the segments the last step's pass recorded
         where those free at least ``KNOWN_YIELD`` of it (:meth:`_live_in`). None when
         even those would free nothing."""
-        used = np.flatnonzero(self.seg_in_use)
-        if self.head >= 0:
-            used = used[used != self.head]
+        used = self._cleanable()
         if used.size < 2:
             return None
         order = used[np.argsort(self.seg_live[used], kind="stable")]
@@ -1002,9 +1000,21 @@ class Allocator:
     def _known_as_recorded(self, segs: np.ndarray) -> np.ndarray:
         """Which of ``segs`` the record holds as they were: recorded, and no object placed
         since (a segment emptied and opened again counts its placements from 0)."""
+        at, held = self._in_record(segs)
+        return held & (self.seg_placed[segs] == self._known_placed[at])
+
+    def _in_record(self, segs: np.ndarray):
+        """``(at, held)``: where each of ``segs`` would lie in the record's sorted segments,
+        and whether it is there (the record not empty)."""
         known = self._known_segs
         at = np.minimum(np.searchsorted(known, segs), known.size - 1)
-        return (known[at] == segs) & (self.seg_placed[segs] == self._known_placed[at])
+        return at, known[at] == segs
+
+    def _cleanable(self) -> np.ndarray:
+        """The segments in use but the open head (a cleaning step's candidates: the head's
+        objects are still arriving)."""
+        used = np.flatnonzero(self.seg_in_use)
+        return used[used != self.head] if self.head >= 0 else used
 
     def _greedy(self, order: np.ndarray, want_bytes: int, max_victims: int) -> np.ndarray:
         """The first segments of ``order`` (least utilised first) whose dead space adds up
@@ -1042,36 +1052,35 @@ class Allocator:
         # give its objects twice (a pass marks segments: once), and a plan moving an object
         # twice counts it twice in its destination's live bytes
         victims = np.unique(np.asarray(victims, np.int64))
-        segs = self._known_segs
-        if segs.size:
-            at = np.minimum(np.searchsorted(segs, victims), segs.size - 1)
-            if np.array_equal(segs[at], victims):
+        if self._known_segs.size:
+            at, held = self._in_record(victims)
+            if held.all():
                 slots = _known_live_in(self._known, self._known_bounds, at, victims, self.locs, self.sizes,
                                        self.seg_live, self.seg_bytes)
                 if slots is not None:
                     return slots[np.argsort(self.locs[slots], kind="stable")]
         self.victim_scans += 1
         if not record:          # (compact's, evacuation's: the record stays the cleaning steps')
-            is_victim = np.zeros(self.n_segs, np.bool_)
-            is_victim[victims] = True
-            slots = _slots_in(self.locs, is_victim, self.seg_bytes)
-            return slots[np.argsort(self.locs[slots], kind="stable")]
+            return self._pass(victims)
         return self._scan_live_in(victims)
+
+    def _pass(self, segs: np.ndarray) -> np.ndarray:
+        """The live slots in segments ``segs``, in arena order (so by segment): one
+        compiled pass over the whole handle table."""
+        marked = np.zeros(self.n_segs, np.bool_)
+        marked[segs] = True
+        slots = _slots_in(self.locs, marked, self.seg_bytes)
+        return slots[np.argsort(self.locs[slots], kind="stable")]
 
     def _scan_live_in(self, victims: np.ndarray) -> np.ndarray:
         """:meth:`_live_in` by a pass over the handle table, recording the least-utilised
         segments' objects beside the victims' for the next steps."""
-        used = np.flatnonzero(self.seg_in_use)
-        if self.head >= 0:
-            used = used[used != self.head]
+        used = self._cleanable()
         more = max(self.KNOWN_SEGMENTS, used.size // 4)
         if more < used.size:
             used = used[np.argpartition(self.seg_live[used], more)[:more]]
         known = np.union1d(victims, used)
-        is_known = np.zeros(self.n_segs, np.bool_)
-        is_known[known] = True
-        slots = _slots_in(self.locs, is_known, self.seg_bytes)
-        slots = slots[np.argsort(self.locs[slots], kind="stable")]     # arena order: by segment
+        slots = self._pass(known)
         seg = self.locs[slots] // self.seg_bytes
         mine = slots[np.isin(seg, victims)]
         # the record's arrays are made first and installed together, nothing allocating in
