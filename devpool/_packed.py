@@ -86,17 +86,29 @@ def packed_starts(lengths: np.ndarray) -> np.ndarray:
 
 @numba.njit(cache=True, nogil=True)
 def _move_forward(base, src, dst, lengths):
-    for i in range(lengths.shape[0]):
-        copy_bytes(base + dst[i], base + src[i], lengths[i])
+    # objects that lie end to end at both ends go in one copy: a cleaning step's victims
+    # are ~90 % live, so its survivors come in runs of ~10 (the same bytes, in the same
+    # order: a run's copy is a memmove, as each of its objects' was)
+    n = lengths.shape[0]
+    i = 0
+    while i < n:
+        s, d, length = src[i], dst[i], lengths[i]
+        i += 1
+        while i < n and src[i] == s + length and dst[i] == d + length:
+            length += lengths[i]
+            i += 1
+        copy_bytes(base + d, base + s, length)
 
 
 def move_in_place(arena: np.ndarray, src: np.ndarray, dst: np.ndarray, lengths: np.ndarray) -> bool:
     """Move objects within ``arena`` (1-D uint8) from ``src`` to ``dst`` offsets in one
     copy each, in order, where that reads every source before anything overwrites it:
-    each destination at or before its source, the sources ascending without overlap (so
-    object i's destination ends before any later source starts), every range inside the
-    arena; each copy is a memmove (an object may overlap its own destination). False,
-    nothing copied, where the plan is not so (the caller stages it)."""
+    the sources ascending without overlap, every range inside the arena, and either each
+    destination at or before its source (so object i's destination ends before any later
+    source starts; each copy is a memmove: an object may overlap its own destination), or
+    no destination overlapping any source (a cleaning step's survivors into the clean
+    head's room: then the order does not matter). False, nothing copied, where the plan
+    is neither (the caller stages it)."""
     # the copy runs on raw addresses: only an arena whose n-th byte lies n bytes past its
     # address, and that may be written (a strided or reversed view, or a wider dtype, had
     # its bytes moved by the wrong measure, some of them outside the view; a read-only one
@@ -117,12 +129,23 @@ def move_in_place(arena: np.ndarray, src: np.ndarray, dst: np.ndarray, lengths: 
     # where the staged path refused to allocate its buffer). 0 <= dst <= src <= size
     # bounds size - src to [0, size]; then src + lengths <= size cannot wrap below.
     size = arena.shape[0]
-    if src.size and not ((lengths >= 0).all() and (dst >= 0).all() and (dst <= src).all()
-                         and (src <= size).all() and (lengths <= size - src).all()
-                         and (src[1:] >= src[:-1] + lengths[:-1]).all()):
+    if src.size and not ((lengths >= 0).all() and (src >= 0).all() and (src <= size).all()
+                         and (lengths <= size - src).all() and (src[1:] >= src[:-1] + lengths[:-1]).all()
+                         and (dst >= 0).all() and (dst <= size).all() and (lengths <= size - dst).all()
+                         and ((dst <= src).all() or not _overlaps_a_source(src, dst, lengths))):
         return False
     _move_forward(arena.ctypes.data, src, dst, lengths)
     return True
+
+
+def _overlaps_a_source(src: np.ndarray, dst: np.ndarray, lengths: np.ndarray) -> bool:
+    """Whether any destination range meets a source range (the sources ascending without
+    overlap, every range inside the arena: no sum below wraps). Only the last source that
+    starts before a destination ends can reach into it: the sources' ends ascend too.
+    (An empty range inside a source counts as meeting it: declined, never wrong.)"""
+    last = np.searchsorted(src, dst + lengths, side="left") - 1
+    ok = last >= 0
+    return bool((src[last[ok]] + lengths[last[ok]] > dst[ok]).any())
 
 
 @numba.njit(cache=True, nogil=True)

@@ -136,7 +136,15 @@ class Moving:
         fresh = touched[~self.alloc_.seg_in_use[touched]]
         self._commit_segments(fresh)
         try:
-            self.storage.move(src, dst, a)
+            # objects packed into the clean head's tail go first, in a move of their own:
+            # that room is no victim's, so they read no byte another move writes, while
+            # the rest (packed from the lowest segment, each at or before its source)
+            # may then move in place (HostStorage.move: no staging copy)
+            k = _prefix_in(dst, plan.start, self.alloc_.seg_bytes)
+            if k:
+                self.storage.move(src[:k], dst[:k], a[:k])
+            if k < src.size:
+                self.storage.move(src[k:], dst[k:], a[k:])
         except BaseException:
             self._release_segments(fresh)
             raise
@@ -230,3 +238,11 @@ class Moving:
             return 0                         # no room for the destination: nothing moved
         self._counters["migrated_objects"] += int(plan.slots.size)
         return int(plan.slots.size)
+
+
+def _prefix_in(dst: np.ndarray, seg: int, seg_bytes: int) -> int:
+    """How many of the first destinations lie in segment ``seg`` (-1: none do)."""
+    if seg < 0:
+        return 0
+    outside = np.flatnonzero(dst // seg_bytes != seg)
+    return int(outside[0]) if outside.size else int(dst.size)

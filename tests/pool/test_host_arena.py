@@ -304,8 +304,47 @@ def test_a_leftward_move_copies_in_place_as_a_staged_one_would(seed):
     assert np.array_equal(arena, want)
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_objects_end_to_end_move_in_runs_as_a_staged_move_would(seed):
+    """Survivors that lie end to end at both ends are copied as one run (one memmove):
+    shifted left over their own bytes, the arena ends as a staged move leaves it."""
+    from devpool import _packed
+    rng = np.random.default_rng(seed)
+    arena = rng.integers(0, 256, 1 << 21, dtype=np.uint8)
+    lengths = rng.integers(1, 200, 600) * 16
+    gaps = np.where(rng.random(600) < 0.1, rng.integers(1, 20, 600) * 16, 0)      # mostly end to end
+    src = (np.cumsum(gaps + np.concatenate([[0], lengths[:-1]])) + 4096).astype(np.int64)
+    dst = np.concatenate([[0], np.cumsum(lengths[:-1])]).astype(np.int64) + int(rng.integers(0, 64)) * 16
+    dst = np.minimum(dst, src)
+    lengths = lengths.astype(np.int64)
+    assert ((src[1:] == src[:-1] + lengths[:-1]) & (dst[1:] == dst[:-1] + lengths[:-1])).sum() > 300, "premise"
+    want = _staged(arena, src, dst, lengths)
+    assert _packed.move_in_place(arena, src, dst, lengths)
+    assert np.array_equal(arena, want)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_move_into_room_no_source_occupies_is_copied_in_place(seed):
+    """Destinations past their sources, but meeting no source (a cleaning step's first
+    survivors, into the clean head's room, which may lie right of the victims or between
+    them): the order does not matter, so they are copied in place too, as staged."""
+    from devpool import _packed
+    rng = np.random.default_rng(seed)
+    arena = rng.integers(0, 256, 1 << 20, dtype=np.uint8)
+    lengths = rng.integers(1, 100, 40).astype(np.int64) * 16
+    src = (np.cumsum(lengths + 4096) - lengths).astype(np.int64)             # a 4 KiB gap after each
+    dst = (src + lengths + rng.integers(0, 4096 - 1600, 40) // 16 * 16).astype(np.int64)   # in the gaps
+    want = _staged(arena, src, dst, lengths)
+    assert _packed.move_in_place(arena, src, dst, lengths)
+    assert np.array_equal(arena, want)
+    far = np.arange(40, dtype=np.int64) * 1600 + (1 << 19)                    # or all right of them
+    want = _staged(arena, src, far, lengths)
+    assert _packed.move_in_place(arena, src, far, lengths)
+    assert np.array_equal(arena, want)
+
+
 @pytest.mark.parametrize("case", ["a destination past its source", "sources overlap", "sources descend",
-                                  "past the arena", "negative"])
+                                  "past the arena", "negative", "onto a later source", "onto an earlier source"])
 def test_a_move_that_could_overwrite_a_source_is_left_to_staging(case):
     """move_in_place declines (nothing copied) wherever an in-order copy could read a
     source already overwritten, or reach outside the arena; HostStorage.move then stages
@@ -325,13 +364,18 @@ def test_a_move_that_could_overwrite_a_source_is_left_to_staging(case):
     elif case == "past the arena":
         src = np.array([1000, 5000, size - 100], np.int64)
         dst = np.array([0, 3000, size - 200], np.int64)
+    elif case == "onto a later source":
+        dst = np.array([4500, 3000, 7000], np.int64)        # 4500..6500 meets object 1's source
+    elif case == "onto an earlier source":
+        dst = np.array([0, 20000, 2500], np.int64)          # object 2 onto object 0's source
     else:
         dst = np.array([-16, 3000, 7000], np.int64)
     arena = rng.integers(0, 256, size, dtype=np.uint8)
     before = arena.copy()
     assert not _packed.move_in_place(arena, src, dst, lengths)
     assert np.array_equal(arena, before), "a declined move changed the arena"
-    if case in ("a destination past its source", "sources overlap", "sources descend"):
+    if case in ("a destination past its source", "sources overlap", "sources descend", "onto a later source",
+                "onto an earlier source"):
         st = HostStorage(size)
         try:
             st.commit(0, size)
