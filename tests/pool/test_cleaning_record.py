@@ -206,3 +206,24 @@ def test_a_step_takes_the_emptiest_where_the_record_holds_too_few_victims():
         assert np.array_equal(plan.slots, _truth(al, plan.victims))
     finally:
         pool.close()
+
+
+@pytest.mark.parametrize("seg", [48 * 1024, 64 * 1024])
+def test_a_pass_finds_the_same_objects_whatever_the_segment_size(seg):
+    """The pass divides by a shift where the segment size is a power of two, and by the
+    size where it is not (a multiple of 4 KiB, 48 KiB here): the same objects either way."""
+    from devpool.pool.allocator import _slots_in
+    rng = np.random.default_rng(11)
+    pool = devpool.open_pool("host", CAP, segment_bytes=seg)
+    try:
+        al = pool.alloc_
+        churn(pool, rng, live=3000, rounds=6, batch=300, single=False)
+        used = np.flatnonzero(al.seg_in_use)
+        for victims in (used[:1], used[::3], used):
+            marked = np.zeros(al.n_segs, np.bool_)
+            marked[victims] = True
+            got = _slots_in(al.locs, marked, al.seg_bytes)
+            assert np.array_equal(np.sort(got), np.sort(_truth(al, victims)))
+            assert np.array_equal(al._pass(victims), _truth(al, victims))
+    finally:
+        pool.close()
