@@ -20,6 +20,7 @@ import numba
 import numpy as np
 
 from ._compiled import JIT, copy_bytes
+from ._errors import BadInputError
 
 #: One parallel region at a time. numba's workqueue threading layer (the fallback where
 #: no OpenMP/TBB is installed) aborts the process on concurrent launches from several
@@ -49,13 +50,46 @@ def _copy_ranges_parallel(dst, dst_starts, src, src_starts, lengths):
         _copy(dst[dst_starts[i]:dst_starts[i] + lengths[i]], src[src_starts[i]:src_starts[i] + lengths[i]])
 
 
+@numba.njit(cache=True, nogil=True)
+def _first_outside(n, starts, lengths):
+    """The first ``i`` whose range leaves ``n`` bytes, or -1 (tested without forming
+    start + length: an int64 sum may wrap)."""
+    for i in range(lengths.shape[0]):
+        s, k = starts[i], lengths[i]
+        if not (k >= 0 and 0 <= s <= n and k <= n - s):
+            return i
+    return -1
+
+
+def check_within(n: int, starts, lengths, what: str) -> None:
+    """BadInputError, naming the first, where a range ``starts[i]:+lengths[i]`` leaves
+    ``n`` bytes (or the two are not 1-D integer arrays of one length). The copy loops
+    run unchecked: a range past an array's end was clipped on one side of a copy and
+    read or written past it on the other."""
+    starts, lengths = np.asarray(starts), np.asarray(lengths)
+    if not (starts.ndim == lengths.ndim == 1 and starts.shape == lengths.shape
+            and starts.dtype.kind in "iu" and lengths.dtype.kind in "iu"):
+        raise BadInputError(f"{what}: starts and lengths must be 1-D integer arrays of one length, got "
+                            f"{starts.dtype}{starts.shape} and {lengths.dtype}{lengths.shape}")
+    i = _first_outside(n, starts.astype(np.int64, copy=False), lengths.astype(np.int64, copy=False))
+    if i >= 0:
+        raise BadInputError(f"{what} range {i} (at {int(starts[i])}, {int(lengths[i])} bytes) leaves its "
+                            f"{n} bytes")
+
+
 def copy_ranges(dst: np.ndarray, dst_starts: np.ndarray, src: np.ndarray, src_starts: np.ndarray,
                 lengths: np.ndarray, parallel: bool = True) -> None:
     """``dst[dst_starts[i]:+lengths[i]] = src[src_starts[i]:+lengths[i]]`` for every ``i``.
 
+    A range outside either array (or arrays of unequal lengths) is BadInputError,
+    nothing copied: the copy loops run unchecked, and a slice past an array's end would
+    have been clipped on one side and read past it on the other.
+
     ``parallel=False`` keeps the copy on the calling thread whatever its size: cleaning
     uses it, because a parallel region on a loaded 2-core machine waits for a worker
     the scheduler has parked (measured: 3 MB in 12 ms parallel, 0.06 ms serial)."""
+    check_within(dst.shape[0], dst_starts, lengths, "a copy's destination")
+    check_within(src.shape[0], src_starts, lengths, "a copy's source")
     if parallel and lengths.shape[0] > 1 and int(lengths.sum()) >= PARALLEL_MIN_BYTES:
         with PARALLEL_LOCK:
             _copy_ranges_parallel(dst, dst_starts, src, src_starts, lengths)

@@ -217,6 +217,9 @@ class HostStorage(Storage):
         # twice and kept a buffer as large for the next step
         if _copy.move_in_place(self._arena, src_offsets, dst_offsets, lengths):
             return
+        size = self._arena.shape[0]             # (before the buffer: 2**62 bytes asked is no MemoryError)
+        _copy.check_within(size, src_offsets, lengths, "a move's source")
+        _copy.check_within(size, dst_offsets, lengths, "a move's destination")
         # Read every source before writing any destination: plans may overlap. The
         # staging buffer is kept: a fresh one faults in page by page on every move.
         total = int(lengths.sum())

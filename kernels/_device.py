@@ -58,6 +58,7 @@ import weakref
 import numpy as np
 
 from devpool._errors import BackendUnavailableError, DeviceError, PoolFullError
+from devpool._packed import check_within
 from devpool._packed import gather as host_gather
 from devpool._packed import packed_starts
 from devpool.pool.storage import Storage
@@ -602,9 +603,16 @@ class CudaStorage(Storage):
         if offset < 0 or offset + n > self._size:
             raise DeviceError(f"[{offset}, {offset + n}) lies outside the {self._size}-byte device arena")
 
+    def _check_ranges(self, offsets, lengths, what: str) -> None:
+        """BadInputError where a batch's range leaves the arena: the kernels copy unchecked
+        (a device write past the arena is another allocation's memory)."""
+        check_within(self._size, offsets, lengths, what)
+
     # --- verbs ----------------------------------------------------------------------------
     def scatter(self, payload, src_starts, dst_offsets, lengths):
         self._alive()
+        self._check_ranges(dst_offsets, lengths, "a scatter's arena")
+        check_within(np.asarray(payload).size, src_starts, lengths, "a scatter's payload")
         n = lengths.shape[0]
         if n == 0:
             return
@@ -649,6 +657,8 @@ class CudaStorage(Storage):
         return (n, packed_starts(lengths), int(lengths.sum())) if n else None
 
     def gather(self, offsets, lengths, out, out_starts):
+        self._check_ranges(offsets, lengths, "a gather's arena")
+        check_within(np.asarray(out).size, out_starts, lengths, "a gather's output")
         batch = self._packed(lengths)
         if batch is None:
             return
@@ -693,6 +703,8 @@ class CudaStorage(Storage):
         return page[:n]
 
     def move(self, src_offsets, dst_offsets, lengths):
+        self._check_ranges(src_offsets, lengths, "a move's source")
+        self._check_ranges(dst_offsets, lengths, "a move's destination")
         batch = self._packed(lengths)
         if batch is None:
             return
@@ -714,6 +726,8 @@ class CudaStorage(Storage):
 
     def scatter_device(self, payload, src_starts, dst_offsets, lengths):
         self._alive()
+        self._check_ranges(dst_offsets, lengths, "a scatter's arena")
+        check_within(int(payload.size), src_starts, lengths, "a scatter's device payload")
         n = lengths.shape[0]
         if n == 0:
             return
@@ -729,6 +743,7 @@ class CudaStorage(Storage):
 
     def gather_device(self, offsets, lengths):
         self._alive()
+        self._check_ranges(offsets, lengths, "a gather's arena")
         n = lengths.shape[0]
         total = int(lengths.sum())
         try:

@@ -219,3 +219,34 @@ def test_uint8_data_in_any_dtype_object_is_uint8_data(backend):
         assert pool.read(h).tobytes() == data[::-1].tobytes()
         with pytest.raises(devpool.BadInputError, match="dtype uint8"):
             pool.read(h, np.empty(data.size, np.int8))
+
+
+# --- a storage's batch verbs refuse ranges outside the arena --------------------------------
+@pytest.mark.parametrize("verb", ["move from", "move to", "gather", "scatter"])
+@pytest.mark.parametrize("where", [-16, "past the end", "wraps int64"])
+def test_a_storage_batch_range_outside_the_arena_is_refused_and_changes_nothing(backend, verb, where):
+    """The copy loops (host numba, device kernels) run unchecked: a range past the arena
+    was clipped on one side of a copy and read or written past it on the other (a crash,
+    or another allocation's bytes). Each batch verb now refuses it, BadInputError, before
+    anything is copied; the objects keep their bytes."""
+    pool = devpool.open_pool(backend, 1 << 20, segment_bytes=16384)
+    try:
+        data = [np.full(n, k + 1, np.uint8) for k, n in enumerate((100, 700, 3000))]
+        hs = [pool.alloc(d.size, data=d) for d in data]
+        st, cap = pool.storage, pool.storage.capacity_bytes
+        start, n = {-16: (-16, 32), "past the end": (cap - 8, 16), "wraps int64": (1 << 62, 1 << 62)}[where]
+        bad, ok = np.array([0, start], np.int64), np.array([0, 32], np.int64)
+        lengths = np.array([16, n], np.int64)
+        with pytest.raises(devpool.BadInputError, match="range 1"):
+            if verb == "move from":
+                st.move(bad, ok + 4096, lengths)
+            elif verb == "move to":
+                st.move(ok, bad, lengths)
+            elif verb == "gather":
+                st.gather(bad, lengths, np.zeros(64, np.uint8), np.array([0, 16], np.int64))
+            else:
+                st.scatter(np.zeros(64, np.uint8), np.array([0, 16], np.int64), bad, lengths)
+        for h, d in zip(hs, data):
+            assert pool.read(h).tobytes() == d.tobytes()
+    finally:
+        pool.close()
