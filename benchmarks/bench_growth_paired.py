@@ -28,9 +28,10 @@ dense, 0..N-1). ``--batch K`` times ``load_batch`` + ``store_batch`` of K of the
 offsets at a time instead (devpool only), per page: the issue's batch throughput at 10^6
 against 10^4, interleaved batch for batch, with the page faults and the bytes cleaning moved
 a page beside it (a pool growing into memory it never touched faults; one recycling its
-segments does not). ``--steady`` first churns each store (batches of its own offsets,
-loaded and stored back) until its pool has run a cleaning step: a freshly filled 10^6 pool
-has no dead bytes and grows into fresh memory for its first ~60 000 churned pages, where a
+segments does not), and the dead bytes each pool held a live byte (the mean, after each
+batch's loads and after its stores: cleaning is cheaper the more dead space a pool keeps).
+``--steady`` first churns each store (batches of its own offsets, loaded and stored back)
+until its pool has run a cleaning step: a freshly filled 10^6 pool has no dead bytes and grows into fresh memory for its first ~60 000 churned pages, where a
 10^4 one cleans from the first batch, so without it the two sizes are timed in different
 regimes. (Steady, a 10^4 pool still cleans in another one: a batch of 1 024 is a tenth of
 it, and its cleaning moves half the bytes a stored page that a 10^5 or 10^6 pool's does;
@@ -144,14 +145,18 @@ def main() -> None:
         offs = np.asarray(offs, np.int64)
         f = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         moved = zs.pool.alloc_.cleaned_bytes_moved
+        al = zs.pool.alloc_
         t = clock()
         got = zs.load_batch(offs)
         t1 = clock()
+        dead = al.dead_bytes / max(al.live_aligned, 1)                    # (after the frees, cleaning)
+        t1a = clock()
         zs.store_batch(offs, got)
         t2 = clock()
+        dead = (dead + al.dead_bytes / max(al.live_aligned, 1)) / 2       # (and after the stores)
         faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f   # (the arena's fresh pages)
-        moved = zs.pool.alloc_.cleaned_bytes_moved - moved                # (cleaning's copies)
-        return (t1 - t) / offs.size, (t2 - t1) / offs.size, faults / offs.size, moved / offs.size   # per page
+        moved = al.cleaned_bytes_moved - moved                            # (cleaning's copies)
+        return (t1 - t) / offs.size, (t2 - t1a) / offs.size, faults / offs.size, moved / offs.size, dead
 
     if args.batch:
         zswap_op = batch_op
@@ -230,6 +235,7 @@ def main() -> None:
             if args.batch:                         # (faults, moved bytes: the mean, most batches take none)
                 runs[name][-1]["faults"] = (float(ts[:, 2].mean()) / 1e6, float(tb[:, 2].mean()) / 1e6)
                 runs[name][-1]["moved"] = (float(ts[:, 3].mean()) / 1e6, float(tb[:, 3].mean()) / 1e6)
+                runs[name][-1]["dead"] = (float(ts[:, 4].mean()) / 1e6, float(tb[:, 4].mean()) / 1e6)
             runs[name][-1]["cycle"] = (float(np.median(ts[:, :2].sum(1))), float(np.median(tb[:, :2].sum(1))))
     r["single_page_compiled"] = compiled
     r["subjects"] = {}
@@ -264,6 +270,11 @@ def main() -> None:
             r["subjects"][name]["cleaning_bytes_moved_per_page"] = {"small": float(np.median(m[:, 0])),
                                                                     "big": float(np.median(m[:, 1]))}
             line += f"; bytes cleaning moved a page {np.median(m[:, 0]):.0f} -> {np.median(m[:, 1]):.0f}"
+            if all("dead" in x for x in rows):
+                g = np.array([x["dead"] for x in rows])
+                r["subjects"][name]["dead_bytes_per_live_byte"] = {"small": float(np.median(g[:, 0])),
+                                                                   "big": float(np.median(g[:, 1]))}
+                line += f"; dead bytes a live byte {np.median(g[:, 0]):.3f} -> {np.median(g[:, 1]):.3f}"
         print(line)
     if args.batch:
         return save(r, args.json)

@@ -478,7 +478,8 @@ def test_bench_growth_paired_batch_smoke(tmp_path):
 
 def test_bench_growth_paired_steady_batch_smoke(tmp_path):
     """--steady churns each store past its first cleaning step before the batches are
-    timed, and batch mode reports page faults and the bytes cleaning moved a page."""
+    timed, and batch mode reports page faults, the bytes cleaning moved a page and the
+    dead bytes each pool held a live byte."""
     r = run_bench(tmp_path, "bench_growth_paired.py", "--pages", pages_file(tmp_path, 300, 7), "--small", "5000",
                   "--big", "20000", "--passes", "2", "--n", "200", "--batch", "50", "--steady")
     assert r["steady"] is not None and set(r["steady"]["devpool"]) == {"5000", "20000"}
@@ -486,6 +487,7 @@ def test_bench_growth_paired_steady_batch_smoke(tmp_path):
     d = r["subjects"]["devpool"]
     assert d["faults_per_page"]["small"] >= 0 and d["faults_per_page"]["big"] >= 0
     assert d["cleaning_bytes_moved_per_page"]["small"] >= 0 and d["cleaning_bytes_moved_per_page"]["big"] >= 0
+    assert all(0 <= d["dead_bytes_per_live_byte"][s] < 1 for s in ("small", "big"))
     assert d["cycle"]["big_vs_small"]["median"] > 0
 
 
