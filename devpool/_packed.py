@@ -137,12 +137,12 @@ def _move_forward(base, src, dst, lengths):
 def move_in_place(arena: np.ndarray, src: np.ndarray, dst: np.ndarray, lengths: np.ndarray) -> bool:
     """Move objects within ``arena`` (1-D uint8) from ``src`` to ``dst`` offsets in one
     copy each, in order, where that reads every source before anything overwrites it:
-    the sources ascending without overlap, every range inside the arena, and either each
-    destination at or before its source (so object i's destination ends before any later
-    source starts; each copy is a memmove: an object may overlap its own destination), or
-    no destination overlapping any source (a cleaning step's survivors into the clean
-    head's room: then the order does not matter). False, nothing copied, where the plan
-    is neither (the caller stages it)."""
+    the sources ascending without overlap, every range inside the arena, and no
+    destination meeting a later object's source (each destination at or before its
+    source is so: object i's destination ends before any later source starts; each copy
+    is a memmove: an object may overlap its own destination; so is a cleaning step's
+    survivors into the clean head's room, which holds no source, before the rest packed
+    leftward). False, nothing copied, where the plan is not so (the caller stages it)."""
     # the copy runs on raw addresses: only an arena whose n-th byte lies n bytes past its
     # address, and that may be written (a strided or reversed view, or a wider dtype, had
     # its bytes moved by the wrong measure, some of them outside the view; a read-only one
@@ -166,20 +166,21 @@ def move_in_place(arena: np.ndarray, src: np.ndarray, dst: np.ndarray, lengths: 
     if src.size and not ((lengths >= 0).all() and (src >= 0).all() and (src <= size).all()
                          and (lengths <= size - src).all() and (src[1:] >= src[:-1] + lengths[:-1]).all()
                          and (dst >= 0).all() and (dst <= size).all() and (lengths <= size - dst).all()
-                         and ((dst <= src).all() or not _overlaps_a_source(src, dst, lengths))):
+                         and ((dst <= src).all() or not _meets_a_later_source(src, dst, lengths))):
         return False
     _move_forward(arena.ctypes.data, src, dst, lengths)
     return True
 
 
-def _overlaps_a_source(src: np.ndarray, dst: np.ndarray, lengths: np.ndarray) -> bool:
-    """Whether any destination range meets a source range (the sources ascending without
-    overlap, every range inside the arena: no sum below wraps). Only the last source that
-    starts before a destination ends can reach into it: the sources' ends ascend too.
-    (An empty range inside a source counts as meeting it: declined, never wrong.)"""
+def _meets_a_later_source(src: np.ndarray, dst: np.ndarray, lengths: np.ndarray) -> bool:
+    """Whether any object's destination range meets the source range of an object after
+    it, not yet read when the copies run in order (the sources ascending without overlap,
+    every range inside the arena: no sum below wraps). Only the last source that starts
+    before a destination ends can reach into it: the sources' ends ascend too. (An empty
+    range inside a source counts as meeting it: declined, never wrong.)"""
     last = np.searchsorted(src, dst + lengths, side="left") - 1
-    ok = last >= 0
-    return bool((src[last[ok]] + lengths[last[ok]] > dst[ok]).any())
+    later = last > np.arange(src.size)
+    return bool((src[last[later]] + lengths[last[later]] > dst[later]).any())
 
 
 @numba.njit(cache=True, nogil=True)

@@ -136,15 +136,11 @@ class Moving:
         fresh = touched[~self.alloc_.seg_in_use[touched]]
         self._commit_segments(fresh)
         try:
-            # objects packed into the clean head's tail go first, in a move of their own:
-            # that room is no victim's, so they read no byte another move writes, while
-            # the rest (packed from the lowest segment, each at or before its source)
-            # may then move in place (HostStorage.move: no staging copy)
-            k = _prefix_in(dst, plan.start, self.alloc_.seg_bytes)
-            if k:
-                self.storage.move(src[:k], dst[:k], a[:k])
-            if k < src.size:
-                self.storage.move(src[k:], dst[k:], a[k:])
+            # one move, all or nothing: split in two (the clean head's survivors first), a
+            # failed second left the first's sources scrubbed (chaos poisons moved-from
+            # bytes) while their handles still named them. The clean head's room holds no
+            # source, so the plan still moves in place (HostStorage.move: no staging copy)
+            self.storage.move(src, dst, a)
         except BaseException:
             self._release_segments(fresh)
             raise
@@ -239,10 +235,3 @@ class Moving:
         self._counters["migrated_objects"] += int(plan.slots.size)
         return int(plan.slots.size)
 
-
-def _prefix_in(dst: np.ndarray, seg: int, seg_bytes: int) -> int:
-    """How many of the first destinations lie in segment ``seg`` (-1: none do)."""
-    if seg < 0:
-        return 0
-    outside = np.flatnonzero(dst // seg_bytes != seg)
-    return int(outside[0]) if outside.size else int(dst.size)

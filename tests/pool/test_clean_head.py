@@ -12,6 +12,7 @@ every segment's figures, every object's bytes, no staging copy on the host arena
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 import devpool
 from devpool.pool.allocator import _least
@@ -132,3 +133,47 @@ def test_the_least_utilised_come_in_a_stable_sort_s_order():
         k = int(rng.integers(0, 70))
         want = segs[np.argsort(live, kind="stable")][:k]
         assert np.array_equal(_least(segs, live * 1000 + segs, k)[:k], want)
+
+
+def test_a_step_whose_move_fails_leaves_every_object_s_bytes_on_a_scrubbing_storage():
+    """A failed step changes nothing (Pool._maybe_clean counts it and goes on). The step's
+    move was split in two (the clean head's survivors first): where the second failed, the
+    first had moved its objects and a scrubbing storage (chaos: every moved-from byte is
+    poison) had poisoned their sources, which their handles still named."""
+    from devpool import DeviceError
+    rng = np.random.default_rng(5)
+    pool = devpool.open_pool("chaos", 32 << 20, segment_bytes=SEG, migrate_per_call=0, migrate_per_object=0)
+    try:
+        pool.CLEAN_TRIGGER = float("inf")
+        sizes = rng.integers(200, 3000, size=2000)
+        hs = pool.alloc_batch(sizes)
+        data = {}
+        for h, n in zip(hs.tolist(), sizes.tolist()):
+            data[h] = rng.integers(0, 256, n, dtype=np.uint8)
+            pool.write(h, data[h])
+        pool.free_batch(hs[::3])
+        for h in hs[::3].tolist():
+            del data[h]
+        al = pool.alloc_
+        _step(pool)
+        up = pool.storage.upstream
+        real = up.move
+
+        def failing(src, dst, lengths):
+            if (dst // SEG != clean).any():          # the victims' room: no staging for it
+                raise DeviceError("injected: out of device memory staging the move")
+            real(src, dst, lengths)
+        clean = al._clean_head_now()
+        assert clean >= 0, "the test's premise: a step continues in the clean head"
+        up.move = failing
+        with pool.lock:
+            plan = al.plan_clean(4 * SEG, 6)
+            assert plan.start == clean and (plan.dst // SEG == clean).any() and (plan.dst // SEG != clean).any()
+            with pytest.raises(DeviceError):
+                pool._execute_clean(plan)
+        up.move = real
+        _figures_hold(al)
+        for h, want in data.items():
+            assert pool.read(h).tobytes() == want.tobytes()
+    finally:
+        pool.close()
