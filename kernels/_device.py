@@ -657,6 +657,7 @@ class CudaStorage(Storage):
         return (n, packed_starts(lengths), int(lengths.sum())) if n else None
 
     def gather(self, offsets, lengths, out, out_starts):
+        self._alive()                           # (a faulted device says so before a bad range does)
         self._check_ranges(offsets, lengths, "a gather's arena")
         check_within(np.asarray(out).size, out_starts, lengths, "a gather's output")
         batch = self._packed(lengths)
@@ -703,6 +704,7 @@ class CudaStorage(Storage):
         return page[:n]
 
     def move(self, src_offsets, dst_offsets, lengths):
+        self._alive()
         self._check_ranges(src_offsets, lengths, "a move's source")
         self._check_ranges(dst_offsets, lengths, "a move's destination")
         batch = self._packed(lengths)

@@ -313,6 +313,12 @@ def test_kernel_fault_is_a_device_error_and_the_storage_refuses_further_calls(rn
         pool.read_batch(hs)
     with pytest.raises(devpool.DeviceError, match="unusable after an earlier fault"):
         pool.read(hs[0])
+    st, far = pool.storage, np.array([1 << 40], np.int64)      # (a bad range too: the fault first)
+    for verb in (lambda: st.gather(far, np.array([16], np.int64), np.zeros(16, np.uint8), np.zeros(1, np.int64)),
+                 lambda: st.move(far, np.zeros(1, np.int64), np.array([16], np.int64)),
+                 lambda: st.scatter(np.zeros(16, np.uint8), np.zeros(1, np.int64), far, np.array([16], np.int64))):
+        with pytest.raises(devpool.DeviceError, match="unusable after an earlier fault"):
+            verb()
     assert "scatter kernel" in pool.stats()["device_fault"]
     pool.close()
 
