@@ -21,10 +21,10 @@ from tests.pool.test_cleaning_record import _figures_hold
 SEG = 64 * 1024
 
 
-def _spread_dead_pool(rng):
+def _spread_dead_pool(rng, backend="host", **options):
     """A pool of ~2 000 objects with a third of them freed, spread over its segments (no
     cleaning as they go: the tests take the steps)."""
-    pool = devpool.open_pool("host", 32 << 20, segment_bytes=SEG)
+    pool = devpool.open_pool(backend, 32 << 20, segment_bytes=SEG, **options)
     pool.CLEAN_TRIGGER = float("inf")
     sizes = rng.integers(200, 3000, size=2000)
     hs = pool.alloc_batch(sizes)
@@ -142,18 +142,8 @@ def test_a_step_whose_move_fails_leaves_every_object_s_bytes_on_a_scrubbing_stor
     poison) had poisoned their sources, which their handles still named."""
     from devpool import DeviceError
     rng = np.random.default_rng(5)
-    pool = devpool.open_pool("chaos", 32 << 20, segment_bytes=SEG, migrate_per_call=0, migrate_per_object=0)
+    pool, data = _spread_dead_pool(rng, "chaos", migrate_per_call=0, migrate_per_object=0)
     try:
-        pool.CLEAN_TRIGGER = float("inf")
-        sizes = rng.integers(200, 3000, size=2000)
-        hs = pool.alloc_batch(sizes)
-        data = {}
-        for h, n in zip(hs.tolist(), sizes.tolist()):
-            data[h] = rng.integers(0, 256, n, dtype=np.uint8)
-            pool.write(h, data[h])
-        pool.free_batch(hs[::3])
-        for h in hs[::3].tolist():
-            del data[h]
         al = pool.alloc_
         _step(pool)
         up = pool.storage.upstream
