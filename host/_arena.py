@@ -211,10 +211,11 @@ class HostStorage(Storage):
 
     def move(self, src_offsets, dst_offsets, lengths):
         # one copy each, no staging, where no copy can overwrite a source not yet read
-        # (_copy.move_in_place says when). A cleaning plan always is so: next-fit in
-        # arena order into the free segments and the victims, from the lowest, puts no
-        # object after its source. Staged, a step at 10^6 stored pages copied its ~15 MB
-        # twice and kept a buffer as large for the next step
+        # (_copy.move_in_place says when, for each plan). A cleaning plan is so in every
+        # churn measured: its first objects go to the clean head's room, which holds no
+        # source, and the rest next-fit in arena order into the free segments and the
+        # victims, from the lowest, at or before their sources. Staged, a step at 10^6
+        # stored pages copied its ~15 MB twice and kept a buffer as large for the next
         if _copy.move_in_place(self._arena, src_offsets, dst_offsets, lengths):
             return
         size = self._arena.shape[0]             # (before the buffer: 2**62 bytes asked is no MemoryError)
