@@ -488,6 +488,8 @@ def test_bench_growth_paired_steady_batch_smoke(tmp_path):
     assert d["faults_per_page"]["small"] >= 0 and d["faults_per_page"]["big"] >= 0
     assert d["cleaning_bytes_moved_per_page"]["small"] >= 0 and d["cleaning_bytes_moved_per_page"]["big"] >= 0
     assert all(0 <= d["dead_bytes_per_live_byte"][s] < 1 for s in ("small", "big"))
+    mean = d["cycle mean"]                 # (every step in it: at least the p50's batches' time, most runs)
+    assert mean["small_p50_us"] > 0 and mean["big_p50_us"] > 0 and mean["big_vs_small"]["median"] > 0
     assert d["cycle"]["big_vs_small"]["median"] > 0
 
 
