@@ -157,15 +157,14 @@ def move_in_place(arena: np.ndarray, src: np.ndarray, dst: np.ndarray, lengths: 
     src, dst, lengths = (np.ascontiguousarray(a, np.int64) for a in (src, dst, lengths))
     if not src.shape == dst.shape == lengths.shape:
         return False
-    # every range inside the arena, tested without forming src + lengths first: int64
-    # sums wrap silently in numpy, and a source and a length near 2**62 each summed below
-    # the arena's size, so the copy ran 2**62 bytes from 2**62 past the arena (a crash,
-    # where the staged path refused to allocate its buffer). 0 <= dst <= src <= size
-    # bounds size - src to [0, size]; then src + lengths <= size cannot wrap below.
+    # every range inside the arena, tested by _first_outside (check_within's test), which
+    # never forms src + lengths: int64 sums wrap silently in numpy, and a source and a
+    # length near 2**62 each summed below the arena's size, so the copy ran 2**62 bytes
+    # from 2**62 past the arena (a crash, where the staged path refused to allocate its
+    # buffer). Inside it, the sums below cannot wrap.
     size = arena.shape[0]
-    if src.size and not ((lengths >= 0).all() and (src >= 0).all() and (src <= size).all()
-                         and (lengths <= size - src).all() and (src[1:] >= src[:-1] + lengths[:-1]).all()
-                         and (dst >= 0).all() and (dst <= size).all() and (lengths <= size - dst).all()
+    if src.size and not (_first_outside(size, src, lengths) < 0 and _first_outside(size, dst, lengths) < 0
+                         and (src[1:] >= src[:-1] + lengths[:-1]).all()
                          and ((dst <= src).all() or not _meets_a_later_source(src, dst, lengths))):
         return False
     _move_forward(arena.ctypes.data, src, dst, lengths)
