@@ -234,4 +234,3 @@ class Moving:
             return 0                         # no room for the destination: nothing moved
         self._counters["migrated_objects"] += int(plan.slots.size)
         return int(plan.slots.size)
-
